@@ -1,0 +1,28 @@
+# tfopt: `make demo` sets everything up and trains the quickstart; `make test` runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export TFOPT_DATA_DIR ?= $(abspath ../shared/datasets)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup demo test test-slow bench clean
+
+$(BIN)/tfopt: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+setup: $(BIN)/tfopt
+
+demo: setup
+	$(BIN)/tfopt fit recipes/quickstart.yaml --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) *.egg-info saved_models/*/ saved_models/*.partial

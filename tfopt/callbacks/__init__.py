@@ -1,0 +1,14 @@
+"""Keras callbacks for any training loop, tf_keras or Keras 3.
+
+Every callback subclasses ``tf_keras.callbacks.Callback``, which runs inside both a tf_keras
+and a Keras 3 ``model.fit``. This package imports TensorFlow and tf_keras's Callback base
+only: never tensorflow_model_optimization, and it sets no environment variables.
+
+Example:
+    >>> from tfopt.callbacks import LearningRateDecay
+    >>> model.fit(x, y, epochs=5, callbacks=[LearningRateDecay("cosine", initial_lr=1e-3, warmup=100)])
+"""
+
+from tfopt.callbacks.lr import LearningRateDecay
+
+__all__ = ["LearningRateDecay"]

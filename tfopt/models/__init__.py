@@ -1,0 +1,1 @@
+"""Model configs (TF-free), the builder, and model statistics."""

@@ -1,0 +1,160 @@
+"""Turn the recipe's ``model`` section into a tf_keras functional model.
+
+Layer names are stable (``conv1``, ``bn1``, ``act1``, ``block1_conv1``...) so that later
+steps can address layers by name. Every layer is a stock tf_keras layer: saved models load
+without custom objects.
+"""
+
+from __future__ import annotations
+
+import tf_keras as keras
+
+from tfopt.errors import ShapeError
+from tfopt.models import layers as L
+from tfopt.models.layers import SEPARATE_ACTIVATIONS, pair, plan
+
+KL = keras.layers
+
+
+def activation_layer(activation: str, name: str):
+    """A stock layer for any supported activation name."""
+    if activation == "relu6":
+        return KL.ReLU(max_value=6.0, name=name)
+    if activation == "leaky_relu":
+        return KL.LeakyReLU(alpha=0.2, name=name)
+    return KL.Activation(activation, name=name)
+
+
+class _Defaults:
+    """Recipe-wide initializer and regularizers, overridden per layer."""
+
+    def __init__(self, model_cfg):
+        self.cfg = model_cfg
+
+    def kernel_init(self, layer_cfg):
+        return layer_cfg.kernel_initializer or self.cfg.kernel_initializer
+
+    def _reg(self, value):
+        if value is None or (value.l1 == 0 and value.l2 == 0):
+            return None
+        return keras.regularizers.L1L2(l1=value.l1, l2=value.l2)
+
+    def kernel_reg(self, layer_cfg):
+        return self._reg(layer_cfg.kernel_regularizer or self.cfg.kernel_regularizer)
+
+    def bias_reg(self, layer_cfg):
+        return self._reg(layer_cfg.bias_regularizer or self.cfg.bias_regularizer)
+
+
+def _weighted(cfg, name, extra, d: _Defaults):
+    """The core layer of a conv/dense config, and whether its activation is fused in."""
+    fused = not cfg.batch_norm and cfg.activation not in SEPARATE_ACTIVATIONS
+    act = cfg.activation if fused else "linear"
+    common = dict(use_bias=cfg.bias(), bias_regularizer=d.bias_reg(cfg), activation=act, name=name)
+    kinit, kreg = d.kernel_init(cfg), d.kernel_reg(cfg)
+    if isinstance(cfg, L.Dense):
+        return KL.Dense(cfg.units, kernel_initializer=kinit, kernel_regularizer=kreg, **common)
+    conv = dict(kernel_size=pair(cfg.kernel_size), strides=pair(cfg.strides), padding=cfg.padding,
+                dilation_rate=pair(cfg.dilation_rate), **common)
+    if isinstance(cfg, L.Conv2D):
+        return KL.Conv2D(cfg.filters, kernel_initializer=kinit, kernel_regularizer=kreg, **conv)
+    if isinstance(cfg, L.DepthwiseConv2D):
+        return KL.DepthwiseConv2D(depth_multiplier=cfg.depth_multiplier, depthwise_initializer=kinit,
+                                  depthwise_regularizer=kreg, **conv)
+    return KL.SeparableConv2D(cfg.filters, depth_multiplier=cfg.depth_multiplier,
+                              depthwise_initializer=kinit, pointwise_initializer=kinit,
+                              depthwise_regularizer=kreg, pointwise_regularizer=kreg, **conv)
+
+
+def _residual(x, cfg: L.Residual, name: str, in_shape, d: _Defaults):
+    k, s = pair(cfg.kernel_size), pair(cfg.strides)
+    conv = dict(padding="same", kernel_initializer=d.kernel_init(cfg), kernel_regularizer=d.kernel_reg(cfg),
+                bias_regularizer=d.bias_reg(cfg), use_bias=not cfg.batch_norm)
+    shortcut = x
+    y = KL.Conv2D(cfg.filters, k, strides=s, name=f"{name}_conv1", **conv)(x)
+    if cfg.batch_norm:
+        y = KL.BatchNormalization(name=f"{name}_bn1")(y)
+    y = activation_layer(cfg.activation, f"{name}_act1")(y)
+    y = KL.Conv2D(cfg.filters, k, name=f"{name}_conv2", **conv)(y)
+    if cfg.batch_norm:
+        y = KL.BatchNormalization(name=f"{name}_bn2")(y)
+    if cfg.projects(in_shape):
+        shortcut = KL.Conv2D(cfg.filters, 1, strides=s, name=f"{name}_proj", **conv)(x)
+        if cfg.batch_norm:
+            shortcut = KL.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = KL.Add(name=f"{name}_add")([y, shortcut])
+    return activation_layer(cfg.activation, f"{name}_out")(y)
+
+
+def _simple(cfg, name):
+    if isinstance(cfg, (L.MaxPool, L.AvgPool)):
+        cls = KL.MaxPooling2D if isinstance(cfg, L.MaxPool) else KL.AveragePooling2D
+        return cls(pair(cfg.pool_size), strides=pair(cfg.strides) if cfg.strides else None,
+                   padding=cfg.padding, name=name)
+    if isinstance(cfg, L.GlobalAvgPool):
+        return KL.GlobalAveragePooling2D(name=name)
+    if isinstance(cfg, L.Flatten):
+        return KL.Flatten(name=name)
+    if isinstance(cfg, L.Dropout):
+        return KL.Dropout(cfg.rate, name=name)
+    if isinstance(cfg, L.SpatialDropout):
+        return KL.SpatialDropout2D(cfg.rate, name=name)
+    if isinstance(cfg, L.BatchNorm):
+        return KL.BatchNormalization(momentum=cfg.momentum, epsilon=cfg.epsilon, center=cfg.center,
+                                     scale=cfg.scale, name=name)
+    if isinstance(cfg, L.ActivationLayer):
+        return activation_layer(cfg.activation, name)
+    raise TypeError(f"no builder for layer config {type(cfg).__name__}")  # a bug, not bad input
+
+
+def build_model(model_cfg, input_shape, name: str = "model") -> keras.Model:
+    """Build a new functional model from a ``model`` config.
+
+    Args:
+        model_cfg: a :class:`tfopt.recipe.Model` (``recipe.model``).
+        input_shape: ``(height, width, channels)``; ``model_cfg.input_shape`` wins when set.
+        name: the Keras model name.
+
+    Raises:
+        ShapeError: a layer cannot take the shape it receives; the message names the layer.
+
+    Example:
+        >>> model = build_model(recipe.model, (8, 8, 1))
+        >>> [l.name for l in model.layers][:3]
+        ['input', 'conv1', 'bn1']
+    """
+    shape = tuple(model_cfg.input_shape or input_shape)
+    try:
+        steps = plan(model_cfg.layers, shape)
+    except ValueError as exc:
+        raise ShapeError(f"{exc} (model input {L.fmt_shape(shape)})") from None
+    d = _Defaults(model_cfg)
+    inputs = keras.Input(shape, name="input")
+    x = inputs
+    for name_, cfg, in_shape, _, extra in steps:
+        if isinstance(cfg, L.Residual):
+            x = _residual(x, cfg, name_, in_shape, d)
+        elif isinstance(cfg, L._Weighted):
+            x = _weighted(cfg, name_, extra, d)(x)
+            if "bn" in extra:
+                x = KL.BatchNormalization(name=extra["bn"])(x)
+            if "act" in extra:
+                x = activation_layer(cfg.activation, extra["act"])(x)
+        else:
+            x = _simple(cfg, name_)(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def output_activation(model) -> str:
+    """The activation the model's output goes through last ('linear' when it emits logits)."""
+    layer = model.layers[-1]
+    while layer is not None:
+        act = getattr(layer, "activation", None)
+        if act is not None:
+            return getattr(act, "__name__", str(act))
+        if isinstance(layer, (KL.Dropout, KL.Flatten)) and layer.inbound_nodes:
+            inbound = layer.inbound_nodes[0].inbound_layers
+            layer = inbound if not isinstance(inbound, list) else None
+            continue
+        return "linear"
+    return "linear"

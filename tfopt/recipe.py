@@ -1,0 +1,359 @@
+"""The recipe: schema, loading, ``--set`` overrides and validation. Imports no TensorFlow.
+
+A recipe is YAML with the sections ``name``, ``seed``, ``data``, ``model``, ``train`` and
+``output``. Every problem is reported at once, by file and dotted key::
+
+    recipe.yaml: 2 problem(s) in the recipe:
+      train.optimizer.name: unknown optimizer 'adma' (did you mean 'adam'?); available: sgd, ...
+      model.layers.0.filters: Input should be greater than 0 (got -3)
+"""
+
+from __future__ import annotations
+
+import copy
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, Field, PositiveInt, ValidationError
+
+from tfopt.data.config import DATASETS
+from tfopt.errors import RecipeError
+from tfopt.losses import LOSSES, METRICS
+from tfopt.models.layers import INITIALIZERS, LAYERS, Initializer, Regularizer, plan
+from tfopt.optimizers import OPTIMIZERS
+from tfopt.registry import Config, did_you_mean
+from tfopt.schedules import LRPolicy
+
+KNOWN_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10}
+
+
+class Model(Config):
+    """The network: an ordered list of layers plus recipe-wide layer defaults."""
+
+    input_shape: Optional[tuple[PositiveInt, PositiveInt, PositiveInt]] = Field(
+        None, description="default: the data's image shape"
+    )
+    kernel_initializer: Initializer = "glorot_uniform"
+    kernel_regularizer: Optional[Regularizer] = Field(None, description="default for every conv/dense kernel")
+    bias_regularizer: Optional[Regularizer] = Field(None, description="default for every bias")
+    layers: list[LAYERS.union()] = Field(min_length=1)
+
+
+class Monitor(Config):
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+
+    def direction(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "max" if ("acc" in self.monitor or self.monitor.endswith("auc")) else "min"
+
+
+class EarlyStopping(Monitor):
+    patience: PositiveInt = 5
+    min_delta: float = Field(0.0, ge=0)
+    restore_best_weights: bool = True
+
+
+class Train(Config):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    loss: LOSSES.union() = Field(default_factory=lambda: LOSSES.get("sparse_categorical_crossentropy"))
+    metrics: list[METRICS.union()] = Field(default_factory=lambda: [METRICS.get("accuracy")])
+    optimizer: OPTIMIZERS.union() = Field(default_factory=lambda: OPTIMIZERS.get("adam"))
+    lr: LRPolicy = Field(default_factory=LRPolicy)
+    early_stopping: Optional[EarlyStopping] = None
+    checkpoint: Monitor = Field(default_factory=Monitor, description="what 'best' means for best.keras")
+    restore_best: bool = Field(False, description="finish with the best checkpoint's weights")
+    stop_on_nan: bool = True
+    verbose: Literal["auto", 0, 1, 2] = "auto"
+
+
+class Output(Config):
+    dir: str = "saved_models"
+    run_name: Optional[str] = Field(None, description="default: the recipe's name")
+    tensorboard: bool = True
+    saved_model: bool = True
+    plot: bool = True
+
+
+class Recipe(Config):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(0, ge=0)
+    data: DATASETS.union()
+    model: Model
+    train: Train = Field(default_factory=Train)
+    output: Output = Field(default_factory=Output)
+
+    def input_shape(self):
+        return self.model.input_shape or self.data.input_shape()
+
+    def run_name(self) -> str:
+        return self.output.run_name or self.name
+
+    def to_yaml(self) -> str:
+        """The resolved recipe, every default filled in; it loads back to an equal recipe."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+
+
+# ----------------------------------------------------------------------------------------
+# Error formatting
+
+
+def _unwrap(annotation):
+    """The config classes an annotation can hold, through Optional, Annotated, list and Union."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (Union, list, tuple, dict) or str(origin) == "types.UnionType":
+        out = []
+        for arg in typing.get_args(annotation):
+            out += _unwrap(arg)
+        return out
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
+
+
+def _walk(root: type[BaseModel], loc: tuple):
+    """Follow a pydantic error location through the schema.
+
+    Returns the printable path (union tags dropped) and the config class at its end.
+    """
+    classes, path = [root], []
+    for part in loc:
+        if isinstance(part, int):
+            path.append(str(part))
+            continue
+        tagged = [c for c in classes if _tag_of(c) and part in _tag_of(c)]
+        if tagged and not any(part in c.model_fields for c in classes):
+            classes = tagged
+            continue
+        path.append(str(part))
+        nxt = []
+        for c in classes:
+            if part in c.model_fields:
+                nxt += _unwrap(c.model_fields[part].annotation)
+        classes = nxt
+    return ".".join(path), classes
+
+
+def _tag_of(cls):
+    for key in ("name", "type"):
+        field = cls.model_fields.get(key)
+        if field is not None and typing.get_origin(field.annotation) is Literal:
+            return typing.get_args(field.annotation)
+    return ()
+
+
+def _short(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_validation_errors(exc: ValidationError, data: Any, root: type[BaseModel]):
+    """Turn pydantic's errors into ``(dotted.key, message)`` pairs, with suggestions."""
+    problems = []
+    for err in exc.errors():
+        path, _ = _walk(root, err["loc"])
+        kind = err["type"]
+        if kind == "union_tag_invalid":
+            ctx = err["ctx"]
+            disc = ctx["discriminator"].strip("'")
+            tags = [t.strip(" '") for t in ctx["expected_tags"].split(",")]
+            msg = (f"unknown {_registry_kind(tags)} '{ctx['tag']}'{did_you_mean(ctx['tag'], tags)}; "
+                   f"available: {', '.join(tags)}")
+            path = f"{path}.{disc}" if path else disc
+        elif kind == "union_tag_not_found":
+            disc = err["ctx"]["discriminator"].strip("'")
+            msg = f"missing '{disc}'"
+            path = f"{path}.{disc}" if path else disc
+        elif kind == "extra_forbidden":
+            key = path.rsplit(".", 1)[-1]
+            allowed = sorted(_allowed(root, err["loc"][:-1]))
+            msg = f"unknown key '{key}'{did_you_mean(key, allowed)}"
+            if allowed:
+                msg += f"; allowed here: {', '.join(allowed)}"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and not isinstance(err["input"], dict):
+                msg += f" (got {_short(err['input'])})"
+        problems.append((path, msg))
+    return problems
+
+
+def _allowed(root, loc) -> set:
+    _, classes = _walk(root, tuple(loc))
+    return {f for c in classes for f in c.model_fields}
+
+
+def _registry_kind(tags):
+    for registry in (OPTIMIZERS, LOSSES, METRICS, DATASETS, LAYERS):
+        if set(tags) <= set(registry.names()):
+            return registry.kind
+    from tfopt.schedules import SCHEDULES
+
+    return SCHEDULES.kind if set(tags) <= set(SCHEDULES.names()) else "name"
+
+
+# ----------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_yaml(text: str, source: str):
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(source, [(None, f"invalid YAML{where}: {problem}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(source, [(None, f"a recipe must be a YAML mapping; got {type(data).__name__}")])
+    return data
+
+
+def apply_overrides(data: dict, overrides, source: str) -> dict:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a copy of ``data``."""
+    data = copy.deepcopy(data)
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            problems.append((None, f"--set '{item}': expected KEY=VALUE, e.g. train.epochs=3"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        node = data
+        try:
+            for i, part in enumerate(parts[:-1]):
+                node = _child(node, part, parts[i + 1])
+            _assign(node, parts[-1], value)
+        except (KeyError, IndexError, TypeError) as exc:
+            problems.append((key, f"--set cannot reach this key: {exc.args[0]}"))
+    if problems:
+        raise RecipeError(source, problems)
+    return data
+
+
+def _child(node, part, next_part):
+    if isinstance(node, list):
+        idx = _index(node, part)
+        return node[idx]
+    if not isinstance(node, dict):
+        raise TypeError(f"'{part}' is inside a value that is not a mapping")
+    current = node.get(part)
+    if isinstance(current, str):
+        node[part] = current = {"name": current}
+    elif current is None:
+        node[part] = current = {}
+    return current
+
+
+def _assign(node, part, value):
+    if isinstance(node, list):
+        node[_index(node, part)] = value
+    elif isinstance(node, dict):
+        node[part] = value
+    else:
+        raise TypeError(f"'{part}' is inside a value that is not a mapping")
+
+
+def _index(node, part):
+    if not part.lstrip("-").isdigit():
+        raise TypeError(f"'{part}' is not a list index")
+    idx = int(part)
+    if not -len(node) <= idx < len(node):
+        raise IndexError(f"index {idx} is out of range for a list of {len(node)}")
+    return idx
+
+
+def validate(data: dict, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping; raise :class:`RecipeError` listing every problem."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(source, format_validation_errors(exc, data, Recipe)) from None
+    problems = _cross_checks(recipe)
+    if problems:
+        raise RecipeError(source, problems)
+    return recipe
+
+
+def _cross_checks(recipe: Recipe):
+    problems = []
+    has_val = recipe.data.validation_split > 0
+    monitored = [("train.checkpoint.monitor", recipe.train.checkpoint.monitor)]
+    if recipe.train.early_stopping:
+        monitored.append(("train.early_stopping.monitor", recipe.train.early_stopping.monitor))
+    if recipe.train.lr.plateau:
+        monitored.append(("train.lr.plateau.monitor", recipe.train.lr.plateau.monitor))
+    for key, monitor in monitored:
+        if monitor.startswith("val_") and not has_val:
+            problems.append((key, f"monitors '{monitor}' but data.validation_split is 0; "
+                                  f"monitor '{monitor[4:]}' or hold out validation data"))
+    shape = recipe.input_shape()
+    if shape is not None:
+        try:
+            steps = plan(recipe.model.layers, shape)
+        except ValueError as exc:
+            key, _, msg = str(exc).partition(": ")
+            problems.append((key.split(" ")[0], f"{key.partition(' ')[2]} {msg}".strip()))
+        else:
+            classes = KNOWN_CLASSES.get(recipe.data.name) or getattr(recipe.data, "classes", None)
+            out = steps[-1][3]
+            if classes and out != (classes,):
+                problems.append((f"model.layers.{len(steps) - 1}",
+                                 f"the model ends with shape {'×'.join(map(str, out))} but "
+                                 f"{recipe.data.name} has {classes} classes; end with dense units: {classes}"))
+    return problems
+
+
+def load_recipe(path, overrides=()) -> Recipe:
+    """Read, override and validate a recipe file.
+
+    Example:
+        >>> r = load_recipe("recipes/quickstart.yaml", ["train.epochs=3"])
+        >>> r.train.epochs
+        3
+    """
+    p = Path(path)
+    source = str(path)
+    if not p.is_file():
+        hint = ""
+        bundled = bundled_recipes()
+        if p.name in bundled or f"{p.name}.yaml" in bundled:
+            hint = f"; a bundled recipe has this name: {bundled.get(p.name) or bundled[p.name + '.yaml']}"
+        raise RecipeError(source, [(None, f"recipe file not found{hint}")])
+    data = parse_yaml(p.read_text(), source)
+    data.setdefault("name", p.stem)
+    data = apply_overrides(data, overrides, source)
+    return validate(data, source)
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Bundled recipe files by file name."""
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    if not root.is_dir():
+        root = Path(__file__).resolve().parent / "recipes"
+    return {p.name: p for p in sorted(root.glob("*.yaml"))}
+
+
+def recipe_headline(path: Path) -> str:
+    """The first comment line of a recipe file: what it shows."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+__all__ = ["Recipe", "load_recipe", "validate", "apply_overrides", "parse_yaml", "INITIALIZERS"]

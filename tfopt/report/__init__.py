@@ -1,0 +1,1 @@
+"""Reports: plots and tables of what a run or an optimization achieved."""

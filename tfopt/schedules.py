@@ -1,0 +1,199 @@
+"""Learning-rate schedules as plain formulas of the step (or epoch) index.
+
+Every schedule is a pure function ``rate(t, initial, total)``: ``t`` counts steps or
+epochs from 0, ``total`` is the number of steps or epochs the schedule spans. No
+TensorFlow here; :class:`tfopt.callbacks.LearningRateDecay` applies the values.
+Arguments given in steps (``decay_steps``, ``step_size``, ``boundaries``...) are in the
+same unit as ``per`` of the policy that uses them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from tfopt.registry import Config, Registry
+
+SCHEDULES = Registry("schedule")
+
+
+class Schedule(Config):
+    def rate(self, t: float, initial: float, total: int) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+
+@SCHEDULES.register
+class Constant(Schedule):
+    """``lr``."""
+
+    name: Literal["constant"] = "constant"
+
+    def rate(self, t, initial, total):
+        return initial
+
+
+@SCHEDULES.register
+class Step(Schedule):
+    """``lr · gamma^floor(t / step_size)``."""
+
+    name: Literal["step"] = "step"
+    step_size: PositiveInt = 10
+    gamma: PositiveFloat = 0.1
+
+    def rate(self, t, initial, total):
+        return initial * self.gamma ** math.floor(t / self.step_size)
+
+
+@SCHEDULES.register
+class Exponential(Schedule):
+    """``lr · decay_rate^(t / decay_steps)``; ``decay_steps`` defaults to the whole run."""
+
+    name: Literal["exponential"] = "exponential"
+    decay_rate: PositiveFloat = 0.1
+    decay_steps: Optional[PositiveInt] = None
+    staircase: bool = False
+
+    def rate(self, t, initial, total):
+        p = t / (self.decay_steps or max(total, 1))
+        return initial * self.decay_rate ** (math.floor(p) if self.staircase else p)
+
+
+@SCHEDULES.register
+class InverseTime(Schedule):
+    """Time-based decay: ``lr / (1 + decay_rate · t / decay_steps)``."""
+
+    name: Literal["inverse_time"] = "inverse_time"
+    decay_rate: PositiveFloat = 1.0
+    decay_steps: PositiveInt = 1
+    staircase: bool = False
+
+    def rate(self, t, initial, total):
+        p = t / self.decay_steps
+        return initial / (1.0 + self.decay_rate * (math.floor(p) if self.staircase else p))
+
+
+@SCHEDULES.register
+class InverseSqrt(Schedule):
+    """``lr / sqrt(1 + k · t)``."""
+
+    name: Literal["inverse_sqrt"] = "inverse_sqrt"
+    k: PositiveFloat = 0.01
+
+    def rate(self, t, initial, total):
+        return initial / math.sqrt(1.0 + self.k * t)
+
+
+@SCHEDULES.register
+class Polynomial(Schedule):
+    """``(lr − end_lr) · (1 − t/T)^power + end_lr`` with ``T = decay_steps`` (default: the run)."""
+
+    name: Literal["polynomial"] = "polynomial"
+    end_lr: float = Field(0.0, ge=0)
+    power: PositiveFloat = 1.0
+    decay_steps: Optional[PositiveInt] = None
+
+    def rate(self, t, initial, total):
+        horizon = self.decay_steps or max(total, 1)
+        frac = 1.0 - min(t, horizon) / horizon
+        return (initial - self.end_lr) * frac**self.power + self.end_lr
+
+
+@SCHEDULES.register
+class Cosine(Schedule):
+    """``lr · ((1 − alpha) · ½(1 + cos(π · t/T)) + alpha)``, flat at ``lr · alpha`` after ``T``."""
+
+    name: Literal["cosine"] = "cosine"
+    alpha: float = Field(0.0, ge=0, le=1)
+    decay_steps: Optional[PositiveInt] = None
+
+    def rate(self, t, initial, total):
+        horizon = self.decay_steps or max(total, 1)
+        cos = 0.5 * (1.0 + math.cos(math.pi * min(t, horizon) / horizon))
+        return initial * ((1.0 - self.alpha) * cos + self.alpha)
+
+
+@SCHEDULES.register
+class CosineRestarts(Schedule):
+    """SGDR: cosine periods of ``first_decay_steps · t_mul^i``, peaks scaled by ``m_mul^i``.
+
+    ``first_decay_steps`` defaults to a quarter of the run.
+    """
+
+    name: Literal["cosine_restarts"] = "cosine_restarts"
+    first_decay_steps: Optional[PositiveInt] = None
+    t_mul: float = Field(2.0, ge=1.0)
+    m_mul: float = Field(1.0, gt=0, le=1.0)
+    alpha: float = Field(0.0, ge=0, le=1)
+
+    def rate(self, t, initial, total):
+        period = float(self.first_decay_steps or max(total // 4, 1))
+        peak = 1.0
+        while t >= period:
+            t -= period
+            period *= self.t_mul
+            peak *= self.m_mul
+        cos = 0.5 * (1.0 + math.cos(math.pi * t / period))
+        return initial * peak * ((1.0 - self.alpha) * cos + self.alpha)
+
+
+@SCHEDULES.register
+class Piecewise(Schedule):
+    """``values[i]`` while ``boundaries[i-1] < t ≤ boundaries[i]`` (absolute rates; ``lr`` unused)."""
+
+    name: Literal["piecewise"] = "piecewise"
+    boundaries: list[int]
+    values: list[PositiveFloat]
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if len(self.values) != len(self.boundaries) + 1:
+            raise ValueError(
+                f"needs one more value than boundaries; got {len(self.boundaries)} "
+                f"boundaries and {len(self.values)} values"
+            )
+        if list(self.boundaries) != sorted(set(self.boundaries)):
+            raise ValueError(f"boundaries must increase strictly; got {self.boundaries}")
+        return self
+
+    def rate(self, t, initial, total):
+        for boundary, value in zip(self.boundaries, self.values):
+            if t <= boundary:
+                return value
+        return self.values[-1]
+
+
+class Plateau(Config):
+    """Reduce-on-plateau: multiply the rate by ``factor`` after ``patience`` epochs without gain."""
+
+    monitor: str = "val_loss"
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: PositiveInt = 3
+    min_delta: float = Field(1e-4, ge=0)
+    cooldown: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    mode: Literal["auto", "min", "max"] = "auto"
+
+
+class LRPolicy(Config):
+    """The whole learning-rate policy of a run: warm-up, a schedule, and reduce-on-plateau.
+
+    Example:
+        >>> p = LRPolicy(initial=0.1, schedule="cosine", warmup=10, per="step")
+        >>> round(p.rate(5, total=110), 4), round(p.rate(10, total=110), 4)
+        (0.05, 0.1)
+    """
+
+    initial: PositiveFloat = 1e-3
+    schedule: SCHEDULES.union() = Field(default_factory=Constant)
+    per: Literal["step", "epoch"] = "step"
+    warmup: int = Field(0, ge=0, description="linear warm-up length, in units of `per`")
+    warmup_start: float = Field(0.0, ge=0, le=1, description="warm-up start, as a fraction of `initial`")
+    plateau: Optional[Plateau] = None
+
+    def rate(self, t: float, total: int) -> float:
+        """The scheduled rate at step (or epoch) ``t`` of ``total``, before any plateau factor."""
+        if t < self.warmup:
+            return self.initial * (self.warmup_start + (1.0 - self.warmup_start) * t / self.warmup)
+        return float(self.schedule.rate(t - self.warmup, self.initial, max(total - self.warmup, 1)))

@@ -1,0 +1,232 @@
+"""``tfopt fit``: one training run from a recipe to a finished run directory.
+
+Run directory layout (shared by every tfopt command that writes a model)::
+
+    <output.dir>/<run-name>/
+        model.keras      the trained model (no optimizer state)
+        saved_model/     SavedModel, signature serving_default: input -> output
+        recipe.yaml      the resolved recipe, every default filled in
+        metrics.json     test loss/accuracy, params, MACs, wall time, versions
+        history.csv      one row per epoch
+        training.png     training curves
+        checkpoints/     best.keras, last.keras (with optimizer state), state.json
+        logs/            TensorBoard
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tfopt.errors import RunDirError, ShapeError, TfoptError
+from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
+
+
+class Interrupted(TfoptError):
+    """Training was stopped by Ctrl-C or SIGTERM; the run can be resumed."""
+
+    exit_code = 130
+
+
+class Diverged(TfoptError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    model: object
+
+
+def compile_model(model, train_cfg, learning_rate: float):
+    """Compile ``model`` in place with the recipe's loss, metrics and optimizer."""
+    from tfopt.models.builder import output_activation
+
+    from_logits = output_activation(model) not in ("softmax", "sigmoid")
+    model.compile(
+        optimizer=train_cfg.optimizer.build(learning_rate),
+        loss=train_cfg.loss.build(from_logits),
+        metrics=[m.build(train_cfg.loss.one_hot) for m in train_cfg.metrics],
+    )
+    return model
+
+
+def datasets(recipe, splits):
+    """Train, validation (or None) and test pipelines for a recipe."""
+    from tfopt.data.pipeline import make_dataset
+
+    t = recipe.train
+    common = dict(one_hot=t.loss.one_hot, num_classes=splits.num_classes)
+    train = make_dataset(splits.x_train, splits.y_train, t.batch_size, training=True, seed=recipe.seed,
+                         augment=recipe.data.augment, shuffle_buffer=recipe.data.shuffle_buffer, **common)
+    val = (make_dataset(splits.x_val, splits.y_val, t.batch_size, **common) if len(splits.x_val) else None)
+    test = make_dataset(splits.x_test, splits.y_test, max(t.batch_size, 256), **common)
+    return train, val, test
+
+
+def versions() -> dict:
+    import numpy
+    import tensorflow as tf
+    import tf_keras
+
+    import tfopt
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
+            "numpy": numpy.__version__, "tfopt": tfopt.__version__}
+
+
+def _check_resume_recipe(run: RunDir, resolved: str):
+    saved_path = run.path("recipe.yaml")
+    if not saved_path.is_file():
+        raise RunDirError(f"{run.partial} has no recipe.yaml; it is not a tfopt run and cannot be resumed.")
+    saved, now = yaml.safe_load(saved_path.read_text()), yaml.safe_load(resolved)
+    saved["train"].pop("epochs", None)
+    now["train"].pop("epochs", None)
+    if saved != now:
+        diff = sorted(_diff_keys(saved, now))
+        raise RunDirError(
+            f"--resume: the recipe differs from the interrupted run's ({', '.join(diff[:6])}); only "
+            f"train.epochs may change. Use the same recipe and --set options, or start afresh with --overwrite."
+        )
+
+
+def _diff_keys(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log=print) -> RunResult:
+    """Train the model a recipe describes and write its run directory.
+
+    Args:
+        recipe: a validated :class:`tfopt.recipe.Recipe`.
+        output: parent folder of the run directory; default ``recipe.output.dir``.
+        resume: continue the interrupted run in ``<run>.partial`` from its last checkpoint.
+        overwrite: replace a finished run of the same name (by rename, at the end).
+        callbacks: extra Keras callbacks.
+        log: where progress lines go.
+
+    Returns:
+        the finished run's folder, its metrics and the trained model.
+    """
+    import tf_keras as keras
+
+    from tfopt.callbacks.lr import LearningRateDecay
+    from tfopt.data.pipeline import load_splits
+    from tfopt.export import load_keras, save_keras, save_savedmodel
+    from tfopt.models.builder import build_model
+    from tfopt.models.stats import model_stats
+    from tfopt.training.checkpoint import Checkpointer, read_state
+
+    started = time.perf_counter()
+    run = RunDir(Path(output or recipe.output.dir) / recipe.run_name(), overwrite=overwrite, resume=resume).check()
+    keras.utils.set_random_seed(recipe.seed)
+    splits = load_splits(recipe.data, recipe.seed)
+    input_shape = recipe.model.input_shape or splits.input_shape
+    if tuple(input_shape) != splits.input_shape:
+        raise ShapeError(f"model.input_shape {tuple(input_shape)} does not match the data's images "
+                         f"{splits.input_shape}.")
+    model = build_model(recipe.model, input_shape, name=recipe.name)
+    if model.output_shape[1:] != (splits.num_classes,):
+        raise ShapeError(f"the model outputs {model.output_shape[1:]} but {recipe.data.name} has "
+                         f"{splits.num_classes} classes; end the model with dense units: {splits.num_classes}.")
+    resolved = recipe.to_yaml()
+    run.open()
+    state = None
+    if resume:
+        _check_resume_recipe(run, resolved)
+        state = read_state(run.partial)
+    atomic_write_text(run.path("recipe.yaml"), resolved)
+
+    t = recipe.train
+    lr_cb = LearningRateDecay(recipe.train.lr, verbose=1)
+    initial_epoch = 0
+    if state and run.path("checkpoints", "last.keras").is_file():
+        model = load_keras(run.path("checkpoints", "last.keras"))
+        initial_epoch = state["epochs_done"]
+        lr_cb.set_state(state.get("lr_state", {}))
+        log(f"resuming {run.partial} after epoch {initial_epoch}")
+    else:
+        compile_model(model, t, t.lr.initial)
+        state = None
+
+    train_ds, val_ds, test_ds = datasets(recipe, splits)
+    monitor = t.checkpoint.monitor if val_ds is not None else t.checkpoint.monitor.removeprefix("val_")
+    ckpt = Checkpointer(run.partial, monitor, t.checkpoint.direction(), state,
+                        extra_state={"lr_state": lr_cb.get_state})
+    cbs = [lr_cb]
+    if t.stop_on_nan:
+        cbs.append(keras.callbacks.TerminateOnNaN())
+    if t.early_stopping:
+        es = t.early_stopping
+        cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
+                                                 mode=es.direction(), restore_best_weights=es.restore_best_weights))
+    if recipe.output.tensorboard:
+        cbs.append(keras.callbacks.TensorBoard(str(run.path("logs")), write_graph=False, profile_batch=0))
+    cbs += [ckpt, *callbacks]
+    verbose = (1 if sys.stdout.isatty() else 2) if t.verbose == "auto" else t.verbose
+
+    fit_started = time.perf_counter()
+    try:
+        if initial_epoch < t.epochs:
+            model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
+                      callbacks=cbs, verbose=verbose)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; the last completed epoch is checkpointed in {run.partial}. Continue with "
+            f"the same command plus --resume."
+        ) from None
+    fit_seconds = time.perf_counter() - fit_started
+    bad = [r for r in ckpt.history if any(isinstance(v, float) and v != v for v in r.values())]
+    if bad or (model.stop_training and t.stop_on_nan and _nonfinite(model)):
+        epoch = bad[0]["epoch"] if bad else "?"
+        raise Diverged(
+            f"training diverged: the loss became NaN or infinite in epoch {epoch}. The last finite "
+            f"checkpoint is kept in {run.partial}/checkpoints. Lower train.lr.initial "
+            f"({t.lr.initial:g}) or set train.optimizer.global_clipnorm."
+        )
+    if t.restore_best and run.path("checkpoints", "best.keras").is_file():
+        model.set_weights(load_keras(run.path("checkpoints", "best.keras")).get_weights())
+
+    log("evaluating on the test set")
+    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    metrics = {
+        **{f"test_{k}": float(v) for k, v in test.items()},
+        **model_stats(model),
+        "epochs": len(ckpt.history),
+        "best_epoch": ckpt.best_epoch,
+        f"best_{ckpt.monitor}": ckpt.best,
+        "train_samples": int(len(splits.x_train)),
+        "val_samples": int(len(splits.x_val)),
+        "test_samples": int(len(splits.x_test)),
+        "fit_seconds": round(fit_seconds, 3),
+        "wall_seconds": None,
+        "normalization": splits.normalization,
+        "versions": versions(),
+    }
+    save_keras(model, run.path("model.keras"), include_optimizer=False)
+    if recipe.output.saved_model:
+        save_savedmodel(model, run.path("saved_model"))
+    if recipe.output.plot:
+        from tfopt.report.plots import training_curves
+
+        training_curves(ckpt.history, run.path("training.png"), title=recipe.name)
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
+    atomic_write_json(run.path("metrics.json"), metrics)
+    final = run.commit()
+    return RunResult(final, metrics, model)
+
+
+def _nonfinite(model) -> bool:
+    import numpy as np
+
+    return any(not np.all(np.isfinite(w)) for w in model.get_weights())
