@@ -307,7 +307,7 @@ def _cross_checks(recipe: Recipe):
             steps = plan(recipe.model.layers, shape)
         except ValueError as exc:
             key, _, msg = str(exc).partition(": ")
-            problems.append((key.split(" ")[0], f"{key.partition(' ')[2]} {msg}".strip()))
+            problems.append((key, msg))
         else:
             classes = KNOWN_CLASSES.get(recipe.data.name) or getattr(recipe.data, "classes", None)
             out = steps[-1][3]

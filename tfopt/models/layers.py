@@ -288,7 +288,7 @@ def plan(layers, input_shape):
         try:
             out = cfg.out_shape(shape)
         except ValueError as exc:
-            raise ValueError(f"model.layers.{index} ({name}, {cfg.type}): {exc}") from None
+            raise ValueError(f"model.layers.{index}: {name} ({cfg.type}) {exc}") from None
         extra = {}
         if isinstance(cfg, _Weighted) and cfg.batch_norm:
             extra["bn"] = next_name("bn")

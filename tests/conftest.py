@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny synthetic data and tiny models; TF threads capped; seeds fixed."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_DIR = os.environ.get("TFOPT_DATA_DIR")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tf_threads():
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    yield
+    tf_keras.backend.clear_session()
+
+
+def tiny_recipe_dict(**overrides):
+    """A recipe that trains in about a second on synthetic 8×8 images."""
+    data = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"name": "synthetic", "samples": 192, "test_samples": 64, "shape": [8, 8, 1], "classes": 4,
+                 "noise": 0.3, "validation_split": 0.25},
+        "model": {"layers": [
+            {"type": "conv2d", "filters": 4, "batch_norm": True, "activation": "relu"},
+            {"type": "max_pool"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 4, "activation": "softmax"},
+        ]},
+        "train": {"epochs": 3, "batch_size": 32, "verbose": 0, "lr": {"initial": 0.01}},
+        "output": {"tensorboard": False, "saved_model": False, "plot": False},
+    }
+    for key, value in overrides.items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return data
+
+
+@pytest.fixture
+def tiny_recipe():
+    from tfopt.recipe import validate
+
+    return lambda **kw: validate(tiny_recipe_dict(**kw))
+
+
+@pytest.fixture
+def mnist_dir():
+    if not DATA_DIR or not (Path(DATA_DIR) / "mnist").is_dir():
+        pytest.skip("MNIST files not found: set TFOPT_DATA_DIR to ../shared/datasets")
+    return Path(DATA_DIR)

@@ -1,0 +1,124 @@
+"""Schedules against their formulas, and LearningRateDecay inside both Keras worlds."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tfopt.schedules import SCHEDULES, LRPolicy
+
+LR, T = 0.1, 100
+FORMULAS = {
+    "constant": ({}, lambda t: LR),
+    "step": ({"step_size": 30, "gamma": 0.5}, lambda t: LR * 0.5 ** (t // 30)),
+    "exponential": ({"decay_rate": 0.5, "decay_steps": 20}, lambda t: LR * 0.5 ** (t / 20)),
+    "inverse_time": ({"decay_rate": 2.0, "decay_steps": 10}, lambda t: LR / (1 + 2.0 * t / 10)),
+    "inverse_sqrt": ({"k": 0.5}, lambda t: LR / math.sqrt(1 + 0.5 * t)),
+    "polynomial": ({"end_lr": 0.001, "power": 2.0}, lambda t: (LR - 0.001) * (1 - t / T) ** 2 + 0.001),
+    "cosine": ({"alpha": 0.1}, lambda t: LR * (0.9 * 0.5 * (1 + math.cos(math.pi * t / T)) + 0.1)),
+    "piecewise": ({"boundaries": [10, 50], "values": [0.3, 0.2, 0.1]},
+                  lambda t: 0.3 if t <= 10 else 0.2 if t <= 50 else 0.1),
+}
+
+
+def sgdr(t, first=10, t_mul=2.0, m_mul=0.5):
+    period, peak = first, 1.0
+    while t >= period:
+        t, period, peak = t - period, period * t_mul, peak * m_mul
+    return LR * peak * 0.5 * (1 + math.cos(math.pi * t / period))
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_schedule_matches_formula(name):
+    args, formula = FORMULAS[name]
+    schedule = SCHEDULES.get({"name": name, **args})
+    for t in (0, 1, 9, 10, 11, 33, 50, 51, 99, 100):
+        assert schedule.rate(t, LR, T) == pytest.approx(formula(t), rel=1e-12), t
+
+
+def test_cosine_restarts_matches_sgdr():
+    s = SCHEDULES.get({"name": "cosine_restarts", "first_decay_steps": 10, "m_mul": 0.5})
+    for t in (0, 5, 9, 10, 15, 29, 30, 31, 69, 70):
+        assert s.rate(t, LR, T) == pytest.approx(sgdr(t), rel=1e-12), t
+
+
+def test_keras_schedules_agree_where_they_overlap():
+    import tf_keras
+
+    S = tf_keras.optimizers.schedules
+    pairs = [
+        (SCHEDULES.get({"name": "exponential", "decay_rate": 0.5, "decay_steps": 20}), S.ExponentialDecay(LR, 20, 0.5)),
+        (SCHEDULES.get({"name": "cosine", "alpha": 0.1}), S.CosineDecay(LR, T, alpha=0.1)),
+        (SCHEDULES.get({"name": "polynomial", "end_lr": 0.001, "power": 2.0}), S.PolynomialDecay(LR, T, 0.001, 2.0)),
+        (SCHEDULES.get({"name": "inverse_time", "decay_rate": 2.0, "decay_steps": 10}), S.InverseTimeDecay(LR, 10, 2.0)),
+        (SCHEDULES.get({"name": "cosine_restarts", "first_decay_steps": 10, "m_mul": 0.5}),
+         S.CosineDecayRestarts(LR, 10, m_mul=0.5)),
+    ]
+    for ours, theirs in pairs:
+        for t in (0, 7, 25, 64, 99):
+            assert ours.rate(t, LR, T) == pytest.approx(float(theirs(t)), rel=1e-5)
+
+
+def test_warmup_is_linear_then_hands_over():
+    p = LRPolicy(initial=0.2, schedule={"name": "cosine"}, warmup=10, warmup_start=0.1)
+    assert p.rate(0, 110) == pytest.approx(0.02)
+    assert p.rate(5, 110) == pytest.approx(0.02 + 0.18 * 0.5)
+    assert p.rate(10, 110) == pytest.approx(0.2)
+    assert p.rate(60, 110) == pytest.approx(0.1)
+
+
+def _fit_logs(keras_module, callback, epochs=4, steps=5):
+    x = np.random.default_rng(0).normal(size=(steps * 8, 3)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    model = keras_module.Sequential([keras_module.Input((3,)), keras_module.layers.Dense(1)])
+    model.compile(keras_module.optimizers.SGD(0.5), "mse")
+    hist = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, callbacks=[callback])
+    return hist.history, model
+
+
+@pytest.mark.parametrize("world", ["tf_keras", "keras"])
+def test_learning_rate_decay_per_epoch_in_both_worlds(world):
+    import importlib
+
+    from tfopt.callbacks import LearningRateDecay
+
+    km = importlib.import_module(world)
+    cb = LearningRateDecay({"name": "step", "step_size": 1, "gamma": 0.5}, per="epoch")
+    hist, _ = _fit_logs(km, cb)
+    assert hist["lr"] == pytest.approx([0.5, 0.25, 0.125, 0.0625])
+
+
+@pytest.mark.parametrize("world", ["tf_keras", "keras"])
+def test_learning_rate_decay_per_step_warmup(world):
+    import importlib
+
+    from tfopt.callbacks import LearningRateDecay
+
+    km = importlib.import_module(world)
+    cb = LearningRateDecay("cosine", per="step", initial_lr=0.1, warmup=5)
+    hist, _ = _fit_logs(km, cb, epochs=2, steps=5)
+    # the last step of each epoch: t = 4 (warm-up: 0.1·4/5) and t = 9 (cosine at 4 of 5)
+    assert hist["lr"] == pytest.approx([0.08, 0.1 * 0.5 * (1 + math.cos(math.pi * 4 / 5))], rel=1e-5)
+
+
+def test_plateau_factor_multiplies_schedule():
+    import tf_keras
+
+    from tfopt.callbacks import LearningRateDecay
+
+    cb = LearningRateDecay("constant", per="epoch", plateau={"monitor": "never_improves", "patience": 1,
+                                                              "factor": 0.5, "min_delta": 0.0})
+    model = tf_keras.Sequential([tf_keras.Input((1,)), tf_keras.layers.Dense(1)])
+    model.compile(tf_keras.optimizers.SGD(0.2), "mse")
+    cb.set_model(model)
+    cb.params = {"epochs": 5, "steps": 1}
+    cb.on_train_begin()
+    lrs = []
+    for epoch in range(5):
+        cb.on_epoch_begin(epoch)
+        logs = {"never_improves": 1.0}
+        cb.on_epoch_end(epoch, logs)
+        lrs.append(logs["lr"])
+    assert lrs == pytest.approx([0.2, 0.2, 0.1, 0.05, 0.025])
+    assert cb.get_state()["factor"] == 0.0625
+    assert cb.get_config()["plateau"]["factor"] == 0.5
