@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/tfopt fit recipes/quickstart.yaml --overwrite
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q; rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

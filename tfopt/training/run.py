@@ -15,6 +15,7 @@ Run directory layout (shared by every tfopt command that writes a model)::
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 import time
@@ -186,8 +187,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
             f"the same command plus --resume."
         ) from None
     fit_seconds = time.perf_counter() - fit_started
-    bad = [r for r in ckpt.history if any(isinstance(v, float) and v != v for v in r.values())]
-    if bad or (model.stop_training and t.stop_on_nan and _nonfinite(model)):
+    bad = [r for r in ckpt.history if not all(math.isfinite(v) for v in r.values())]
+    if bad:
         epoch = bad[0]["epoch"] if bad else "?"
         raise Diverged(
             f"training diverged: the loss became NaN or infinite in epoch {epoch}. The last finite "
@@ -224,9 +225,3 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
     atomic_write_json(run.path("metrics.json"), metrics)
     final = run.commit()
     return RunResult(final, metrics, model)
-
-
-def _nonfinite(model) -> bool:
-    import numpy as np
-
-    return any(not np.all(np.isfinite(w)) for w in model.get_weights())

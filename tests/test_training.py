@@ -1,0 +1,168 @@
+"""Training runs: artifacts, refusal to overwrite, resume after interruption, divergence, optimizers."""
+
+import json
+
+import numpy as np
+import pytest
+import tf_keras as keras
+import yaml
+
+from tfopt.errors import RunDirError
+from tfopt.export import load_keras
+from tfopt.optimizers import OPTIMIZERS
+from tfopt.rundir import atomic_write_text
+from tfopt.training.run import Diverged, Interrupted, fit
+
+
+def test_fit_writes_a_complete_run(tiny_recipe, tmp_path):
+    r = tiny_recipe(**{"output.plot": True, "output.saved_model": True, "train.epochs": 4})
+    res = fit(r, output=tmp_path, log=lambda *_: None)
+    run = tmp_path / "tiny"
+    assert res.run_dir == run and not (tmp_path / "tiny.partial").exists()
+    for name in ("model.keras", "saved_model/saved_model.pb", "recipe.yaml", "metrics.json", "history.csv",
+                 "training.png", "checkpoints/best.keras", "checkpoints/last.keras"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.6  # 4 classes: chance is 0.25
+    assert metrics["params"] == res.model.count_params() and metrics["epochs"] == 4
+    assert set(metrics["versions"]) == {"python", "tensorflow", "tf_keras", "numpy", "tfopt"}
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["optimizer"]["beta_1"] == 0.9
+    rows = (run / "history.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["epoch", "loss", "accuracy"] and len(rows) == 5
+    # the saved model reloads without custom objects and predicts like the trained one
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(load_keras(run / "model.keras").predict(x, verbose=0),
+                               res.model.predict(x, verbose=0), rtol=1e-5)
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(serve(input=tf.constant(x))["output"].numpy(), res.model.predict(x, verbose=0),
+                               rtol=1e-5)
+
+
+def test_same_seed_reproduces_the_run(tiny_recipe, tmp_path):
+    a = fit(tiny_recipe(), output=tmp_path / "a", log=lambda *_: None).metrics
+    b = fit(tiny_recipe(), output=tmp_path / "b", log=lambda *_: None).metrics
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+
+
+def test_existing_run_is_never_overwritten_unless_asked(tiny_recipe, tmp_path):
+    fit(tiny_recipe(), output=tmp_path, log=lambda *_: None)
+    marker = tmp_path / "tiny" / "keep.txt"
+    marker.write_text("earlier run")
+    with pytest.raises(RunDirError, match="already exists and holds an earlier run; pass --overwrite"):
+        fit(tiny_recipe(), output=tmp_path, log=lambda *_: None)
+    assert marker.read_text() == "earlier run"
+    fit(tiny_recipe(), output=tmp_path, overwrite=True, log=lambda *_: None)
+    assert not marker.exists() and (tmp_path / "tiny" / "metrics.json").exists()
+
+
+class _InterruptAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption(tiny_recipe, tmp_path):
+    r = tiny_recipe(**{"train.epochs": 5})
+    with pytest.raises(Interrupted, match="Continue with the same command plus --resume"):
+        fit(r, output=tmp_path, callbacks=[_InterruptAt(3)], log=lambda *_: None)
+    partial = tmp_path / "tiny.partial"
+    assert not (tmp_path / "tiny").exists(), "an interrupted run must not look complete"
+    state = json.loads((partial / "checkpoints" / "state.json").read_text())
+    assert state["epochs_done"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    saved = load_keras(partial / "checkpoints" / "last.keras")
+    lines = []
+    res = fit(r, output=tmp_path, resume=True, log=lines.append)
+    assert lines[0] == f"resuming {partial} after epoch 3"
+    history = (tmp_path / "tiny" / "history.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in history] == [1, 2, 3, 4, 5]
+    assert res.metrics["epochs"] == 5
+    # training continued from the checkpoint's weights, not from scratch
+    assert not np.allclose(saved.get_weights()[0], res.model.get_weights()[0])
+
+
+def test_resume_refuses_a_changed_recipe_and_a_missing_run(tiny_recipe, tmp_path):
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        fit(tiny_recipe(), output=tmp_path, resume=True, log=lambda *_: None)
+    with pytest.raises(Interrupted):
+        fit(tiny_recipe(), output=tmp_path, callbacks=[_InterruptAt(1)], log=lambda *_: None)
+    with pytest.raises(RunDirError, match=r"the recipe differs from the interrupted run's \(train.batch_size\)"):
+        fit(tiny_recipe(**{"train.batch_size": 16}), output=tmp_path, resume=True, log=lambda *_: None)
+    with pytest.raises(RunDirError, match="holds an interrupted run; pass --resume"):
+        fit(tiny_recipe(), output=tmp_path, log=lambda *_: None)
+
+
+def test_divergence_stops_and_keeps_last_finite_checkpoint(tiny_recipe, tmp_path):
+    r = tiny_recipe(**{
+        "model.layers": [{"type": "flatten"}, {"type": "dense", "units": 4}],
+        "train.loss": "mse", "train.optimizer": "sgd", "train.epochs": 4,
+        "train.lr": {"per": "epoch", "schedule": {"name": "piecewise", "boundaries": [0], "values": [1e-3, 1e6]}},
+    })
+    with pytest.raises(Diverged, match=r"training diverged: the loss became NaN or infinite in epoch 2\."):
+        fit(r, output=tmp_path, log=lambda *_: None)
+    ckpt = tmp_path / "tiny.partial" / "checkpoints"
+    assert json.loads((ckpt / "state.json").read_text())["epochs_done"] == 1
+    assert all(np.isfinite(w).all() for w in load_keras(ckpt / "last.keras").get_weights())
+
+
+def test_atomic_write_keeps_old_content_when_writing_fails(tmp_path, monkeypatch):
+    p = tmp_path / "metrics.json"
+    p.write_text("old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("tfopt.rundir.os.replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(p, "new")
+    assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_unwritable_output_is_a_clear_error(tiny_recipe, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RunDirError, match="cannot write the run directory"):
+        fit(tiny_recipe(), output=blocker / "sub", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", "SGD"), ("adagrad", "Adagrad"), ("rmsprop", "RMSprop"),
+                                      ("adam", "Adam"), ("adamw", "AdamW"), ("nadam", "Nadam")])
+def test_each_optimizer_builds_its_keras_class(name, cls):
+    opt = OPTIMIZERS.get(name).build(0.05)
+    assert type(opt).__name__ == cls and float(opt.learning_rate.numpy()) == pytest.approx(0.05)
+
+
+def _one_step(cfg, grad, lr=0.1, steps=1):
+    import tensorflow as tf
+
+    var = tf.Variable(np.zeros(len(grad), "float32"))
+    opt = OPTIMIZERS.get(cfg).build(lr)
+    for _ in range(steps):
+        opt.apply_gradients([(tf.constant(grad, tf.float32), var)])
+    return var.numpy()
+
+
+def test_sgd_momentum_and_nesterov_formulas():
+    g = np.array([1.0, -2.0])
+    # momentum 0.9: v1 = -lr·g, v2 = 0.9·v1 − lr·g → w2 = v1 + v2 = −lr·g·(1 + 1.9)
+    np.testing.assert_allclose(_one_step({"name": "sgd", "momentum": 0.9}, g, steps=2), -0.1 * g * 2.9, rtol=1e-6)
+    # nesterov: w1 = −lr·g·(1 + m)
+    np.testing.assert_allclose(_one_step({"name": "sgd", "momentum": 0.9, "nesterov": True}, g), -0.1 * g * 1.9,
+                               rtol=1e-6)
+
+
+def test_adam_first_step_is_lr_times_sign():
+    g = np.array([3.0, -0.5])
+    np.testing.assert_allclose(_one_step("adam", g), -0.1 * np.sign(g), rtol=1e-4)
+
+
+def test_gradient_clipping_by_value_norm_and_global_norm():
+    g = np.array([3.0, -4.0])
+    np.testing.assert_allclose(_one_step({"name": "sgd", "clipvalue": 1.0}, g), [-0.1, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(_one_step({"name": "sgd", "clipnorm": 1.0}, g), -0.1 * g / 5, rtol=1e-6)
+    np.testing.assert_allclose(_one_step({"name": "sgd", "global_clipnorm": 2.5}, g), -0.1 * g / 2, rtol=1e-6)
