@@ -166,3 +166,26 @@ def test_gradient_clipping_by_value_norm_and_global_norm():
     np.testing.assert_allclose(_one_step({"name": "sgd", "clipvalue": 1.0}, g), [-0.1, 0.1], rtol=1e-6)
     np.testing.assert_allclose(_one_step({"name": "sgd", "clipnorm": 1.0}, g), -0.1 * g / 5, rtol=1e-6)
     np.testing.assert_allclose(_one_step({"name": "sgd", "global_clipnorm": 2.5}, g), -0.1 * g / 2, rtol=1e-6)
+
+
+def test_one_hot_loss_top_k_plateau_and_early_stopping(tiny_recipe, tmp_path):
+    r = tiny_recipe(**{
+        "train.loss": {"name": "categorical_crossentropy", "label_smoothing": 0.1},
+        "train.metrics": ["accuracy", {"name": "top_k", "k": 2}],
+        "train.lr": {"initial": 0.01, "per": "epoch", "plateau": {"monitor": "val_loss", "patience": 1}},
+        "train.early_stopping": {"monitor": "val_accuracy", "patience": 1, "min_delta": 0.5},
+        "train.epochs": 6,
+    })
+    res = fit(r, output=tmp_path, log=lambda *_: None)
+    m = res.metrics
+    from tfopt.data.pipeline import load_splits
+
+    s = load_splits(r.data, r.seed)
+    probs = res.model.predict(s.x_test, verbose=0)
+    top2 = np.argsort(probs, axis=1)[:, -2:]
+    assert m["test_top_2_accuracy"] == pytest.approx(np.mean([y in row for y, row in zip(s.y_test, top2)]))
+    assert m["test_accuracy"] == pytest.approx(np.mean(probs.argmax(axis=1) == s.y_test))
+    # min_delta 0.5 can never be met: early stopping ends the run after patience + 1 epochs
+    assert m["epochs"] == 2
+    header = (tmp_path / "tiny" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"top_2_accuracy", "val_top_2_accuracy", "lr"} <= set(header)

@@ -5,10 +5,14 @@ and a Keras 3 ``model.fit``. This package imports TensorFlow and tf_keras's Call
 only: never tensorflow_model_optimization, and it sets no environment variables.
 
 Example:
-    >>> from tfopt.callbacks import LearningRateDecay
-    >>> model.fit(x, y, epochs=5, callbacks=[LearningRateDecay("cosine", initial_lr=1e-3, warmup=100)])
+    >>> from tfopt.callbacks import GradientNormMonitor, LearningRateDecay, LRFinder
+    >>> model.fit(x, y, epochs=5, callbacks=[LearningRateDecay("cosine", initial_lr=1e-3, warmup=100),
+    ...                                      GradientNormMonitor((x[:64], y[:64]), every_n_steps=100)])
 """
 
+from tfopt.callbacks.gradients import GradientNormMonitor
 from tfopt.callbacks.lr import LearningRateDecay
+from tfopt.callbacks.lr_finder import LRFinder, find_lr
+from tfopt.callbacks.weights import WeightStatsMonitor
 
-__all__ = ["LearningRateDecay"]
+__all__ = ["GradientNormMonitor", "LearningRateDecay", "LRFinder", "WeightStatsMonitor", "find_lr"]

@@ -34,3 +34,26 @@ def training_curves(history: list[dict], path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def line_plot(x, series: dict, path, xlabel="", ylabel="", title="", logy=False, logx=False, mark=None) -> None:
+    """One line per series; ``mark=(x, label)`` draws a vertical marker."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, ys in series.items():
+        ax.plot(x, ys, label=name, lw=2 if name.startswith("(") else 1)
+    if logy:
+        ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
+    if mark is not None:
+        ax.axvline(mark[0], color="red", ls="--", label=mark[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(series) <= 20:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

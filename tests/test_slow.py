@@ -1,0 +1,54 @@
+"""Heavy end-to-end runs (``make test-slow``): the bundled recipes reach their stated accuracy."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def tfopt(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "tfopt.cli", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+def test_quickstart_from_the_command_line(tmp_path):
+    out = tfopt("fit", "recipes/quickstart.yaml", "--output", tmp_path)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "quickstart" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.97
+
+
+def test_lenet5_reaches_99_percent_on_mnist(mnist_dir, tmp_path):
+    out = tfopt("fit", "recipes/lenet5_mnist.yaml", "--output", tmp_path, env={"TFOPT_DATA_DIR": str(mnist_dir)})
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "lenet5_mnist" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.99
+
+
+def test_sigterm_then_resume(tmp_path, mnist_dir):
+    """A real kill mid-run: the partial run resumes and finishes."""
+    import signal
+    import time
+
+    env = {**os.environ, "TFOPT_DATA_DIR": str(mnist_dir)}
+    args = [sys.executable, "-m", "tfopt.cli", "fit", "recipes/lenet5_mnist.yaml", "--output", str(tmp_path),
+            "--set", "data.limit=6000", "--set", "train.epochs=4"]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = tmp_path / "lenet5_mnist.partial" / "checkpoints" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert "--resume" in output and not (tmp_path / "lenet5_mnist").exists()
+    done = subprocess.run(args + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    history = (tmp_path / "lenet5_mnist" / "history.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in history[1:]] == [1, 2, 3, 4]
