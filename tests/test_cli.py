@@ -92,3 +92,23 @@ def test_unwritable_output_exits_2(tmp_path):
     blocker.write_text("")
     res = run("fit", write(tmp_path, tiny_recipe_dict()), "--output", blocker / "sub")
     assert res.exit_code == 2 and "cannot write the run directory" in res.output
+
+
+def test_gradcheck_command_passes_on_a_bundled_recipe():
+    res = run("gradcheck", REPO / "recipes/resnet_small.yaml", "--entries", "4")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split() == ["layer", "entries", "kinks", "max", "rel.", "error", "result"]
+    assert lines[-1] == "gradient check passed (threshold 0.0001, eps 1e-05, float64)"
+
+
+def test_lr_find_command(tmp_path):
+    res = run("lr-find", REPO / "recipes/quickstart.yaml", "--steps", "30", "--min-lr", "1e-5", "--max-lr", "1",
+              "--plot", tmp_path / "lr.png")
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("suggested learning rate: "))
+    lr = float(line.split()[3])
+    assert 1e-5 <= lr <= 1 and "rule 'steepest'" in line
+    assert (tmp_path / "lr.png").stat().st_size > 0
+    bad = run("lr-find", REPO / "recipes/quickstart.yaml", "--min-lr", "1", "--max-lr", "0.1")
+    assert bad.exit_code == 2 and "lr-find: need 0 < min_lr < max_lr; got 1.0 and 0.1" in bad.output

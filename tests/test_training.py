@@ -189,3 +189,29 @@ def test_one_hot_loss_top_k_plateau_and_early_stopping(tiny_recipe, tmp_path):
     assert m["epochs"] == 2
     header = (tmp_path / "tiny" / "history.csv").read_text().splitlines()[0].split(",")
     assert {"top_2_accuracy", "val_top_2_accuracy", "lr"} <= set(header)
+
+
+def test_recipe_callbacks_write_into_the_run(tiny_recipe, tmp_path):
+    r = tiny_recipe(callbacks=[{"name": "gradient_norm_monitor", "every_n_steps": 2, "verbose": 0},
+                               "weight_stats_monitor"])
+    fit(r, output=tmp_path, log=lambda *_: None)
+    run = tmp_path / "tiny"
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"grad_norm", "grad_norm/conv1", "grad_norm/fc1", "sparsity", "sparsity/fc1"} <= set(header)
+    rows = (run / "gradients.csv").read_text().splitlines()
+    steps_per_epoch = 5  # 144 training samples / 32
+    checks = len(range(0, 3 * steps_per_epoch, 2))
+    assert len(rows) == 1 + checks * (1 + 3 + 1)  # global; conv1, bn1, fc1; act1 (dead-ReLU fraction)
+    assert (run / "gradients.png").exists() and (run / "weights.csv").exists()
+
+
+def test_unknown_callback_name_is_a_recipe_error():
+    from tfopt.errors import RecipeError
+    from tfopt.recipe import validate
+
+    from tests.conftest import tiny_recipe_dict
+
+    with pytest.raises(RecipeError) as info:
+        validate(tiny_recipe_dict(callbacks=[{"name": "gradient_monitor"}]))
+    assert info.value.problems == [("callbacks.0.name", "unknown callback 'gradient_monitor' (did you mean "
+                                    "'gradient_norm_monitor'?); available: gradient_norm_monitor, weight_stats_monitor")]

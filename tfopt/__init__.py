@@ -11,6 +11,7 @@ _LAZY = {
     "build_model": "tfopt.models.builder",
     "fit": "tfopt.training.run",
     "load_data": "tfopt.data",
+    "gradcheck": "tfopt.finite_diff",
 }
 
 

@@ -105,6 +105,72 @@ def fit(recipe, overrides, output, resume, overwrite):
     click.echo(f"run written to {result.run_dir}")
 
 
+def _recipe_model_and_data(recipe, overrides):
+    from tfopt.data import load_data
+    from tfopt.models.builder import build_model
+    from tfopt.recipe import load_recipe
+
+    r = load_recipe(recipe, overrides)
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(r.seed)
+    splits = load_data(r.data, r.seed)
+    return r, build_model(r.model, r.model.input_shape or splits.input_shape, name=r.name), splits
+
+
+@cli.command("lr-find")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--min-lr", type=float, default=1e-6, show_default=True)
+@click.option("--max-lr", type=float, default=1.0, show_default=True)
+@click.option("--steps", type=int, default=100, show_default=True, help="Training steps in the sweep.")
+@click.option("--rule", type=click.Choice(["steepest", "min_div_10"]), default="steepest", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), help="Save the loss-vs-LR curve as a PNG.")
+def lr_find(recipe, overrides, min_lr, max_lr, steps, rule, plot):
+    """Learning-rate range test on RECIPE's model and training data."""
+    from tfopt.errors import TfoptError
+
+    try:
+        from tfopt.callbacks import LRFinder
+
+        finder = LRFinder(min_lr, max_lr, num_steps=steps, rule=rule, plot_path=plot)
+    except ValueError as exc:
+        raise TfoptError(f"lr-find: {exc}") from None
+    from tfopt.training.run import compile_model, datasets
+
+    r, model, splits = _recipe_model_and_data(recipe, overrides)
+    compile_model(model, r.train, min_lr)
+    train, _, _ = datasets(r, splits)
+    click.echo(f"sweeping the learning rate from {min_lr:g} to {max_lr:g} over {steps} steps")
+    model.fit(train, epochs=finder.epochs_needed(int(train.cardinality())), callbacks=[finder], verbose=0)
+    s = finder.suggestion()
+    for lr, loss in list(zip(finder.lrs, finder.smoothed))[:: max(1, len(finder.lrs) // 12)]:
+        click.echo(f"  lr {lr:10.3g}  smoothed loss {loss:.4f}")
+    click.echo(f"suggested learning rate: {s['lr']:.3g} (rule '{s['rule']}': {s['reason']}); "
+               f"swept {s['min_lr']:g}–{s['max_lr']:.3g} in {s['steps']} steps")
+    click.echo(f"use it with: --set train.lr.initial={s['lr']:.3g}")
+    if plot:
+        click.echo(f"plot written to {plot}")
+
+
+@cli.command("gradcheck")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--samples", type=int, default=4, show_default=True, help="Batch size of the check.")
+@click.option("--entries", type=int, default=16, show_default=True, help="Entries checked per variable.")
+@click.option("--threshold", type=float, default=1e-4, show_default=True, help="Max relative error per layer.")
+def gradcheck_cmd(recipe, overrides, samples, entries, threshold):
+    """Compare RECIPE's model gradients with finite differences (float64). Exit 1 on failure."""
+    from tfopt.finite_diff import gradcheck
+
+    _, model, splits = _recipe_model_and_data(recipe, overrides)
+    result = gradcheck(model, splits.x_train[:samples], splits.y_train[:samples], max_entries=entries,
+                       threshold=threshold)
+    click.echo(result.table())
+    if not result.passed:
+        sys.exit(1)
+
+
 def main():
     cli(prog_name="tfopt")
 

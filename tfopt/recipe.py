@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, Field, PositiveInt, ValidationError
 
+from tfopt.callback_configs import CALLBACKS
 from tfopt.data.config import DATASETS
 from tfopt.errors import RecipeError
 from tfopt.losses import LOSSES, METRICS
@@ -85,6 +86,7 @@ class Recipe(Config):
     data: DATASETS.union()
     model: Model
     train: Train = Field(default_factory=Train)
+    callbacks: list[CALLBACKS.union()] = Field(default_factory=list)
     output: Output = Field(default_factory=Output)
 
     def input_shape(self):
@@ -192,7 +194,7 @@ def _allowed(root, loc) -> set:
 
 
 def _registry_kind(tags):
-    for registry in (OPTIMIZERS, LOSSES, METRICS, DATASETS, LAYERS):
+    for registry in (OPTIMIZERS, LOSSES, METRICS, DATASETS, LAYERS, CALLBACKS):
         if set(tags) <= set(registry.names()):
             return registry.kind
     from tfopt.schedules import SCHEDULES

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from tfopt.errors import RunDirError, ShapeError, TfoptError
@@ -173,6 +174,9 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
                                                  mode=es.direction(), restore_best_weights=es.restore_best_weights))
     if recipe.output.tensorboard:
         cbs.append(keras.callbacks.TensorBoard(str(run.path("logs")), write_graph=False, profile_batch=0))
+    probe_y = splits.y_train[:256]
+    probe = (splits.x_train[:256], np.eye(splits.num_classes, dtype="float32")[probe_y] if t.loss.one_hot else probe_y)
+    cbs += [c.build(run.partial, probe) for c in recipe.callbacks]
     cbs += [ckpt, *callbacks]
     verbose = (1 if sys.stdout.isatty() else 2) if t.verbose == "auto" else t.verbose
 
