@@ -214,4 +214,22 @@ def test_unknown_callback_name_is_a_recipe_error():
     with pytest.raises(RecipeError) as info:
         validate(tiny_recipe_dict(callbacks=[{"name": "gradient_monitor"}]))
     assert info.value.problems == [("callbacks.0.name", "unknown callback 'gradient_monitor' (did you mean "
-                                    "'gradient_norm_monitor'?); available: gradient_norm_monitor, weight_stats_monitor")]
+                                    "'gradient_norm_monitor'?); available: learning_rate_decay, lr_finder, "
+                                    "gradient_norm_monitor, weight_stats_monitor")]
+
+
+def test_learning_rate_decay_entry_replaces_train_lr(tiny_recipe, tmp_path):
+    from tests.conftest import tiny_recipe_dict
+    from tfopt.errors import RecipeError
+    from tfopt.recipe import validate
+
+    data = tiny_recipe_dict(callbacks=[{"name": "learning_rate_decay", "initial": 0.02, "per": "epoch",
+                                        "schedule": {"name": "step", "step_size": 1, "gamma": 0.5}}])
+    with pytest.raises(RecipeError, match="learning_rate_decay replaces train.lr"):
+        validate(data)
+    del data["train"]["lr"]
+    r = validate(data)
+    fit(r, output=tmp_path, log=lambda *_: None)
+    lrs = [float(row.split(",")[-1]) for row in (tmp_path / "tiny" / "history.csv").read_text().splitlines()[1:]]
+    header = (tmp_path / "tiny" / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[-1] == "lr" and lrs == pytest.approx([0.02, 0.01, 0.005])

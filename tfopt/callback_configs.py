@@ -1,12 +1,14 @@
 """The recipe's ``callbacks:`` list: callbacks named with their arguments. Imports no TensorFlow.
 
-Outputs (CSV, TensorBoard, PNG) go into the run directory. The learning-rate schedule is
-``train.lr``, not a callback entry.
+Outputs (CSV, TensorBoard, PNG) go into the run directory. ``learning_rate_decay`` takes
+the same keys as ``train.lr`` and replaces it (give one or the other). ``lr_finder`` holds the
+settings of ``tfopt lr-find RECIPE``; ``tfopt fit`` does not run it.
 
 Example:
     callbacks:
       - {name: gradient_norm_monitor, every_n_steps: 100}
       - weight_stats_monitor
+      - {name: lr_finder, min_lr: 1.0e-6, max_lr: 1.0, num_steps: 100}
 """
 
 from __future__ import annotations
@@ -16,13 +18,41 @@ from typing import Literal, Optional
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from tfopt.registry import Config, Registry
+from tfopt.schedules import LRPolicy
 
 CALLBACKS = Registry("callback")
 
 
 class CallbackConfig(Config):
-    def build(self, run_dir, probe):  # pragma: no cover
-        raise NotImplementedError
+    def build(self, run_dir, probe):
+        """The Keras callback for ``tfopt fit``, or None when this entry is not a training callback."""
+        return None
+
+
+@CALLBACKS.register
+class LearningRateDecayConfig(LRPolicy):
+    """See :class:`tfopt.callbacks.LearningRateDecay`; the keys are those of ``train.lr``."""
+
+    name: Literal["learning_rate_decay"] = "learning_rate_decay"
+
+    def policy(self) -> LRPolicy:
+        return LRPolicy(**self.model_dump(exclude={"name"}))
+
+    def build(self, run_dir, probe):
+        return None  # tfopt fit drives the rate from policy() in place of train.lr
+
+
+@CALLBACKS.register
+class LRFinderConfig(CallbackConfig):
+    """Settings of ``tfopt lr-find``; see :class:`tfopt.callbacks.LRFinder`."""
+
+    name: Literal["lr_finder"] = "lr_finder"
+    min_lr: PositiveFloat = 1e-6
+    max_lr: PositiveFloat = 1.0
+    num_steps: int = Field(100, ge=5)
+    smoothing: float = Field(0.9, ge=0, lt=1)
+    diverge_factor: float = Field(4.0, gt=1)
+    rule: Literal["steepest", "min_div_10"] = "steepest"
 
 
 @CALLBACKS.register

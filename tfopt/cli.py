@@ -121,19 +121,25 @@ def _recipe_model_and_data(recipe, overrides):
 @cli.command("lr-find")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @set_option
-@click.option("--min-lr", type=float, default=1e-6, show_default=True)
-@click.option("--max-lr", type=float, default=1.0, show_default=True)
-@click.option("--steps", type=int, default=100, show_default=True, help="Training steps in the sweep.")
-@click.option("--rule", type=click.Choice(["steepest", "min_div_10"]), default="steepest", show_default=True)
+@click.option("--min-lr", type=float, help="Start of the sweep [recipe's lr_finder entry, else 1e-6].")
+@click.option("--max-lr", type=float, help="End of the sweep [else 1.0].")
+@click.option("--steps", type=int, help="Training steps in the sweep [else 100].")
+@click.option("--rule", type=click.Choice(["steepest", "min_div_10"]), help="Suggestion rule [else steepest].")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Save the loss-vs-LR curve as a PNG.")
 def lr_find(recipe, overrides, min_lr, max_lr, steps, rule, plot):
     """Learning-rate range test on RECIPE's model and training data."""
+    from tfopt.callback_configs import LRFinderConfig
     from tfopt.errors import TfoptError
+    from tfopt.recipe import load_recipe
 
+    cfg = load_recipe(recipe, overrides).callback("lr_finder") or LRFinderConfig()
+    given = {"min_lr": min_lr, "max_lr": max_lr, "num_steps": steps, "rule": rule}
+    args = {**cfg.model_dump(exclude={"name"}), **{k: v for k, v in given.items() if v is not None}}
+    min_lr, max_lr, steps = args["min_lr"], args["max_lr"], args["num_steps"]
     try:
         from tfopt.callbacks import LRFinder
 
-        finder = LRFinder(min_lr, max_lr, num_steps=steps, rule=rule, plot_path=plot)
+        finder = LRFinder(**args, plot_path=plot)
     except ValueError as exc:
         raise TfoptError(f"lr-find: {exc}") from None
     from tfopt.training.run import compile_model, datasets

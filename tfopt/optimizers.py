@@ -62,31 +62,28 @@ class RMSprop(Optimizer):
     _keras_class: ClassVar[str] = "RMSprop"
 
 
-@OPTIMIZERS.register
-class Adam(Optimizer):
-    name: Literal["adam"] = "adam"
+class _AdamFamily(Optimizer):
     beta_1: float = Field(0.9, ge=0, lt=1)
     beta_2: float = Field(0.999, ge=0, lt=1)
     epsilon: PositiveFloat = 1e-7
+
+
+@OPTIMIZERS.register
+class Adam(_AdamFamily):
+    name: Literal["adam"] = "adam"
     amsgrad: bool = False
     _keras_class: ClassVar[str] = "Adam"
 
 
 @OPTIMIZERS.register
-class AdamW(Optimizer):
+class AdamW(_AdamFamily):
     name: Literal["adamw"] = "adamw"
     weight_decay: float = Field(0.004, ge=0)
-    beta_1: float = Field(0.9, ge=0, lt=1)
-    beta_2: float = Field(0.999, ge=0, lt=1)
-    epsilon: PositiveFloat = 1e-7
     amsgrad: bool = False
     _keras_class: ClassVar[str] = "AdamW"
 
 
 @OPTIMIZERS.register
-class Nadam(Optimizer):
+class Nadam(_AdamFamily):
     name: Literal["nadam"] = "nadam"
-    beta_1: float = Field(0.9, ge=0, lt=1)
-    beta_2: float = Field(0.999, ge=0, lt=1)
-    epsilon: PositiveFloat = 1e-7
     _keras_class: ClassVar[str] = "Nadam"

@@ -92,6 +92,14 @@ class Recipe(Config):
     def input_shape(self):
         return self.model.input_shape or self.data.input_shape()
 
+    def lr_policy(self) -> LRPolicy:
+        """``train.lr``, or the ``learning_rate_decay`` callback entry that replaces it."""
+        entry = self.callback("learning_rate_decay")
+        return entry.policy() if entry else self.train.lr
+
+    def callback(self, name):
+        return next((c for c in self.callbacks if c.name == name), None)
+
     def run_name(self) -> str:
         return self.output.run_name or self.name
 
@@ -303,6 +311,13 @@ def _cross_checks(recipe: Recipe):
         if monitor.startswith("val_") and not has_val:
             problems.append((key, f"monitors '{monitor}' but data.validation_split is 0; "
                                   f"monitor '{monitor[4:]}' or hold out validation data"))
+    names = [c.name for c in recipe.callbacks]
+    for name in set(names):
+        if names.count(name) > 1:
+            problems.append((f"callbacks.{names.index(name)}.name", f"'{name}' is listed {names.count(name)} times"))
+    if "learning_rate_decay" in names and "lr" in recipe.train.model_fields_set:
+        problems.append((f"callbacks.{names.index('learning_rate_decay')}",
+                         "learning_rate_decay replaces train.lr; give the schedule in one place, not both"))
     shape = recipe.input_shape()
     if shape is not None:
         try:

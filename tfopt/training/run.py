@@ -150,7 +150,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
     atomic_write_text(run.path("recipe.yaml"), resolved)
 
     t = recipe.train
-    lr_cb = LearningRateDecay(recipe.train.lr, verbose=1)
+    policy = recipe.lr_policy()
+    lr_cb = LearningRateDecay(policy, verbose=1)
     initial_epoch = 0
     if state and run.path("checkpoints", "last.keras").is_file():
         model = load_keras(run.path("checkpoints", "last.keras"))
@@ -158,7 +159,7 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
         lr_cb.set_state(state.get("lr_state", {}))
         log(f"resuming {run.partial} after epoch {initial_epoch}")
     else:
-        compile_model(model, t, t.lr.initial)
+        compile_model(model, t, policy.initial)
         state = None
 
     train_ds, val_ds, test_ds = datasets(recipe, splits)
@@ -176,7 +177,7 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
         cbs.append(keras.callbacks.TensorBoard(str(run.path("logs")), write_graph=False, profile_batch=0))
     probe_y = splits.y_train[:256]
     probe = (splits.x_train[:256], np.eye(splits.num_classes, dtype="float32")[probe_y] if t.loss.one_hot else probe_y)
-    cbs += [c.build(run.partial, probe) for c in recipe.callbacks]
+    cbs += [cb for cb in (c.build(run.partial, probe) for c in recipe.callbacks) if cb is not None]
     cbs += [ckpt, *callbacks]
     verbose = (1 if sys.stdout.isatty() else 2) if t.verbose == "auto" else t.verbose
 
@@ -197,7 +198,7 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
         raise Diverged(
             f"training diverged: the loss became NaN or infinite in epoch {epoch}. The last finite "
             f"checkpoint is kept in {run.partial}/checkpoints. Lower train.lr.initial "
-            f"({t.lr.initial:g}) or set train.optimizer.global_clipnorm."
+            f"({policy.initial:g}) or set train.optimizer.global_clipnorm."
         )
     if t.restore_best and run.path("checkpoints", "best.keras").is_file():
         model.set_weights(load_keras(run.path("checkpoints", "best.keras")).get_weights())
