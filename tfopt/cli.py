@@ -177,6 +177,115 @@ def gradcheck_cmd(recipe, overrides, samples, entries, threshold):
         sys.exit(1)
 
 
+def _source_options(f):
+    f = click.option("--overwrite", is_flag=True, help="Replace a finished run of the same name.")(f)
+    f = click.option("--output", type=click.Path(file_okay=False), help="Parent folder of the new run.")(f)
+    f = set_option(f)
+    f = click.option("--recipe", type=click.Path(dir_okay=False),
+                     help="Recipe naming the data (required for a model file; default: the run's).")(f)
+    return click.argument("source", type=click.Path())(f)
+
+
+def _finetune_options(f):
+    f = click.option("--batch-size", type=int, help="Fine-tune batch size [train.batch_size].")(f)
+    f = click.option("--lr", type=float, help="Fine-tune learning rate [train.lr.initial / 10].")(f)
+    return click.option("--epochs", type=int, help="Fine-tune epochs.")(f)
+
+
+def _run_step(step, source, recipe, overrides, output, overwrite, given):
+    from tfopt.optimize import commands
+    from tfopt.optimize.source import load_source
+
+    src = load_source(source, recipe, overrides)
+    fn = getattr(commands, f"run_{step}")
+    fn(src, given, output=output, overwrite=overwrite, log=click.echo)
+
+
+def _pairs(values, option):
+    from tfopt.errors import TfoptError
+
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise TfoptError(f"{option} '{item}': expected LAYER=SPARSITY, e.g. {option} conv1=0.5")
+    return out
+
+
+@cli.command()
+@_source_options
+@_finetune_options
+@click.option("--sparsity", type=float, help="Target fraction of zero weights [0.8].")
+@click.option("--schedule", type=click.Choice(["polynomial", "constant"]), help="Pruning schedule [polynomial].")
+@click.option("--begin-step", type=int, help="First pruning step [0].")
+@click.option("--end-step", type=int, help="Last pruning step [2/3 of the fine-tune steps].")
+@click.option("--frequency", type=int, help="Steps between pruning updates [fits the budget].")
+@click.option("--layer", "layers", multiple=True, metavar="NAME=SPARSITY", help="Per-layer target (repeatable).")
+@click.option("--skip", multiple=True, metavar="NAME", help="Leave this layer dense (repeatable).")
+@click.option("--m-by-n", help="Structured m:n sparsity, e.g. 2:4.")
+@click.option("--force", is_flag=True, default=None, help="Go on when the preflight says the target is out of reach.")
+def prune(source, recipe, overrides, output, overwrite, epochs, lr, batch_size, sparsity, schedule, begin_step,
+          end_step, frequency, layers, skip, m_by_n, force):
+    """Magnitude-prune SOURCE (a run directory or a model file), fine-tune and strip."""
+    from tfopt.errors import TfoptError
+
+    mn = None
+    if m_by_n:
+        try:
+            mn = [int(v) for v in m_by_n.split(":")]
+        except ValueError:
+            raise TfoptError(f"--m-by-n '{m_by_n}': expected M:N, e.g. 2:4") from None
+    given = dict(epochs=epochs, lr=lr, batch_size=batch_size, sparsity=sparsity, schedule=schedule,
+                 begin_step=begin_step, end_step=end_step, frequency=frequency,
+                 layers=_pairs(layers, "--layer") or None, skip=list(skip) or None, m_by_n=mn, force=force)
+    _run_step("prune", source, recipe, overrides, output, overwrite, given)
+
+
+@cli.command()
+@_source_options
+@_finetune_options
+@click.option("--clusters", type=int, help="Shared values per layer [16].")
+@click.option("--init", type=click.Choice(["kmeans_plus_plus", "linear", "density_based", "random"]),
+              help="Centroid initialization [kmeans_plus_plus].")
+@click.option("--skip", multiple=True, metavar="NAME", help="Leave this layer unclustered (repeatable).")
+def cluster(source, recipe, overrides, output, overwrite, epochs, lr, batch_size, clusters, init, skip):
+    """Cluster SOURCE's weights, fine-tune and strip."""
+    given = dict(epochs=epochs, lr=lr, batch_size=batch_size, clusters=clusters, init=init, skip=list(skip) or None)
+    _run_step("cluster", source, recipe, overrides, output, overwrite, given)
+
+
+@cli.command()
+@_source_options
+@_finetune_options
+@click.option("--mode", type=click.Choice(["dynamic", "float16", "int8", "qat"]), help="Quantization [int8].")
+@click.option("--int8-io", is_flag=True, default=None, help="int8 input and output (int8, qat).")
+@click.option("--representative-samples", type=int, help="Training images for int8 calibration [500].")
+def quantize(source, recipe, overrides, output, overwrite, epochs, lr, batch_size, mode, int8_io,
+             representative_samples):
+    """Quantize SOURCE to a verified TFLite file (post-training, or QAT with fine-tuning)."""
+    given = dict(epochs=epochs, lr=lr, batch_size=batch_size, mode=mode, int8_io=int8_io,
+                 representative_samples=representative_samples)
+    _run_step("quantize", source, recipe, overrides, output, overwrite, given)
+
+
+@cli.command()
+@_source_options
+@click.option("--tflite", "modes", multiple=True, type=click.Choice(["float32", "dynamic", "float16", "int8"]),
+              help="TFLite files to write (repeatable) [float32].")
+@click.option("--int8-io", is_flag=True, default=None, help="int8 input and output for int8 files.")
+@click.option("--min-agreement-float", type=float, help="Top-1 agreement threshold, float files [0.999].")
+@click.option("--min-agreement-int8", type=float, help="Top-1 agreement threshold, int8/dynamic files [0.99].")
+def export(source, recipe, overrides, output, overwrite, modes, int8_io, min_agreement_float, min_agreement_int8):
+    """Write SavedModel, .keras and verified .tflite files for SOURCE."""
+    given = dict(tflite=list(modes) or None, int8_io=int8_io, min_agreement_float=min_agreement_float,
+                 min_agreement_int8=min_agreement_int8)
+    _run_step("export", source, recipe, overrides, output, overwrite, given)
+
+
 def main():
     cli(prog_name="tfopt")
 

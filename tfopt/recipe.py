@@ -23,6 +23,7 @@ from tfopt.data.config import DATASETS
 from tfopt.errors import RecipeError
 from tfopt.losses import LOSSES, METRICS
 from tfopt.models.layers import INITIALIZERS, LAYERS, Initializer, Regularizer, plan
+from tfopt.optimize.config import Export, Optimize
 from tfopt.optimizers import OPTIMIZERS
 from tfopt.registry import Config, did_you_mean
 from tfopt.schedules import LRPolicy
@@ -87,6 +88,8 @@ class Recipe(Config):
     model: Model
     train: Train = Field(default_factory=Train)
     callbacks: list[CALLBACKS.union()] = Field(default_factory=list)
+    optimize: Optimize = Field(default_factory=Optimize)
+    export: Export = Field(default_factory=Export)
     output: Output = Field(default_factory=Output)
 
     def input_shape(self):

@@ -149,6 +149,8 @@ def output_activation(model) -> str:
     """The activation the model's output goes through last ('linear' when it emits logits)."""
     layer = model.layers[-1]
     while layer is not None:
+        while hasattr(layer, "layer"):  # TFMOT wrappers (pruning, clustering, quantization)
+            layer = layer.layer
         act = getattr(layer, "activation", None)
         if act is not None:
             return getattr(act, "__name__", str(act))

@@ -48,7 +48,7 @@ class Layer(Config):
     @classmethod
     def _name_ok(cls, v):
         if v is not None and not v.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"layer names may use letters, digits, '_' and '-'; got '{v}'")
+            raise ValueError("layer names may use letters, digits, '_' and '-'")
         return v
 
     def out_shape(self, shape: tuple) -> tuple:

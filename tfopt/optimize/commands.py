@@ -1,0 +1,145 @@
+"""One function per command (prune, cluster, quantize, export): load, optimize, verify, write a run."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from tfopt.errors import TfoptError
+from tfopt.optimize import config as C
+from tfopt.tflite import VerificationFailed
+
+
+def settings(recipe, step: str, cls, given: dict):
+    """The recipe's ``optimize.<step>`` (or defaults) with the command-line values on top."""
+    from tfopt.recipe import format_validation_errors
+
+    base = getattr(recipe.optimize, step) if step else recipe.export
+    data = {**(base.model_dump() if base else {}), **{k: v for k, v in given.items() if v is not None}}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        where = f"optimize.{step}" if step else "export"
+        raise TfoptError("; ".join(f"{where}.{k}: {m}" for k, m in format_validation_errors(exc, data, cls))) from None
+
+
+def _base_metrics(source, model, splits, log):
+    from tfopt.models.stats import model_stats
+    from tfopt.optimize.runner import evaluate
+
+    log("evaluating on the test set")
+    metrics = {**evaluate(model, source.recipe, splits), **model_stats(model)}
+    if source.metrics:
+        metrics["baseline"] = {k: source.metrics.get(k) for k in ("test_accuracy", "test_loss", "params", "macs")}
+    return metrics
+
+
+def _splits(source):
+    from tfopt.data.pipeline import load_splits
+
+    return load_splits(source.recipe.data, source.recipe.seed)
+
+
+def run_prune(source, given: dict, output=None, overwrite=False, log=print):
+    from tfopt.optimize.prune import prune
+    from tfopt.optimize.runner import with_step, write_run
+
+    cfg = settings(source.recipe, "prune", C.PruneConfig, given)
+    splits = _splits(source)
+    model, report = prune(source.model, source.recipe, splits, cfg, log=log)
+    metrics = {**_base_metrics(source, model, splits, log), "sparsity": report["sparsity"],
+               "per_layer_sparsity": report["per_layer"], "preflight": report["plan"],
+               "fine_tune_seconds": round(report["fine_tune_seconds"], 2)}
+    for name, v in report["per_layer"].items():
+        log(f"  {name:<20} sparsity {v['sparsity']:.1%} of {v['weights']:,} weights")
+    log(f"overall kernel sparsity {report['sparsity']:.1%}; test accuracy {metrics.get('test_accuracy', float('nan')):.4f}")
+    path = write_run(source, "pruned", recipe=with_step(source.recipe, "prune", cfg), metrics=metrics, model=model,
+                     history=report["history"], output=output, overwrite=overwrite, log=log)
+    return path, metrics
+
+
+def run_cluster(source, given: dict, output=None, overwrite=False, log=print):
+    from tfopt.optimize.cluster import cluster
+    from tfopt.optimize.runner import with_step, write_run
+
+    cfg = settings(source.recipe, "cluster", C.ClusterConfig, given)
+    splits = _splits(source)
+    model, report = cluster(source.model, source.recipe, splits, cfg, log=log)
+    metrics = {**_base_metrics(source, model, splits, log), "unique_values": report["unique_values"],
+               "fine_tune_seconds": round(report["fine_tune_seconds"], 2)}
+    for name, n in report["unique_values"].items():
+        log(f"  {name:<20} {n} unique values")
+    path = write_run(source, "clustered", recipe=with_step(source.recipe, "cluster", cfg), metrics=metrics,
+                     model=model, history=report["history"], output=output, overwrite=overwrite, log=log)
+    return path, metrics
+
+
+def _verified(keras_model, content, mode, splits, threshold, log):
+    from tfopt.tflite import verify
+
+    log(f"verifying the {mode} TFLite file on {len(splits.x_test)} held-out images")
+    v = verify(keras_model, content, splits.x_test, splits.y_test, mode, threshold, log=log)
+    log("  " + v.line())
+    return v
+
+
+def _threshold(export_cfg, mode):
+    return export_cfg.min_agreement_float if mode in ("float32", "float16") else export_cfg.min_agreement_int8
+
+
+def run_quantize(source, given: dict, output=None, overwrite=False, log=print):
+    from tfopt.optimize.quantize import post_training, quantization_aware
+    from tfopt.optimize.runner import with_step, write_run
+
+    cfg = settings(source.recipe, "quantize", C.QuantizeConfig, given)
+    splits = _splits(source)
+    export_cfg = source.recipe.export
+    metrics = _base_metrics(source, source.model, splits, log)
+    if cfg.mode == "qat":
+        qat, content, report = quantization_aware(source.model, source.recipe, splits, cfg, log=log)
+        reference, mode, history = qat, "int8", report["history"]
+        from tfopt.optimize.runner import evaluate
+
+        metrics.update({f"qat_{k}": v for k, v in evaluate(qat, source.recipe, splits).items()},
+                       scheme=report["scheme"], float_layers=report["float_layers"],
+                       fine_tune_seconds=round(report["fine_tune_seconds"], 2))
+    else:
+        log(f"converting to TFLite ({cfg.mode})")
+        content = post_training(source.model, cfg.mode, splits, cfg.int8_io, cfg.representative_samples,
+                                source.recipe.seed)
+        reference, mode, history = source.model, cfg.mode, None
+    v = _verified(reference, content, mode, splits, _threshold(export_cfg, mode), log)
+    metrics["tflite"] = {f"model_{mode}.tflite": {**v.__dict__, "bytes": len(content)}}
+    if not v.passed:
+        raise VerificationFailed(f"TFLite verification failed: {v.line()}. Nothing was written.")
+    suffix = "qat" if cfg.mode == "qat" else cfg.mode
+    path = write_run(source, suffix, recipe=with_step(source.recipe, "quantize", cfg), metrics=metrics,
+                     model=source.model if cfg.mode != "qat" else None, files={f"model_{mode}.tflite": content},
+                     history=history, output=output, overwrite=overwrite, log=log)
+    return path, metrics
+
+
+def run_export(source, given: dict, output=None, overwrite=False, log=print):
+    from tfopt.optimize.quantize import post_training
+    from tfopt.optimize.runner import write_run
+
+    cfg = settings(source.recipe, None, C.Export, given)
+    splits = _splits(source)
+    metrics = _base_metrics(source, source.model, splits, log)
+    files, results, failed = {}, {}, []
+    for mode in cfg.tflite:
+        log(f"converting to TFLite ({mode})")
+        content = post_training(source.model, mode, splits, cfg.int8_io, cfg.representative_samples,
+                                source.recipe.seed)
+        v = _verified(source.model, content, mode, splits, _threshold(cfg, mode), log)
+        files[f"model_{mode}.tflite"] = content
+        results[f"model_{mode}.tflite"] = {**v.__dict__, "bytes": len(content)}
+        if not v.passed:
+            failed.append(v.line())
+    if failed:
+        raise VerificationFailed("TFLite verification failed: " + "; ".join(failed) + ". Nothing was written.")
+    metrics["tflite"] = results
+    recipe = source.recipe.model_copy(deep=True)
+    recipe.export = cfg
+    path = write_run(source, "export", recipe=recipe, metrics=metrics, model=source.model, files=files,
+                     output=output, overwrite=overwrite, log=log)
+    return path, metrics

@@ -1,0 +1,81 @@
+"""The recipe's ``optimize:`` and ``export:`` sections. Imports no TensorFlow.
+
+Each key matches a command-line option of ``tfopt prune``, ``cluster``, ``quantize`` and
+``export``; the command takes the recipe's values as defaults and its options win.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+
+from tfopt.registry import Config
+
+
+class FineTune(Config):
+    epochs: PositiveInt = 2
+    lr: Optional[PositiveFloat] = Field(None, description="default: a tenth of train.lr.initial")
+    batch_size: Optional[PositiveInt] = Field(None, description="default: train.batch_size")
+
+
+class PruneConfig(FineTune):
+    """Magnitude pruning with TFMOT's prune_low_magnitude, then strip_pruning."""
+
+    sparsity: float = Field(0.8, gt=0, lt=1, description="target fraction of zero weights")
+    schedule: Literal["polynomial", "constant"] = "polynomial"
+    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="polynomial schedule start")
+    begin_step: int = Field(0, ge=0)
+    end_step: Optional[int] = Field(None, ge=1, description="default: 2/3 of the fine-tune steps")
+    frequency: Optional[PositiveInt] = Field(None, description="steps between pruning updates; default fits the budget")
+    layers: dict[str, float] = Field(default_factory=dict, description="per-layer target sparsity")
+    skip: list[str] = Field(default_factory=list, description="layers left dense")
+    m_by_n: Optional[tuple[PositiveInt, PositiveInt]] = Field(None, description="structured sparsity, e.g. [2, 4]")
+    force: bool = Field(False, description="go on when the preflight says the target is out of reach")
+
+    @field_validator("layers")
+    @classmethod
+    def _ratios(cls, v):
+        bad = {k: s for k, s in v.items() if not 0 <= s < 1}
+        if bad:
+            raise ValueError(f"per-layer sparsity must be in [0, 1); got {bad}")
+        return v
+
+    @field_validator("m_by_n")
+    @classmethod
+    def _m_by_n(cls, v):
+        if v is not None and v[0] >= v[1]:
+            raise ValueError("m_by_n needs m < n, e.g. [2, 4]")
+        return v
+
+
+class ClusterConfig(FineTune):
+    """Weight clustering with TFMOT's cluster_weights, then strip_clustering."""
+
+    epochs: PositiveInt = 1
+    clusters: int = Field(16, ge=2, le=256)
+    init: Literal["kmeans_plus_plus", "linear", "density_based", "random"] = "kmeans_plus_plus"
+    skip: list[str] = Field(default_factory=list)
+
+
+class QuantizeConfig(FineTune):
+    """Post-training quantization (dynamic, float16, int8) or quantization-aware training (qat)."""
+
+    epochs: PositiveInt = 1
+    mode: Literal["dynamic", "float16", "int8", "qat"] = "int8"
+    int8_io: bool = Field(False, description="int8 input and output instead of float (int8 and qat)")
+    representative_samples: PositiveInt = Field(500, description="training images used to calibrate int8")
+
+
+class Optimize(Config):
+    prune: Optional[PruneConfig] = None
+    cluster: Optional[ClusterConfig] = None
+    quantize: Optional[QuantizeConfig] = None
+
+
+class Export(Config):
+    tflite: list[Literal["float32", "dynamic", "float16", "int8"]] = Field(default_factory=lambda: ["float32"])
+    int8_io: bool = False
+    min_agreement_float: float = Field(0.999, ge=0, le=1, description="top-1 agreement TFLite vs Keras, float modes")
+    min_agreement_int8: float = Field(0.99, ge=0, le=1, description="the same for int8 and dynamic-range files")
+    representative_samples: PositiveInt = 500

@@ -1,0 +1,173 @@
+"""Magnitude pruning (TFMOT prune_low_magnitude) with a schedule preflight, then strip.
+
+TFMOT prunes only at steps ``begin_step + k·frequency`` up to ``end_step``; with its default
+frequency of 100 a short fine-tune can end before the schedule gets anywhere and nothing
+is pruned, silently (tensorflow/model-optimization#975). :func:`preflight` works out the
+sparsity the schedule actually reaches within the fine-tune budget and :func:`prune`
+refuses, unless forced, when that falls short of the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfopt.errors import TfoptError
+from tfopt.registry import did_you_mean
+
+
+class PreflightError(TfoptError):
+    """The pruning schedule cannot reach its target within the fine-tune budget."""
+
+
+@dataclass
+class Plan:
+    begin: int
+    end: int
+    frequency: int
+    total_steps: int
+    last_update: int | None
+    reached: float
+    target: float
+    schedule: str
+
+    @property
+    def ok(self) -> bool:
+        return self.reached >= self.target - 1e-6
+
+    def describe(self) -> str:
+        return (f"{self.schedule} schedule over {self.total_steps} fine-tune steps: begin_step {self.begin}, "
+                f"end_step {self.end}, frequency {self.frequency}; last pruning update at step "
+                f"{self.last_update if self.last_update is not None else 'none'}, reaching "
+                f"{self.reached:.1%} of a {self.target:.1%} target")
+
+
+def polynomial_sparsity(step, initial, final, begin, end, power=3):
+    """TFMOT PolynomialDecay's sparsity at ``step``."""
+    p = min(1.0, max(0.0, (step - begin) / max(end - begin, 1)))
+    return (initial - final) * (1 - p) ** power + final
+
+
+def plan_schedule(cfg, target: float, total_steps: int) -> Plan:
+    """Resolve default begin/end/frequency and compute what the schedule really reaches."""
+    begin = cfg.begin_step
+    end = cfg.end_step
+    frequency = cfg.frequency
+    if end is None:
+        end = max(begin + 1, int(round(total_steps * 2 / 3)))
+        if frequency is None:
+            frequency = max(1, min(100, (end - begin) // 10))
+        end = begin + max(1, (end - begin) // frequency) * frequency
+    if frequency is None:
+        frequency = max(1, min(100, (end - begin) // 10))
+    stop = min(end, total_steps - 1) if cfg.schedule == "polynomial" else total_steps - 1
+    last = None if stop < begin else begin + ((stop - begin) // frequency) * frequency
+    if last is None:
+        reached = 0.0
+    elif cfg.schedule == "polynomial":
+        reached = polynomial_sparsity(last, cfg.initial_sparsity, target, begin, end)
+    else:
+        reached = target
+    return Plan(begin, end, frequency, total_steps, last, reached, target, cfg.schedule)
+
+
+def preflight(cfg, steps_per_epoch: int) -> Plan:
+    """The plan for the lowest-reaching target among the global and per-layer sparsities."""
+    total = steps_per_epoch * cfg.epochs
+    targets = [cfg.sparsity, *[s for s in cfg.layers.values() if s > 0]]
+    plans = [plan_schedule(cfg, t, total) for t in targets]
+    return min(plans, key=lambda p: p.reached / p.target)
+
+
+def preflight_message(plan: Plan, epochs: int, steps_per_epoch: int) -> str:
+    return (
+        f"pruning preflight: the schedule reaches only {plan.reached:.1%} sparsity, not the {plan.target:.1%} "
+        f"target, within the fine-tune budget of {epochs} epoch(s) × {steps_per_epoch} steps = {plan.total_steps} "
+        f"steps ({plan.describe()}). TFMOT prunes only every `frequency` steps between begin_step and end_step. "
+        f"Lower end_step below {plan.total_steps} and frequency so that it divides end_step − begin_step, give more "
+        f"epochs, or pass --force to go on anyway."
+    )
+
+
+def prunable(layer) -> bool:
+    import tf_keras as keras
+
+    L = keras.layers
+    return isinstance(layer, (L.Conv2D, L.Dense, L.DepthwiseConv2D, L.SeparableConv2D))
+
+
+def kernels(layer):
+    return [w for w in layer.weights if "kernel" in w.name.split("/")[-1]]
+
+
+def layer_sparsity(model) -> dict:
+    """Fraction of exact zeros in each prunable layer's kernels, counted from the weights."""
+    out = {}
+    for layer in model.layers:
+        if prunable(layer):
+            ws = [w.numpy() for w in kernels(layer)]
+            n = sum(w.size for w in ws)
+            out[layer.name] = {"sparsity": sum(int(np.count_nonzero(w == 0)) for w in ws) / n, "weights": n}
+    return out
+
+
+def overall_sparsity(per_layer: dict) -> float:
+    total = sum(v["weights"] for v in per_layer.values())
+    return sum(v["sparsity"] * v["weights"] for v in per_layer.values()) / max(total, 1)
+
+
+def check_layer_names(model, names, option) -> None:
+    known = [layer.name for layer in model.layers if prunable(layer)]
+    for name in names:
+        if name not in known:
+            raise TfoptError(f"{option}: '{name}' is not a prunable layer of this model{did_you_mean(name, known)}; "
+                             f"prunable layers: {', '.join(known)}")
+
+
+def prune(model, recipe, splits, cfg, log=print):
+    """Prune a copy of ``model``, fine-tune it, strip the wrappers.
+
+    Returns ``(plain pruned model, report)``; the report holds the preflight plan, the
+    sparsity per layer counted from the weights, and the fine-tune history.
+
+    Raises:
+        PreflightError: the schedule cannot reach the target and ``cfg.force`` is off.
+    """
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    from tfopt.export import plain_copy
+    from tfopt.optimize.runner import fine_tune, steps_per_epoch
+
+    check_layer_names(model, cfg.layers, "layers")
+    check_layer_names(model, cfg.skip, "skip")
+    spe = steps_per_epoch(recipe, splits, cfg)
+    plan = preflight(cfg, spe)
+    if not plan.ok and cfg.m_by_n is None:
+        message = preflight_message(plan, cfg.epochs, spe)
+        if not cfg.force:
+            raise PreflightError(message)
+        log("warning: " + message.replace(" or pass --force to go on anyway.", " Going on (--force)."))
+    log(f"pruning plan: {plan.describe()}")
+    sp = tfmot.sparsity.keras
+
+    def schedule(target):
+        if cfg.schedule == "constant":
+            return sp.ConstantSparsity(target, begin_step=plan.begin, end_step=plan.end, frequency=plan.frequency)
+        return sp.PolynomialDecay(cfg.initial_sparsity, target, plan.begin, plan.end, frequency=plan.frequency)
+
+    def wrap(layer):
+        # Layers of a private copy are reused as they are: their weights come along.
+        if not prunable(layer) or layer.name in cfg.skip or cfg.layers.get(layer.name, 1.0) == 0:
+            return layer
+        kwargs = {"sparsity_m_by_n": tuple(cfg.m_by_n)} if cfg.m_by_n else {
+            "pruning_schedule": schedule(cfg.layers.get(layer.name, cfg.sparsity))}
+        return sp.prune_low_magnitude(layer, **kwargs)
+
+    work = keras.models.clone_model(plain_copy(model), clone_function=wrap)
+    history, seconds = fine_tune(work, recipe, splits, cfg, callbacks=[sp.UpdatePruningStep()], log=log)
+    pruned = plain_copy(sp.strip_pruning(work))
+    per_layer = layer_sparsity(pruned)
+    return pruned, {"plan": plan.__dict__, "per_layer": per_layer, "sparsity": overall_sparsity(per_layer),
+                    "history": history, "fine_tune_seconds": seconds}

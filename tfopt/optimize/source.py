@@ -1,0 +1,67 @@
+"""The input of every optimization command: a run directory, or a model file plus a recipe."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tfopt.errors import TfoptError
+from tfopt.models.layers import fmt_shape
+from tfopt.rundir import PARTIAL
+
+
+@dataclass
+class Source:
+    model: object
+    recipe: object
+    name: str
+    path: Path
+    metrics: dict | None = None
+
+
+def load_source(path, recipe=None, overrides=()) -> Source:
+    """Load ``path`` (a run directory, or a ``.keras``/``.h5``/SavedModel with ``recipe``)."""
+    from tfopt.export import load_keras
+    from tfopt.recipe import load_recipe
+
+    p = Path(path)
+    if p.name.endswith(PARTIAL):
+        raise TfoptError(f"{p} is an unfinished run; finish it with tfopt fit --resume first.")
+    if p.is_dir() and (p / "recipe.yaml").is_file():
+        if not (p / "model.keras").is_file():
+            raise TfoptError(f"{p} is a run directory without model.keras; there is no Keras model to optimize.")
+        r = load_recipe(recipe or p / "recipe.yaml", overrides)
+        model = load_keras(p / "model.keras")
+        metrics_path = p / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+        source = Source(model, r, p.name, p, metrics)
+    elif p.exists():
+        if recipe is None:
+            raise TfoptError(f"{p} is a model file: pass --recipe RECIPE so tfopt knows its data and training settings.")
+        r = load_recipe(recipe, overrides)
+        source = Source(load_keras(p), r, p.stem if p.is_file() else p.name, p)
+    else:
+        raise TfoptError(f"{p} does not exist: give a run directory from tfopt fit, or a model file with --recipe.")
+    check_matches(source)
+    return source
+
+
+def check_matches(source: Source) -> None:
+    """Refuse a recipe whose data cannot feed the model."""
+    from tfopt.recipe import KNOWN_CLASSES
+
+    model, r = source.model, source.recipe
+    want = tuple(model.input_shape[1:])
+    have = r.input_shape()
+    if have is not None and tuple(have) != want:
+        raise TfoptError(
+            f"{source.path}: the model takes {fmt_shape(want)} inputs but the recipe's data '{r.data.name}' gives "
+            f"{fmt_shape(have)} images; pass the recipe the model was trained with (--recipe)."
+        )
+    classes = KNOWN_CLASSES.get(r.data.name) or getattr(r.data, "classes", None)
+    if classes and tuple(model.output_shape[1:]) != (classes,):
+        raise TfoptError(
+            f"{source.path}: the model outputs {fmt_shape(model.output_shape[1:])} values but the recipe's data "
+            f"'{r.data.name}' has {classes} classes; pass the recipe the model was trained with (--recipe)."
+        )

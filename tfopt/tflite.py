@@ -1,0 +1,156 @@
+"""TFLite: conversion, the LiteRT interpreter (XNNPACK with a fallback), verification, latency."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfopt.errors import TfoptError
+
+MODES = ("float32", "dynamic", "float16", "int8")
+
+
+class VerificationFailed(TfoptError):
+    """A TFLite file disagrees with its Keras model more than the threshold allows."""
+
+    exit_code = 1
+
+
+def convert(model, mode: str = "float32", representative=None, int8_io: bool = False, qat: bool = False) -> bytes:
+    """Convert a tf_keras model to a TFLite flatbuffer.
+
+    Args:
+        mode: ``float32``; ``dynamic`` (int8 weights, float activations); ``float16``
+            (float16 weights); ``int8`` (full integer, needs ``representative`` images unless ``qat``).
+        representative: float32 images drawn from the training data, for int8 calibration.
+        int8_io: with ``int8``, take int8 input and give int8 output instead of float.
+        qat: the model was trained with quantization-aware training (no calibration needed).
+    """
+    import tensorflow as tf
+
+    if mode not in MODES:
+        raise TfoptError(f"unknown TFLite mode '{mode}'; available: {', '.join(MODES)}")
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode != "float32":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        conv.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        if representative is None and not qat:
+            raise TfoptError("int8 conversion needs representative images from the training data")
+        if representative is not None:
+            rep = np.asarray(representative, np.float32)
+            conv.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def interpreter(content: bytes, num_threads: int = 1, log=None):
+    """A LiteRT interpreter with tensors allocated; falls back to the built-in kernels (and says
+    so) when the XNNPACK delegate cannot prepare the model. Returns ``(interpreter, delegate)``.
+    """
+    from ai_edge_litert import interpreter as litert
+
+    try:
+        it = litert.Interpreter(model_content=content, num_threads=num_threads)
+        it.allocate_tensors()
+        return it, "xnnpack"
+    except (RuntimeError, ValueError) as exc:
+        if log:
+            log(f"XNNPACK could not prepare the model ({str(exc).splitlines()[0]}); "
+                f"using the built-in kernels, which are slower: latencies are not comparable with XNNPACK ones")
+        it = litert.Interpreter(model_content=content, num_threads=num_threads,
+                                experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+        return it, "builtin"
+
+
+def _quantize(x, detail):
+    if detail["dtype"] in (np.int8, np.uint8):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+    return x.astype(detail["dtype"])
+
+
+def _dequantize(y, detail):
+    if detail["dtype"] in (np.int8, np.uint8):
+        scale, zero = detail["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+    return y.astype(np.float32)
+
+
+def predict(content: bytes, x, batch_size: int = 256, num_threads: int = 2, log=None) -> np.ndarray:
+    """Float outputs of a TFLite model on ``x`` (int8 input/output quantized and dequantized)."""
+    it, _ = interpreter(content, num_threads, log)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    results = []
+    current = None
+    for start in range(0, len(x), batch_size):
+        chunk = np.asarray(x[start : start + batch_size], np.float32)
+        if current != len(chunk):
+            it.resize_tensor_input(inp["index"], [len(chunk), *chunk.shape[1:]])
+            it.allocate_tensors()
+            inp, out = it.get_input_details()[0], it.get_output_details()[0]
+            current = len(chunk)
+        it.set_tensor(inp["index"], _quantize(chunk, inp))
+        it.invoke()
+        results.append(_dequantize(it.get_tensor(out["index"]), out))
+    return np.concatenate(results)
+
+
+@dataclass
+class Verification:
+    mode: str
+    agreement: float
+    max_abs_diff: float
+    tflite_accuracy: float
+    keras_accuracy: float
+    threshold: float
+    samples: int
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement >= self.threshold
+
+    def line(self) -> str:
+        return (f"{self.mode}: top-1 agreement with Keras {self.agreement:.2%} on {self.samples} held-out images "
+                f"(threshold {self.threshold:.2%}), max |Δoutput| {self.max_abs_diff:.3g}, accuracy "
+                f"{self.tflite_accuracy:.2%} vs Keras {self.keras_accuracy:.2%}: "
+                f"{'ok' if self.passed else 'FAILED'}")
+
+
+def verify(keras_model, content: bytes, x, y, mode: str, threshold: float, log=None) -> Verification:
+    """Compare TFLite outputs with Keras outputs on held-out data."""
+    ref = keras_model.predict(x, batch_size=256, verbose=0)
+    got = predict(content, x, log=log)
+    return Verification(
+        mode=mode,
+        agreement=float(np.mean(ref.argmax(1) == got.argmax(1))),
+        max_abs_diff=float(np.max(np.abs(ref - got))),
+        tflite_accuracy=float(np.mean(got.argmax(1) == y)),
+        keras_accuracy=float(np.mean(ref.argmax(1) == y)),
+        threshold=threshold,
+        samples=int(len(x)),
+    )
+
+
+def latency_us(content: bytes, sample, num_threads: int = 1, runs: int = 200, warmup: int = 20, log=None) -> dict:
+    """Median single-image latency in microseconds after ``warmup`` runs."""
+    it, delegate = interpreter(content, num_threads, log)
+    inp = it.get_input_details()[0]
+    it.set_tensor(inp["index"], _quantize(np.asarray(sample, np.float32)[None], inp))
+    for _ in range(warmup):
+        it.invoke()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        it.invoke()
+        times.append(time.perf_counter_ns() - t0)
+    return {"median_us": float(np.median(times)) / 1000, "p90_us": float(np.percentile(times, 90)) / 1000,
+            "threads": num_threads, "runs": runs, "delegate": delegate}
