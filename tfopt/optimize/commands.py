@@ -141,5 +141,5 @@ def run_export(source, given: dict, output=None, overwrite=False, log=print):
     recipe = source.recipe.model_copy(deep=True)
     recipe.export = cfg
     path = write_run(source, "export", recipe=recipe, metrics=metrics, model=source.model, files=files,
-                     output=output, overwrite=overwrite, log=log)
+                     output=output, overwrite=overwrite, saved_model=True, log=log)
     return path, metrics

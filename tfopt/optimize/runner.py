@@ -57,15 +57,18 @@ def evaluate(model, recipe, splits) -> dict:
 
 
 def write_run(source, suffix, *, recipe, metrics, model=None, files=None, history=None, output=None,
-              overwrite=False, log=print) -> Path:
-    """Write a new run directory ``<output>/<source>-<suffix>`` atomically; the source is untouched."""
+              overwrite=False, saved_model=None, log=print) -> Path:
+    """Write a new run directory ``<output>/<source>-<suffix>`` atomically; the source is untouched.
+
+    ``saved_model`` forces (or skips) the SavedModel; by default ``output.saved_model`` decides.
+    """
     from tfopt.export import save_keras, save_savedmodel
     from tfopt.training.checkpoint import history_csv
 
     run = RunDir(Path(output or recipe.output.dir) / f"{source.name}-{suffix}", overwrite=overwrite).open()
     if model is not None:
         save_keras(model, run.path("model.keras"), include_optimizer=False)
-        if recipe.output.saved_model:
+        if recipe.output.saved_model if saved_model is None else saved_model:
             save_savedmodel(model, run.path("saved_model"))
     for name, content in (files or {}).items():
         run.path(name).write_bytes(content)

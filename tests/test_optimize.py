@@ -1,0 +1,219 @@
+"""Compression on tiny synthetic data: every mode, the preflight, TFLite verification, the CLI."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import tf_keras as keras
+import yaml
+from click.testing import CliRunner
+
+from tests.conftest import tiny_recipe_dict
+from tfopt.cli import cli
+from tfopt.errors import TfoptError
+from tfopt.optimize import commands
+from tfopt.optimize.config import PruneConfig
+from tfopt.optimize.prune import PreflightError, plan_schedule, polynomial_sparsity, preflight_message
+from tfopt.optimize.source import load_source
+from tfopt.tflite import VerificationFailed
+
+STOCK = {"InputLayer", "Conv2D", "BatchNormalization", "Activation", "MaxPooling2D", "Flatten", "Dense"}
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    from tfopt.recipe import validate
+    from tfopt.training.run import fit
+
+    out = tmp_path_factory.mktemp("runs")
+    data = tiny_recipe_dict(**{"train.epochs": 6, "name": "base"})
+    data["model"]["layers"] = [
+        {"type": "conv2d", "filters": 8, "batch_norm": True, "activation": "relu"},
+        {"type": "max_pool"}, {"type": "flatten"},
+        {"type": "dense", "units": 16, "activation": "relu"},
+        {"type": "dense", "units": 4, "activation": "softmax"},
+    ]
+    fit(validate(data), output=out, log=quiet)
+    return out / "base"
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def kernel_sparsity(model, name):
+    k = model.get_layer(name).kernel.numpy()
+    return float(np.mean(k == 0))
+
+
+def test_prune_reaches_target_counted_from_weights_and_leaves_source_alone(base_run, tmp_path):
+    before = digest(base_run / "model.keras")
+    path, metrics = commands.run_prune(load_source(base_run), {"sparsity": 0.6, "epochs": 2}, output=tmp_path,
+                                       log=quiet)
+    assert digest(base_run / "model.keras") == before
+    model = keras.models.load_model(path / "model.keras")  # no custom objects needed
+    assert {type(layer).__name__ for layer in model.layers} <= STOCK
+    for name in ("conv1", "fc1", "fc2"):
+        assert kernel_sparsity(model, name) == pytest.approx(0.6, abs=0.02)
+        assert metrics["per_layer_sparsity"][name]["sparsity"] == pytest.approx(kernel_sparsity(model, name))
+    assert metrics["nonzero_params"] < metrics["params"]
+    assert yaml.safe_load((path / "recipe.yaml").read_text())["optimize"]["prune"]["sparsity"] == 0.6
+    assert json.loads((path / "metrics.json").read_text())["source"] == str(base_run)
+
+
+def test_per_layer_overrides_and_skip(base_run, tmp_path):
+    path, _ = commands.run_prune(load_source(base_run), {"sparsity": 0.5, "layers": {"fc1": 0.8}, "skip": ["fc2"],
+                                                         "epochs": 2}, output=tmp_path, log=quiet)
+    model = keras.models.load_model(path / "model.keras")
+    assert kernel_sparsity(model, "fc1") == pytest.approx(0.8, abs=0.02)
+    assert kernel_sparsity(model, "conv1") == pytest.approx(0.5, abs=0.03)
+    assert kernel_sparsity(model, "fc2") == 0.0
+    with pytest.raises(TfoptError, match=r"skip: 'fc3' is not a prunable layer of this model \(did you mean 'fc2'\?\)"):
+        commands.run_prune(load_source(base_run), {"skip": ["fc3"]}, output=tmp_path, log=quiet)
+
+
+def test_two_four_sparsity(base_run, tmp_path):
+    path, _ = commands.run_prune(load_source(base_run), {"m_by_n": [2, 4], "epochs": 1}, output=tmp_path, log=quiet)
+    k = keras.models.load_model(path / "model.keras").get_layer("fc1").kernel.numpy()  # (in, out)
+    groups = (k.T.reshape(k.shape[1], -1, 4) != 0).sum(axis=2)
+    assert groups.max() <= 2 and float(np.mean(k == 0)) == pytest.approx(0.5)
+
+
+def test_preflight_math_and_refusal(base_run, tmp_path):
+    plan = plan_schedule(PruneConfig(sparsity=0.8), 0.8, total_steps=40)
+    assert plan.ok and plan.last_update == plan.end <= 39 and plan.reached == pytest.approx(0.8)
+    # TFMOT's defaults on a short fine-tune: end_step 1000, frequency 100 -> only step 0 prunes
+    late = plan_schedule(PruneConfig(sparsity=0.8, end_step=1000, frequency=100), 0.8, total_steps=40)
+    assert late.last_update == 0 and late.reached == 0.0 and not late.ok
+    mid = plan_schedule(PruneConfig(sparsity=0.8, end_step=100, frequency=10), 0.8, total_steps=45)
+    assert mid.last_update == 40 and mid.reached == pytest.approx(polynomial_sparsity(40, 0, 0.8, 0, 100))
+    assert preflight_message(late, 1, 40).startswith(
+        "pruning preflight: the schedule reaches only 0.0% sparsity, not the 80.0% target, within the fine-tune "
+        "budget of 1 epoch(s) × 40 steps = 40 steps")
+    src = load_source(base_run)
+    with pytest.raises(PreflightError, match="or pass --force to go on anyway"):
+        commands.run_prune(src, {"end_step": 1000, "frequency": 100, "epochs": 1}, output=tmp_path, log=quiet)
+    assert not list(tmp_path.iterdir()), "a refused run writes nothing"
+    lines = []
+    path, metrics = commands.run_prune(src, {"end_step": 1000, "frequency": 100, "epochs": 1, "force": True},
+                                       output=tmp_path, log=lines.append)
+    assert any(line.startswith("warning: pruning preflight") for line in lines)
+    assert metrics["sparsity"] < 0.05  # what TFMOT really did: next to nothing
+
+
+def test_cluster_limits_unique_values(base_run, tmp_path):
+    path, metrics = commands.run_cluster(load_source(base_run), {"clusters": 6, "epochs": 1}, output=tmp_path,
+                                         log=quiet)
+    model = keras.models.load_model(path / "model.keras")
+    for name in ("conv1", "fc1", "fc2"):
+        assert len(np.unique(model.get_layer(name).kernel.numpy())) <= 6
+        assert metrics["unique_values"][name] <= 6
+
+
+@pytest.mark.parametrize("mode,io", [("dynamic", False), ("float16", False), ("int8", False), ("int8", True)])
+def test_post_training_quantization_is_verified(base_run, tmp_path, mode, io):
+    from tfopt.data.pipeline import load_splits
+    from tfopt.tflite import predict
+
+    path, metrics = commands.run_quantize(load_source(base_run), {"mode": mode, "int8_io": io}, output=tmp_path,
+                                          log=quiet)
+    v = metrics["tflite"][f"model_{mode}.tflite"]
+    assert v["agreement"] >= 0.99 and v["samples"] == 64
+    src = load_source(base_run)
+    s = load_splits(src.recipe.data, src.recipe.seed)
+    got = predict((path / f"model_{mode}.tflite").read_bytes(), s.x_test)
+    ref = src.model.predict(s.x_test, verbose=0)
+    tol = {"float16": 1e-2, "dynamic": 0.05, "int8": 0.05}[mode]
+    assert np.max(np.abs(got - ref)) < tol
+    assert np.max(np.abs(got - ref)) == pytest.approx(v["max_abs_diff"], abs=1e-5)
+
+
+def test_qat_and_pqat(base_run, tmp_path):
+    path, metrics = commands.run_quantize(load_source(base_run), {"mode": "qat", "epochs": 1}, output=tmp_path,
+                                          log=quiet)
+    assert metrics["scheme"] == "qat" and (path / "model_int8.tflite").exists()
+    assert metrics["tflite"]["model_int8.tflite"]["agreement"] >= 0.99
+    pruned, _ = commands.run_prune(load_source(base_run), {"sparsity": 0.6, "epochs": 1}, output=tmp_path, log=quiet)
+    _, pm = commands.run_quantize(load_source(pruned), {"mode": "qat", "epochs": 1}, output=tmp_path, log=quiet)
+    assert pm["scheme"] == "pqat"
+
+
+def test_verification_fails_for_a_mismatched_tflite(base_run, tmp_path, monkeypatch):
+    from tfopt.optimize import quantize as q
+    from tfopt.tflite import convert
+
+    other = keras.models.clone_model(load_source(base_run).model)  # same shape, fresh random weights
+    monkeypatch.setattr(q, "post_training", lambda *a, **k: convert(other, "float32"))
+    with pytest.raises(VerificationFailed, match=r"TFLite verification failed: float16: top-1 agreement with Keras"):
+        commands.run_quantize(load_source(base_run), {"mode": "float16"}, output=tmp_path, log=quiet)
+    assert not (tmp_path / "base-float16").exists()
+
+
+def test_xnnpack_failure_falls_back_to_builtin_kernels(base_run, monkeypatch):
+    from ai_edge_litert import interpreter as litert
+
+    from tfopt import tflite
+
+    real = litert.Interpreter
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs.get("experimental_op_resolver_type"))
+        if len(calls) == 1:
+            raise RuntimeError("failed to create XNNPACK runtime")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(litert, "Interpreter", flaky)
+    lines = []
+    content = tflite.convert(load_source(base_run).model, "float32")
+    _, delegate = tflite.interpreter(content, log=lines.append)
+    assert delegate == "builtin" and calls[1] == litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    assert lines[0].startswith("XNNPACK could not prepare the model (failed to create XNNPACK runtime)")
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_errors_corrupt_model_and_mismatched_recipe(base_run, tmp_path):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a model")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict()))
+    res = run("prune", bad, "--recipe", recipe)
+    assert res.exit_code == 2 and "bad.keras: not a loadable tf_keras model" in res.output
+    assert "Traceback" not in res.output
+    other = tmp_path / "o.yaml"
+    other.write_text(yaml.safe_dump(tiny_recipe_dict(**{"data.shape": [6, 6, 1]})))
+    res = run("quantize", base_run / "model.keras", "--recipe", other)
+    assert res.exit_code == 2
+    assert "the model takes 8×8×1 inputs but the recipe's data 'synthetic' gives 6×6×1 images" in res.output
+    res = run("prune", base_run / "model.keras")
+    assert res.exit_code == 2 and "pass --recipe RECIPE" in res.output
+    res = run("prune", base_run, "--sparsity", "1.5")
+    assert res.exit_code == 2 and "optimize.prune.sparsity: Input should be less than 1 (got 1.5)" in res.output
+
+
+def test_cli_export_and_report(base_run, tmp_path):
+    res = run("export", base_run, "--tflite", "float32", "--tflite", "int8", "--output", tmp_path)
+    assert res.exit_code == 0, res.output
+    exported = tmp_path / "base-export"
+    assert {p.name for p in exported.iterdir()} >= {"model.keras", "saved_model", "model_float32.tflite",
+                                                   "model_int8.tflite", "metrics.json", "recipe.yaml"}
+    res = run("report", base_run, exported, "--output", tmp_path / "rep", "--runs", "20")
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    names = [r["name"] for r in data["rows"]]
+    assert names == ["base/model.keras", "base-export/model.keras", "base-export/model_float32.tflite",
+                     "base-export/model_int8.tflite"]
+    rows = {r["name"]: r for r in data["rows"]}
+    f32 = rows["base-export/model_float32.tflite"]
+    assert f32["accuracy"] == pytest.approx(rows["base/model.keras"]["accuracy"])
+    assert f32["latency_1"] > 0 and f32["size_gzip"] < f32["size"]
+    assert (tmp_path / "rep" / "report.png").stat().st_size > 0
+    assert "BatchNorm folding is already done by the TFLite converter" in (tmp_path / "rep" / "report.md").read_text()
