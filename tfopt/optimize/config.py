@@ -15,7 +15,7 @@ from tfopt.registry import Config
 
 class FineTune(Config):
     epochs: PositiveInt = 2
-    lr: Optional[PositiveFloat] = Field(None, description="default: a tenth of train.lr.initial")
+    lr: Optional[PositiveFloat] = Field(None, description="peak rate, cosine-decayed; default: a tenth of train.lr.initial")
     batch_size: Optional[PositiveInt] = Field(None, description="default: train.batch_size")
 
 

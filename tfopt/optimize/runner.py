@@ -17,11 +17,14 @@ def fine_tune_settings(recipe, cfg):
 
 
 def fine_tune(model, recipe, splits, cfg, callbacks=(), log=print):
-    """Compile ``model`` with the recipe's loss and metrics and fit it for ``cfg.epochs``.
+    """Compile ``model`` with the recipe's loss and metrics and fit it for ``cfg.epochs``, the
+    learning rate following a cosine decay from ``lr`` over the fine-tune steps.
 
     Returns the history rows and the seconds spent.
     """
+    from tfopt.callbacks.lr import LearningRateDecay
     from tfopt.data.pipeline import make_dataset
+    from tfopt.schedules import LRPolicy
     from tfopt.training.run import compile_model
 
     lr, batch_size = fine_tune_settings(recipe, cfg)
@@ -31,9 +34,10 @@ def fine_tune(model, recipe, splits, cfg, callbacks=(), log=print):
     train = make_dataset(splits.x_train, splits.y_train, batch_size, training=True, seed=recipe.seed,
                          augment=recipe.data.augment, shuffle_buffer=recipe.data.shuffle_buffer, **common)
     val = make_dataset(splits.x_val, splits.y_val, batch_size, **common) if len(splits.x_val) else None
-    log(f"fine-tuning {cfg.epochs} epoch(s) at learning rate {lr:g}, batch size {batch_size}")
+    log(f"fine-tuning {cfg.epochs} epoch(s), learning rate {lr:g} with cosine decay, batch size {batch_size}")
     started = time.perf_counter()
-    hist = model.fit(train, validation_data=val, epochs=cfg.epochs, callbacks=list(callbacks),
+    decay = LearningRateDecay(LRPolicy(initial=lr, schedule="cosine", per="step"))
+    hist = model.fit(train, validation_data=val, epochs=cfg.epochs, callbacks=[decay, *callbacks],
                      verbose=1 if sys.stdout.isatty() else 2)
     rows = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.epoch))]
     return rows, time.perf_counter() - started
