@@ -217,3 +217,14 @@ def test_cli_export_and_report(base_run, tmp_path):
     assert f32["latency_1"] > 0 and f32["size_gzip"] < f32["size"]
     assert (tmp_path / "rep" / "report.png").stat().st_size > 0
     assert "BatchNorm folding is already done by the TFLite converter" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_wrapped_models_keep_their_output_activation(base_run):
+    import tensorflow_model_optimization as tfmot
+
+    from tfopt.models.builder import output_activation
+
+    model = load_source(base_run).model
+    assert output_activation(model) == "softmax"
+    assert output_activation(tfmot.quantization.keras.quantize_model(keras.models.clone_model(model))) == "softmax"
+    assert output_activation(tfmot.sparsity.keras.prune_low_magnitude(keras.models.clone_model(model))) == "softmax"

@@ -152,6 +152,8 @@ def output_activation(model) -> str:
         while hasattr(layer, "layer"):  # TFMOT wrappers (pruning, clustering, quantization)
             layer = layer.layer
         act = getattr(layer, "activation", None)
+        while act is not None and not hasattr(act, "__name__") and hasattr(act, "activation"):
+            act = act.activation  # TFMOT's QuantizeAwareActivation wraps the function
         if act is not None:
             return getattr(act, "__name__", str(act))
         if isinstance(layer, (KL.Dropout, KL.Flatten)) and layer.inbound_nodes:

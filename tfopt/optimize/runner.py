@@ -27,6 +27,9 @@ def fine_tune(model, recipe, splits, cfg, callbacks=(), log=print):
     from tfopt.schedules import LRPolicy
     from tfopt.training.run import compile_model
 
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(recipe.seed)
     lr, batch_size = fine_tune_settings(recipe, cfg)
     t = recipe.train
     compile_model(model, t, lr)
