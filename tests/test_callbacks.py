@@ -197,3 +197,18 @@ def test_importing_callbacks_leaves_tf_keras_alone():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("3."), out.stdout
+
+
+def test_dead_relus_are_flagged():
+    km = importlib.import_module("tf_keras")
+    L = km.layers
+    m = km.Sequential([km.Input((6, 6, 1)), L.Flatten(), L.Dense(8, activation="relu", name="dead",
+                                                                  bias_initializer=km.initializers.Constant(-100.0)),
+                       L.Dense(3, activation="softmax", name="out")])
+    m.compile(km.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    x, y = data()
+    mon = GradientNormMonitor((x[:16], y[:16]), every_n_steps=1, verbose=0)
+    m.fit(x, y, batch_size=16, epochs=1, callbacks=[mon], verbose=0)
+    alert = next(a for a in mon.alerts if a["layer"] == "dead" and "dead ReLUs" in a["message"])
+    assert alert["message"].startswith("100% of the units of 'dead' output zero on the whole probe batch")
+    assert mon.records[0]["layers"]["dead"]["dead_fraction"] == 1.0

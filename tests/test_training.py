@@ -233,3 +233,51 @@ def test_learning_rate_decay_entry_replaces_train_lr(tiny_recipe, tmp_path):
     lrs = [float(row.split(",")[-1]) for row in (tmp_path / "tiny" / "history.csv").read_text().splitlines()[1:]]
     header = (tmp_path / "tiny" / "history.csv").read_text().splitlines()[0].split(",")
     assert header[-1] == "lr" and lrs == pytest.approx([0.02, 0.01, 0.005])
+
+
+def _steps(cfg, grads, w0, lr=0.1):
+    import tensorflow as tf
+
+    var = tf.Variable(np.array(w0, "float32"))
+    opt = OPTIMIZERS.get(cfg).build(lr)
+    for g in grads:
+        opt.apply_gradients([(tf.constant(g, tf.float32), var)])
+    return var.numpy().astype("float64")
+
+
+def test_adagrad_rmsprop_adamw_nadam_formulas():
+    g1, g2 = np.array([0.5, -2.0]), np.array([1.5, 1.0])
+    lr, eps = 0.1, 1e-7
+    # Adagrad: a = 0.1 + Σg²; w -= lr·g/√(a + ε) each step
+    a1 = 0.1 + g1 ** 2
+    a2 = a1 + g2 ** 2
+    w = -lr * g1 / np.sqrt(a1 + eps) - lr * g2 / np.sqrt(a2 + eps)
+    np.testing.assert_allclose(_steps("adagrad", [g1, g2], [0, 0]), w, rtol=1e-5)
+    # RMSprop: v = ρ·v + (1 − ρ)·g²; w -= lr·g/(√v + ε)
+    v1 = 0.1 * g1 ** 2
+    v2 = 0.9 * v1 + 0.1 * g2 ** 2
+    w = -lr * g1 / (np.sqrt(v1) + eps) - lr * g2 / (np.sqrt(v2) + eps)
+    np.testing.assert_allclose(_steps("rmsprop", [g1, g2], [0, 0]), w, rtol=1e-5)
+    # AdamW: decoupled decay w -= lr·wd·w, then the Adam step (first step: lr·sign(g))
+    w0 = np.array([1.0, -3.0])
+    expected = w0 - lr * 0.004 * w0 - lr * g1 / (np.abs(g1) + eps * np.sqrt(1 - 0.999))
+    np.testing.assert_allclose(_steps({"name": "adamw", "weight_decay": 0.004}, [g1], w0), expected, rtol=1e-5)
+
+
+def test_nadam_formula_two_steps():
+    b1, b2, eps, lr = 0.9, 0.999, 1e-7, 0.1
+    grads = [np.array([0.5, -2.0]), np.array([1.5, 1.0])]
+    m = v = np.zeros(2)
+    w = np.zeros(2)
+    u_product = 1.0
+    for t, g in enumerate(grads, start=1):
+        # momentum schedule as tf_keras implements it: 0.96^t (the paper has 0.96^(0.004·t))
+        u_t = b1 * (1 - 0.5 * 0.96 ** t)
+        u_t1 = b1 * (1 - 0.5 * 0.96 ** (t + 1))
+        u_product *= u_t
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g ** 2
+        m_hat = u_t1 * m / (1 - u_product * u_t1) + (1 - u_t) * g / (1 - u_product)
+        v_hat = v / (1 - b2 ** t)
+        w = w - lr * m_hat / (np.sqrt(v_hat) + eps)
+    np.testing.assert_allclose(_steps("nadam", grads, [0, 0]), w, rtol=1e-5)
