@@ -228,3 +228,13 @@ def test_wrapped_models_keep_their_output_activation(base_run):
     assert output_activation(model) == "softmax"
     assert output_activation(tfmot.quantization.keras.quantize_model(keras.models.clone_model(model))) == "softmax"
     assert output_activation(tfmot.sparsity.keras.prune_low_magnitude(keras.models.clone_model(model))) == "softmax"
+
+
+def test_cli_fold_bn(base_run, tmp_path):
+    res = run("fold-bn", base_run, "--output", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "  folded bn1 into conv1" in res.output
+    model = keras.models.load_model(tmp_path / "base-folded" / "model.keras")
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    metrics = json.loads((tmp_path / "base-folded" / "metrics.json").read_text())
+    assert metrics["max_relative_output_difference"] < 1e-5 and metrics["params"] < metrics["params_before"]

@@ -307,6 +307,13 @@ def report(sources, recipe, overrides, output, overwrite, runs, threads):
     click.echo(f"report written to {final}/report.md")
 
 
+@cli.command("fold-bn")
+@_source_options
+def fold_bn(source, recipe, overrides, output, overwrite):
+    """Fold BatchNorm layers into the conv/dense layers before them (outputs unchanged)."""
+    _run_step("fold_bn", source, recipe, overrides, output, overwrite, {})
+
+
 def main():
     cli(prog_name="tfopt")
 

@@ -143,3 +143,32 @@ def run_export(source, given: dict, output=None, overwrite=False, log=print):
     path = write_run(source, "export", recipe=recipe, metrics=metrics, model=source.model, files=files,
                      output=output, overwrite=overwrite, saved_model=True, log=log)
     return path, metrics
+
+
+def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print):
+    """Fold BatchNorm layers and check the outputs against the original on the test images."""
+    import numpy as np
+
+    from tfopt.models.stats import model_stats
+    from tfopt.surgery.fold_bn import fold_batchnorm
+    from tfopt.optimize.runner import write_run
+
+    splits = _splits(source)
+    folded, report = fold_batchnorm(source.model)
+    ref = source.model.predict(splits.x_test, batch_size=256, verbose=0)
+    got = folded.predict(splits.x_test, batch_size=256, verbose=0)
+    rel = float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-3)))
+    for bn, into in report["folded"]:
+        log(f"  folded {bn} into {into}")
+    for bn, why in report["kept"]:
+        log(f"  kept {bn}: {why}")
+    log(f"{len(report['folded'])} BatchNorm layer(s) folded; outputs match the original within {rel:.2e} "
+        f"(relative, on {len(ref)} test images). The TFLite converter folds BatchNorm too: expect no TFLite "
+        f"speed-up from this step.")
+    if rel > 1e-4:
+        raise TfoptError(f"BatchNorm folding changed the outputs by {rel:.2e} (relative); nothing was written.")
+    metrics = {**_base_metrics(source, folded, splits, log), "folded": report["folded"], "kept": report["kept"],
+               "max_relative_output_difference": rel, "params_before": model_stats(source.model)["params"]}
+    path = write_run(source, "folded", recipe=source.recipe, metrics=metrics, model=folded, output=output,
+                     overwrite=overwrite, log=log)
+    return path, metrics

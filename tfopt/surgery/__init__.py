@@ -1,0 +1,1 @@
+"""Model surgery: architecture changes that return plain tf_keras models (no wrappers)."""
