@@ -43,7 +43,8 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
         if representative is not None:
             rep = np.asarray(representative, np.float32)
             conv.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if not qat:  # a QAT model carries its own ranges; its fake-quant ops become int8 kernels
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8

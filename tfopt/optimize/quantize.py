@@ -87,6 +87,6 @@ def quantization_aware(model, recipe, splits, cfg, log=print):
         raise TfoptError(f"quantization-aware training cannot wrap this model: {str(exc).splitlines()[0]}") from None
     log(f"quantization-aware training with the {scheme.upper()} scheme")
     history, seconds = fine_tune(qat, recipe, splits, cfg, log=log)
-    content = convert(qat, "int8", representative=representative(splits, cfg.representative_samples, recipe.seed),
-                      int8_io=cfg.int8_io, qat=True)
+    # QAT learned its ranges: calibrating again would override them.
+    content = convert(qat, "int8", int8_io=cfg.int8_io, qat=True)
     return qat, content, {"scheme": scheme, "float_layers": skipped, "history": history, "fine_tune_seconds": seconds}
