@@ -172,3 +172,40 @@ def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print):
     path = write_run(source, "folded", recipe=source.recipe, metrics=metrics, model=folded, output=output,
                      overwrite=overwrite, log=log)
     return path, metrics
+
+
+def run_structured(source, given: dict, output=None, overwrite=False, log=print):
+    """Remove channels, check the surgery against the masked original, fine-tune, write a run."""
+    import numpy as np
+
+    from tfopt.models.stats import model_stats
+    from tfopt.optimize.runner import fine_tune, with_step, write_run
+    from tfopt.surgery.channels import masked_copy, plan_channels, prune_channels
+
+    cfg = settings(source.recipe, "structured", C.StructuredConfig, given)
+    splits = _splits(source)
+    args = dict(ratio=cfg.ratio, per_layer=cfg.per_layer, criterion=cfg.criterion, min_channels=cfg.min_channels,
+                protect=cfg.protect)
+    model, report = prune_channels(source.model, **args)
+    plan = plan_channels(source.model, **args)
+    x = splits.x_test[:256]
+    diff = float(np.max(np.abs(model.predict(x, verbose=0) - masked_copy(source.model, plan["keep"]).predict(x, verbose=0))))
+    if diff > 1e-4:
+        raise TfoptError(f"channel surgery check failed: outputs differ from the masked original by {diff:.3g}")
+    before, after = model_stats(source.model), model_stats(model)
+    for name, n in report["kept"].items():
+        log(f"  {name:<20} {report['channels_before'][name]} -> {n} channels")
+    for name, why in report["protected"].items():
+        log(f"  {name:<20} kept whole: {why}")
+    log(f"MACs {before['macs']:,} -> {after['macs']:,} ({after['macs'] / before['macs']:.2f}×), parameters "
+        f"{before['params']:,} -> {after['params']:,}; before fine-tuning the outputs equal the masked original's "
+        f"(max |Δ| {diff:.2g})")
+    history, seconds = fine_tune(model, source.recipe, splits, cfg, log=log)
+    metrics = {**_base_metrics(source, model, splits, log), "channels": report,
+               "macs_before": before["macs"], "params_before": before["params"],
+               "masked_check_max_abs_diff": diff, "fine_tune_seconds": round(seconds, 2)}
+    from tfopt.export import plain_copy
+
+    path = write_run(source, "channels", recipe=with_step(source.recipe, "structured", cfg), metrics=metrics,
+                     model=plain_copy(model), history=history, output=output, overwrite=overwrite, log=log)
+    return path, metrics

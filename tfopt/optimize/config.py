@@ -49,6 +49,24 @@ class PruneConfig(FineTune):
         return v
 
 
+class StructuredConfig(FineTune):
+    """Channel pruning: whole filters and units removed, every dependent layer updated."""
+
+    ratio: float = Field(0.5, ge=0, lt=1, description="fraction of channels removed per layer")
+    per_layer: dict[str, float] = Field(default_factory=dict, description="per-layer ratio")
+    criterion: Literal["l1", "l2", "bn_gamma"] = "l1"
+    min_channels: PositiveInt = 1
+    protect: list[str] = Field(default_factory=list, description="layers whose channels stay")
+
+    @field_validator("per_layer")
+    @classmethod
+    def _ratios(cls, v):
+        bad = {k: r for k, r in v.items() if not 0 <= r < 1}
+        if bad:
+            raise ValueError(f"per-layer ratios must be in [0, 1); got {bad}")
+        return v
+
+
 class ClusterConfig(FineTune):
     """Weight clustering with TFMOT's cluster_weights, then strip_clustering."""
 
@@ -69,6 +87,7 @@ class QuantizeConfig(FineTune):
 
 class Optimize(Config):
     prune: Optional[PruneConfig] = None
+    structured: Optional[StructuredConfig] = None
     cluster: Optional[ClusterConfig] = None
     quantize: Optional[QuantizeConfig] = None
 

@@ -1,0 +1,235 @@
+"""Structured (channel) pruning: remove whole filters and units, and every weight that reads them.
+
+For each conv, separable conv or dense layer (a *source*) the output channels are followed
+through the layers that keep channels apart (BatchNorm, activations, dropout, pooling,
+depthwise convs with depth multiplier 1, global average pooling, flatten) to the layers that
+read them (the *sinks*: a conv's or separable conv's input channels, a dense layer's rows).
+Removing a channel then removes the source's filter, the BN statistics, the depthwise
+filter, and the sink's input weights (for flatten → dense, every row of that channel).
+A source whose channels reach an Add, a Concatenate, the model output or an unknown layer is
+protected and the reason is reported: channels coupled through a residual sum would have
+to be pruned as one group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfopt.errors import TfoptError
+from tfopt.registry import did_you_mean
+from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
+
+CRITERIA = ("l1", "l2", "bn_gamma")
+
+
+def _kinds():
+    import tf_keras as keras
+
+    L = keras.layers
+    source = (L.Conv2D, L.SeparableConv2D, L.Dense)
+    passthrough = (L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.Dropout, L.SpatialDropout2D,
+                   L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.Flatten)
+    return L, source, passthrough
+
+
+def is_source(layer) -> bool:
+    L, source, _ = _kinds()
+    return isinstance(layer, source) and not isinstance(layer, L.DepthwiseConv2D)
+
+
+@dataclass
+class Group:
+    """One source's channels and every layer they reach."""
+
+    source: str
+    channels: int
+    chain: list = field(default_factory=list)  # pass-through layers (names)
+    sinks: list = field(default_factory=list)  # (sink name, flatten name or None)
+    blocked: str | None = None
+
+
+def trace(model) -> dict:
+    """``{source name: Group}`` for every conv/separable/dense layer of ``model``."""
+    L, _, passthrough = _kinds()
+    layers = {layer.name: layer for layer in model.layers}
+    users = consumers(model)
+    outputs = {t.node.layer.name for t in model.outputs}
+    groups = {}
+    for layer in model.layers:
+        if not is_source(layer):
+            continue
+        g = Group(layer.name, int(layer.get_weights()[1 if isinstance(layer, L.SeparableConv2D) else 0].shape[-1]))
+        stack = [(layer.name, None)]
+        while stack and g.blocked is None:
+            name, flat = stack.pop()
+            if name in outputs:
+                g.blocked = f"{name} is a model output"
+                break
+            for user_name in users[name]:
+                user = layers[user_name]
+                if is_source(user):
+                    if isinstance(user, L.Dense) and not (flat or isinstance(layers[name], L.GlobalAveragePooling2D)
+                                                          or len(layers[name].output_shape) == 2):
+                        g.blocked = f"{user_name} reads an image-shaped input"
+                    g.sinks.append((user_name, flat))
+                elif isinstance(user, L.DepthwiseConv2D) and user.depth_multiplier == 1:
+                    g.chain.append(user_name)
+                    stack.append((user_name, flat))
+                elif isinstance(user, passthrough):
+                    g.chain.append(user_name)
+                    stack.append((user_name, user_name if isinstance(user, L.Flatten) else flat))
+                else:
+                    g.blocked = f"its channels reach {user_name} ({type(user).__name__})"
+                    break
+        groups[layer.name] = g
+    return groups
+
+
+def _filters(layer):
+    L, _, _ = _kinds()
+    w = layer.get_weights()
+    kernel = w[1] if isinstance(layer, L.SeparableConv2D) else w[0]
+    return kernel.reshape(-1, kernel.shape[-1])
+
+
+def scores(model, group: Group, criterion: str) -> np.ndarray:
+    """Importance of each output channel of a group's source (higher is kept)."""
+    L, _, _ = _kinds()
+    layer = model.get_layer(group.source)
+    if criterion == "bn_gamma":
+        bn = next((model.get_layer(n) for n in group.chain
+                   if isinstance(model.get_layer(n), L.BatchNormalization)), None)
+        if bn is None or not bn.scale:
+            raise TfoptError(f"criterion bn_gamma: {group.source} has no BatchNorm with a scale after it; "
+                             f"use l1 or l2 for it")
+        return np.abs(bn.gamma.numpy())
+    f = _filters(layer)
+    return np.abs(f).sum(axis=0) if criterion == "l1" else np.sqrt((f ** 2).sum(axis=0))
+
+
+def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels=1, protect=()) -> dict:
+    """Which channels each source keeps: ``{source: sorted kept indices}``, plus the reasons
+    for every protected source under the key ``"_protected"``."""
+    if criterion not in CRITERIA:
+        raise TfoptError(f"unknown criterion '{criterion}'{did_you_mean(criterion, CRITERIA)}; "
+                         f"available: {', '.join(CRITERIA)}")
+    per_layer = per_layer or {}
+    groups = trace(model)
+    for name in [*per_layer, *protect]:
+        if name not in groups:
+            raise TfoptError(f"'{name}' is not a conv, separable conv or dense layer of this model"
+                             f"{did_you_mean(name, groups)}; those are: {', '.join(groups)}")
+    keep, protected = {}, {}
+    for name, g in groups.items():
+        r = per_layer.get(name, ratio)
+        if name in protect:
+            protected[name] = "protected on request"
+        elif g.blocked:
+            protected[name] = g.blocked
+        elif r > 0:
+            n_keep = max(min_channels, int(round(g.channels * (1 - r))), 1)
+            if n_keep < g.channels:
+                s = scores(model, g, criterion)
+                keep[name] = np.sort(np.argsort(-s, kind="stable")[:n_keep])
+    return {"keep": keep, "protected": protected, "groups": groups}
+
+
+def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels=1, protect=()):
+    """A new, physically smaller model; returns ``(model, plan)``. The input is not changed."""
+    L, _, _ = _kinds()
+    plan = plan_channels(model, ratio, per_layer, criterion, min_channels, protect)
+    keep, groups = plan["keep"], plan["groups"]
+    out_keep, in_keep, flat_of = {}, {}, {}
+    for name, idx in keep.items():
+        out_keep[name] = idx
+        for member in groups[name].chain:
+            in_keep[member] = out_keep[member] = idx
+        for sink, flat in groups[name].sinks:
+            in_keep[sink] = idx
+            if flat:
+                flat_of[sink] = flat
+    shapes = {layer.name: layer.input_shape for layer in model.layers if hasattr(layer, "input_shape")}
+
+    def replace(layer, args):
+        name = layer.name
+        if name not in out_keep and name not in in_keep:
+            return None
+        x = args[0] if len(args) == 1 else args
+        w = layer.get_weights()
+        o = out_keep.get(name)
+        i = in_keep.get(name)
+        changes = {}
+        if isinstance(layer, L.BatchNormalization):
+            w = [a[o] for a in w]
+        elif isinstance(layer, L.DepthwiseConv2D):
+            w = [w[0][:, :, o, :], *([w[1][o]] if layer.use_bias else [])]
+        elif isinstance(layer, L.SeparableConv2D):
+            dw, pw = w[0], w[1]
+            bias = w[2] if layer.use_bias else None
+            if i is not None:
+                m = layer.depth_multiplier
+                dw = dw[:, :, i, :]
+                pw = pw[:, :, [c * m + j for c in i for j in range(m)], :]
+            if o is not None:
+                pw, bias = pw[..., o], (bias[o] if bias is not None else None)
+                changes["filters"] = len(o)
+            w = [dw, pw, *([bias] if bias is not None else [])]
+        elif isinstance(layer, (L.Conv2D, L.Dense)):
+            kernel = w[0]
+            bias = w[1] if layer.use_bias else None
+            if i is not None:
+                if isinstance(layer, L.Dense):
+                    rows = i
+                    if name in flat_of:
+                        h, wd, c = shapes[flat_of[name]][1:]
+                        rows = np.array([(y * wd + xx) * c + ch for y in range(h) for xx in range(wd) for ch in i])
+                    kernel = kernel[rows, :]
+                else:
+                    kernel = kernel[:, :, i, :]
+            if o is not None:
+                kernel, bias = kernel[..., o], (bias[o] if bias is not None else None)
+                changes["units" if isinstance(layer, L.Dense) else "filters"] = len(o)
+            w = [kernel, *([bias] if bias is not None else [])]
+        new = copy_layer(layer, **changes)
+        out = new(x)
+        new.set_weights(w)
+        return out
+
+    pruned = rebuild(model, replace)
+    report = {"kept": {n: len(v) for n, v in keep.items()},
+              "channels_before": {n: g.channels for n, g in groups.items()},
+              "protected": plan["protected"]}
+    return pruned, report
+
+
+def masked_copy(model, plan_keep: dict):
+    """The original model with the removed channels' readers zeroed: it must compute exactly what
+    the pruned model computes (used by the tests and by ``--check``)."""
+    import tf_keras as keras
+
+    L, _, _ = _kinds()
+    from tfopt.export import plain_copy
+
+    groups = trace(model)
+    masked = plain_copy(model)
+    shapes = {layer.name: layer.input_shape for layer in model.layers if hasattr(layer, "input_shape")}
+    for name, idx in plan_keep.items():
+        drop = np.setdiff1d(np.arange(groups[name].channels), idx)
+        for sink, flat in groups[name].sinks:
+            layer = masked.get_layer(sink)
+            w = layer.get_weights()
+            if isinstance(layer, L.SeparableConv2D):
+                w[0][:, :, drop, :] = 0
+            elif isinstance(layer, L.Dense):
+                rows = drop
+                if flat:
+                    h, wd, c = shapes[flat][1:]
+                    rows = np.array([(y * wd + xx) * c + ch for y in range(h) for xx in range(wd) for ch in drop])
+                w[0][rows, :] = 0
+            else:
+                w[0][:, :, drop, :] = 0
+            layer.set_weights(w)
+    del keras
+    return masked
