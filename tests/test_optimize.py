@@ -243,3 +243,16 @@ def test_cli_fold_bn(base_run, tmp_path):
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     metrics = json.loads((tmp_path / "base-folded" / "metrics.json").read_text())
     assert metrics["max_relative_output_difference"] < 1e-5 and metrics["params"] < metrics["params_before"]
+
+
+def test_cli_structured_prune(base_run, tmp_path):
+    res = run("prune", base_run, "--structured", "--ratio", "0.5", "--epochs", "1", "--output", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "  conv1                8 -> 4 channels" in res.output
+    assert "  fc2                  kept whole: fc2 is a model output" in res.output
+    model = keras.models.load_model(tmp_path / "base-channels" / "model.keras")
+    assert model.get_layer("conv1").filters == 4 and model.get_layer("fc1").units == 8
+    metrics = json.loads((tmp_path / "base-channels" / "metrics.json").read_text())
+    assert metrics["macs"] < metrics["macs_before"] and metrics["masked_check_max_abs_diff"] < 1e-4
+    bad = run("prune", base_run, "--structured", "--per-layer", "conv1=1.5")
+    assert bad.exit_code == 2 and "optimize.structured.per_layer: per-layer ratios must be in [0, 1)" in bad.output

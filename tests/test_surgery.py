@@ -85,3 +85,78 @@ def test_subclassed_models_are_refused():
     m(np.zeros((1, 3), "float32"))
     with pytest.raises(TfoptError, match="is subclassed; surgery needs a Sequential or functional model"):
         fold_batchnorm(m)
+
+
+# ---- structured channel pruning --------------------------------------------------------------
+
+from tfopt.models.stats import model_stats  # noqa: E402
+from tfopt.surgery.channels import masked_copy, plan_channels, prune_channels  # noqa: E402
+
+
+def lenet(shape=(12, 12, 1)):
+    return build_model(Model.model_validate({"layers": [
+        {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "valid", "activation": "relu"},
+        {"type": "max_pool"},
+        {"type": "conv2d", "filters": 12, "kernel_size": 3, "padding": "valid", "batch_norm": True,
+         "activation": "relu"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "relu"},
+        {"type": "dropout", "rate": 0.2},
+        {"type": "dense", "units": 3, "activation": "softmax"}]}), shape)
+
+
+def test_channel_pruning_params_and_macs_equal_the_formula():
+    model = lenet()
+    randomize_bn(model, 0)
+    pruned, report = prune_channels(model, ratio=0.5)
+    assert report["kept"] == {"conv1": 4, "conv2": 6, "fc1": 5}
+    assert report["protected"] == {"fc2": "fc2 is a model output"}
+    c1, c2, f1 = 4, 6, 5
+    params = (9 * 1 * c1 + c1) + (9 * c1 * c2) + 4 * c2 + (3 * 3 * c2 * f1 + f1) + (f1 * 3 + 3)
+    macs = 10 * 10 * 9 * 1 * c1 + 3 * 3 * 9 * c1 * c2 + 3 * 3 * c2 * f1 + f1 * 3
+    stats = model_stats(pruned)
+    assert (stats["params"], stats["macs"]) == (params, macs)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_channel_pruning_equals_the_masked_original(seed, tmp_path):
+    cfg = random_architecture(seed)
+    model = build_model(cfg, (8, 8, 3))
+    randomize_bn(model, seed)
+    ratio = [0.25, 0.5, 0.75][seed % 3]
+    criterion = ["l1", "l2"][seed % 2]
+    pruned, report = prune_channels(model, ratio=ratio, criterion=criterion)
+    plan = plan_channels(model, ratio=ratio, criterion=criterion)
+    x = np.random.default_rng(seed).normal(size=(5, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), masked_copy(model, plan["keep"]).predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert model_stats(pruned)["macs"] <= model_stats(model)["macs"]
+    pruned.save(tmp_path / "p.keras")
+    again = keras.models.load_model(tmp_path / "p.keras")
+    assert all(type(layer).__module__.startswith("tf_keras") for layer in again.layers)
+    np.testing.assert_allclose(again.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_bn_gamma_criterion_keeps_the_largest_scales():
+    model = lenet()
+    bn = model.get_layer("bn1")
+    g, b, m, v = bn.get_weights()
+    g = np.array([0.1, 5, 0.2, 4, 0.3, 3, 0.4, 2, 0.5, 1, 0.6, 0.7], "float32")
+    bn.set_weights([g, b, m, v])
+    plan = plan_channels(model, ratio=0.5, criterion="bn_gamma", protect=["conv1", "fc1"])
+    assert plan["keep"]["conv2"].tolist() == [1, 3, 5, 7, 9, 11]
+    with pytest.raises(TfoptError, match="criterion bn_gamma: conv1 has no BatchNorm with a scale after it"):
+        plan_channels(model, ratio=0.5, criterion="bn_gamma")
+
+
+def test_refusals_name_the_layers():
+    model = lenet()
+    with pytest.raises(TfoptError, match=r"'conv3' is not a conv, separable conv or dense layer of this model "
+                                         r"\(did you mean 'conv2'\?\); those are: conv1, conv2, fc1, fc2"):
+        prune_channels(model, protect=["conv3"])
+    residual = build_model(Model.model_validate({"layers": [
+        {"type": "conv2d", "filters": 4}, {"type": "residual", "filters": 4},
+        {"type": "global_avg_pool"}, {"type": "dense", "units": 2}]}), (8, 8, 1))
+    _, report = prune_channels(residual, ratio=0.5)
+    assert report["protected"]["conv1"] == "its channels reach block1_add (Add)"
+    assert report["kept"] == {"block1_conv1": 2}
