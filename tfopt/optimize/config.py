@@ -13,6 +13,13 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 from tfopt.registry import Config
 
 
+def _check_ratios(v: dict, what: str) -> dict:
+    bad = {k: r for k, r in v.items() if not 0 <= r < 1}
+    if bad:
+        raise ValueError(f"{what} must be in [0, 1); got {bad}")
+    return v
+
+
 class FineTune(Config):
     epochs: PositiveInt = 2
     lr: Optional[PositiveFloat] = Field(None, description="peak rate, cosine-decayed; default: a tenth of train.lr.initial")
@@ -36,10 +43,7 @@ class PruneConfig(FineTune):
     @field_validator("layers")
     @classmethod
     def _ratios(cls, v):
-        bad = {k: s for k, s in v.items() if not 0 <= s < 1}
-        if bad:
-            raise ValueError(f"per-layer sparsity must be in [0, 1); got {bad}")
-        return v
+        return _check_ratios(v, "per-layer sparsity")
 
     @field_validator("m_by_n")
     @classmethod
@@ -61,10 +65,7 @@ class StructuredConfig(FineTune):
     @field_validator("per_layer")
     @classmethod
     def _ratios(cls, v):
-        bad = {k: r for k, r in v.items() if not 0 <= r < 1}
-        if bad:
-            raise ValueError(f"per-layer ratios must be in [0, 1); got {bad}")
-        return v
+        return _check_ratios(v, "per-layer ratios")
 
 
 class ClusterConfig(FineTune):

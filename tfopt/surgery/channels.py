@@ -87,6 +87,12 @@ def trace(model) -> dict:
     return groups
 
 
+def flatten_rows(shape, channels) -> np.ndarray:
+    """Rows of a dense kernel fed by ``Flatten`` over an ``h×w×c`` input that read ``channels``."""
+    h, w, c = shape
+    return np.array([(y * w + x) * c + ch for y in range(h) for x in range(w) for ch in channels], dtype=int)
+
+
 def _filters(layer):
     L, _, _ = _kinds()
     w = layer.get_weights()
@@ -181,10 +187,7 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
             bias = w[1] if layer.use_bias else None
             if i is not None:
                 if isinstance(layer, L.Dense):
-                    rows = i
-                    if name in flat_of:
-                        h, wd, c = shapes[flat_of[name]][1:]
-                        rows = np.array([(y * wd + xx) * c + ch for y in range(h) for xx in range(wd) for ch in i])
+                    rows = flatten_rows(shapes[flat_of[name]][1:], i) if name in flat_of else i
                     kernel = kernel[rows, :]
                 else:
                     kernel = kernel[:, :, i, :]
@@ -207,10 +210,9 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
 def masked_copy(model, plan_keep: dict):
     """The original model with the removed channels' readers zeroed: it must compute exactly what
     the pruned model computes (used by the tests and by ``--check``)."""
-    import tf_keras as keras
+    from tfopt.export import plain_copy
 
     L, _, _ = _kinds()
-    from tfopt.export import plain_copy
 
     groups = trace(model)
     masked = plain_copy(model)
@@ -223,13 +225,8 @@ def masked_copy(model, plan_keep: dict):
             if isinstance(layer, L.SeparableConv2D):
                 w[0][:, :, drop, :] = 0
             elif isinstance(layer, L.Dense):
-                rows = drop
-                if flat:
-                    h, wd, c = shapes[flat][1:]
-                    rows = np.array([(y * wd + xx) * c + ch for y in range(h) for xx in range(wd) for ch in drop])
-                w[0][rows, :] = 0
+                w[0][flatten_rows(shapes[flat][1:], drop) if flat else drop, :] = 0
             else:
                 w[0][:, :, drop, :] = 0
             layer.set_weights(w)
-    del keras
     return masked
