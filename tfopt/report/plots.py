@@ -17,7 +17,7 @@ def training_curves(history: list[dict], path, title: str = "") -> None:
     plt = _pyplot()
     if not history:
         return
-    keys = [k for k in history[0] if k != "epoch" and not k.startswith("val_")]
+    keys = [k for k in history[0] if k != "epoch" and not k.startswith("val_") and "/" not in k]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     epochs = [r["epoch"] for r in history]
     for ax, key in zip(axes[0], keys):
