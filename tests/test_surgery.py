@@ -160,3 +160,50 @@ def test_refusals_name_the_layers():
     _, report = prune_channels(residual, ratio=0.5)
     assert report["protected"]["conv1"] == "its channels reach block1_add (Add)"
     assert report["kept"] == {"block1_conv1": 2}
+
+
+def test_activation_and_taylor_scores_match_a_hand_computation():
+    import tensorflow as tf
+
+    from tfopt.surgery.channels import data_scores, trace
+
+    model = lenet()
+    randomize_bn(model, 1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 12, 12, 1)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    groups = trace(model)
+    act = data_scores(model, {"conv2": groups["conv2"]}, "activation", (x, y))["conv2"]
+    tay = data_scores(model, {"conv2": groups["conv2"]}, "taylor", (x, y))["conv2"]
+    probe = keras.Model(model.inputs, [model.get_layer("act1").output, model.output])
+    with tf.GradientTape() as tape:
+        a, pred = probe(x, training=False)
+        tape.watch(a)
+        loss = keras.losses.SparseCategoricalCrossentropy()(y, pred)
+    g = tape.gradient(loss, a)
+    np.testing.assert_allclose(act, np.abs(a.numpy()).mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(tay, np.abs((a * g).numpy().mean(axis=(0, 1, 2))), rtol=1e-4, atol=1e-9)
+    pruned, report = prune_channels(model, ratio=0.5, criterion="taylor", data=(x, y))
+    assert report["keep"]["conv2"].tolist() == sorted(np.argsort(-tay, kind="stable")[:6].tolist())
+    with pytest.raises(TfoptError, match=r"criterion taylor ranks channels on data: pass a batch of \(x, y\)"):
+        prune_channels(model, ratio=0.5, criterion="taylor")
+
+
+def test_rounds_reach_the_ratio(tmp_path):
+    from tfopt.optimize import commands
+    from tfopt.optimize.source import load_source
+    from tfopt.recipe import validate
+    from tfopt.training.run import fit
+    from tests.conftest import tiny_recipe_dict
+
+    data = tiny_recipe_dict(**{"train.epochs": 2, "name": "r"})
+    data["model"]["layers"] = [{"type": "conv2d", "filters": 8, "batch_norm": True, "activation": "relu"},
+                               {"type": "global_avg_pool"}, {"type": "dense", "units": 4, "activation": "softmax"}]
+    run = fit(validate(data), output=tmp_path, log=lambda *_: None).run_dir
+    lines = []
+    path, metrics = commands.run_structured(load_source(run), {"ratio": 0.75, "rounds": 2, "epochs": 1,
+                                                               "criterion": "activation"},
+                                            output=tmp_path, log=lines.append)
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("round ")] == ["round 1/2", "round 2/2"]
+    assert metrics["channels"]["kept"] == {"conv1": 2}  # 8 -> 4 -> 2
+    assert keras.models.load_model(path / "model.keras").get_layer("conv1").filters == 2

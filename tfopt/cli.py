@@ -231,18 +231,20 @@ def _pairs(values, option):
 @click.option("--structured", is_flag=True, help="Remove whole channels instead (real speed-ups).")
 @click.option("--ratio", type=float, help="--structured: fraction of channels removed per layer [0.5].")
 @click.option("--per-layer", multiple=True, metavar="NAME=RATIO", help="--structured: per-layer ratio (repeatable).")
-@click.option("--criterion", type=click.Choice(["l1", "l2", "bn_gamma"]), help="--structured: ranking [l1].")
+@click.option("--criterion", type=click.Choice(["l1", "l2", "bn_gamma", "activation", "taylor"]),
+              help="--structured: ranking [l1].")
+@click.option("--rounds", type=int, help="--structured: prune/fine-tune rounds [1].")
 @click.option("--min-channels", type=int, help="--structured: channels always kept per layer [1].")
 @click.option("--protect", multiple=True, metavar="NAME", help="--structured: keep this layer whole (repeatable).")
 def prune(source, recipe, overrides, output, overwrite, epochs, lr, batch_size, sparsity, schedule, begin_step,
-          end_step, frequency, layers, skip, m_by_n, force, structured, ratio, per_layer, criterion, min_channels,
-          protect):
+          end_step, frequency, layers, skip, m_by_n, force, structured, ratio, per_layer, criterion, rounds,
+          min_channels, protect):
     """Prune SOURCE (a run directory or a model file): magnitude pruning, or --structured channel pruning."""
     from tfopt.errors import TfoptError
 
     if structured:
         given = dict(epochs=epochs, lr=lr, batch_size=batch_size, ratio=ratio,
-                     per_layer=_pairs(per_layer, "--per-layer") or None, criterion=criterion,
+                     per_layer=_pairs(per_layer, "--per-layer") or None, criterion=criterion, rounds=rounds,
                      min_channels=min_channels, protect=list(protect) or None)
         return _run_step("structured", source, recipe, overrides, output, overwrite, given)
 

@@ -175,37 +175,56 @@ def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print):
 
 
 def run_structured(source, given: dict, output=None, overwrite=False, log=print):
-    """Remove channels, check the surgery against the masked original, fine-tune, write a run."""
+    """Remove channels (in ``rounds`` steps), check each surgery against the masked original,
+    fine-tune after each, write a run."""
     import numpy as np
 
+    from tfopt.export import plain_copy
+    from tfopt.models.builder import output_activation
     from tfopt.models.stats import model_stats
     from tfopt.optimize.runner import fine_tune, with_step, write_run
-    from tfopt.surgery.channels import masked_copy, plan_channels, prune_channels
+    from tfopt.surgery.channels import masked_copy, prune_channels
 
     cfg = settings(source.recipe, "structured", C.StructuredConfig, given)
     splits = _splits(source)
-    args = dict(ratio=cfg.ratio, per_layer=cfg.per_layer, criterion=cfg.criterion, min_channels=cfg.min_channels,
-                protect=cfg.protect)
-    model, report = prune_channels(source.model, **args)
-    plan = plan_channels(source.model, **args)
-    x = splits.x_test[:256]
-    diff = float(np.max(np.abs(model.predict(x, verbose=0) - masked_copy(source.model, plan["keep"]).predict(x, verbose=0))))
-    if diff > 1e-4:
-        raise TfoptError(f"channel surgery check failed: outputs differ from the masked original by {diff:.3g}")
-    before, after = model_stats(source.model), model_stats(model)
-    for name, n in report["kept"].items():
-        log(f"  {name:<20} {report['channels_before'][name]} -> {n} channels")
-    for name, why in report["protected"].items():
+    t = source.recipe.train
+    y = splits.y_train[: cfg.probe_samples]
+    data = (splits.x_train[: cfg.probe_samples], np.eye(splits.num_classes, dtype="float32")[y] if t.loss.one_hot else y)
+    loss = t.loss.build(output_activation(source.model) not in ("softmax", "sigmoid"))
+    step = lambda r: 1 - (1 - r) ** (1 / cfg.rounds)  # noqa: E731  per-round ratio reaching r after all rounds
+    model, history, seconds, diffs = source.model, [], 0.0, []
+    before = model_stats(source.model)
+    first_report = None
+    for round_ in range(cfg.rounds):
+        pruned, report = prune_channels(model, ratio=step(cfg.ratio), per_layer={k: step(v) for k, v in cfg.per_layer.items()},
+                                        criterion=cfg.criterion, min_channels=cfg.min_channels, protect=cfg.protect,
+                                        data=data, loss=loss)
+        first_report = first_report or report
+        x = splits.x_test[:256]
+        diff = float(np.max(np.abs(pruned.predict(x, verbose=0) - masked_copy(model, report["keep"]).predict(x, verbose=0))))
+        if diff > 1e-4:
+            raise TfoptError(f"channel surgery check failed: outputs differ from the masked original by {diff:.3g}")
+        diffs.append(diff)
+        log(f"round {round_ + 1}/{cfg.rounds}: MACs {model_stats(model)['macs']:,} -> {model_stats(pruned)['macs']:,}; "
+            f"outputs equal the masked original's (max |Δ| {diff:.2g})")
+        rows, secs = fine_tune(pruned, source.recipe, splits, cfg, log=log)
+        history += [{**r, "round": round_ + 1} for r in rows]
+        seconds += secs
+        model = pruned
+    after = model_stats(model)
+    channels = {name: len(idx) for name, idx in first_report["keep"].items()}
+    final = {layer.name: int(getattr(layer, "filters", 0) or getattr(layer, "units", 0)) for layer in model.layers
+             if layer.name in channels}
+    for name in channels:
+        log(f"  {name:<20} {first_report['channels_before'][name]} -> {final[name]} channels")
+    for name, why in first_report["protected"].items():
         log(f"  {name:<20} kept whole: {why}")
     log(f"MACs {before['macs']:,} -> {after['macs']:,} ({after['macs'] / before['macs']:.2f}×), parameters "
-        f"{before['params']:,} -> {after['params']:,}; before fine-tuning the outputs equal the masked original's "
-        f"(max |Δ| {diff:.2g})")
-    history, seconds = fine_tune(model, source.recipe, splits, cfg, log=log)
+        f"{before['params']:,} -> {after['params']:,}")
+    report = {"kept": final, "channels_before": first_report["channels_before"], "protected": first_report["protected"]}
     metrics = {**_base_metrics(source, model, splits, log), "channels": report,
                "macs_before": before["macs"], "params_before": before["params"],
-               "masked_check_max_abs_diff": diff, "fine_tune_seconds": round(seconds, 2)}
-    from tfopt.export import plain_copy
-
+               "masked_check_max_abs_diff": max(diffs), "fine_tune_seconds": round(seconds, 2)}
     path = write_run(source, "channels", recipe=with_step(source.recipe, "structured", cfg), metrics=metrics,
                      model=plain_copy(model), history=history, output=output, overwrite=overwrite, log=log)
     return path, metrics

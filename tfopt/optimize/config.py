@@ -58,7 +58,10 @@ class StructuredConfig(FineTune):
 
     ratio: float = Field(0.5, ge=0, lt=1, description="fraction of channels removed per layer")
     per_layer: dict[str, float] = Field(default_factory=dict, description="per-layer ratio")
-    criterion: Literal["l1", "l2", "bn_gamma"] = "l1"
+    criterion: Literal["l1", "l2", "bn_gamma", "activation", "taylor"] = Field(
+        "l1", description="activation and taylor rank on probe_samples training images")
+    probe_samples: PositiveInt = 256
+    rounds: PositiveInt = Field(1, description="prune then fine-tune this many times, reaching ratio at the end")
     min_channels: PositiveInt = 1
     protect: list[str] = Field(default_factory=list, description="layers whose channels stay")
 

@@ -21,7 +21,8 @@ from tfopt.errors import TfoptError
 from tfopt.registry import did_you_mean
 from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
 
-CRITERIA = ("l1", "l2", "bn_gamma")
+CRITERIA = ("l1", "l2", "bn_gamma", "activation", "taylor")
+DATA_CRITERIA = ("activation", "taylor")
 
 
 def _kinds():
@@ -100,10 +101,52 @@ def _filters(layer):
     return kernel.reshape(-1, kernel.shape[-1])
 
 
-def scores(model, group: Group, criterion: str) -> np.ndarray:
+def _probe_tensor(model, group: Group):
+    """Where a group's channels are measured: after its first activation, else the source's output."""
+    L, _, _ = _kinds()
+    for name in group.chain:
+        layer = model.get_layer(name)
+        if isinstance(layer, (L.Activation, L.ReLU, L.LeakyReLU)):
+            return layer.output
+        if not isinstance(layer, L.BatchNormalization):
+            break
+    return model.get_layer(group.source).output
+
+
+def data_scores(model, groups: dict, criterion: str, data, loss=None) -> dict:
+    """Mean |activation| per channel, or the first-order Taylor score |mean(a · ∂L/∂a)| per
+    channel (Molchanov et al.), on a batch ``data = (x, y)``; ``{source: scores}``."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    x, y = data
+    names = list(groups)
+    probe = keras.Model(model.inputs, [_probe_tensor(model, groups[n]) for n in names] + [model.output])
+    loss_fn = loss or keras.losses.SparseCategoricalCrossentropy()
+    with tf.GradientTape() as tape:
+        outs = probe(tf.constant(x, tf.float32), training=False)
+        acts, pred = outs[:-1], outs[-1]
+        tape.watch(acts)
+        value = loss_fn(y, pred)
+    grads = tape.gradient(value, acts) if criterion == "taylor" else [None] * len(acts)
+    out = {}
+    for name, a, g in zip(names, acts, grads):
+        axes = tuple(range(len(a.shape) - 1))
+        if criterion == "taylor":
+            out[name] = np.abs(tf.reduce_mean(a * g, axis=axes).numpy())
+        else:
+            out[name] = tf.reduce_mean(tf.abs(a), axis=axes).numpy()
+    return out
+
+
+def scores(model, group: Group, criterion: str, data=None, loss=None) -> np.ndarray:
     """Importance of each output channel of a group's source (higher is kept)."""
     L, _, _ = _kinds()
     layer = model.get_layer(group.source)
+    if criterion in DATA_CRITERIA:
+        if data is None:
+            raise TfoptError(f"criterion {criterion} ranks channels on data: pass a batch of (x, y)")
+        return data_scores(model, {group.source: group}, criterion, data, loss)[group.source]
     if criterion == "bn_gamma":
         bn = next((model.get_layer(n) for n in group.chain
                    if isinstance(model.get_layer(n), L.BatchNormalization)), None)
@@ -115,7 +158,8 @@ def scores(model, group: Group, criterion: str) -> np.ndarray:
     return np.abs(f).sum(axis=0) if criterion == "l1" else np.sqrt((f ** 2).sum(axis=0))
 
 
-def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels=1, protect=()) -> dict:
+def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels=1, protect=(), data=None,
+                  loss=None) -> dict:
     """Which channels each source keeps: ``{source: sorted kept indices}``, plus the reasons
     for every protected source under the key ``"_protected"``."""
     if criterion not in CRITERIA:
@@ -137,15 +181,19 @@ def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels
         elif r > 0:
             n_keep = max(min_channels, int(round(g.channels * (1 - r))), 1)
             if n_keep < g.channels:
-                s = scores(model, g, criterion)
+                s = scores(model, g, criterion, data, loss)
                 keep[name] = np.sort(np.argsort(-s, kind="stable")[:n_keep])
     return {"keep": keep, "protected": protected, "groups": groups}
 
 
-def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels=1, protect=()):
-    """A new, physically smaller model; returns ``(model, plan)``. The input is not changed."""
+def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels=1, protect=(), data=None,
+                   loss=None):
+    """A new, physically smaller model; returns ``(model, report)``. The input is not changed.
+
+    ``data=(x, y)`` is needed by the data-driven criteria ``activation`` and ``taylor``.
+    """
     L, _, _ = _kinds()
-    plan = plan_channels(model, ratio, per_layer, criterion, min_channels, protect)
+    plan = plan_channels(model, ratio, per_layer, criterion, min_channels, protect, data, loss)
     keep, groups = plan["keep"], plan["groups"]
     out_keep, in_keep, flat_of = {}, {}, {}
     for name, idx in keep.items():
@@ -204,7 +252,7 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
     report = {"kept": {n: len(v) for n, v in keep.items()},
               "channels_before": {n: g.channels for n, g in groups.items()},
               "protected": plan["protected"]}
-    return pruned, report
+    return pruned, {**report, "keep": keep}
 
 
 def masked_copy(model, plan_keep: dict):
