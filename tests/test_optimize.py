@@ -256,3 +256,12 @@ def test_cli_structured_prune(base_run, tmp_path):
     assert metrics["macs"] < metrics["macs_before"] and metrics["masked_check_max_abs_diff"] < 1e-4
     bad = run("prune", base_run, "--structured", "--per-layer", "conv1=1.5")
     assert bad.exit_code == 2 and "optimize.structured.per_layer: per-layer ratios must be in [0, 1)" in bad.output
+
+
+def test_cli_remove_layers_analyze_and_budget(base_run, tmp_path):
+    res = run("remove-layers", base_run, "--analyze", "--output", tmp_path)
+    assert res.exit_code == 2 and "no layer or block of this model can be removed" in res.output
+    res = run("remove-layers", base_run, "--layers", "conv1", "--output", tmp_path)
+    assert res.exit_code == 2 and "cannot remove conv1: it maps 8×8×1 to 8×8×8" in res.output
+    res = run("remove-layers", base_run, "--layers", "dropout9", "--output", tmp_path)
+    assert res.exit_code == 2 and "no layer or block 'dropout9' in this model" in res.output

@@ -207,3 +207,72 @@ def test_rounds_reach_the_ratio(tmp_path):
     assert [ln.split(":")[0] for ln in lines if ln.startswith("round ")] == ["round 1/2", "round 2/2"]
     assert metrics["channels"]["kept"] == {"conv1": 2}  # 8 -> 4 -> 2
     assert keras.models.load_model(path / "model.keras").get_layer("conv1").filters == 2
+
+
+# ---- layer and block removal ------------------------------------------------------------------
+
+from tfopt.surgery.remove import candidates, remove_layers  # noqa: E402
+
+
+def resnet():
+    return build_model(Model.model_validate({"layers": [
+        {"type": "conv2d", "filters": 4, "batch_norm": True, "activation": "relu"},
+        {"type": "residual", "filters": 4}, {"type": "residual", "filters": 8, "strides": 2},
+        {"type": "conv2d", "filters": 8, "batch_norm": True, "activation": "relu"},
+        {"type": "dropout", "rate": 0.3},
+        {"type": "global_avg_pool"}, {"type": "dense", "units": 3, "activation": "softmax"}]}), (8, 8, 1))
+
+
+def test_removing_dropout_changes_nothing_at_inference_and_reloads(tmp_path):
+    model = resnet()
+    smaller, removed = remove_layers(model, ["dropout1"])
+    assert removed == ["dropout1"] and "dropout1" not in [layer.name for layer in smaller.layers]
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(smaller.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    smaller.save(tmp_path / "s.keras")
+    assert len(keras.models.load_model(tmp_path / "s.keras").layers) == len(model.layers) - 1
+
+
+def test_identity_block_and_shape_keeping_conv_are_removable():
+    model = resnet()
+    assert candidates(model) == ["conv2", "block1"]
+    smaller, removed = remove_layers(model, ["block1", "conv2"])
+    block1 = {layer.name for layer in model.layers if layer.name.startswith("block1_")}
+    assert set(removed) == block1 | {"conv2", "bn2", "act2"}
+    assert smaller.count_params() < model.count_params()
+    # without block1, block2 reads conv1's activation directly
+    assert smaller.get_layer("block2_conv1").inbound_nodes[0].inbound_layers.name == "act1"
+
+
+def test_impossible_removals_are_refused_with_shapes():
+    model = resnet()
+    with pytest.raises(TfoptError, match=r"cannot remove block2_conv1: it maps 8×8×4 to 4×4×8, and the layers after "
+                                         r"it expect 4×4×8; only layers \(or blocks\) that keep the shape"):
+        remove_layers(model, ["block2"])
+    with pytest.raises(TfoptError, match="cannot remove fc1: it is the model's output"):
+        remove_layers(model, ["fc1"])
+    with pytest.raises(TfoptError, match=r"no layer or block 'blok1' in this model \(did you mean 'block1'\?\)"):
+        remove_layers(model, ["blok1"])
+
+
+def test_analyze_with_budget_picks_and_writes(tmp_path):
+    from tests.conftest import tiny_recipe_dict
+    from tfopt.optimize import commands
+    from tfopt.optimize.source import load_source
+    from tfopt.recipe import validate
+    from tfopt.training.run import fit
+
+    data = tiny_recipe_dict(**{"train.epochs": 2, "name": "res"})
+    data["model"]["layers"] = [{"type": "conv2d", "filters": 4, "batch_norm": True, "activation": "relu"},
+                               {"type": "residual", "filters": 4}, {"type": "global_avg_pool"},
+                               {"type": "dense", "units": 4, "activation": "softmax"}]
+    run = fit(validate(data), output=tmp_path, log=lambda *_: None).run_dir
+    lines = []
+    path, metrics = commands.run_remove(load_source(run), {"analyze": True, "budget": 100.0, "epochs": 0},
+                                        output=tmp_path, log=lines.append)
+    assert "within a 100-point budget: remove block1" in lines
+    assert metrics["requested"] == ["block1"] and metrics["macs"] < metrics["macs_before"]
+    assert (path / "analysis.csv").read_text().splitlines()[0] == \
+        "candidate,layers,accuracy,drop_points,params_saved,macs_saved"
+    assert (path / "analysis.png").stat().st_size > 0
+    assert not any(layer.name.startswith("block1") for layer in keras.models.load_model(path / "model.keras").layers)

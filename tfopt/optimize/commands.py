@@ -228,3 +228,99 @@ def run_structured(source, given: dict, output=None, overwrite=False, log=print)
     path = write_run(source, "channels", recipe=with_step(source.recipe, "structured", cfg), metrics=metrics,
                      model=plain_copy(model), history=history, output=output, overwrite=overwrite, log=log)
     return path, metrics
+
+
+def _accuracy(model, x, y) -> float:
+    import numpy as np
+
+    return float(np.mean(model.predict(x, batch_size=256, verbose=0).argmax(1) == y))
+
+
+def analyze_removals(model, splits, log=print) -> list[dict]:
+    """Accuracy (validation split, else test) and savings for each removable layer or block."""
+    from tfopt.models.stats import model_stats
+    from tfopt.surgery.remove import candidates, remove_layers
+
+    x, y = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
+    base, stats = _accuracy(model, x, y), model_stats(model)
+    rows = []
+    for name in candidates(model):
+        smaller, removed = remove_layers(model, [name])
+        s = model_stats(smaller)
+        acc = _accuracy(smaller, x, y)
+        rows.append({"candidate": name, "layers": len(removed), "accuracy": acc, "drop_points": (base - acc) * 100,
+                     "params_saved": stats["params"] - s["params"], "macs_saved": stats["macs"] - s["macs"]})
+        log(f"  without {name:<12} accuracy {acc:.2%} ({(acc - base) * 100:+.2f} points), saves "
+            f"{stats['macs'] - s['macs']:,} MACs and {stats['params'] - s['params']:,} parameters")
+    return sorted(rows, key=lambda r: r["drop_points"])
+
+
+def choose_removals(model, splits, rows, budget: float) -> list[str]:
+    """Greedy: add candidates, smallest drop first, while the combined drop stays within ``budget`` points."""
+    from tfopt.surgery.remove import remove_layers
+
+    x, y = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
+    base, chosen = _accuracy(model, x, y), []
+    for row in rows:
+        trial = chosen + [row["candidate"]]
+        try:
+            smaller, _ = remove_layers(model, trial)
+        except TfoptError:
+            continue
+        if (base - _accuracy(smaller, x, y)) * 100 <= budget:
+            chosen = trial
+    return chosen
+
+
+def run_remove(source, given: dict, output=None, overwrite=False, log=print):
+    """Remove the named layers or blocks, or analyze every candidate (and pick within a budget)."""
+    from tfopt.export import plain_copy
+    from tfopt.models.stats import model_stats
+    from tfopt.optimize.config import FineTune
+    from tfopt.optimize.runner import fine_tune, write_run
+    from tfopt.surgery.remove import remove_layers
+
+    splits = _splits(source)
+    names, rows, files = list(given.get("layers") or []), None, {}
+    if given.get("analyze"):
+        log("measuring the model without each removable layer or block (no fine-tuning)")
+        rows = analyze_removals(source.model, splits, log)
+        if not rows:
+            raise TfoptError("no layer or block of this model can be removed: none keeps its input's shape")
+        files["analysis.csv"] = _csv(rows).encode()
+        if given.get("budget") is not None and not names:
+            names = choose_removals(source.model, splits, rows, given["budget"])
+            log(f"within a {given['budget']:g}-point budget: remove {', '.join(names) or 'nothing'}")
+    if not names:
+        if rows is None:
+            raise TfoptError("remove-layers: name the layers or blocks (--layers conv3,block2), or pass --analyze")
+        for line in _csv(rows).splitlines():
+            log(line)
+        return None, {"analysis": rows}
+    model, removed = remove_layers(source.model, names)
+    before = model_stats(source.model)
+    cfg = FineTune(epochs=given.get("epochs") or 1, lr=given.get("lr"))
+    history = []
+    if given.get("epochs", 1) != 0:
+        history, _ = fine_tune(model, source.recipe, splits, cfg, log=log)
+    metrics = {**_base_metrics(source, model, splits, log), "removed": removed, "requested": names,
+               "macs_before": before["macs"], "params_before": before["params"], "analysis": rows}
+    log(f"removed {', '.join(removed)}; MACs {before['macs']:,} -> {metrics['macs']:,}")
+    if rows:
+        from tfopt.report.plots import removal_plot
+
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            removal_plot(rows, Path(tmp) / "analysis.png")
+            files["analysis.png"] = (Path(tmp) / "analysis.png").read_bytes()
+    path = write_run(source, "removed", recipe=source.recipe, metrics=metrics, model=plain_copy(model),
+                     files=files, history=history, output=output, overwrite=overwrite, log=log)
+    return path, metrics
+
+
+def _csv(rows) -> str:
+    keys = list(rows[0])
+    return "\n".join([",".join(keys)] + [",".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])
+                                                   for k in keys) for r in rows]) + "\n"

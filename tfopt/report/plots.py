@@ -57,3 +57,19 @@ def line_plot(x, series: dict, path, xlabel="", ylabel="", title="", logy=False,
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def removal_plot(rows: list[dict], path) -> None:
+    """Accuracy drop against MACs saved, one point per removable layer or block."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        ax.scatter(r["macs_saved"], r["drop_points"])
+        ax.annotate(r["candidate"], (r["macs_saved"], r["drop_points"]), fontsize=8)
+    ax.set_xlabel("MACs saved per image")
+    ax.set_ylabel("accuracy drop (points, before fine-tuning)")
+    ax.set_title("Layer and block removal")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
