@@ -265,3 +265,26 @@ def test_cli_remove_layers_analyze_and_budget(base_run, tmp_path):
     assert res.exit_code == 2 and "cannot remove conv1: it maps 8×8×1 to 8×8×8" in res.output
     res = run("remove-layers", base_run, "--layers", "dropout9", "--output", tmp_path)
     assert res.exit_code == 2 and "no layer or block 'dropout9' in this model" in res.output
+
+
+def test_sensitivity_sweep_writes_ratios_back(base_run, tmp_path):
+    from tfopt.optimize.sensitivity import choose
+    from tfopt.recipe import load_recipe
+
+    out = tmp_path / "tuned.yaml"
+    res = run("sensitivity", base_run, "--ratios", "0.25,0.5", "--budget", "100", "--write", out)
+    assert res.exit_code == 0, res.output
+    tuned = load_recipe(out)
+    assert tuned.optimize.structured.per_layer == {"conv1": 0.5, "fc1": 0.5}
+    assert tuned.optimize.structured.ratio == 0.0
+    lines = [ln for ln in res.output.splitlines() if "channels ratio" in ln]
+    assert len(lines) == 4  # conv1 and fc1 (fc2 is the output), two ratios each
+    rows = [{"layer": "a", "ratio": 0.25, "drop_points": 0.1}, {"layer": "a", "ratio": 0.5, "drop_points": 0.9},
+            {"layer": "b", "ratio": 0.25, "drop_points": 2.0}]
+    assert choose(rows, 0.5) == {"a": 0.25, "b": 0.0}
+    again = run("sensitivity", base_run, "--mode", "sparsity", "--ratios", "0.5", "--write", out)
+    assert again.exit_code == 2 and "already exists" in again.output
+    sp = run("sensitivity", base_run, "--mode", "sparsity", "--ratios", "0.5", "--budget", "100",
+             "--write", tmp_path / "sp.yaml")
+    assert sp.exit_code == 0, sp.output
+    assert load_recipe(tmp_path / "sp.yaml").optimize.prune.layers == {"conv1": 0.5, "fc1": 0.5, "fc2": 0.5}

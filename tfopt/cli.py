@@ -336,6 +336,41 @@ def remove_layers_cmd(source, recipe, overrides, output, overwrite, layers, anal
     _run_step("remove", source, recipe, overrides, output, overwrite, given)
 
 
+@cli.command()
+@click.argument("source", type=click.Path())
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe naming the data (for a model file).")
+@set_option
+@click.option("--mode", type=click.Choice(["channels", "sparsity"]), default="channels", show_default=True)
+@click.option("--ratios", default="0.25,0.5,0.75", show_default=True, help="Ratios tried per layer.")
+@click.option("--budget", type=float, default=0.5, show_default=True, help="Accuracy points a layer may lose.")
+@click.option("--write", "write_to", type=click.Path(dir_okay=False), required=True,
+              help="Recipe file to write, with the chosen per-layer ratios in optimize:.")
+def sensitivity(source, recipe, overrides, mode, ratios, budget, write_to):
+    """Accuracy against channel ratio (or sparsity) per layer; write the chosen ratios into a recipe."""
+    from pathlib import Path
+
+    from tfopt.data.pipeline import load_splits
+    from tfopt.errors import TfoptError
+    from tfopt.optimize.sensitivity import choose, sweep, write_back
+    from tfopt.optimize.source import load_source
+    from tfopt.rundir import atomic_write_text
+
+    try:
+        values = [float(v) for v in ratios.split(",")]
+    except ValueError:
+        raise TfoptError(f"--ratios '{ratios}': expected numbers separated by commas, e.g. 0.25,0.5") from None
+    if Path(write_to).exists():
+        raise TfoptError(f"{write_to} already exists; pick a new file name for the tuned recipe")
+    src = load_source(source, recipe, overrides)
+    rows = sweep(src.model, load_splits(src.recipe.data, src.recipe.seed), values, mode, log=click.echo)
+    chosen = choose(rows, budget)
+    atomic_write_text(Path(write_to), write_back(src.recipe, chosen, mode).to_yaml())
+    click.echo(f"chosen within {budget:g} points: " + ", ".join(f"{k}={v:g}" for k, v in chosen.items()))
+    key = "optimize.structured.per_layer" if mode == "channels" else "optimize.prune.layers"
+    click.echo(f"recipe written to {write_to} ({key}); apply it with tfopt prune {source} "
+               f"{'--structured ' if mode == 'channels' else ''}--recipe {write_to}")
+
+
 @cli.command("fold-bn")
 @_source_options
 def fold_bn(source, recipe, overrides, output, overwrite):
