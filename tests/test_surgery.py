@@ -158,8 +158,24 @@ def test_refusals_name_the_layers():
         {"type": "conv2d", "filters": 4}, {"type": "residual", "filters": 4},
         {"type": "global_avg_pool"}, {"type": "dense", "units": 2}]}), (8, 8, 1))
     _, report = prune_channels(residual, ratio=0.5)
-    assert report["protected"]["conv1"] == "its channels reach block1_add (Add)"
-    assert report["kept"] == {"block1_conv1": 2}
+    # conv1 and block1_conv2 meet in block1_add: one group, the same channels leave both
+    assert report["kept"] == {"conv1": 2, "block1_conv2": 2, "block1_conv1": 2}
+    from_input = build_model(Model.model_validate({"layers": [
+        {"type": "residual", "filters": 3}, {"type": "global_avg_pool"}, {"type": "dense", "units": 2}]}), (8, 8, 3))
+    _, report = prune_channels(from_input, ratio=0.5)
+    assert report["protected"]["block1_conv2"] == "its channels meet input in block1_add, which cannot be pruned"
+
+
+def test_residual_groups_share_their_channels():
+    model = resnet()
+    randomize_bn(model, 3)
+    pruned, report = prune_channels(model, ratio=0.5)
+    plan = plan_channels(model, ratio=0.5)
+    assert report["kept"]["conv1"] == report["kept"]["block1_conv2"] == 2
+    assert report["kept"]["block2_conv2"] == report["kept"]["block2_proj"] == report["kept"]["conv2"] == 4
+    x = np.random.default_rng(3).normal(size=(4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), masked_copy(model, plan["keep"]).predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_activation_and_taylor_scores_match_a_hand_computation():

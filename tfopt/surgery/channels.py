@@ -6,9 +6,10 @@ depthwise convs with depth multiplier 1, global average pooling, flatten) to the
 read them (the *sinks*: a conv's or separable conv's input channels, a dense layer's rows).
 Removing a channel then removes the source's filter, the BN statistics, the depthwise
 filter, and the sink's input weights (for flatten → dense, every row of that channel).
-A source whose channels reach an Add, a Concatenate, the model output or an unknown layer is
-protected and the reason is reported: channels coupled through a residual sum would have
-to be pruned as one group.
+Sources whose channels meet in a residual Add are pruned as one group: the same channels
+leave every one of them, ranked by their summed scores. A group whose channels reach a
+Concatenate, the model output, the model input (an identity shortcut from it) or an unknown
+layer is protected and the reason is reported.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ def is_source(layer) -> bool:
 
 @dataclass
 class Group:
-    """One source's channels and every layer they reach."""
+    """One channel space: the sources that write it (several when an Add joins them) and every
+    layer that passes or reads it."""
 
     source: str
     channels: int
     chain: list = field(default_factory=list)  # pass-through layers (names)
     sinks: list = field(default_factory=list)  # (sink name, flatten name or None)
     blocked: str | None = None
+    members: list = field(default_factory=list)  # the sources, ``source`` first
 
 
 def trace(model) -> dict:
@@ -78,14 +81,53 @@ def trace(model) -> dict:
                 elif isinstance(user, L.DepthwiseConv2D) and user.depth_multiplier == 1:
                     g.chain.append(user_name)
                     stack.append((user_name, flat))
-                elif isinstance(user, passthrough):
-                    g.chain.append(user_name)
-                    stack.append((user_name, user_name if isinstance(user, L.Flatten) else flat))
+                elif isinstance(user, passthrough) or isinstance(user, L.Add):
+                    if user_name not in g.chain:
+                        g.chain.append(user_name)
+                        stack.append((user_name, user_name if isinstance(user, L.Flatten) else flat))
                 else:
                     g.blocked = f"its channels reach {user_name} ({type(user).__name__})"
                     break
+        g.members = [layer.name]
         groups[layer.name] = g
-    return groups
+    return _merge_at_adds(model, groups)
+
+
+def _merge_at_adds(model, groups: dict) -> dict:
+    """Join the groups whose channels meet in an Add; block a join fed by anything else."""
+    L, _, _ = _kinds()
+    adds = [layer for layer in model.layers if isinstance(layer, L.Add)]
+    parent = {name: name for name in groups}
+
+    def root(n):
+        while parent[n] != n:
+            n = parent[n]
+        return n
+
+    for add in adds:
+        touching = [n for n, g in groups.items() if add.name in g.chain]
+        for n in touching[1:]:
+            parent[root(n)] = root(touching[0])
+    merged = {}
+    for name in groups:
+        r = root(name)
+        g = groups[name]
+        if r not in merged:
+            merged[r] = Group(r, g.channels, list(g.chain), list(g.sinks), g.blocked, [name])
+            continue
+        m = merged[r]
+        m.members.append(name)
+        m.chain += [c for c in g.chain if c not in m.chain]
+        m.sinks += [s for s in g.sinks if s not in m.sinks]
+        m.blocked = m.blocked or g.blocked
+    for m in merged.values():
+        covered = set(m.members) | set(m.chain)
+        for add in adds:
+            if add.name in m.chain and m.blocked is None:
+                strangers = [p.name for p in inbound(add) if p.name not in covered]
+                if strangers:
+                    m.blocked = f"its channels meet {', '.join(strangers)} in {add.name}, which cannot be pruned"
+    return {m.source: m for m in merged.values()}
 
 
 def flatten_rows(shape, channels) -> np.ndarray:
@@ -99,6 +141,10 @@ def _filters(layer):
     w = layer.get_weights()
     kernel = w[1] if isinstance(layer, L.SeparableConv2D) else w[0]
     return kernel.reshape(-1, kernel.shape[-1])
+
+
+def _group_filters(model, group):
+    return np.concatenate([_filters(model.get_layer(m)) for m in group.members or [group.source]], axis=0)
 
 
 def _probe_tensor(model, group: Group):
@@ -148,13 +194,13 @@ def scores(model, group: Group, criterion: str, data=None, loss=None) -> np.ndar
             raise TfoptError(f"criterion {criterion} ranks channels on data: pass a batch of (x, y)")
         return data_scores(model, {group.source: group}, criterion, data, loss)[group.source]
     if criterion == "bn_gamma":
-        bn = next((model.get_layer(n) for n in group.chain
-                   if isinstance(model.get_layer(n), L.BatchNormalization)), None)
-        if bn is None or not bn.scale:
+        bns = [model.get_layer(n) for n in group.chain if isinstance(model.get_layer(n), L.BatchNormalization)]
+        bns = [bn for bn in bns if bn.scale]
+        if not bns:
             raise TfoptError(f"criterion bn_gamma: {group.source} has no BatchNorm with a scale after it; "
                              f"use l1 or l2 for it")
-        return np.abs(bn.gamma.numpy())
-    f = _filters(layer)
+        return sum(np.abs(bn.gamma.numpy()) for bn in bns)
+    f = _group_filters(model, group)
     return np.abs(f).sum(axis=0) if criterion == "l1" else np.sqrt((f ** 2).sum(axis=0))
 
 
@@ -167,14 +213,16 @@ def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels
                          f"available: {', '.join(CRITERIA)}")
     per_layer = per_layer or {}
     groups = trace(model)
+    sources = [m for g in groups.values() for m in g.members]
     for name in [*per_layer, *protect]:
-        if name not in groups:
+        if name not in sources:
             raise TfoptError(f"'{name}' is not a conv, separable conv or dense layer of this model"
-                             f"{did_you_mean(name, groups)}; those are: {', '.join(groups)}")
+                             f"{did_you_mean(name, sources)}; those are: {', '.join(sources)}")
     keep, protected = {}, {}
     for name, g in groups.items():
-        r = per_layer.get(name, ratio)
-        if name in protect:
+        given = [per_layer[m] for m in g.members if m in per_layer]
+        r = min(given) if given else ratio
+        if any(m in protect for m in g.members):
             protected[name] = "protected on request"
         elif g.blocked:
             protected[name] = g.blocked
@@ -197,7 +245,8 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
     keep, groups = plan["keep"], plan["groups"]
     out_keep, in_keep, flat_of = {}, {}, {}
     for name, idx in keep.items():
-        out_keep[name] = idx
+        for source in groups[name].members:
+            out_keep[source] = idx
         for member in groups[name].chain:
             in_keep[member] = out_keep[member] = idx
         for sink, flat in groups[name].sinks:
@@ -249,9 +298,9 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
         return out
 
     pruned = rebuild(model, replace)
-    report = {"kept": {n: len(v) for n, v in keep.items()},
-              "channels_before": {n: g.channels for n, g in groups.items()},
-              "protected": plan["protected"]}
+    report = {"kept": {m: len(v) for n, v in keep.items() for m in groups[n].members},
+              "channels_before": {m: g.channels for g in groups.values() for m in g.members},
+              "protected": {m: why for n, why in plan["protected"].items() for m in groups[n].members}}
     return pruned, {**report, "keep": keep}
 
 
