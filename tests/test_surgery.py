@@ -292,3 +292,22 @@ def test_analyze_with_budget_picks_and_writes(tmp_path):
         "candidate,layers,accuracy,drop_points,params_saved,macs_saved"
     assert (path / "analysis.png").stat().st_size > 0
     assert not any(layer.name.startswith("block1") for layer in keras.models.load_model(path / "model.keras").layers)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "lenet5_mnist", "vgg_fashion", "resnet_small", "separable_digits"])
+def test_surgery_on_every_bundled_architecture(name):
+    from tfopt.recipe import load_recipe
+
+    r = load_recipe(f"recipes/{name}.yaml")
+    model = build_model(r.model, r.input_shape())
+    randomize_bn(model, 7)
+    x = np.random.default_rng(7).normal(size=(3, *r.input_shape())).astype("float32")
+    ref = model.predict(x, verbose=0)
+    folded, _ = fold_batchnorm(model)
+    np.testing.assert_allclose(folded.predict(x, verbose=0), ref, rtol=1e-4, atol=1e-6)
+    pruned, report = prune_channels(model, ratio=0.5)
+    plan = plan_channels(model, ratio=0.5)
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), masked_copy(model, plan["keep"]).predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-6)
+    assert model_stats(pruned)["macs"] < 0.5 * model_stats(model)["macs"]
+    assert set(report["protected"]) == {model.layers[-1].name}  # only the output layer stays whole
