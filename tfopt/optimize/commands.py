@@ -230,24 +230,19 @@ def run_structured(source, given: dict, output=None, overwrite=False, log=print)
     return path, metrics
 
 
-def _accuracy(model, x, y) -> float:
-    import numpy as np
-
-    return float(np.mean(model.predict(x, batch_size=256, verbose=0).argmax(1) == y))
-
-
 def analyze_removals(model, splits, log=print) -> list[dict]:
     """Accuracy (validation split, else test) and savings for each removable layer or block."""
     from tfopt.models.stats import model_stats
+    from tfopt.optimize.runner import accuracy, selection_split
     from tfopt.surgery.remove import candidates, remove_layers
 
-    x, y = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
-    base, stats = _accuracy(model, x, y), model_stats(model)
+    x, y = selection_split(splits)
+    base, stats = accuracy(model, x, y), model_stats(model)
     rows = []
     for name in candidates(model):
         smaller, removed = remove_layers(model, [name])
         s = model_stats(smaller)
-        acc = _accuracy(smaller, x, y)
+        acc = accuracy(smaller, x, y)
         rows.append({"candidate": name, "layers": len(removed), "accuracy": acc, "drop_points": (base - acc) * 100,
                      "params_saved": stats["params"] - s["params"], "macs_saved": stats["macs"] - s["macs"]})
         log(f"  without {name:<12} accuracy {acc:.2%} ({(acc - base) * 100:+.2f} points), saves "
@@ -257,17 +252,18 @@ def analyze_removals(model, splits, log=print) -> list[dict]:
 
 def choose_removals(model, splits, rows, budget: float) -> list[str]:
     """Greedy: add candidates, smallest drop first, while the combined drop stays within ``budget`` points."""
+    from tfopt.optimize.runner import accuracy, selection_split
     from tfopt.surgery.remove import remove_layers
 
-    x, y = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
-    base, chosen = _accuracy(model, x, y), []
+    x, y = selection_split(splits)
+    base, chosen = accuracy(model, x, y), []
     for row in rows:
         trial = chosen + [row["candidate"]]
         try:
             smaller, _ = remove_layers(model, trial)
         except TfoptError:
             continue
-        if (base - _accuracy(smaller, x, y)) * 100 <= budget:
+        if (base - accuracy(smaller, x, y)) * 100 <= budget:
             chosen = trial
     return chosen
 

@@ -93,3 +93,13 @@ def with_step(recipe, step: str, cfg):
     r = recipe.model_copy(deep=True)
     setattr(r.optimize, step, cfg)
     return r
+
+
+def accuracy(model, x, y) -> float:
+    """Top-1 accuracy of a model's predictions."""
+    return float(np.mean(model.predict(x, batch_size=256, verbose=0).argmax(1) == y))
+
+
+def selection_split(splits):
+    """The data used to choose among variants: the validation split, else the test split."""
+    return (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)

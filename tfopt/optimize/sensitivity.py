@@ -8,10 +8,6 @@ import numpy as np
 from tfopt.errors import TfoptError
 
 
-def _accuracy(model, x, y) -> float:
-    return float(np.mean(model.predict(x, batch_size=256, verbose=0).argmax(1) == y))
-
-
 def _magnitude_prune(model, name, sparsity):
     """A copy of ``model`` with the smallest ``sparsity`` of ``name``'s kernel set to zero."""
     from tfopt.export import plain_copy
@@ -32,10 +28,11 @@ def _magnitude_prune(model, name, sparsity):
 def sweep(model, splits, ratios=(0.25, 0.5, 0.75), mode="channels", log=print) -> list[dict]:
     """One row per (layer, ratio): accuracy on the validation split (else test) without fine-tuning."""
     from tfopt.optimize.prune import prunable
+    from tfopt.optimize.runner import accuracy, selection_split
     from tfopt.surgery.channels import prune_channels, trace
 
-    x, y = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
-    base = _accuracy(model, x, y)
+    x, y = selection_split(splits)
+    base = accuracy(model, x, y)
     if mode == "channels":
         layers = [name for name, g in trace(model).items() if not g.blocked]
     else:
@@ -50,7 +47,7 @@ def sweep(model, splits, ratios=(0.25, 0.5, 0.75), mode="channels", log=print) -
                 smaller, _ = prune_channels(model, ratio=0.0, per_layer={name: r}, protect=others)
             else:
                 smaller = _magnitude_prune(model, name, r)
-            acc = _accuracy(smaller, x, y)
+            acc = accuracy(smaller, x, y)
             rows.append({"layer": name, "ratio": r, "accuracy": acc, "drop_points": (base - acc) * 100})
             log(f"  {name:<16} {mode} ratio {r:.2f}: accuracy {acc:.2%} ({(acc - base) * 100:+.2f} points)")
     return rows

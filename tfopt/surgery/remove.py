@@ -54,9 +54,8 @@ def check_removal(model, removed) -> None:
         if isinstance(layer, keras.layers.InputLayer) or layer.name in outputs:
             raise TfoptError(f"cannot remove {layer.name}: it is the model's {'input' if not inbound(layer) else 'output'}")
         parents = inbound(layer)
-        if len(parents) > 1 and not all(p.name in removed for p in parents[1:]) and \
-                type(layer).__name__ not in ("Add",):
-            raise TfoptError(f"cannot remove {layer.name}: it joins {len(parents)} inputs; remove its whole block")
+        if len(parents) > 1 and not isinstance(layer, keras.layers.Add):
+            raise TfoptError(f"cannot remove {layer.name}: it joins {len(parents)} inputs")
         got, keeps = _shape(layer.input_shape), _shape(layer.output_shape)
         if got != keeps:
             raise TfoptError(
