@@ -34,8 +34,13 @@ def plain_fit(recipe, epochs):
     s = load_splits(recipe.data, recipe.seed)
     model = build_model(recipe.model, s.input_shape)
     model.compile(keras.optimizers.Adam(recipe.train.lr.initial), "sparse_categorical_crossentropy", ["accuracy"])
-    train = (tf.data.Dataset.from_tensor_slices((s.x_train, s.y_train)).shuffle(10000, seed=recipe.seed)
-             .batch(recipe.train.batch_size).prefetch(tf.data.AUTOTUNE))
+    train = tf.data.Dataset.from_tensor_slices((s.x_train, s.y_train)).shuffle(10000, seed=recipe.seed)
+    train = train.batch(recipe.train.batch_size)
+    aug = recipe.data.augment
+    if aug is not None and aug.translate:  # the same augmentation the recipe asks tfopt for
+        shift = keras.layers.RandomTranslation(aug.translate, aug.translate, fill_mode="constant", seed=recipe.seed)
+        train = train.map(lambda a, b: (shift(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+    train = train.prefetch(tf.data.AUTOTUNE)
     val = tf.data.Dataset.from_tensor_slices((s.x_val, s.y_val)).batch(recipe.train.batch_size)
     t0 = time.perf_counter()
     model.fit(train, validation_data=val, epochs=epochs, verbose=0)

@@ -3,8 +3,8 @@
 Usage:
     TFOPT_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/bench_surgery.py [--ratio 0.6] [--baseline RUN]
 
-Fits recipes/lenet5_mnist.yaml (or takes --baseline, a finished run of it), removes --ratio of the
-channels of every conv and hidden dense layer (L1 ranking), fine-tunes, exports float32 and int8
+Fits recipes/lenet5_mnist.yaml (or takes --baseline, a finished run of it), removes channels as its
+optimize.structured says (or --ratio of every conv and hidden dense layer), fine-tunes, exports float32 and int8
 TFLite files of both models, and measures them with tfopt's report code in one process.
 """
 
@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ratio", type=float, default=0.6)
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--ratio", type=float, help="default: the recipe's optimize.structured")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--lr", type=float)
     ap.add_argument("--baseline", help="a finished lenet5_mnist run to start from")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "surgery"))
     args = ap.parse_args()
@@ -41,8 +41,10 @@ def main():
     else:
         base = fit(load_recipe(ROOT / "recipes" / "lenet5_mnist.yaml", ["train.verbose=2"]), output=out,
                    overwrite=True, log=log).run_dir
-    pruned, pm = commands.run_structured(load_source(base), {"ratio": args.ratio, "epochs": args.epochs,
-                                                             "lr": args.lr}, output=out, overwrite=True, log=log)
+    given = {"ratio": args.ratio, "epochs": args.epochs, "lr": args.lr}
+    if args.ratio is not None:
+        given["per_layer"] = {}
+    pruned, pm = commands.run_structured(load_source(base), given, output=out, overwrite=True, log=log)
     base_x, _ = commands.run_export(load_source(base), {"tflite": ["float32"]}, output=out, overwrite=True, log=log)
     pruned_x, _ = commands.run_export(load_source(pruned), {"tflite": ["float32", "int8"]}, output=out,
                                       overwrite=True, log=log)
@@ -52,7 +54,7 @@ def main():
     pf = rows[f"{pruned_x.name}/model_float32.tflite"]
     pi = rows[f"{pruned_x.name}/model_int8.tflite"]
     print(json.dumps({
-        "bench": "structured_mnist_lenet5", "ratio": args.ratio, "fine_tune_epochs": args.epochs,
+        "bench": "structured_mnist_lenet5", "settings": {k: v for k, v in given.items() if v is not None},
         "baseline_accuracy": bk.accuracy, "channels": pm["channels"]["kept"],
         "macs_before": pm["macs_before"], "macs_after": pm["macs"], "mac_ratio": round(pm["macs"] / pm["macs_before"], 3),
         "pruned_float32_accuracy": pf.accuracy, "pruned_int8_accuracy": pi.accuracy,

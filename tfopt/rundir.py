@@ -35,6 +35,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy a file via a temporary sibling and a rename."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 

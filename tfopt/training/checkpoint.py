@@ -9,7 +9,7 @@ from pathlib import Path
 from tf_keras.callbacks import Callback
 
 from tfopt.export import save_keras
-from tfopt.rundir import atomic_write_json, atomic_write_text
+from tfopt.rundir import atomic_copy, atomic_write_json, atomic_write_text
 
 
 def history_csv(rows: list[dict]) -> str:
@@ -60,10 +60,10 @@ class Checkpointer(Callback):
             atomic_write_text(self.folder / "history.csv", history_csv(self.history))
             return
         value = logs.get(self.monitor, logs.get(self.monitor.removeprefix("val_")))
+        save_keras(self.model, ckpt / "last.keras")
         if self._better(value):
             self.best, self.best_epoch = float(value), epoch + 1
-            save_keras(self.model, ckpt / "best.keras")
-        save_keras(self.model, ckpt / "last.keras")
+            atomic_copy(ckpt / "last.keras", ckpt / "best.keras")  # a copy, not a second serialization
         atomic_write_text(self.folder / "history.csv", history_csv(self.history))
         atomic_write_json(ckpt / "state.json", self.state(epoch + 1))
 
