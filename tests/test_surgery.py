@@ -292,6 +292,15 @@ def test_analyze_with_budget_picks_and_writes(tmp_path):
         "candidate,layers,accuracy,drop_points,params_saved,macs_saved"
     assert (path / "analysis.png").stat().st_size > 0
     assert not any(layer.name.startswith("block1") for layer in keras.models.load_model(path / "model.keras").layers)
+    from tfopt.data.pipeline import load_splits
+
+    src = load_source(run)
+    splits = load_splits(src.recipe.data, src.recipe.seed)
+    plain = commands.analyze_removals(src.model, splits, lambda *_: None)
+    tuned = commands.analyze_removals(src.model, splits, lambda *_: None, src.recipe, epochs=2)
+    assert [r["candidate"] for r in tuned] == ["block1"] and 0 <= tuned[0]["accuracy"] <= 1
+    assert tuned[0]["macs_saved"] == plain[0]["macs_saved"]
+    assert src.model.get_weights()[0].tolist() == load_source(run).model.get_weights()[0].tolist()
 
 
 @pytest.mark.parametrize("name", ["quickstart", "lenet5_mnist", "vgg_fashion", "resnet_small", "separable_digits"])

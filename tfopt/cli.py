@@ -327,12 +327,14 @@ def report(sources, recipe, overrides, output, overwrite, runs, threads):
 @click.option("--layers", help="Comma-separated layers or blocks to remove, e.g. conv3,block2.")
 @click.option("--analyze", is_flag=True, help="Measure the model without each removable layer or block.")
 @click.option("--budget", type=float, help="With --analyze: remove the most within this many accuracy points.")
+@click.option("--analyze-epochs", type=int, help="With --analyze: fine-tune each candidate this long first [0].")
 @click.option("--epochs", type=int, help="Fine-tune epochs after removal [1; 0 for none].")
 @click.option("--lr", type=float, help="Fine-tune learning rate [train.lr.initial / 10].")
-def remove_layers_cmd(source, recipe, overrides, output, overwrite, layers, analyze, budget, epochs, lr):
+def remove_layers_cmd(source, recipe, overrides, output, overwrite, layers, analyze, budget, analyze_epochs, epochs,
+                      lr):
     """Remove layers or residual blocks from SOURCE where the shapes allow it, and rewire."""
     given = dict(layers=[n.strip() for n in layers.split(",") if n.strip()] if layers else None, analyze=analyze,
-                 budget=budget, epochs=epochs, lr=lr)
+                 budget=budget, analyze_epochs=analyze_epochs, epochs=epochs, lr=lr)
     _run_step("remove", source, recipe, overrides, output, overwrite, given)
 
 

@@ -230,8 +230,9 @@ def run_structured(source, given: dict, output=None, overwrite=False, log=print)
     return path, metrics
 
 
-def analyze_removals(model, splits, log=print) -> list[dict]:
-    """Accuracy (validation split, else test) and savings for each removable layer or block."""
+def analyze_removals(model, splits, log=print, recipe=None, epochs=0) -> list[dict]:
+    """Accuracy (validation split, else test) and savings for each removable layer or block,
+    right after removal or, with ``epochs``, after that short fine-tune of each candidate."""
     from tfopt.models.stats import model_stats
     from tfopt.optimize.runner import accuracy, selection_split
     from tfopt.surgery.remove import candidates, remove_layers
@@ -241,6 +242,11 @@ def analyze_removals(model, splits, log=print) -> list[dict]:
     rows = []
     for name in candidates(model):
         smaller, removed = remove_layers(model, [name])
+        if epochs:
+            from tfopt.optimize.config import FineTune
+            from tfopt.optimize.runner import fine_tune
+
+            fine_tune(smaller, recipe, splits, FineTune(epochs=epochs), log=lambda *_: None)
         s = model_stats(smaller)
         acc = accuracy(smaller, x, y)
         rows.append({"candidate": name, "layers": len(removed), "accuracy": acc, "drop_points": (base - acc) * 100,
@@ -279,8 +285,10 @@ def run_remove(source, given: dict, output=None, overwrite=False, log=print):
     splits = _splits(source)
     names, rows, files = list(given.get("layers") or []), None, {}
     if given.get("analyze"):
-        log("measuring the model without each removable layer or block (no fine-tuning)")
-        rows = analyze_removals(source.model, splits, log)
+        ft = given.get("analyze_epochs") or 0
+        log("measuring the model without each removable layer or block "
+            + (f"after {ft} fine-tune epoch(s) each" if ft else "(no fine-tuning)"))
+        rows = analyze_removals(source.model, splits, log, source.recipe, ft)
         if not rows:
             raise TfoptError("no layer or block of this model can be removed: none keeps its input's shape")
         files["analysis.csv"] = _csv(rows).encode()
