@@ -288,3 +288,16 @@ def test_sensitivity_sweep_writes_ratios_back(base_run, tmp_path):
              "--write", tmp_path / "sp.yaml")
     assert sp.exit_code == 0, sp.output
     assert load_recipe(tmp_path / "sp.yaml").optimize.prune.layers == {"conv1": 0.5, "fc1": 0.5, "fc2": 0.5}
+
+
+def test_cqat_keeps_clusters(base_run, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    clustered, _ = commands.run_cluster(load_source(base_run), {"clusters": 8, "epochs": 1}, output=tmp_path,
+                                        log=quiet)
+    path, metrics = commands.run_quantize(load_source(clustered), {"mode": "qat", "epochs": 1}, output=tmp_path,
+                                          log=quiet)
+    assert metrics["scheme"] == "cqat" and metrics["tflite"]["model_int8.tflite"]["agreement"] >= 0.99
+    it = Interpreter(model_path=str(path / "model_int8.tflite"))
+    fc1 = next(t for t in it.get_tensor_details() if "fc1/MatMul" in t["name"] and len(t["shape"]) == 2)
+    assert len(np.unique(it.get_tensor(fc1["index"]))) <= 8  # the clusters survive int8
