@@ -105,12 +105,13 @@ def fit(recipe, overrides, output, resume, overwrite):
     click.echo(f"run written to {result.run_dir}")
 
 
-def _recipe_model_and_data(recipe, overrides):
+def _recipe_model_and_data(recipe, overrides=(), loaded=None):
+    """The recipe (``loaded`` when already read), its freshly built model, and its data."""
     from tfopt.data import load_data
     from tfopt.models.builder import build_model
     from tfopt.recipe import load_recipe
 
-    r = load_recipe(recipe, overrides)
+    r = loaded or load_recipe(recipe, overrides)
     import tf_keras
 
     tf_keras.utils.set_random_seed(r.seed)
@@ -132,7 +133,8 @@ def lr_find(recipe, overrides, min_lr, max_lr, steps, rule, plot):
     from tfopt.errors import TfoptError
     from tfopt.recipe import load_recipe
 
-    cfg = load_recipe(recipe, overrides).callback("lr_finder") or LRFinderConfig()
+    loaded = load_recipe(recipe, overrides)
+    cfg = loaded.callback("lr_finder") or LRFinderConfig()
     given = {"min_lr": min_lr, "max_lr": max_lr, "num_steps": steps, "rule": rule}
     args = {**cfg.model_dump(exclude={"name"}), **{k: v for k, v in given.items() if v is not None}}
     min_lr, max_lr, steps = args["min_lr"], args["max_lr"], args["num_steps"]
@@ -144,7 +146,7 @@ def lr_find(recipe, overrides, min_lr, max_lr, steps, rule, plot):
         raise TfoptError(f"lr-find: {exc}") from None
     from tfopt.training.run import compile_model, datasets
 
-    r, model, splits = _recipe_model_and_data(recipe, overrides)
+    r, model, splits = _recipe_model_and_data(recipe, loaded=loaded)
     compile_model(model, r.train, min_lr)
     train, _, _ = datasets(r, splits)
     click.echo(f"sweeping the learning rate from {min_lr:g} to {max_lr:g} over {steps} steps")

@@ -188,7 +188,6 @@ def data_scores(model, groups: dict, criterion: str, data, loss=None) -> dict:
 def scores(model, group: Group, criterion: str, data=None, loss=None) -> np.ndarray:
     """Importance of each output channel of a group's source (higher is kept)."""
     L, _, _ = _kinds()
-    layer = model.get_layer(group.source)
     if criterion in DATA_CRITERIA:
         if data is None:
             raise TfoptError(f"criterion {criterion} ranks channels on data: pass a batch of (x, y)")
