@@ -45,13 +45,22 @@ set_option = click.option(
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @set_option
 def validate(recipe, overrides):
-    """Check RECIPE without importing TensorFlow, and report every problem."""
-    from tfopt.recipe import load_recipe
+    """Check RECIPE without importing TensorFlow, and report every problem.
 
-    r = load_recipe(recipe, overrides)
+    A recipe with tune specs is checked as a search space: the specs, and each of their
+    values with the others at their defaults."""
+    from tfopt.recipe import read_recipe_data, validate as check
+    from tfopt.tune.space import find_specs, search_from_data
+
+    data = read_recipe_data(recipe, overrides)
+    if find_specs(data):
+        search = search_from_data(data, recipe)
+        r, extra = search.base, f", search space of {len(search.specs)} tune specs ({search.config.algorithm})"
+    else:
+        r, extra = check(data, recipe), ""
     shape = r.input_shape()
     click.echo(f"{recipe}: OK ({r.name}: {len(r.model.layers)} layers, data {r.data.name}"
-               + (f", input {'×'.join(map(str, shape))}" if shape else "") + ")")
+               + (f", input {'×'.join(map(str, shape))}" if shape else "") + extra + ")")
 
 
 @cli.command()
@@ -373,6 +382,28 @@ def sensitivity(source, recipe, overrides, mode, ratios, budget, write_to):
     key = "optimize.structured.per_layer" if mode == "channels" else "optimize.prune.layers"
     click.echo(f"recipe written to {write_to} ({key}); apply it with tfopt prune {source} "
                f"{'--structured ' if mode == 'channels' else ''}--recipe {write_to}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--output", type=click.Path(file_okay=False), help="Parent folder of the search folder.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted search where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished search of the same name.")
+def tune(recipe, overrides, output, resume, overwrite):
+    """Search the tune specs in RECIPE with keras-tuner (random, bayesian or hyperband).
+
+    Writes <output>/<name>-tune/ with trials.csv, objective.png and best.yaml, the best
+    trial's complete recipe for `tfopt fit`. For a distributed search set KERASTUNER_TUNER_ID
+    (chief, tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT on every
+    process (see the README)."""
+    from tfopt.tune.space import load_search
+
+    search = load_search(recipe, overrides)
+    signal.signal(signal.SIGTERM, _sigterm)
+    from tfopt.tune.tuner import tune as run_tune
+
+    run_tune(search, output=output, resume=resume, overwrite=overwrite, log=click.echo)
 
 
 @cli.command("fold-bn")

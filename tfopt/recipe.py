@@ -27,6 +27,7 @@ from tfopt.optimize.config import Export, Optimize
 from tfopt.optimizers import OPTIMIZERS
 from tfopt.registry import Config, did_you_mean
 from tfopt.schedules import LRPolicy
+from tfopt.tune.specs import SPECS, TuneConfig
 
 KNOWN_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10}
 
@@ -91,6 +92,7 @@ class Recipe(Config):
     optimize: Optimize = Field(default_factory=Optimize)
     export: Export = Field(default_factory=Export)
     output: Output = Field(default_factory=Output)
+    tune: Optional[TuneConfig] = Field(None, description="how `tfopt tune` searches the tune specs")
 
     def input_shape(self):
         return self.model.input_shape or self.data.input_shape()
@@ -154,7 +156,7 @@ def _walk(root: type[BaseModel], loc: tuple):
 
 
 def _tag_of(cls):
-    for key in ("name", "type"):
+    for key in ("name", "type", "tune"):
         field = cls.model_fields.get(key)
         if field is not None and typing.get_origin(field.annotation) is Literal:
             return typing.get_args(field.annotation)
@@ -205,7 +207,7 @@ def _allowed(root, loc) -> set:
 
 
 def _registry_kind(tags):
-    for registry in (OPTIMIZERS, LOSSES, METRICS, DATASETS, LAYERS, CALLBACKS):
+    for registry in (OPTIMIZERS, LOSSES, METRICS, DATASETS, LAYERS, CALLBACKS, SPECS):
         if set(tags) <= set(registry.names()):
             return registry.kind
     from tfopt.schedules import SCHEDULES
@@ -291,7 +293,18 @@ def _index(node, part):
 
 
 def validate(data: dict, source: str = "<recipe>") -> Recipe:
-    """Validate a recipe mapping; raise :class:`RecipeError` listing every problem."""
+    """Validate a recipe mapping; raise :class:`RecipeError` listing every problem.
+
+    A recipe with tune specs is refused here: it is a search space, not one recipe
+    (see :mod:`tfopt.tune.space`).
+    """
+    from tfopt.tune.space import find_specs
+
+    specs = find_specs(data)
+    if specs:
+        raise RecipeError(source, [(path, "is a tune spec; this command needs one value here. Run `tfopt tune` "
+                                          "and use the best recipe it writes, or fix the value with "
+                                          f"--set {path}=VALUE") for path in specs])
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -346,6 +359,11 @@ def load_recipe(path, overrides=()) -> Recipe:
         >>> r.train.epochs
         3
     """
+    return validate(read_recipe_data(path, overrides), str(path))
+
+
+def read_recipe_data(path, overrides=()) -> dict:
+    """The raw mapping of a recipe file, ``name`` defaulted to the file's stem, overrides applied."""
     p = Path(path)
     source = str(path)
     if not p.is_file():
@@ -356,8 +374,7 @@ def load_recipe(path, overrides=()) -> Recipe:
         raise RecipeError(source, [(None, f"recipe file not found{hint}")])
     data = parse_yaml(p.read_text(), source)
     data.setdefault("name", p.stem)
-    data = apply_overrides(data, overrides, source)
-    return validate(data, source)
+    return apply_overrides(data, overrides, source)
 
 
 def bundled_recipes() -> dict[str, Path]:

@@ -42,7 +42,18 @@ class Regularizer(Config):
 
 class Layer(Config):
     name: Optional[str] = Field(None, description="layer name; default: prefix + running number")
+    repeat: PositiveInt = Field(1, description="this layer n times in a row; copies of a conv or residual "
+                                               "block after the first use stride 1")
     prefix: ClassVar[str] = "layer"
+
+    def copies(self):
+        """The configs this entry stands for: itself, then ``repeat - 1`` shape-keeping copies."""
+        yield self
+        for k in range(2, self.repeat + 1):
+            update = {"repeat": 1, "name": f"{self.name}_{k}" if self.name else None}
+            if isinstance(self, (_Conv, Residual)):
+                update["strides"] = 1
+            yield self.model_copy(update=update)
 
     @field_validator("name")
     @classmethod
@@ -280,7 +291,7 @@ def plan(layers, input_shape):
 
     steps = []
     shape = tuple(input_shape)
-    for index, cfg in enumerate(layers):
+    for index, cfg in ((i, c) for i, entry in enumerate(layers) for c in entry.copies()):
         name = cfg.name or next_name(cfg.prefix)
         if name in names:
             raise ValueError(f"model.layers.{index}.name: duplicate layer name '{name}'")

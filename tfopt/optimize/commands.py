@@ -177,40 +177,16 @@ def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print):
 def run_structured(source, given: dict, output=None, overwrite=False, log=print):
     """Remove channels (in ``rounds`` steps), check each surgery against the masked original,
     fine-tune after each, write a run."""
-    import numpy as np
-
     from tfopt.export import plain_copy
-    from tfopt.models.builder import output_activation
     from tfopt.models.stats import model_stats
-    from tfopt.optimize.runner import fine_tune, with_step, write_run
-    from tfopt.surgery.channels import masked_copy, prune_channels
+    from tfopt.optimize.runner import with_step, write_run
+    from tfopt.optimize.structured import channel_prune
 
     cfg = settings(source.recipe, "structured", C.StructuredConfig, given)
     splits = _splits(source)
-    t = source.recipe.train
-    y = splits.y_train[: cfg.probe_samples]
-    data = (splits.x_train[: cfg.probe_samples], np.eye(splits.num_classes, dtype="float32")[y] if t.loss.one_hot else y)
-    loss = t.loss.build(output_activation(source.model) not in ("softmax", "sigmoid"))
-    step = lambda r: 1 - (1 - r) ** (1 / cfg.rounds)  # noqa: E731  per-round ratio reaching r after all rounds
-    model, history, seconds, diffs = source.model, [], 0.0, []
     before = model_stats(source.model)
-    first_report = None
-    for round_ in range(cfg.rounds):
-        pruned, report = prune_channels(model, ratio=step(cfg.ratio), per_layer={k: step(v) for k, v in cfg.per_layer.items()},
-                                        criterion=cfg.criterion, min_channels=cfg.min_channels, protect=cfg.protect,
-                                        data=data, loss=loss)
-        first_report = first_report or report
-        x = splits.x_test[:256]
-        diff = float(np.max(np.abs(pruned.predict(x, verbose=0) - masked_copy(model, report["keep"]).predict(x, verbose=0))))
-        if diff > 1e-4:
-            raise TfoptError(f"channel surgery check failed: outputs differ from the masked original by {diff:.3g}")
-        diffs.append(diff)
-        log(f"round {round_ + 1}/{cfg.rounds}: MACs {model_stats(model)['macs']:,} -> {model_stats(pruned)['macs']:,}; "
-            f"outputs equal the masked original's (max |Δ| {diff:.2g})")
-        rows, secs = fine_tune(pruned, source.recipe, splits, cfg, log=log)
-        history += [{**r, "round": round_ + 1} for r in rows]
-        seconds += secs
-        model = pruned
+    model, info = channel_prune(source.model, source.recipe, splits, cfg, log=log)
+    history, seconds, diffs, first_report = info["history"], info["seconds"], info["diffs"], info["first_report"]
     after = model_stats(model)
     channels = {name: len(idx) for name, idx in first_report["keep"].items()}
     final = {layer.name: int(getattr(layer, "filters", 0) or getattr(layer, "units", 0)) for layer in model.layers

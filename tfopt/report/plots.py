@@ -73,3 +73,19 @@ def removal_plot(rows: list[dict], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def trials_plot(trials: list, scores: list, best_so_far: list, path, ylabel="score", title="") -> None:
+    """Each trial's score as a point, the best so far as a step line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(trials, scores, "o", ms=4, label="trial")
+    ax.step(trials, best_so_far, where="post", lw=2, label="best so far")
+    ax.set_xlabel("trial (start order)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

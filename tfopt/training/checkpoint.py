@@ -20,6 +20,19 @@ def history_csv(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class StopAfter(Callback):
+    """Ends ``model.fit`` after ``epoch`` epochs without changing ``params['epochs']``, so a
+    schedule that spans the whole run keeps its shape."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epoch:
+            self.model.stop_training = True
+
+
 class Checkpointer(Callback):
     """After every epoch: ``last.keras`` (with optimizer state), ``best.keras`` when the
     monitored value improves, ``state.json`` and ``history.csv``, each written atomically.

@@ -44,6 +44,7 @@ class RunResult:
     run_dir: Path
     metrics: dict
     model: object
+    history: list
 
 
 def compile_model(model, train_cfg, learning_rate: float):
@@ -106,7 +107,8 @@ def _diff_keys(a, b, prefix=""):
         yield prefix.rstrip(".")
 
 
-def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log=print) -> RunResult:
+def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), stop_after=None,
+        log=print) -> RunResult:
     """Train the model a recipe describes and write its run directory.
 
     Args:
@@ -115,6 +117,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
         resume: continue the interrupted run in ``<run>.partial`` from its last checkpoint.
         overwrite: replace a finished run of the same name (by rename, at the end).
         callbacks: extra Keras callbacks.
+        stop_after: end training after this epoch; the learning-rate schedule still spans
+            ``train.epochs`` (used by Hyperband, whose trials train part of the budget).
         log: where progress lines go.
 
     Returns:
@@ -127,7 +131,7 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
     from tfopt.export import load_keras, save_keras, save_savedmodel
     from tfopt.models.builder import build_model
     from tfopt.models.stats import model_stats
-    from tfopt.training.checkpoint import Checkpointer, read_state
+    from tfopt.training.checkpoint import Checkpointer, StopAfter, read_state
 
     started = time.perf_counter()
     run = RunDir(Path(output or recipe.output.dir) / recipe.run_name(), overwrite=overwrite, resume=resume).check()
@@ -179,11 +183,13 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
     probe = (splits.x_train[:256], np.eye(splits.num_classes, dtype="float32")[probe_y] if t.loss.one_hot else probe_y)
     cbs += [cb for cb in (c.build(run.partial, probe) for c in recipe.callbacks) if cb is not None]
     cbs += [ckpt, *callbacks]
+    if stop_after is not None:
+        cbs.append(StopAfter(stop_after))
     verbose = (1 if sys.stdout.isatty() else 2) if t.verbose == "auto" else t.verbose
 
     fit_started = time.perf_counter()
     try:
-        if initial_epoch < t.epochs:
+        if initial_epoch < min(t.epochs, stop_after or t.epochs):
             model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
                       callbacks=cbs, verbose=verbose)
     except KeyboardInterrupt:
@@ -229,4 +235,5 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), log
     metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
     atomic_write_json(run.path("metrics.json"), metrics)
     final = run.commit()
-    return RunResult(final, metrics, model)
+    return RunResult(final, metrics, model, ckpt.history)
+

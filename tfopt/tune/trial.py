@@ -1,0 +1,177 @@
+"""One trial: a concrete recipe trained with ``tfopt fit``, optionally compressed, then scored.
+
+A trial trains exactly as ``tfopt fit`` would (same code, same seed), so the best recipe,
+run with ``tfopt fit``, reproduces the trial. Its run directory lives in the trial's folder::
+
+    trial_<id>/run/          the fit run (checkpoints, history.csv, metrics.json, model.keras)
+    trial_<id>/result.json   the values the trial reported
+
+An interrupted trial continues from its last finished epoch (``run.partial``). A Hyperband
+trial that continues an earlier one starts from a copy of that trial's checkpoint.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import time
+from pathlib import Path
+
+from tfopt.rundir import PARTIAL, atomic_write_json
+
+RUN = "run"
+
+
+def trial_recipe(recipe):
+    """The recipe as a trial trains it: the same training, a lean run directory."""
+    output = recipe.output.model_copy(update={"dir": ".", "run_name": RUN, "tensorboard": False,
+                                              "saved_model": False, "plot": False})
+    return recipe.model_copy(update={"output": output})
+
+
+def _fit(recipe, folder: Path, epochs, parent: Path | None, log):
+    """Train (or continue) the trial's run; returns ``(RunResult-like dict, epochs trained here)``."""
+    from tfopt.export import load_keras
+    from tfopt.training.checkpoint import read_state
+    from tfopt.training.run import fit
+
+    final, partial = folder / RUN, folder / (RUN + PARTIAL)
+    if final.is_dir():
+        import json
+
+        log(f"trial already trained in {final}; reusing it")
+        return (load_keras(final / "model.keras"), read_state(final)["history"],
+                json.loads((final / "metrics.json").read_text()), 0)
+    resume = (partial / "checkpoints" / "state.json").is_file()
+    if not resume and parent is not None:
+        if (parent / RUN / "checkpoints" / "state.json").is_file():
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(parent / RUN, partial)
+            resume = True
+            log(f"continuing trial {parent.name.removeprefix('trial_')} from its epoch "
+                f"{read_state(partial)['epochs_done']}")
+        else:
+            log(f"the checkpoint of {parent.name} is not on this machine; training from the first epoch")
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+    before = read_state(partial)["epochs_done"] if resume else 0
+    result = fit(recipe, output=folder, resume=resume, stop_after=epochs, log=log)
+    return result.model, result.history, result.metrics, len(result.history) - before
+
+
+def _final_row(history, recipe) -> dict:
+    """The logged values of the model the trial ends with (its best epoch with ``restore_best``)."""
+    finite = [r for r in history if all(v == v for v in r.values())]
+    row = finite[-1] if finite else {}
+    if recipe.train.restore_best and finite:
+        monitor, mode = recipe.train.checkpoint.monitor, recipe.train.checkpoint.direction()
+        scored = [r for r in finite if monitor in r]
+        if scored:
+            row = (max if mode == "max" else min)(scored, key=lambda r: r[monitor])
+    return {k: float(v) for k, v in row.items() if k != "epoch"}
+
+
+def _compress(model, recipe, steps, log):
+    """Apply the ``tune.compress`` steps in order; returns ``(keras model, tflite bytes or None)``."""
+    from tfopt.data.pipeline import load_splits
+    from tfopt.optimize import config as C
+
+    splits = load_splits(recipe.data, recipe.seed)
+    content = None
+    for step in steps:
+        cfg = getattr(recipe.optimize, step) or {"structured": C.StructuredConfig, "prune": C.PruneConfig,
+                                                 "cluster": C.ClusterConfig, "quantize": C.QuantizeConfig}[step]()
+        log(f"compressing: {step}")
+        if step == "structured":
+            from tfopt.optimize.structured import channel_prune
+
+            model, _ = channel_prune(model, recipe, splits, cfg, log=log)
+        elif step == "prune":
+            from tfopt.optimize.prune import prune
+
+            model, _ = prune(model, recipe, splits, cfg, log=log)
+        elif step == "cluster":
+            from tfopt.optimize.cluster import cluster
+
+            model, _ = cluster(model, recipe, splits, cfg, log=log)
+        elif cfg.mode == "qat":
+            from tfopt.optimize.quantize import quantization_aware
+
+            _, content, _ = quantization_aware(model, recipe, splits, cfg, log=log)
+        else:
+            from tfopt.optimize.quantize import post_training
+
+            content = post_training(model, cfg.mode, splits, cfg.int8_io, cfg.representative_samples, recipe.seed)
+    return model, content, splits
+
+
+def _measure(model, content, splits, recipe, needs, compressed, log) -> dict:
+    import numpy as np
+
+    from tfopt.models.stats import model_stats
+
+    out = {}
+    if compressed:
+        if content is not None:
+            from tfopt.tflite import predict
+
+            pred = predict(content, splits.x_val, log=log)
+        else:
+            pred = model.predict(splits.x_val, batch_size=256, verbose=0)
+        out["val_accuracy"] = float(np.mean(pred.argmax(1) == splits.y_val))
+    stats = model_stats(model)
+    out["params"], out["macs"] = float(stats["params"]), float(stats["macs"])
+    if needs & {"tflite_kb", "latency_ms"}:
+        if content is None:
+            from tfopt.tflite import convert
+
+            content = convert(model, "float32")
+        out["tflite_kb"] = len(gzip.compress(content, 9)) / 1000
+        if "latency_ms" in needs:
+            from tfopt.tflite import latency_us
+
+            out["latency_ms"] = latency_us(content, splits.x_val[:1] if len(splits.x_val) else splits.x_test[:1],
+                                           log=log)["median_us"] / 1000
+    return out
+
+
+def run_trial(recipe, folder: Path, objective, compress=(), epochs=None, parent: Path | None = None,
+              log=print) -> dict:
+    """Train, compress and score one concrete recipe in ``folder``.
+
+    Args:
+        recipe: the trial's validated recipe.
+        folder: the trial's own folder (created if needed).
+        objective: a :class:`tfopt.tune.specs.Objective`.
+        compress: ``tune.compress`` steps, applied in order after training.
+        epochs: stop after this epoch (Hyperband); the schedule still spans ``train.epochs``.
+        parent: the folder of the trial this one continues (Hyperband).
+
+    Returns:
+        every value the trial reports, ``score`` included.
+    """
+    started = time.perf_counter()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model, history, fit_metrics, trained = _fit(trial_recipe(recipe), folder, epochs, parent, log)
+    values = _final_row(history, recipe)
+    needs = objective.needs() | ({"tflite_kb"} if "quantize" in compress else set())
+    if compress or needs:
+        model, content, splits = _compress(model, recipe, compress, log) if compress else (model, None, None)
+        if splits is None:
+            from tfopt.data.pipeline import load_splits
+
+            splits = load_splits(recipe.data, recipe.seed)
+        values.update(_measure(model, content, splits, recipe, needs, bool(compress), log))
+    missing = [k for k in (objective.metric, *objective.penalty) if k not in values]
+    if missing:
+        from tfopt.errors import TfoptError
+
+        raise TfoptError(f"the trial did not report {', '.join(missing)}; it reported {', '.join(sorted(values))}")
+    values.update(score=objective.score(values), epochs=float(len(history)), epochs_trained=float(trained),
+                  seconds=round(time.perf_counter() - started, 3))
+    if "test_accuracy" in fit_metrics:
+        values["test_accuracy"] = float(fit_metrics["test_accuracy"])
+    atomic_write_json(folder / "result.json", values)
+    return values
+
