@@ -133,7 +133,10 @@ def _objective_problems(recipe, cfg: TuneConfig, specs) -> list:
     logged = metrics + [f"val_{m}" for m in metrics]
     allowed = logged + list(SIZE_METRICS)
     if cfg.compress:
-        allowed = ["val_accuracy", *SIZE_METRICS]
+        allowed = ["val_accuracy", *SIZE_METRICS, *(f"fit_{m}" for m in logged)]
+        if recipe.data.validation_split == 0:
+            problems.append(("tune.compress", "a compressed trial is scored on the validation split, but "
+                                              "data.validation_split is 0"))
     if obj.metric not in allowed:
         why = " (after tune.compress the trial is scored on its compressed model)" if cfg.compress else ""
         problems.append(("tune.objective.metric", f"'{obj.metric}' is not a metric a trial reports{why}; "
@@ -149,8 +152,6 @@ def _objective_problems(recipe, cfg: TuneConfig, specs) -> list:
 
 def search_from_data(data: dict, source: str) -> Search:
     """Validate a raw recipe holding tune specs; raise :class:`RecipeError` listing every problem."""
-    from tfopt.recipe import validate
-
     specs, problems = parse_specs(find_specs(data))
     if problems:
         raise RecipeError(source, problems)

@@ -36,6 +36,10 @@ def _fit(recipe, folder: Path, epochs, parent: Path | None, log):
     from tfopt.training.run import fit
 
     final, partial = folder / RUN, folder / (RUN + PARTIAL)
+    for old in (final, partial):
+        if old.is_dir() and not _same_recipe(old, recipe):
+            log(f"{old} holds a different recipe's run; starting this trial afresh")
+            shutil.rmtree(old)
     if final.is_dir():
         import json
 
@@ -59,8 +63,13 @@ def _fit(recipe, folder: Path, epochs, parent: Path | None, log):
     return result.model, result.history, result.metrics, len(result.history) - before
 
 
+def _same_recipe(folder: Path, recipe) -> bool:
+    saved = folder / "recipe.yaml"
+    return saved.is_file() and saved.read_text() == recipe.to_yaml()
+
+
 def _final_row(history, recipe) -> dict:
-    """The logged values of the model the trial ends with (its best epoch with ``restore_best``)."""
+    """The logged values of the model training ends with (its best epoch with ``restore_best``)."""
     finite = [r for r in history if all(v == v for v in r.values())]
     row = finite[-1] if finite else {}
     if recipe.train.restore_best and finite:
@@ -155,6 +164,8 @@ def run_trial(recipe, folder: Path, objective, compress=(), epochs=None, parent:
     folder.mkdir(parents=True, exist_ok=True)
     model, history, fit_metrics, trained = _fit(trial_recipe(recipe), folder, epochs, parent, log)
     values = _final_row(history, recipe)
+    if compress:
+        values = {f"fit_{k}": v for k, v in values.items()}  # before compression; the scored values follow
     needs = objective.needs() | ({"tflite_kb"} if "quantize" in compress else set())
     if compress or needs:
         model, content, splits = _compress(model, recipe, compress, log) if compress else (model, None, None)
@@ -171,7 +182,7 @@ def run_trial(recipe, folder: Path, objective, compress=(), epochs=None, parent:
     values.update(score=objective.score(values), epochs=float(len(history)), epochs_trained=float(trained),
                   seconds=round(time.perf_counter() - started, 3))
     if "test_accuracy" in fit_metrics:
-        values["test_accuracy"] = float(fit_metrics["test_accuracy"])
+        values["fit_test_accuracy" if compress else "test_accuracy"] = float(fit_metrics["test_accuracy"])
     atomic_write_json(folder / "result.json", values)
     return values
 

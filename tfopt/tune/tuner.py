@@ -30,7 +30,14 @@ from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
 
 SEARCH_FILE = "search.yaml"
 SHOWN = ("score", "val_accuracy", "val_loss", "accuracy", "loss", "tflite_kb", "latency_ms", "params", "macs",
-         "test_accuracy")
+         "fit_val_accuracy", "fit_val_loss", "fit_accuracy", "fit_loss", "test_accuracy", "fit_test_accuracy")
+TAIL = ("epochs", "epochs_trained", "seconds", "error")
+
+
+def _priority(name):
+    if name in SHOWN:
+        return (0, SHOWN.index(name))
+    return (2, TAIL.index(name)) if name in TAIL else (1, name)
 
 
 class SearchInterrupted(TfoptError):
@@ -91,8 +98,8 @@ def _tuner_class():
     class RecipeTuner(BaseTuner):
         """Runs each trial's concrete recipe with :func:`tfopt.tune.trial.run_trial`."""
 
-        def __init__(self, search, folder: Path, log=print):
-            self.space, self.log, self.folder = search, log, Path(folder)
+        def __init__(self, search, folder: Path, stem: str, log=print):
+            self.space, self.log, self.folder, self.stem = search, log, Path(folder), stem
             super().__init__(oracle=make_oracle(search), hypermodel=Space(search), directory=str(self.folder.parent),
                              project_name=self.folder.name, overwrite=False)
 
@@ -111,7 +118,7 @@ def _tuner_class():
                 recipe = self.space.recipe(values)
                 cfg = self.space.config
                 result = run_trial(recipe, Path(self.get_trial_dir(trial.trial_id)), cfg.objective, cfg.compress,
-                                   epochs=epochs, parent=Path(self.get_trial_dir(parent)) if parent else None,
+                                   epochs=epochs, parent=self.trial_folder(parent) if parent else None,
                                    log=self.log)
             except Interrupted:
                 raise KeyboardInterrupt from None
@@ -121,6 +128,16 @@ def _tuner_class():
             self.log(f"trial {trial.trial_id}: score {result['score']:.4f} after {int(result['epochs_trained'])} "
                      f"epoch(s) ({result['seconds']:.1f} s)")
             return result
+
+        def trial_folder(self, trial_id) -> Path:
+            """Where trial ``trial_id`` trained: this tuner's folder, else a sibling worker's."""
+            from tfopt.tune.trial import RUN
+
+            own = self.folder / f"trial_{trial_id}"
+            for candidate in [own, *sorted(self.folder.parent.glob(f"{self.stem}-*/trial_{trial_id}"))]:
+                if (candidate / RUN / "checkpoints" / "state.json").is_file():
+                    return candidate
+            return own
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
@@ -169,7 +186,7 @@ def trial_rows(oracle, search) -> list[dict]:
         if "tuner/epochs" in hp:
             row["budget"] = f"{hp.get('tuner/initial_epoch', 0)}→{hp['tuner/epochs']}"
             row["continues"] = hp.get("tuner/trial_id") or ""
-        for name in trial.metrics.metrics:
+        for name in sorted(trial.metrics.metrics, key=_priority):
             value = trial.metrics.get_last_value(name)
             row[name] = None if value is None else float(value)
         if trial.message and trial.status != "COMPLETED":
@@ -180,9 +197,8 @@ def trial_rows(oracle, search) -> list[dict]:
 
 def _columns(rows) -> list:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    first = [k for k in keys if k not in SHOWN and k not in ("epochs", "epochs_trained", "seconds", "error")]
-    return first + [k for k in SHOWN if k in keys] + [k for k in ("epochs", "epochs_trained", "seconds", "error")
-                                                       if k in keys]
+    tail = [k for k in TAIL if k in keys]
+    return [k for k in keys if k not in tail] + tail
 
 
 def trials_csv(rows) -> str:
@@ -202,7 +218,7 @@ def write_trials_csv(oracle, search, folder: Path) -> list[dict]:
 
 def trials_table(rows, best_id=None) -> str:
     """The trials as an aligned text table; the best trial is marked with ``*``."""
-    cols = [c for c in _columns(rows) if c not in ("error", "lr")]
+    cols = [c for c in _columns(rows) if c not in ("error", "lr", "fit_lr")]
     cells = [["", *cols]]
     for r in rows:
         cells.append(["*" if r["trial"] == best_id else "", *[_cell(r.get(c)) for c in cols]])
@@ -262,8 +278,12 @@ def tune(search, *, output=None, resume=False, overwrite=False, log=print) -> di
     run = RunDir(Path(output or base.output.dir) / f"{base.run_name()}-tune", overwrite=overwrite,
                  resume=resume)
     text = yaml.safe_dump(search.data, sort_keys=False, default_flow_style=None)
+    folder = run.partial
     if role == "worker":
-        run.partial.mkdir(parents=True, exist_ok=True)
+        # A worker trains in a folder of its own beside the chief's: on one machine or many.
+        folder = run.final.with_name(f"{run.final.name}-{os.environ['KERASTUNER_TUNER_ID']}")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / SEARCH_FILE, text)
     else:
         run.check()
         run.open()
@@ -273,7 +293,7 @@ def tune(search, *, output=None, resume=False, overwrite=False, log=print) -> di
                               f"same recipe and --set options, or start afresh with --overwrite.")
         atomic_write_text(saved, text)
     started = time.perf_counter()
-    tuner = _tuner_class()(search, run.partial, log=log)
+    tuner = _tuner_class()(search, folder, run.final.name, log=log)
     if role == "chief":
         log(f"chief: serving the {search.config.algorithm} oracle on {os.environ['KERASTUNER_ORACLE_IP']}:"
             f"{os.environ['KERASTUNER_ORACLE_PORT']}; waiting for workers")
