@@ -107,7 +107,7 @@ def recipes(args):
     from tfopt.training.run import fit
 
     with tempfile.TemporaryDirectory() as out:
-        for name, path in bundled_recipes().items():
+        for name, path in bundled_recipes(searches=False).items():
             if args.only and name not in args.only:
                 continue
             r = load_recipe(path, ["train.verbose=0"])

@@ -114,10 +114,16 @@ def test_resolved_recipe_round_trips_with_defaults_filled():
 def test_bundled_recipes_validate():
     from tfopt.recipe import bundled_recipes, recipe_headline
 
+    from tfopt.tune.space import load_search
+
     found = bundled_recipes()
-    assert "quickstart.yaml" in found and len(found) >= 5
-    for path in found.values():
-        assert isinstance(load_recipe(path), Recipe)
+    assert "quickstart.yaml" in found and len(found) >= 6
+    assert "search/digits_hyperband.yaml" in found
+    for name, path in found.items():
+        if name.startswith("search/"):
+            assert load_search(path).specs, name
+        else:
+            assert isinstance(load_recipe(path), Recipe)
         assert recipe_headline(path), f"{path.name} lacks a header comment"
 
 

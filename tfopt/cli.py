@@ -84,7 +84,7 @@ def summary(recipe, overrides):
 
 @cli.command("recipes")
 def list_recipes():
-    """List the bundled recipes, one line each."""
+    """List the bundled recipes and searches, one line each."""
     from tfopt.recipe import bundled_recipes, recipe_headline
 
     found = bundled_recipes()

@@ -377,12 +377,15 @@ def read_recipe_data(path, overrides=()) -> dict:
     return apply_overrides(data, overrides, source)
 
 
-def bundled_recipes() -> dict[str, Path]:
-    """Bundled recipe files by file name."""
+def bundled_recipes(searches: bool = True) -> dict[str, Path]:
+    """Bundled recipe files by file name; the searches (for ``tfopt tune``) as ``search/<name>``."""
     root = Path(__file__).resolve().parent.parent / "recipes"
     if not root.is_dir():
         root = Path(__file__).resolve().parent / "recipes"
-    return {p.name: p for p in sorted(root.glob("*.yaml"))}
+    found = {p.name: p for p in sorted(root.glob("*.yaml"))}
+    if searches:
+        found.update({f"search/{p.name}": p for p in sorted(root.glob("search/*.yaml"))})
+    return found
 
 
 def recipe_headline(path: Path) -> str:
