@@ -53,7 +53,12 @@ def test_spec_errors_name_the_dotted_key(tmp_path):
     data["train"]["lr"]["initial"] = {"tune": "float", "min": 0.0, "max": 0.1, "sampling": "log"}
     data["train"]["batch_size"] = {"tune": "int", "min": 64, "max": 16}
     data["model"]["layers"][3]["units"] = {"tune": "choice", "values": [4, 4]}
+    data["model"]["layers"][1]["pool_size"] = {"tune": "int", "min": 1, "max": 2, "name": "val_pool"}
     assert sorted(_problems(data)) == sorted([
+        ("model.layers.1.pool_size.name", "'val_pool' is the name of a column trials report; choose another "
+                                          "(reserved: accuracy, budget, continues, epochs, epochs_trained, error, "
+                                          "latency_ms, loss, lr, macs, params, score, seconds, status, tflite_kb, "
+                                          "trial, val_*, fit_*, test_*)"),
         ("model.layers.0.filters.tune", "unknown tune kind 'choise' (did you mean 'choice'?); "
                                         "available: float, int, choice, bool"),
         ("train.lr.initial", "sampling: log needs min > 0 (got 0.0)"),
@@ -112,6 +117,15 @@ def test_fit_refuses_a_search_and_validate_accepts_it(tmp_path):
     assert bad.returncode == 2
     assert "model.layers.0.filters: is a tune spec; this command needs one value here" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_search_validation_imports_neither_tensorflow_nor_keras_tuner():
+    code = ("import sys; from tfopt.tune.space import load_search; "
+            "s = load_search('recipes/search/digits_hyperband.yaml'); assert len(s.specs) == 7; "
+            "bad = [m for m in ('tensorflow', 'tf_keras', 'keras_tuner') if m in sys.modules]; "
+            "assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_choice_of_mappings_and_weighted_objective():
@@ -296,3 +310,45 @@ def test_loopback_chief_and_two_workers(tmp_path):
             assert (tmp_path / f"tiny-tune-{tid}" / f"trial_{t}" / "run" / "model.keras").is_file()
     assert (tmp_path / "tiny-tune" / "best.yaml").is_file()
     assert "serving the random oracle" in out["chief"]
+
+
+def test_an_impossible_combination_fails_its_trial_and_the_search_goes_on(tmp_path):
+    data = _search_dict(tmp_path, max_trials=8, max_consecutive_failed_trials=8)
+    data["model"]["layers"] = [
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "valid", "activation": "relu",
+         "repeat": {"tune": "int", "min": 1, "max": 3}},
+        {"type": "conv2d", "filters": 4, "padding": "valid", "kernel_size": {"tune": "choice", "values": [1, 5, 6]}},
+        {"type": "flatten"},
+        {"type": "dense", "units": 4, "activation": "softmax"},
+    ]
+    search = search_from_data(data, "search.yaml")  # each value alone is fine
+    assert sorted(search.specs) == ["model.layers.0.repeat", "model.layers.1.kernel_size", "train.lr.initial"]
+    summary = _tune(data)
+    rows = _rows(Path(summary["folder"]))
+    assert len(rows) == 8
+    for r in rows:
+        side = 8 - 2 * int(r["model.layers.0.repeat"])
+        possible = side - int(r["model.layers.1.kernel_size"]) + 1 > 0
+        assert r["status"] == ("COMPLETED" if possible else "FAILED"), r
+        if not possible:
+            assert "conv" in r["error"] and "model.layers.1" in r["error"], r["error"]
+    assert {r["status"] for r in rows} == {"COMPLETED", "FAILED"}
+
+
+def test_a_missing_dataset_stops_the_search_before_it_starts(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from tfopt.cli import cli
+
+    monkeypatch.setenv("TFOPT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = _search_dict(tmp_path / "out")
+    data["data"] = {"name": "mnist", "path": str(tmp_path / "x")}
+    data["model"]["layers"] = [{"type": "flatten"}, {"type": "dense", "units": 10}]
+    data["train"]["lr"]["initial"] = {"tune": "float", "min": 1e-3, "max": 1e-2}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(data))
+    res = CliRunner().invoke(cli, ["tune", str(path)])
+    assert res.exit_code == 2, res.output
+    assert "mnist: dataset files not found" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()

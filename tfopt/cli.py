@@ -93,12 +93,25 @@ def list_recipes():
         click.echo(f"{name:<{width}}  {recipe_headline(path)}")
 
 
+def _recipe_run_options(what: str, resume_help: str):
+    """RECIPE, --set, --output, --resume and --overwrite, for commands that write ``what``."""
+
+    def wrap(f):
+        for option in reversed([
+            click.argument("recipe", type=click.Path(dir_okay=False)),
+            set_option,
+            click.option("--output", type=click.Path(file_okay=False), help=f"Parent folder of the {what}."),
+            click.option("--resume", is_flag=True, help=resume_help),
+            click.option("--overwrite", is_flag=True, help=f"Replace a finished {what.split()[0]} of the same name."),
+        ]):
+            f = option(f)
+        return f
+
+    return wrap
+
+
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@set_option
-@click.option("--output", type=click.Path(file_okay=False), help="Parent folder of the run directory.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace a finished run of the same name.")
+@_recipe_run_options("run directory", "Continue the interrupted run from its last checkpoint.")
 def fit(recipe, overrides, output, resume, overwrite):
     """Train the model RECIPE describes and write a run directory."""
     from tfopt.recipe import load_recipe
@@ -385,11 +398,7 @@ def sensitivity(source, recipe, overrides, mode, ratios, budget, write_to):
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@set_option
-@click.option("--output", type=click.Path(file_okay=False), help="Parent folder of the search folder.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted search where it stopped.")
-@click.option("--overwrite", is_flag=True, help="Replace a finished search of the same name.")
+@_recipe_run_options("search folder", "Continue the interrupted search where it stopped.")
 def tune(recipe, overrides, output, resume, overwrite):
     """Search the tune specs in RECIPE with keras-tuner (random, bayesian or hyperband).
 

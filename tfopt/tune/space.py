@@ -18,6 +18,8 @@ from tfopt.errors import RecipeError
 from tfopt.tune.specs import SIZE_METRICS, SPECS, TuneConfig
 
 KEY = "tune"
+RESERVED = {"trial", "status", "budget", "continues", "score", "loss", "accuracy", "lr", "epochs", "epochs_trained",
+            "seconds", "error", *SIZE_METRICS}
 
 
 class _Holder(BaseModel):
@@ -74,6 +76,10 @@ def parse_specs(raw: dict[str, dict]) -> tuple[dict, list]:
             for key, msg in format_validation_errors(exc, {"spec": node}, _Holder):
                 sub = key.removeprefix("spec").lstrip(".")
                 problems.append((f"{path}.{sub}" if sub else path, msg))
+    for path, spec in specs.items():
+        if spec.name and (spec.name in RESERVED or spec.name.startswith(("val_", "fit_", "test_"))):
+            problems.append((f"{path}.name", f"'{spec.name}' is the name of a column trials report; choose "
+                                             f"another (reserved: {', '.join(sorted(RESERVED))}, val_*, fit_*, test_*)"))
     names = [s.name or p for p, s in specs.items()]
     for path, spec in specs.items():
         if spec.name and names.count(spec.name) > 1:

@@ -208,7 +208,7 @@ class TuneConfig(Config):
     factor: int = Field(3, ge=2, description="hyperband: keep 1/factor of the trials per round")
     hyperband_iterations: PositiveInt = 1
     num_initial_points: Optional[PositiveInt] = Field(None, description="bayesian: random trials first")
-    seed: Optional[NonNegativeInt] = Field(None, description="the oracle's seed; default: the recipe's")
+    seed: Optional[NonNegativeInt] = Field(None, description="the oracle's seed, so a search repeats; default: the recipe's")
     max_retries_per_trial: NonNegativeInt = 0
     max_consecutive_failed_trials: PositiveInt = 3
 

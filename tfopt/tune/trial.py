@@ -77,7 +77,7 @@ def _final_row(history, recipe) -> dict:
         scored = [r for r in finite if monitor in r]
         if scored:
             row = (max if mode == "max" else min)(scored, key=lambda r: r[monitor])
-    return {k: float(v) for k, v in row.items() if k != "epoch"}
+    return {k: float(v) for k, v in row.items() if k not in ("epoch", "lr")}
 
 
 def _compress(model, recipe, steps, log):

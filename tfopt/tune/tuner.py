@@ -64,7 +64,9 @@ def make_oracle(search):
 
     cfg, recipe = search.config, search.base
     objective = kt.Objective("score", cfg.objective.resolved_direction())
-    common = dict(objective=objective, seed=cfg.seed if cfg.seed is not None else recipe.seed,
+    # keras-tuner draws a random seed when given 0, so seeds are handed over plus one.
+    seed = (cfg.seed if cfg.seed is not None else recipe.seed) + 1
+    common = dict(objective=objective, seed=seed,
                   max_retries_per_trial=cfg.max_retries_per_trial,
                   max_consecutive_failed_trials=cfg.max_consecutive_failed_trials)
     if cfg.algorithm == "random":
@@ -124,7 +126,8 @@ def _tuner_class():
                 raise KeyboardInterrupt from None
             except TfoptError as exc:
                 self.log(f"trial {trial.trial_id} failed: {exc}")
-                raise kt.errors.FailedTrialError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+                one_line = " ".join(line.strip() for line in str(exc).splitlines()) or type(exc).__name__
+                raise kt.errors.FailedTrialError(one_line) from None
             self.log(f"trial {trial.trial_id}: score {result['score']:.4f} after {int(result['epochs_trained'])} "
                      f"epoch(s) ({result['seconds']:.1f} s)")
             return result
@@ -190,7 +193,9 @@ def trial_rows(oracle, search) -> list[dict]:
             value = trial.metrics.get_last_value(name)
             row[name] = None if value is None else float(value)
         if trial.message and trial.status != "COMPLETED":
-            row["error"] = trial.message.strip().splitlines()[-1]
+            last = trial.message.strip().splitlines()[-1]
+            kind, sep, text = last.partition(": ")
+            row["error"] = text if sep and kind.endswith(("Error", "Exception")) else last
         rows.append(row)
     return rows
 
@@ -218,7 +223,7 @@ def write_trials_csv(oracle, search, folder: Path) -> list[dict]:
 
 def trials_table(rows, best_id=None) -> str:
     """The trials as an aligned text table; the best trial is marked with ``*``."""
-    cols = [c for c in _columns(rows) if c not in ("error", "lr", "fit_lr")]
+    cols = [c for c in _columns(rows) if c != "error"]
     cells = [["", *cols]]
     for r in rows:
         cells.append(["*" if r["trial"] == best_id else "", *[_cell(r.get(c)) for c in cols]])
@@ -275,6 +280,9 @@ def tune(search, *, output=None, resume=False, overwrite=False, log=print) -> di
     """
     role = _role()
     base = search.base
+    from tfopt.data.pipeline import load_splits
+
+    load_splits(base.data, base.seed)  # a missing or corrupt dataset stops the search before it starts
     run = RunDir(Path(output or base.output.dir) / f"{base.run_name()}-tune", overwrite=overwrite,
                  resume=resume)
     text = yaml.safe_dump(search.data, sort_keys=False, default_flow_style=None)
@@ -302,6 +310,15 @@ def tune(search, *, output=None, resume=False, overwrite=False, log=print) -> di
     except KeyboardInterrupt:
         raise SearchInterrupted(f"interrupted; finished trials are kept in {run.partial}. Continue with the same "
                                 f"command plus --resume (the interrupted trial goes on from its last epoch).") from None
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
+            raise
+        if role != "worker":
+            write_trials_csv(tuner.oracle, search, folder)
+        cfg = search.config
+        raise TfoptError(f"{cfg.max_consecutive_failed_trials} trials in a row failed, so the search stopped; each "
+                         f"trial's error is in {folder / 'trials.csv'}. Fix the recipe, or raise "
+                         f"tune.max_consecutive_failed_trials, then continue with --resume.") from None
     if role == "worker":
         log(f"worker {tuner.tuner_id}: no trials left")
         return {}
