@@ -52,3 +52,37 @@ def test_sigterm_then_resume(tmp_path, mnist_dir):
     assert done.returncode == 0, done.stderr
     history = (tmp_path / "lenet5_mnist" / "history.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in history[1:]] == [1, 2, 3, 4]
+
+
+def test_tune_sigterm_resume_and_refit_the_best_recipe(tmp_path):
+    """The bundled search (as a 3-trial random search) killed after its first trial, resumed,
+    and its best recipe refit with `tfopt fit` to the same validation accuracy."""
+    import csv
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "tfopt.cli", "tune", "recipes/search/digits_hyperband.yaml", "--output",
+            str(tmp_path), "--set", "tune.algorithm=random", "--set", "tune.max_trials=3"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    table = tmp_path / "digits_search-tune.partial" / "trials.csv"
+    deadline = time.time() + 300
+    while not table.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert "--resume" in output and not (tmp_path / "digits_search-tune").exists()
+    done = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "digits_search-tune"
+    with open(folder / "trials.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 3
+    best = max(rows, key=lambda r: float(r["score"]))
+    refit = tfopt("fit", folder / "best.yaml", "--output", tmp_path / "refit")
+    assert refit.returncode == 0, refit.stderr
+    last = (tmp_path / "refit" / "digits_search" / "history.csv").read_text().splitlines()
+    header = last[0].split(",")
+    val = float(last[-1].split(",")[header.index("val_accuracy")])
+    val_samples = json.loads((tmp_path / "refit" / "digits_search" / "metrics.json").read_text())["val_samples"]
+    assert abs(val - float(best["val_accuracy"])) <= 1 / val_samples + 1e-9

@@ -246,8 +246,12 @@ def best_recipe_yaml(search, trial, score_line: str) -> str:
     recipe = search.recipe(search.values(trial.hyperparameters.values))
     data = recipe.model_dump(mode="json")
     data.pop("tune", None)
-    header = (f"# Best trial {trial.trial_id} of `tfopt tune {Path(search.source).name}`: {score_line}.\n"
-              f"# Run it with: tfopt fit <this file>\n")
+    header = f"# Best trial {trial.trial_id} of `tfopt tune {Path(search.source).name}`: {score_line}.\n"
+    budget = trial.hyperparameters.values.get("tuner/epochs")
+    if budget is not None and budget < recipe.train.epochs:
+        header += (f"# That trial trained {budget} of train.epochs = {recipe.train.epochs} (its Hyperband budget); "
+                   f"`tfopt fit` trains all {recipe.train.epochs}.\n")
+    header += "# Run it with: tfopt fit <this file>\n"
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
