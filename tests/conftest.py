@@ -1,6 +1,8 @@
 """Shared fixtures: tiny synthetic data and tiny models; TF threads capped; seeds fixed."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -9,6 +11,11 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = os.environ.get("TFOPT_DATA_DIR")
+
+
+def python_c(code: str):
+    """Run ``python -c code`` in a fresh interpreter at the repository root."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,14 +2,12 @@
 
 import importlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO
+from tests.conftest import python_c
 from tfopt.callbacks import GradientNormMonitor, LRFinder, WeightStatsMonitor, find_lr
 
 WORLDS = ["tf_keras", "keras"]
@@ -194,7 +192,7 @@ def test_importing_callbacks_leaves_tf_keras_alone():
             "assert 'tensorflow_model_optimization' not in sys.modules; "
             "assert 'TF_USE_LEGACY_KERAS' not in os.environ; "
             "print(tf.keras.__version__)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    out = python_c(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("3."), out.stdout
 

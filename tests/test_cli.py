@@ -1,13 +1,11 @@
 """The CLI through click's CliRunner, and start-up without TensorFlow."""
 
 import json
-import subprocess
-import sys
 
 import yaml
 from click.testing import CliRunner
 
-from tests.conftest import REPO, tiny_recipe_dict
+from tests.conftest import REPO, python_c, tiny_recipe_dict
 from tfopt.cli import cli
 
 
@@ -27,7 +25,7 @@ def test_help_and_validate_do_not_import_tensorflow():
             "r = CliRunner().invoke(cli, ['validate', 'recipes/quickstart.yaml']); assert r.exit_code == 0, r.output; "
             "r = CliRunner().invoke(cli, ['recipes']); assert r.exit_code == 0; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    out = python_c(code)
     assert out.returncode == 0, out.stderr
 
 

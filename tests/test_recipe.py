@@ -1,12 +1,10 @@
 """Recipe schema: every problem reported at once, by dotted key, with exact messages."""
 
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, tiny_recipe_dict
+from tests.conftest import python_c, tiny_recipe_dict
 from tfopt.errors import RecipeError
 from tfopt.recipe import Recipe, apply_overrides, load_recipe, validate
 
@@ -131,7 +129,7 @@ def test_validation_imports_no_tensorflow():
     code = ("import sys; from tfopt.recipe import load_recipe; "
             "load_recipe('recipes/quickstart.yaml'); "
             "assert 'tensorflow' not in sys.modules and 'tf_keras' not in sys.modules, 'TF imported'")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    out = python_c(code)
     assert out.returncode == 0, out.stderr
 
 

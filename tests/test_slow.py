@@ -17,6 +17,19 @@ def tfopt(*args, env=None):
                           text=True, env={**os.environ, **(env or {})})
 
 
+def terminate_once(proc, path, timeout=300):
+    """Send SIGTERM to ``proc`` as soon as ``path`` exists; return its exit code and output."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    return proc.returncode, output
+
+
 def test_quickstart_from_the_command_line(tmp_path):
     out = tfopt("fit", "recipes/quickstart.yaml", "--output", tmp_path)
     assert out.returncode == 0, out.stderr
@@ -33,20 +46,12 @@ def test_lenet5_reaches_99_percent_on_mnist(mnist_dir, tmp_path):
 
 def test_sigterm_then_resume(tmp_path, mnist_dir):
     """A real kill mid-run: the partial run resumes and finishes."""
-    import signal
-    import time
-
     env = {**os.environ, "TFOPT_DATA_DIR": str(mnist_dir)}
     args = [sys.executable, "-m", "tfopt.cli", "fit", "recipes/lenet5_mnist.yaml", "--output", str(tmp_path),
             "--set", "data.limit=6000", "--set", "train.epochs=4"]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    state = tmp_path / "lenet5_mnist.partial" / "checkpoints" / "state.json"
-    deadline = time.time() + 300
-    while not state.exists() and time.time() < deadline:
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, output
+    code, output = terminate_once(proc, tmp_path / "lenet5_mnist.partial" / "checkpoints" / "state.json")
+    assert code == 130, output
     assert "--resume" in output and not (tmp_path / "lenet5_mnist").exists()
     done = subprocess.run(args + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -58,19 +63,12 @@ def test_tune_sigterm_resume_and_refit_the_best_recipe(tmp_path):
     """The bundled search (as a 3-trial random search) killed after its first trial, resumed,
     and its best recipe refit with `tfopt fit` to the same validation accuracy."""
     import csv
-    import signal
-    import time
 
     args = [sys.executable, "-m", "tfopt.cli", "tune", "recipes/search/digits_hyperband.yaml", "--output",
             str(tmp_path), "--set", "tune.algorithm=random", "--set", "tune.max_trials=3"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    table = tmp_path / "digits_search-tune.partial" / "trials.csv"
-    deadline = time.time() + 300
-    while not table.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, output
+    code, output = terminate_once(proc, tmp_path / "digits_search-tune.partial" / "trials.csv")
+    assert code == 130, output
     assert "--resume" in output and not (tmp_path / "digits_search-tune").exists()
     done = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tiny_recipe_dict
+from tests.conftest import REPO, python_c, tiny_recipe_dict
 from tfopt.errors import RecipeError, RunDirError
 from tfopt.tune.space import find_specs, search_from_data
 
@@ -124,7 +124,7 @@ def test_search_validation_imports_neither_tensorflow_nor_keras_tuner():
             "s = load_search('recipes/search/digits_hyperband.yaml'); assert len(s.specs) == 7; "
             "bad = [m for m in ('tensorflow', 'tf_keras', 'keras_tuner') if m in sys.modules]; "
             "assert not bad, bad")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    out = python_c(code)
     assert out.returncode == 0, out.stderr
 
 
