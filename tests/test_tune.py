@@ -352,3 +352,22 @@ def test_a_missing_dataset_stops_the_search_before_it_starts(tmp_path, monkeypat
     assert res.exit_code == 2, res.output
     assert "mnist: dataset files not found" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_refusals_before_any_work(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from tfopt.cli import cli
+
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(_search_dict(tmp_path)))
+    (tmp_path / "tiny-tune").mkdir()
+    res = CliRunner().invoke(cli, ["tune", str(path)])
+    assert res.exit_code == 2
+    assert f"{tmp_path / 'tiny-tune'} already exists and holds an earlier run; pass --overwrite" in res.output
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    res = CliRunner().invoke(cli, ["tune", str(path)])
+    assert res.exit_code == 2
+    assert "distributed search: KERASTUNER_ORACLE_IP is set but KERASTUNER_ORACLE_PORT is not" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["search.yaml", "tiny-tune"]

@@ -137,6 +137,8 @@ def _objective_problems(recipe, cfg: TuneConfig, specs) -> list:
     obj = cfg.objective
     metrics = ["loss"] + [m.name if m.name != "top_k" else f"top_{m.k}_accuracy" for m in recipe.train.metrics]
     logged = metrics + [f"val_{m}" for m in metrics]
+    if recipe.callback("gradient_norm_monitor"):
+        logged.append("grad_norm")  # the monitor puts the last global gradient norm in the epoch's logs
     allowed = logged + list(SIZE_METRICS)
     if cfg.compress:
         allowed = ["val_accuracy", *SIZE_METRICS, *(f"fit_{m}" for m in logged)]

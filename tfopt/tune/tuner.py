@@ -47,15 +47,16 @@ class SearchInterrupted(TfoptError):
 
 
 def _role() -> str:
-    """``single``, ``chief`` or ``worker``, from keras-tuner's environment variables."""
-    from keras_tuner.src.distribute import utils
-
-    try:
-        if not utils.has_chief_oracle():
-            return "single"
-    except RuntimeError as exc:
-        raise TfoptError(f"distributed search: {exc}") from None
-    return "chief" if utils.is_chief_oracle() else "worker"
+    """``single``, ``chief`` or ``worker``, read as keras-tuner reads its environment variables."""
+    env = os.environ
+    if "KERASTUNER_ORACLE_IP" not in env:
+        return "single"
+    missing = [k for k in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if k not in env]
+    if missing:
+        raise TfoptError(f"distributed search: KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} not; every process needs all three "
+                         f"(KERASTUNER_TUNER_ID=chief on the chief, tuner0, tuner1, ... on the workers).")
+    return "chief" if "chief" in env["KERASTUNER_TUNER_ID"] else "worker"
 
 
 def make_oracle(search):
@@ -284,11 +285,13 @@ def tune(search, *, output=None, resume=False, overwrite=False, log=print) -> di
     """
     role = _role()
     base = search.base
+    run = RunDir(Path(output or base.output.dir) / f"{base.run_name()}-tune", overwrite=overwrite,
+                 resume=resume)
+    if role != "worker":
+        run.check()
     from tfopt.data.pipeline import load_splits
 
     load_splits(base.data, base.seed)  # a missing or corrupt dataset stops the search before it starts
-    run = RunDir(Path(output or base.output.dir) / f"{base.run_name()}-tune", overwrite=overwrite,
-                 resume=resume)
     text = yaml.safe_dump(search.data, sort_keys=False, default_flow_style=None)
     folder = run.partial
     if role == "worker":
@@ -297,7 +300,6 @@ def tune(search, *, output=None, resume=False, overwrite=False, log=print) -> di
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / SEARCH_FILE, text)
     else:
-        run.check()
         run.open()
         saved = run.path(SEARCH_FILE)
         if resume and saved.is_file() and yaml.safe_load(saved.read_text()) != search.data:
