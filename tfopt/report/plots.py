@@ -75,11 +75,14 @@ def removal_plot(rows: list[dict], path) -> None:
     plt.close(fig)
 
 
-def trials_plot(trials: list, scores: list, best_so_far: list, path, ylabel="score", title="") -> None:
-    """Each trial's score as a point, the best so far as a step line."""
+def trials_plot(trials: list, scores: list, best_so_far: list, path, ylabel="score", title="", groups=None) -> None:
+    """Each trial's score as a point (one colour per group, e.g. Hyperband budget), the best so far as a step line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(trials, scores, "o", ms=4, label="trial")
+    groups = groups or ["trial"] * len(trials)
+    for group in dict.fromkeys(groups):
+        picked = [(t, s) for t, s, g in zip(trials, scores, groups) if g == group]
+        ax.plot([t for t, _ in picked], [s for _, s in picked], "o", ms=4, label=group)
     ax.step(trials, best_so_far, where="post", lw=2, label="best so far")
     ax.set_xlabel("trial (start order)")
     ax.set_ylabel(ylabel)

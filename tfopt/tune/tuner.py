@@ -260,6 +260,8 @@ def objective_plot(rows, path, direction: str) -> None:
     from tfopt.report.plots import trials_plot
 
     done = [(i + 1, r["score"]) for i, r in enumerate(rows) if r.get("score") is not None]
+    groups = [f"{r['budget'].split('→')[1]}-epoch budget" if r.get("budget") else "trial"
+              for r in rows if r.get("score") is not None]
     if not done:
         return
     best, running = None, []
@@ -267,7 +269,7 @@ def objective_plot(rows, path, direction: str) -> None:
         best = s if best is None else (max(best, s) if direction == "max" else min(best, s))
         running.append(best)
     trials_plot([i for i, _ in done], [s for _, s in done], running, path, ylabel=f"score ({direction}imise)",
-                title="tfopt tune: objective by trial")
+                title="tfopt tune: objective by trial", groups=groups)
 
 
 # ----------------------------------------------------------------------------------------
