@@ -105,6 +105,11 @@ def predict(content: bytes, x, batch_size: int = 256, num_threads: int = 2, log=
     return np.concatenate(results)
 
 
+def accuracy(content: bytes, x, y, log=None) -> float:
+    """Top-1 accuracy of a TFLite model's predictions."""
+    return float(np.mean(predict(content, x, log=log).argmax(1) == y))
+
+
 @dataclass
 class Verification:
     mode: str

@@ -9,7 +9,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from tfopt.errors import TfoptError
 
@@ -31,8 +30,10 @@ class Row:
     notes: list = field(default_factory=list)
 
 
-def gzip_size(path: Path) -> int:
-    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9))
+def gzip_size(data) -> int:
+    """``gzip -9`` size of a file (given its path) or of bytes."""
+    raw = data if isinstance(data, (bytes, bytearray)) else Path(data).read_bytes()
+    return len(gzip.compress(raw, compresslevel=9))
 
 
 def _artifacts(path: Path):
@@ -64,7 +65,9 @@ def measure(paths, recipe=None, overrides=(), runs=200, threads=None, log=print)
     from tfopt.export import load_keras
     from tfopt.models.stats import model_stats
     from tfopt.optimize.prune import layer_sparsity, overall_sparsity
-    from tfopt.tflite import latency_us, predict
+    from tfopt.optimize.runner import accuracy as keras_accuracy
+    from tfopt.tflite import accuracy as tflite_accuracy
+    from tfopt.tflite import latency_us
 
     threads = threads or os.cpu_count() or 2
     rows, cache = [], {}
@@ -89,15 +92,13 @@ def measure(paths, recipe=None, overrides=(), runs=200, threads=None, log=print)
                 stats = model_stats(model)
                 sparsity = overall_sparsity(layer_sparsity(model))
                 log(f"{name}: Keras test accuracy")
-                pred = model.predict(splits.x_test, batch_size=256, verbose=0)
-                row.accuracy = float(np.mean(pred.argmax(1) == splits.y_test))
+                row.accuracy = keras_accuracy(model, splits.x_test, splits.y_test)
                 if sparsity >= 0.3:
                     row.notes.append(f"{sparsity:.0%} of its kernel weights are zero")
             else:
                 content = art.read_bytes()
                 log(f"{name}: TFLite test accuracy and latency ({runs} runs, 1 and {threads} threads)")
-                pred = predict(content, splits.x_test, log=log)
-                row.accuracy = float(np.mean(pred.argmax(1) == splits.y_test))
+                row.accuracy = tflite_accuracy(content, splits.x_test, splits.y_test, log=log)
                 one = latency_us(content, splits.x_test[0], 1, runs=runs, log=log)
                 many = latency_us(content, splits.x_test[0], threads, runs=runs, log=log)
                 row.latency_1, row.latency_n, row.delegate = one["median_us"], many["median_us"], one["delegate"]

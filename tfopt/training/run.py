@@ -107,7 +107,7 @@ def _diff_keys(a, b, prefix=""):
         yield prefix.rstrip(".")
 
 
-def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), stop_after=None,
+def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), stop_after=None, splits=None,
         log=print) -> RunResult:
     """Train the model a recipe describes and write its run directory.
 
@@ -119,6 +119,7 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
         callbacks: extra Keras callbacks.
         stop_after: end training after this epoch; the learning-rate schedule still spans
             ``train.epochs`` (used by Hyperband, whose trials train part of the budget).
+        splits: the recipe's data, already loaded with ``load_splits(recipe.data, recipe.seed)``.
         log: where progress lines go.
 
     Returns:
@@ -136,7 +137,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     started = time.perf_counter()
     run = RunDir(Path(output or recipe.output.dir) / recipe.run_name(), overwrite=overwrite, resume=resume).check()
     keras.utils.set_random_seed(recipe.seed)
-    splits = load_splits(recipe.data, recipe.seed)
+    if splits is None:
+        splits = load_splits(recipe.data, recipe.seed)
     input_shape = recipe.model.input_shape or splits.input_shape
     if tuple(input_shape) != splits.input_shape:
         raise ShapeError(f"model.input_shape {tuple(input_shape)} does not match the data's images "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ValidationError
 
 from tfopt.errors import RecipeError
-from tfopt.tune.specs import SIZE_METRICS, SPECS, TuneConfig
+from tfopt.tune.specs import SIZE_METRICS, SPECS, TuneConfig, label
 
 KEY = "tune"
 RESERVED = {"trial", "status", "budget", "continues", "score", "loss", "accuracy", "lr", "epochs", "epochs_trained",
@@ -105,8 +105,9 @@ class Search:
         return {p: s.name or p for p, s in self.specs.items()}
 
     def declare(self, hp) -> None:
+        names = self.names()
         for path, spec in self.specs.items():
-            spec.declare(hp, self.names()[path])
+            spec.declare(hp, names[path])
 
     def values(self, hp_values: dict) -> dict:
         """Recipe values by path from keras-tuner's values (missing ones at their defaults)."""
@@ -168,7 +169,7 @@ def search_from_data(data: dict, source: str) -> Search:
                                           "train.lr.initial: {tune: float, min: 1e-4, max: 1e-1, sampling: log}")])
     defaults = _defaults(specs)
     probe = Search(data, specs, source, None)
-    checks = {(path, _key(v)): (v, _check(probe, {**defaults, path: v})[1])
+    checks = {(path, label(v)): (v, _check(probe, {**defaults, path: v})[1])
               for path, spec in specs.items() for v in spec.candidates()[:32]}
     # First the values the schema refuses outright, keyed at their own spec.
     problems = [(path, _refused(v, key, path, msg)) for (path, _), (v, found) in checks.items()
@@ -183,12 +184,6 @@ def search_from_data(data: dict, source: str) -> Search:
     if problems:
         raise RecipeError(source, list(dict.fromkeys(problems)))
     return Search(data, specs, source, base)
-
-
-def _key(value) -> str:
-    from tfopt.tune.specs import label
-
-    return label(value)
 
 
 def _under(key, path) -> bool:

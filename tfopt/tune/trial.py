@@ -12,7 +12,7 @@ trial that continues an earlier one starts from a copy of that trial's checkpoin
 
 from __future__ import annotations
 
-import gzip
+import json
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +20,18 @@ from pathlib import Path
 from tfopt.rundir import PARTIAL, atomic_write_json
 
 RUN = "run"
+_SPLITS: dict = {}
+
+
+def splits_for(recipe):
+    """The recipe's data, loaded once per data config and seed and kept for the next trial."""
+    from tfopt.data.pipeline import load_splits
+
+    key = (json.dumps(recipe.data.model_dump(mode="json"), sort_keys=True), recipe.seed)
+    if key not in _SPLITS:
+        _SPLITS.clear()  # one dataset in memory at a time
+        _SPLITS[key] = load_splits(recipe.data, recipe.seed)
+    return _SPLITS[key]
 
 
 def trial_recipe(recipe):
@@ -29,8 +41,8 @@ def trial_recipe(recipe):
     return recipe.model_copy(update={"output": output})
 
 
-def _fit(recipe, folder: Path, epochs, parent: Path | None, log):
-    """Train (or continue) the trial's run; returns ``(RunResult-like dict, epochs trained here)``."""
+def _fit(recipe, folder: Path, epochs, parent: Path | None, splits, log):
+    """Train (or continue) the trial's run; returns ``(model, history, metrics, epochs trained here)``."""
     from tfopt.export import load_keras
     from tfopt.training.checkpoint import read_state
     from tfopt.training.run import fit
@@ -41,8 +53,6 @@ def _fit(recipe, folder: Path, epochs, parent: Path | None, log):
             log(f"{old} holds a different recipe's run; starting this trial afresh")
             shutil.rmtree(old)
     if final.is_dir():
-        import json
-
         log(f"trial already trained in {final}; reusing it")
         return (load_keras(final / "model.keras"), read_state(final)["history"],
                 json.loads((final / "metrics.json").read_text()), 0)
@@ -59,7 +69,7 @@ def _fit(recipe, folder: Path, epochs, parent: Path | None, log):
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
     before = read_state(partial)["epochs_done"] if resume else 0
-    result = fit(recipe, output=folder, resume=resume, stop_after=epochs, log=log)
+    result = fit(recipe, output=folder, resume=resume, stop_after=epochs, splits=splits, log=log)
     return result.model, result.history, result.metrics, len(result.history) - before
 
 
@@ -80,12 +90,10 @@ def _final_row(history, recipe) -> dict:
     return {k: float(v) for k, v in row.items() if k not in ("epoch", "lr")}
 
 
-def _compress(model, recipe, steps, log):
+def _compress(model, recipe, splits, steps, log):
     """Apply the ``tune.compress`` steps in order; returns ``(keras model, tflite bytes or None)``."""
-    from tfopt.data.pipeline import load_splits
     from tfopt.optimize import config as C
 
-    splits = load_splits(recipe.data, recipe.seed)
     content = None
     for step in steps:
         cfg = getattr(recipe.optimize, step) or {"structured": C.StructuredConfig, "prune": C.PruneConfig,
@@ -111,23 +119,19 @@ def _compress(model, recipe, steps, log):
             from tfopt.optimize.quantize import post_training
 
             content = post_training(model, cfg.mode, splits, cfg.int8_io, cfg.representative_samples, recipe.seed)
-    return model, content, splits
+    return model, content
 
 
-def _measure(model, content, splits, recipe, needs, compressed, log) -> dict:
-    import numpy as np
-
+def _measure(model, content, splits, needs, compressed, log) -> dict:
     from tfopt.models.stats import model_stats
+    from tfopt.optimize.runner import accuracy
+    from tfopt.report.report import gzip_size
+    from tfopt.tflite import accuracy as tflite_accuracy
 
     out = {}
     if compressed:
-        if content is not None:
-            from tfopt.tflite import predict
-
-            pred = predict(content, splits.x_val, log=log)
-        else:
-            pred = model.predict(splits.x_val, batch_size=256, verbose=0)
-        out["val_accuracy"] = float(np.mean(pred.argmax(1) == splits.y_val))
+        out["val_accuracy"] = (tflite_accuracy(content, splits.x_val, splits.y_val, log=log) if content is not None
+                               else accuracy(model, splits.x_val, splits.y_val))
     stats = model_stats(model)
     out["params"], out["macs"] = float(stats["params"]), float(stats["macs"])
     if needs & {"tflite_kb", "latency_ms"}:
@@ -135,7 +139,7 @@ def _measure(model, content, splits, recipe, needs, compressed, log) -> dict:
             from tfopt.tflite import convert
 
             content = convert(model, "float32")
-        out["tflite_kb"] = len(gzip.compress(content, 9)) / 1000
+        out["tflite_kb"] = gzip_size(content) / 1000
         if "latency_ms" in needs:
             from tfopt.tflite import latency_us
 
@@ -162,18 +166,15 @@ def run_trial(recipe, folder: Path, objective, compress=(), epochs=None, parent:
     started = time.perf_counter()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model, history, fit_metrics, trained = _fit(trial_recipe(recipe), folder, epochs, parent, log)
+    splits = splits_for(recipe)
+    model, history, fit_metrics, trained = _fit(trial_recipe(recipe), folder, epochs, parent, splits, log)
     values = _final_row(history, recipe)
     if compress:
         values = {f"fit_{k}": v for k, v in values.items()}  # before compression; the scored values follow
     needs = objective.needs() | ({"tflite_kb"} if "quantize" in compress else set())
     if compress or needs:
-        model, content, splits = _compress(model, recipe, compress, log) if compress else (model, None, None)
-        if splits is None:
-            from tfopt.data.pipeline import load_splits
-
-            splits = load_splits(recipe.data, recipe.seed)
-        values.update(_measure(model, content, splits, recipe, needs, bool(compress), log))
+        model, content = _compress(model, recipe, splits, compress, log) if compress else (model, None)
+        values.update(_measure(model, content, splits, needs, bool(compress), log))
     missing = [k for k in (objective.metric, *objective.penalty) if k not in values]
     if missing:
         from tfopt.errors import TfoptError

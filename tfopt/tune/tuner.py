@@ -27,6 +27,7 @@ import yaml
 
 from tfopt.errors import RunDirError, TfoptError
 from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
+from tfopt.tune.specs import label
 
 SEARCH_FILE = "search.yaml"
 SHOWN = ("score", "val_accuracy", "val_loss", "accuracy", "loss", "tflite_kb", "latency_ms", "params", "macs",
@@ -158,8 +159,6 @@ def _tuner_class():
 
 
 def _raw(value):
-    from tfopt.tune.specs import label
-
     return label(value) if isinstance(value, (dict, list)) else value
 
 
@@ -167,8 +166,6 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (dict, list)):
-        from tfopt.tune.specs import label
-
         return label(value)
     return str(value)
 
@@ -291,9 +288,9 @@ def tune(search, *, output=None, resume=False, overwrite=False, log=print) -> di
                  resume=resume)
     if role != "worker":
         run.check()
-    from tfopt.data.pipeline import load_splits
+    from tfopt.tune.trial import splits_for
 
-    load_splits(base.data, base.seed)  # a missing or corrupt dataset stops the search before it starts
+    splits_for(base)  # a missing or corrupt dataset stops the search here; trials reuse what it loaded
     text = yaml.safe_dump(search.data, sort_keys=False, default_flow_style=None)
     folder = run.partial
     if role == "worker":
