@@ -27,6 +27,7 @@ from tfopt.optimize.config import Export, Optimize
 from tfopt.optimizers import OPTIMIZERS
 from tfopt.registry import Config, did_you_mean
 from tfopt.schedules import LRPolicy
+from tfopt.training.config import Compile, Distribute
 from tfopt.tune.specs import SPECS, TuneConfig
 
 KNOWN_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10}
@@ -72,6 +73,8 @@ class Train(Config):
     restore_best: bool = Field(False, description="finish with the best checkpoint's weights")
     stop_on_nan: bool = True
     verbose: Literal["auto", 0, 1, 2] = "auto"
+    compile: Compile = Field(default_factory=Compile)
+    distribute: Distribute = Field("none", description="none | mirrored (local devices) | multi_worker (TF_CONFIG)")
 
 
 class Output(Config):
