@@ -12,11 +12,15 @@ class TfoptError(Exception):
 class RecipeError(TfoptError):
     """A recipe is malformed; ``problems`` lists every ``(dotted.key, message)`` found."""
 
+    SHOWN = 50
+
     def __init__(self, source, problems):
         self.source = source
         self.problems = list(problems)
         lines = [f"{source}: {len(self.problems)} problem(s) in the recipe:"]
-        lines += [f"  {key}: {msg}" if key else f"  {msg}" for key, msg in self.problems]
+        lines += [f"  {key}: {msg}" if key else f"  {msg}" for key, msg in self.problems[:self.SHOWN]]
+        if len(self.problems) > self.SHOWN:
+            lines.append(f"  ... and {len(self.problems) - self.SHOWN} more")
         super().__init__("\n".join(lines))
 
 

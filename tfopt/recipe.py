@@ -11,18 +11,20 @@ A recipe is YAML with the sections ``name``, ``seed``, ``data``, ``model``, ``tr
 from __future__ import annotations
 
 import copy
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
 
 from tfopt.callback_configs import CALLBACKS
 from tfopt.data.config import DATASETS
 from tfopt.errors import RecipeError
+from tfopt.limits import MAX_LAYERS, MAX_SEED, YamlLimitError, load_yaml, read_text
 from tfopt.losses import LOSSES, METRICS
-from tfopt.models.layers import INITIALIZERS, LAYERS, Initializer, Regularizer, plan
+from tfopt.models.layers import INITIALIZERS, LAYERS, Initializer, Regularizer, layer_names, plan
 from tfopt.optimize.config import Export, Optimize
 from tfopt.optimizers import OPTIMIZERS
 from tfopt.registry import Config, did_you_mean
@@ -31,6 +33,7 @@ from tfopt.training.config import Compile, Distribute
 from tfopt.tune.specs import SPECS, TuneConfig
 
 KNOWN_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10}
+RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class Model(Config):
@@ -42,7 +45,7 @@ class Model(Config):
     kernel_initializer: Initializer = "glorot_uniform"
     kernel_regularizer: Optional[Regularizer] = Field(None, description="default for every conv/dense kernel")
     bias_regularizer: Optional[Regularizer] = Field(None, description="default for every bias")
-    layers: list[LAYERS.union()] = Field(min_length=1)
+    layers: list[LAYERS.union()] = Field(min_length=1, max_length=MAX_LAYERS)
 
 
 class Monitor(Config):
@@ -79,15 +82,27 @@ class Train(Config):
 
 class Output(Config):
     dir: str = "saved_models"
-    run_name: Optional[str] = Field(None, description="default: the recipe's name")
+    run_name: Optional[str] = Field(None, description="default: the recipe's name; one plain folder name")
     tensorboard: bool = True
     saved_model: bool = True
     plot: bool = True
 
+    _run_name = field_validator("run_name")(lambda cls, v: check_run_name(v))
+
+
+def check_run_name(v):
+    """A run or recipe name must be one plain folder name: it is joined to the output folder."""
+    if v is not None and not re.fullmatch(RUN_NAME, v):
+        why = (" (it would write outside the output folder)" if v.startswith((".", "/", "~")) or "/" in v or "\\" in v
+               else "")
+        raise ValueError(f"'{v}' is not a plain folder name{why}: use letters, digits, '_', '-' and '.', starting "
+                         f"with a letter or digit, at most 128 characters")
+    return v
+
 
 class Recipe(Config):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = Field(0, ge=0)
+    name: str
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     data: DATASETS.union()
     model: Model
     train: Train = Field(default_factory=Train)
@@ -96,6 +111,8 @@ class Recipe(Config):
     export: Export = Field(default_factory=Export)
     output: Output = Field(default_factory=Output)
     tune: Optional[TuneConfig] = Field(None, description="how `tfopt tune` searches the tune specs")
+
+    _name = field_validator("name")(lambda cls, v: check_run_name(v))
 
     def input_shape(self):
         return self.model.input_shape or self.data.input_shape()
@@ -135,27 +152,44 @@ def _unwrap(annotation):
     return []
 
 
+_BRANCH = re.compile(r"^(constrained-|lax-|strict-)?(int|float|str|bool|bytes|none|decimal|any)$|\[|^function-|"
+                     r"^literal|^nullable|^json-or-python|^default|^union|^tagged-union")
+
+
 def _walk(root: type[BaseModel], loc: tuple):
     """Follow a pydantic error location through the schema.
 
-    Returns the printable path (union tags dropped) and the config class at its end.
+    Returns the printable path (union tags and union branch labels such as
+    ``constrained-int`` dropped), the config classes at its end, and the branch label of a
+    non-discriminated union the error belongs to (or None).
     """
-    classes, path = [root], []
+    classes, path, branch = [root], [], None
     for part in loc:
         if isinstance(part, int):
             path.append(str(part))
             continue
+        if any(part in c.model_fields for c in classes):
+            path.append(str(part))
+            nxt = []
+            for c in classes:
+                if part in c.model_fields:
+                    nxt += _unwrap(c.model_fields[part].annotation)
+            classes = nxt
+            continue
         tagged = [c for c in classes if _tag_of(c) and part in _tag_of(c)]
-        if tagged and not any(part in c.model_fields for c in classes):
+        if tagged:
             classes = tagged
             continue
+        named = [c for c in classes if c.__name__ == part]
+        if named:
+            classes, branch = named, part
+            continue
+        if _BRANCH.search(part):
+            branch = part
+            continue
         path.append(str(part))
-        nxt = []
-        for c in classes:
-            if part in c.model_fields:
-                nxt += _unwrap(c.model_fields[part].annotation)
-        classes = nxt
-    return ".".join(path), classes
+        classes = []
+    return ".".join(path), classes, branch
 
 
 def _tag_of(cls):
@@ -171,12 +205,26 @@ def _short(value, limit=60):
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "string_type": "a text value",
+    "bool_type": "true or false", "bool_parsing": "true or false", "tuple_type": "a list",
+    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+    "model_attributes_type": "a mapping", "none_required": "nothing (null)",
+}
+
+
 def format_validation_errors(exc: ValidationError, data: Any, root: type[BaseModel]):
-    """Turn pydantic's errors into ``(dotted.key, message)`` pairs, with suggestions."""
-    problems = []
+    """Turn pydantic's errors into ``(dotted.key, message)`` pairs, with suggestions.
+
+    One mistake gives one problem: the errors pydantic reports for each branch of a union
+    (``kernel_size`` may be an integer or a pair) are merged under the field's own key.
+    """
+    found = []  # (path, branch, kind, message, input)
     for err in exc.errors():
-        path, _ = _walk(root, err["loc"])
+        path, _, branch = _walk(root, err["loc"])
         kind = err["type"]
+        value = err.get("input")
         if kind == "union_tag_invalid":
             ctx = err["ctx"]
             disc = ctx["discriminator"].strip("'")
@@ -189,23 +237,73 @@ def format_validation_errors(exc: ValidationError, data: Any, root: type[BaseMod
             msg = f"missing '{disc}'"
             path = f"{path}.{disc}" if path else disc
         elif kind == "extra_forbidden":
-            key = path.rsplit(".", 1)[-1]
+            key = str(err["loc"][-1])
             allowed = sorted(_allowed(root, err["loc"][:-1]))
-            msg = f"unknown key '{key}'{did_you_mean(key, allowed)}"
-            if allowed:
-                msg += f"; allowed here: {', '.join(allowed)}"
+            if "." in key and key.split(".", 1)[0] in allowed:
+                head, rest = key.split(".", 1)
+                msg = (f"unknown key '{key}': dotted keys work only with --set; in a recipe file nest it, "
+                       f"e.g. {head}: {{{rest}: {_short(value, 30)}}}")
+            else:
+                msg = f"unknown key '{key}'{did_you_mean(key, allowed)}"
+                if allowed:
+                    msg += f"; allowed here: {', '.join(allowed)}"
+        elif kind == "missing" and err["loc"] and isinstance(err["loc"][-1], int):
+            parent, _, branch = _walk(root, err["loc"][:-1])
+            path, kind = parent, "too_short"
+            given = _container_at(data, root, err["loc"][:-1])
+            count = len(given) if isinstance(given, (list, tuple)) else "fewer"
+            msg = f"a list of the wrong length: expected {err['loc'][-1] + 1} values, got {count}"
+            value = None
         elif kind == "missing":
             msg = "required key is missing"
+        elif kind in ("int_parsing", "int_from_float", "float_parsing"):
+            msg = f"expected {_EXPECTED[kind]}"
+            if isinstance(value, str):
+                msg += " (YAML reads a number such as 1e5 without a '.' as text: write 1.0e5)"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and not isinstance(err["input"], dict):
-                msg += f" (got {_short(err['input'])})"
-        problems.append((path, msg))
+        if value is not None and not isinstance(value, dict) and kind not in ("extra_forbidden", "missing"):
+            msg += f" (got {_short(value)})"
+        found.append((path, branch, kind, msg))
+    return _merge_branches(found)
+
+
+def _merge_branches(found):
+    """One problem per key: drop a union branch's type mismatch when another branch says more."""
+    by_path: dict[str, list] = {}
+    for path, branch, kind, msg in found:
+        by_path.setdefault(path, []).append((branch, kind, msg))
+    problems = []
+    for path, items in by_path.items():
+        if len(items) == 1 or all(b is None for b, _, _ in items):
+            problems += [(path, m) for _, _, m in dict.fromkeys(items)]
+            continue
+        telling = [m for _, k, m in items if k not in _EXPECTED]
+        if telling:
+            problems += [(path, m) for m in dict.fromkeys(telling)]
+            continue
+        wanted = list(dict.fromkeys(_EXPECTED[k] for _, k, _ in items))
+        got = items[0][2].rsplit(" (got ", 1)
+        problems.append((path, f"expected {' or '.join(wanted)}" + (f" (got {got[1]}" if len(got) == 2 else "")))
     return problems
 
 
+def _container_at(data, root, loc):
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and isinstance(part, int) and -len(node) <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str):
+            continue  # a union tag or branch label, not a key of the data
+        else:
+            return None
+    return node
+
+
 def _allowed(root, loc) -> set:
-    _, classes = _walk(root, tuple(loc))
+    _, classes, _ = _walk(root, tuple(loc))
     return {f for c in classes for f in c.model_fields}
 
 
@@ -223,8 +321,11 @@ def _registry_kind(tags):
 
 
 def parse_yaml(text: str, source: str):
+    """A recipe mapping from YAML text, within :mod:`tfopt.limits`; raises :class:`RecipeError`."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except YamlLimitError as exc:
+        raise RecipeError(source, [(None, str(exc))]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -247,7 +348,10 @@ def apply_overrides(data: dict, overrides, source: str) -> dict:
             problems.append((None, f"--set '{item}': expected KEY=VALUE, e.g. train.epochs=3"))
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
+            value = load_yaml(raw) if raw.strip() else raw
+        except YamlLimitError as exc:
+            problems.append((key, f"--set value: {exc}"))
+            continue
         except yaml.YAMLError:
             value = raw
         parts = key.split(".")
@@ -330,6 +434,11 @@ def _cross_checks(recipe: Recipe):
         if monitor.startswith("val_") and not has_val:
             problems.append((key, f"monitors '{monitor}' but data.validation_split is 0; "
                                   f"monitor '{monitor[4:]}' or hold out validation data"))
+    metrics = [m.name if m.name != "top_k" else f"top_{m.k}" for m in recipe.train.metrics]
+    for i, m in enumerate(metrics):
+        if m in metrics[:i]:
+            problems.append((f"train.metrics.{i}", f"'{m}' is already listed at train.metrics.{metrics.index(m)}; "
+                                                   f"list each metric once"))
     names = [c.name for c in recipe.callbacks]
     for name in set(names):
         if names.count(name) > 1:
@@ -337,6 +446,11 @@ def _cross_checks(recipe: Recipe):
     if "learning_rate_decay" in names and "lr" in recipe.train.model_fields_set:
         problems.append((f"callbacks.{names.index('learning_rate_decay')}",
                          "learning_rate_decay replaces train.lr; give the schedule in one place, not both"))
+    try:
+        layer_names(recipe.model.layers)
+    except ValueError as exc:
+        key, _, msg = str(exc).partition(": ")
+        return problems + [(key, msg)]
     shape = recipe.input_shape()
     if shape is not None:
         try:
@@ -367,15 +481,21 @@ def load_recipe(path, overrides=()) -> Recipe:
 
 def read_recipe_data(path, overrides=()) -> dict:
     """The raw mapping of a recipe file, ``name`` defaulted to the file's stem, overrides applied."""
-    p = Path(path)
     source = str(path)
-    if not p.is_file():
+    if "\x00" in source:
+        raise RecipeError(repr(source), [(None, "the recipe path contains a NUL byte")])
+    p = Path(path)
+    try:
+        text = read_text(p)
+    except FileNotFoundError:
         hint = ""
         bundled = bundled_recipes()
         if p.name in bundled or f"{p.name}.yaml" in bundled:
             hint = f"; a bundled recipe has this name: {bundled.get(p.name) or bundled[p.name + '.yaml']}"
-        raise RecipeError(source, [(None, f"recipe file not found{hint}")])
-    data = parse_yaml(p.read_text(), source)
+        raise RecipeError(source, [(None, f"recipe file not found{hint}")]) from None
+    except YamlLimitError as exc:
+        raise RecipeError(source, [(None, f"the recipe file {exc}")]) from None
+    data = parse_yaml(text, source)
     data.setdefault("name", p.stem)
     return apply_overrides(data, overrides, source)
 

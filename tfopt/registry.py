@@ -9,12 +9,14 @@ instance. Config classes import no TensorFlow at module level, so validation sta
 from __future__ import annotations
 
 import difflib
+import math
 import typing
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tfopt.errors import TfoptError
+from tfopt.limits import MAX_INT, MAX_SEED
 
 
 def did_you_mean(word, choices) -> str:
@@ -23,10 +25,91 @@ def did_you_mean(word, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _accepts_bool(annotation) -> bool:
+    """Whether a field's type admits ``true``/``false`` (bool, Any, or a Literal of booleans)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return _accepts_bool(typing.get_args(annotation)[0])
+    if origin in (Union, list, tuple, dict) or str(origin) == "types.UnionType":
+        args = typing.get_args(annotation)
+        return any(_accepts_bool(a) for a in (args[-1:] if origin is dict else args))
+    return False
+
+
+def _plain_dict(annotation) -> bool:
+    """Whether a field holds a plain ``dict`` (e.g. per-layer values), not a config section."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return True
+    if origin is typing.Annotated:
+        return _plain_dict(typing.get_args(annotation)[0])
+    if origin is Union or str(origin) == "types.UnionType":
+        return any(_plain_dict(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _big(value) -> str:
+    return f"{value:,}" if abs(value) < 1e15 else f"{value:.3g}"
+
+
+def check_value(value, accepts_bool: bool = False, limit: int = MAX_INT):
+    """Refuse values no recipe field can use: NUL bytes, non-finite floats, numbers beyond
+    TensorFlow's 32-bit integer range, and booleans where a number is expected. Mappings inside
+    lists are left to their own config class. Returns the value."""
+    if isinstance(value, bool):
+        if not accepts_bool:
+            raise ValueError(f"expected a number or a name here, not the boolean {str(value).lower()}")
+    elif isinstance(value, int):
+        if abs(value) > limit:
+            raise ValueError(f"{_big(value)} is too large; integers are limited to {limit:,} (limit: integers)")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if abs(value) > limit:
+            raise ValueError(f"{_big(value)} is too large; numbers are limited to {limit:,} (limit: integers)")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("contains a NUL byte")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if not isinstance(item, dict):
+                check_value(item, accepts_bool, limit)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_value(key, True, limit)
+            check_value(item, True, limit)
+    return value
+
+
 class Config(BaseModel):
-    """Base for every recipe section: unknown keys are errors, values are checked on assignment."""
+    """Base for every recipe section: unknown keys are errors, values are checked on assignment,
+    and every value passes :func:`check_value` before its field's own validation."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sane(cls, data):
+        if not isinstance(data, dict):
+            return data
+        errors = []
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(key, str) else None
+            if isinstance(value, dict) and not (field is not None and _plain_dict(field.annotation)):
+                continue  # a nested section: its own config class checks it, key by key
+            if isinstance(value, (bool, int, float, str, list, tuple, dict)):
+                try:
+                    check_value(value, field is None or _accepts_bool(field.annotation),
+                                MAX_SEED if key == "seed" else MAX_INT)
+                except ValueError as exc:
+                    errors.append({"type": "value_error", "loc": (key,), "input": value, "ctx": {"error": exc}})
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
 
 
 class Registry:

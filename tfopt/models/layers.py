@@ -8,10 +8,12 @@ tf_keras layers (:mod:`tfopt.models.builder`).
 from __future__ import annotations
 
 import math
+import re
 from typing import ClassVar, Literal, Optional, Union
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from tfopt.limits import MAX_LAYERS
 from tfopt.registry import Config, Registry
 
 LAYERS = Registry("layer type", key="type")
@@ -23,6 +25,18 @@ Activation = Literal[ACTIVATIONS]
 INITIALIZERS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "lecun_normal", "lecun_uniform")
 Initializer = Literal[INITIALIZERS]
 Pair = Union[PositiveInt, tuple[PositiveInt, PositiveInt]]
+
+
+LAYER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+RESERVED_NAMES = ("input",)
+
+
+def field_error(model, field: str, value, message: str):
+    """A validation error located at ``field`` of ``model``, for use in its validators."""
+    from pydantic import ValidationError
+
+    return ValidationError.from_exception_data(type(model).__name__, [
+        {"type": "value_error", "loc": (field,), "input": value, "ctx": {"error": ValueError(message)}}])
 
 
 def pair(v) -> tuple[int, int]:
@@ -42,8 +56,8 @@ class Regularizer(Config):
 
 class Layer(Config):
     name: Optional[str] = Field(None, description="layer name; default: prefix + running number")
-    repeat: PositiveInt = Field(1, description="this layer n times in a row; copies of a conv or residual "
-                                               "block after the first use stride 1")
+    repeat: PositiveInt = Field(1, le=MAX_LAYERS, description="this layer n times in a row; copies of a conv or "
+                                                              "residual block after the first use stride 1")
     prefix: ClassVar[str] = "layer"
 
     def copies(self):
@@ -58,9 +72,14 @@ class Layer(Config):
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v):
-        if v is not None and not v.replace("_", "").replace("-", "").isalnum():
-            raise ValueError("layer names may use letters, digits, '_' and '-'")
+        if v is not None and not LAYER_NAME.fullmatch(v):
+            raise ValueError(f"'{v}' is not a usable layer name: use ASCII letters, digits, '_' and '-', "
+                             f"starting with a letter, digit or '_' (at most 64 characters)")
         return v
+
+    def internal_names(self, name: str) -> list[str]:
+        """Names of the layers this entry builds inside itself (a residual block's convs...)."""
+        return []
 
     def out_shape(self, shape: tuple) -> tuple:
         return shape
@@ -112,6 +131,14 @@ class _Conv(_Weighted):
     strides: Pair = 1
     padding: Literal["same", "valid"] = "same"
     dilation_rate: Pair = 1
+
+    @model_validator(mode="after")
+    def _dilation_or_strides(self):
+        if max(pair(self.dilation_rate)) > 1 and max(pair(self.strides)) > 1:
+            raise field_error(self, "dilation_rate", self.dilation_rate,
+                              f"dilation_rate {self.dilation_rate} cannot be combined with strides {self.strides} "
+                              f"(TensorFlow refuses both above 1 in one layer); use one or the other")
+        return self
 
     def _hw(self, shape):
         _spatial(shape, self.type)
@@ -259,6 +286,9 @@ class Residual(Layer):
     bias_regularizer: Optional[Regularizer] = None
     prefix: ClassVar[str] = "block"
 
+    def internal_names(self, name):
+        return [f"{name}_{part}" for part in ("conv1", "bn1", "act1", "conv2", "bn2", "proj", "proj_bn", "add", "out")]
+
     def projects(self, shape) -> bool:
         needs = shape[2] != self.filters or pair(self.strides) != (1, 1)
         return self.shortcut == "projection" or (self.shortcut == "auto" and needs)
@@ -275,38 +305,80 @@ class Residual(Layer):
         return (*hw, self.filters)
 
 
-def plan(layers, input_shape):
-    """Name every layer and infer every shape; raise ValueError naming the first bad layer.
+def layer_names(layers):
+    """Name every layer the entries build; raise ValueError naming the entry at fault.
 
-    Returns a list of ``(name, config, in_shape, out_shape)``. Names are the config's
-    ``name`` or the type's prefix plus a running number (``conv1``, ``bn1``...); a conv or
-    dense with ``batch_norm`` also takes the next ``bn`` and ``act`` numbers.
+    Returns, per built layer, ``(index, config, name, extra)`` where ``extra`` holds the
+    automatic ``bn``/``act`` names of a conv or dense with ``batch_norm`` or a separate
+    activation. A given name may not repeat, be ``input``, or equal a name tfopt gives
+    another layer (``bn1``, ``block2_conv1``...).
     """
+    total = sum(entry.repeat for entry in layers)
+    if total > MAX_LAYERS:
+        raise ValueError(f"model.layers: {total:,} layers after repeat, over the limit of {MAX_LAYERS:,} "
+                         f"(limit: layers after repeat)")
+    given = {}
+    for index, entry in enumerate(layers):
+        for cfg in entry.copies():
+            if cfg.name is None:
+                continue
+            if cfg.name in RESERVED_NAMES:
+                raise ValueError(f"model.layers.{index}.name: '{cfg.name}' is the name of the model's input layer; "
+                                 f"choose another name")
+            if cfg.name in given:
+                raise ValueError(f"model.layers.{index}.name: duplicate layer name '{cfg.name}'")
+            given[cfg.name] = index
     counters: dict[str, int] = {}
-    names = set()
 
     def next_name(prefix):
         counters[prefix] = counters.get(prefix, 0) + 1
         return f"{prefix}{counters[prefix]}"
 
+    def claim(name, index, what, own=False):
+        if name in given and (given[name] != index or not own):
+            raise ValueError(f"model.layers.{given[name]}.name: '{name}' is also the name tfopt gives {what} of "
+                             f"model.layers.{index}; choose another name")
+        if name in RESERVED_NAMES:
+            raise ValueError(f"model.layers.{index}.name: '{name}' is the name of the model's input layer; "
+                             f"choose another name")
+
+    out, taken = [], set()
+    for index, entry in enumerate(layers):
+        for cfg in entry.copies():
+            name = cfg.name or next_name(cfg.prefix)
+            if cfg.name is None:
+                claim(name, index, "the layer", own=True)
+            extra = {}
+            if isinstance(cfg, _Weighted) and cfg.batch_norm:
+                extra["bn"] = next_name("bn")
+                extra["act"] = next_name("act")
+            elif isinstance(cfg, _Weighted) and cfg.activation in SEPARATE_ACTIVATIONS:
+                extra["act"] = next_name("act")
+            for role, n in extra.items():
+                claim(n, index, f"the {'BatchNorm' if role == 'bn' else 'activation'}")
+            for n in cfg.internal_names(name):
+                claim(n, index, "a layer inside the block")
+            for n in (name, *extra.values(), *cfg.internal_names(name)):
+                if n in taken:
+                    raise ValueError(f"model.layers.{index}.name: duplicate layer name '{n}'")
+                taken.add(n)
+            out.append((index, cfg, name, extra))
+    return out
+
+
+def plan(layers, input_shape):
+    """Name every layer and infer every shape; raise ValueError naming the first bad layer.
+
+    Returns a list of ``(name, config, in_shape, out_shape, extra)``. Names come from
+    :func:`layer_names`.
+    """
     steps = []
     shape = tuple(input_shape)
-    for index, cfg in ((i, c) for i, entry in enumerate(layers) for c in entry.copies()):
-        name = cfg.name or next_name(cfg.prefix)
-        if name in names:
-            raise ValueError(f"model.layers.{index}.name: duplicate layer name '{name}'")
-        names.add(name)
+    for index, cfg, name, extra in layer_names(layers):
         try:
             out = cfg.out_shape(shape)
         except ValueError as exc:
             raise ValueError(f"model.layers.{index}: {name} ({cfg.type}) {exc}") from None
-        extra = {}
-        if isinstance(cfg, _Weighted) and cfg.batch_norm:
-            extra["bn"] = next_name("bn")
-            extra["act"] = next_name("act")
-        elif isinstance(cfg, _Weighted) and cfg.activation in SEPARATE_ACTIVATIONS:
-            extra["act"] = next_name("act")
-        names.update(extra.values())
         steps.append((name, cfg, shape, out, extra))
         shape = out
     return steps

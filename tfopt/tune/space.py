@@ -60,12 +60,34 @@ def set_path(data: dict, path: str, value) -> dict:
     return data
 
 
-def parse_specs(raw: dict[str, dict]) -> tuple[dict, list]:
+def _dotted_keys(data, path="") -> list[str]:
+    """Dotted paths of mapping keys that themselves hold a '.', which a dotted path cannot address."""
+    found = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            key = str(k)
+            here = f"{path}.{key}" if path else key
+            if "." in key:
+                found.append(here)
+            found += _dotted_keys(v, here)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found += _dotted_keys(v, f"{path}.{i}")
+    return found
+
+
+def parse_specs(raw: dict[str, dict], data: dict | None = None) -> tuple[dict, list]:
     """Validate raw specs; returns ``({path: Spec}, problems)``."""
     from tfopt.recipe import format_validation_errors
 
     specs, problems = {}, []
+    dotted = _dotted_keys(data) if data is not None else []
     for path, node in raw.items():
+        clash = next((d for d in dotted if path == d or path.startswith(d + ".")), None)
+        if clash:
+            problems.append((clash, "a tune spec sits under a key whose name holds a '.'; keys in a search "
+                                    "recipe cannot contain '.' (nest the parts as mappings instead)"))
+            continue
         nested = find_specs({"x": {k: v for k, v in node.items() if k != KEY}})
         if nested:
             problems.append((path, "tune specs cannot be nested; declare one tune spec per value"))
@@ -161,7 +183,7 @@ def _objective_problems(recipe, cfg: TuneConfig, specs) -> list:
 
 def search_from_data(data: dict, source: str) -> Search:
     """Validate a raw recipe holding tune specs; raise :class:`RecipeError` listing every problem."""
-    specs, problems = parse_specs(find_specs(data))
+    specs, problems = parse_specs(find_specs(data), data)
     if problems:
         raise RecipeError(source, problems)
     if not specs:

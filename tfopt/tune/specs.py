@@ -13,11 +13,13 @@ Example, in a recipe::
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
+from tfopt.limits import MAX_CHOICES
 from tfopt.registry import Config, Registry
 
 SPECS = Registry("tune kind", key="tune")
@@ -100,14 +102,22 @@ class ChoiceSpec(Spec):
     """One of ``values``: numbers, strings, booleans, or whole mappings such as optimizers."""
 
     tune: Literal["choice"] = "choice"
-    values: list[Any] = Field(min_length=2)
+    values: list[Any] = Field(min_length=2, max_length=MAX_CHOICES)
     default: Any = None
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _not_too_many(cls, v):
+        if isinstance(v, list) and len(v) > MAX_CHOICES:
+            raise ValueError(f"{len(v):,} values, over the limit of {MAX_CHOICES:,} (limit: values in one tune "
+                             f"choice); use {{tune: int}} or {{tune: float}} for a range")
+        return v
 
     @field_validator("values")
     @classmethod
     def _unique(cls, v):
-        labels = [label(x) for x in v]
-        dups = sorted({x for x in labels if labels.count(x) > 1})
+        counts = Counter(label(x) for x in v)
+        dups = sorted(x for x, n in counts.items() if n > 1)
         if dups:
             raise ValueError(f"values must be distinct; repeated: {', '.join(dups)}")
         return v
