@@ -6,12 +6,70 @@ TensorFlow is imported inside the commands that need it, never at start-up, so `
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sys
+import threading
 
 import click
 
 from tfopt.errors import TfoptError
+
+# Lines TensorFlow's C++ runtime, absl and the TFLite converter write to stderr on their own:
+# hidden unless --verbose, so users see tfopt's output.
+_NATIVE_LOG = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} [\d:. ]+\s*\d+ \S+:\d+\]|"
+    r"(WARNING|INFO):(tensorflow|absl):|fully_quantize: |Estimated count of arithmetic ops|"
+    r"To enable the following instructions:|Summary on the non-converted ops:|"
+    r"\s*\* Accepted dialects:|\s*\* Non-Converted Ops:|\s*- arith\.constant|\s*- tfl\.|"
+    r"INFO: Created TensorFlow Lite XNNPACK delegate)"
+)
+
+
+def _quiet_native_logs() -> None:
+    """Route this process's stderr through a filter that drops native log lines.
+
+    Python warnings and TensorFlow's Python loggers are silenced too. This is the command
+    line's own process; the library never does this to a user's process.
+    """
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    for name in ("tensorflow", "absl", "tf_keras", "keras"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+    except OSError:
+        return
+    out = os.fdopen(saved, "wb", buffering=0)
+
+    def pump():
+        with os.fdopen(read_fd, "rb") as pipe:
+            for line in pipe:
+                if not _NATIVE_LOG.match(line.decode("utf-8", "replace")):
+                    out.write(line)
+
+    thread = threading.Thread(target=pump, name="tfopt-stderr", daemon=True)
+    thread.start()
+
+    def restore():
+        try:
+            sys.stderr.flush()
+            os.dup2(saved, 2)  # closes the pipe's last writer: the pump sees end of file
+        except (OSError, ValueError):
+            return
+        thread.join(timeout=2)
+
+    import atexit
+
+    atexit.register(restore)
 
 
 class _Group(click.Group):
@@ -31,8 +89,11 @@ def _sigterm(signum, frame):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tfopt")
-def cli():
+@click.option("-v", "--verbose", is_flag=True, help="Also show TensorFlow's own log lines and warnings.")
+def cli(verbose):
     """Train CNNs from YAML recipes, then make them smaller and faster."""
+    if not verbose:
+        _quiet_native_logs()
 
 
 set_option = click.option(
@@ -216,11 +277,31 @@ def _finetune_options(f):
     return click.option("--epochs", type=int, help="Fine-tune epochs.")(f)
 
 
+_SUFFIX = {"prune": "pruned", "cluster": "clustered", "export": "export", "fold_bn": "folded",
+           "structured": "channels", "remove": "removed"}
+
+
+def _output_free(step, src, given, output, overwrite):
+    """Refuse an existing output folder before any work, as ``fit`` does."""
+    from pathlib import Path
+
+    from tfopt.rundir import RunDir
+
+    if step == "quantize":
+        suffix = given.get("mode") or src.recipe.optimize.quantize.mode
+    elif step == "remove" and given.get("analyze") and given.get("budget") is None and not given.get("layers"):
+        return
+    else:
+        suffix = _SUFFIX[step]
+    RunDir(Path(output or src.recipe.output.dir) / f"{src.name}-{suffix}", overwrite=overwrite).check()
+
+
 def _run_step(step, source, recipe, overrides, output, overwrite, given):
     from tfopt.optimize import commands
     from tfopt.optimize.source import load_source
 
     src = load_source(source, recipe, overrides)
+    _output_free(step, src, given, output, overwrite)
     fn = getattr(commands, f"run_{step}")
     fn(src, given, output=output, overwrite=overwrite, log=click.echo)
 

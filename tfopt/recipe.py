@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_valid
 from tfopt.callback_configs import CALLBACKS
 from tfopt.data.config import DATASETS
 from tfopt.errors import RecipeError
-from tfopt.limits import MAX_LAYERS, MAX_SEED, YamlLimitError, load_yaml, read_text
+from tfopt.limits import MAX_DEPTH, MAX_LAYERS, MAX_SEED, YamlLimitError, load_yaml, read_text
 from tfopt.losses import LOSSES, METRICS
 from tfopt.models.layers import INITIALIZERS, LAYERS, Initializer, Regularizer, layer_names, plan
 from tfopt.optimize.config import Export, Optimize
@@ -330,6 +330,8 @@ def parse_yaml(text: str, source: str):
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if "nesting depth" in problem:
+            problem += f" (limit: nesting depth {MAX_DEPTH})"
         raise RecipeError(source, [(None, f"invalid YAML{where}: {problem}")]) from None
     if data is None:
         data = {}
