@@ -128,6 +128,11 @@ def load_npz(cfg, seed):
     p = Path(cfg.path).expanduser()
     if not p.is_file():
         raise DataError(f"data.path: npz file '{p}' does not exist.")
+    with open(p, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":
+        raise DataError(f"data.path: '{p}' is not an .npz archive (an npz file is a zip archive written by "
+                        f"numpy.savez with x_train, y_train, x_test and y_test).")
     try:
         with np.load(p, allow_pickle=False) as f:
             missing = [k for k in IDX_FILES if k not in f.files]
