@@ -1,0 +1,263 @@
+"""Keras 3 <-> tf_keras conversion: exact outputs, refusals by name, files of either kind, a clean process."""
+
+import json
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tf_keras
+
+from tests.conftest import python_c
+from tfopt import interop
+from tfopt.errors import TfoptError
+from tfopt.interop import from_tf_keras, load_model, max_relative_difference, model_kind, save_like, to_tf_keras
+from tfopt.models.builder import build_model
+from tfopt.models.layers import ACTIVATIONS
+from tfopt.recipe import Model
+
+
+def randomize(model, seed=0, bn_only=False):
+    """Random weights everywhere, BN statistics included, so a wrong mapping shows in the outputs.
+
+    ``bn_only``: mild BN statistics only, for deep networks whose initial weights would turn
+    float32 rounding into large differences once every layer is random.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if bn_only:
+            if type(layer).__name__ == "BatchNormalization":
+                g, b, m, v = layer.get_weights()
+                layer.set_weights([rng.uniform(0.8, 1.2, g.shape).astype("float32"),
+                                   rng.normal(0, 0.1, b.shape).astype("float32"),
+                                   rng.normal(0, 0.1, m.shape).astype("float32"),
+                                   rng.uniform(0.8, 1.2, v.shape).astype("float32")])
+            continue
+        w = []
+        for var in layer.weights:
+            positive = any(k in var.name for k in ("gamma", "variance"))
+            w.append(rng.uniform(0.5, 1.5, var.shape) if positive else rng.normal(0, 0.4, var.shape))
+        if w:
+            layer.set_weights([a.astype("float32") for a in w])
+
+
+def outputs(model, x):
+    y = model(x, training=False)
+    return [np.asarray(t) for t in y] if isinstance(y, (list, tuple)) else [np.asarray(y)]
+
+
+def assert_same(a, b, x):
+    for ya, yb in zip(outputs(a, x), outputs(b, x)):
+        assert ya.shape == yb.shape
+        assert max_relative_difference(ya, yb) <= 1e-5
+
+
+def builder_model():
+    """Every layer type and activation the recipe builder emits, in one tf_keras model."""
+    layers = [{"type": "conv2d", "filters": 6, "batch_norm": True, "activation": "relu6"},
+              {"type": "depthwise_conv2d", "depth_multiplier": 2, "batch_norm": True, "activation": "leaky_relu"},
+              {"type": "separable_conv2d", "filters": 5, "activation": "swish", "kernel_regularizer": {"l2": 1e-4}},
+              {"type": "residual", "filters": 5}, {"type": "residual", "filters": 7, "strides": 2},
+              {"type": "spatial_dropout", "rate": 0.1}, {"type": "batch_norm", "center": False},
+              {"type": "max_pool", "pool_size": 1}, {"type": "avg_pool", "pool_size": 2, "padding": "same"}]
+    layers += [{"type": "activation", "activation": a} for a in ACTIVATIONS if a != "softmax"]
+    layers += [{"type": "conv2d", "filters": 4, "activation": "elu", "kernel_size": 1}, {"type": "flatten"},
+               {"type": "dropout", "rate": 0.2}, {"type": "dense", "units": 8, "activation": "gelu"},
+               {"type": "dense", "units": 3, "activation": "softmax"}]
+    return build_model(Model.model_validate({"layers": layers}), (8, 8, 3))
+
+
+def test_every_builder_layer_round_trips_through_keras3():
+    model = builder_model()
+    randomize(model)
+    x = np.random.default_rng(1).normal(size=(5, 8, 8, 3)).astype("float32")
+    k3 = from_tf_keras(model, "keras3")
+    assert model_kind(k3) == "keras3" and all(type(layer).__module__.startswith("keras.") for layer in k3.layers)
+    back = to_tf_keras(k3)
+    assert model_kind(back) == "tf_keras"
+    assert_same(model, k3, x)
+    assert_same(model, back, x)
+    # the same layers, names and weights, except the composite leaky_relu/relu6 activations stay stock layers
+    assert [layer.name for layer in back.layers] == [layer.name for layer in model.layers]
+    assert [type(layer).__name__ for layer in back.layers] == [type(layer).__name__ for layer in model.layers]
+    assert back.get_layer("sepconv1").depthwise_regularizer.l2 == pytest.approx(1e-4)
+    assert from_tf_keras(model, "tf_keras") is model and to_tf_keras(model) is model
+
+
+def keras3_graph():
+    """A Keras 3 functional model with the layers MobileNet/ResNet-style graphs use, and scalar ops."""
+    L = keras.layers
+    inp = keras.Input((10, 10, 3), name="image")
+    x = L.Rescaling(1 / 127.5, offset=-1, name="rescale")(inp)
+    x = L.ZeroPadding2D(((1, 0), (0, 1)), name="pad")(x)
+    x = L.Conv2D(8, 3, strides=2, name="conv")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU(6.0, name="relu6")(x)
+    a = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    a = L.Activation("hard_silu", name="hswish")(a)
+    b = L.Conv2D(8, 1, activation="hard_sigmoid", name="pw")(x)
+    s = L.ReLU(6.0, name="hs_relu")(b + 3.0) * (1.0 / 6.0)
+    x = L.Add(name="sum")([a, s])
+    c = L.Concatenate(name="cat")([x, L.LeakyReLU(negative_slope=0.1, name="leaky")(x)])
+    c = L.UpSampling2D(name="up")(c)
+    c = L.Cropping2D(1, name="crop")(c)
+    c = L.Reshape((8, 8, 2, 8), name="split")(c)
+    c = L.Reshape((8, 8, 16), name="merge")(c)
+    g = L.GlobalAveragePooling2D(name="gap")(c)
+    out1 = L.Dense(4, activation="softmax", name="probs")(L.Dropout(0.3, name="drop")(g))
+    out2 = L.Dense(2, name="logits")(g)
+    return keras.Model(inp, [out1, out2], name="graph")
+
+
+def test_keras3_graph_converts_exactly_and_back():
+    model = keras3_graph()
+    randomize(model, 2)
+    x = np.random.default_rng(2).uniform(0, 255, size=(4, 10, 10, 3)).astype("float32")
+    tk = to_tf_keras(model)
+    assert all(type(layer).__module__.startswith("tf_keras") for layer in tk.layers)
+    names = {layer.name for layer in tk.layers}
+    assert {"rescale", "pad", "conv", "bn", "relu6", "dw", "hswish", "pw", "sum", "cat", "leaky", "up", "crop",
+            "split", "merge", "gap", "probs", "logits"} <= names
+    assert tk.get_layer("leaky").alpha == pytest.approx(0.1)
+    assert tk.get_layer("relu6").max_value == 6.0
+    assert_same(model, tk, x)
+    back = from_tf_keras(tk, "keras3")
+    assert_same(model, back, x)
+
+
+def test_sequential_and_nested_models_convert():
+    L = keras.layers
+    seq = keras.Sequential([keras.Input((6,)), L.Dense(5, activation="tanh", name="d1"), L.Dense(2, name="d2")],
+                           name="seq")
+    inner = keras.Sequential([keras.Input((4, 4, 2)), L.Conv2D(3, 3, padding="same", name="inner_conv"),
+                              L.BatchNormalization(name="inner_bn")], name="inner")
+    inp = keras.Input((4, 4, 2))
+    nested = keras.Model(inp, L.Dense(2, name="head")(L.Flatten(name="flat")(inner(inp, training=False))))
+    for model, shape in [(seq, (3, 6)), (nested, (3, 4, 4, 2))]:
+        randomize(model, 3)
+        x = np.random.default_rng(3).normal(size=shape).astype("float32")
+        tk = to_tf_keras(model)
+        assert_same(model, tk, x)
+    assert [layer.name for layer in to_tf_keras(nested).layers][1:] == ["inner_conv", "inner_bn", "flat", "head"]
+
+
+class Scale(keras.layers.Layer):
+    def call(self, x):
+        return 2 * x
+
+
+class MyDense(keras.layers.Dense):
+    pass
+
+
+def test_lambda_and_custom_layers_are_refused_before_any_work(monkeypatch):
+    monkeypatch.setattr(interop, "_Builder", None)  # building anything would fail with a TypeError
+    inp = keras.Input((4,))
+    x = keras.layers.Lambda(lambda t: t * 2, name="double")(inp)
+    x = Scale(name="scale")(x)
+    model = keras.Model(inp, MyDense(2, name="mine")(x))
+    with pytest.raises(TfoptError) as err:
+        to_tf_keras(model)
+    msg = str(err.value)
+    assert msg.startswith(f"model '{model.name}' cannot be converted from keras3 to tf_keras: ")
+    assert "layer 'double' (Lambda) runs arbitrary Python code; replace it with built-in layers" in msg
+    assert f"layer 'scale' (Scale from {__name__}) is not a built-in layer tfopt can convert" in msg
+    assert f"layer 'mine' (MyDense from {__name__}) is not a built-in layer" in msg
+    assert msg.endswith("tfopt converts built-in layers only: rebuild these parts from built-in layers "
+                        "(keras.layers), or convert the model yourself.")
+
+
+def test_a_conversion_that_changes_the_outputs_is_refused(monkeypatch):
+    inp = keras.Input((3, 3, 2))
+    model = keras.Model(inp, keras.layers.Activation("hard_silu", name="hs")(inp), name="hs_model")
+    monkeypatch.setattr(interop._Builder, "_post", lambda self, name, post, x: x)  # drop hard_silu
+    with pytest.raises(TfoptError, match=r"model 'hs_model': the converted model's outputs differ from the "
+                                         r"original's by [\d.]+ \(relative to the largest output\), more than the "
+                                         r"allowed 1e-05"):
+        to_tf_keras(model)
+
+
+def test_unknown_model_kinds_and_subclassed_models_are_refused():
+    with pytest.raises(TfoptError, match="expected a Keras model .* but received str"):
+        to_tf_keras("model.keras")
+
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(TfoptError, match="is subclassed; tfopt converts Sequential and functional models only"):
+        to_tf_keras(Sub())
+
+
+def test_files_load_as_the_kind_they_were_saved_from(tmp_path):
+    model = keras3_graph()
+    randomize(model, 4)
+    x = np.random.default_rng(4).normal(size=(2, 10, 10, 3)).astype("float32")
+    model.save(tmp_path / "k3.keras")
+    loaded = load_model(tmp_path / "k3.keras")
+    assert model_kind(loaded) == "keras3"
+    tk, kind = interop.load_as_tf_keras(tmp_path / "k3.keras")
+    assert kind == "keras3" and model_kind(tk) == "tf_keras"
+    assert_same(model, tk, x)
+    save_like(tk, "keras3", tmp_path / "out.keras")
+    again = keras.saving.load_model(tmp_path / "out.keras")
+    assert_same(model, again, x)
+    save_like(tk, "tf_keras", tmp_path / "tk.keras")
+    assert model_kind(load_model(tmp_path / "tk.keras")) == "tf_keras"
+    from tfopt.export import load_keras
+
+    with pytest.raises(TfoptError, match=r"k3.keras is a Keras 3 model file; load it with tfopt.interop.load_model"):
+        load_keras(tmp_path / "k3.keras")
+
+
+@pytest.mark.parametrize("name", ["MobileNetV2", "MobileNetV3Small"])
+def test_keras_applications_convert_exactly(name):
+    kw = {"alpha": 0.35} if name == "MobileNetV2" else {}
+    model = getattr(keras.applications, name)(input_shape=(64, 64, 3), weights=None, classifier_activation=None,
+                                              **kw)
+    randomize(model, 5, bn_only=True)
+    x = np.random.default_rng(5).uniform(0, 255, size=(2, 64, 64, 3)).astype("float32")
+    tk = to_tf_keras(model)
+    assert_same(model, tk, x)
+    assert_same(model, from_tf_keras(tk, "keras3"), x)
+
+
+@pytest.mark.slow
+def test_resnet50_converts_exactly():
+    model = keras.applications.ResNet50(input_shape=(64, 64, 3), weights=None, classifier_activation=None)
+    randomize(model, 6, bn_only=True)
+    x = np.random.default_rng(6).uniform(0, 255, size=(2, 64, 64, 3)).astype("float32")
+    tk = to_tf_keras(model)
+    assert_same(model, tk, x)
+    assert_same(model, from_tf_keras(tk, "keras3"), x)
+
+
+def test_the_users_process_is_left_as_it_was():
+    code = textwrap.dedent("""
+        import json, os
+        import numpy as np
+        import tensorflow as tf
+        import tfopt
+        import keras
+        from tfopt.interop import from_tf_keras, import_tfmot, to_tf_keras
+        before = {"env": os.environ.get("TF_USE_LEGACY_KERAS"), "version": None}
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)])
+        back = from_tf_keras(to_tf_keras(m), "keras3")
+        tfmot = import_tfmot()
+        import tensorflow_model_optimization  # the user's own import is the same module, no new side effect
+        pruned = tfmot.sparsity.keras.prune_low_magnitude(to_tf_keras(m))
+        after = {"env": os.environ.get("TF_USE_LEGACY_KERAS"), "tf_keras_version": tf.keras.version(),
+                 "tf_keras_is_keras3": tf.keras.Model is keras.Model}
+        x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+        y = np.random.default_rng(1).integers(0, 2, 32)
+        back.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        hist = back.fit(x, y, epochs=2, verbose=0)
+        after["fit_losses"] = len(hist.history["loss"])
+        after["pruned_kind"] = type(pruned).__module__.split(".")[0]
+        print(json.dumps(after))
+    """)
+    proc = python_c(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"env": None, "tf_keras_version": keras.__version__, "tf_keras_is_keras3": True,
+                      "fit_losses": 2, "pruned_kind": "tf_keras"}
