@@ -206,8 +206,12 @@ def test_files_load_as_the_kind_they_were_saved_from(tmp_path):
     assert model_kind(load_model(tmp_path / "tk.keras")) == "tf_keras"
     from tfopt.export import load_keras
 
-    with pytest.raises(TfoptError, match=r"k3.keras is a Keras 3 model file; load it with tfopt.interop.load_model"):
-        load_keras(tmp_path / "k3.keras")
+    via_export = load_keras(tmp_path / "k3.keras")  # what report, fit --resume and tune read files with
+    assert model_kind(via_export) == "tf_keras"
+    assert_same(model, via_export, x)
+    (tmp_path / "bad.keras").write_bytes(b"not a model")
+    with pytest.raises(TfoptError, match=r"bad.keras: not a loadable tf_keras model \("):
+        load_model(tmp_path / "bad.keras")
 
 
 @pytest.mark.parametrize("name", ["MobileNetV2", "MobileNetV3Small"])
@@ -261,3 +265,75 @@ def test_the_users_process_is_left_as_it_was():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"env": None, "tf_keras_version": keras.__version__, "tf_keras_is_keras3": True,
                       "fit_losses": 2, "pruned_kind": "tf_keras"}
+
+
+DIGITS_RECIPE = """
+name: digits3
+seed: 0
+data: {name: digits, validation_split: 0.1, normalize: scale}
+model:
+  layers:
+    - {type: conv2d, filters: 8, activation: relu}
+    - {type: flatten}
+    - {type: dense, units: 10, activation: softmax}
+train: {epochs: 1, batch_size: 32}
+output: {tensorboard: false, saved_model: false, plot: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def keras3_digits(tmp_path_factory):
+    """A plain Keras 3 model trained on the bundled digits, saved as ``.keras``, and a recipe for its data."""
+    from sklearn.datasets import load_digits
+
+    keras.utils.set_random_seed(0)
+    d = load_digits()
+    x, y = d.images[..., None].astype("float32") / 16.0, d.target
+    L = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(16, 3, padding="same", activation="relu"),
+                              L.MaxPooling2D(), L.Conv2D(32, 3, padding="same"), L.BatchNormalization(), L.ReLU(),
+                              L.Flatten(), L.Dense(32, activation="relu"), L.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")  # no string metrics: see DESIGN.md
+    model.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    folder = tmp_path_factory.mktemp("k3")
+    model.save(folder / "digits.keras")
+    (folder / "digits.yaml").write_text(DIGITS_RECIPE)
+    return folder, model, x, y
+
+
+def tfopt_cli(*args):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    return subprocess.run([sys.executable, "-m", "tfopt.cli", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True)
+
+
+def test_cli_prunes_and_quantizes_a_keras3_file(keras3_digits, tmp_path):
+    folder, model, x, y = keras3_digits
+    res = tfopt_cli("prune", folder / "digits.keras", "--recipe", folder / "digits.yaml", "--sparsity", "0.75",
+                    "--epochs", "2", "--output", tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    out = tmp_path / "digits-pruned" / "model.keras"
+    pruned = keras.saving.load_model(out)  # written as Keras 3, like its input
+    assert model_kind(pruned) == "keras3"
+    kernels = [layer.kernel.numpy() for layer in pruned.layers if type(layer).__name__ in ("Conv2D", "Dense")]
+    zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+    assert 0.7 <= zeros <= 0.8
+    acc = float(np.mean(pruned.predict(x, verbose=0).argmax(1) == y))
+    assert acc > 0.8
+    res = tfopt_cli("quantize", folder / "digits.keras", "--recipe", folder / "digits.yaml", "--mode", "int8",
+                    "--output", tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    run = tmp_path / "digits-int8"
+    tflite = list(run.glob("*.tflite"))
+    assert len(tflite) == 1 and tflite[0].stat().st_size > 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["source"] == str(folder / "digits.keras")
+    assert model_kind(keras.saving.load_model(run / "model.keras")) == "keras3"
+    # a run directory written for a Keras 3 input is itself a valid SOURCE
+    res = tfopt_cli("fold-bn", tmp_path / "digits-pruned", "--output", tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert model_kind(load_model(tmp_path / "digits-pruned-folded" / "model.keras")) == "keras3"

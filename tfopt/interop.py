@@ -138,25 +138,64 @@ def _libraries(kind):
     return tf_keras
 
 
+def file_kind(path) -> str:
+    """``"keras3"`` for a ``.keras``/``.h5`` file written by Keras 3, else ``"tf_keras"``.
+
+    Read from the file's own record of the Keras version (``metadata.json`` in a ``.keras``
+    archive, the ``keras_version`` attribute of an HDF5 file); TensorFlow is not imported.
+    """
+    import json
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise TfoptError(f"model file {path} does not exist.")
+    version = None
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                version = json.loads(archive.read("metadata.json")).get("keras_version")
+        except (KeyError, ValueError, zipfile.BadZipFile):
+            version = None
+    elif path.is_file() and path.suffix in (".h5", ".hdf5"):
+        try:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                version = f.attrs.get("keras_version")
+        except (OSError, ImportError):
+            version = None
+    if isinstance(version, bytes):
+        version = version.decode()
+    return "keras3" if isinstance(version, str) and version.startswith("3.") else "tf_keras"
+
+
+def _load_error(path, kind, exc):
+    detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+    what = "tf_keras model" if kind == "tf_keras" else "Keras 3 model"
+    return TfoptError(f"{path}: not a loadable {what} ({type(exc).__name__}: {detail}).")
+
+
 def load_model(path):
     """The model stored at ``path``, of the kind it was saved from.
 
     A tf_keras ``.keras``/``.h5`` file or SavedModel folder loads as tf_keras; a ``.keras`` or
     ``.h5`` file written by Keras 3 loads as a Keras 3 model (uncompiled).
+
+    Example:
+        >>> model = load_model("model.keras")
+        >>> model_kind(model)
+        'keras3'
     """
-    from tfopt.export import file_kind, load_keras
-
     path = Path(path)
-    if file_kind(path) == "tf_keras":
-        return load_keras(path)
-    import keras
-
+    kind = file_kind(path)
+    lib = _libraries(kind)
     try:
-        return keras.saving.load_model(path, compile=False)
+        if kind == "keras3":
+            return lib.saving.load_model(path, compile=False)
+        return lib.models.load_model(path)
     except Exception as exc:  # loaders raise many types for a bad file
-        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
-        raise TfoptError(f"{path}: a Keras 3 model file that Keras 3 cannot load ({type(exc).__name__}: "
-                         f"{detail}).") from None
+        raise _load_error(path, kind, exc) from None
 
 
 def load_as_tf_keras(path):
@@ -166,24 +205,33 @@ def load_as_tf_keras(path):
     return to_tf_keras(model), kind
 
 
-def save_like(model, kind, path, include_optimizer: bool = False) -> Path:
-    """Save a tf_keras ``model`` as a ``.keras`` file of ``kind`` (converted for ``"keras3"``),
-    atomically, so a Keras 3 user's output loads with ``keras.saving.load_model``."""
-    from tfopt.export import save_keras
+def plain_copy(model):
+    """An uncompiled copy of a model with the same weights: saves without optimizer state."""
+    lib = _libraries(model_kind(model))
+    copy = lib.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
 
-    if kind == "tf_keras":
-        return save_keras(model, path, include_optimizer=include_optimizer)
-    if kind != "keras3":
-        raise TfoptError(f"unknown model kind '{kind}'; expected one of {', '.join(KINDS)}.")
+
+def save_atomic(model, path) -> Path:
+    """``model.save(path)`` under a temporary name, then renamed: no half-written file."""
     path = Path(path)
-    out = from_tf_keras(model, "keras3") if model_kind(model) == "tf_keras" else model
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix or '.keras'}")
     try:
-        out.save(tmp)
+        model.save(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_like(model, kind, path) -> Path:
+    """Save a tf_keras ``model`` (no optimizer state) as a ``.keras`` file of ``kind``, converted
+    for ``"keras3"``, so a Keras 3 user's output loads with ``keras.saving.load_model``."""
+    if kind not in KINDS:
+        raise TfoptError(f"unknown model kind '{kind}'; expected one of {', '.join(KINDS)}.")
+    out = from_tf_keras(model, kind) if model_kind(model) == "tf_keras" else model
+    return save_atomic(plain_copy(out) if out is model else out, path)
 
 
 # ---- conversion ------------------------------------------------------------------------------

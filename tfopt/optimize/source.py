@@ -13,16 +13,20 @@ from tfopt.rundir import PARTIAL
 
 @dataclass
 class Source:
+    """A model to optimize, always tf_keras here; ``kind`` is what the file held (``"tf_keras"``
+    or ``"keras3"``), so outputs can be written as the same kind (``interop.save_like``)."""
+
     model: object
     recipe: object
     name: str
     path: Path
     metrics: dict | None = None
+    kind: str = "tf_keras"
 
 
 def load_source(path, recipe=None, overrides=()) -> Source:
     """Load ``path`` (a run directory, or a ``.keras``/``.h5``/SavedModel with ``recipe``)."""
-    from tfopt.export import load_keras
+    from tfopt.interop import load_as_tf_keras
     from tfopt.recipe import load_recipe
 
     p = Path(path)
@@ -32,15 +36,16 @@ def load_source(path, recipe=None, overrides=()) -> Source:
         if not (p / "model.keras").is_file():
             raise TfoptError(f"{p} is a run directory without model.keras; there is no Keras model to optimize.")
         r = load_recipe(recipe or p / "recipe.yaml", overrides)
-        model = load_keras(p / "model.keras")
+        model, kind = load_as_tf_keras(p / "model.keras")
         metrics_path = p / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-        source = Source(model, r, p.name, p, metrics)
+        source = Source(model, r, p.name, p, metrics, kind)
     elif p.exists():
         if recipe is None:
             raise TfoptError(f"{p} is a model file: pass --recipe RECIPE so tfopt knows its data and training settings.")
         r = load_recipe(recipe, overrides)
-        source = Source(load_keras(p), r, p.stem if p.is_file() else p.name, p)
+        model, kind = load_as_tf_keras(p)
+        source = Source(model, r, p.stem if p.is_file() else p.name, p, kind=kind)
     else:
         raise TfoptError(f"{p} does not exist: give a run directory from tfopt fit, or a model file with --recipe.")
     check_matches(source)
