@@ -89,11 +89,10 @@ def _sigterm(signum, frame):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tfopt")
-@click.option("-v", "--verbose", is_flag=True, help="Also show TensorFlow's own log lines and warnings.")
-def cli(verbose):
+@click.option("-v", "--verbose", is_flag=True, expose_value=False,
+              help="Also show TensorFlow's own log lines and warnings (any command takes it).")
+def cli():
     """Train CNNs from YAML recipes, then make them smaller and faster."""
-    if not verbose:
-        _quiet_native_logs()
 
 
 set_option = click.option(
@@ -503,8 +502,18 @@ def fold_bn(source, recipe, overrides, output, overwrite):
     _run_step("fold_bn", source, recipe, overrides, output, overwrite, {})
 
 
+VERBOSE = ("-v", "--verbose")
+
+
 def main():
+    if not any(arg in VERBOSE for arg in sys.argv[1:]):
+        _quiet_native_logs()
     cli(prog_name="tfopt")
+
+
+for _command in cli.commands.values():
+    _command.params.append(click.Option(list(VERBOSE), is_flag=True, expose_value=False,
+                                        help="Also show TensorFlow's own log lines and warnings."))
 
 
 if __name__ == "__main__":
