@@ -309,3 +309,13 @@ def test_native_log_lines_are_hidden_unless_verbose():
         assert noise not in quiet.stderr
     loud = subprocess.run(cmd + ["--verbose"], cwd=REPO, capture_output=True, text=True, env=env)
     assert loud.returncode == 0 and "absl::InitializeLog" in loud.stderr
+
+
+def test_optimization_commands_name_what_the_folder_lacks(tmp_path):
+    (tmp_path / "empty").mkdir()
+    refused(run("prune", tmp_path / "empty"), "is an empty folder")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model.keras").write_bytes(b"")
+    text = refused(run("quantize", run_dir), "recipe.yaml is missing")
+    assert "is a model file" not in text

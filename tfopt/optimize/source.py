@@ -40,6 +40,17 @@ def load_source(path, recipe=None, overrides=()) -> Source:
         metrics_path = p / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         source = Source(model, r, p.name, p, metrics, kind)
+    elif p.is_dir() and (p / "model.keras").is_file() and recipe is not None:
+        r = load_recipe(recipe, overrides)
+        model, kind = load_as_tf_keras(p / "model.keras")
+        source = Source(model, r, p.name, p, kind=kind)
+    elif p.is_dir() and not (p / "saved_model.pb").is_file():
+        if (p / "model.keras").is_file():
+            raise TfoptError(f"{p} looks like a run directory but its recipe.yaml is missing; pass --recipe RECIPE "
+                             f"naming its data, or give {p / 'model.keras'} with --recipe.")
+        what = "an empty folder" if not any(p.iterdir()) else "a folder that is neither a run directory"
+        raise TfoptError(f"{p} is {what}{' (no recipe.yaml and model.keras) nor a SavedModel' if 'neither' in what else ''}"
+                         f": give a run directory from tfopt fit, or a model file (.keras, .h5, SavedModel) with --recipe.")
     elif p.exists():
         if recipe is None:
             raise TfoptError(f"{p} is a model file: pass --recipe RECIPE so tfopt knows its data and training settings.")
