@@ -320,3 +320,139 @@ def test_surgery_on_every_bundled_architecture(name):
                                rtol=1e-4, atol=1e-6)
     assert model_stats(pruned)["macs"] < 0.5 * model_stats(model)["macs"]
     assert set(report["protected"]) == {model.layers[-1].name}  # only the output layer stays whole
+
+
+# ---- channel tracing through transparent layers and concatenations ---------------------------
+
+def _check_masked(model, ratio=0.5, seed=0, shape=None):
+    """Prune, compare with the masked original, reload; returns the report."""
+    randomize_bn(model, seed)
+    pruned, report = prune_channels(model, ratio=ratio)
+    plan = plan_channels(model, ratio=ratio)
+    x = np.random.default_rng(seed).normal(size=(3, *(shape or model.input_shape[1:]))).astype("float32")
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), masked_copy(model, plan["keep"]).predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    assert model_stats(pruned)["macs"] < model_stats(model)["macs"]
+    return pruned, report
+
+
+def test_transparent_layers_are_traced_through():
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="c1")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU(6.0, name="relu")(x)
+    x = L.ZeroPadding2D(1, name="pad")(x)
+    x = L.DepthwiseConv2D(3, name="dw")(x)
+    x = L.Rescaling(0.5, offset=1.0, name="scale")(x)
+    x = L.UpSampling2D(name="up")(x)
+    x = L.Cropping2D(2, name="crop")(x)
+    x = L.Conv2D(6, 1, name="c2")(x)
+    g = L.GlobalAveragePooling2D(name="gap")(x)
+    g = L.Reshape((1, 1, 6), name="to_map")(g)  # keeps the channel axis: traced, its shape follows
+    y = L.Conv2D(4, 1, name="c3")(g)
+    y = L.Reshape((2, 2), name="fold")(y)  # changes the channel axis: c3 stays whole
+    model = keras.Model(inp, L.Flatten(name="flat")(y))
+    pruned, report = _check_masked(model)
+    assert report["kept"] == {"c1": 4, "c2": 3}
+    assert report["protected"] == {"c3": "its channels reach fold (Reshape)"}
+    assert pruned.get_layer("to_map").target_shape == (1, 1, 3)
+    assert pruned.get_layer("dw").get_weights()[0].shape == (3, 3, 4, 1)
+
+
+def test_concatenations_are_pruned_with_the_concatenated_index_mapping(tmp_path):
+    L = keras.layers
+    inp = keras.Input((6, 6, 2))
+    a = L.Conv2D(6, 3, padding="same", name="a")(inp)
+    b = L.ReLU(name="b_relu")(L.Conv2D(4, 3, padding="same", name="b")(inp))
+    cat = L.Concatenate(name="cat")([a, inp, b])  # the raw input's 2 channels stay
+    x = L.BatchNormalization(name="cat_bn")(cat)
+    s = L.Conv2D(5, 1, name="sink")(x)
+    f = L.Dense(3, name="head")(L.Flatten(name="flat")(x))
+    model = keras.Model(inp, [s, f])
+    model.get_layer("a").set_weights([np.arange(6, dtype="float32")[None, None, None, :] * np.ones((3, 3, 2, 6)),
+                                      np.zeros(6, "float32")])
+    plan = plan_channels(model, ratio=0.5)
+    assert plan["keep"]["a"].tolist() == [3, 4, 5]  # l1: the largest filters
+    concat = plan["groups"].concats["cat"]
+    assert [n for _, n in concat.parts] == [6, 2, 4]
+    kept = concat.kept(plan["keep"]).tolist()
+    assert kept == [3, 4, 5, 6, 7] + [8 + i for i in plan["keep"]["b"]]
+    randomize_bn(model, 1)
+    pruned, report = prune_channels(model, ratio=0.5)
+    x = np.random.default_rng(1).normal(size=(3, 6, 6, 2)).astype("float32")
+    masked = masked_copy(model, plan["keep"])
+    for got, ref in zip(pruned.predict(x, verbose=0), masked.predict(x, verbose=0)):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert report["kept"] == {"a": 3, "b": 2}
+    assert pruned.get_layer("sink").get_weights()[0].shape == (1, 1, 7, 5)
+    assert pruned.get_layer("head").get_weights()[0].shape == (36 * 7, 3)
+    assert pruned.get_layer("cat_bn").get_weights()[0].shape == (7,)
+    pruned.save(tmp_path / "p.keras")
+    again = keras.models.load_model(tmp_path / "p.keras")
+    np.testing.assert_allclose(again.predict(x, verbose=0)[0], pruned.predict(x, verbose=0)[0], rtol=1e-6)
+
+
+def test_a_concatenation_that_reaches_the_output_protects_its_inputs():
+    L = keras.layers
+    inp = keras.Input((4, 4, 1))
+    a = L.Conv2D(4, 1, name="a")(inp)
+    b = L.Conv2D(4, 1, name="b")(inp)
+    model = keras.Model(inp, L.Concatenate(name="cat")([a, b]))
+    _, report = prune_channels(model, ratio=0.5)
+    why = "its channels reach cat whose output cannot be pruned (cat is a model output)"
+    assert report["protected"] == {"a": why, "b": why}
+
+
+def test_small_keras3_mobilenetv2_prunes_its_expand_layers():
+    import keras as keras3
+
+    from tfopt.interop import from_tf_keras, max_relative_difference, to_tf_keras
+
+    k3 = keras3.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights=None,
+                                         classifier_activation=None)
+    model = to_tf_keras(k3)
+    pruned, report = _check_masked(model)
+    expands = [n for n in report["channels_before"] if n.endswith("_expand")]
+    assert len(expands) == 16 and all(report["kept"][n] == report["channels_before"][n] // 2 for n in expands)
+    assert report["protected"] == {"predictions": "predictions is a model output"}
+    assert model_stats(pruned)["macs"] < 0.4 * model_stats(model)["macs"]
+    back = from_tf_keras(pruned, "keras3")
+    x = np.random.default_rng(2).uniform(0, 255, size=(2, 96, 96, 3)).astype("float32")
+    assert max_relative_difference(np.asarray(back(x)), pruned.predict(x, verbose=0)) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MobileNetV2", "MobileNetV3Small", "ResNet50"])
+def test_keras_applications_fold_prune_and_int8_in_both_kinds(name):
+    import keras as keras3
+
+    from tfopt import tflite
+    from tfopt.interop import from_tf_keras, max_relative_difference, to_tf_keras
+
+    kw = {"alpha": 0.35} if name == "MobileNetV2" else {}
+    shape = (64, 64, 3) if name == "ResNet50" else (96, 96, 3)
+    k3 = getattr(keras3.applications, name)(input_shape=shape, weights=None, classifier_activation=None, **kw)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 255, size=(8, *shape)).astype("float32")
+    for kind in ("keras3", "tf_keras"):
+        model = to_tf_keras(k3)
+        if kind == "tf_keras":  # a tf_keras user's model: saved and reloaded as tf_keras
+            model = keras.Model.from_config(model.get_config())
+            model.set_weights(to_tf_keras(k3).get_weights())
+        folded, fold_report = fold_batchnorm(model)
+        assert fold_report["folded"] and max_relative_difference(folded.predict(x, verbose=0),
+                                                                 model.predict(x, verbose=0)) <= 1e-4
+        plan = plan_channels(folded, ratio=0.5)
+        pruned, report = prune_channels(folded, ratio=0.5)
+        ref = masked_copy(folded, plan["keep"]).predict(x, verbose=0)
+        assert max_relative_difference(pruned.predict(x, verbose=0), ref) <= 1e-4  # before any fine-tuning
+        assert set(report["protected"]) == {folded.layers[-1].name if name != "MobileNetV3Small" else "logits"}
+        assert model_stats(pruned)["macs"] < 0.5 * model_stats(folded)["macs"]
+        out = from_tf_keras(pruned, kind)
+        assert (type(out).__module__.split(".")[0]) == ("keras" if kind == "keras3" else "tf_keras")
+        blob = tflite.convert(to_tf_keras(out), "int8", representative=x)
+        got = tflite.predict(blob, x)
+        want = np.asarray(out(x, training=False))
+        assert got.shape == want.shape
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9

@@ -2,14 +2,19 @@
 
 For each conv, separable conv or dense layer (a *source*) the output channels are followed
 through the layers that keep channels apart (BatchNorm, activations, dropout, pooling,
-depthwise convs with depth multiplier 1, global average pooling, flatten) to the layers that
-read them (the *sinks*: a conv's or separable conv's input channels, a dense layer's rows).
-Removing a channel then removes the source's filter, the BN statistics, the depthwise
-filter, and the sink's input weights (for flatten → dense, every row of that channel).
-Sources whose channels meet in a residual Add are pruned as one group: the same channels
-leave every one of them, ranked by their summed scores. A group whose channels reach a
-Concatenate, the model output, the model input (an identity shortcut from it) or an unknown
-layer is protected and the reason is reported.
+depthwise convs with depth multiplier 1, global pooling, flatten) and the channel-transparent
+ones (ZeroPadding2D, Cropping2D, UpSampling2D, a scalar Rescaling, a Reshape that keeps the
+channel axis) to the layers that read them (the *sinks*: a conv's or separable conv's input
+channels, a dense layer's rows). Removing a channel then removes the source's filter, the BN
+statistics, the depthwise filter, and the sink's input weights (for flatten → dense, every
+row of that channel). Sources whose channels meet in an element-wise merge (Add, Multiply,
+Subtract, Average, Maximum, Minimum: residuals, squeeze-and-excitation) are pruned as one
+group: the same channels leave every one of them, ranked by their summed scores. A
+Concatenate on the channel axis joins channel spaces side by side: each input group is pruned
+on its own, and the layers after the concatenation read the kept channels at their offsets
+(the concatenated index mapping). A group whose channels reach the model output, the model
+input (an identity shortcut from it) or an unknown layer is protected and the reason is
+reported.
 """
 
 from __future__ import annotations
@@ -32,8 +37,16 @@ def _kinds():
     L = keras.layers
     source = (L.Conv2D, L.SeparableConv2D, L.Dense)
     passthrough = (L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.Dropout, L.SpatialDropout2D,
-                   L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.Flatten)
+                   L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D, L.Flatten,
+                   L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D)
     return L, source, passthrough
+
+
+def _merges():
+    import tf_keras as keras
+
+    L = keras.layers
+    return (L.Add, L.Multiply, L.Subtract, L.Average, L.Maximum, L.Minimum)
 
 
 def is_source(layer) -> bool:
@@ -41,9 +54,28 @@ def is_source(layer) -> bool:
     return isinstance(layer, source) and not isinstance(layer, L.DepthwiseConv2D)
 
 
+def _transparent(layer) -> bool:
+    """Layers that move or scale values without mixing channels."""
+    L, _, passthrough = _kinds()
+    if isinstance(layer, passthrough):
+        return True
+    if isinstance(layer, L.DepthwiseConv2D):
+        return layer.depth_multiplier == 1
+    if isinstance(layer, L.Rescaling):
+        return np.ndim(layer.scale) == 0 and np.ndim(layer.offset) == 0
+    if isinstance(layer, L.Reshape):
+        return layer.input_shape[-1] == layer.output_shape[-1]
+    return False
+
+
+def _channel_concat(layer) -> bool:
+    L, _, _ = _kinds()
+    return isinstance(layer, L.Concatenate) and layer.axis in (-1, len(layer.output_shape) - 1)
+
+
 @dataclass
 class Group:
-    """One channel space: the sources that write it (several when an Add joins them) and every
+    """One channel space: the sources that write it (several when a merge joins them) and every
     layer that passes or reads it."""
 
     source: str
@@ -52,11 +84,68 @@ class Group:
     sinks: list = field(default_factory=list)  # (sink name, flatten name or None)
     blocked: str | None = None
     members: list = field(default_factory=list)  # the sources, ``source`` first
+    concats: list = field(default_factory=list)  # Concatenate layers the channels flow into
 
 
-def trace(model) -> dict:
-    """``{source name: Group}`` for every conv/separable/dense layer of ``model``."""
-    L, _, passthrough = _kinds()
+@dataclass
+class Concat:
+    """The channel space after a Concatenate: ``parts`` are ``(group or None, channels)`` in input
+    order (None: an input no group prunes); ``chain`` and ``sinks`` as in :class:`Group`."""
+
+    name: str
+    parts: list = field(default_factory=list)
+    chain: list = field(default_factory=list)
+    sinks: list = field(default_factory=list)
+    blocked: str | None = None
+
+    def kept(self, keep: dict) -> np.ndarray:
+        """Kept indices of the concatenated channels, given each input group's kept indices."""
+        out, offset = [], 0
+        for group, n in self.parts:
+            idx = keep.get(group) if group is not None else None
+            out.append(offset + (np.asarray(idx) if idx is not None else np.arange(n)))
+            offset += n
+        return np.concatenate(out).astype(int)
+
+
+class Groups(dict):
+    """``{source: Group}``, with ``concats``: ``{Concatenate name: Concat}``."""
+
+    concats: dict
+
+
+def _follow(start, layers, users, outputs, g):
+    """Walk the channels leaving ``start`` into ``g`` (chain, sinks, concats, blocked)."""
+    L, _, _ = _kinds()
+    merges = _merges()
+    stack = [(start, None)]
+    while stack and g.blocked is None:
+        name, flat = stack.pop()
+        if name in outputs:
+            g.blocked = f"{name} is a model output"
+            break
+        for user_name in users[name]:
+            user = layers[user_name]
+            if is_source(user):
+                if isinstance(user, L.Dense) and not (flat or len(layers[name].output_shape) == 2):
+                    g.blocked = f"{user_name} reads an image-shaped input"
+                g.sinks.append((user_name, flat))
+            elif _transparent(user) or isinstance(user, merges):
+                if user_name not in g.chain:
+                    g.chain.append(user_name)
+                    stack.append((user_name, user_name if isinstance(user, L.Flatten) else flat))
+            elif _channel_concat(user) and flat is None:
+                if user_name not in g.concats:
+                    g.concats.append(user_name)
+            else:
+                g.blocked = f"its channels reach {user_name} ({type(user).__name__})"
+                break
+
+
+def trace(model) -> Groups:
+    """``{source name: Group}`` for every conv/separable/dense layer of ``model``; the channel
+    spaces after each Concatenate are in the result's ``concats``."""
+    L, _, _ = _kinds()
     layers = {layer.name: layer for layer in model.layers}
     users = consumers(model)
     outputs = {t.node.layer.name for t in model.outputs}
@@ -65,38 +154,43 @@ def trace(model) -> dict:
         if not is_source(layer):
             continue
         g = Group(layer.name, int(layer.get_weights()[1 if isinstance(layer, L.SeparableConv2D) else 0].shape[-1]))
-        stack = [(layer.name, None)]
-        while stack and g.blocked is None:
-            name, flat = stack.pop()
-            if name in outputs:
-                g.blocked = f"{name} is a model output"
-                break
-            for user_name in users[name]:
-                user = layers[user_name]
-                if is_source(user):
-                    if isinstance(user, L.Dense) and not (flat or isinstance(layers[name], L.GlobalAveragePooling2D)
-                                                          or len(layers[name].output_shape) == 2):
-                        g.blocked = f"{user_name} reads an image-shaped input"
-                    g.sinks.append((user_name, flat))
-                elif isinstance(user, L.DepthwiseConv2D) and user.depth_multiplier == 1:
-                    g.chain.append(user_name)
-                    stack.append((user_name, flat))
-                elif isinstance(user, passthrough) or isinstance(user, L.Add):
-                    if user_name not in g.chain:
-                        g.chain.append(user_name)
-                        stack.append((user_name, user_name if isinstance(user, L.Flatten) else flat))
-                else:
-                    g.blocked = f"its channels reach {user_name} ({type(user).__name__})"
-                    break
+        _follow(layer.name, layers, users, outputs, g)
         g.members = [layer.name]
         groups[layer.name] = g
-    return _merge_at_adds(model, groups)
+    merged = Groups(_merge_at_adds(model, groups))
+    merged.concats = _link_concats(model, merged, layers, users, outputs)
+    return merged
+
+
+def _link_concats(model, groups: dict, layers, users, outputs) -> dict:
+    """Trace the channels after each channel-axis Concatenate, map its inputs to the groups that
+    write them, and protect the groups whose concatenated channels cannot be followed."""
+    concats = {}
+    for layer in model.layers:
+        if not _channel_concat(layer):
+            continue
+        c = Concat(layer.name)
+        _follow(layer.name, layers, users, outputs, c_group := Group(layer.name, int(layer.output_shape[-1])))
+        c.chain, c.sinks = c_group.chain, c_group.sinks
+        c.blocked = c_group.blocked or (f"{c_group.concats[0]} concatenates it again" if c_group.concats else None)
+        if c.blocked is None and any(isinstance(layers[n], _merges()) for n in c.chain):
+            c.blocked = "its concatenation meets other channels in an element-wise merge"
+        for parent, shape in zip(inbound(layer), layer.input_shape):
+            owner = next((n for n, g in groups.items()
+                          if parent.name in g.members or parent.name in g.chain), None)
+            c.parts.append((owner, int(shape[-1])))
+        concats[layer.name] = c
+    for name, g in groups.items():
+        reasons = [f"its channels reach {c} whose output cannot be pruned ({concats[c].blocked})"
+                   for c in g.concats if c in concats and concats[c].blocked]
+        if reasons and g.blocked is None:
+            g.blocked = reasons[0]
+    return concats
 
 
 def _merge_at_adds(model, groups: dict) -> dict:
-    """Join the groups whose channels meet in an Add; block a join fed by anything else."""
-    L, _, _ = _kinds()
-    adds = [layer for layer in model.layers if isinstance(layer, L.Add)]
+    """Join the groups whose channels meet in an element-wise merge; block a join fed by anything else."""
+    adds = [layer for layer in model.layers if isinstance(layer, _merges())]
     parent = {name: name for name in groups}
 
     def root(n):
@@ -113,12 +207,13 @@ def _merge_at_adds(model, groups: dict) -> dict:
         r = root(name)
         g = groups[name]
         if r not in merged:
-            merged[r] = Group(r, g.channels, list(g.chain), list(g.sinks), g.blocked, [name])
+            merged[r] = Group(r, g.channels, list(g.chain), list(g.sinks), g.blocked, [name], list(g.concats))
             continue
         m = merged[r]
         m.members.append(name)
         m.chain += [c for c in g.chain if c not in m.chain]
         m.sinks += [s for s in g.sinks if s not in m.sinks]
+        m.concats += [c for c in g.concats if c not in m.concats]
         m.blocked = m.blocked or g.blocked
     for m in merged.values():
         covered = set(m.members) | set(m.chain)
@@ -252,6 +347,16 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
             in_keep[sink] = idx
             if flat:
                 flat_of[sink] = flat
+    for concat in groups.concats.values():
+        if concat.blocked or not any(part in keep for part, _ in concat.parts):
+            continue
+        idx = concat.kept(keep)
+        for member in concat.chain:
+            in_keep[member] = out_keep[member] = idx
+        for sink, flat in concat.sinks:
+            in_keep[sink] = idx
+            if flat:
+                flat_of[sink] = flat
     shapes = {layer.name: layer.input_shape for layer in model.layers if hasattr(layer, "input_shape")}
 
     def replace(layer, args):
@@ -265,6 +370,8 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
         changes = {}
         if isinstance(layer, L.BatchNormalization):
             w = [a[o] for a in w]
+        elif isinstance(layer, L.Reshape):
+            changes["target_shape"] = (*layer.target_shape[:-1], len(o))
         elif isinstance(layer, L.DepthwiseConv2D):
             w = [w[0][:, :, o, :], *([w[1][o]] if layer.use_bias else [])]
         elif isinstance(layer, L.SeparableConv2D):
@@ -313,9 +420,12 @@ def masked_copy(model, plan_keep: dict):
     groups = trace(model)
     masked = plain_copy(model)
     shapes = {layer.name: layer.input_shape for layer in model.layers if hasattr(layer, "input_shape")}
-    for name, idx in plan_keep.items():
-        drop = np.setdiff1d(np.arange(groups[name].channels), idx)
-        for sink, flat in groups[name].sinks:
+    spaces = [(groups[name].channels, idx, groups[name].sinks) for name, idx in plan_keep.items()]
+    spaces += [(sum(n for _, n in c.parts), c.kept(plan_keep), c.sinks) for c in groups.concats.values()
+               if not c.blocked and any(part in plan_keep for part, _ in c.parts)]
+    for channels, idx, sinks in spaces:
+        drop = np.setdiff1d(np.arange(channels), idx)
+        for sink, flat in sinks:
             layer = masked.get_layer(sink)
             w = layer.get_weights()
             if isinstance(layer, L.SeparableConv2D):
