@@ -1,0 +1,205 @@
+"""Knowledge distillation: a compressed student learns from the model it was made from.
+
+Hinton et al. (2015): the student matches the teacher's softened class distribution as well
+as the hard labels. Every compression fine-tune can use it; ``tfopt optimize`` does by default.
+
+    import tfopt.distill as distill
+    d = distill.Distiller(student, teacher, temperature=4.0, alpha=0.9)
+    d.compile(optimizer="adam", loss=tf_keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    d.fit(x, y, epochs=2)
+    trained = d.student
+
+Works in tf_keras (the teacher may be any callable tf_keras model with the same output shape).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfopt.errors import TfoptError
+
+#: Probabilities are clipped to this before their log is taken (log 0 is -inf).
+_EPS = 1e-7
+
+
+def _as_logits(out, from_logits: bool):
+    """Outputs -> class logits over the last axis.
+
+    Probabilities become logits through ``log`` (softmax of ``log p`` is ``p``, so nothing is
+    lost up to the clipping). One output unit is a binary classifier: it becomes the two logits
+    ``[0, z]``, whose softmax is ``[1 - sigmoid(z), sigmoid(z)]``.
+    """
+    out = tf.convert_to_tensor(out)
+    out = tf.cast(out, tf.float32)
+    binary = out.shape.rank is not None and out.shape[-1] == 1
+    if binary:
+        if from_logits:
+            z = out
+        else:
+            p = tf.clip_by_value(out, _EPS, 1 - _EPS)
+            z = tf.math.log(p) - tf.math.log(1 - p)
+        return tf.concat([tf.zeros_like(z), z], axis=-1)
+    if from_logits:
+        return out
+    return tf.math.log(tf.clip_by_value(out, _EPS, 1.0))
+
+
+def soft_kl(student_out, teacher_out, *, temperature: float, from_logits: bool):
+    """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over the batch (a scalar tensor).
+
+    The ``T²`` keeps the soft term's gradients on the scale of the hard term's as ``T`` grows.
+    """
+    t = _as_logits(teacher_out, from_logits) / temperature
+    s = _as_logits(student_out, from_logits) / temperature
+    p_t = tf.nn.softmax(t, axis=-1)
+    kl = tf.reduce_sum(p_t * (tf.nn.log_softmax(t, axis=-1) - tf.nn.log_softmax(s, axis=-1)), axis=-1)
+    return temperature ** 2 * tf.reduce_mean(kl)
+
+
+def distillation_loss(y_true, student_out, teacher_out, *, temperature: float, alpha: float, hard_loss,
+                      from_logits: bool):
+    """``alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 - alpha) · hard_loss(y_true, s)``.
+
+    Args:
+        y_true: the labels, as ``hard_loss`` takes them.
+        student_out: the student's outputs (probabilities, or logits when ``from_logits``).
+        teacher_out: the teacher's outputs, in the same form as the student's.
+        temperature: ``T`` > 0; above 1 softens both distributions so that the teacher's
+            ranking of the wrong classes carries information.
+        alpha: weight of the soft (teacher) term, in [0, 1]; 0 is plain training.
+        hard_loss: a loss callable ``(y_true, y_pred) -> scalar`` applied to the student's
+            outputs as given (so built with the same ``from_logits``).
+        from_logits: whether both outputs are logits. Probabilities are turned into logits
+            with ``log`` (clipped at 1e-7); a single sigmoid unit counts as two classes.
+
+    Returns:
+        A scalar tensor.
+    """
+    if temperature <= 0:
+        raise TfoptError(f"distillation temperature must be > 0; got {temperature}")
+    if not 0 <= alpha <= 1:
+        raise TfoptError(f"distillation alpha (the weight of the teacher's soft targets) must be in [0, 1]; got {alpha}")
+    hard = hard_loss(y_true, student_out)
+    if alpha == 0:
+        return hard
+    soft = soft_kl(student_out, teacher_out, temperature=temperature, from_logits=from_logits)
+    return alpha * soft + (1 - alpha) * tf.cast(hard, soft.dtype)
+
+
+def _loss_from_logits(loss) -> bool | None:
+    """The ``from_logits`` setting of a tf_keras loss object, if it has one."""
+    fn_kwargs = getattr(loss, "_fn_kwargs", None) or {}
+    if "from_logits" in fn_kwargs:
+        return bool(fn_kwargs["from_logits"])
+    value = getattr(loss, "from_logits", None)
+    return None if value is None else bool(value)
+
+
+def _outputs_are_logits(model) -> bool:
+    """Whether a model's last layer leaves its outputs unsquashed (no softmax or sigmoid)."""
+    try:
+        from tfopt.models.builder import output_activation
+
+        return output_activation(model) not in ("softmax", "sigmoid")
+    except Exception:  # an exotic last layer: assume probabilities, the Keras default
+        return False
+
+
+class Distiller(keras.Model):
+    """A training wrapper: ``fit`` trains the student on hard labels and the teacher's soft ones.
+
+    ``compile`` takes the hard-label loss and metrics as usual. ``fit`` updates only the
+    student's weights (the teacher runs in inference mode and gets no gradients); ``evaluate``
+    and ``predict`` use the student alone, and ``evaluate``'s loss is the hard-label loss.
+    ``.student`` is the trained student model, which callers keep.
+
+    Args:
+        student: the tf_keras model being trained.
+        teacher: a tf_keras model with the same output shape (usually the uncompressed model).
+        temperature: softening temperature ``T``.
+        alpha: weight of the soft term; ``1 - alpha`` weights the hard-label loss.
+        from_logits: whether the outputs are logits; default: read from the hard loss given
+            to ``compile`` (its ``from_logits``), else from the student's last activation.
+    """
+
+    def __init__(self, student, teacher, temperature: float = 4.0, alpha: float = 0.9, from_logits=None, **kwargs):
+        super().__init__(name=kwargs.pop("name", f"distill_{student.name}"), **kwargs)
+        if temperature <= 0:
+            raise TfoptError(f"distillation temperature must be > 0; got {temperature}")
+        if not 0 <= alpha <= 1:
+            raise TfoptError(f"distillation alpha must be in [0, 1]; got {alpha}")
+        s_shape, t_shape = tuple(student.output_shape), tuple(teacher.output_shape)
+        if s_shape[1:] != t_shape[1:]:
+            raise TfoptError(f"distillation: the teacher '{teacher.name}' outputs shape {t_shape} but the student "
+                             f"'{student.name}' outputs {s_shape}; they must match")
+        self.student = student
+        self.teacher = teacher
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self._from_logits_arg = from_logits
+        self.hard_loss = None
+        self.from_logits = False
+        self._loss_tracker = keras.metrics.Mean(name="loss")
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """As ``tf_keras.Model.compile``; ``loss`` is the hard-label loss (required)."""
+        if loss is None:
+            raise TfoptError("Distiller.compile needs loss=, the hard-label loss (e.g. "
+                             "tf_keras.losses.SparseCategoricalCrossentropy())")
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        self.hard_loss = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
+        if self._from_logits_arg is not None:
+            self.from_logits = bool(self._from_logits_arg)
+        else:
+            found = _loss_from_logits(self.hard_loss)
+            self.from_logits = found if found is not None else _outputs_are_logits(self.student)
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    @property
+    def metrics(self):
+        # The tracker replaces compiled_loss's own "loss" mean, which would see the hard term only.
+        return [self._loss_tracker, *self.compiled_metrics.metrics]
+
+    def _hard(self, y, y_pred, sample_weight):
+        if isinstance(self.hard_loss, keras.losses.Loss):
+            return self.hard_loss(y, y_pred, sample_weight=sample_weight)
+        values = self.hard_loss(y, y_pred)  # a plain function: one value per sample
+        if sample_weight is not None:
+            values = values * tf.cast(tf.reshape(sample_weight, tf.shape(values)), values.dtype)
+        return tf.reduce_mean(values)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        teacher_out = tf.stop_gradient(self.teacher(x, training=False))
+        with tf.GradientTape() as tape:
+            student_out = self.student(x, training=True)
+            loss = distillation_loss(
+                y, student_out, teacher_out, temperature=self.temperature, alpha=self.alpha,
+                hard_loss=lambda yt, yp: self._hard(yt, yp, sample_weight), from_logits=self.from_logits)
+            if self.student.losses:  # weight decay and other regularizers of the student
+                loss += tf.add_n(self.student.losses)
+        variables = self.student.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._report(loss, y, student_out, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        student_out = self.student(x, training=False)
+        loss = self._hard(y, student_out, sample_weight)
+        return self._report(loss, y, student_out, sample_weight)
+
+    def _report(self, loss, y, y_pred, sample_weight):
+        self._loss_tracker.update_state(loss)
+        self.compiled_metrics.update_state(y, y_pred, sample_weight)
+        return {m.name: m.result() for m in self.metrics}
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.student(x, training=False)
+
+    def get_config(self):
+        return {"temperature": self.temperature, "alpha": self.alpha}
