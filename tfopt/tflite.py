@@ -18,7 +18,8 @@ class VerificationFailed(TfoptError):
     exit_code = 1
 
 
-def convert(model, mode: str = "float32", representative=None, int8_io: bool = False, qat: bool = False) -> bytes:
+def convert(model, mode: str = "float32", representative=None, int8_io: bool = False, qat: bool = False,
+            sparse: bool = False) -> bytes:
     """Convert a tf_keras model to a TFLite flatbuffer.
 
     Args:
@@ -27,14 +28,22 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
         representative: float32 images drawn from the training data, for int8 calibration.
         int8_io: with ``int8``, take int8 input and give int8 output instead of float.
         qat: the model was trained with quantization-aware training (no calibration needed).
+        sparse: store pruned weights in TFLite's compressed sparse format
+            (``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``): the converter encodes a weight tensor
+            sparsely where that is smaller. Measured here on a 90%-sparse model: raw bytes fall
+            about 3×, but gzip bytes rise (the index arrays compress worse than runs of zeros)
+            and int8/dynamic kernels run 3-4× slower. See :func:`sizes`.
     """
     import tensorflow as tf
 
     if mode not in MODES:
         raise TfoptError(f"unknown TFLite mode '{mode}'; available: {', '.join(MODES)}")
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    if mode != "float32":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    optimizations = [] if mode == "float32" else [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    if optimizations:
+        conv.optimizations = optimizations
     if mode == "float16":
         conv.target_spec.supported_types = [tf.float16]
     if mode == "int8":
@@ -49,6 +58,30 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
     return conv.convert()
+
+
+def sizes(content: bytes) -> dict:
+    """``{"raw_bytes", "gzip_bytes"}`` of a TFLite file: what a phone ships (raw; app stores
+    and APKs compress it, but the model lands on disk and in memory raw) and gzip -9."""
+    import gzip
+
+    return {"raw_bytes": len(content), "gzip_bytes": len(gzip.compress(bytes(content), compresslevel=9))}
+
+
+def smallest(model, mode: str = "float32", representative=None, int8_io: bool = False, qat: bool = False,
+             by: str = "raw_bytes") -> tuple[bytes, dict]:
+    """The dense and the sparse encodings of ``model`` (see :func:`convert`), and the smaller one
+    by ``by`` (``raw_bytes`` or ``gzip_bytes``). Returns ``(content, info)``, where ``info`` has
+    both sizes of both encodings and ``sparse`` (which one was kept)."""
+    if by not in ("raw_bytes", "gzip_bytes"):
+        raise TfoptError(f"smallest: by must be 'raw_bytes' or 'gzip_bytes'; got {by!r}")
+    dense = convert(model, mode, representative, int8_io, qat)
+    packed = convert(model, mode, representative, int8_io, qat, sparse=True)
+    d, p = sizes(dense), sizes(packed)
+    keep_sparse = p[by] < d[by]
+    info = {"dense_raw_bytes": d["raw_bytes"], "dense_gzip_bytes": d["gzip_bytes"], "sparse_raw_bytes": p["raw_bytes"],
+            "sparse_gzip_bytes": p["gzip_bytes"], "sparse": keep_sparse}
+    return (packed if keep_sparse else dense), info
 
 
 def interpreter(content: bytes, num_threads: int = 1, log=None):

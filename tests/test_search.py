@@ -1,0 +1,143 @@
+"""tfopt optimize on a digits-sized model: the budget on the selection split, files, resume; TFLite sizes."""
+
+import csv
+
+import numpy as np
+import pytest
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]
+    y = d.target.astype(np.int64)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(x))
+    x, y = x[idx], y[idx]
+    return (x[:1300], y[:1300]), (x[1300:1550], y[1300:1550]), (x[1550:], y[1550:])
+
+
+def _model(train):
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2"),
+        keras.layers.MaxPooling2D(name="pool"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(64, activation="relu", name="fc1"),
+        keras.layers.Dense(10, activation="softmax", name="fc2"),
+    ])
+    m.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    m.fit(*train, epochs=12, batch_size=32, verbose=0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    import tf_keras as keras
+
+    from tfopt.search.engine import optimize
+
+    keras.utils.set_random_seed(0)
+    train, sel, test = _digits()
+    model = _model(train)
+    out = tmp_path_factory.mktemp("opt") / "search"
+    lines = []
+    result = optimize(model, train, validation_data=sel, test_data=test, max_drop=2.0, target="size", out=out,
+                      epochs=1, max_candidates=3, levels=(2.0, 10.0), log=lines.append)
+    return model, sel, result, out, lines
+
+
+def test_chosen_model_meets_the_budget_on_the_selection_split(searched):
+    from tfopt import tflite
+
+    model, (xs, ys), result, out, _ = searched
+    base = float(np.mean(model.predict(xs, verbose=0).argmax(1) == ys))
+    acc = tflite.accuracy(result.tflite, xs, ys)
+    assert acc >= base - 0.02 + 1e-9
+    assert result.chosen["selection_accuracy"] == pytest.approx(acc)
+    # the chosen file is smaller than the input as float32 TFLite, and on disk as written
+    assert len(result.tflite) < len(tflite.convert(model, "float32"))
+    assert (out / "chosen" / "model_int8.tflite").read_bytes() == result.tflite
+    assert (out / "chosen" / "model.keras").is_file()
+    assert 0 < result.test["chosen_test_accuracy"] <= 1
+
+
+def test_candidates_csv_and_pareto_png_are_written(searched):
+    _, _, result, out, lines = searched
+    rows = list(csv.DictReader(open(out / "candidates.csv")))
+    assert len(rows) == 3
+    assert rows[0]["id"] == "base+int8"
+    assert all(int(r["tflite_gzip_bytes"]) < int(r["tflite_raw_bytes"]) for r in rows if not r["error"])
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert f"## Chosen: `{result.chosen['id']}`" in report
+    assert "optimize:" in (out / "optimize.yaml").read_text()
+    assert any("best so far" in line for line in lines)
+    assert any(line.startswith("candidate limit (3)") for line in lines)
+
+
+def test_resume_keeps_finished_candidates_and_continues(searched, tmp_path):
+    import shutil
+
+    from tfopt.errors import TfoptError
+    from tfopt.search.engine import optimize
+
+    model, sel, _, out, _ = searched
+    train, _, test = _digits()
+    copy = tmp_path / "search"
+    shutil.copytree(out, copy)
+    before = list(csv.DictReader(open(copy / "candidates.csv")))
+    with pytest.raises(TfoptError, match="already holds a search; pass resume=True"):
+        optimize(model, train, validation_data=sel, out=copy, max_candidates=4)
+    lines = []
+    optimize(model, train, validation_data=sel, test_data=test, max_drop=2.0, out=copy, epochs=1, max_candidates=4,
+             levels=(2.0, 10.0), resume=True, log=lines.append)
+    after = list(csv.DictReader(open(copy / "candidates.csv")))
+    assert after[:3] == before  # kept as they were, not rerun
+    assert len(after) == 4
+    assert "resuming: 3 finished candidate(s)" in lines[1] or any("resuming: 3" in line for line in lines)
+    # the three finished candidates were not evaluated again
+    assert sum(line.startswith("[") for line in lines) == 1
+
+
+def test_bad_target_and_budget_are_refused(tmp_path):
+    from tfopt.errors import TfoptError
+    from tfopt.search.engine import _parse_budget, optimize
+
+    with pytest.raises(TfoptError, match="target must be one of size, latency, macs; got 'speed'"):
+        optimize(None, None, target="speed", out=tmp_path)
+    assert _parse_budget("30m") == 1800 and _parse_budget("1h") == 3600 and _parse_budget(90) == 90
+    with pytest.raises(TfoptError, match="expected seconds or a duration such as 30m, 1h, 90s; got 'soon'"):
+        _parse_budget("soon")
+
+
+def test_pareto_front_keeps_only_undominated_rows():
+    from tfopt.search.engine import pareto_front
+
+    rows = [{"id": "a", "s": 10, "selection_accuracy": 0.90}, {"id": "b", "s": 20, "selection_accuracy": 0.95},
+            {"id": "c", "s": 30, "selection_accuracy": 0.93}, {"id": "d", "s": 5, "selection_accuracy": 0.80}]
+    assert [r["id"] for r in pareto_front(rows, "s")] == ["d", "a", "b"]
+
+
+def test_sparse_tflite_storage_shrinks_raw_bytes_of_a_pruned_model():
+    import tf_keras as keras
+
+    from tfopt import tflite
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
+    rng = np.random.default_rng(0)
+    m.set_weights([w * (rng.random(w.shape) > 0.9) if w.ndim > 1 else w for w in m.get_weights()])
+    x = rng.random((32, 64)).astype(np.float32)
+    dense, packed = tflite.convert(m, "float32"), tflite.convert(m, "float32", sparse=True)
+    assert len(packed) < 0.5 * len(dense)
+    np.testing.assert_allclose(tflite.predict(packed, x), m.predict(x, verbose=0), atol=1e-5)
+    sizes = tflite.sizes(dense)
+    assert sizes["raw_bytes"] == len(dense) and 0 < sizes["gzip_bytes"] < len(dense)
+    content, info = tflite.smallest(m, "float32", by="raw_bytes")
+    assert info["sparse"] and content == packed and info["sparse_raw_bytes"] == len(packed)

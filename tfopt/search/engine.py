@@ -1,0 +1,590 @@
+"""``tfopt optimize``: the smallest (or fastest) model within an accuracy budget.
+
+The search chains tfopt's steps — per-layer channel pruning guided by a sensitivity sweep,
+layer removal, magnitude or m:n pruning, clustering, int8 (post-training, then
+quantization-aware where post-training misses the budget) — and judges every candidate's
+TFLite file on a held-out *selection* split, never on the test split. Every fine-tune learns
+from the input model (knowledge distillation) unless ``distill=False``.
+
+The search is greedy in stages: each stage tries a few settings of one step on top of the best
+candidate so far that meets the budget, so good combinations are found without trying them all:
+
+1. int8 of the model as it is (post-training quantization);
+2. channel pruning at three aggressiveness levels, per-layer ratios read off a sensitivity sweep
+   (accuracy with a fraction of one layer's channels removed, no fine-tune);
+3. layer removal (latency and MACs targets; layers whose removal keeps the shapes);
+4. magnitude pruning at per-layer sparsities from a second sweep (size target), or 2:4;
+5. clustering (size target);
+6. quantization-aware training for the best candidates whose post-training int8 missed.
+
+Every finished candidate is appended to ``candidates.csv`` at once, and its Keras model kept
+under ``cache/``, so Ctrl-C loses at most the candidate in progress and ``resume=True`` goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tfopt.errors import TfoptError
+from tfopt.search import steps as S
+
+TARGETS = ("size", "latency", "macs")
+COLUMNS = ["id", "steps", "stage", "selection_accuracy", "keras_selection_accuracy", "drop_points", "meets_budget",
+           "int8", "tflite_raw_bytes", "tflite_gzip_bytes", "sparse_raw_bytes", "params", "nonzero_params", "macs",
+           "latency_us", "seconds", "error"]
+
+
+@dataclass
+class Step:
+    """One step of a candidate: a name (``channels``, ``remove``, ``prune``, ``cluster``) and its knobs."""
+
+    kind: str
+    knobs: dict = field(default_factory=dict)
+
+    def token(self) -> str:
+        k = self.knobs
+        if self.kind == "channels":
+            return f"ch{k['level']}"
+        if self.kind == "remove":
+            return "rm-" + "-".join(k["layers"])
+        if self.kind == "prune":
+            return f"p{k['m_by_n'][0]}of{k['m_by_n'][1]}" if k.get("m_by_n") else f"p{k['level']}"
+        if self.kind == "cluster":
+            return f"c{k['clusters']}"
+        raise TfoptError(f"unknown search step {self.kind!r}")
+
+    def describe(self) -> str:
+        k = {key: v for key, v in self.knobs.items() if key != "level"}
+        return f"{self.kind} {json.dumps(k, sort_keys=True)}"
+
+
+def _key(chain) -> str:
+    return "+".join(s.token() for s in chain) or "base"
+
+
+@dataclass
+class Candidate:
+    chain: list
+    stage: str
+    qat: bool = False
+
+    @property
+    def id(self) -> str:
+        return _key(self.chain) + ("+qat" if self.qat else "+int8")
+
+
+def _parse_budget(text) -> float | None:
+    """Seconds from ``None``, a number of seconds, or ``"30m"``, ``"1h"``, ``"90s"``."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if s and s[-1] in units:
+            return float(s[:-1]) * units[s[-1]]
+        return float(s)
+    except ValueError:
+        raise TfoptError(f"time budget: expected seconds or a duration such as 30m, 1h, 90s; got {text!r}") from None
+
+
+def _score(row, target):
+    return {"size": row["tflite_gzip_bytes"], "latency": row["latency_us"], "macs": row["macs"]}[target]
+
+
+class Search:
+    """State of one search; see :func:`optimize`."""
+
+    def __init__(self, model, data, selection, *, out, max_drop, target, time_budget, distill, epochs, lr,
+                 batch_size, temperature, alpha, seed, max_candidates, levels, log):
+        self.model = model
+        self.data = data
+        self.x_sel, self.y_sel = selection
+        self.out = Path(out)
+        self.max_drop = max_drop
+        self.target = target
+        self.budget_s = time_budget
+        self.epochs = epochs
+        self.log = log
+        self.max_candidates = max_candidates
+        self.levels = levels
+        self.fit = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+        if distill:
+            self.fit.update(teacher=model, temperature=temperature, alpha=alpha)
+        self.x_calib = data[0][:500]
+        self.rows: dict[str, dict] = {}
+        self.started = time.perf_counter()
+        self.elapsed_before = 0.0
+        self.times: list[float] = []
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out / "candidates.csv"
+
+    def load_previous(self):
+        if not self.csv_path.is_file():
+            return
+        with open(self.csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                self.rows[row["id"]] = _typed(row)
+        state = self.out / "state.json"
+        if state.is_file():
+            self.elapsed_before = json.loads(state.read_text()).get("elapsed_s", 0.0)
+        self.log(f"resuming: {len(self.rows)} finished candidate(s) read from {self.csv_path}")
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def _record(self, row):
+        self.rows[row["id"]] = row
+        new = not self.csv_path.is_file()
+        with open(self.csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+            f.flush()
+        (self.out / "state.json").write_text(json.dumps({"elapsed_s": self.elapsed()}))
+
+    def feasible(self):
+        return [r for r in self.rows.values() if r.get("meets_budget") and not r.get("error")]
+
+    def best(self):
+        ok = self.feasible()
+        return min(ok, key=lambda r: (_score(r, self.target), -r["selection_accuracy"])) if ok else None
+
+    def _best_line(self):
+        b = self.best()
+        if b is None:
+            return "best so far: none within budget"
+        return (f"best so far: {b['id']} ({b['tflite_gzip_bytes'] / 1000:.1f} kB gzip, {b['latency_us']:.0f} µs, "
+                f"{b['selection_accuracy']:.2%})")
+
+    def out_of_time(self) -> bool:
+        if self.budget_s is None:
+            return False
+        mean = float(np.mean(self.times)) if self.times else 0.0
+        return self.elapsed() + mean > self.budget_s
+
+    # -- models -------------------------------------------------------------------------------
+
+    def keras_model(self, chain):
+        """The Keras model after ``chain``, from the cache when a run (this one or an earlier
+        one) already made it; prefixes are reused, so chains share their common steps."""
+        if not chain:
+            return self.model
+        path = self.out / "cache" / _key(chain) / "model.keras"
+        if path.is_file():
+            return S.load(path)
+        parent = self.keras_model(chain[:-1])
+        step = chain[-1]
+        self.log(f"    step {step.describe()}")
+        k = step.knobs
+        if step.kind == "channels":
+            model = S.channels(parent, self.data, k["per_layer"], self.fit)
+        elif step.kind == "remove":
+            model = S.remove(parent, self.data, k["layers"], self.fit)
+        elif step.kind == "prune":
+            model = S.prune(parent, self.data, self.fit, sparsity=k.get("sparsity", 0.8), layers=k.get("layers"),
+                            skip=k.get("skip", ()), m_by_n=k.get("m_by_n"))
+        elif step.kind == "cluster":
+            model = S.cluster(parent, self.data, self.fit, clusters=k["clusters"])
+        else:
+            raise TfoptError(f"unknown search step {step.kind!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        S.save(model, path)
+        return model
+
+    def evaluate(self, cand: Candidate) -> dict:
+        """Build, convert and measure one candidate; its row (recorded in candidates.csv)."""
+        if cand.id in self.rows:
+            return self.rows[cand.id]
+        n = len(self.rows) + 1
+        self.log(f"[{n} {self.elapsed() / 60:.1f} min] {cand.id} ({cand.stage}) | {self._best_line()}")
+        t0 = time.perf_counter()
+        row = {"id": cand.id, "steps": " -> ".join([s.describe() for s in cand.chain]
+                                                  + ["int8 qat" if cand.qat else "int8 ptq"]),
+               "stage": cand.stage, "int8": "qat" if cand.qat else "ptq"}
+        try:
+            model = self.keras_model(cand.chain)
+            row["keras_selection_accuracy"] = S.accuracy(model, self.x_sel, self.y_sel)
+            quantized = S.qat(model, self.data, self.fit) if cand.qat else model
+            content = S.to_tflite(quantized, "int8", self.x_calib)
+            sizes = S.tflite_sizes(content)
+            st = S.stats(model)
+            acc = S.tflite_accuracy(content, self.x_sel, self.y_sel)
+            row.update(selection_accuracy=acc, tflite_raw_bytes=sizes["raw_bytes"],
+                       tflite_gzip_bytes=sizes["gzip_bytes"], params=st["params"], nonzero_params=st["nonzero_params"],
+                       macs=st["macs"], latency_us=S.latency_us(content, self.x_sel[0]),
+                       sparse_raw_bytes=S.sparse_raw_bytes(quantized, "int8", self.x_calib)
+                       if st["nonzero_params"] < 0.7 * st["params"] else None,
+                       error="")
+            row["drop_points"] = (self.base_acc - acc) * 100
+            row["meets_budget"] = row["drop_points"] <= self.max_drop + 1e-9
+            d = self.out / "cache" / cand.id
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "model.tflite").write_bytes(content)
+        except (TfoptError, ValueError, RuntimeError) as exc:
+            self.log(f"    failed: {str(exc).splitlines()[0]}")
+            row.update(error=str(exc).splitlines()[0][:300], meets_budget=False)
+        row["seconds"] = time.perf_counter() - t0
+        self.times.append(row["seconds"])
+        self._record(row)
+        if not row.get("error"):
+            self.log(f"    {row['selection_accuracy']:.2%} (drop {row['drop_points']:+.2f} pt"
+                     f"{', within budget' if row['meets_budget'] else ', over budget'}), "
+                     f"{row['tflite_gzip_bytes'] / 1000:.1f} kB gzip / {row['tflite_raw_bytes'] / 1000:.1f} kB raw, "
+                     f"{row['latency_us']:.0f} µs, {row['macs']:,} MACs, {row['seconds']:.0f} s")
+        return row
+
+    # -- the plan -----------------------------------------------------------------------------
+
+    def run_stage(self, name, candidates) -> bool:
+        """Evaluate ``candidates`` in order; False when time or the candidate limit ran out."""
+        for cand in candidates:
+            if cand.id in self.rows:
+                continue
+            if self.max_candidates is not None and len(self.rows) >= self.max_candidates:
+                self.log(f"candidate limit ({self.max_candidates}) reached")
+                return False
+            if self.out_of_time():
+                self.log(f"time budget ({self.budget_s / 60:.1f} min) reached after {self.elapsed() / 60:.1f} min")
+                return False
+            self.evaluate(cand)
+        return True
+
+    def base_chain(self):
+        """The chain of the best feasible Keras-level candidate (QAT rows count as their chain)."""
+        b = self.best()
+        return self.chains.get(b["id"], []) if b else []
+
+    def search(self):
+        self.chains = {}
+        x, y = self.x_sel, self.y_sel
+        self.base_acc = S.accuracy(self.model, x, y)
+        self.reference = {}
+        try:
+            ref = S.to_tflite(self.model, "float32", self.x_calib)
+            self.reference = {**S.tflite_sizes(ref), "latency_us": S.latency_us(ref, x[0]),
+                              "accuracy": S.tflite_accuracy(ref, x, y), "macs": S.stats(self.model)["macs"]}
+            self.log(f"input model as float32 TFLite: {self.reference['gzip_bytes'] / 1000:.1f} kB gzip, "
+                     f"{self.reference['raw_bytes'] / 1000:.1f} kB raw, {self.reference['latency_us']:.0f} µs")
+        except (TfoptError, ValueError, RuntimeError) as exc:
+            self.log(f"the input model did not convert to float32 TFLite ({str(exc).splitlines()[0]})")
+        self.log(f"input model: {self.base_acc:.2%} on the selection split ({len(x)} images); budget: a drop of at "
+                 f"most {self.max_drop:g} points; target: {self.target}")
+
+        def stage(name, chains, qat=False):
+            cands = [Candidate(c, name, qat) for c in chains]
+            for c in cands:
+                self.chains[c.id] = c.chain
+            return self.run_stage(name, cands)
+
+        if not stage("int8", [[]]):
+            return
+        # Channel pruning: ratios per layer from a sweep, at a few tolerances.
+        ch_rows = S.channel_sensitivity(self.model, x, y)
+        per_levels = _levels(ch_rows, self.base_acc, self.levels)
+        ch_chains = [[Step("channels", {"level": i + 1, "per_layer": p})] for i, p in enumerate(per_levels) if p]
+        if not stage("channels", ch_chains):
+            return
+        if self.target in ("latency", "macs"):
+            start = self.base_chain()
+            rm = S.removable_layers(self.keras_model(start))
+            if rm and not stage("remove", [start + [Step("remove", {"layers": [name]})] for name in rm[:3]]):
+                return
+        if self.target == "size":
+            start = self.base_chain()
+            start_model = self.keras_model(start)
+            mag_rows = S.magnitude_sensitivity(start_model, x, y)
+            start_acc = S.accuracy(start_model, x, y)
+            sp_levels = _levels(mag_rows, start_acc, self.levels, kind="sparsity")
+            names = list(S.prunable_layers(start_model))
+            chains = [start + [Step("prune", {"level": i + 1, "layers": p, "sparsity": max(p.values()),
+                                              "skip": [n for n in names if n not in p]})]
+                      for i, p in enumerate(sp_levels) if p]
+            if not stage("prune", chains):
+                return
+            start = self.base_chain()
+            if not stage("cluster", [start + [Step("cluster", {"clusters": c})] for c in (16, 8)]):
+                return
+        # QAT where post-training int8 lost what the Keras model kept.
+        missed = [r for r in self.rows.values() if not r.get("error") and not r["meets_budget"]
+                  and r["int8"] == "ptq" and (self.base_acc - r["keras_selection_accuracy"]) * 100 <= self.max_drop]
+        missed.sort(key=lambda r: _score(r, self.target))
+        stage("qat", [self.chains[r["id"]] for r in missed[:2] if r["id"] in self.chains], qat=True)
+
+
+def _levels(rows, base_acc, tolerances, kind="ratio"):
+    """Per-layer settings at each tolerance (points of selection accuracy a layer may lose alone,
+    before fine-tuning): the largest ratio or sparsity whose sweep stays within it."""
+    out = []
+    for tol in tolerances:
+        chosen = {}
+        for r in rows:
+            if (base_acc - r["accuracy"]) * 100 <= tol and r["ratio"] > chosen.get(r["layer"], 0):
+                chosen[r["layer"]] = r["ratio"]
+        if out and chosen == out[-1]:
+            continue
+        out.append(chosen)
+    return out
+
+
+def _typed(row: dict) -> dict:
+    out = dict(row)
+    for k in ("selection_accuracy", "keras_selection_accuracy", "drop_points", "latency_us", "seconds"):
+        out[k] = float(row[k]) if row.get(k) not in (None, "") else None
+    for k in ("tflite_raw_bytes", "tflite_gzip_bytes", "sparse_raw_bytes", "params", "nonzero_params", "macs"):
+        out[k] = int(float(row[k])) if row.get(k) not in (None, "") else None
+    out["meets_budget"] = row.get("meets_budget") == "True"
+    return out
+
+
+def _recipe_steps(chain, qat, fit) -> list[dict]:
+    steps = []
+    for s in chain:
+        k = s.knobs
+        ft = {"epochs": fit["epochs"]} | ({"lr": fit["lr"]} if fit.get("lr") else {})
+        if s.kind == "channels":
+            steps.append({"structured": {"ratio": 0.0, "per_layer": k["per_layer"], **ft}})
+        elif s.kind == "remove":
+            steps.append({"remove_layers": {"layers": k["layers"], **ft}})
+        elif s.kind == "prune":
+            steps.append({"prune": ({"m_by_n": list(k["m_by_n"])} if k.get("m_by_n") else
+                                    {"sparsity": k["sparsity"], "layers": k["layers"], "skip": k.get("skip", [])})
+                           | ft})
+        elif s.kind == "cluster":
+            steps.append({"cluster": {"clusters": k["clusters"], **ft}})
+    steps.append({"quantize": {"mode": "qat", **({"epochs": fit["epochs"]})} if qat else {"mode": "int8"}})
+    return steps
+
+
+def pareto_front(rows, key):
+    """Rows not beaten on both ``key`` (lower) and selection accuracy (higher), sorted by ``key``."""
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: (r[key], -r["selection_accuracy"])):
+        if r["selection_accuracy"] > best:
+            front.append(r)
+            best = r["selection_accuracy"]
+    return front
+
+
+def pareto_plot(rows, base_acc, max_drop, chosen, path):
+    from tfopt.report.plots import _pyplot
+
+    plt = _pyplot()
+    ok = [r for r in rows if not r.get("error")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "tflite_gzip_bytes", "TFLite size, gzip (kB)"),
+                           (axes[1], "latency_us", "1-thread LiteRT latency (µs)")):
+        scale = 1000 if key == "tflite_gzip_bytes" else 1
+        xs = [r[key] / scale for r in ok]
+        ax.scatter(xs, [r["selection_accuracy"] * 100 for r in ok],
+                   c=["tab:green" if r["meets_budget"] else "tab:gray" for r in ok], s=18, zorder=2)
+        front = pareto_front(ok, key)
+        ax.step([r[key] / scale for r in front], [r["selection_accuracy"] * 100 for r in front], where="post",
+                color="tab:blue", lw=1.2, label="Pareto frontier", zorder=1)
+        ax.axhline((base_acc * 100) - max_drop, color="red", ls="--", lw=1, label=f"budget (−{max_drop:g} pt)")
+        if chosen:
+            ax.scatter([chosen[key] / scale], [chosen["selection_accuracy"] * 100], marker="*", s=160,
+                       color="tab:orange", label=f"chosen: {chosen['id']}", zorder=3)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("selection accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("tfopt optimize: candidates (green: within budget)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+@dataclass
+class Result:
+    """What :func:`optimize` returns: the chosen model (the input's kind), its TFLite bytes,
+    its candidates.csv row, every row, and the output folder."""
+
+    model: object
+    tflite: bytes
+    chosen: dict
+    rows: list
+    out: Path
+    test: dict
+
+
+def optimize(model, data, *, validation_data=None, test_data=None, max_drop: float = 0.3, target: str = "size",
+             time_budget=None, out="optimize", resume: bool = False, distill: bool = True, epochs: int = 2,
+             lr: float | None = None, batch_size: int | None = None, temperature: float = 4.0, alpha: float = 0.9,
+             seed: int = 0, max_candidates: int | None = None, levels=(1.0, 3.0, 10.0), selection_fraction=0.1,
+             log=print) -> Result:
+    """Search compression chains for the smallest (or fastest) int8 TFLite model whose accuracy on
+    a held-out selection split drops by at most ``max_drop`` points.
+
+    Args:
+        model: a tf_keras or Keras 3 classifier (Sequential or functional).
+        data: training ``(x, y)`` arrays, for fine-tunes and int8 calibration.
+        validation_data: the selection split ``(x, y)`` the budget is judged on; default: the last
+            ``selection_fraction`` of ``data``, held out from the fine-tunes.
+        test_data: optional ``(x, y)``; only reported at the end, never used to choose.
+        max_drop: largest allowed accuracy drop, in percentage points, of the int8 TFLite file
+            against the input model on the selection split.
+        target: ``size`` (gzip bytes of the .tflite), ``latency`` (1-thread LiteRT) or ``macs``.
+        time_budget: seconds or ``"30m"``; no candidate starts that would likely overrun it.
+        out: folder for candidates.csv, pareto.png, report.md, optimize.yaml, the chosen model
+            (``chosen/``) and the cache of intermediate models.
+        resume: continue a search in ``out`` (finished candidates are kept, not rerun).
+        distill: every fine-tune learns from the input model (``temperature``, ``alpha``).
+        epochs, lr, batch_size: fine-tune settings of every step (defaults: the steps' own).
+        max_candidates: stop after this many candidates (tests, quick looks).
+        levels: per-layer tolerances, in points lost before fine-tuning, that turn the
+            sensitivity sweeps into per-layer ratios (one candidate each).
+
+    Returns:
+        A :class:`Result`. Raises TfoptError when no candidate meets the budget.
+    """
+    from tfopt import api
+    from tfopt.optimize.runner import sample_xy
+
+    if target not in TARGETS:
+        raise TfoptError(f"optimize: target must be one of {', '.join(TARGETS)}; got {target!r}")
+    if max_drop < 0:
+        raise TfoptError(f"optimize: max_drop (points of accuracy) must be >= 0; got {max_drop}")
+    budget_s = _parse_budget(time_budget)
+    kind, work = api._enter(model)
+    x, y = sample_xy(data)
+    if validation_data is None:
+        n_sel = max(1, int(round(len(x) * selection_fraction)))
+        rng = np.random.default_rng(seed)
+        idx = rng.permutation(len(x))
+        sel, train = idx[:n_sel], idx[n_sel:]
+        selection, data = (x[sel], y[sel]), (x[train], y[train])
+        log(f"selection split: {n_sel} of the {len(x)} training images held out (never the test split)")
+    else:
+        selection, data = sample_xy(validation_data), (x, y)
+    selection = (selection[0], _labels(selection[1]))
+    data = (data[0], data[1])
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise TfoptError(f"optimize: the output folder {out} already holds a search; pass resume=True (--resume) "
+                         f"to continue it, or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    search = Search(work, data, selection, out=out, max_drop=max_drop, target=target, time_budget=budget_s,
+                    distill=distill, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
+                    alpha=alpha, seed=seed, max_candidates=max_candidates, levels=levels, log=log)
+    if resume:
+        search.load_previous()
+    interrupted = False
+    try:
+        search.search()
+    except KeyboardInterrupt:
+        interrupted = True
+        log(f"interrupted: {len(search.rows)} finished candidate(s) kept in {search.csv_path}; "
+            f"--resume continues the search")
+    rows = list(search.rows.values())
+    chosen = search.best()
+    pareto_plot(rows, search.base_acc, max_drop, chosen, out / "pareto.png")
+    if interrupted:
+        raise KeyboardInterrupt
+    if chosen is None:
+        _report(out, search, None, {}, rows)
+        raise TfoptError(f"optimize: none of the {len(rows)} candidates kept the selection accuracy within "
+                         f"{max_drop:g} points of {search.base_acc:.2%}; see {out / 'candidates.csv'}. Allow a larger "
+                         f"max_drop, more epochs, or a longer time budget.")
+    return _finish(search, chosen, rows, test_data, kind, log)
+
+
+def _labels(y):
+    y = np.asarray(y)
+    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y))
+
+
+def _finish(search, chosen, rows, test_data, kind, log):
+    import yaml
+
+    from tfopt import api
+    from tfopt.rundir import atomic_write_json
+
+    out = search.out
+    chain = search.chains.get(chosen["id"], [])
+    model = search.keras_model(chain)
+    content = (out / "cache" / chosen["id"] / "model.tflite").read_bytes()
+    # The chosen file is verified against its Keras model (QAT: against the float model it came from).
+    from tfopt import tflite as T
+
+    ver = T.verify(model, content, search.x_sel, search.y_sel, "int8", threshold=0.98)
+    log(ver.line())
+    test = {}
+    if test_data is not None:
+        xt, yt = test_data[0], _labels(test_data[1])
+        test = {"input_test_accuracy": S.accuracy(search.model, xt, yt),
+                "chosen_test_accuracy": T.accuracy(content, xt, yt)}
+        log(f"test split: input model {test['input_test_accuracy']:.2%}, chosen int8 TFLite "
+            f"{test['chosen_test_accuracy']:.2%}")
+    run = out / "chosen"
+    run.mkdir(exist_ok=True)
+    S.save(model, run / "model.keras")
+    (run / "model_int8.tflite").write_bytes(content)
+    atomic_write_json(run / "metrics.json", {**{k: v for k, v in chosen.items()}, **test,
+                                             "verification": ver.line(), "input_selection_accuracy": search.base_acc})
+    steps = _recipe_steps(chain, chosen["int8"] == "qat", search.fit)
+    distill = {"temperature": search.fit["temperature"], "alpha": search.fit["alpha"]} \
+        if "teacher" in search.fit else None
+    (out / "optimize.yaml").write_text(
+        "# The recipe `optimize:` section that reproduces the chosen candidate, step by step.\n"
+        + yaml.safe_dump({"optimize": {"steps": steps, "distill": distill}}, sort_keys=False))
+    _report(out, search, chosen, test, rows)
+    log(f"chosen: {chosen['id']}: {chosen['tflite_gzip_bytes'] / 1000:.1f} kB gzip "
+        f"({chosen['tflite_raw_bytes'] / 1000:.1f} kB raw), {chosen['latency_us']:.0f} µs, "
+        f"{chosen['selection_accuracy']:.2%} on the selection split; written to {out}")
+    result_model = api._leave(model, kind) if kind != "tf_keras" else model
+    return Result(result_model, content, chosen, rows, out, test)
+
+
+def _report(out, search, chosen, test, rows):
+    ref = getattr(search, "reference", {})
+    lines = ["# tfopt optimize", "",
+             f"Target: **{search.target}**; budget: at most {search.max_drop:g} points below the input model's "
+             f"{search.base_acc:.2%} on the selection split ({len(search.x_sel)} held-out images). "
+             f"{len(rows)} candidates in {search.elapsed() / 60:.1f} min. "
+             f"Distillation: {'on' if 'teacher' in search.fit else 'off'}.", ""]
+    if ref:
+        lines += [f"Input model as float32 TFLite: {ref['gzip_bytes']:,} bytes gzip, {ref['raw_bytes']:,} bytes raw, "
+                  f"{ref['macs']:,} MACs, {ref['latency_us']:.0f} µs 1-thread LiteRT, {ref['accuracy']:.2%} on the "
+                  f"selection split.", ""]
+    if chosen:
+        lines += [f"## Chosen: `{chosen['id']}`", "", f"Steps: {chosen['steps']}", "",
+                  f"- int8 TFLite: {chosen['tflite_gzip_bytes']:,} bytes gzip, {chosen['tflite_raw_bytes']:,} bytes raw"
+                  + (f" ({chosen['sparse_raw_bytes']:,} raw with sparse weight storage)"
+                     if chosen.get("sparse_raw_bytes") else ""),
+                  f"- selection accuracy {chosen['selection_accuracy']:.2%} (drop {chosen['drop_points']:.2f} pt)",
+                  f"- {chosen['macs']:,} MACs, {chosen['latency_us']:.0f} µs 1-thread LiteRT"]
+        if ref:
+            lines += [f"- against the float32 TFLite: {ref['gzip_bytes'] / chosen['tflite_gzip_bytes']:.1f}× smaller "
+                      f"(gzip), {ref['raw_bytes'] / chosen['tflite_raw_bytes']:.1f}× (raw), latency "
+                      f"{chosen['latency_us'] / ref['latency_us']:.2f}×"]
+        if test:
+            lines += [f"- test accuracy: {test['chosen_test_accuracy']:.2%} (input model "
+                      f"{test['input_test_accuracy']:.2%})"]
+        lines += ["", "![pareto](pareto.png)", ""]
+    else:
+        lines += ["No candidate met the budget.", ""]
+    lines += ["## Candidates", "", "| id | selection acc | drop (pt) | gzip bytes | raw bytes | MACs | latency (µs) | s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['id']} | failed: {r['error']} | | | | | | |")
+            continue
+        lines.append(f"| {r['id']} | {r['selection_accuracy']:.2%} | {r['drop_points']:.2f} | "
+                     f"{r['tflite_gzip_bytes']:,} | {r['tflite_raw_bytes']:,} | {r['macs']:,} | {r['latency_us']:.0f} | "
+                     f"{r['seconds']:.0f} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
