@@ -124,6 +124,15 @@ def main():
             rows.append(measure(tfmot_tutorial(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
                                                seed), splits.x_test, splits.y_test, "tfmot-tutorial", log))
         for name, given in variants:
+            if given.pop("api", None):  # the library call, for settings the command does not take (distill)
+                import tfopt
+
+                pruned = tfopt.prune(base_model, (splits.x_train, splits.y_train), sparsity=0.8, epochs=2,
+                                     batch_size=source.recipe.train.batch_size, seed=seed,
+                                     validation_data=(splits.x_val, splits.y_val), **given)
+                rows.append({**measure(pruned, splits.x_test, splits.y_test, f"tfopt.prune[{name}]", log),
+                             "settings": given})
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 src = load_source(base, overrides=[f"seed={seed}"])
                 path, _ = commands.run_prune(src, {"sparsity": 0.8, "epochs": 2, **given}, output=tmp,
