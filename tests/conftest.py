@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# On AVX-512 hosts, oneDNN's graph rewrite fails on some random BatchNorm→tanh architectures of
+# the property tests ("Fusion is not implemented: [FusedBatchNorm,Tanh]"), a TensorFlow issue.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import pytest  # noqa: E402
 
