@@ -122,3 +122,83 @@ def test_plateau_factor_multiplies_schedule():
     assert lrs == pytest.approx([0.2, 0.2, 0.1, 0.05, 0.025])
     assert cb.get_state()["factor"] == 0.0625
     assert cb.get_config()["plateau"]["factor"] == 0.5
+
+
+# -- the same policies inside the optimizer (tfopt.training.lr.PolicySchedule) ------------------------
+
+INSIDE = {**{name: args for name, (args, _) in FORMULAS.items()},
+          "cosine_restarts": {"first_decay_steps": 10, "m_mul": 0.5},
+          "cosine_restarts_equal_periods": {"first_decay_steps": 7, "t_mul": 1.0, "m_mul": 0.8}}
+
+
+def _policy(name, **kw):
+    from tfopt.schedules import LRPolicy
+
+    args = dict(INSIDE[name])
+    return LRPolicy(initial=LR, schedule={"name": name.removesuffix("_equal_periods"), **args}, **kw)
+
+
+def _bias_after_fit(schedule, steps, steps_per_execution=1, jit=False):
+    """Train a bias with gradient 1 for ``steps`` SGD steps: it ends at −Σ rate(t)."""
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.Input((1,)), tf_keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.compile(tf_keras.optimizers.SGD(schedule), loss=lambda y, p: p, jit_compile=jit,
+                  steps_per_execution=steps_per_execution)
+    x = np.zeros((steps, 1), "float32")
+    model.fit(x, x, batch_size=1, epochs=1, shuffle=False, verbose=0)
+    return -float(model.layers[0].bias.numpy()[0])
+
+
+@pytest.mark.parametrize("name", sorted(INSIDE))
+def test_schedule_inside_the_optimizer_matches_its_formula(name):
+    from tfopt.training.lr import PolicySchedule
+
+    policy = _policy(name)
+    s = PolicySchedule(policy, steps_per_epoch=10, epochs=10)  # T = 100 steps
+    ts = [0, 1, 6, 7, 9, 10, 11, 14, 21, 33, 49, 50, 51, 70, 99, 100]
+    got = [float(s(t)) for t in ts]
+    assert got == pytest.approx([policy.rate(t, T) for t in ts], rel=1e-6)
+    if name != "cosine_restarts_equal_periods":  # the formula of the table above, not only LRPolicy.rate
+        assert got == pytest.approx([FORMULAS[name][1](t) for t in ts] if name in FORMULAS
+                                    else [sgdr(t) for t in ts], rel=1e-6)
+    # applied per step inside a compiled fit, many steps per call: the bias moved by Σ rate(t)
+    expected = sum(policy.rate(t, T) for t in range(T))
+    assert _bias_after_fit(s, T, steps_per_execution=25) == pytest.approx(expected, rel=1e-5)
+
+
+def test_warmup_per_epoch_plateau_factor_and_min_lr_inside_the_optimizer():
+    from tfopt.schedules import LRPolicy
+    from tfopt.training.lr import PolicySchedule
+
+    warm = LRPolicy(initial=0.2, schedule={"name": "cosine"}, warmup=10, warmup_start=0.1)
+    s = PolicySchedule(warm, steps_per_epoch=11, epochs=10)
+    for t in (0, 5, 9, 10, 60, 109):
+        assert float(s(t)) == pytest.approx(warm.rate(t, 110), rel=1e-6)
+    per_epoch = LRPolicy(initial=0.1, schedule={"name": "step", "step_size": 2, "gamma": 0.5}, per="epoch",
+                         plateau={"min_lr": 0.02})
+    s = PolicySchedule(per_epoch, steps_per_epoch=3, epochs=6)
+    assert [float(s(t)) for t in range(0, 18, 3)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    assert float(s(5)) == pytest.approx(0.1) and float(s(6)) == pytest.approx(0.05)  # whole epochs
+    s.factor.assign(0.5)
+    assert [float(s(t)) for t in (0, 6, 12)] == pytest.approx([0.05, 0.025, 0.02])  # floored at min_lr
+    # 3 steps per epoch, per-epoch steps of the schedule, 18 steps in one compiled call with XLA
+    s.factor.assign(1.0)
+    expected = 3 * (0.1 + 0.1 + 0.05 + 0.05 + 0.025 + 0.025)
+    assert _bias_after_fit(s, 18, steps_per_execution=18, jit=True) == pytest.approx(expected, rel=1e-5)
+
+
+def test_policy_schedule_survives_a_save_and_load(tmp_path):
+    import tf_keras
+
+    from tfopt.export import load_keras
+    from tfopt.training.lr import PolicySchedule
+
+    s = PolicySchedule(_policy("cosine"), steps_per_epoch=10, epochs=10, factor=0.25)
+    model = tf_keras.Sequential([tf_keras.Input((1,)), tf_keras.layers.Dense(1)])
+    model.compile(tf_keras.optimizers.SGD(s), "mse")
+    model.fit(np.ones((20, 1)), np.ones((20, 1)), batch_size=4, verbose=0)
+    model.save(tmp_path / "m.keras")
+    back = load_keras(tmp_path / "m.keras").optimizer
+    assert isinstance(back._learning_rate, PolicySchedule) and int(back.iterations) == 5
+    assert float(back._learning_rate(33)) == pytest.approx(0.25 * _policy("cosine").rate(33, T), rel=1e-6)

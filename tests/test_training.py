@@ -281,3 +281,77 @@ def test_nadam_formula_two_steps():
         v_hat = v / (1 - b2 ** t)
         w = w - lr * m_hat / (np.sqrt(v_hat) + eps)
     np.testing.assert_allclose(_steps("nadam", grads, [0, 0]), w, rtol=1e-5)
+
+
+# -- schedules inside the optimizer, compile settings, training time over resumes ------------------------
+
+class _SlowEpochs(keras.callbacks.Callback):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        time.sleep(self.seconds)
+
+
+def test_resume_keeps_the_plateau_state_and_adds_up_fit_seconds(tiny_recipe, tmp_path):
+    import time
+
+    # min_delta 10 is never met: after the first epoch the plateau cuts the factor every epoch
+    r = tiny_recipe(**{"train.epochs": 5, "train.lr": {"initial": 0.01, "per": "epoch", "plateau": {
+        "monitor": "val_loss", "patience": 1, "factor": 0.5, "min_delta": 10.0}}})
+    whole = fit(r, output=tmp_path / "whole", log=lambda *_: None).history
+    with pytest.raises(Interrupted):
+        fit(r, output=tmp_path, callbacks=[_SlowEpochs(0.3), _InterruptAt(2)], log=lambda *_: None)
+    state = json.loads((tmp_path / "tiny.partial" / "checkpoints" / "state.json").read_text())
+    assert state["lr_state"]["factor"] == 0.5 and state["fit_seconds"] >= 0.6
+    t0 = time.perf_counter()
+    res = fit(r, output=tmp_path, resume=True, callbacks=[_SlowEpochs(0.3)], log=lambda *_: None)
+    second = time.perf_counter() - t0
+    # the rate continues where the interrupted run left it: the same per-epoch rates as one whole run
+    assert [h["lr"] for h in res.history] == pytest.approx([h["lr"] for h in whole], rel=1e-6)
+    assert [h["lr"] for h in whole] == pytest.approx([0.01, 0.01, 0.005, 0.0025, 0.00125], rel=1e-6)
+    # fit_seconds counts both stretches: the first (≥ 0.6 s of sleeps) and the second (≥ 0.9 s)
+    assert state["fit_seconds"] + 0.9 <= res.metrics["fit_seconds"] <= state["fit_seconds"] + second
+
+
+def test_jit_and_steps_per_execution_agree_with_plain_compile(tiny_recipe, tmp_path):
+    plain = fit(tiny_recipe(**{"train.compile": {"jit": False, "steps_per_execution": 1}}),
+                output=tmp_path / "plain", log=lambda *_: None)
+    spe = fit(tiny_recipe(**{"train.compile": {"jit": False, "steps_per_execution": 5}}),
+              output=tmp_path / "spe", log=lambda *_: None)
+    xla = fit(tiny_recipe(**{"train.compile": {"jit": True, "steps_per_execution": 4}}),
+              output=tmp_path / "xla", log=lambda *_: None)
+    assert spe.model._steps_per_execution.numpy() == 5 and xla.model.jit_compile and not plain.model.jit_compile
+    assert spe.metrics["compile"] == {"jit": False, "steps_per_execution": 5, "source": "recipe",
+                                      "probe_ms_per_step": {}, "probe_seconds": 0.0}
+    # the same steps in the same order: only floating-point rounding may differ
+    assert spe.metrics["test_loss"] == pytest.approx(plain.metrics["test_loss"], rel=1e-4)
+    assert xla.metrics["test_loss"] == pytest.approx(plain.metrics["test_loss"], rel=2e-2)
+    for run in (spe, xla):
+        assert abs(run.metrics["test_accuracy"] - plain.metrics["test_accuracy"]) <= 1 / 64 + 1e-9
+        np.testing.assert_allclose([h["loss"] for h in run.history], [h["loss"] for h in plain.history], rtol=2e-2)
+
+
+def test_auto_compile_probes_and_records_its_choice(tiny_recipe, tmp_path, monkeypatch):
+    from tfopt.training import compile as probe
+
+    monkeypatch.setattr(probe, "MIN_STEPS_TO_PROBE", 0)
+    lines = []
+    res = fit(tiny_recipe(), output=tmp_path, log=lines.append)
+    c = json.loads((tmp_path / "tiny" / "metrics.json").read_text())["compile"]
+    assert c["source"] == "auto (probe)" and c["probe_seconds"] > 0
+    assert set(c["probe_ms_per_step"]) == {"jit=off,spe=1", "jit=off,spe=5", "jit=on,spe=1", "jit=on,spe=5"}
+    chosen = c["probe_ms_per_step"][f"jit={'on' if c['jit'] else 'off'},spe={c['steps_per_execution']}"]
+    assert chosen <= min(c["probe_ms_per_step"].values()) * (1 + probe.TIE) + 1e-3
+    assert res.model.jit_compile == c["jit"] and res.model._steps_per_execution.numpy() == c["steps_per_execution"]
+    assert any(line.startswith(f"compile: jit={'on' if c['jit'] else 'off'}, steps_per_execution=") for line in lines)
+    # a short run is not probed; a callback with batch hooks keeps one step per execution
+    monkeypatch.setattr(probe, "MIN_STEPS_TO_PROBE", 10_000)
+    r = tiny_recipe(callbacks=[{"name": "gradient_norm_monitor", "every_n_steps": 2, "verbose": 0}])
+    m = fit(r, output=tmp_path / "b", log=lambda *_: None).metrics["compile"]
+    assert (m["jit"], m["steps_per_execution"], m["probe_ms_per_step"]) == (False, 1, {})
+    m = fit(tiny_recipe(), output=tmp_path / "c", log=lambda *_: None).metrics["compile"]
+    assert (m["jit"], m["steps_per_execution"]) == (False, 5) and "too short to probe" in m["source"]

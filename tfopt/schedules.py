@@ -1,8 +1,12 @@
 """Learning-rate schedules as plain formulas of the step (or epoch) index.
 
 Every schedule is a pure function ``rate(t, initial, total)``: ``t`` counts steps or
-epochs from 0, ``total`` is the number of steps or epochs the schedule spans. No
-TensorFlow here; :class:`tfopt.callbacks.LearningRateDecay` applies the values.
+epochs from 0, ``total`` is the number of steps or epochs the schedule spans. Each also has
+``tf_rate``, the same formula in TensorFlow ops, which :class:`tfopt.training.lr.PolicySchedule`
+runs inside the optimizer (so no per-step callback is needed and ``steps_per_execution``
+can batch steps). TensorFlow is imported only when ``tf_rate`` runs; validating a recipe
+imports none. :class:`tfopt.callbacks.LearningRateDecay` applies the Python values from a
+callback, for users' own ``model.fit``.
 Arguments given in steps (``decay_steps``, ``step_size``, ``boundaries``...) are in the
 same unit as ``per`` of the policy that uses them.
 """
@@ -19,8 +23,18 @@ from tfopt.registry import Config, Registry
 SCHEDULES = Registry("schedule")
 
 
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
 class Schedule(Config):
     def rate(self, t: float, initial: float, total: int) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def tf_rate(self, t, initial: float, total: int):  # pragma: no cover
+        """The rate as a float64 tensor, for a float64 tensor ``t``; the same formula as :meth:`rate`."""
         raise NotImplementedError
 
 
@@ -33,6 +47,9 @@ class Constant(Schedule):
     def rate(self, t, initial, total):
         return initial
 
+    def tf_rate(self, t, initial, total):
+        return _tf().zeros_like(t) + initial
+
 
 @SCHEDULES.register
 class Step(Schedule):
@@ -44,6 +61,10 @@ class Step(Schedule):
 
     def rate(self, t, initial, total):
         return initial * self.gamma ** math.floor(t / self.step_size)
+
+    def tf_rate(self, t, initial, total):
+        tf = _tf()
+        return initial * tf.pow(tf.constant(self.gamma, tf.float64), tf.floor(t / self.step_size))
 
 
 @SCHEDULES.register
@@ -59,6 +80,11 @@ class Exponential(Schedule):
         p = t / (self.decay_steps or max(total, 1))
         return initial * self.decay_rate ** (math.floor(p) if self.staircase else p)
 
+    def tf_rate(self, t, initial, total):
+        tf = _tf()
+        p = t / float(self.decay_steps or max(total, 1))
+        return initial * tf.pow(tf.constant(self.decay_rate, tf.float64), tf.floor(p) if self.staircase else p)
+
 
 @SCHEDULES.register
 class InverseTime(Schedule):
@@ -73,6 +99,10 @@ class InverseTime(Schedule):
         p = t / self.decay_steps
         return initial / (1.0 + self.decay_rate * (math.floor(p) if self.staircase else p))
 
+    def tf_rate(self, t, initial, total):
+        p = t / float(self.decay_steps)
+        return initial / (1.0 + self.decay_rate * (_tf().floor(p) if self.staircase else p))
+
 
 @SCHEDULES.register
 class InverseSqrt(Schedule):
@@ -83,6 +113,9 @@ class InverseSqrt(Schedule):
 
     def rate(self, t, initial, total):
         return initial / math.sqrt(1.0 + self.k * t)
+
+    def tf_rate(self, t, initial, total):
+        return initial / _tf().sqrt(1.0 + self.k * t)
 
 
 @SCHEDULES.register
@@ -99,6 +132,12 @@ class Polynomial(Schedule):
         frac = 1.0 - min(t, horizon) / horizon
         return (initial - self.end_lr) * frac**self.power + self.end_lr
 
+    def tf_rate(self, t, initial, total):
+        tf = _tf()
+        horizon = float(self.decay_steps or max(total, 1))
+        frac = 1.0 - tf.minimum(t, horizon) / horizon
+        return (initial - self.end_lr) * tf.pow(frac, self.power) + self.end_lr
+
 
 @SCHEDULES.register
 class Cosine(Schedule):
@@ -111,6 +150,12 @@ class Cosine(Schedule):
     def rate(self, t, initial, total):
         horizon = self.decay_steps or max(total, 1)
         cos = 0.5 * (1.0 + math.cos(math.pi * min(t, horizon) / horizon))
+        return initial * ((1.0 - self.alpha) * cos + self.alpha)
+
+    def tf_rate(self, t, initial, total):
+        tf = _tf()
+        horizon = float(self.decay_steps or max(total, 1))
+        cos = 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(t, horizon) / horizon))
         return initial * ((1.0 - self.alpha) * cos + self.alpha)
 
 
@@ -135,6 +180,22 @@ class CosineRestarts(Schedule):
             period *= self.t_mul
             peak *= self.m_mul
         cos = 0.5 * (1.0 + math.cos(math.pi * t / period))
+        return initial * peak * ((1.0 - self.alpha) * cos + self.alpha)
+
+    def tf_rate(self, t, initial, total):
+        tf = _tf()
+        period = tf.constant(float(self.first_decay_steps or max(total // 4, 1)), tf.float64)
+        if self.t_mul == 1.0:
+            # equal periods: a division, not a loop as long as the run
+            cycles = tf.floor(t / period)
+            t, peak = t - cycles * period, tf.pow(tf.constant(self.m_mul, tf.float64), cycles)
+        else:
+            # the same walk as rate(): exact at period ends, where a closed form by logarithms
+            # can land one period short in floating point; periods grow, so it is a few turns
+            t, period, peak = tf.while_loop(
+                lambda t, p, m: t >= p, lambda t, p, m: (t - p, p * self.t_mul, m * self.m_mul),
+                (t, period, tf.ones_like(t)))
+        cos = 0.5 * (1.0 + tf.cos(math.pi * t / period))
         return initial * peak * ((1.0 - self.alpha) * cos + self.alpha)
 
 
@@ -162,6 +223,13 @@ class Piecewise(Schedule):
             if t <= boundary:
                 return value
         return self.values[-1]
+
+    def tf_rate(self, t, initial, total):
+        tf = _tf()
+        value = tf.zeros_like(t) + self.values[-1]
+        for boundary, v in reversed(list(zip(self.boundaries, self.values))):
+            value = tf.where(t <= boundary, tf.constant(v, tf.float64), value)
+        return value
 
 
 class Plateau(Config):
@@ -197,3 +265,12 @@ class LRPolicy(Config):
         if t < self.warmup:
             return self.initial * (self.warmup_start + (1.0 - self.warmup_start) * t / self.warmup)
         return float(self.schedule.rate(t - self.warmup, self.initial, max(total - self.warmup, 1)))
+
+    def tf_rate(self, t, total: int):
+        """:meth:`rate` in TensorFlow ops, for a float64 tensor ``t``."""
+        tf = _tf()
+        after = self.schedule.tf_rate(tf.maximum(t - self.warmup, 0.0), self.initial, max(total - self.warmup, 1))
+        if not self.warmup:
+            return after
+        ramp = self.initial * (self.warmup_start + (1.0 - self.warmup_start) * t / self.warmup)
+        return tf.where(t < self.warmup, ramp, after)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt.optimize.prune import check_layer_names, kernels, prunable
+from tfopt.optimize.runner import recipe_call
 
 INIT = {"kmeans_plus_plus": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density_based": "DENSITY_BASED",
         "random": "RANDOM"}
@@ -16,16 +17,21 @@ def unique_values(model) -> dict:
             for layer in model.layers if prunable(layer)}
 
 
-def cluster(model, recipe, splits, cfg, log=print):
-    """Cluster a copy of ``model``'s kernels into ``cfg.clusters`` shared values per layer.
+def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_plus", skip=()):
+    """For your own training loop: a copy of ``model`` with its conv/dense kernels wrapped for
+    weight clustering (TFMOT ``cluster_weights``); train it, then :func:`tfopt.optimize.prune.strip`."""
+    from tfopt.optimize.config import ClusterConfig, validated
 
-    Returns ``(plain clustered model, report)``.
-    """
-    import tensorflow_model_optimization as tfmot
+    cfg = validated(ClusterConfig, dict(clusters=clusters, init=init, skip=list(skip)), "cluster")
+    return _wrap(model, cfg)
+
+
+def _wrap(model, cfg):
+    from tfopt.interop import import_tfmot
+    tfmot = import_tfmot()
     import tf_keras as keras
 
     from tfopt.export import plain_copy
-    from tfopt.optimize.runner import fine_tune
 
     check_layer_names(model, cfg.skip, "skip")
     cl = tfmot.clustering.keras
@@ -36,7 +42,30 @@ def cluster(model, recipe, splits, cfg, log=print):
             return layer
         return cl.cluster_weights(layer, number_of_clusters=cfg.clusters, cluster_centroids_init=init)
 
-    work = keras.models.clone_model(plain_copy(model), clone_function=wrap)
-    history, seconds = fine_tune(work, recipe, splits, cfg, log=log)
-    clustered = plain_copy(cl.strip_clustering(work))
+    return keras.models.clone_model(plain_copy(model), clone_function=wrap)
+
+
+@recipe_call("apply_cluster")
+def cluster(model, data, *, clusters: int = 16, init: str = "kmeans_plus_plus", skip=(), epochs: int = 1,
+            lr: float | None = None, batch_size: int | None = None, log=print, **fit):
+    """Cluster a copy of ``model``'s kernels into ``clusters`` shared values per layer,
+    fine-tune it on ``data`` and strip the wrappers.
+
+    Args:
+        init: centroid initialisation: ``kmeans_plus_plus``, ``linear``, ``density_based`` or ``random``.
+        skip: layers left unclustered.
+        **fit: more :func:`tfopt.optimize.runner.fine_tune` arguments.
+
+    Returns:
+        ``(clustered model, report)``; the report counts the unique values per layer.
+    """
+    from tfopt.optimize.config import ClusterConfig, validated
+    from tfopt.optimize.prune import strip
+    from tfopt.optimize.runner import fine_tune
+
+    cfg = validated(ClusterConfig, dict(clusters=clusters, init=init, skip=list(skip), epochs=epochs, lr=lr,
+                                        batch_size=batch_size), "cluster")
+    work = _wrap(model, cfg)
+    history, seconds = fine_tune(work, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, log=log, **fit)
+    clustered = strip(work)
     return clustered, {"unique_values": unique_values(clustered), "history": history, "fine_tune_seconds": seconds}

@@ -1,25 +1,31 @@
-"""One function per command (prune, cluster, quantize, export): load, optimize, verify, write a run."""
+"""The optimization commands: recipe and command-line values -> keyword arguments -> the
+library step -> a new run directory.
+
+Each step's work is a library function that takes a model and plain keyword arguments
+(:mod:`tfopt.optimize.prune`, ``cluster``, ``quantize``, ``structured``, ``remove``, ``fold``);
+the functions here only resolve settings, load the data, call it, verify and write. Every step
+is registered once in :data:`tfopt.optimize.registry.STEPS`, which :func:`run` dispatches on.
+"""
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from tfopt.errors import TfoptError
 from tfopt.optimize import config as C
+from tfopt.optimize.registry import STEPS, register
 from tfopt.tflite import VerificationFailed
 
 
-def settings(recipe, step: str, cls, given: dict):
-    """The recipe's ``optimize.<step>`` (or defaults) with the command-line values on top."""
-    from tfopt.recipe import format_validation_errors
-
-    base = getattr(recipe.optimize, step) if step else recipe.export
+def settings(recipe, step: str | None, cls, given: dict):
+    """The recipe's ``optimize.<step>`` (or ``export``, or defaults) with the command-line values on top."""
+    base = getattr(recipe.optimize, step, None) if step else recipe.export
     data = {**(base.model_dump() if base else {}), **{k: v for k, v in given.items() if v is not None}}
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        where = f"optimize.{step}" if step else "export"
-        raise TfoptError("; ".join(f"{where}.{k}: {m}" for k, m in format_validation_errors(exc, data, cls))) from None
+    return C.validated(cls, data, f"optimize.{step}" if step else "export")
+
+
+def run(step: str, source, given: dict, output=None, overwrite=False, log=print):
+    """Run the registered step ``step`` on ``source`` with the command-line values ``given``."""
+    s = STEPS[step]
+    return (s.command or run_generic)(source, given, output=output, overwrite=overwrite, log=log, step=s)
 
 
 def _base_metrics(source, model, splits, log):
@@ -39,13 +45,65 @@ def _splits(source):
     return load_splits(source.recipe.data, source.recipe.seed)
 
 
-def run_prune(source, given: dict, output=None, overwrite=False, log=print):
+def fit_kwargs(recipe, splits, cfg) -> dict:
+    """The fine-tune keyword arguments of a step from the recipe and its data."""
+    from tfopt.optimize.runner import recipe_fit
+
+    return recipe_fit(recipe, splits, cfg)
+
+
+def step_kwargs(cfg, exclude=()) -> dict:
+    """A step config as keyword arguments for its library function (fine-tune fields dropped:
+    :func:`fit_kwargs` carries them)."""
+    return {k: v for k, v in cfg.model_dump().items() if k not in ("epochs", "lr", "batch_size", *exclude)}
+
+
+def apply_generic(step, model, recipe, splits, cfg, log=print):
+    """A registered step's function on ``model`` with the recipe's fine-tune settings."""
+    kwargs = step_kwargs(cfg) if cfg is not None else {}
+    fit = fit_kwargs(recipe, splits, cfg) if cfg is not None and hasattr(cfg, "epochs") else {}
+    return step.function(model, **fit, **kwargs, log=log)
+
+
+def run_generic(source, given: dict, output=None, overwrite=False, log=print, step=None):
+    """Any registered step: settings, the function, the test metrics, a new run."""
+    import json
+
+    from tfopt.optimize.runner import with_step, write_run
+
+    cfg = settings(source.recipe, step.name, step.config, given) if step.config else None
+    splits = _splits(source)
+    model, report = (step.apply or (lambda *a, **k: apply_generic(step, *a, **k)))(
+        source.model, source.recipe, splits, cfg, log=log)
+    plain = {}
+    for k, v in report.items():  # keep what JSON can hold
+        try:
+            json.dumps(v)
+            plain[k] = v
+        except TypeError:
+            continue
+    metrics = {**_base_metrics(source, model, splits, log), **{f"{step.name}_{k}": v for k, v in plain.items()}}
+    recipe = with_step(source.recipe, step.name, cfg) if cfg is not None and step.name in C.Optimize.model_fields \
+        else source.recipe
+    path = write_run(source, step.folder_suffix(cfg), recipe=recipe, metrics=metrics, model=model,
+                     history=report.get("history"), output=output, overwrite=overwrite, log=log)
+    return path, metrics
+
+
+# ---- magnitude pruning ---------------------------------------------------------------------
+
+def apply_prune(model, recipe, splits, cfg, log=print):
     from tfopt.optimize.prune import prune
+
+    return prune(model, **fit_kwargs(recipe, splits, cfg), **step_kwargs(cfg), log=log)
+
+
+def run_prune(source, given: dict, output=None, overwrite=False, log=print, step=None):
     from tfopt.optimize.runner import with_step, write_run
 
     cfg = settings(source.recipe, "prune", C.PruneConfig, given)
     splits = _splits(source)
-    model, report = prune(source.model, source.recipe, splits, cfg, log=log)
+    model, report = apply_prune(source.model, source.recipe, splits, cfg, log=log)
     metrics = {**_base_metrics(source, model, splits, log), "sparsity": report["sparsity"],
                "per_layer_sparsity": report["per_layer"], "preflight": report["plan"],
                "fine_tune_seconds": round(report["fine_tune_seconds"], 2)}
@@ -57,13 +115,20 @@ def run_prune(source, given: dict, output=None, overwrite=False, log=print):
     return path, metrics
 
 
-def run_cluster(source, given: dict, output=None, overwrite=False, log=print):
+# ---- clustering ------------------------------------------------------------------------------
+
+def apply_cluster(model, recipe, splits, cfg, log=print):
     from tfopt.optimize.cluster import cluster
+
+    return cluster(model, **fit_kwargs(recipe, splits, cfg), **step_kwargs(cfg), log=log)
+
+
+def run_cluster(source, given: dict, output=None, overwrite=False, log=print, step=None):
     from tfopt.optimize.runner import with_step, write_run
 
     cfg = settings(source.recipe, "cluster", C.ClusterConfig, given)
     splits = _splits(source)
-    model, report = cluster(source.model, source.recipe, splits, cfg, log=log)
+    model, report = apply_cluster(source.model, source.recipe, splits, cfg, log=log)
     metrics = {**_base_metrics(source, model, splits, log), "unique_values": report["unique_values"],
                "fine_tune_seconds": round(report["fine_tune_seconds"], 2)}
     for name, n in report["unique_values"].items():
@@ -72,6 +137,8 @@ def run_cluster(source, given: dict, output=None, overwrite=False, log=print):
                      model=model, history=report["history"], output=output, overwrite=overwrite, log=log)
     return path, metrics
 
+
+# ---- quantization and export -------------------------------------------------------------------
 
 def _verified(keras_model, content, mode, splits, threshold, log):
     from tfopt.tflite import verify
@@ -86,40 +153,47 @@ def _threshold(export_cfg, mode):
     return export_cfg.min_agreement_float if mode in ("float32", "float16") else export_cfg.min_agreement_int8
 
 
-def run_quantize(source, given: dict, output=None, overwrite=False, log=print):
-    from tfopt.optimize.quantize import post_training, quantization_aware
-    from tfopt.optimize.runner import with_step, write_run
+def apply_quantize(model, recipe, splits, cfg, log=print):
+    """``(keras model, report with "tflite" bytes)``: the QAT model for ``qat``, else the input."""
+    from tfopt.optimize import quantize as q
+
+    if cfg.mode == "qat":
+        qat, report = q.quantize_aware(model, **fit_kwargs(recipe, splits, cfg), log=log)
+        return qat, {**report, "tflite": q.qat_tflite(qat, cfg.int8_io)}
+    log(f"converting to TFLite ({cfg.mode})")
+    content = q.post_training(model, cfg.mode, splits.x_train, cfg.int8_io, cfg.representative_samples, recipe.seed)
+    return model, {"tflite": content}
+
+
+def run_quantize(source, given: dict, output=None, overwrite=False, log=print, step=None):
+    from tfopt.optimize.runner import evaluate, with_step, write_run
 
     cfg = settings(source.recipe, "quantize", C.QuantizeConfig, given)
     splits = _splits(source)
-    export_cfg = source.recipe.export
     metrics = _base_metrics(source, source.model, splits, log)
+    reference, report = apply_quantize(source.model, source.recipe, splits, cfg, log=log)
+    content, history = report["tflite"], report.get("history")
+    mode = "int8" if cfg.mode == "qat" else cfg.mode
     if cfg.mode == "qat":
-        qat, content, report = quantization_aware(source.model, source.recipe, splits, cfg, log=log)
-        reference, mode, history = qat, "int8", report["history"]
-        from tfopt.optimize.runner import evaluate
-
-        metrics.update({f"qat_{k}": v for k, v in evaluate(qat, source.recipe, splits).items()},
+        metrics.update({f"qat_{k}": v for k, v in evaluate(reference, source.recipe, splits).items()},
                        scheme=report["scheme"], float_layers=report["float_layers"],
                        fine_tune_seconds=round(report["fine_tune_seconds"], 2))
-    else:
-        log(f"converting to TFLite ({cfg.mode})")
-        content = post_training(source.model, cfg.mode, splits, cfg.int8_io, cfg.representative_samples,
-                                source.recipe.seed)
-        reference, mode, history = source.model, cfg.mode, None
-    v = _verified(reference, content, mode, splits, _threshold(export_cfg, mode), log)
+    v = _verified(reference, content, mode, splits, _threshold(source.recipe.export, mode), log)
     metrics["tflite"] = {f"model_{mode}.tflite": {**v.__dict__, "bytes": len(content)}}
     if not v.passed:
         raise VerificationFailed(f"TFLite verification failed: {v.line()}. Nothing was written.")
-    suffix = "qat" if cfg.mode == "qat" else cfg.mode
-    path = write_run(source, suffix, recipe=with_step(source.recipe, "quantize", cfg), metrics=metrics,
+    path = write_run(source, _quantize_suffix(cfg), recipe=with_step(source.recipe, "quantize", cfg), metrics=metrics,
                      model=source.model if cfg.mode != "qat" else None, files={f"model_{mode}.tflite": content},
                      history=history, output=output, overwrite=overwrite, log=log)
     return path, metrics
 
 
-def run_export(source, given: dict, output=None, overwrite=False, log=print):
-    from tfopt.optimize.quantize import post_training
+def _quantize_suffix(cfg) -> str:
+    return "qat" if cfg.mode == "qat" else cfg.mode
+
+
+def run_export(source, given: dict, output=None, overwrite=False, log=print, step=None):
+    from tfopt.optimize import quantize as q
     from tfopt.optimize.runner import write_run
 
     cfg = settings(source.recipe, None, C.Export, given)
@@ -128,8 +202,8 @@ def run_export(source, given: dict, output=None, overwrite=False, log=print):
     files, results, failed = {}, {}, []
     for mode in cfg.tflite:
         log(f"converting to TFLite ({mode})")
-        content = post_training(source.model, mode, splits, cfg.int8_io, cfg.representative_samples,
-                                source.recipe.seed)
+        content = q.post_training(source.model, mode, splits.x_train, cfg.int8_io, cfg.representative_samples,
+                                  source.recipe.seed)
         v = _verified(source.model, content, mode, splits, _threshold(cfg, mode), log)
         files[f"model_{mode}.tflite"] = content
         results[f"model_{mode}.tflite"] = {**v.__dict__, "bytes": len(content)}
@@ -145,47 +219,62 @@ def run_export(source, given: dict, output=None, overwrite=False, log=print):
     return path, metrics
 
 
-def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print):
-    """Fold BatchNorm layers and check the outputs against the original on the test images."""
-    import numpy as np
+def _export_function(model, data=None, *, tflite=("float32",), int8_io=False, representative_samples=500, seed=0,
+                     log=print, **_):
+    """TFLite files of ``model`` (not verified here: the export command verifies them)."""
+    from tfopt.optimize import quantize as q
+    from tfopt.optimize.runner import sample_x
 
+    x = sample_x(data) if data is not None else None
+    return model, {"tflite": {m: q.post_training(model, m, x, int8_io, representative_samples, seed) for m in tflite}}
+
+
+# ---- surgery ------------------------------------------------------------------------------------
+
+def apply_fold_bn(model, recipe, splits, cfg, log=print):
+    from tfopt.optimize.fold import fold
+
+    return fold(model, (splits.x_test, splits.y_test), log=log)
+
+
+def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print, step=None):
+    """Fold BatchNorm layers and check the outputs against the original on the test images."""
     from tfopt.models.stats import model_stats
-    from tfopt.surgery.fold_bn import fold_batchnorm
     from tfopt.optimize.runner import write_run
 
     splits = _splits(source)
-    folded, report = fold_batchnorm(source.model)
-    ref = source.model.predict(splits.x_test, batch_size=256, verbose=0)
-    got = folded.predict(splits.x_test, batch_size=256, verbose=0)
-    rel = float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-3)))
-    for bn, into in report["folded"]:
-        log(f"  folded {bn} into {into}")
-    for bn, why in report["kept"]:
-        log(f"  kept {bn}: {why}")
-    log(f"{len(report['folded'])} BatchNorm layer(s) folded; outputs match the original within {rel:.2e} "
-        f"(relative, on {len(ref)} test images). The TFLite converter folds BatchNorm too: expect no TFLite "
-        f"speed-up from this step.")
-    if rel > 1e-4:
-        raise TfoptError(f"BatchNorm folding changed the outputs by {rel:.2e} (relative); nothing was written.")
+    folded, report = apply_fold_bn(source.model, source.recipe, splits, None, log=log)
     metrics = {**_base_metrics(source, folded, splits, log), "folded": report["folded"], "kept": report["kept"],
-               "max_relative_output_difference": rel, "params_before": model_stats(source.model)["params"]}
+               "max_relative_output_difference": report["max_relative_output_difference"],
+               "params_before": model_stats(source.model)["params"]}
     path = write_run(source, "folded", recipe=source.recipe, metrics=metrics, model=folded, output=output,
                      overwrite=overwrite, log=log)
     return path, metrics
 
 
-def run_structured(source, given: dict, output=None, overwrite=False, log=print):
+def apply_structured(model, recipe, splits, cfg, log=print):
+    import numpy as np
+
+    from tfopt.optimize.structured import channel_prune
+
+    y = splits.y_train[: cfg.probe_samples]
+    one_hot = recipe.train.loss.one_hot
+    probe = (splits.x_train[: cfg.probe_samples], np.eye(splits.num_classes, dtype="float32")[y] if one_hot else y)
+    return channel_prune(model, **fit_kwargs(recipe, splits, cfg), **step_kwargs(cfg), probe=probe,
+                         check_x=splits.x_test[:256], log=log)
+
+
+def run_structured(source, given: dict, output=None, overwrite=False, log=print, step=None):
     """Remove channels (in ``rounds`` steps), check each surgery against the masked original,
     fine-tune after each, write a run."""
     from tfopt.export import plain_copy
     from tfopt.models.stats import model_stats
     from tfopt.optimize.runner import with_step, write_run
-    from tfopt.optimize.structured import channel_prune
 
     cfg = settings(source.recipe, "structured", C.StructuredConfig, given)
     splits = _splits(source)
     before = model_stats(source.model)
-    model, info = channel_prune(source.model, source.recipe, splits, cfg, log=log)
+    model, info = apply_structured(source.model, source.recipe, splits, cfg, log=log)
     history, seconds, diffs, first_report = info["history"], info["seconds"], info["diffs"], info["first_report"]
     after = model_stats(model)
     channels = {name: len(idx) for name, idx in first_report["keep"].items()}
@@ -210,23 +299,21 @@ def analyze_removals(model, splits, log=print, recipe=None, epochs=0) -> list[di
     """Accuracy (validation split, else test) and savings for each removable layer or block,
     right after removal or, with ``epochs``, after that short fine-tune of each candidate."""
     from tfopt.models.stats import model_stats
+    from tfopt.optimize.remove import remove
     from tfopt.optimize.runner import accuracy, selection_split
-    from tfopt.surgery.remove import candidates, remove_layers
+    from tfopt.surgery.remove import candidates
 
     x, y = selection_split(splits)
     base, stats = accuracy(model, x, y), model_stats(model)
+    fit = fit_kwargs(recipe, splits, C.RemoveConfig(epochs=epochs)) if epochs else {}
     rows = []
     for name in candidates(model):
-        smaller, removed = remove_layers(model, [name])
-        if epochs:
-            from tfopt.optimize.config import FineTune
-            from tfopt.optimize.runner import fine_tune
-
-            fine_tune(smaller, recipe, splits, FineTune(epochs=epochs), log=lambda *_: None)
+        smaller, report = remove(model, layers=[name], **{**fit, "epochs": epochs}, log=lambda *_: None)
         s = model_stats(smaller)
         acc = accuracy(smaller, x, y)
-        rows.append({"candidate": name, "layers": len(removed), "accuracy": acc, "drop_points": (base - acc) * 100,
-                     "params_saved": stats["params"] - s["params"], "macs_saved": stats["macs"] - s["macs"]})
+        rows.append({"candidate": name, "layers": len(report["removed"]), "accuracy": acc,
+                     "drop_points": (base - acc) * 100, "params_saved": stats["params"] - s["params"],
+                     "macs_saved": stats["macs"] - s["macs"]})
         log(f"  without {name:<12} accuracy {acc:.2%} ({(acc - base) * 100:+.2f} points), saves "
             f"{stats['macs'] - s['macs']:,} MACs and {stats['params'] - s['params']:,} parameters")
     return sorted(rows, key=lambda r: r["drop_points"])
@@ -250,53 +337,55 @@ def choose_removals(model, splits, rows, budget: float) -> list[str]:
     return chosen
 
 
-def run_remove(source, given: dict, output=None, overwrite=False, log=print):
-    """Remove the named layers or blocks, or analyze every candidate (and pick within a budget)."""
-    from tfopt.export import plain_copy
-    from tfopt.models.stats import model_stats
-    from tfopt.optimize.config import FineTune
-    from tfopt.optimize.runner import fine_tune, write_run
-    from tfopt.surgery.remove import remove_layers
+def apply_remove(model, recipe, splits, cfg, log=print):
+    from tfopt.optimize.remove import remove
 
+    fit = fit_kwargs(recipe, splits, cfg) if cfg.epochs else {}
+    return remove(model, **{**fit, "epochs": cfg.epochs}, layers=cfg.layers, log=log)
+
+
+def run_remove(source, given: dict, output=None, overwrite=False, log=print, step=None):
+    """Remove the named layers or blocks, or analyze every candidate (and pick within a budget)."""
+    from tfopt.models.stats import model_stats
+    from tfopt.optimize.runner import write_run
+
+    cfg = settings(source.recipe, "remove", C.RemoveConfig, given)
     splits = _splits(source)
-    names, rows, files = list(given.get("layers") or []), None, {}
-    if given.get("analyze"):
-        ft = given.get("analyze_epochs") or 0
+    names, rows, files = list(cfg.layers), None, {}
+    if cfg.analyze:
+        ft = cfg.analyze_epochs
         log("measuring the model without each removable layer or block "
             + (f"after {ft} fine-tune epoch(s) each" if ft else "(no fine-tuning)"))
         rows = analyze_removals(source.model, splits, log, source.recipe, ft)
         if not rows:
             raise TfoptError("no layer or block of this model can be removed: none keeps its input's shape")
         files["analysis.csv"] = _csv(rows).encode()
-        if given.get("budget") is not None and not names:
-            names = choose_removals(source.model, splits, rows, given["budget"])
-            log(f"within a {given['budget']:g}-point budget: remove {', '.join(names) or 'nothing'}")
+        if cfg.budget is not None and not names:
+            names = choose_removals(source.model, splits, rows, cfg.budget)
+            log(f"within a {cfg.budget:g}-point budget: remove {', '.join(names) or 'nothing'}")
     if not names:
         if rows is None:
             raise TfoptError("remove-layers: name the layers or blocks (--layers conv3,block2), or pass --analyze")
         for line in _csv(rows).splitlines():
             log(line)
         return None, {"analysis": rows}
-    model, removed = remove_layers(source.model, names)
     before = model_stats(source.model)
-    cfg = FineTune(epochs=given.get("epochs") or 1, lr=given.get("lr"))
-    history = []
-    if given.get("epochs", 1) != 0:
-        history, _ = fine_tune(model, source.recipe, splits, cfg, log=log)
-    metrics = {**_base_metrics(source, model, splits, log), "removed": removed, "requested": names,
+    model, report = apply_remove(source.model, source.recipe, splits, cfg.model_copy(update={"layers": names}),
+                                 log=log)
+    metrics = {**_base_metrics(source, model, splits, log), "removed": report["removed"], "requested": names,
                "macs_before": before["macs"], "params_before": before["params"], "analysis": rows}
-    log(f"removed {', '.join(removed)}; MACs {before['macs']:,} -> {metrics['macs']:,}")
+    log(f"removed {', '.join(report['removed'])}; MACs {before['macs']:,} -> {metrics['macs']:,}")
     if rows:
-        from tfopt.report.plots import removal_plot
-
         import tempfile
         from pathlib import Path
+
+        from tfopt.report.plots import removal_plot
 
         with tempfile.TemporaryDirectory() as tmp:
             removal_plot(rows, Path(tmp) / "analysis.png")
             files["analysis.png"] = (Path(tmp) / "analysis.png").read_bytes()
-    path = write_run(source, "removed", recipe=source.recipe, metrics=metrics, model=plain_copy(model),
-                     files=files, history=history, output=output, overwrite=overwrite, log=log)
+    path = write_run(source, "removed", recipe=source.recipe, metrics=metrics, model=model,
+                     files=files, history=report["history"], output=output, overwrite=overwrite, log=log)
     return path, metrics
 
 
@@ -304,3 +393,36 @@ def _csv(rows) -> str:
     keys = list(rows[0])
     return "\n".join([",".join(keys)] + [",".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])
                                                    for k in keys) for r in rows]) + "\n"
+
+
+# ---- the built-in steps, registered once -------------------------------------------------------
+
+def _lazy(module, name):
+    """The library function ``module.name``, imported on first call (keeps this module light)."""
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = module
+    call.__doc__ = f"See :func:`{module}.{name}`."
+    return call
+
+
+register("structured", C.StructuredConfig, "channels", _lazy("tfopt.optimize.structured", "channel_prune"),
+         command=run_structured, apply=apply_structured,
+         help="Remove whole channels (filters, units) and every weight that reads them.")
+register("prune", C.PruneConfig, "pruned", _lazy("tfopt.optimize.prune", "prune"), command=run_prune,
+         apply=apply_prune, help="Magnitude pruning with a schedule preflight, then strip.")
+register("cluster", C.ClusterConfig, "clustered", _lazy("tfopt.optimize.cluster", "cluster"), command=run_cluster,
+         apply=apply_cluster, help="Weight clustering: a few shared values per layer, then strip.")
+register("quantize", C.QuantizeConfig, _quantize_suffix, _lazy("tfopt.optimize.quantize", "quantize_aware"),
+         command=run_quantize, apply=apply_quantize,
+         help="Post-training quantization (dynamic, float16, int8) or quantization-aware training.")
+register("remove", C.RemoveConfig, "removed", _lazy("tfopt.optimize.remove", "remove"), command=run_remove,
+         apply=apply_remove, chain=False, help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")
+register("fold_bn", None, "folded", _lazy("tfopt.optimize.fold", "fold"), command=run_fold_bn, apply=apply_fold_bn,
+         chain=False, help="Fold BatchNorm into the conv or dense layer before it.")
+register("export", C.Export, "export", _export_function, command=run_export, chain=False,
+         help="SavedModel, .keras and verified .tflite files.")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator
 
+from tfopt.errors import TfoptError
 from tfopt.registry import Config
 
 
@@ -20,9 +21,22 @@ def _check_ratios(v: dict, what: str) -> dict:
     return v
 
 
+def validated(cls, values: dict, where: str):
+    """``cls`` built from ``values`` (``None`` values dropped, so defaults apply); a problem
+    raises one :class:`TfoptError` naming each key as ``<where>.<key>``."""
+    from tfopt.recipe import format_validation_errors
+
+    data = {k: v for k, v in values.items() if v is not None}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise TfoptError("; ".join(f"{where}.{k}: {m}" for k, m in format_validation_errors(exc, data, cls))) from None
+
+
 class FineTune(Config):
     epochs: PositiveInt = 2
-    lr: Optional[PositiveFloat] = Field(None, description="peak rate, cosine-decayed; default: a tenth of train.lr.initial")
+    lr: Optional[PositiveFloat] = Field(None, description="peak rate, held while the step works, then cosine-decayed "
+                                                          "to a tenth; default: train.lr.initial")
     batch_size: Optional[PositiveInt] = Field(None, description="default: train.batch_size")
 
 
@@ -89,11 +103,24 @@ class QuantizeConfig(FineTune):
     representative_samples: PositiveInt = Field(500, description="training images used to calibrate int8")
 
 
+class RemoveConfig(Config):
+    """Layer removal: named layers or residual blocks taken out and rewired, then a fine-tune."""
+
+    layers: list[str] = Field(default_factory=list, description="layers or blocks to remove, e.g. [conv3, block2]")
+    epochs: NonNegativeInt = Field(1, description="fine-tune epochs after the removal (0: none)")
+    lr: Optional[PositiveFloat] = Field(None, description="default: train.lr.initial")
+    batch_size: Optional[PositiveInt] = Field(None, description="default: train.batch_size")
+    analyze: bool = Field(False, description="measure the model without each removable layer or block")
+    analyze_epochs: NonNegativeInt = Field(0, description="fine-tune epochs per analyzed candidate")
+    budget: Optional[float] = Field(None, ge=0, description="with analyze: remove the most within this many points")
+
+
 class Optimize(Config):
     prune: Optional[PruneConfig] = None
     structured: Optional[StructuredConfig] = None
     cluster: Optional[ClusterConfig] = None
     quantize: Optional[QuantizeConfig] = None
+    remove: Optional[RemoveConfig] = None
 
 
 class Export(Config):

@@ -15,6 +15,7 @@ import numpy as np
 
 from tfopt.errors import TfoptError
 from tfopt.registry import did_you_mean
+from tfopt.optimize.runner import recipe_call
 
 
 class PreflightError(TfoptError):
@@ -43,6 +44,11 @@ class Plan:
                 f"{self.reached:.1%} of a {self.target:.1%} target")
 
 
+#: Where the last pruning update falls by default, as a fraction of the fine-tune steps: early
+#: enough that the network recovers from the final cut before the fine-tune ends.
+DEFAULT_END = 1 / 2
+
+
 def polynomial_sparsity(step, initial, final, begin, end, power=3):
     """TFMOT PolynomialDecay's sparsity at ``step``."""
     p = min(1.0, max(0.0, (step - begin) / max(end - begin, 1)))
@@ -55,7 +61,7 @@ def plan_schedule(cfg, target: float, total_steps: int) -> Plan:
     end = cfg.end_step
     frequency = cfg.frequency
     if end is None:
-        end = max(begin + 1, int(round(total_steps * 2 / 3)))
+        end = max(begin + 1, int(round(total_steps * DEFAULT_END)))
         if frequency is None:
             frequency = max(1, min(100, (end - begin) // 10))
         end = begin + max(1, (end - begin) // frequency) * frequency
@@ -72,9 +78,9 @@ def plan_schedule(cfg, target: float, total_steps: int) -> Plan:
     return Plan(begin, end, frequency, total_steps, last, reached, target, cfg.schedule)
 
 
-def preflight(cfg, steps_per_epoch: int) -> Plan:
+def preflight(cfg, steps_per_epoch: int, epochs: int | None = None) -> Plan:
     """The plan for the lowest-reaching target among the global and per-layer sparsities."""
-    total = steps_per_epoch * cfg.epochs
+    total = steps_per_epoch * (cfg.epochs if epochs is None else epochs)
     targets = [cfg.sparsity, *[s for s in cfg.layers.values() if s > 0]]
     plans = [plan_schedule(cfg, t, total) for t in targets]
     return min(plans, key=lambda p: p.reached / p.target)
@@ -125,24 +131,115 @@ def check_layer_names(model, names, option) -> None:
                              f"prunable layers: {', '.join(known)}")
 
 
-def prune(model, recipe, splits, cfg, log=print):
-    """Prune a copy of ``model``, fine-tune it, strip the wrappers.
+def _schedule(sp, cfg, plan, target):
+    if cfg.schedule == "constant":
+        return sp.ConstantSparsity(target, begin_step=plan.begin, end_step=plan.end, frequency=plan.frequency)
+    return sp.PolynomialDecay(cfg.initial_sparsity, target, plan.begin, plan.end, frequency=plan.frequency)
 
-    Returns ``(plain pruned model, report)``; the report holds the preflight plan, the
-    sparsity per layer counted from the weights, and the fine-tune history.
 
-    Raises:
-        PreflightError: the schedule cannot reach the target and ``cfg.force`` is off.
-    """
-    import tensorflow_model_optimization as tfmot
+def _wrap(model, cfg, plan):
+    """A copy of ``model`` with TFMOT pruning wrappers on the prunable layers ``cfg`` selects."""
+    from tfopt.interop import import_tfmot
+    tfmot = import_tfmot()
     import tf_keras as keras
 
     from tfopt.export import plain_copy
-    from tfopt.optimize.runner import fine_tune, steps_per_epoch
 
     check_layer_names(model, cfg.layers, "layers")
     check_layer_names(model, cfg.skip, "skip")
-    spe = steps_per_epoch(recipe, splits, cfg)
+    sp = tfmot.sparsity.keras
+
+    def wrap(layer):
+        # Layers of a private copy are reused as they are: their weights come along.
+        if not prunable(layer) or layer.name in cfg.skip or cfg.layers.get(layer.name, 1.0) == 0:
+            return layer
+        kwargs = {"sparsity_m_by_n": tuple(cfg.m_by_n)} if cfg.m_by_n else {
+            "pruning_schedule": _schedule(sp, cfg, plan, cfg.layers.get(layer.name, cfg.sparsity))}
+        return sp.prune_low_magnitude(layer, **kwargs)
+
+    return keras.models.clone_model(plain_copy(model), clone_function=wrap)
+
+
+def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, schedule: str = "polynomial",
+                     initial_sparsity: float = 0.0, begin_step: int = 0, end_step: int | None = None,
+                     frequency: int | None = None, layers: dict | None = None, skip=(), m_by_n=None):
+    """For your own training loop: a copy of ``model`` wrapped for magnitude pruning.
+
+    Train it with :func:`pruning_callbacks` (TFMOT's ``UpdatePruningStep``) for ``total_steps``
+    steps, then :func:`strip`. The schedule is resolved as :func:`prune` does (see
+    :func:`plan_schedule`); a schedule that cannot reach its target raises :class:`PreflightError`.
+    """
+    from tfopt.optimize.config import PruneConfig, validated
+
+    cfg = validated(PruneConfig, dict(sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
+                                      begin_step=begin_step, end_step=end_step, frequency=frequency,
+                                      layers=layers, skip=list(skip), m_by_n=m_by_n), "prune")
+    plan = preflight(cfg, total_steps, epochs=1)
+    if not plan.ok and cfg.m_by_n is None:
+        raise PreflightError(preflight_message(plan, 1, total_steps))
+    return _wrap(model, cfg, plan)
+
+
+def pruning_callbacks() -> list:
+    """The callbacks a pruning-wrapped model needs in ``fit``: TFMOT's ``UpdatePruningStep``."""
+    from tfopt.interop import import_tfmot
+    tfmot = import_tfmot()
+
+    return [tfmot.sparsity.keras.UpdatePruningStep()]
+
+
+def strip(model):
+    """A plain tf_keras copy of a pruning- or clustering-wrapped model, wrappers removed."""
+    from tfopt.interop import import_tfmot
+    tfmot = import_tfmot()
+
+    from tfopt.export import plain_copy
+
+    model = tfmot.sparsity.keras.strip_pruning(model)
+    model = tfmot.clustering.keras.strip_clustering(model)
+    return plain_copy(model)
+
+
+@recipe_call("apply_prune")
+def prune(model, data, *, sparsity: float = 0.8, schedule: str = "polynomial", initial_sparsity: float = 0.0,
+          begin_step: int = 0, end_step: int | None = None, frequency: int | None = None, layers: dict | None = None,
+          skip=(), m_by_n=None, force: bool = False, epochs: int = 2, lr: float | None = None,
+          batch_size: int | None = None, log=print, **fit):
+    """Magnitude-prune a copy of ``model`` while fine-tuning it on ``data``, then strip the wrappers.
+
+    The learning rate stays at ``lr`` until the last pruning update and then decays (cosine)
+    to a tenth, so the network recovers from the final cut at a useful rate.
+
+    Args:
+        model: a tf_keras model; it is not changed.
+        data: ``(x, y)`` arrays or a ``tf.data.Dataset``.
+        sparsity: target fraction of zero weights in every prunable kernel.
+        schedule: ``polynomial`` (from ``initial_sparsity``) or ``constant``.
+        end_step: last pruning update; default: half of the fine-tune steps.
+        frequency: steps between updates; default: about ten updates.
+        layers: per-layer targets ``{name: sparsity}`` (0 leaves a layer dense).
+        skip: layers left dense.
+        m_by_n: ``(2, 4)`` for structured 2:4 sparsity instead of a schedule.
+        force: go on when the preflight says the schedule cannot reach the target.
+        **fit: more :func:`tfopt.optimize.runner.fine_tune` arguments (``loss``, ``optimizer``,
+            ``validation_data``, ``teacher``, ``seed``, …).
+
+    Returns:
+        ``(pruned model, report)``: the report holds the plan, the sparsity per layer counted
+        from the weights, and the fine-tune history.
+
+    Raises:
+        PreflightError: the schedule cannot reach the target and ``force`` is off.
+    """
+    from tfopt.optimize.config import PruneConfig, validated
+    from tfopt.optimize.runner import DEFAULT_BATCH_SIZE, count_steps, fine_tune
+
+    cfg = validated(PruneConfig, dict(sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
+                                      begin_step=begin_step, end_step=end_step, frequency=frequency,
+                                      layers=layers, skip=list(skip), m_by_n=m_by_n, force=force, epochs=epochs,
+                                      lr=lr, batch_size=batch_size), "prune")
+    batch_size = cfg.batch_size or DEFAULT_BATCH_SIZE
+    spe = count_steps(data, batch_size, model)
     plan = preflight(cfg, spe)
     if not plan.ok and cfg.m_by_n is None:
         message = preflight_message(plan, cfg.epochs, spe)
@@ -150,24 +247,12 @@ def prune(model, recipe, splits, cfg, log=print):
             raise PreflightError(message)
         log("warning: " + message.replace(" or pass --force to go on anyway.", " Going on (--force)."))
     log(f"pruning plan: {plan.describe()}")
-    sp = tfmot.sparsity.keras
-
-    def schedule(target):
-        if cfg.schedule == "constant":
-            return sp.ConstantSparsity(target, begin_step=plan.begin, end_step=plan.end, frequency=plan.frequency)
-        return sp.PolynomialDecay(cfg.initial_sparsity, target, plan.begin, plan.end, frequency=plan.frequency)
-
-    def wrap(layer):
-        # Layers of a private copy are reused as they are: their weights come along.
-        if not prunable(layer) or layer.name in cfg.skip or cfg.layers.get(layer.name, 1.0) == 0:
-            return layer
-        kwargs = {"sparsity_m_by_n": tuple(cfg.m_by_n)} if cfg.m_by_n else {
-            "pruning_schedule": schedule(cfg.layers.get(layer.name, cfg.sparsity))}
-        return sp.prune_low_magnitude(layer, **kwargs)
-
-    work = keras.models.clone_model(plain_copy(model), clone_function=wrap)
-    history, seconds = fine_tune(work, recipe, splits, cfg, callbacks=[sp.UpdatePruningStep()], log=log)
-    pruned = plain_copy(sp.strip_pruning(work))
+    work = _wrap(model, cfg, plan)
+    if "hold" not in fit and cfg.m_by_n is None:
+        fit["hold"] = min(1.0, (plan.last_update or 0) / max(plan.total_steps, 1))
+    history, seconds = fine_tune(work, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=batch_size,
+                                 callbacks=[*pruning_callbacks(), *fit.pop("callbacks", ())], log=log, **fit)
+    pruned = strip(work)
     per_layer = layer_sparsity(pruned)
     return pruned, {"plan": plan.__dict__, "per_layer": per_layer, "sparsity": overall_sparsity(per_layer),
                     "history": history, "fine_tune_seconds": seconds}

@@ -13,17 +13,29 @@ from tfopt.optimize.cluster import unique_values
 from tfopt.optimize.prune import layer_sparsity, overall_sparsity
 
 
-def representative(splits, samples: int, seed: int = 0):
-    """Calibration images drawn (seeded) from the training split."""
-    idx = np.random.default_rng(seed).permutation(len(splits.x_train))[:samples]
-    return splits.x_train[idx]
+def representative(x, samples: int = 500, seed: int = 0):
+    """Calibration images drawn (seeded) from ``x`` (training images)."""
+    x = np.asarray(x)
+    idx = np.random.default_rng(seed).permutation(len(x))[:samples]
+    return x[idx]
 
 
-def post_training(model, mode, splits, int8_io=False, samples=500, seed=0) -> bytes:
+def post_training(model, mode: str, x=None, int8_io: bool = False, samples: int = 500, seed: int = 0) -> bytes:
+    """TFLite bytes of ``model`` in ``mode``; ``int8`` calibrates on ``samples`` images of ``x``."""
     from tfopt.tflite import convert
 
-    rep = representative(splits, samples, seed) if mode == "int8" else None
+    if hasattr(x, "x_train"):  # a Splits object, from callers that predate this signature
+        x = x.x_train
+    if mode == "int8" and x is None:
+        raise TfoptError("int8 conversion calibrates on training images: pass data")
+    rep = representative(x, samples, seed) if mode == "int8" else None
     return convert(model, mode, representative=rep, int8_io=int8_io)
+
+
+def is_qat(model) -> bool:
+    """Whether ``model`` carries TFMOT quantization wrappers (a quantization-aware model)."""
+    return any(type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
+               for layer in model.layers)
 
 
 def scheme_for(model) -> str:
@@ -40,7 +52,8 @@ def scheme_for(model) -> str:
 
 def _annotate(model, log):
     """Annotate the layers QAT supports; name the ones left in float."""
-    import tensorflow_model_optimization as tfmot
+    from tfopt.interop import import_tfmot
+    tfmot = import_tfmot()
     import tf_keras as keras
 
     from tfopt.export import plain_copy
@@ -64,15 +77,11 @@ def _annotate(model, log):
     return annotated, skipped
 
 
-def quantization_aware(model, recipe, splits, cfg, log=print):
-    """QAT (or PQAT/CQAT) on a copy of ``model``, fine-tuned, then converted to int8 TFLite.
-
-    Returns ``(qat keras model, tflite bytes, report)``.
-    """
-    import tensorflow_model_optimization as tfmot
-
-    from tfopt.optimize.runner import fine_tune
-    from tfopt.tflite import convert
+def wrap_for_qat(model, log=print):
+    """For your own training loop: a quantization-aware copy of ``model`` (PQAT for a pruned
+    model, CQAT for a clustered one). Returns ``(qat model, report)``."""
+    from tfopt.interop import import_tfmot
+    tfmot = import_tfmot()
 
     q = tfmot.quantization.keras
     scheme = scheme_for(model)
@@ -85,8 +94,41 @@ def quantization_aware(model, recipe, splits, cfg, log=print):
             qat = q.quantize_apply(annotated, schemes[scheme]()) if scheme in schemes else q.quantize_apply(annotated)
     except (ValueError, RuntimeError) as exc:
         raise TfoptError(f"quantization-aware training cannot wrap this model: {str(exc).splitlines()[0]}") from None
-    log(f"quantization-aware training with the {scheme.upper()} scheme")
-    history, seconds = fine_tune(qat, recipe, splits, cfg, log=log)
+    return qat, {"scheme": scheme, "float_layers": skipped}
+
+
+def quantize_aware(model, data, *, epochs: int = 1, lr: float | None = None, batch_size: int | None = None,
+                   log=print, **fit):
+    """Quantization-aware training (QAT, or PQAT/CQAT) of a copy of ``model`` on ``data``.
+
+    Returns ``(qat model, report)``; convert the model with ``tfopt.to_tflite(qat, "int8")`` (or
+    :func:`qat_tflite`): its fake-quant ranges are learned, no calibration is needed.
+    """
+    from tfopt.optimize.config import QuantizeConfig, validated
+    from tfopt.optimize.runner import fine_tune
+
+    cfg = validated(QuantizeConfig, dict(mode="qat", epochs=epochs, lr=lr, batch_size=batch_size), "quantize")
+    qat, report = wrap_for_qat(model, log)
+    log(f"quantization-aware training with the {report['scheme'].upper()} scheme")
+    history, seconds = fine_tune(qat, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, log=log, **fit)
+    return qat, {**report, "history": history, "fine_tune_seconds": seconds}
+
+
+def quantization_aware(model, recipe, splits, cfg, log=print):
+    """QAT of a copy of ``model`` with a recipe's fine-tune settings, converted to int8 TFLite.
+
+    Returns ``(qat model, tflite bytes, report)``. Kept for callers that do not read the step
+    registry yet (``tfopt.tune.trial``); the registry's ``quantize`` step does the same.
+    """
+    from tfopt.optimize.commands import apply_quantize
+
+    qat, report = apply_quantize(model, recipe, splits, cfg.model_copy(update={"mode": "qat"}), log=log)
+    return qat, report.pop("tflite"), report
+
+
+def qat_tflite(qat, int8_io: bool = False) -> bytes:
+    """Full-integer TFLite of a quantization-aware model; its learned ranges are kept."""
+    from tfopt.tflite import convert
+
     # QAT learned its ranges: calibrating again would override them.
-    content = convert(qat, "int8", int8_io=cfg.int8_io, qat=True)
-    return qat, content, {"scheme": scheme, "float_layers": skipped, "history": history, "fine_tune_seconds": seconds}
+    return convert(qat, "int8", int8_io=int8_io, qat=True)

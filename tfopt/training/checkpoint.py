@@ -96,3 +96,11 @@ def read_state(folder) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())
+
+
+def write_state_key(folder, key, value) -> None:
+    """Update one key of an existing ``state.json`` (atomically); nothing when there is none yet."""
+    state = read_state(folder)
+    if state is not None:
+        state[key] = value
+        atomic_write_json(Path(folder) / "checkpoints" / "state.json", state)

@@ -47,15 +47,23 @@ class RunResult:
     history: list
 
 
-def compile_model(model, train_cfg, learning_rate: float):
-    """Compile ``model`` in place with the recipe's loss, metrics and optimizer."""
+def compile_model(model, train_cfg, learning_rate=None, *, optimizer=None, jit=False, steps_per_execution=1):
+    """Compile ``model`` in place with the recipe's loss, metrics and optimizer.
+
+    Args:
+        learning_rate: a float or a ``LearningRateSchedule`` for a new optimizer.
+        optimizer: an existing optimizer instead (a resumed run's, with its state).
+        jit, steps_per_execution: XLA and steps per compiled call (see ``train.compile``).
+    """
     from tfopt.models.builder import output_activation
 
     from_logits = output_activation(model) not in ("softmax", "sigmoid")
     model.compile(
-        optimizer=train_cfg.optimizer.build(learning_rate),
+        optimizer=optimizer if optimizer is not None else train_cfg.optimizer.build(learning_rate),
         loss=train_cfg.loss.build(from_logits),
         metrics=[m.build(train_cfg.loss.one_hot) for m in train_cfg.metrics],
+        jit_compile=bool(jit),
+        steps_per_execution=int(steps_per_execution),
     )
     return model
 
@@ -127,12 +135,13 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     """
     import tf_keras as keras
 
-    from tfopt.callbacks.lr import LearningRateDecay
     from tfopt.data.pipeline import load_splits
     from tfopt.export import load_keras, save_keras, save_savedmodel
     from tfopt.models.builder import build_model
     from tfopt.models.stats import model_stats
-    from tfopt.training.checkpoint import Checkpointer, StopAfter, read_state
+    from tfopt.training import compile as compile_probe
+    from tfopt.training.checkpoint import Checkpointer, StopAfter, read_state, write_state_key
+    from tfopt.training.lr import PlateauFactor, PolicySchedule
 
     started = time.perf_counter()
     run = RunDir(Path(output or recipe.output.dir) / recipe.run_name(), overwrite=overwrite, resume=resume).check()
@@ -157,34 +166,69 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
 
     t = recipe.train
     policy = recipe.lr_policy()
-    lr_cb = LearningRateDecay(policy, verbose=1)
+    steps_per_epoch = max(1, math.ceil(len(splits.x_train) / t.batch_size))
+    schedule = PolicySchedule(policy, steps_per_epoch, t.epochs)
     initial_epoch = 0
+    optimizer = None
+    previous_seconds = 0.0
     if state and run.path("checkpoints", "last.keras").is_file():
-        model = load_keras(run.path("checkpoints", "last.keras"))
+        loaded = load_keras(run.path("checkpoints", "last.keras"))
+        model, optimizer = loaded, loaded.optimizer
+        saved_lr = getattr(optimizer, "_learning_rate", None)
+        if isinstance(saved_lr, PolicySchedule):
+            schedule = saved_lr
         initial_epoch = state["epochs_done"]
-        lr_cb.set_state(state.get("lr_state", {}))
+        previous_seconds = float(state.get("fit_seconds", 0.0))
         log(f"resuming {run.partial} after epoch {initial_epoch}")
     else:
-        compile_model(model, t, policy.initial)
         state = None
+    plateau = PlateauFactor(schedule, verbose=1)
+    if state:
+        plateau.set_state(state.get("lr_state", {}))
+
+    extra = []
+    if t.stop_on_nan:
+        extra.append(keras.callbacks.TerminateOnNaN())
+    if t.early_stopping:
+        es = t.early_stopping
+        extra.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
+                                                   mode=es.direction(), restore_best_weights=es.restore_best_weights))
+    if recipe.output.tensorboard:
+        extra.append(keras.callbacks.TensorBoard(str(run.path("logs")), write_graph=False, profile_batch=0))
+    probe_y = splits.y_train[:256]
+    probe = (splits.x_train[:256], np.eye(splits.num_classes, dtype="float32")[probe_y] if t.loss.one_hot else probe_y)
+    recipe_cbs = [cb for cb in (c.build(run.partial, probe) for c in recipe.callbacks) if cb is not None]
+    extra += recipe_cbs
+
+    if state and state.get("compile"):
+        saved = state["compile"]
+        choice = compile_probe.CompileChoice(saved["jit"], saved["steps_per_execution"], "resumed: " + saved["source"])
+    else:
+        def make_model(jit, spe):
+            copy = build_model(recipe.model, input_shape, name=recipe.name)
+            return compile_model(copy, t, PolicySchedule(policy, steps_per_epoch, t.epochs), jit=jit,
+                                 steps_per_execution=spe)
+
+        choice = compile_probe.resolve(
+            t.compile, make_model=make_model, dataset=datasets(recipe, splits)[0], steps_per_epoch=steps_per_epoch,
+            total_steps=steps_per_epoch * max(0, min(t.epochs, stop_after or t.epochs) - initial_epoch),
+            batch_hooks=compile_probe.uses_batch_hooks([*recipe_cbs, *callbacks]))
+    log(choice.describe())
+    compile_model(model, t, schedule, optimizer=optimizer, jit=choice.jit, steps_per_execution=choice.steps_per_execution)
+    # the same random state whether or not a probe ran, so the choice alone decides nothing else
+    keras.utils.set_random_seed(recipe.seed + initial_epoch)
 
     train_ds, val_ds, test_ds = datasets(recipe, splits)
     monitor = t.checkpoint.monitor if val_ds is not None else t.checkpoint.monitor.removeprefix("val_")
+    fit_started = time.perf_counter()
+
+    def fit_seconds_so_far():
+        return previous_seconds + time.perf_counter() - fit_started
+
     ckpt = Checkpointer(run.partial, monitor, t.checkpoint.direction(), state,
-                        extra_state={"lr_state": lr_cb.get_state})
-    cbs = [lr_cb]
-    if t.stop_on_nan:
-        cbs.append(keras.callbacks.TerminateOnNaN())
-    if t.early_stopping:
-        es = t.early_stopping
-        cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
-                                                 mode=es.direction(), restore_best_weights=es.restore_best_weights))
-    if recipe.output.tensorboard:
-        cbs.append(keras.callbacks.TensorBoard(str(run.path("logs")), write_graph=False, profile_batch=0))
-    probe_y = splits.y_train[:256]
-    probe = (splits.x_train[:256], np.eye(splits.num_classes, dtype="float32")[probe_y] if t.loss.one_hot else probe_y)
-    cbs += [cb for cb in (c.build(run.partial, probe) for c in recipe.callbacks) if cb is not None]
-    cbs += [ckpt, *callbacks]
+                        extra_state={"lr_state": plateau.get_state, "fit_seconds": fit_seconds_so_far,
+                                     "compile": choice.as_dict})
+    cbs = [plateau, *extra, ckpt, *callbacks]
     if stop_after is not None:
         cbs.append(StopAfter(stop_after))
     verbose = (1 if sys.stdout.isatty() else 2) if t.verbose == "auto" else t.verbose
@@ -195,11 +239,13 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
             model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=initial_epoch,
                       callbacks=cbs, verbose=verbose)
     except KeyboardInterrupt:
+        # the interrupted stretch was training time too; the next --resume adds it up
+        write_state_key(run.partial, "fit_seconds", fit_seconds_so_far())
         raise Interrupted(
             f"interrupted; the last completed epoch is checkpointed in {run.partial}. Continue with "
             f"the same command plus --resume."
         ) from None
-    fit_seconds = time.perf_counter() - fit_started
+    fit_seconds = fit_seconds_so_far()
     bad = [r for r in ckpt.history if not all(math.isfinite(v) for v in r.values())]
     if bad:
         epoch = bad[0]["epoch"] if bad else "?"
@@ -223,6 +269,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
         "val_samples": int(len(splits.x_val)),
         "test_samples": int(len(splits.x_test)),
         "fit_seconds": round(fit_seconds, 3),
+        "compile": choice.as_dict(),
+        "steps_per_epoch": steps_per_epoch,
         "wall_seconds": None,
         "normalization": splits.normalization,
         "versions": versions(),

@@ -1,0 +1,200 @@
+"""The Python API: model in, a new model of the same kind out, never the input changed."""
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+import tfopt
+from tests.conftest import python_c
+from tfopt.errors import TfoptError
+from tfopt.tflite import VerificationFailed, predict
+
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype("float32")[..., None]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    x, y = x[order], d.target[order].astype("int32")
+    return (x[:1400], y[:1400]), (x[1400:], y[1400:])
+
+
+DATA, HELD = digits()
+
+
+def accuracy(model, data=HELD):
+    return float(np.mean(model.predict(data[0], verbose=0).argmax(1) == data[1]))
+
+
+def snapshot(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def unchanged(model, before) -> bool:
+    return all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small functional CNN with BatchNorm and dropout, trained on the digits (≈ 96%)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inp)
+    h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = keras.layers.ReLU(name="act1")(h)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(h)
+    h = keras.layers.MaxPooling2D(name="pool")(h)
+    h = keras.layers.Flatten(name="flatten")(h)
+    h = keras.layers.Dense(32, activation="relu", name="fc1")(h)
+    h = keras.layers.Dropout(0.2, name="drop")(h)
+    out = keras.layers.Dense(10, activation="softmax", name="fc2")(h)
+    model = keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(*DATA, epochs=12, batch_size=32, verbose=0)
+    return model
+
+
+def still_usable(model):
+    """The input model still predicts and trains after an API call."""
+    model.fit(DATA[0][:64], DATA[1][:64], epochs=1, verbose=0)
+
+
+def test_importing_tfopt_and_its_api_names_imports_no_tensorflow():
+    res = python_c("import sys, tfopt; tfopt.prune; tfopt.to_tflite; tfopt.load_model; "
+                   "from tfopt.optimize.registry import STEPS; STEPS.names(); "
+                   "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules)")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "False"]
+
+
+def test_prune_returns_a_sparse_fine_tuned_model_and_leaves_the_input_alone(trained):
+    before, base = snapshot(trained), accuracy(trained)
+    pruned = tfopt.prune(trained, DATA, sparsity=0.6, epochs=2)
+    assert unchanged(trained, before)
+    assert isinstance(pruned, keras.Model) and pruned is not trained
+    for name in ("conv1", "conv2", "fc1", "fc2"):
+        k = pruned.get_layer(name).kernel.numpy()
+        assert np.mean(k == 0) == pytest.approx(0.6, abs=0.01), name
+    assert {type(layer).__name__ for layer in pruned.layers} == {type(layer).__name__ for layer in trained.layers}
+    assert accuracy(pruned) >= base - 0.03
+    still_usable(trained)
+
+
+def test_prune_takes_a_dataset_with_one_hot_labels_and_per_layer_targets(trained):
+    import tensorflow as tf
+
+    x, y = DATA
+    ds = tf.data.Dataset.from_tensor_slices((x, np.eye(10, dtype="float32")[y]))  # unbatched, one-hot
+    pruned = tfopt.prune(trained, ds, sparsity=0.5, layers={"fc1": 0.9}, skip=["fc2"], epochs=1,
+                         validation_data=(HELD[0], np.eye(10, dtype="float32")[HELD[1]]))
+    assert np.mean(pruned.get_layer("fc1").kernel.numpy() == 0) == pytest.approx(0.9, abs=0.01)
+    assert np.mean(pruned.get_layer("conv2").kernel.numpy() == 0) == pytest.approx(0.5, abs=0.01)
+    assert np.count_nonzero(pruned.get_layer("fc2").kernel.numpy() == 0) == 0
+    assert accuracy(pruned) > 0.85
+
+
+def test_prune_channels_makes_a_smaller_model(trained):
+    before = snapshot(trained)
+    slim = tfopt.prune_channels(trained, DATA, ratio=0.5, epochs=1)
+    assert unchanged(trained, before)
+    assert slim.get_layer("conv1").filters == 8 and slim.get_layer("conv2").filters == 8
+    assert slim.get_layer("fc1").units == 16 and slim.get_layer("fc2").units == 10
+    assert slim.count_params() < 0.5 * trained.count_params()
+    assert accuracy(slim) > 0.8
+    # no fine-tune, a weight criterion: no data needed, outputs equal the masked original's
+    bare = tfopt.prune_channels(trained, ratio=0.25, epochs=0)
+    assert bare.get_layer("conv1").filters == 12
+    still_usable(trained)
+
+
+def test_fold_batchnorm_keeps_the_outputs(trained):
+    before = snapshot(trained)
+    folded = tfopt.fold_batchnorm(trained, HELD)
+    assert unchanged(trained, before)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    ref, got = trained.predict(HELD[0], verbose=0), folded.predict(HELD[0], verbose=0)
+    assert np.max(np.abs(ref - got)) < 1e-5
+
+
+def test_remove_layers_rewires_and_fine_tunes(trained):
+    before = snapshot(trained)
+    fewer = tfopt.remove_layers(trained, ["conv2"], DATA, epochs=1)
+    assert unchanged(trained, before)
+    names = [layer.name for layer in fewer.layers]
+    assert "conv2" not in names and "conv1" in names
+    assert fewer.count_params() == trained.count_params() - 16 * 16 * 9 - 16
+    with pytest.raises(TfoptError, match="no layer or block 'conv9' in this model"):
+        tfopt.remove_layers(trained, ["conv9"], epochs=0)
+
+
+def test_cluster_limits_unique_values(trained):
+    before = snapshot(trained)
+    clustered = tfopt.cluster(trained, DATA, clusters=8, epochs=1)
+    assert unchanged(trained, before)
+    for name in ("conv1", "conv2", "fc1", "fc2"):
+        assert len(np.unique(clustered.get_layer(name).kernel.numpy())) <= 8
+    assert accuracy(clustered) > 0.85
+
+
+def test_quantize_aware_then_int8_tflite_agrees(trained):
+    before = snapshot(trained)
+    qat = tfopt.quantize_aware(trained, DATA, epochs=1)
+    assert unchanged(trained, before)
+    blob = tfopt.to_tflite(qat, mode="int8", data=HELD[0])
+    got = predict(blob, HELD[0])
+    assert np.mean(got.argmax(1) == qat.predict(HELD[0], verbose=0).argmax(1)) >= 0.99
+    with pytest.raises(TfoptError, match="a quantization-aware model converts to int8, not float16"):
+        tfopt.to_tflite(qat, mode="float16")
+
+
+def test_to_tflite_is_verified_on_the_data(trained):
+    blob = tfopt.to_tflite(trained, mode="int8", data=HELD)
+    assert isinstance(blob, bytes)
+    got, ref = predict(blob, HELD[0]), trained.predict(HELD[0], verbose=0)
+    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.99
+    f32 = tfopt.to_tflite(trained)  # no data: converted, not verified
+    assert np.max(np.abs(predict(f32, HELD[0]) - ref)) < 1e-5
+    with pytest.raises(VerificationFailed, match=r"dynamic: top-1 agreement with the model .* \(threshold 101.00%\)"):
+        tfopt.to_tflite(trained, mode="dynamic", data=HELD[0], min_agreement=1.01)
+    with pytest.raises(TfoptError, match="int8 calibrates on training images: pass data=x"):
+        tfopt.to_tflite(trained, mode="int8")
+    with pytest.raises(TfoptError, match=r"unknown mode 'int4'.*available: float32, dynamic, float16, int8"):
+        tfopt.to_tflite(trained, mode="int4")
+
+
+def test_bad_arguments_raise_tfopt_errors_by_name(trained):
+    with pytest.raises(TfoptError, match=r"prune.sparsity: Input should be less than 1"):
+        tfopt.prune(trained, DATA, sparsity=1.5)
+    with pytest.raises(TfoptError, match=r"x and y differ in length \(1400 images, 10 labels\)"):
+        tfopt.prune(trained, (DATA[0], DATA[1][:10]))
+    with pytest.raises(TfoptError, match=r"skip: 'fc3' is not a prunable layer of this model \(did you mean"):
+        tfopt.prune(trained, DATA, skip=["fc3"])
+    with pytest.raises(TfoptError, match="expected a Keras model"):
+        tfopt.prune("model.keras", DATA)
+
+
+def test_sequential_models_work(trained):
+    keras.utils.set_random_seed(1)
+    seq = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="c"),
+                            keras.layers.Flatten(), keras.layers.Dense(10, name="d")])  # logits
+    seq.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    seq.fit(*DATA, epochs=5, verbose=0)
+    before, base = snapshot(seq), accuracy(seq)
+    pruned = tfopt.prune(seq, DATA, sparsity=0.5, epochs=2)
+    assert unchanged(seq, before)
+    assert np.mean(pruned.get_layer("d").kernel.numpy() == 0) == pytest.approx(0.5, abs=0.01)
+    assert accuracy(pruned) >= base - 0.03  # logits: the loss was inferred with from_logits
+
+
+def test_own_training_loop_with_wrap_and_strip(trained):
+    x, y = DATA
+    wrapped = tfopt.wrap_for_pruning(trained, total_steps=44, sparsity=0.7)
+    wrapped.compile("adam", "sparse_categorical_crossentropy")
+    wrapped.fit(x, y, batch_size=32, epochs=1, callbacks=tfopt.pruning_callbacks(), verbose=0)
+    plain = tfopt.strip(wrapped)
+    assert np.mean(plain.get_layer("fc1").kernel.numpy() == 0) == pytest.approx(0.7, abs=0.01)
+    assert "PruneLowMagnitude" not in {type(layer).__name__ for layer in plain.layers}
+    with pytest.raises(TfoptError, match="pruning preflight: the schedule reaches only"):
+        tfopt.wrap_for_pruning(trained, total_steps=40, end_step=1000, frequency=100)

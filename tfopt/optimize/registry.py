@@ -1,0 +1,118 @@
+"""The one step registry: every compression and surgery step, registered once.
+
+A :class:`Step` names its config class (the recipe's ``optimize.<name>`` section and the
+command's options), the suffix of the run folder it writes and its library function
+``function(model, data, *, log, **settings, **fine_tune_arguments) -> (model, report)``. The
+commands, ``tune`` and ``optimize`` read this registry instead of naming steps themselves.
+Adding a step is one module with its function plus one :func:`register` call::
+
+    from tfopt.optimize.registry import register
+
+    class HalveConfig(FineTune):
+        factor: float = 0.5
+
+    def halve(model, data=None, *, factor=0.5, log=print, **fit):
+        ...
+        return smaller, {"factor": factor}
+
+    register("halve", HalveConfig, "halved", halve)
+
+Imports no TensorFlow: the CLI builds its help from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+from tfopt.errors import TfoptError
+from tfopt.registry import did_you_mean
+
+
+@dataclass(frozen=True)
+class Step:
+    """One compression or surgery step.
+
+    Attributes:
+        name: the step's name: recipe section ``optimize.<name>``, ``tune.compress`` entry.
+        config: pydantic config class of its settings (fine-tune fields included), or None.
+        suffix: the new run folder is ``<source>-<suffix>``; a callable gets the config.
+        function: the library function, model in, ``(model, report)`` out.
+        command: ``command(source, given, output=, overwrite=, log=) -> (path, metrics)`` when
+            the step writes its run its own way; default: :func:`tfopt.optimize.commands.run_generic`.
+        apply: ``apply(model, recipe, splits, cfg, log) -> (model, tflite bytes or None)`` for
+            chains (tune, optimize); default: the function with the recipe's fine-tune settings.
+        chain: whether the step may appear in ``tune.compress`` and ``optimize`` chains.
+        help: one line for the command's help.
+    """
+
+    name: str
+    config: Optional[type]
+    suffix: Union[str, Callable]
+    function: Callable
+    command: Optional[Callable] = None
+    apply: Optional[Callable] = None
+    chain: bool = True
+    help: str = ""
+
+    def folder_suffix(self, cfg=None) -> str:
+        return self.suffix(cfg) if callable(self.suffix) else self.suffix
+
+
+class StepRegistry:
+    """Steps by name; registering a name twice raises."""
+
+    def __init__(self):
+        self._steps: dict[str, Step] = {}
+        self._loaded = False
+
+    def register(self, step: Step) -> Step:
+        if step.name in self._steps:
+            raise TfoptError(f"step '{step.name}' is already registered (by {self._steps[step.name].function.__module__}"
+                             f".{self._steps[step.name].function.__qualname__}); pick another name")
+        self._steps[step.name] = step
+        return step
+
+    def unregister(self, name: str) -> None:
+        """Remove a step (for tests that register a toy one)."""
+        self._steps.pop(name, None)
+
+    def _load(self):
+        if not self._loaded:
+            self._loaded = True
+            import tfopt.optimize.commands  # noqa: F401  registers the built-in steps
+
+    def __getitem__(self, name) -> Step:
+        self._load()
+        if name not in self._steps:
+            raise TfoptError(f"unknown step '{name}'{did_you_mean(name, self._steps)}; "
+                             f"available: {', '.join(self._steps)}")
+        return self._steps[name]
+
+    def __contains__(self, name) -> bool:
+        self._load()
+        return name in self._steps
+
+    def names(self, chain: bool | None = None) -> list[str]:
+        """Registered step names, in registration order; ``chain=True``: only chainable ones."""
+        self._load()
+        return [n for n, s in self._steps.items() if chain is None or s.chain == chain]
+
+    def __iter__(self):
+        self._load()
+        return iter(list(self._steps.values()))
+
+
+STEPS = StepRegistry()
+
+
+def register(name: str, config, suffix, function, *, command=None, apply=None, chain: bool = True,
+             help: str = "") -> Step:
+    """Register a step once; see :class:`Step`. Returns it."""
+    return STEPS.register(Step(name, config, suffix, function, command=command, apply=apply, chain=chain,
+                               help=help or (function.__doc__ or "").strip().splitlines()[0]))
+
+
+def get(name: str) -> Step:
+    """The registered step ``name`` (an unknown name raises, with a suggestion)."""
+    return STEPS[name]

@@ -1,0 +1,130 @@
+"""The learning-rate policy inside the optimizer: a tf_keras ``LearningRateSchedule``.
+
+The optimizer evaluates the schedule at its own step counter on every step, so no per-step
+callback runs and ``steps_per_execution`` can put many steps in one compiled call. Plateau
+reduction stays per epoch: :class:`PlateauFactor` multiplies a factor variable that the
+schedule reads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfopt.schedules import LRPolicy, Plateau
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class PolicySchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``policy.rate(t, total) · factor``, floored at the plateau's ``min_lr``.
+
+    Args:
+        policy: an :class:`~tfopt.schedules.LRPolicy` (or its dict).
+        steps_per_epoch: optimizer steps in one epoch; a ``per: epoch`` policy advances once
+            every ``steps_per_epoch`` steps.
+        epochs: the epochs the schedule spans.
+        factor: the plateau factor to start from (a resumed run's).
+
+    Example:
+        >>> s = PolicySchedule(LRPolicy(initial=0.1, schedule="cosine"), steps_per_epoch=10, epochs=2)
+        >>> round(float(s(10)), 4)
+        0.05
+    """
+
+    def __init__(self, policy, steps_per_epoch: int, epochs: int, factor: float = 1.0):
+        super().__init__()
+        self.policy = policy if isinstance(policy, LRPolicy) else LRPolicy.model_validate(policy)
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.epochs = int(epochs)
+        self.factor = tf.Variable(float(factor), trainable=False, dtype=tf.float64, name="lr_factor")
+
+    @property
+    def total(self) -> int:
+        return self.epochs * self.steps_per_epoch if self.policy.per == "step" else self.epochs
+
+    def index(self, step):
+        """The schedule's ``t`` for optimizer step ``step`` (steps, or whole epochs)."""
+        t = tf.cast(step, tf.float64)
+        return t if self.policy.per == "step" else tf.floor(t / self.steps_per_epoch)
+
+    def __call__(self, step):
+        value = self.policy.tf_rate(self.index(step), self.total) * self.factor
+        plateau = self.policy.plateau
+        if plateau is not None and plateau.min_lr:
+            value = tf.maximum(value, plateau.min_lr)
+        return tf.cast(value, tf.float32)
+
+    def get_config(self):
+        return {"policy": self.policy.model_dump(mode="json"), "steps_per_epoch": self.steps_per_epoch,
+                "epochs": self.epochs, "factor": float(self.factor.numpy())}
+
+
+def current_rate(optimizer) -> float:
+    """The rate the optimizer applied at its last step (its first step's rate before any)."""
+    lr = optimizer.learning_rate if not hasattr(optimizer, "_learning_rate") else optimizer._learning_rate
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        return float(lr(tf.maximum(optimizer.iterations - 1, 0)))
+    return float(tf.convert_to_tensor(lr))
+
+
+class PlateauFactor(keras.callbacks.Callback):
+    """Per epoch: write the rate to ``logs["lr"]`` and, with a plateau policy, cut the
+    schedule's factor after ``patience`` epochs without gain.
+
+    Its state (``get_state``/``set_state``) goes into ``checkpoints/state.json`` so that
+    ``--resume`` continues with the same factor, patience count and best value.
+    """
+
+    def __init__(self, schedule: PolicySchedule, verbose: int = 0):
+        super().__init__()
+        self.schedule = schedule
+        self.plateau: Plateau | None = schedule.policy.plateau
+        self.verbose = verbose
+        self._wait = 0
+        self._cooldown = 0
+        self._best = None
+
+    @property
+    def factor(self) -> float:
+        return float(self.schedule.factor.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = current_rate(self.model.optimizer)
+        if self.plateau is not None:
+            self._step((logs or {}).get(self.plateau.monitor), epoch)
+
+    def _step(self, value, epoch):
+        p = self.plateau
+        if value is None or not math.isfinite(value):
+            return
+        mode = p.mode if p.mode != "auto" else ("max" if "acc" in p.monitor else "min")
+        better = (self._best is None or (value < self._best - p.min_delta if mode == "min"
+                                         else value > self._best + p.min_delta))
+        if self._cooldown > 0:
+            self._cooldown -= 1
+            self._wait = 0
+        if better:
+            self._best = value
+            self._wait = 0
+        elif self._cooldown == 0:
+            self._wait += 1
+            if self._wait >= p.patience:
+                self.schedule.factor.assign(self.factor * p.factor)
+                self._wait = 0
+                self._cooldown = p.cooldown
+                if self.verbose:
+                    print(f"\nEpoch {epoch + 1}: {p.monitor} has not improved for {p.patience} epochs; "
+                          f"learning-rate factor now {self.factor:g}")
+
+    def get_state(self) -> dict:
+        """The same keys as :meth:`tfopt.callbacks.LearningRateDecay.get_state`."""
+        return {"factor": self.factor, "wait": self._wait, "cooldown": self._cooldown, "best": self._best}
+
+    def set_state(self, state: dict) -> None:
+        self.schedule.factor.assign(float(state.get("factor", 1.0)))
+        self._wait = state.get("wait", 0)
+        self._cooldown = state.get("cooldown", 0)
+        self._best = state.get("best")
