@@ -31,8 +31,8 @@ def main():
     args = ap.parse_args()
     out = Path(args.out)
 
-    from tfopt.optimize import commands
-    from tfopt.optimize.source import load_source
+    from tfopt.steps import commands
+    from tfopt.steps.source import load_source
     from tfopt.recipe import load_recipe
     from tfopt.report.report import measure
     from tfopt.training.run import fit

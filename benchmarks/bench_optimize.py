@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 def search(args, log):
     from tfopt import tflite
     from tfopt.data.pipeline import load_splits
-    from tfopt.optimize.source import load_source
+    from tfopt.steps.source import load_source
     from tfopt.search.cli import optimize_source
 
     src = load_source(args.run)
@@ -66,7 +66,7 @@ def distill(args, log):
 
     import tfopt
     from tfopt.data.pipeline import load_splits
-    from tfopt.optimize.source import load_source
+    from tfopt.steps.source import load_source
 
     src = load_source(args.run)
     splits = load_splits(src.recipe.data, src.recipe.seed)

@@ -98,8 +98,8 @@ def main():
     import tf_keras as keras
 
     from tfopt.data.pipeline import load_splits
-    from tfopt.optimize import commands
-    from tfopt.optimize.source import load_source
+    from tfopt.steps import commands
+    from tfopt.steps.source import load_source
     from tfopt.recipe import load_recipe
     from tfopt.training.run import fit
 

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from tests.conftest import tiny_recipe_dict
 from tfopt.cli import cli
 from tfopt.errors import TfoptError
-from tfopt.optimize import commands
-from tfopt.optimize.config import PruneConfig
-from tfopt.optimize.prune import PreflightError, plan_schedule, polynomial_sparsity, preflight_message
-from tfopt.optimize.source import load_source
+from tfopt.steps import commands
+from tfopt.steps.config import PruneConfig
+from tfopt.steps.prune import PreflightError, plan_schedule, polynomial_sparsity, preflight_message
+from tfopt.steps.source import load_source
 from tfopt.tflite import VerificationFailed
 
 STOCK = {"InputLayer", "Conv2D", "BatchNormalization", "Activation", "MaxPooling2D", "Flatten", "Dense"}
@@ -149,7 +149,7 @@ def test_qat_and_pqat(base_run, tmp_path):
 
 
 def test_verification_fails_for_a_mismatched_tflite(base_run, tmp_path, monkeypatch):
-    from tfopt.optimize import quantize as q
+    from tfopt.steps import quantize as q
     from tfopt.tflite import convert
 
     other = keras.models.clone_model(load_source(base_run).model)  # same shape, fresh random weights
@@ -268,7 +268,7 @@ def test_cli_remove_layers_analyze_and_budget(base_run, tmp_path):
 
 
 def test_sensitivity_sweep_writes_ratios_back(base_run, tmp_path):
-    from tfopt.optimize.sensitivity import choose
+    from tfopt.steps.sensitivity import choose
     from tfopt.recipe import load_recipe
 
     out = tmp_path / "tuned.yaml"

@@ -206,8 +206,8 @@ def test_activation_and_taylor_scores_match_a_hand_computation():
 
 
 def test_rounds_reach_the_ratio(tmp_path):
-    from tfopt.optimize import commands
-    from tfopt.optimize.source import load_source
+    from tfopt.steps import commands
+    from tfopt.steps.source import load_source
     from tfopt.recipe import validate
     from tfopt.training.run import fit
     from tests.conftest import tiny_recipe_dict
@@ -273,8 +273,8 @@ def test_impossible_removals_are_refused_with_shapes():
 
 def test_analyze_with_budget_picks_and_writes(tmp_path):
     from tests.conftest import tiny_recipe_dict
-    from tfopt.optimize import commands
-    from tfopt.optimize.source import load_source
+    from tfopt.steps import commands
+    from tfopt.steps.source import load_source
     from tfopt.recipe import validate
     from tfopt.training.run import fit
 

@@ -110,9 +110,9 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
     rate, then the rate decays while the network recovers. ``layers={"fc1": 0.9}`` sets
     per-layer targets, ``skip=["fc2"]`` leaves layers dense, ``m_by_n=(2, 4)`` asks for 2:4
     sparsity. A schedule that cannot reach the target within the fine-tune raises
-    :class:`tfopt.optimize.prune.PreflightError` unless ``force``.
+    :class:`tfopt.steps.prune.PreflightError` unless ``force``.
     """
-    from tfopt.optimize import prune as p
+    from tfopt.steps import prune as p
 
     kind, work = _enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
@@ -135,7 +135,7 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, lr:
     ``criterion`` ranks channels: ``l1``, ``l2``, ``bn_gamma`` or, on ``probe_samples`` images of
     ``data``, ``activation`` and ``taylor``. With ``epochs=0`` and a weight criterion no data is needed.
     """
-    from tfopt.optimize.structured import channel_prune
+    from tfopt.steps.structured import channel_prune
 
     kind, work = _enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
@@ -150,7 +150,7 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, lr:
 def fold_batchnorm(model, data=None, *, log=None):
     """Every BatchNorm that follows a linear conv/dense layer merged into it; the outputs are
     checked against the original's on ``data`` (else random inputs)."""
-    from tfopt.optimize.fold import fold
+    from tfopt.steps.fold import fold
 
     kind, work = _enter(model)
     folded, _ = fold(work, data, log=log or _quiet)
@@ -163,7 +163,7 @@ def remove_layers(model, layers, data=None, *, epochs: int = 1, lr: float | None
                   log=None):
     """The model without ``layers`` (names, or residual blocks such as ``"block2"``), rewired and
     fine-tuned for ``epochs`` on ``data`` (``epochs=0``: no fine-tune, no data needed)."""
-    from tfopt.optimize.remove import remove
+    from tfopt.steps.remove import remove
 
     kind, work = _enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
@@ -179,7 +179,7 @@ def cluster(model, data, *, clusters: int = 16, epochs: int = 1, lr: float | Non
             alpha: float = 0.9, seed: int = 0, verbose=0, log=None):
     """Weight clustering: each conv/dense kernel keeps at most ``clusters`` distinct values,
     fine-tuned on ``data`` and stripped."""
-    from tfopt.optimize import cluster as c
+    from tfopt.steps import cluster as c
 
     kind, work = _enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
@@ -198,7 +198,7 @@ def quantize_aware(model, data, *, epochs: int = 1, lr: float | None = None, bat
     exist only in tf_keras/TFMOT. Its purpose is ``to_tflite(qat, mode="int8")``, which keeps
     the learned ranges (no calibration data needed).
     """
-    from tfopt.optimize.quantize import quantize_aware as qa
+    from tfopt.steps.quantize import quantize_aware as qa
 
     _, work = _enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
@@ -226,8 +226,8 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
     """
     import numpy as np
 
-    from tfopt.optimize import quantize as q
-    from tfopt.optimize.runner import sample_x
+    from tfopt.steps import quantize as q
+    from tfopt.steps.runner import sample_x
     from tfopt.tflite import MODES, VerificationFailed, predict
 
     if mode not in MODES:
@@ -268,7 +268,7 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, schedule
     """A tf_keras copy of ``model`` wrapped for magnitude pruning over ``total_steps`` training
     steps. Compile and fit it yourself with ``callbacks=tfopt.pruning_callbacks()``, then
     :func:`strip` it."""
-    from tfopt.optimize.prune import wrap_for_pruning as wrap
+    from tfopt.steps.prune import wrap_for_pruning as wrap
 
     _, work = _enter(model)
     return wrap(work, total_steps=total_steps, sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
@@ -278,14 +278,14 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, schedule
 
 def pruning_callbacks() -> list:
     """The callbacks ``fit`` needs for a model from :func:`wrap_for_pruning`."""
-    from tfopt.optimize.prune import pruning_callbacks as callbacks
+    from tfopt.steps.prune import pruning_callbacks as callbacks
 
     return callbacks()
 
 
 def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_plus", skip=()):
     """A tf_keras copy of ``model`` wrapped for weight clustering; fit it, then :func:`strip` it."""
-    from tfopt.optimize.cluster import wrap_for_clustering as wrap
+    from tfopt.steps.cluster import wrap_for_clustering as wrap
 
     _, work = _enter(model)
     return wrap(work, clusters=clusters, init=init, skip=skip)
@@ -294,7 +294,7 @@ def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_p
 def wrap_for_qat(model):
     """A tf_keras quantization-aware copy of ``model`` (PQAT/CQAT when pruned/clustered); fit it,
     then ``to_tflite(qat, mode="int8")``."""
-    from tfopt.optimize.quantize import wrap_for_qat as wrap
+    from tfopt.steps.quantize import wrap_for_qat as wrap
 
     _, work = _enter(model)
     return wrap(work, log=_quiet)[0]
@@ -303,7 +303,7 @@ def wrap_for_qat(model):
 def strip(model, kind: str = "tf_keras"):
     """A plain model from a pruning- or clustering-wrapped one (``kind="keras3"`` converts it back
     to Keras 3)."""
-    from tfopt.optimize.prune import strip as strip_wrappers
+    from tfopt.steps.prune import strip as strip_wrappers
 
     return _leave(strip_wrappers(model), kind)
 

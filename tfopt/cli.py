@@ -296,8 +296,8 @@ def _output_free(step, src, given, output, overwrite):
 
 
 def _run_step(step, source, recipe, overrides, output, overwrite, given):
-    from tfopt.optimize import commands
-    from tfopt.optimize.source import load_source
+    from tfopt.steps import commands
+    from tfopt.steps.source import load_source
 
     src = load_source(source, recipe, overrides)
     _output_free(step, src, given, output, overwrite)
@@ -457,8 +457,8 @@ def sensitivity(source, recipe, overrides, mode, ratios, budget, write_to):
 
     from tfopt.data.pipeline import load_splits
     from tfopt.errors import TfoptError
-    from tfopt.optimize.sensitivity import choose, sweep, write_back
-    from tfopt.optimize.source import load_source
+    from tfopt.steps.sensitivity import choose, sweep, write_back
+    from tfopt.steps.source import load_source
     from tfopt.rundir import atomic_write_text
 
     try:

@@ -8,7 +8,6 @@ instance. Config classes import no TensorFlow at module level, so validation sta
 
 from __future__ import annotations
 
-import difflib
 import math
 import typing
 from typing import Annotated, Any, Literal, Union
@@ -17,12 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tfopt.errors import TfoptError
 from tfopt.limits import MAX_INT, MAX_SEED
+from tfopt.validation import KINDS, did_you_mean, format_validation_errors
 
-
-def did_you_mean(word, choices) -> str:
-    """Return ``" (did you mean 'x'?)"`` for the closest choice, or an empty string."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+__all__ = ["Config", "Registry", "check_value", "did_you_mean"]
 
 
 def _accepts_bool(annotation) -> bool:
@@ -128,9 +124,14 @@ class Registry:
         self.kind = kind
         self.key = key
         self._entries: dict[str, type[Config]] = {}
+        KINDS.append(self)
 
     def register(self, cls):
+        """Add ``cls`` under every name its tag field allows; a name taken by another class raises."""
         for name in typing.get_args(cls.model_fields[self.key].annotation):
+            if name in self._entries and self._entries[name] is not cls:
+                raise TfoptError(f"{self.kind} '{name}' is already registered (by {self._entries[name].__qualname__}); "
+                                 f"pick another name")
             self._entries[name] = cls
         return cls
 
@@ -182,8 +183,6 @@ class Registry:
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            from tfopt.recipe import format_validation_errors
-
             problems = format_validation_errors(exc, data, cls)
             raise TfoptError(
                 f"invalid {self.kind} '{data[self.key]}': "

@@ -17,7 +17,7 @@ def optimize_source(source, recipe=None, overrides=(), *, output=None, resume=Fa
     reported at the end. The search folder is ``<output>/<run name>-optimized``."""
     from tfopt.data.pipeline import load_splits
     from tfopt.errors import TfoptError
-    from tfopt.optimize.source import load_source
+    from tfopt.steps.source import load_source
     from tfopt.search.engine import optimize
 
     src = load_source(source, recipe, overrides)

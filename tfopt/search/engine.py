@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,7 +452,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         A :class:`Result`. Raises TfoptError when no candidate meets the budget.
     """
     from tfopt import api
-    from tfopt.optimize.runner import sample_xy
+    from tfopt.steps.runner import sample_xy
 
     if target not in TARGETS:
         raise TfoptError(f"optimize: target must be one of {', '.join(TARGETS)}; got {target!r}")

@@ -59,7 +59,7 @@ def to_tflite(model, mode: str, x_calib, *, verify_x=None, min_agreement=None) -
 
 
 def is_qat(model) -> bool:
-    from tfopt.optimize.quantize import is_qat as check
+    from tfopt.steps.quantize import is_qat as check
 
     return check(model)
 
@@ -116,7 +116,7 @@ def channel_groups(model) -> list[str]:
 
 def prunable_layers(model) -> dict:
     """``{layer name: kernel weight count}`` for layers magnitude pruning can work on."""
-    from tfopt.optimize.prune import kernels, prunable
+    from tfopt.steps.prune import kernels, prunable
 
     return {layer.name: int(sum(int(np.prod(w.shape)) for w in kernels(layer)))
             for layer in model.layers if prunable(layer)}
@@ -135,7 +135,7 @@ def channel_sensitivity(model, x, y, ratios=(0.25, 0.5, 0.75, 0.9)) -> list[dict
 
 def magnitude_sensitivity(model, x, y, levels=(0.5, 0.75, 0.9, 0.95, 0.98)) -> list[dict]:
     """Selection accuracy with the smallest ``level`` of one layer's kernel zeroed, without fine-tuning."""
-    from tfopt.optimize.sensitivity import _magnitude_prune
+    from tfopt.steps.sensitivity import _magnitude_prune
 
     rows = []
     for name in prunable_layers(model):

@@ -15,35 +15,15 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ValidationError
 
 from tfopt.errors import RecipeError
-from tfopt.tune.specs import SIZE_METRICS, SPECS, TuneConfig, label
+from tfopt.recipe import format_validation_errors, read_recipe_data, validate
+from tfopt.tune.specs import KEY, SIZE_METRICS, SPECS, TuneConfig, find_specs, label
 
-KEY = "tune"
 RESERVED = {"trial", "status", "budget", "continues", "score", "loss", "accuracy", "lr", "epochs", "epochs_trained",
             "seconds", "error", *SIZE_METRICS}
 
 
 class _Holder(BaseModel):
     spec: SPECS.union()
-
-
-def find_specs(data: dict) -> dict[str, dict]:
-    """Every ``{tune: ...}`` mapping in a raw recipe, by dotted key (the ``tune:`` section aside)."""
-    found = {}
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            if path and KEY in node:
-                found[path] = node
-                return
-            for k, v in node.items():
-                if path or k != KEY:
-                    walk(v, f"{path}.{k}" if path else str(k))
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, f"{path}.{i}")
-
-    walk(data, "")
-    return found
 
 
 def set_path(data: dict, path: str, value) -> dict:
@@ -78,8 +58,6 @@ def _dotted_keys(data, path="") -> list[str]:
 
 def parse_specs(raw: dict[str, dict], data: dict | None = None) -> tuple[dict, list]:
     """Validate raw specs; returns ``({path: Spec}, problems)``."""
-    from tfopt.recipe import format_validation_errors
-
     specs, problems = {}, []
     dotted = _dotted_keys(data) if data is not None else []
     for path, node in raw.items():
@@ -146,8 +124,6 @@ class Search:
 
     def recipe(self, values: dict, source: str | None = None):
         """Validate the recipe for ``values``; raises :class:`RecipeError`."""
-        from tfopt.recipe import validate
-
         return validate(self.concrete(values), source or self.source)
 
 
@@ -225,7 +201,5 @@ def _refused(value, key, path, msg) -> str:
 
 def load_search(path, overrides=()) -> Search:
     """Read a recipe file that declares a search space (see :func:`search_from_data`)."""
-    from tfopt.recipe import read_recipe_data
-
     data = read_recipe_data(path, overrides)
     return search_from_data(data, str(path))

@@ -21,10 +21,13 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from tfopt.limits import MAX_CHOICES
 from tfopt.registry import Config, Registry
+from tfopt.steps import STEPS
+from tfopt.validation import did_you_mean
 
 SPECS = Registry("tune kind", key="tune")
+#: The key that marks a mapping in a recipe as a tune spec: ``filters: {tune: choice, values: [8, 16]}``.
+KEY = "tune"
 SIZE_METRICS = ("tflite_kb", "latency_ms", "params", "macs")
-STEPS = ("structured", "prune", "cluster", "quantize")
 
 
 class Spec(Config):
@@ -213,8 +216,8 @@ class TuneConfig(Config):
     algorithm: Literal["random", "bayesian", "hyperband"] = "random"
     max_trials: Optional[PositiveInt] = Field(None, description="default: 10; hyperband: its brackets decide")
     objective: Union[str, Objective] = Field(default_factory=Objective)
-    compress: list[Literal[STEPS]] = Field(default_factory=list,
-                                           description="steps applied to each trained trial before it is scored")
+    compress: list[str] = Field(default_factory=list,
+                                description="registered steps applied to each trained trial before it is scored")
     factor: int = Field(3, ge=2, description="hyperband: keep 1/factor of the trials per round")
     hyperband_iterations: PositiveInt = 1
     num_initial_points: Optional[PositiveInt] = Field(None, description="bayesian: random trials first")
@@ -230,6 +233,11 @@ class TuneConfig(Config):
     @field_validator("compress")
     @classmethod
     def _once(cls, v):
+        allowed = STEPS.names(chain=True)
+        unknown = [s for s in v if s not in allowed]
+        if unknown:
+            raise ValueError(f"unknown step '{unknown[0]}'{did_you_mean(unknown[0], allowed)}; available: "
+                             f"{', '.join(allowed)}")
         dups = sorted({s for s in v if v.count(s) > 1})
         if dups:
             raise ValueError(f"each step may appear once; repeated: {', '.join(dups)}")
@@ -239,3 +247,23 @@ class TuneConfig(Config):
         if self.max_trials is not None:
             return self.max_trials
         return None if self.algorithm == "hyperband" else 10
+
+
+def find_specs(data: dict) -> dict[str, dict]:
+    """Every ``{tune: ...}`` mapping in a raw recipe, by dotted key (the ``tune:`` section aside)."""
+    found = {}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if path and KEY in node:
+                found[path] = node
+                return
+            for k, v in node.items():
+                if path or k != KEY:
+                    walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}.{i}")
+
+    walk(data, "")
+    return found

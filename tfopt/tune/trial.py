@@ -91,40 +91,25 @@ def _final_row(history, recipe) -> dict:
 
 
 def _compress(model, recipe, splits, steps, log):
-    """Apply the ``tune.compress`` steps in order; returns ``(keras model, tflite bytes or None)``."""
-    from tfopt.optimize import config as C
+    """Apply the ``tune.compress`` steps in order, each the registered step with the recipe's
+    ``optimize.<step>`` settings (or its defaults); returns ``(keras model, tflite bytes or None)``."""
+    from tfopt.steps import STEPS
+    from tfopt.steps.commands import apply_step
 
     content = None
-    for step in steps:
-        cfg = getattr(recipe.optimize, step) or {"structured": C.StructuredConfig, "prune": C.PruneConfig,
-                                                 "cluster": C.ClusterConfig, "quantize": C.QuantizeConfig}[step]()
-        log(f"compressing: {step}")
-        if step == "structured":
-            from tfopt.optimize.structured import channel_prune
-
-            model, _ = channel_prune(model, recipe, splits, cfg, log=log)
-        elif step == "prune":
-            from tfopt.optimize.prune import prune
-
-            model, _ = prune(model, recipe, splits, cfg, log=log)
-        elif step == "cluster":
-            from tfopt.optimize.cluster import cluster
-
-            model, _ = cluster(model, recipe, splits, cfg, log=log)
-        elif cfg.mode == "qat":
-            from tfopt.optimize.quantize import quantization_aware
-
-            _, content, _ = quantization_aware(model, recipe, splits, cfg, log=log)
-        else:
-            from tfopt.optimize.quantize import post_training
-
-            content = post_training(model, cfg.mode, splits, cfg.int8_io, cfg.representative_samples, recipe.seed)
+    for name in steps:
+        step = STEPS[name]
+        cfg = getattr(recipe.optimize, name, None) or (step.config() if step.config else None)
+        log(f"compressing: {name}")
+        model, report = apply_step(step, model, recipe, splits, cfg, log=log)
+        if isinstance(report.get("tflite"), bytes):
+            content = report["tflite"]
     return model, content
 
 
 def _measure(model, content, splits, needs, compressed, log) -> dict:
     from tfopt.models.stats import model_stats
-    from tfopt.optimize.runner import accuracy
+    from tfopt.steps.runner import accuracy
     from tfopt.report.report import gzip_size
     from tfopt.tflite import accuracy as tflite_accuracy
 

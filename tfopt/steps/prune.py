@@ -15,7 +15,6 @@ import numpy as np
 
 from tfopt.errors import TfoptError
 from tfopt.registry import did_you_mean
-from tfopt.optimize.runner import recipe_call
 
 
 class PreflightError(TfoptError):
@@ -169,7 +168,7 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, schedule
     steps, then :func:`strip`. The schedule is resolved as :func:`prune` does (see
     :func:`plan_schedule`); a schedule that cannot reach its target raises :class:`PreflightError`.
     """
-    from tfopt.optimize.config import PruneConfig, validated
+    from tfopt.steps.config import PruneConfig, validated
 
     cfg = validated(PruneConfig, dict(sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
                                       begin_step=begin_step, end_step=end_step, frequency=frequency,
@@ -200,7 +199,6 @@ def strip(model):
     return plain_copy(model)
 
 
-@recipe_call("apply_prune")
 def prune(model, data, *, sparsity: float = 0.8, schedule: str = "polynomial", initial_sparsity: float = 0.0,
           begin_step: int = 0, end_step: int | None = None, frequency: int | None = None, layers: dict | None = None,
           skip=(), m_by_n=None, force: bool = False, epochs: int = 2, lr: float | None = None,
@@ -221,7 +219,7 @@ def prune(model, data, *, sparsity: float = 0.8, schedule: str = "polynomial", i
         skip: layers left dense.
         m_by_n: ``(2, 4)`` for structured 2:4 sparsity instead of a schedule.
         force: go on when the preflight says the schedule cannot reach the target.
-        **fit: more :func:`tfopt.optimize.runner.fine_tune` arguments (``loss``, ``optimizer``,
+        **fit: more :func:`tfopt.steps.runner.fine_tune` arguments (``loss``, ``optimizer``,
             ``validation_data``, ``teacher``, ``seed``, …).
 
     Returns:
@@ -231,8 +229,8 @@ def prune(model, data, *, sparsity: float = 0.8, schedule: str = "polynomial", i
     Raises:
         PreflightError: the schedule cannot reach the target and ``force`` is off.
     """
-    from tfopt.optimize.config import PruneConfig, validated
-    from tfopt.optimize.runner import DEFAULT_BATCH_SIZE, count_steps, fine_tune
+    from tfopt.steps.config import PruneConfig, validated
+    from tfopt.steps.runner import DEFAULT_BATCH_SIZE, count_steps, fine_tune
 
     cfg = validated(PruneConfig, dict(sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
                                       begin_step=begin_step, end_step=end_step, frequency=frequency,

@@ -11,7 +11,7 @@ from tfopt.errors import TfoptError
 def _magnitude_prune(model, name, sparsity):
     """A copy of ``model`` with the smallest ``sparsity`` of ``name``'s kernel set to zero."""
     from tfopt.export import plain_copy
-    from tfopt.optimize.prune import kernels
+    from tfopt.steps.prune import kernels
 
     copy = plain_copy(model)
     layer = copy.get_layer(name)
@@ -27,8 +27,8 @@ def _magnitude_prune(model, name, sparsity):
 
 def sweep(model, splits, ratios=(0.25, 0.5, 0.75), mode="channels", log=print) -> list[dict]:
     """One row per (layer, ratio): accuracy on the validation split (else test) without fine-tuning."""
-    from tfopt.optimize.prune import prunable
-    from tfopt.optimize.runner import accuracy, selection_split
+    from tfopt.steps.prune import prunable
+    from tfopt.steps.runner import accuracy, selection_split
     from tfopt.surgery.channels import prune_channels, trace
 
     x, y = selection_split(splits)
@@ -66,7 +66,7 @@ def choose(rows, budget: float) -> dict:
 def write_back(recipe, per_layer: dict, mode: str):
     """A copy of ``recipe`` whose ``optimize.structured.per_layer`` (or ``optimize.prune.layers``)
     holds the chosen ratios."""
-    from tfopt.optimize.config import PruneConfig, StructuredConfig
+    from tfopt.steps.config import PruneConfig, StructuredConfig
 
     r = recipe.model_copy(deep=True)
     if mode == "channels":

@@ -377,26 +377,3 @@ def accuracy(model, x, y) -> float:
 def selection_split(splits):
     """The data used to choose among variants: the validation split, else the test split."""
     return (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
-
-
-def recipe_call(apply_name: str):
-    """Let a step function also be called the pre-registry way, ``f(model, recipe, splits, cfg,
-    log=...)``, by routing such calls to ``tfopt.optimize.commands.<apply_name>``.
-
-    Callers that still name step functions directly (``tfopt.tune.trial``) keep working until
-    they read :data:`tfopt.optimize.registry.STEPS`; new code calls the registry's ``apply``.
-    """
-    import functools
-
-    def wrap(function):
-        @functools.wraps(function)
-        def call(model, data=None, *args, **kwargs):
-            if hasattr(data, "train") and hasattr(data, "data") and len(args) == 2:
-                from tfopt.optimize import commands
-
-                return getattr(commands, apply_name)(model, data, *args, **kwargs)
-            return function(model, data, *args, **kwargs)
-
-        return call
-
-    return wrap

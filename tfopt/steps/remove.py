@@ -13,7 +13,7 @@ def remove(model, data=None, *, layers=(), epochs: int = 1, lr: float | None = N
     """
     from tfopt.errors import TfoptError
     from tfopt.export import plain_copy
-    from tfopt.optimize.runner import fine_tune
+    from tfopt.steps.runner import fine_tune
     from tfopt.surgery.remove import remove_layers
 
     if isinstance(layers, str):

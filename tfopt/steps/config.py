@@ -12,6 +12,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, Validati
 
 from tfopt.errors import TfoptError
 from tfopt.registry import Config
+from tfopt.validation import format_validation_errors
 
 
 def _check_ratios(v: dict, what: str) -> dict:
@@ -24,8 +25,6 @@ def _check_ratios(v: dict, what: str) -> dict:
 def validated(cls, values: dict, where: str):
     """``cls`` built from ``values`` (``None`` values dropped, so defaults apply); a problem
     raises one :class:`TfoptError` naming each key as ``<where>.<key>``."""
-    from tfopt.recipe import format_validation_errors
-
     data = {k: v for k, v in values.items() if v is not None}
     try:
         return cls.model_validate(data)

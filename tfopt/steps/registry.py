@@ -4,9 +4,11 @@ A :class:`Step` names its config class (the recipe's ``optimize.<name>`` section
 command's options), the suffix of the run folder it writes and its library function
 ``function(model, data, *, log, **settings, **fine_tune_arguments) -> (model, report)``. The
 commands, ``tune`` and ``optimize`` read this registry instead of naming steps themselves.
-Adding a step is one module with its function plus one :func:`register` call::
+The built-in steps are registered by :mod:`tfopt.steps.commands`, which the package
+``tfopt.steps`` imports, so the registry is complete wherever it is read. Adding a step is
+one module with its function plus one :func:`register` call::
 
-    from tfopt.optimize.registry import register
+    from tfopt.steps import register
 
     class HalveConfig(FineTune):
         factor: float = 0.5
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from tfopt.errors import TfoptError
-from tfopt.registry import did_you_mean
+from tfopt.validation import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Step:
         suffix: the new run folder is ``<source>-<suffix>``; a callable gets the config.
         function: the library function, model in, ``(model, report)`` out.
         command: ``command(source, given, output=, overwrite=, log=) -> (path, metrics)`` when
-            the step writes its run its own way; default: :func:`tfopt.optimize.commands.run_generic`.
+            the step writes its run its own way; default: :func:`tfopt.steps.commands.run_generic`.
         apply: ``apply(model, recipe, splits, cfg, log) -> (model, tflite bytes or None)`` for
             chains (tune, optimize); default: the function with the recipe's fine-tune settings.
         chain: whether the step may appear in ``tune.compress`` and ``optimize`` chains.
@@ -64,7 +66,6 @@ class StepRegistry:
 
     def __init__(self):
         self._steps: dict[str, Step] = {}
-        self._loaded = False
 
     def register(self, step: Step) -> Step:
         if step.name in self._steps:
@@ -77,29 +78,20 @@ class StepRegistry:
         """Remove a step (for tests that register a toy one)."""
         self._steps.pop(name, None)
 
-    def _load(self):
-        if not self._loaded:
-            self._loaded = True
-            import tfopt.optimize.commands  # noqa: F401  registers the built-in steps
-
     def __getitem__(self, name) -> Step:
-        self._load()
         if name not in self._steps:
             raise TfoptError(f"unknown step '{name}'{did_you_mean(name, self._steps)}; "
                              f"available: {', '.join(self._steps)}")
         return self._steps[name]
 
     def __contains__(self, name) -> bool:
-        self._load()
         return name in self._steps
 
     def names(self, chain: bool | None = None) -> list[str]:
         """Registered step names, in registration order; ``chain=True``: only chainable ones."""
-        self._load()
         return [n for n, s in self._steps.items() if chain is None or s.chain == chain]
 
     def __iter__(self):
-        self._load()
         return iter(list(self._steps.values()))
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt.errors import TfoptError
-from tfopt.optimize.cluster import unique_values
-from tfopt.optimize.prune import layer_sparsity, overall_sparsity
+from tfopt.steps.cluster import unique_values
+from tfopt.steps.prune import layer_sparsity, overall_sparsity
 
 
 def representative(x, samples: int = 500, seed: int = 0):
@@ -104,26 +104,14 @@ def quantize_aware(model, data, *, epochs: int = 1, lr: float | None = None, bat
     Returns ``(qat model, report)``; convert the model with ``tfopt.to_tflite(qat, "int8")`` (or
     :func:`qat_tflite`): its fake-quant ranges are learned, no calibration is needed.
     """
-    from tfopt.optimize.config import QuantizeConfig, validated
-    from tfopt.optimize.runner import fine_tune
+    from tfopt.steps.config import QuantizeConfig, validated
+    from tfopt.steps.runner import fine_tune
 
     cfg = validated(QuantizeConfig, dict(mode="qat", epochs=epochs, lr=lr, batch_size=batch_size), "quantize")
     qat, report = wrap_for_qat(model, log)
     log(f"quantization-aware training with the {report['scheme'].upper()} scheme")
     history, seconds = fine_tune(qat, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, log=log, **fit)
     return qat, {**report, "history": history, "fine_tune_seconds": seconds}
-
-
-def quantization_aware(model, recipe, splits, cfg, log=print):
-    """QAT of a copy of ``model`` with a recipe's fine-tune settings, converted to int8 TFLite.
-
-    Returns ``(qat model, tflite bytes, report)``. Kept for callers that do not read the step
-    registry yet (``tfopt.tune.trial``); the registry's ``quantize`` step does the same.
-    """
-    from tfopt.optimize.commands import apply_quantize
-
-    qat, report = apply_quantize(model, recipe, splits, cfg.model_copy(update={"mode": "qat"}), log=log)
-    return qat, report.pop("tflite"), report
 
 
 def qat_tflite(qat, int8_io: bool = False) -> bytes:

@@ -23,8 +23,8 @@ def fold(model, data=None, *, log=print, **_ignored):
     Raises:
         TfoptError: the fold changed the outputs by more than :data:`TOLERANCE`.
     """
-    from tfopt.optimize.runner import sample_x
-    from tfopt.optimize.structured import _random_inputs
+    from tfopt.steps.runner import sample_x
+    from tfopt.steps.structured import _random_inputs
     from tfopt.surgery.fold_bn import fold_batchnorm
 
     folded, report = fold_batchnorm(model)

@@ -2,16 +2,16 @@
 library step -> a new run directory.
 
 Each step's work is a library function that takes a model and plain keyword arguments
-(:mod:`tfopt.optimize.prune`, ``cluster``, ``quantize``, ``structured``, ``remove``, ``fold``);
+(:mod:`tfopt.steps.prune`, ``cluster``, ``quantize``, ``structured``, ``remove``, ``fold``);
 the functions here only resolve settings, load the data, call it, verify and write. Every step
-is registered once in :data:`tfopt.optimize.registry.STEPS`, which :func:`run` dispatches on.
+is registered once in :data:`tfopt.steps.registry.STEPS`, which :func:`run` dispatches on.
 """
 
 from __future__ import annotations
 
 from tfopt.errors import TfoptError
-from tfopt.optimize import config as C
-from tfopt.optimize.registry import STEPS, register
+from tfopt.steps import config as C
+from tfopt.steps.registry import STEPS, register
 from tfopt.tflite import VerificationFailed
 
 
@@ -30,7 +30,7 @@ def run(step: str, source, given: dict, output=None, overwrite=False, log=print)
 
 def _base_metrics(source, model, splits, log):
     from tfopt.models.stats import model_stats
-    from tfopt.optimize.runner import evaluate
+    from tfopt.steps.runner import evaluate
 
     log("evaluating on the test set")
     metrics = {**evaluate(model, source.recipe, splits), **model_stats(model)}
@@ -47,7 +47,7 @@ def _splits(source):
 
 def fit_kwargs(recipe, splits, cfg) -> dict:
     """The fine-tune keyword arguments of a step from the recipe and its data."""
-    from tfopt.optimize.runner import recipe_fit
+    from tfopt.steps.runner import recipe_fit
 
     return recipe_fit(recipe, splits, cfg)
 
@@ -65,16 +65,23 @@ def apply_generic(step, model, recipe, splits, cfg, log=print):
     return step.function(model, **fit, **kwargs, log=log)
 
 
+def apply_step(step, model, recipe, splits, cfg, log=print):
+    """The registered ``step`` on ``model`` for a chain (``tune.compress``): its own ``apply``,
+    else its function with the recipe's fine-tune settings. Returns ``(model, report)``."""
+    if step.apply is not None:
+        return step.apply(model, recipe, splits, cfg, log=log)
+    return apply_generic(step, model, recipe, splits, cfg, log=log)
+
+
 def run_generic(source, given: dict, output=None, overwrite=False, log=print, step=None):
     """Any registered step: settings, the function, the test metrics, a new run."""
     import json
 
-    from tfopt.optimize.runner import with_step, write_run
+    from tfopt.steps.runner import with_step, write_run
 
     cfg = settings(source.recipe, step.name, step.config, given) if step.config else None
     splits = _splits(source)
-    model, report = (step.apply or (lambda *a, **k: apply_generic(step, *a, **k)))(
-        source.model, source.recipe, splits, cfg, log=log)
+    model, report = apply_step(step, source.model, source.recipe, splits, cfg, log=log)
     plain = {}
     for k, v in report.items():  # keep what JSON can hold
         try:
@@ -93,13 +100,13 @@ def run_generic(source, given: dict, output=None, overwrite=False, log=print, st
 # ---- magnitude pruning ---------------------------------------------------------------------
 
 def apply_prune(model, recipe, splits, cfg, log=print):
-    from tfopt.optimize.prune import prune
+    from tfopt.steps.prune import prune
 
     return prune(model, **fit_kwargs(recipe, splits, cfg), **step_kwargs(cfg), log=log)
 
 
 def run_prune(source, given: dict, output=None, overwrite=False, log=print, step=None):
-    from tfopt.optimize.runner import with_step, write_run
+    from tfopt.steps.runner import with_step, write_run
 
     cfg = settings(source.recipe, "prune", C.PruneConfig, given)
     splits = _splits(source)
@@ -118,13 +125,13 @@ def run_prune(source, given: dict, output=None, overwrite=False, log=print, step
 # ---- clustering ------------------------------------------------------------------------------
 
 def apply_cluster(model, recipe, splits, cfg, log=print):
-    from tfopt.optimize.cluster import cluster
+    from tfopt.steps.cluster import cluster
 
     return cluster(model, **fit_kwargs(recipe, splits, cfg), **step_kwargs(cfg), log=log)
 
 
 def run_cluster(source, given: dict, output=None, overwrite=False, log=print, step=None):
-    from tfopt.optimize.runner import with_step, write_run
+    from tfopt.steps.runner import with_step, write_run
 
     cfg = settings(source.recipe, "cluster", C.ClusterConfig, given)
     splits = _splits(source)
@@ -155,7 +162,7 @@ def _threshold(export_cfg, mode):
 
 def apply_quantize(model, recipe, splits, cfg, log=print):
     """``(keras model, report with "tflite" bytes)``: the QAT model for ``qat``, else the input."""
-    from tfopt.optimize import quantize as q
+    from tfopt.steps import quantize as q
 
     if cfg.mode == "qat":
         qat, report = q.quantize_aware(model, **fit_kwargs(recipe, splits, cfg), log=log)
@@ -166,7 +173,7 @@ def apply_quantize(model, recipe, splits, cfg, log=print):
 
 
 def run_quantize(source, given: dict, output=None, overwrite=False, log=print, step=None):
-    from tfopt.optimize.runner import evaluate, with_step, write_run
+    from tfopt.steps.runner import evaluate, with_step, write_run
 
     cfg = settings(source.recipe, "quantize", C.QuantizeConfig, given)
     splits = _splits(source)
@@ -193,8 +200,8 @@ def _quantize_suffix(cfg) -> str:
 
 
 def run_export(source, given: dict, output=None, overwrite=False, log=print, step=None):
-    from tfopt.optimize import quantize as q
-    from tfopt.optimize.runner import write_run
+    from tfopt.steps import quantize as q
+    from tfopt.steps.runner import write_run
 
     cfg = settings(source.recipe, None, C.Export, given)
     splits = _splits(source)
@@ -222,8 +229,8 @@ def run_export(source, given: dict, output=None, overwrite=False, log=print, ste
 def _export_function(model, data=None, *, tflite=("float32",), int8_io=False, representative_samples=500, seed=0,
                      log=print, **_):
     """TFLite files of ``model`` (not verified here: the export command verifies them)."""
-    from tfopt.optimize import quantize as q
-    from tfopt.optimize.runner import sample_x
+    from tfopt.steps import quantize as q
+    from tfopt.steps.runner import sample_x
 
     x = sample_x(data) if data is not None else None
     return model, {"tflite": {m: q.post_training(model, m, x, int8_io, representative_samples, seed) for m in tflite}}
@@ -232,7 +239,7 @@ def _export_function(model, data=None, *, tflite=("float32",), int8_io=False, re
 # ---- surgery ------------------------------------------------------------------------------------
 
 def apply_fold_bn(model, recipe, splits, cfg, log=print):
-    from tfopt.optimize.fold import fold
+    from tfopt.steps.fold import fold
 
     return fold(model, (splits.x_test, splits.y_test), log=log)
 
@@ -240,7 +247,7 @@ def apply_fold_bn(model, recipe, splits, cfg, log=print):
 def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print, step=None):
     """Fold BatchNorm layers and check the outputs against the original on the test images."""
     from tfopt.models.stats import model_stats
-    from tfopt.optimize.runner import write_run
+    from tfopt.steps.runner import write_run
 
     splits = _splits(source)
     folded, report = apply_fold_bn(source.model, source.recipe, splits, None, log=log)
@@ -255,7 +262,7 @@ def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print, st
 def apply_structured(model, recipe, splits, cfg, log=print):
     import numpy as np
 
-    from tfopt.optimize.structured import channel_prune
+    from tfopt.steps.structured import channel_prune
 
     y = splits.y_train[: cfg.probe_samples]
     one_hot = recipe.train.loss.one_hot
@@ -269,7 +276,7 @@ def run_structured(source, given: dict, output=None, overwrite=False, log=print,
     fine-tune after each, write a run."""
     from tfopt.export import plain_copy
     from tfopt.models.stats import model_stats
-    from tfopt.optimize.runner import with_step, write_run
+    from tfopt.steps.runner import with_step, write_run
 
     cfg = settings(source.recipe, "structured", C.StructuredConfig, given)
     splits = _splits(source)
@@ -299,8 +306,8 @@ def analyze_removals(model, splits, log=print, recipe=None, epochs=0) -> list[di
     """Accuracy (validation split, else test) and savings for each removable layer or block,
     right after removal or, with ``epochs``, after that short fine-tune of each candidate."""
     from tfopt.models.stats import model_stats
-    from tfopt.optimize.remove import remove
-    from tfopt.optimize.runner import accuracy, selection_split
+    from tfopt.steps.remove import remove
+    from tfopt.steps.runner import accuracy, selection_split
     from tfopt.surgery.remove import candidates
 
     x, y = selection_split(splits)
@@ -321,7 +328,7 @@ def analyze_removals(model, splits, log=print, recipe=None, epochs=0) -> list[di
 
 def choose_removals(model, splits, rows, budget: float) -> list[str]:
     """Greedy: add candidates, smallest drop first, while the combined drop stays within ``budget`` points."""
-    from tfopt.optimize.runner import accuracy, selection_split
+    from tfopt.steps.runner import accuracy, selection_split
     from tfopt.surgery.remove import remove_layers
 
     x, y = selection_split(splits)
@@ -338,7 +345,7 @@ def choose_removals(model, splits, rows, budget: float) -> list[str]:
 
 
 def apply_remove(model, recipe, splits, cfg, log=print):
-    from tfopt.optimize.remove import remove
+    from tfopt.steps.remove import remove
 
     fit = fit_kwargs(recipe, splits, cfg) if cfg.epochs else {}
     return remove(model, **{**fit, "epochs": cfg.epochs}, layers=cfg.layers, log=log)
@@ -347,7 +354,7 @@ def apply_remove(model, recipe, splits, cfg, log=print):
 def run_remove(source, given: dict, output=None, overwrite=False, log=print, step=None):
     """Remove the named layers or blocks, or analyze every candidate (and pick within a budget)."""
     from tfopt.models.stats import model_stats
-    from tfopt.optimize.runner import write_run
+    from tfopt.steps.runner import write_run
 
     cfg = settings(source.recipe, "remove", C.RemoveConfig, given)
     splits = _splits(source)
@@ -410,19 +417,19 @@ def _lazy(module, name):
     return call
 
 
-register("structured", C.StructuredConfig, "channels", _lazy("tfopt.optimize.structured", "channel_prune"),
+register("structured", C.StructuredConfig, "channels", _lazy("tfopt.steps.structured", "channel_prune"),
          command=run_structured, apply=apply_structured,
          help="Remove whole channels (filters, units) and every weight that reads them.")
-register("prune", C.PruneConfig, "pruned", _lazy("tfopt.optimize.prune", "prune"), command=run_prune,
+register("prune", C.PruneConfig, "pruned", _lazy("tfopt.steps.prune", "prune"), command=run_prune,
          apply=apply_prune, help="Magnitude pruning with a schedule preflight, then strip.")
-register("cluster", C.ClusterConfig, "clustered", _lazy("tfopt.optimize.cluster", "cluster"), command=run_cluster,
+register("cluster", C.ClusterConfig, "clustered", _lazy("tfopt.steps.cluster", "cluster"), command=run_cluster,
          apply=apply_cluster, help="Weight clustering: a few shared values per layer, then strip.")
-register("quantize", C.QuantizeConfig, _quantize_suffix, _lazy("tfopt.optimize.quantize", "quantize_aware"),
+register("quantize", C.QuantizeConfig, _quantize_suffix, _lazy("tfopt.steps.quantize", "quantize_aware"),
          command=run_quantize, apply=apply_quantize,
          help="Post-training quantization (dynamic, float16, int8) or quantization-aware training.")
-register("remove", C.RemoveConfig, "removed", _lazy("tfopt.optimize.remove", "remove"), command=run_remove,
+register("remove", C.RemoveConfig, "removed", _lazy("tfopt.steps.remove", "remove"), command=run_remove,
          apply=apply_remove, chain=False, help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")
-register("fold_bn", None, "folded", _lazy("tfopt.optimize.fold", "fold"), command=run_fold_bn, apply=apply_fold_bn,
+register("fold_bn", None, "folded", _lazy("tfopt.steps.fold", "fold"), command=run_fold_bn, apply=apply_fold_bn,
          chain=False, help="Fold BatchNorm into the conv or dense layer before it.")
 register("export", C.Export, "export", _export_function, command=run_export, chain=False,
          help="SavedModel, .keras and verified .tflite files.")

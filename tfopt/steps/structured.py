@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt.errors import TfoptError
-from tfopt.optimize.runner import recipe_call
 
 
-@recipe_call("apply_structured")
 def channel_prune(model, data=None, *, ratio: float = 0.5, per_layer: dict | None = None, criterion: str = "l1",
                   probe_samples: int = 256, rounds: int = 1, min_channels: int = 1, protect=(), epochs: int = 2,
                   lr: float | None = None, batch_size: int | None = None, probe=None, check_x=None, log=print,
@@ -25,15 +23,15 @@ def channel_prune(model, data=None, *, ratio: float = 0.5, per_layer: dict | Non
         epochs: fine-tune epochs after each round (0: none).
         probe: ``(x, y)`` arrays ranked on by the data criteria; default: ``probe_samples`` of ``data``.
         check_x: images for the masked-original check; default: the first probe images.
-        **fit: more :func:`tfopt.optimize.runner.fine_tune` arguments.
+        **fit: more :func:`tfopt.steps.runner.fine_tune` arguments.
 
     Returns:
         ``(smaller model, report)`` with ``history``, ``seconds``, ``diffs`` (masked check per
         round) and ``first_report`` (channels kept, before and protected, of the first round).
     """
     from tfopt.models.stats import model_stats
-    from tfopt.optimize.config import StructuredConfig, validated
-    from tfopt.optimize.runner import _build_loss, fine_tune, sample_xy
+    from tfopt.steps.config import StructuredConfig, validated
+    from tfopt.steps.runner import _build_loss, fine_tune, sample_xy
     from tfopt.surgery.channels import masked_copy, prune_channels
 
     cfg = validated(StructuredConfig, dict(ratio=ratio, per_layer=per_layer, criterion=criterion,

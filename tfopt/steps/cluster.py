@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfopt.optimize.prune import check_layer_names, kernels, prunable
-from tfopt.optimize.runner import recipe_call
+from tfopt.steps.prune import check_layer_names, kernels, prunable
 
 INIT = {"kmeans_plus_plus": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density_based": "DENSITY_BASED",
         "random": "RANDOM"}
@@ -19,8 +18,8 @@ def unique_values(model) -> dict:
 
 def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_plus", skip=()):
     """For your own training loop: a copy of ``model`` with its conv/dense kernels wrapped for
-    weight clustering (TFMOT ``cluster_weights``); train it, then :func:`tfopt.optimize.prune.strip`."""
-    from tfopt.optimize.config import ClusterConfig, validated
+    weight clustering (TFMOT ``cluster_weights``); train it, then :func:`tfopt.steps.prune.strip`."""
+    from tfopt.steps.config import ClusterConfig, validated
 
     cfg = validated(ClusterConfig, dict(clusters=clusters, init=init, skip=list(skip)), "cluster")
     return _wrap(model, cfg)
@@ -45,7 +44,6 @@ def _wrap(model, cfg):
     return keras.models.clone_model(plain_copy(model), clone_function=wrap)
 
 
-@recipe_call("apply_cluster")
 def cluster(model, data, *, clusters: int = 16, init: str = "kmeans_plus_plus", skip=(), epochs: int = 1,
             lr: float | None = None, batch_size: int | None = None, log=print, **fit):
     """Cluster a copy of ``model``'s kernels into ``clusters`` shared values per layer,
@@ -54,14 +52,14 @@ def cluster(model, data, *, clusters: int = 16, init: str = "kmeans_plus_plus", 
     Args:
         init: centroid initialisation: ``kmeans_plus_plus``, ``linear``, ``density_based`` or ``random``.
         skip: layers left unclustered.
-        **fit: more :func:`tfopt.optimize.runner.fine_tune` arguments.
+        **fit: more :func:`tfopt.steps.runner.fine_tune` arguments.
 
     Returns:
         ``(clustered model, report)``; the report counts the unique values per layer.
     """
-    from tfopt.optimize.config import ClusterConfig, validated
-    from tfopt.optimize.prune import strip
-    from tfopt.optimize.runner import fine_tune
+    from tfopt.steps.config import ClusterConfig, validated
+    from tfopt.steps.prune import strip
+    from tfopt.steps.runner import fine_tune
 
     cfg = validated(ClusterConfig, dict(clusters=clusters, init=init, skip=list(skip), epochs=epochs, lr=lr,
                                         batch_size=batch_size), "cluster")
