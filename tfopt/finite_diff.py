@@ -174,3 +174,12 @@ def gradcheck(model, x, y, loss=None, eps=1e-5, max_entries=16, threshold=DEFAUL
         entry[2] += kinks
     return GradcheckResult([LayerCheck(name, err, n, threshold, k) for name, (err, n, k) in worst.items()],
                            threshold, eps)
+
+
+def gradcheck_recipe(recipe, *, samples: int = 4, entries: int = 16, threshold: float = DEFAULT_THRESHOLD):
+    """:func:`gradcheck` of ``recipe``'s freshly built model on ``samples`` training images."""
+    from tfopt.training.run import recipe_model_and_data
+
+    model, splits = recipe_model_and_data(recipe)
+    return gradcheck(model, splits.x_train[:samples], splits.y_train[:samples], max_entries=entries,
+                     threshold=threshold)

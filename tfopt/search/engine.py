@@ -587,3 +587,24 @@ def _report(out, search, chosen, test, rows):
                      f"{r['tflite_gzip_bytes']:,} | {r['tflite_raw_bytes']:,} | {r['macs']:,} | {r['latency_us']:.0f} | "
                      f"{r['seconds']:.0f} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def optimize_source(source, recipe=None, overrides=(), *, output=None, resume=False, log=print, **kwargs):
+    """Run the search on a run directory (or a model file with ``recipe``) and its recipe's data
+    splits: fine-tunes on the training split, the budget judged on the validation split (the
+    selection split; a recipe without one holds out 10% of the training images), test accuracy
+    reported at the end. The search folder is ``<output>/<run name>-optimized``."""
+    from tfopt.data.pipeline import load_splits
+    from tfopt.steps.source import load_source
+
+    src = load_source(source, recipe, overrides)
+    r = src.recipe
+    out = Path(output or r.output.dir) / f"{src.name}-optimized"
+    if out.exists() and not resume and any(out.iterdir()):
+        raise TfoptError(f"{out} already holds a search; pass --resume to continue it, or --output elsewhere")
+    splits = load_splits(r.data, r.seed)
+    validation = (splits.x_val, splits.y_val) if len(splits.x_val) else None
+    kwargs.setdefault("batch_size", r.train.batch_size)
+    kwargs.setdefault("seed", r.seed)
+    return optimize(src.model, (splits.x_train, splits.y_train), validation_data=validation,
+                    test_data=(splits.x_test, splits.y_test), out=out, resume=resume, log=log, **kwargs)

@@ -22,10 +22,40 @@ def settings(recipe, step: str | None, cls, given: dict):
     return C.validated(cls, data, f"optimize.{step}" if step else "export")
 
 
-def run(step: str, source, given: dict, output=None, overwrite=False, log=print):
-    """Run the registered step ``step`` on ``source`` with the command-line values ``given``."""
-    s = STEPS[step]
+def step_settings(recipe, step, given: dict):
+    """The settings of registered ``step``: its recipe section with ``given`` on top (None for a
+    step without settings)."""
+    if step.config is None:
+        return None
+    return settings(recipe, None if step.recipe_section == "export" else step.name, step.config, given)
+
+
+def check_output(step, source, given: dict, output=None, overwrite=False) -> None:
+    """Refuse an existing output run before any work, as ``fit`` does (a step whose suffix is
+    None for these settings writes no run)."""
+    from pathlib import Path
+
+    from tfopt.rundir import RunDir
+
+    suffix = step.folder_suffix(step_settings(source.recipe, step, given))
+    if suffix is not None:
+        RunDir(Path(output or source.recipe.output.dir) / f"{source.name}-{suffix}", overwrite=overwrite).check()
+
+
+def run(step, source, given: dict, output=None, overwrite=False, log=print):
+    """Run the registered step ``step`` (a name or a :class:`Step`) on a loaded ``source`` with
+    the command-line values ``given``; the output folder is checked first."""
+    s = STEPS[step] if isinstance(step, str) else step
+    check_output(s, source, given, output, overwrite)
     return (s.command or run_generic)(source, given, output=output, overwrite=overwrite, log=log, step=s)
+
+
+def run_source(step, path, recipe=None, overrides=(), given=None, *, output=None, overwrite=False, log=print):
+    """Load ``path`` (a run directory, or a model file with ``recipe``) and run ``step`` on it:
+    what every step command does. Returns ``(new run path or None, metrics)``."""
+    from tfopt.steps.source import load_source
+
+    return run(step, load_source(path, recipe, overrides), given or {}, output=output, overwrite=overwrite, log=log)
 
 
 def _base_metrics(source, model, splits, log):
@@ -45,23 +75,29 @@ def _splits(source):
     return load_splits(source.recipe.data, source.recipe.seed)
 
 
-def fit_kwargs(recipe, splits, cfg) -> dict:
-    """The fine-tune keyword arguments of a step from the recipe and its data."""
+def fit_kwargs(recipe, splits, cfg, model=None) -> dict:
+    """The fine-tune keyword arguments of a step from the recipe and its data; with
+    ``cfg.distill``, ``model`` (the step's input) is the teacher."""
     from tfopt.steps.runner import recipe_fit
 
-    return recipe_fit(recipe, splits, cfg)
+    kwargs = recipe_fit(recipe, splits, cfg)
+    if getattr(cfg, "distill", False):
+        if model is None:
+            raise TfoptError("distillation needs the step's input model as its teacher")
+        kwargs.update(teacher=model, temperature=cfg.temperature, alpha=cfg.alpha)
+    return kwargs
 
 
 def step_kwargs(cfg, exclude=()) -> dict:
     """A step config as keyword arguments for its library function (fine-tune fields dropped:
     :func:`fit_kwargs` carries them)."""
-    return {k: v for k, v in cfg.model_dump().items() if k not in ("epochs", "lr", "batch_size", *exclude)}
+    return {k: v for k, v in cfg.model_dump().items() if k not in (*C.FINE_TUNE_FIELDS, *exclude)}
 
 
 def apply_generic(step, model, recipe, splits, cfg, log=print):
     """A registered step's function on ``model`` with the recipe's fine-tune settings."""
     kwargs = step_kwargs(cfg) if cfg is not None else {}
-    fit = fit_kwargs(recipe, splits, cfg) if cfg is not None and hasattr(cfg, "epochs") else {}
+    fit = fit_kwargs(recipe, splits, cfg, model) if cfg is not None and hasattr(cfg, "epochs") else {}
     return step.function(model, **fit, **kwargs, log=log)
 
 
@@ -79,7 +115,7 @@ def run_generic(source, given: dict, output=None, overwrite=False, log=print, st
 
     from tfopt.steps.runner import with_step, write_run
 
-    cfg = settings(source.recipe, step.name, step.config, given) if step.config else None
+    cfg = step_settings(source.recipe, step, given)
     splits = _splits(source)
     model, report = apply_step(step, source.model, source.recipe, splits, cfg, log=log)
     plain = {}
@@ -102,7 +138,7 @@ def run_generic(source, given: dict, output=None, overwrite=False, log=print, st
 def apply_prune(model, recipe, splits, cfg, log=print):
     from tfopt.steps.prune import prune
 
-    return prune(model, **fit_kwargs(recipe, splits, cfg), **step_kwargs(cfg), log=log)
+    return prune(model, **fit_kwargs(recipe, splits, cfg, model), **step_kwargs(cfg), log=log)
 
 
 def run_prune(source, given: dict, output=None, overwrite=False, log=print, step=None):
@@ -127,7 +163,7 @@ def run_prune(source, given: dict, output=None, overwrite=False, log=print, step
 def apply_cluster(model, recipe, splits, cfg, log=print):
     from tfopt.steps.cluster import cluster
 
-    return cluster(model, **fit_kwargs(recipe, splits, cfg), **step_kwargs(cfg), log=log)
+    return cluster(model, **fit_kwargs(recipe, splits, cfg, model), **step_kwargs(cfg), log=log)
 
 
 def run_cluster(source, given: dict, output=None, overwrite=False, log=print, step=None):
@@ -165,7 +201,7 @@ def apply_quantize(model, recipe, splits, cfg, log=print):
     from tfopt.steps import quantize as q
 
     if cfg.mode == "qat":
-        qat, report = q.quantize_aware(model, **fit_kwargs(recipe, splits, cfg), log=log)
+        qat, report = q.quantize_aware(model, **fit_kwargs(recipe, splits, cfg, model), log=log)
         return qat, {**report, "tflite": q.qat_tflite(qat, cfg.int8_io)}
     log(f"converting to TFLite ({cfg.mode})")
     content = q.post_training(model, cfg.mode, splits.x_train, cfg.int8_io, cfg.representative_samples, recipe.seed)
@@ -197,6 +233,11 @@ def run_quantize(source, given: dict, output=None, overwrite=False, log=print, s
 
 def _quantize_suffix(cfg) -> str:
     return "qat" if cfg.mode == "qat" else cfg.mode
+
+
+def _remove_suffix(cfg):
+    """``removed``; None when the settings only analyze (no layers, no budget): no run is written."""
+    return None if cfg.analyze and cfg.budget is None and not cfg.layers else "removed"
 
 
 def run_export(source, given: dict, output=None, overwrite=False, log=print, step=None):
@@ -267,7 +308,7 @@ def apply_structured(model, recipe, splits, cfg, log=print):
     y = splits.y_train[: cfg.probe_samples]
     one_hot = recipe.train.loss.one_hot
     probe = (splits.x_train[: cfg.probe_samples], np.eye(splits.num_classes, dtype="float32")[y] if one_hot else y)
-    return channel_prune(model, **fit_kwargs(recipe, splits, cfg), **step_kwargs(cfg), probe=probe,
+    return channel_prune(model, **fit_kwargs(recipe, splits, cfg, model), **step_kwargs(cfg), probe=probe,
                          check_x=splits.x_test[:256], log=log)
 
 
@@ -347,7 +388,7 @@ def choose_removals(model, splits, rows, budget: float) -> list[str]:
 def apply_remove(model, recipe, splits, cfg, log=print):
     from tfopt.steps.remove import remove
 
-    fit = fit_kwargs(recipe, splits, cfg) if cfg.epochs else {}
+    fit = fit_kwargs(recipe, splits, cfg, model) if cfg.epochs else {}
     return remove(model, **{**fit, "epochs": cfg.epochs}, layers=cfg.layers, log=log)
 
 
@@ -418,7 +459,7 @@ def _lazy(module, name):
 
 
 register("structured", C.StructuredConfig, "channels", _lazy("tfopt.steps.structured", "channel_prune"),
-         command=run_structured, apply=apply_structured,
+         command=run_structured, apply=apply_structured, cli="prune", cli_flag="structured",
          help="Remove whole channels (filters, units) and every weight that reads them.")
 register("prune", C.PruneConfig, "pruned", _lazy("tfopt.steps.prune", "prune"), command=run_prune,
          apply=apply_prune, help="Magnitude pruning with a schedule preflight, then strip.")
@@ -427,9 +468,9 @@ register("cluster", C.ClusterConfig, "clustered", _lazy("tfopt.steps.cluster", "
 register("quantize", C.QuantizeConfig, _quantize_suffix, _lazy("tfopt.steps.quantize", "quantize_aware"),
          command=run_quantize, apply=apply_quantize,
          help="Post-training quantization (dynamic, float16, int8) or quantization-aware training.")
-register("remove", C.RemoveConfig, "removed", _lazy("tfopt.steps.remove", "remove"), command=run_remove,
-         apply=apply_remove, chain=False, help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")
+register("remove", C.RemoveConfig, _remove_suffix, _lazy("tfopt.steps.remove", "remove"), command=run_remove,
+         apply=apply_remove, chain=False, cli="remove-layers", help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")
 register("fold_bn", None, "folded", _lazy("tfopt.steps.fold", "fold"), command=run_fold_bn, apply=apply_fold_bn,
          chain=False, help="Fold BatchNorm into the conv or dense layer before it.")
-register("export", C.Export, "export", _export_function, command=run_export, chain=False,
+register("export", C.Export, "export", _export_function, command=run_export, chain=False, section="export",
          help="SavedModel, .keras and verified .tflite files.")

@@ -32,25 +32,38 @@ def validated(cls, values: dict, where: str):
         raise TfoptError("; ".join(f"{where}.{k}: {m}" for k, m in format_validation_errors(exc, data, cls))) from None
 
 
-class FineTune(Config):
-    epochs: PositiveInt = 2
+class Distill(Config):
+    """Knowledge distillation in a step's fine-tune: the model learns from the step's input model."""
+
+    distill: bool = Field(False, description="learn from the input model's softened outputs (knowledge distillation)")
+    temperature: PositiveFloat = Field(4.0, description="with distill: softening temperature")
+    alpha: float = Field(0.9, ge=0, le=1, description="with distill: weight of the teacher's soft targets")
+
+
+class FineTune(Distill):
+    epochs: PositiveInt = Field(2, description="fine-tune epochs")
     lr: Optional[PositiveFloat] = Field(None, description="peak rate, held while the step works, then cosine-decayed "
                                                           "to a tenth; default: train.lr.initial")
-    batch_size: Optional[PositiveInt] = Field(None, description="default: train.batch_size")
+    batch_size: Optional[PositiveInt] = Field(None, description="fine-tune batch size; default: train.batch_size")
+
+
+#: Settings of the fine-tune itself, which :func:`tfopt.steps.commands.fit_kwargs` carries.
+FINE_TUNE_FIELDS = ("epochs", "lr", "batch_size", "distill", "temperature", "alpha")
 
 
 class PruneConfig(FineTune):
     """Magnitude pruning with TFMOT's prune_low_magnitude, then strip_pruning."""
 
     sparsity: float = Field(0.8, gt=0, lt=1, description="target fraction of zero weights")
-    schedule: Literal["polynomial", "constant"] = "polynomial"
+    schedule: Literal["polynomial", "constant"] = Field("polynomial", description="how the sparsity rises")
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="polynomial schedule start")
-    begin_step: int = Field(0, ge=0)
-    end_step: Optional[int] = Field(None, ge=1, description="default: 2/3 of the fine-tune steps")
+    begin_step: int = Field(0, ge=0, description="first pruning step")
+    end_step: Optional[int] = Field(None, ge=1, description="last pruning step; default: half of the fine-tune steps")
     frequency: Optional[PositiveInt] = Field(None, description="steps between pruning updates; default fits the budget")
-    layers: dict[str, float] = Field(default_factory=dict, description="per-layer target sparsity")
+    layers: dict[str, float] = Field(default_factory=dict, description="per-layer target sparsity",
+                                     json_schema_extra={"cli": "--layer", "metavar": "NAME=SPARSITY"})
     skip: list[str] = Field(default_factory=list, description="layers left dense")
-    m_by_n: Optional[tuple[PositiveInt, PositiveInt]] = Field(None, description="structured sparsity, e.g. [2, 4]")
+    m_by_n: Optional[tuple[PositiveInt, PositiveInt]] = Field(None, description="m:n sparsity: at most m non-zero weights in every n, e.g. [2, 4]")
     force: bool = Field(False, description="go on when the preflight says the target is out of reach")
 
     @field_validator("layers")
@@ -70,12 +83,13 @@ class StructuredConfig(FineTune):
     """Channel pruning: whole filters and units removed, every dependent layer updated."""
 
     ratio: float = Field(0.5, ge=0, lt=1, description="fraction of channels removed per layer")
-    per_layer: dict[str, float] = Field(default_factory=dict, description="per-layer ratio")
+    per_layer: dict[str, float] = Field(default_factory=dict, description="per-layer ratio",
+                                        json_schema_extra={"metavar": "NAME=RATIO"})
     criterion: Literal["l1", "l2", "bn_gamma", "activation", "taylor"] = Field(
-        "l1", description="activation and taylor rank on probe_samples training images")
-    probe_samples: PositiveInt = 256
+        "l1", description="how channels are ranked (activation and taylor run probe_samples training images)")
+    probe_samples: PositiveInt = Field(256, description="training images for the activation and taylor criteria")
     rounds: PositiveInt = Field(1, description="prune then fine-tune this many times, reaching ratio at the end")
-    min_channels: PositiveInt = 1
+    min_channels: PositiveInt = Field(1, description="channels always kept per layer")
     protect: list[str] = Field(default_factory=list, description="layers whose channels stay")
 
     @field_validator("per_layer")
@@ -87,28 +101,30 @@ class StructuredConfig(FineTune):
 class ClusterConfig(FineTune):
     """Weight clustering with TFMOT's cluster_weights, then strip_clustering."""
 
-    epochs: PositiveInt = 1
-    clusters: int = Field(16, ge=2, le=256)
-    init: Literal["kmeans_plus_plus", "linear", "density_based", "random"] = "kmeans_plus_plus"
-    skip: list[str] = Field(default_factory=list)
+    epochs: PositiveInt = Field(1, description="fine-tune epochs")
+    clusters: int = Field(16, ge=2, le=256, description="shared values per kernel")
+    init: Literal["kmeans_plus_plus", "linear", "density_based", "random"] = Field(
+        "kmeans_plus_plus", description="centroid initialization")
+    skip: list[str] = Field(default_factory=list, description="layers left unclustered")
 
 
 class QuantizeConfig(FineTune):
     """Post-training quantization (dynamic, float16, int8) or quantization-aware training (qat)."""
 
-    epochs: PositiveInt = 1
-    mode: Literal["dynamic", "float16", "int8", "qat"] = "int8"
+    epochs: PositiveInt = Field(1, description="fine-tune epochs (qat)")
+    mode: Literal["dynamic", "float16", "int8", "qat"] = Field(
+        "int8", description="dynamic-range, float16 or full-integer post-training, or quantization-aware training")
     int8_io: bool = Field(False, description="int8 input and output instead of float (int8 and qat)")
     representative_samples: PositiveInt = Field(500, description="training images used to calibrate int8")
 
 
-class RemoveConfig(Config):
+class RemoveConfig(Distill):
     """Layer removal: named layers or residual blocks taken out and rewired, then a fine-tune."""
 
     layers: list[str] = Field(default_factory=list, description="layers or blocks to remove, e.g. [conv3, block2]")
     epochs: NonNegativeInt = Field(1, description="fine-tune epochs after the removal (0: none)")
-    lr: Optional[PositiveFloat] = Field(None, description="default: train.lr.initial")
-    batch_size: Optional[PositiveInt] = Field(None, description="default: train.batch_size")
+    lr: Optional[PositiveFloat] = Field(None, description="fine-tune rate; default: train.lr.initial")
+    batch_size: Optional[PositiveInt] = Field(None, description="fine-tune batch size; default: train.batch_size")
     analyze: bool = Field(False, description="measure the model without each removable layer or block")
     analyze_epochs: NonNegativeInt = Field(0, description="fine-tune epochs per analyzed candidate")
     budget: Optional[float] = Field(None, ge=0, description="with analyze: remove the most within this many points")
@@ -123,8 +139,9 @@ class Optimize(Config):
 
 
 class Export(Config):
-    tflite: list[Literal["float32", "dynamic", "float16", "int8"]] = Field(default_factory=lambda: ["float32"])
-    int8_io: bool = False
+    tflite: list[Literal["float32", "dynamic", "float16", "int8"]] = Field(
+        default_factory=lambda: ["float32"], description="TFLite files to write")
+    int8_io: bool = Field(False, description="int8 input and output for int8 files")
     min_agreement_float: float = Field(0.999, ge=0, le=1, description="top-1 agreement TFLite vs Keras, float modes")
     min_agreement_int8: float = Field(0.99, ge=0, le=1, description="the same for int8 and dynamic-range files")
-    representative_samples: PositiveInt = 500
+    representative_samples: PositiveInt = Field(500, description="training images used to calibrate int8")

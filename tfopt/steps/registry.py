@@ -46,6 +46,10 @@ class Step:
             chains (tune, optimize); default: the function with the recipe's fine-tune settings.
         chain: whether the step may appear in ``tune.compress`` and ``optimize`` chains.
         help: one line for the command's help.
+        cli: its command's name; default: the name with ``-`` for ``_``; None: no command.
+        cli_flag: the step is a variant of command ``cli`` chosen by ``--<cli_flag>`` (as
+            ``tfopt prune --structured``); its options join that command's.
+        section: the recipe section of its settings; default ``optimize.<name>``.
     """
 
     name: str
@@ -56,6 +60,17 @@ class Step:
     apply: Optional[Callable] = None
     chain: bool = True
     help: str = ""
+    cli: Optional[str] = ""
+    cli_flag: Optional[str] = None
+    section: str = ""
+
+    @property
+    def command_name(self) -> Optional[str]:
+        return self.name.replace("_", "-") if self.cli == "" else self.cli
+
+    @property
+    def recipe_section(self) -> str:
+        return self.section or f"optimize.{self.name}"
 
     def folder_suffix(self, cfg=None) -> str:
         return self.suffix(cfg) if callable(self.suffix) else self.suffix
@@ -99,10 +114,11 @@ STEPS = StepRegistry()
 
 
 def register(name: str, config, suffix, function, *, command=None, apply=None, chain: bool = True,
-             help: str = "") -> Step:
+             help: str = "", cli: Optional[str] = "", cli_flag: Optional[str] = None, section: str = "") -> Step:
     """Register a step once; see :class:`Step`. Returns it."""
+    doc = (function.__doc__ or "").strip().splitlines()
     return STEPS.register(Step(name, config, suffix, function, command=command, apply=apply, chain=chain,
-                               help=help or (function.__doc__ or "").strip().splitlines()[0]))
+                               help=help or (doc[0] if doc else name), cli=cli, cli_flag=cli_flag, section=section))
 
 
 def get(name: str) -> Step:

@@ -76,3 +76,29 @@ def write_back(recipe, per_layer: dict, mode: str):
         cfg = r.optimize.prune or PruneConfig()
         r.optimize.prune = cfg.model_copy(update={"layers": per_layer})
     return r
+
+
+def sensitivity_to_recipe(source, recipe=None, overrides=(), *, mode: str = "channels", ratios="0.25,0.5,0.75",
+                          budget: float = 0.5, write_to, log=print) -> dict:
+    """Sweep ``source`` (a run directory, or a model file with ``recipe``), choose per-layer
+    ratios within ``budget`` points and write a recipe with them in ``optimize:`` to ``write_to``
+    (which must not exist). Returns ``{"chosen": {layer: ratio}, "key": dotted key, "rows": ...}``."""
+    from pathlib import Path
+
+    from tfopt.data.pipeline import load_splits
+    from tfopt.rundir import atomic_write_text
+    from tfopt.steps.source import load_source
+
+    if isinstance(ratios, str):
+        try:
+            ratios = [float(v) for v in ratios.split(",")]
+        except ValueError:
+            raise TfoptError(f"--ratios '{ratios}': expected numbers separated by commas, e.g. 0.25,0.5") from None
+    if Path(write_to).exists():
+        raise TfoptError(f"{write_to} already exists; pick a new file name for the tuned recipe")
+    src = load_source(source, recipe, overrides)
+    rows = sweep(src.model, load_splits(src.recipe.data, src.recipe.seed), ratios, mode, log=log)
+    chosen = choose(rows, budget)
+    atomic_write_text(Path(write_to), write_back(src.recipe, chosen, mode).to_yaml())
+    key = "optimize.structured.per_layer" if mode == "channels" else "optimize.prune.layers"
+    return {"chosen": chosen, "key": key, "rows": rows}

@@ -287,3 +287,55 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     final = run.commit()
     return RunResult(final, metrics, model, ckpt.history)
 
+
+
+def recipe_model_and_data(recipe):
+    """``(freshly built model, data splits)`` of a validated recipe, seeded by its seed."""
+    import tf_keras
+
+    from tfopt.data import load_data
+    from tfopt.models.builder import build_model
+
+    tf_keras.utils.set_random_seed(recipe.seed)
+    splits = load_data(recipe.data, recipe.seed)
+    return build_model(recipe.model, recipe.model.input_shape or splits.input_shape, name=recipe.name), splits
+
+
+def summary(recipe) -> str:
+    """The table of the model ``recipe`` builds: layers, output shapes, parameters and MACs
+    (the data are read only when the recipe does not give the input shape)."""
+    from tfopt.models.builder import build_model
+    from tfopt.models.stats import summary_table
+
+    shape = recipe.input_shape()
+    if shape is None:
+        from tfopt.data import load_data
+
+        shape = load_data(recipe.data, recipe.seed).input_shape
+    return summary_table(build_model(recipe.model, shape, name=recipe.name))
+
+
+def lr_find(recipe, *, min_lr=None, max_lr=None, steps=None, rule=None, plot=None, log=print) -> dict:
+    """The learning-rate range test on ``recipe``'s freshly built model and training data.
+
+    Settings not given come from the recipe's ``lr_finder`` callback entry, else its defaults.
+    Returns the suggestion (``lr``, ``rule``, ``reason``, ``min_lr``, ``max_lr``, ``steps``) plus
+    ``curve``, a dozen ``(lr, smoothed loss)`` points.
+    """
+    from tfopt.callback_configs import LRFinderConfig
+    from tfopt.callbacks import LRFinder
+
+    cfg = recipe.callback("lr_finder") or LRFinderConfig()
+    given = {"min_lr": min_lr, "max_lr": max_lr, "num_steps": steps, "rule": rule}
+    args = {**cfg.model_dump(exclude={"name"}), **{k: v for k, v in given.items() if v is not None}}
+    try:
+        finder = LRFinder(**args, plot_path=plot)
+    except ValueError as exc:
+        raise TfoptError(f"lr-find: {exc}") from None
+    model, splits = recipe_model_and_data(recipe)
+    compile_model(model, recipe.train, args["min_lr"])
+    train, _, _ = datasets(recipe, splits)
+    log(f"sweeping the learning rate from {args['min_lr']:g} to {args['max_lr']:g} over {args['num_steps']} steps")
+    model.fit(train, epochs=finder.epochs_needed(int(train.cardinality())), callbacks=[finder], verbose=0)
+    points = list(zip(finder.lrs, finder.smoothed))
+    return {**finder.suggestion(), "curve": points[:: max(1, len(points) // 12)]}

@@ -203,3 +203,18 @@ def load_search(path, overrides=()) -> Search:
     """Read a recipe file that declares a search space (see :func:`search_from_data`)."""
     data = read_recipe_data(path, overrides)
     return search_from_data(data, str(path))
+
+
+def check_file(path, overrides=()) -> str:
+    """``tfopt validate``: check a recipe file (a search space when it holds tune specs: the
+    specs, and each of their values with the others at their defaults) without importing
+    TensorFlow. Returns the one-line summary; raises :class:`RecipeError` listing every problem."""
+    data = read_recipe_data(path, overrides)
+    if find_specs(data):
+        search = search_from_data(data, path)
+        r, extra = search.base, f", search space of {len(search.specs)} tune specs ({search.config.algorithm})"
+    else:
+        r, extra = validate(data, path), ""
+    shape = r.input_shape()
+    return (f"{path}: OK ({r.name}: {len(r.model.layers)} layers, data {r.data.name}"
+            + (f", input {'×'.join(map(str, shape))}" if shape else "") + extra + ")")

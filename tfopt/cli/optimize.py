@@ -1,36 +1,10 @@
-"""``tfopt optimize``: parse the options, call :func:`tfopt.search.engine.optimize`, print.
-
-Registered in :mod:`tfopt.cli` with ``cli.add_command(optimize_command)``.
-"""
+"""``tfopt optimize``: the smallest or fastest model within an accuracy budget."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-
-def optimize_source(source, recipe=None, overrides=(), *, output=None, resume=False, log=print, **kwargs):
-    """Run the search on a run directory (or a model file with ``recipe``) and its recipe's data
-    splits: fine-tunes on the training split, the budget judged on the validation split (the
-    selection split; a recipe without one holds out 10% of the training images), test accuracy
-    reported at the end. The search folder is ``<output>/<run name>-optimized``."""
-    from tfopt.data.pipeline import load_splits
-    from tfopt.errors import TfoptError
-    from tfopt.steps.source import load_source
-    from tfopt.search.engine import optimize
-
-    src = load_source(source, recipe, overrides)
-    r = src.recipe
-    out = Path(output or r.output.dir) / f"{src.name}-optimized"
-    if out.exists() and not resume and any(out.iterdir()):
-        raise TfoptError(f"{out} already holds a search; pass --resume to continue it, or --output elsewhere")
-    splits = load_splits(r.data, r.seed)
-    validation = (splits.x_val, splits.y_val) if len(splits.x_val) else None
-    kwargs.setdefault("batch_size", r.train.batch_size)
-    kwargs.setdefault("seed", r.seed)
-    return optimize(src.model, (splits.x_train, splits.y_train), validation_data=validation,
-                    test_data=(splits.x_test, splits.y_test), out=out, resume=resume, log=log, **kwargs)
+from tfopt.cli.app import echo_err, sigterm_as_interrupt
 
 
 @click.command("optimize")
@@ -51,21 +25,24 @@ def optimize_source(source, recipe=None, overrides=(), *, output=None, resume=Fa
 @click.option("--max-candidates", type=int, help="Stop after this many candidates.")
 @click.option("--output", type=click.Path(file_okay=False), help="Parent folder of the search [output.dir].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted search; finished candidates are kept.")
-def optimize_command(source, recipe, overrides, max_drop, target, time_budget, epochs, lr, no_distill, temperature,
-                     alpha, max_candidates, output, resume):
+def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, lr, no_distill, temperature,
+             alpha, max_candidates, output, resume):
     """Search pruning, layer removal, clustering and int8 for the smallest (--target size) or fastest
     model of SOURCE within --max-drop points of its accuracy.
 
     Writes candidates.csv (as each candidate finishes), pareto.png, report.md, optimize.yaml and
-    the chosen model (chosen/model.keras and a verified chosen/model_int8.tflite).
+    the chosen model (chosen/model.keras and a verified chosen/model_int8.tflite) into
+    <output>/<source>-optimized. Ctrl-C keeps the finished candidates; --resume continues.
     """
-    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    sigterm_as_interrupt()
+    from tfopt.search.engine import optimize_source
+
     try:
-        result = optimize_source(source, recipe, overrides, output=output, resume=resume, log=log,
+        result = optimize_source(source, recipe, overrides, output=output, resume=resume, log=echo_err,
                                  max_drop=max_drop, target=target, time_budget=time_budget, epochs=epochs, lr=lr,
                                  distill=not no_distill, temperature=temperature, alpha=alpha,
                                  max_candidates=max_candidates)
     except KeyboardInterrupt:
-        click.echo("interrupted; run again with --resume to continue", err=True)
+        echo_err("interrupted; run again with --resume to continue")
         raise SystemExit(130) from None
     click.echo(str(result.out))

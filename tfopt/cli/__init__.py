@@ -1,0 +1,38 @@
+"""The ``tfopt`` command line: one module per command or group; each parses its options, calls
+one library function and prints.
+
+The step commands (``prune``, ``cluster``, ``quantize``, ``export``, ``fold-bn``,
+``remove-layers`` and any step registered later) are generated from the step registry by
+:mod:`tfopt.cli.steps`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tfopt.cli import fit, gradcheck, lr_find, optimize, recipes, report, sensitivity, tune
+from tfopt.cli.app import VERBOSE, Group, quiet_native_logs, with_verbose
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tfopt")
+@click.option("-v", "--verbose", is_flag=True, expose_value=False,
+              help="Also show TensorFlow's own log lines and warnings (any command takes it).")
+def cli():
+    """Train CNNs from YAML recipes, then make them smaller and faster."""
+
+
+for _command in (recipes.validate, recipes.summary, recipes.list_recipes, fit.fit, lr_find.lr_find,
+                 gradcheck.gradcheck, report.report, sensitivity.sensitivity, tune.tune, optimize.optimize):
+    cli.add_command(with_verbose(_command))
+
+
+def main():
+    if not any(arg in VERBOSE for arg in sys.argv[1:]):
+        quiet_native_logs()
+    cli(prog_name="tfopt")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,32 @@
+"""``tfopt lr-find``: the learning-rate range test on a recipe's model."""
+
+from __future__ import annotations
+
+import click
+
+from tfopt.cli.app import set_option
+
+
+@click.command("lr-find")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--min-lr", type=float, help="Start of the sweep [recipe's lr_finder entry, else 1e-6].")
+@click.option("--max-lr", type=float, help="End of the sweep [else 1.0].")
+@click.option("--steps", type=int, help="Training steps in the sweep [else 100].")
+@click.option("--rule", type=click.Choice(["steepest", "min_div_10"]), help="Suggestion rule [else steepest].")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Save the loss-vs-LR curve as a PNG.")
+def lr_find(recipe, overrides, min_lr, max_lr, steps, rule, plot):
+    """Learning-rate range test on RECIPE's model and training data."""
+    from tfopt.recipe import load_recipe
+
+    r = load_recipe(recipe, overrides)
+    from tfopt.training.run import lr_find as run_lr_find
+
+    s = run_lr_find(r, min_lr=min_lr, max_lr=max_lr, steps=steps, rule=rule, plot=plot, log=click.echo)
+    for lr, loss in s["curve"]:
+        click.echo(f"  lr {lr:10.3g}  smoothed loss {loss:.4f}")
+    click.echo(f"suggested learning rate: {s['lr']:.3g} (rule '{s['rule']}': {s['reason']}); "
+               f"swept {s['min_lr']:g}–{s['max_lr']:.3g} in {s['steps']} steps")
+    click.echo(f"use it with: --set train.lr.initial={s['lr']:.3g}")
+    if plot:
+        click.echo(f"plot written to {plot}")
