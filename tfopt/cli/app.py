@@ -145,18 +145,5 @@ def recipe_run_options(what: str, resume_help: str):
     return wrap
 
 
-def source_params() -> list[click.Parameter]:
-    """SOURCE, --recipe, --set, --output and --overwrite: the input and output of a step command."""
-    return [
-        click.Argument(["source"], type=click.Path()),
-        click.Option(["--recipe"], type=click.Path(dir_okay=False),
-                     help="Recipe naming the data (required for a model file; default: the run's)."),
-        click.Option(["--set", "overrides"], multiple=True, metavar="KEY=VALUE",
-                     help="Override a recipe value by dotted key (repeatable)."),
-        click.Option(["--output"], type=click.Path(file_okay=False), help="Parent folder of the new run."),
-        click.Option(["--overwrite"], is_flag=True, help="Replace a finished run of the same name."),
-    ]
-
-
 def echo_err(line: str) -> None:
     click.echo(line, err=True)

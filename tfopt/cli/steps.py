@@ -14,7 +14,6 @@ from typing import Literal, Union
 
 import click
 
-from tfopt.cli.app import source_params
 from tfopt.errors import TfoptError
 
 
@@ -58,6 +57,19 @@ def _default_text(field) -> str:
     if field.default is None or field.default is False:
         return ""
     return f" [default: {field.default}]"
+
+
+def source_params() -> list[click.Parameter]:
+    """SOURCE, --recipe, --set, --output and --overwrite: the input and output of a step command."""
+    return [
+        click.Argument(["source"], type=click.Path()),
+        click.Option(["--recipe"], type=click.Path(dir_okay=False),
+                     help="Recipe naming the data (required for a model file; default: the run's)."),
+        click.Option(["--set", "overrides"], multiple=True, metavar="KEY=VALUE",
+                     help="Override a recipe value by dotted key (repeatable)."),
+        click.Option(["--output"], type=click.Path(file_okay=False), help="Parent folder of the new run."),
+        click.Option(["--overwrite"], is_flag=True, help="Replace a finished run of the same name."),
+    ]
 
 
 class FieldOption:

@@ -27,6 +27,7 @@ class Row:
     latency_1: float | None = None
     latency_n: float | None = None
     delegate: str | None = None
+    steps: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
 
@@ -86,7 +87,7 @@ def measure(paths, recipe=None, overrides=(), runs=200, threads=None, log=print)
         for art in _artifacts(path):
             name = f"{run.name}/{art.name}" if path.is_dir() else art.name
             row = Row(name, "tflite" if art.suffix == ".tflite" else "keras", str(art), size=art.stat().st_size,
-                      size_gzip=gzip_size(art))
+                      size_gzip=gzip_size(art), steps=list(metrics.get("steps") or []))
             if row.kind == "keras":
                 model = load_keras(art)
                 stats = model_stats(model)
@@ -147,12 +148,12 @@ def notes(rows: list[Row]) -> list[str]:
 def table(rows: list[Row]) -> list[list[str]]:
     base = rows[0]
     lat_base = next((r.latency_1 for r in rows if r.latency_1), None)
-    header = ["artifact", "params", "non-zero", "MACs", "size", "gzip", "gzip ×", "accuracy", "Δ pts",
+    header = ["artifact", "steps", "params", "non-zero", "MACs", "size", "gzip", "gzip ×", "accuracy", "Δ pts",
               "latency 1T µs", "latency ×", "latency NT µs"]
     body = []
     for r in rows:
         body.append([
-            r.name, f"{r.params:,}" if r.params else "—", f"{r.nonzero:,}" if r.nonzero else "—",
+            r.name, " → ".join(r.steps) or "—", f"{r.params:,}" if r.params else "—", f"{r.nonzero:,}" if r.nonzero else "—",
             f"{r.macs:,}" if r.macs else "—", f"{r.size / 1024:.1f} KB", f"{r.size_gzip / 1024:.1f} KB",
             f"{base.size_gzip / r.size_gzip:.1f}×", f"{r.accuracy:.2%}" if r.accuracy is not None else "—",
             f"{(r.accuracy - base.accuracy) * 100:+.2f}" if r.accuracy is not None else "—",
@@ -171,11 +172,22 @@ def render_text(cells) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(cells, note_lines, threads) -> str:
+def step_legend(rows: list[Row]) -> list[str]:
+    """One line per registered step that made one of the rows: its name and what it does."""
+    from tfopt.steps import STEPS
+
+    used = list(dict.fromkeys(s for r in rows for s in r.steps))
+    return [f"{name}: {STEPS[name].help}" if name in STEPS else f"{name}: (no longer registered)" for name in used]
+
+
+def render_markdown(cells, note_lines, threads, legend=()) -> str:
     md = ["# tfopt report", "", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
     md += ["| " + " | ".join(row) + " |" for row in cells[1:]]
     md += ["", f"Ratios are to the first artifact. Latency: LiteRT median of single-image invocations after "
-               f"warm-up, 1 thread (1T) and {threads} threads (NT).", "", "## Notes", ""]
+               f"warm-up, 1 thread (1T) and {threads} threads (NT)."]
+    if legend:
+        md += ["", "## Steps", ""] + [f"- {line}" for line in legend]
+    md += ["", "## Notes", ""]
     md += [f"- {n}" for n in note_lines]
     return "\n".join(md) + "\n"
 
@@ -213,7 +225,7 @@ def report(paths, recipe=None, overrides=(), output="saved_models/report", overw
     cells = table(rows)
     note_lines = notes(rows)
     target.open()
-    atomic_write_text(target.path("report.md"), render_markdown(cells, note_lines, threads))
+    atomic_write_text(target.path("report.md"), render_markdown(cells, note_lines, threads, step_legend(rows)))
     atomic_write_json(target.path("report.json"), {"rows": [asdict(r) for r in rows], "notes": note_lines})
     plot(rows, target.path("report.png"))
     final = target.commit()

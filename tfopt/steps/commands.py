@@ -128,7 +128,7 @@ def run_generic(source, given: dict, output=None, overwrite=False, log=print, st
     metrics = {**_base_metrics(source, model, splits, log), **{f"{step.name}_{k}": v for k, v in plain.items()}}
     recipe = with_step(source.recipe, step.name, cfg) if cfg is not None and step.name in C.Optimize.model_fields \
         else source.recipe
-    path = write_run(source, step.folder_suffix(cfg), recipe=recipe, metrics=metrics, model=model,
+    path = write_run(source, step.folder_suffix(cfg), step=step.name, recipe=recipe, metrics=metrics, model=model,
                      history=report.get("history"), output=output, overwrite=overwrite, log=log)
     return path, metrics
 
@@ -153,7 +153,7 @@ def run_prune(source, given: dict, output=None, overwrite=False, log=print, step
     for name, v in report["per_layer"].items():
         log(f"  {name:<20} sparsity {v['sparsity']:.1%} of {v['weights']:,} weights")
     log(f"overall kernel sparsity {report['sparsity']:.1%}; test accuracy {metrics.get('test_accuracy', float('nan')):.4f}")
-    path = write_run(source, "pruned", recipe=with_step(source.recipe, "prune", cfg), metrics=metrics, model=model,
+    path = write_run(source, "pruned", step="prune", recipe=with_step(source.recipe, "prune", cfg), metrics=metrics, model=model,
                      history=report["history"], output=output, overwrite=overwrite, log=log)
     return path, metrics
 
@@ -176,7 +176,7 @@ def run_cluster(source, given: dict, output=None, overwrite=False, log=print, st
                "fine_tune_seconds": round(report["fine_tune_seconds"], 2)}
     for name, n in report["unique_values"].items():
         log(f"  {name:<20} {n} unique values")
-    path = write_run(source, "clustered", recipe=with_step(source.recipe, "cluster", cfg), metrics=metrics,
+    path = write_run(source, "clustered", step="cluster", recipe=with_step(source.recipe, "cluster", cfg), metrics=metrics,
                      model=model, history=report["history"], output=output, overwrite=overwrite, log=log)
     return path, metrics
 
@@ -225,7 +225,7 @@ def run_quantize(source, given: dict, output=None, overwrite=False, log=print, s
     metrics["tflite"] = {f"model_{mode}.tflite": {**v.__dict__, "bytes": len(content)}}
     if not v.passed:
         raise VerificationFailed(f"TFLite verification failed: {v.line()}. Nothing was written.")
-    path = write_run(source, _quantize_suffix(cfg), recipe=with_step(source.recipe, "quantize", cfg), metrics=metrics,
+    path = write_run(source, _quantize_suffix(cfg), step="quantize", recipe=with_step(source.recipe, "quantize", cfg), metrics=metrics,
                      model=source.model if cfg.mode != "qat" else None, files={f"model_{mode}.tflite": content},
                      history=history, output=output, overwrite=overwrite, log=log)
     return path, metrics
@@ -262,7 +262,7 @@ def run_export(source, given: dict, output=None, overwrite=False, log=print, ste
     metrics["tflite"] = results
     recipe = source.recipe.model_copy(deep=True)
     recipe.export = cfg
-    path = write_run(source, "export", recipe=recipe, metrics=metrics, model=source.model, files=files,
+    path = write_run(source, "export", step="export", recipe=recipe, metrics=metrics, model=source.model, files=files,
                      output=output, overwrite=overwrite, saved_model=True, log=log)
     return path, metrics
 
@@ -295,7 +295,7 @@ def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print, st
     metrics = {**_base_metrics(source, folded, splits, log), "folded": report["folded"], "kept": report["kept"],
                "max_relative_output_difference": report["max_relative_output_difference"],
                "params_before": model_stats(source.model)["params"]}
-    path = write_run(source, "folded", recipe=source.recipe, metrics=metrics, model=folded, output=output,
+    path = write_run(source, "folded", step="fold_bn", recipe=source.recipe, metrics=metrics, model=folded, output=output,
                      overwrite=overwrite, log=log)
     return path, metrics
 
@@ -338,7 +338,7 @@ def run_structured(source, given: dict, output=None, overwrite=False, log=print,
     metrics = {**_base_metrics(source, model, splits, log), "channels": report,
                "macs_before": before["macs"], "params_before": before["params"],
                "masked_check_max_abs_diff": max(diffs), "fine_tune_seconds": round(seconds, 2)}
-    path = write_run(source, "channels", recipe=with_step(source.recipe, "structured", cfg), metrics=metrics,
+    path = write_run(source, "channels", step="structured", recipe=with_step(source.recipe, "structured", cfg), metrics=metrics,
                      model=plain_copy(model), history=history, output=output, overwrite=overwrite, log=log)
     return path, metrics
 
@@ -432,7 +432,7 @@ def run_remove(source, given: dict, output=None, overwrite=False, log=print, ste
         with tempfile.TemporaryDirectory() as tmp:
             removal_plot(rows, Path(tmp) / "analysis.png")
             files["analysis.png"] = (Path(tmp) / "analysis.png").read_bytes()
-    path = write_run(source, "removed", recipe=source.recipe, metrics=metrics, model=model,
+    path = write_run(source, "removed", step="remove", recipe=source.recipe, metrics=metrics, model=model,
                      files=files, history=report["history"], output=output, overwrite=overwrite, log=log)
     return path, metrics
 

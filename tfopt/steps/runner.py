@@ -337,10 +337,12 @@ def evaluate(model, recipe, splits) -> dict:
 
 
 def write_run(source, suffix, *, recipe, metrics, model=None, files=None, history=None, output=None,
-              overwrite=False, saved_model=None, log=print) -> Path:
+              overwrite=False, saved_model=None, step=None, log=print) -> Path:
     """Write a new run directory ``<output>/<source>-<suffix>`` atomically; the source is untouched.
 
     ``saved_model`` forces (or skips) the SavedModel; by default ``output.saved_model`` decides.
+    ``step`` (the registered step's name) is appended to the source's ``steps`` in metrics.json,
+    so every run records the chain of steps that made it.
     """
     from tfopt.export import save_savedmodel
     from tfopt.interop import save_like
@@ -356,7 +358,8 @@ def write_run(source, suffix, *, recipe, metrics, model=None, files=None, histor
     if history:
         atomic_write_text(run.path("history.csv"), history_csv(history))
     atomic_write_text(run.path("recipe.yaml"), recipe.to_yaml())
-    atomic_write_json(run.path("metrics.json"), {**metrics, "source": str(source.path)})
+    steps = [*((getattr(source, "metrics", None) or {}).get("steps") or []), *([step] if step else [])]
+    atomic_write_json(run.path("metrics.json"), {**metrics, "source": str(source.path), "steps": steps})
     final = run.commit()
     log(f"run written to {final}")
     return final

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ValidationError
 
 from tfopt.errors import RecipeError
+from tfopt.validation import did_you_mean
 from tfopt.recipe import format_validation_errors, read_recipe_data, validate
+from tfopt.steps import STEPS
 from tfopt.tune.specs import KEY, SIZE_METRICS, SPECS, TuneConfig, find_specs, label
 
 RESERVED = {"trial", "status", "budget", "continues", "score", "loss", "accuracy", "lr", "epochs", "epochs_trained",
@@ -139,6 +141,7 @@ def _objective_problems(recipe, cfg: TuneConfig, specs) -> list:
     if recipe.callback("gradient_norm_monitor"):
         logged.append("grad_norm")  # the monitor puts the last global gradient norm in the epoch's logs
     allowed = logged + list(SIZE_METRICS)
+    problems += compress_problems(cfg)
     if cfg.compress:
         allowed = ["val_accuracy", *SIZE_METRICS, *(f"fit_{m}" for m in logged)]
         if recipe.data.validation_split == 0:
@@ -155,6 +158,13 @@ def _objective_problems(recipe, cfg: TuneConfig, specs) -> list:
         problems.append(("train.epochs", "hyperband sets each trial's epochs itself (up to train.epochs); "
                                          "give train.epochs a value"))
     return problems
+
+
+def compress_problems(cfg: TuneConfig) -> list:
+    """``tune.compress`` entries that name no chainable registered step."""
+    allowed = STEPS.names(chain=True)
+    return [(f"tune.compress.{i}", f"unknown step '{name}'{did_you_mean(name, allowed)}; available: "
+                                   f"{', '.join(allowed)}") for i, name in enumerate(cfg.compress) if name not in allowed]
 
 
 def search_from_data(data: dict, source: str) -> Search:
@@ -215,6 +225,8 @@ def check_file(path, overrides=()) -> str:
         r, extra = search.base, f", search space of {len(search.specs)} tune specs ({search.config.algorithm})"
     else:
         r, extra = validate(data, path), ""
+        if r.tune is not None and compress_problems(r.tune):
+            raise RecipeError(path, compress_problems(r.tune))
     shape = r.input_shape()
     return (f"{path}: OK ({r.name}: {len(r.model.layers)} layers, data {r.data.name}"
             + (f", input {'×'.join(map(str, shape))}" if shape else "") + extra + ")")
