@@ -198,3 +198,23 @@ def test_own_training_loop_with_wrap_and_strip(trained):
     assert "PruneLowMagnitude" not in {type(layer).__name__ for layer in plain.layers}
     with pytest.raises(TfoptError, match="pruning preflight: the schedule reaches only"):
         tfopt.wrap_for_pruning(trained, total_steps=40, end_step=1000, frequency=100)
+
+
+def test_a_keras3_users_script_gets_keras3_models_back(tmp_path):
+    """examples/keras3_user.py, the README's Keras 3 example, run as a user would (plain `import keras`)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "keras3_user.py"), "--json", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    f = json.loads(out.read_text())
+    assert f["kinds"] == ["keras", "keras"]  # Keras 3 in, Keras 3 out
+    assert f["sparsity"] == pytest.approx(0.8, abs=0.01)  # counted from the returned model's kernels
+    assert f["params"]["slim"] < 0.5 * f["params"]["model"]
+    assert f["int8_agreement"] >= 0.99
+    assert f["accuracy"]["slim"] >= f["accuracy"]["model"] - 0.03

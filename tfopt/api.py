@@ -45,11 +45,16 @@ def model_kind(model) -> str:
 
 
 def _enter(model, what: str = "model"):
-    """``(kind, private tf_keras copy)`` of a user's model."""
+    """``(kind, private tf_keras copy)`` of a user's model; a layer class tfopt does not know is
+    refused here, by name, before any work."""
+    from tfopt import layer_kinds
+
     interop = _interop()
     kind = interop.model_kind(model)
     if kind == "keras3":
-        return kind, interop.to_tf_keras(model)
+        work = interop.to_tf_keras(model)
+        layer_kinds.check_known(work)
+        return kind, work
     if not getattr(model, "_is_graph_network", False):
         raise TfoptError(f"{what} '{model.name}' is a subclassed tf_keras model; tfopt needs a Sequential or "
                          f"functional model (its layers are rebuilt from their configs).")
@@ -61,6 +66,7 @@ def _enter(model, what: str = "model"):
                              f"first (start it with keras.Input(shape) or call it on data).")
         # The steps rebuild graphs: work on the functional view of the same layers.
         model = keras.Model(model.inputs, model.outputs, name=model.name)
+    layer_kinds.check_known(model)
     return kind, interop.plain_copy(model)
 
 

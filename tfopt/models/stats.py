@@ -6,10 +6,11 @@ layers only (BatchNorm, activations, pooling and adds are counted as zero, as is
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from tfopt import layer_kinds
 
 
 @dataclass
@@ -29,36 +30,9 @@ def _out_shape(layer):
     return tuple(shape[1:])
 
 
-def _in_shape(layer):
-    shape = layer.input_shape
-    if isinstance(shape, list):
-        shape = shape[0]
-    return tuple(shape[1:])
-
-
 def layer_macs(layer) -> int:
-    """Multiply-accumulates of one layer for one sample."""
-    import tf_keras as keras
-
-    KL = keras.layers
-    if isinstance(layer, KL.SeparableConv2D):
-        out = _out_shape(layer)
-        cin = _in_shape(layer)[-1]
-        kh, kw = layer.kernel_size
-        spatial = out[0] * out[1]
-        return spatial * kh * kw * cin * layer.depth_multiplier + spatial * cin * layer.depth_multiplier * out[2]
-    if isinstance(layer, KL.DepthwiseConv2D):
-        out = _out_shape(layer)
-        kh, kw = layer.kernel_size
-        return out[0] * out[1] * kh * kw * out[2]
-    if isinstance(layer, KL.Conv2D):
-        out = _out_shape(layer)
-        cin = _in_shape(layer)[-1] // layer.groups
-        kh, kw = layer.kernel_size
-        return out[0] * out[1] * kh * kw * cin * out[2]
-    if isinstance(layer, KL.Dense):
-        return int(layer.kernel.shape[0]) * int(layer.kernel.shape[1]) * math.prod(_out_shape(layer)[:-1])
-    return 0
+    """Multiply-accumulates of one layer for one sample (the formula in :mod:`tfopt.layer_kinds`)."""
+    return layer_kinds.macs(layer)
 
 
 def layer_stats(model) -> list[LayerStats]:

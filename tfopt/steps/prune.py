@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfopt import layer_kinds
 from tfopt.errors import TfoptError
 from tfopt.registry import did_you_mean
 
@@ -96,14 +97,13 @@ def preflight_message(plan: Plan, epochs: int, steps_per_epoch: int) -> str:
 
 
 def prunable(layer) -> bool:
-    import tf_keras as keras
-
-    L = keras.layers
-    return isinstance(layer, (L.Conv2D, L.Dense, L.DepthwiseConv2D, L.SeparableConv2D))
+    """Whether ``layer`` has weights that magnitude pruning works on (:mod:`tfopt.layer_kinds`)."""
+    return layer_kinds.is_prunable(layer)
 
 
 def kernels(layer):
-    return [w for w in layer.weights if "kernel" in w.name.split("/")[-1]]
+    """The variables of ``layer`` that pruning and clustering work on."""
+    return layer_kinds.prunable_weights(layer)
 
 
 def layer_sparsity(model) -> dict:

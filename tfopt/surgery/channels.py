@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tfopt import layer_kinds
 from tfopt.errors import TfoptError
 from tfopt.registry import did_you_mean
 from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
@@ -34,43 +35,26 @@ DATA_CRITERIA = ("activation", "taylor")
 def _kinds():
     import tf_keras as keras
 
-    L = keras.layers
-    source = (L.Conv2D, L.SeparableConv2D, L.Dense)
-    passthrough = (L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.Dropout, L.SpatialDropout2D,
-                   L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D, L.Flatten,
-                   L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D)
-    return L, source, passthrough
-
-
-def _merges():
-    import tf_keras as keras
-
-    L = keras.layers
-    return (L.Add, L.Multiply, L.Subtract, L.Average, L.Maximum, L.Minimum)
+    return keras.layers, None, None
 
 
 def is_source(layer) -> bool:
-    L, source, _ = _kinds()
-    return isinstance(layer, source) and not isinstance(layer, L.DepthwiseConv2D)
+    """A layer that writes channels of its own (the table's ``producer`` role)."""
+    return layer_kinds.role(layer) == "producer"
 
 
 def _transparent(layer) -> bool:
     """Layers that move or scale values without mixing channels."""
-    L, _, passthrough = _kinds()
-    if isinstance(layer, passthrough):
-        return True
-    if isinstance(layer, L.DepthwiseConv2D):
-        return layer.depth_multiplier == 1
-    if isinstance(layer, L.Rescaling):
-        return np.ndim(layer.scale) == 0 and np.ndim(layer.offset) == 0
-    if isinstance(layer, L.Reshape):
-        return layer.input_shape[-1] == layer.output_shape[-1]
-    return False
+    return layer_kinds.role(layer) == "transparent"
+
+
+def _merge(layer) -> bool:
+    """Element-wise merges: their inputs' channels are coupled."""
+    return layer_kinds.role(layer) == "coupled"
 
 
 def _channel_concat(layer) -> bool:
-    L, _, _ = _kinds()
-    return isinstance(layer, L.Concatenate) and layer.axis in (-1, len(layer.output_shape) - 1)
+    return layer_kinds.role(layer) == "concat"
 
 
 @dataclass
@@ -117,7 +101,6 @@ class Groups(dict):
 def _follow(start, layers, users, outputs, g):
     """Walk the channels leaving ``start`` into ``g`` (chain, sinks, concats, blocked)."""
     L, _, _ = _kinds()
-    merges = _merges()
     stack = [(start, None)]
     while stack and g.blocked is None:
         name, flat = stack.pop()
@@ -130,7 +113,7 @@ def _follow(start, layers, users, outputs, g):
                 if isinstance(user, L.Dense) and not (flat or len(layers[name].output_shape) == 2):
                     g.blocked = f"{user_name} reads an image-shaped input"
                 g.sinks.append((user_name, flat))
-            elif _transparent(user) or isinstance(user, merges):
+            elif _transparent(user) or _merge(user):
                 if user_name not in g.chain:
                     g.chain.append(user_name)
                     stack.append((user_name, user_name if isinstance(user, L.Flatten) else flat))
@@ -173,7 +156,7 @@ def _link_concats(model, groups: dict, layers, users, outputs) -> dict:
         _follow(layer.name, layers, users, outputs, c_group := Group(layer.name, int(layer.output_shape[-1])))
         c.chain, c.sinks = c_group.chain, c_group.sinks
         c.blocked = c_group.blocked or (f"{c_group.concats[0]} concatenates it again" if c_group.concats else None)
-        if c.blocked is None and any(isinstance(layers[n], _merges()) for n in c.chain):
+        if c.blocked is None and any(_merge(layers[n]) for n in c.chain):
             c.blocked = "its concatenation meets other channels in an element-wise merge"
         for parent, shape in zip(inbound(layer), layer.input_shape):
             owner = next((n for n, g in groups.items()
@@ -190,7 +173,7 @@ def _link_concats(model, groups: dict, layers, users, outputs) -> dict:
 
 def _merge_at_adds(model, groups: dict) -> dict:
     """Join the groups whose channels meet in an element-wise merge; block a join fed by anything else."""
-    adds = [layer for layer in model.layers if isinstance(layer, _merges())]
+    adds = [layer for layer in model.layers if _merge(layer)]
     parent = {name: name for name in groups}
 
     def root(n):

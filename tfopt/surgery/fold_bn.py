@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfopt import layer_kinds
 from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
 
 
@@ -24,11 +25,7 @@ def _bn_scale_shift(bn):
 
 
 def _foldable(layer) -> bool:
-    import tf_keras as keras
-
-    L = keras.layers
-    linear = getattr(layer, "activation", None) is keras.activations.linear
-    return linear and isinstance(layer, (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, L.Dense))
+    return layer_kinds.is_foldable(layer)
 
 
 def _folded_weights(layer, scale, shift):

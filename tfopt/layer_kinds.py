@@ -1,0 +1,221 @@
+"""The one table of what tfopt knows about each tf_keras layer class.
+
+For every class it records:
+
+* ``prunable``: the weights magnitude pruning and clustering work on (``kernel``, or the
+  depthwise and pointwise kernels of a separable conv); empty for layers without such weights;
+* ``foldable``: whether a BatchNorm right after it can be folded into it (when its own
+  activation is linear);
+* ``role``: what it does to channels, for structured pruning —
+
+  - ``producer``: writes a channel space of its own (its filters or units) and reads its input's
+    channels (conv, separable conv, dense);
+  - ``transparent``: keeps channels apart, so a channel can be followed through it (BatchNorm,
+    activations, dropout, pooling, flatten, padding, a depthwise conv with multiplier 1, ...);
+  - ``coupled``: joins its inputs channel by channel, so their producers must keep the same
+    channels (Add, Multiply, ...);
+  - ``concat``: lays its inputs' channels side by side (Concatenate on the channel axis);
+  - ``input``: the model's input;
+  - ``blocking``: known, but channels cannot be followed through it (a Reshape that moves the
+    channel axis, a depthwise conv with multiplier 2, ...): the group is kept whole, and said why.
+
+  A role may depend on the layer's settings: it is then a function of the layer.
+* ``macs``: multiply-accumulates of one forward pass for one sample.
+
+Pruning, BatchNorm folding, channel surgery and the statistics all read :func:`kind`, which
+refuses a layer class it does not know by name instead of skipping it in silence. TFMOT's
+wrappers (pruning, clustering, quantization) are looked through to the layer they wrap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import numpy as np
+
+from tfopt.errors import TfoptError
+
+ROLES = ("producer", "transparent", "coupled", "concat", "input", "blocking")
+
+
+@dataclass(frozen=True)
+class Kind:
+    prunable: tuple = ()
+    foldable: bool = False
+    role: Union[str, Callable] = "transparent"
+    macs: Callable = staticmethod(lambda layer: 0)
+
+    def role_of(self, layer) -> str:
+        return self.role(layer) if callable(self.role) else self.role
+
+
+class UnknownLayer(TfoptError):
+    """A layer class the table does not hold."""
+
+
+def _shape(s):
+    return tuple((s[0] if isinstance(s, list) else s)[1:])
+
+
+def _conv_macs(layer):
+    out, cin = _shape(layer.output_shape), _shape(layer.input_shape)[-1] // getattr(layer, "groups", 1)
+    kh, kw = layer.kernel_size
+    return math.prod(out[:-1]) * kh * kw * cin * out[-1]
+
+
+def _depthwise_macs(layer):
+    out = _shape(layer.output_shape)
+    kh, kw = layer.kernel_size
+    return math.prod(out[:-1]) * kh * kw * out[-1]
+
+
+def _separable_macs(layer):
+    out, cin = _shape(layer.output_shape), _shape(layer.input_shape)[-1]
+    kh, kw = layer.kernel_size
+    spatial, mid = math.prod(out[:-1]), cin * layer.depth_multiplier
+    return spatial * kh * kw * mid + spatial * mid * out[-1]
+
+
+def _dense_macs(layer):
+    return int(layer.kernel.shape[0]) * int(layer.kernel.shape[1]) * math.prod(_shape(layer.output_shape)[:-1])
+
+
+def _transpose_macs(layer):
+    cin = _shape(layer.input_shape)
+    kh, kw = layer.kernel_size
+    return math.prod(cin[:-1]) * kh * kw * cin[-1] * layer.filters
+
+
+def _depthwise_role(layer):
+    return "transparent" if layer.depth_multiplier == 1 else "blocking"
+
+
+def _rescaling_role(layer):
+    return "transparent" if np.ndim(layer.scale) == 0 and np.ndim(layer.offset) == 0 else "blocking"
+
+
+def _reshape_role(layer):
+    return "transparent" if _shape(layer.input_shape)[-1:] == _shape(layer.output_shape)[-1:] else "blocking"
+
+
+def _concat_role(layer):
+    return "concat" if layer.axis in (-1, len(layer.output_shape) - 1) else "blocking"
+
+
+_TABLE: dict | None = None
+
+
+def table() -> dict:
+    """``{tf_keras layer class: Kind}``."""
+    global _TABLE
+    if _TABLE is None:
+        import tf_keras as keras
+
+        L = keras.layers
+        t = {
+            L.InputLayer: Kind(role="input"),
+            L.Conv2D: Kind(("kernel",), True, "producer", _conv_macs),
+            L.Conv1D: Kind(("kernel",), True, "blocking", _conv_macs),
+            L.Conv2DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
+            L.DepthwiseConv2D: Kind(("depthwise_kernel",), True, _depthwise_role, _depthwise_macs),
+            L.SeparableConv2D: Kind(("depthwise_kernel", "pointwise_kernel"), True, "producer", _separable_macs),
+            L.Dense: Kind(("kernel",), True, "producer", _dense_macs),
+            L.Add: Kind(role="coupled"), L.Subtract: Kind(role="coupled"), L.Multiply: Kind(role="coupled"),
+            L.Average: Kind(role="coupled"), L.Maximum: Kind(role="coupled"), L.Minimum: Kind(role="coupled"),
+            L.Concatenate: Kind(role=_concat_role),
+            L.Rescaling: Kind(role=_rescaling_role),
+            L.Reshape: Kind(role=_reshape_role),
+            L.DepthwiseConv1D: Kind(("depthwise_kernel",), False, "blocking", _depthwise_macs),
+        }
+        for cls in (L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax, L.ThresholdedReLU,
+                    L.Dropout, L.SpatialDropout2D, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
+                    L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D,
+                    L.Flatten, L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D, L.ActivityRegularization):
+            t[cls] = Kind()
+        for cls in (L.PReLU, L.LayerNormalization, L.Normalization, L.Permute, L.Lambda, L.Embedding,
+                    L.MaxPooling1D, L.AveragePooling1D, L.GlobalAveragePooling1D, L.GlobalMaxPooling1D,
+                    L.RepeatVector, L.Resizing, L.CenterCrop):
+            t[cls] = Kind(role="blocking")
+        # Raw TensorFlow ops in a functional model (``x + 3.0`` in tf_keras's MobileNetV3): no
+        # weights, no MACs counted, and channels are not followed through them.
+        from tf_keras.src.layers.core.tf_op_layer import SlicingOpLambda, TFOpLambda
+
+        t[TFOpLambda] = t[SlicingOpLambda] = Kind(role="blocking")
+        _TABLE = t
+    return _TABLE
+
+
+def _unwrap(layer):
+    """The layer a TFMOT wrapper (pruning, clustering, quantization) wraps, else the layer."""
+    import tf_keras as keras
+
+    while isinstance(layer, keras.layers.Wrapper) and hasattr(layer, "layer"):
+        layer = layer.layer
+    return layer
+
+
+def _tfmot_layer(layer) -> bool:
+    """TFMOT's own non-wrapper layers (the quantize-input layer of a QAT model)."""
+    return type(layer).__module__.startswith("tensorflow_model_optimization")
+
+
+def kind(layer) -> Kind:
+    """The table's entry for ``layer``'s class (its closest known base class).
+
+    Raises:
+        UnknownLayer: naming the layer and its class, when no entry matches.
+    """
+    inner = _unwrap(layer)
+    t = table()
+    for cls in type(inner).__mro__:
+        if cls in t:
+            return t[cls]
+    if _tfmot_layer(inner):
+        return Kind()
+    raise UnknownLayer(
+        f"layer '{layer.name}' is a {type(inner).__name__}, which tfopt does not know: it cannot tell how to "
+        f"prune it, fold into it, follow channels through it or count its MACs. Use built-in Keras layers "
+        f"(Conv2D, DepthwiseConv2D, SeparableConv2D, Dense, BatchNormalization, pooling, merges, ...) or "
+        f"take this layer out of the model before optimizing it.")
+
+
+def unwrapped(layer):
+    """``layer`` itself, or the layer a TFMOT wrapper holds."""
+    return _unwrap(layer)
+
+
+def role(layer) -> str:
+    """The channel role of ``layer`` (see the module docstring)."""
+    return kind(layer).role_of(_unwrap(layer))
+
+
+def macs(layer) -> int:
+    return int(kind(layer).macs(_unwrap(layer)))
+
+
+def prunable_weights(layer) -> list:
+    """The variables of ``layer`` that pruning and clustering work on (empty when none)."""
+    names = kind(layer).prunable
+    if not names:
+        return []
+    return [w for w in _unwrap(layer).weights if w.name.split("/")[-1].split(":")[0] in names]
+
+
+def is_prunable(layer) -> bool:
+    return bool(kind(layer).prunable)
+
+
+def is_foldable(layer) -> bool:
+    """Whether a BatchNorm after ``layer`` can fold into it: the table says so, and its own
+    activation is linear."""
+    import tf_keras as keras
+
+    return kind(layer).foldable and getattr(layer, "activation", None) is keras.activations.linear
+
+
+def check_known(model) -> None:
+    """Refuse a model with a layer the table does not know, naming the first such layer."""
+    for layer in model.layers:
+        kind(layer)
