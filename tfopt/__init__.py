@@ -18,6 +18,7 @@ _LAZY = {
     "fit": "tfopt.training.run",
     "load_data": "tfopt.data",
     "gradcheck": "tfopt.finite_diff",
+    "optimize": "tfopt.search.engine",
     **{name: "tfopt.api" for name in (
         "load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "remove_layers", "cluster",
         "quantize_aware", "to_tflite", "wrap_for_pruning", "pruning_callbacks", "wrap_for_clustering",
