@@ -39,6 +39,10 @@ def unchanged(model, before) -> bool:
 @pytest.fixture(scope="module")
 def trained():
     """A small functional CNN with BatchNorm and dropout, trained on the digits (≈ 96%)."""
+    return train_cnn()
+
+
+def train_cnn():
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 1))
     h = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inp)
@@ -80,6 +84,22 @@ def test_prune_returns_a_sparse_fine_tuned_model_and_leaves_the_input_alone(trai
     assert {type(layer).__name__ for layer in pruned.layers} == {type(layer).__name__ for layer in trained.layers}
     assert accuracy(pruned) >= base - 0.03
     still_usable(trained)
+
+
+def test_default_prune_keeps_the_accuracy_where_the_old_defaults_lost_it():
+    """50% sparsity in 2 epochs on a small BatchNorm CNN: the defaults (the full rate held until pruning ends, then
+    cosine to a tenth; BatchNorm statistics re-estimated) against the old ones (a tenth of the rate, cosine-decayed
+    to zero from the first step, no re-estimation)."""
+    from tfopt.export import plain_copy
+    from tfopt.steps.prune import prune as prune_step
+
+    trained = train_cnn()  # its own copy: other tests fit the shared one
+    base = accuracy(trained)
+    new = accuracy(tfopt.prune(trained, DATA, sparsity=0.5, epochs=2))
+    old, _ = prune_step(plain_copy(trained), DATA, sparsity=0.5, epochs=2, lr=1e-4, hold=0.0, floor=0.0, bn_batches=0,
+                        log=lambda *_: None)
+    assert base - new <= 0.005 + 1e-9, (base, new)
+    assert base - accuracy(old) > base - new + 0.01, (base, accuracy(old), new)
 
 
 def test_prune_takes_a_dataset_with_one_hot_labels_and_per_layer_targets(trained):

@@ -13,7 +13,35 @@ import sys
 import click
 
 from tfopt.cli import fit, gradcheck, lr_find, optimize, recipes, report, sensitivity, tune
-from tfopt.cli.app import VERBOSE, Group, quiet_native_logs, with_verbose
+from tfopt.cli.app import VERBOSE, quiet_native_logs, with_verbose
+from tfopt.cli.steps import step_commands
+from tfopt.errors import TfoptError
+
+
+class Group(click.Group):
+    """Prints a :class:`TfoptError` as one paragraph and exits 2 (130 when interrupted).
+
+    Besides its own commands it lists one command per registered step (see
+    :mod:`tfopt.cli.steps`), read from the step registry each time, so a step registered
+    after start-up is a command too.
+    """
+
+    def _step_commands(self) -> dict:
+        return step_commands()
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *self._step_commands()})
+
+    def get_command(self, ctx, name):
+        command = self.commands.get(name) or self._step_commands().get(name)
+        return with_verbose(command) if command is not None else None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TfoptError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(getattr(exc, "exit_code", 2))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

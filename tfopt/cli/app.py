@@ -85,34 +85,6 @@ def with_verbose(command: click.Command) -> click.Command:
     return command
 
 
-class Group(click.Group):
-    """Prints a :class:`TfoptError` as one paragraph and exits 2 (130 when interrupted).
-
-    Besides its own commands it lists one command per registered step (see
-    :mod:`tfopt.cli.steps`), read from the step registry each time, so a step registered
-    after start-up is a command too.
-    """
-
-    def _step_commands(self) -> dict:
-        from tfopt.cli.steps import step_commands
-
-        return step_commands()
-
-    def list_commands(self, ctx):
-        return sorted({*self.commands, *self._step_commands()})
-
-    def get_command(self, ctx, name):
-        command = self.commands.get(name) or self._step_commands().get(name)
-        return with_verbose(command) if command is not None else None
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except TfoptError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(getattr(exc, "exit_code", 2))
-
-
 def sigterm_as_interrupt() -> None:
     """SIGTERM ends a long command like Ctrl-C does: checkpoints are kept for ``--resume``."""
 
@@ -143,6 +115,45 @@ def recipe_run_options(what: str, resume_help: str):
         return f
 
     return wrap
+
+
+def workers_option(f):
+    return click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+                        help="Run as N local worker processes of one MultiWorkerMirroredStrategy on 127.0.0.1 "
+                             "(train.batch_size stays the global batch).")(f)
+
+
+def rerun_args(ctx: click.Context, drop=("workers",)) -> list[str]:
+    """The command line of ``ctx``'s command, from its parsed parameters, without ``drop``."""
+    args = [ctx.info_name]
+    for p in ctx.command.params:
+        if p.name in drop or not p.expose_value:
+            continue
+        value = ctx.params.get(p.name)
+        if isinstance(p, click.Argument):
+            args += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
+            continue
+        opt = max(p.opts, key=len)
+        if p.is_flag:
+            args += [opt] if value else []
+        elif p.multiple:
+            for v in value or ():
+                args += [opt, str(v)]
+        elif value is not None:
+            args += [opt, str(value)]
+    if any(a in VERBOSE for a in sys.argv[1:]):
+        args.append("--verbose")
+    return args
+
+
+def run_workers(ctx: click.Context, workers: int) -> None:
+    """Run this same command as ``workers`` local workers and exit with their status."""
+    if os.environ.get("TF_CONFIG"):
+        raise TfoptError("--workers: TF_CONFIG is already set, so this process is one worker of a cluster; "
+                         "drop --workers (each host runs its own worker) or unset TF_CONFIG")
+    from tfopt.training.launch import launch
+
+    ctx.exit(launch(rerun_args(ctx), workers, log=echo_err))
 
 
 def echo_err(line: str) -> None:

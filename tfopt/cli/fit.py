@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import click
 
-from tfopt.cli.app import recipe_run_options, sigterm_as_interrupt
+from tfopt.cli.app import recipe_run_options, run_workers, sigterm_as_interrupt, workers_option
 
 
 @click.command()
 @recipe_run_options("run directory", "Continue the interrupted run from its last checkpoint.")
-def fit(recipe, overrides, output, resume, overwrite):
-    """Train the model RECIPE describes and write a run directory."""
+@workers_option
+@click.pass_context
+def fit(ctx, recipe, overrides, output, resume, overwrite, workers):
+    """Train the model RECIPE describes and write a run directory.
+
+    With --workers N (or train.distribute: multi_worker and TF_CONFIG set by any launcher) the
+    run trains under tf.distribute; only the chief writes the run directory."""
     from tfopt.recipe import load_recipe
 
     r = load_recipe(recipe, overrides)
+    if workers > 1:
+        run_workers(ctx, workers)
     sigterm_as_interrupt()
     from tfopt.training.run import fit as run_fit
 
@@ -21,4 +28,6 @@ def fit(recipe, overrides, output, resume, overwrite):
     m = result.metrics
     click.echo(f"test accuracy {m.get('test_accuracy', float('nan')):.4f}, test loss {m['test_loss']:.4f} "
                f"after {m['epochs']} epochs ({m['fit_seconds']:.1f} s training)")
-    click.echo(f"run written to {result.run_dir}")
+    from tfopt.training.distribute import is_chief
+
+    click.echo(f"run written to {result.run_dir}" if is_chief() else f"the chief writes the run to {result.run_dir}")

@@ -14,6 +14,7 @@ from typing import Literal, Union
 
 import click
 
+from tfopt.cli.app import run_workers
 from tfopt.errors import TfoptError
 
 
@@ -155,10 +156,13 @@ def _command(command_name: str, steps) -> click.Command:
     base, variants = steps[0], steps[1:]
     options = _options(steps)
 
-    def callback(source, recipe, overrides, output, overwrite, **values):
+    def callback(source, recipe, overrides, output, overwrite, workers=1, **values):
         from tfopt.steps.commands import run_source
 
-        chosen = next((v for v in variants if values.pop(v.cli_flag, False)), base)
+        ctx = click.get_current_context()
+        chosen = next((v for v in variants if ctx.params.get(v.cli_flag) and values.pop(v.cli_flag, False)), base)
+        for v in variants:
+            values.pop(v.cli_flag, None)
         readers = set(chosen.config.model_fields) if chosen.config is not None else set()
         given = {}
         for name, option in options.items():
@@ -170,12 +174,20 @@ def _command(command_name: str, steps) -> click.Command:
                 need = f"--{other.cli_flag}" if other.cli_flag else f"no --{chosen.cli_flag}"
                 raise TfoptError(f"{option.opt} applies only with {need}")
             given[name] = value
+        if workers > 1:
+            if chosen.distributed:
+                run_workers(ctx, workers)
+            click.echo(f"{chosen.name} does not run under tf.distribute; running in one process", err=True)
         run_source(chosen, source, recipe, overrides, given, output=output, overwrite=overwrite, log=click.echo)
 
     params = source_params()
     for v in variants:
         params.append(click.Option([f"--{v.cli_flag}"], is_flag=True, help=v.help))
     params += [o.param() for o in options.values()]
+    if any(s.distributed for s in steps):
+        params.append(click.Option(["--workers"], type=click.IntRange(1, 64), default=1, show_default=True,
+                                   help="Fine-tune as N local worker processes of one MultiWorkerMirroredStrategy "
+                                        "(steps that support tf.distribute)."))
     help_text = base.help + "".join(f"\n\nWith --{v.cli_flag}: {v.help}" for v in variants)
     help_text += ("\n\nSOURCE is a run directory, or a model file (tf_keras or Keras 3) with --recipe naming its "
                   "data. SOURCE is never changed; a new run is written beside it")

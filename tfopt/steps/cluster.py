@@ -59,11 +59,17 @@ def cluster(model, data, *, clusters: int = 16, init: str = "kmeans_plus_plus", 
     """
     from tfopt.steps.config import ClusterConfig, validated
     from tfopt.steps.prune import strip
-    from tfopt.steps.runner import fine_tune
+    from tfopt.steps.runner import (
+        RECALIBRATION_BATCHES,
+        fine_tune,
+        recalibrate_batchnorm,
+    )
 
+    bn_batches = fit.pop("bn_batches", RECALIBRATION_BATCHES)
     cfg = validated(ClusterConfig, dict(clusters=clusters, init=init, skip=list(skip), epochs=epochs, lr=lr,
                                         batch_size=batch_size), "cluster")
     work = _wrap(model, cfg)
     history, seconds = fine_tune(work, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, log=log, **fit)
     clustered = strip(work)
+    recalibrate_batchnorm(clustered, data, batches=bn_batches, batch_size=cfg.batch_size, log=log)
     return clustered, {"unique_values": unique_values(clustered), "history": history, "fine_tune_seconds": seconds}

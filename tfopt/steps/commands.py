@@ -9,6 +9,8 @@ is registered once in :data:`tfopt.steps.registry.STEPS`, which :func:`run` disp
 
 from __future__ import annotations
 
+import os
+
 from tfopt.errors import TfoptError
 from tfopt.steps import config as C
 from tfopt.steps.registry import STEPS, register
@@ -53,9 +55,26 @@ def run(step, source, given: dict, output=None, overwrite=False, log=print):
 def run_source(step, path, recipe=None, overrides=(), given=None, *, output=None, overwrite=False, log=print):
     """Load ``path`` (a run directory, or a model file with ``recipe``) and run ``step`` on it:
     what every step command does. Returns ``(new run path or None, metrics)``."""
-    from tfopt.steps.source import load_source
+    from tfopt.steps.source import load_source, source_recipe
+    from tfopt.training import distribute as D
 
-    return run(step, load_source(path, recipe, overrides), given or {}, output=output, overwrite=overwrite, log=log)
+    s = STEPS[step] if isinstance(step, str) else step
+    found = source_recipe(path, recipe, overrides)
+    setting = found.train.distribute if found is not None else "none"
+    if setting == "multi_worker" and not os.environ.get("TF_CONFIG"):
+        # the run trained on several workers; this fine-tune has no cluster (no --workers, no TF_CONFIG)
+        log("train.distribute is multi_worker, but TF_CONFIG is not set: fine-tuning in one process")
+        setting = "none"
+    if setting != "none" and not s.distributed:
+        if setting == "multi_worker":
+            raise TfoptError(f"{s.name} does not run under tf.distribute; run it in one process (without --workers "
+                             f"or TF_CONFIG, and with train.distribute: none)")
+        log(f"{s.name} does not run under tf.distribute; running in one process")
+        setting = "none"
+    D.strategy(setting)  # before the model is loaded: MultiWorkerMirroredStrategy must come first
+    with D.scope(setting):
+        return run(s, load_source(path, recipe, overrides), given or {}, output=output, overwrite=overwrite,
+                   log=log)
 
 
 def _base_metrics(source, model, splits, log):
@@ -459,17 +478,17 @@ def _lazy(module, name):
 
 
 register("structured", C.StructuredConfig, "channels", _lazy("tfopt.steps.structured", "channel_prune"),
-         command=run_structured, apply=apply_structured, cli="prune", cli_flag="structured",
+         command=run_structured, apply=apply_structured, cli="prune", cli_flag="structured", distributed=True,
          help="Remove whole channels (filters, units) and every weight that reads them.")
 register("prune", C.PruneConfig, "pruned", _lazy("tfopt.steps.prune", "prune"), command=run_prune,
-         apply=apply_prune, help="Magnitude pruning with a schedule preflight, then strip.")
+         apply=apply_prune, distributed=True, help="Magnitude pruning with a schedule preflight, then strip.")
 register("cluster", C.ClusterConfig, "clustered", _lazy("tfopt.steps.cluster", "cluster"), command=run_cluster,
-         apply=apply_cluster, help="Weight clustering: a few shared values per layer, then strip.")
+         apply=apply_cluster, distributed=True, help="Weight clustering: a few shared values per layer, then strip.")
 register("quantize", C.QuantizeConfig, _quantize_suffix, _lazy("tfopt.steps.quantize", "quantize_aware"),
-         command=run_quantize, apply=apply_quantize,
+         command=run_quantize, apply=apply_quantize, distributed=True,
          help="Post-training quantization (dynamic, float16, int8) or quantization-aware training.")
 register("remove", C.RemoveConfig, _remove_suffix, _lazy("tfopt.steps.remove", "remove"), command=run_remove,
-         apply=apply_remove, chain=False, cli="remove-layers", help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")
+         apply=apply_remove, chain=False, cli="remove-layers", distributed=True, help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")
 register("fold_bn", None, "folded", _lazy("tfopt.steps.fold", "fold"), command=run_fold_bn, apply=apply_fold_bn,
          chain=False, help="Fold BatchNorm into the conv or dense layer before it.")
 register("export", C.Export, "export", _export_function, command=run_export, chain=False, section="export",

@@ -230,8 +230,15 @@ def prune(model, data, *, sparsity: float = 0.8, schedule: str = "polynomial", i
         PreflightError: the schedule cannot reach the target and ``force`` is off.
     """
     from tfopt.steps.config import PruneConfig, validated
-    from tfopt.steps.runner import DEFAULT_BATCH_SIZE, count_steps, fine_tune
+    from tfopt.steps.runner import (
+        DEFAULT_BATCH_SIZE,
+        RECALIBRATION_BATCHES,
+        count_steps,
+        fine_tune,
+        recalibrate_batchnorm,
+    )
 
+    bn_batches = fit.pop("bn_batches", RECALIBRATION_BATCHES)
     cfg = validated(PruneConfig, dict(sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
                                       begin_step=begin_step, end_step=end_step, frequency=frequency,
                                       layers=layers, skip=list(skip), m_by_n=m_by_n, force=force, epochs=epochs,
@@ -251,6 +258,7 @@ def prune(model, data, *, sparsity: float = 0.8, schedule: str = "polynomial", i
     history, seconds = fine_tune(work, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=batch_size,
                                  callbacks=[*pruning_callbacks(), *fit.pop("callbacks", ())], log=log, **fit)
     pruned = strip(work)
+    recalibrate_batchnorm(pruned, data, batches=bn_batches, batch_size=batch_size, log=log)
     per_layer = layer_sparsity(pruned)
     return pruned, {"plan": plan.__dict__, "per_layer": per_layer, "sparsity": overall_sparsity(per_layer),
                     "history": history, "fine_tune_seconds": seconds}

@@ -50,6 +50,8 @@ class Step:
         cli_flag: the step is a variant of command ``cli`` chosen by ``--<cli_flag>`` (as
             ``tfopt prune --structured``); its options join that command's.
         section: the recipe section of its settings; default ``optimize.<name>``.
+        distributed: its fine-tune runs under ``tf.distribute`` (``--workers``,
+            ``train.distribute``); a step that does not is run in one process.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Step:
     cli: Optional[str] = ""
     cli_flag: Optional[str] = None
     section: str = ""
+    distributed: bool = False
 
     @property
     def command_name(self) -> Optional[str]:
@@ -114,11 +117,13 @@ STEPS = StepRegistry()
 
 
 def register(name: str, config, suffix, function, *, command=None, apply=None, chain: bool = True,
-             help: str = "", cli: Optional[str] = "", cli_flag: Optional[str] = None, section: str = "") -> Step:
+             help: str = "", cli: Optional[str] = "", cli_flag: Optional[str] = None, section: str = "",
+             distributed: bool = False) -> Step:
     """Register a step once; see :class:`Step`. Returns it."""
     doc = (function.__doc__ or "").strip().splitlines()
     return STEPS.register(Step(name, config, suffix, function, command=command, apply=apply, chain=chain,
-                               help=help or (doc[0] if doc else name), cli=cli, cli_flag=cli_flag, section=section))
+                               help=help or (doc[0] if doc else name), cli=cli, cli_flag=cli_flag, section=section,
+                               distributed=distributed))
 
 
 def get(name: str) -> Step:

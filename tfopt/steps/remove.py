@@ -13,9 +13,14 @@ def remove(model, data=None, *, layers=(), epochs: int = 1, lr: float | None = N
     """
     from tfopt.errors import TfoptError
     from tfopt.export import plain_copy
-    from tfopt.steps.runner import fine_tune
+    from tfopt.steps.runner import (
+        RECALIBRATION_BATCHES,
+        fine_tune,
+        recalibrate_batchnorm,
+    )
     from tfopt.surgery.remove import remove_layers
 
+    bn_batches = fit.pop("bn_batches", RECALIBRATION_BATCHES)
     if isinstance(layers, str):
         layers = [layers]
     if not layers:
@@ -26,4 +31,5 @@ def remove(model, data=None, *, layers=(), epochs: int = 1, lr: float | None = N
         if data is None:
             raise TfoptError(f"remove_layers: {epochs} fine-tune epoch(s) need data; pass data=(x, y) or epochs=0")
         history, seconds = fine_tune(smaller, data, epochs=epochs, lr=lr, batch_size=batch_size, log=log, **fit)
+        recalibrate_batchnorm(smaller, data, batches=bn_batches, batch_size=batch_size, log=log)
     return plain_copy(smaller), {"removed": removed, "history": history, "fine_tune_seconds": seconds}

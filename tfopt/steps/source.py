@@ -24,6 +24,16 @@ class Source:
     kind: str = "tf_keras"
 
 
+def source_recipe(path, recipe=None, overrides=()):
+    """The recipe :func:`load_source` would use for ``path``, read without loading the model
+    (None when there is none: :func:`load_source` then says what is wrong)."""
+    from tfopt.recipe import load_recipe
+
+    p = Path(path)
+    chosen = recipe or (p / "recipe.yaml" if p.is_dir() and (p / "recipe.yaml").is_file() else None)
+    return load_recipe(chosen, overrides) if chosen else None
+
+
 def load_source(path, recipe=None, overrides=()) -> Source:
     """Load ``path`` (a run directory, or a ``.keras``/``.h5``/SavedModel with ``recipe``)."""
     from tfopt.interop import load_as_tf_keras

@@ -31,9 +31,16 @@ def channel_prune(model, data=None, *, ratio: float = 0.5, per_layer: dict | Non
     """
     from tfopt.models.stats import model_stats
     from tfopt.steps.config import StructuredConfig, validated
-    from tfopt.steps.runner import _build_loss, fine_tune, sample_xy
+    from tfopt.steps.runner import (
+        RECALIBRATION_BATCHES,
+        _build_loss,
+        fine_tune,
+        recalibrate_batchnorm,
+        sample_xy,
+    )
     from tfopt.surgery.channels import masked_copy, prune_channels
 
+    bn_batches = fit.pop("bn_batches", RECALIBRATION_BATCHES)
     cfg = validated(StructuredConfig, dict(ratio=ratio, per_layer=per_layer, criterion=criterion,
                                            probe_samples=probe_samples, rounds=rounds, min_channels=min_channels,
                                            protect=list(protect), epochs=max(epochs, 1), lr=lr,
@@ -65,6 +72,7 @@ def channel_prune(model, data=None, *, ratio: float = 0.5, per_layer: dict | Non
             f"outputs equal the masked original's (max |Δ| {diff:.2g})")
         if epochs:
             rows, secs = fine_tune(pruned, data, epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, log=log, **fit)
+            recalibrate_batchnorm(pruned, data, batches=bn_batches, batch_size=cfg.batch_size, log=log)
             history += [{**r, "round": round_ + 1} for r in rows]
             seconds += secs
         model = pruned

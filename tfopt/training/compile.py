@@ -110,3 +110,11 @@ def resolve(cfg, *, make_model, dataset, steps_per_epoch: int, total_steps: int,
     order = sorted(((jit, spe) for jit in jits for spe in spes), key=lambda c: (c[0], -c[1]))
     jit, spe = next(c for c in order if probe[_label(*c)] <= fastest * (1 + TIE))
     return CompileChoice(jit, spe, "auto (probe)", probe, time.perf_counter() - started)
+
+
+def unprobed(cfg, why: str) -> CompileChoice:
+    """The recipe's settings where no probe runs; ``auto`` means off (no XLA, one step per call)."""
+    jit = False if cfg.jit == "auto" else bool(cfg.jit)
+    spe = 1 if cfg.steps_per_execution == "auto" else int(cfg.steps_per_execution)
+    auto = "auto" in (cfg.jit, cfg.steps_per_execution)
+    return CompileChoice(jit, spe, f"auto: {why}" if auto else "recipe")

@@ -78,6 +78,10 @@ def datasets(recipe, splits):
                          augment=recipe.data.augment, shuffle_buffer=recipe.data.shuffle_buffer, **common)
     val = (make_dataset(splits.x_val, splits.y_val, t.batch_size, **common) if len(splits.x_val) else None)
     test = make_dataset(splits.x_test, splits.y_test, max(t.batch_size, 256), **common)
+    from tfopt.training import distribute as D
+
+    if D.active() is not None:
+        train, val, test = (D.shard(ds) if ds is not None else None for ds in (train, val, test))
     return train, val, test
 
 
@@ -133,6 +137,12 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     Returns:
         the finished run's folder, its metrics and the trained model.
     """
+    from tfopt.training import distribute as D
+
+    started = time.perf_counter()
+    setting = recipe.train.distribute
+    strategy = D.strategy(setting)  # before TensorFlow runs anything: MultiWorkerMirroredStrategy needs it so
+
     import tf_keras as keras
 
     from tfopt.data.pipeline import load_splits
@@ -142,9 +152,13 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     from tfopt.training import compile as compile_probe
     from tfopt.training.checkpoint import Checkpointer, StopAfter, read_state, write_state_key
     from tfopt.training.lr import PlateauFactor, PolicySchedule
-
-    started = time.perf_counter()
-    run = RunDir(Path(output or recipe.output.dir) / recipe.run_name(), overwrite=overwrite, resume=resume).check()
+    target = Path(output or recipe.output.dir) / recipe.run_name()
+    worker_root = None
+    if not D.is_chief():
+        # the same work, written where nobody reads it; the chief writes the run
+        worker_root = _worker_folder(target, resume)
+        target, overwrite = worker_root / recipe.run_name(), True
+    run = RunDir(target, overwrite=overwrite, resume=resume).check()
     keras.utils.set_random_seed(recipe.seed)
     if splits is None:
         splits = load_splits(recipe.data, recipe.seed)
@@ -152,7 +166,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     if tuple(input_shape) != splits.input_shape:
         raise ShapeError(f"model.input_shape {tuple(input_shape)} does not match the data's images "
                          f"{splits.input_shape}.")
-    model = build_model(recipe.model, input_shape, name=recipe.name)
+    with D.scope(setting):
+        model = build_model(recipe.model, input_shape, name=recipe.name)
     if model.output_shape[1:] != (splits.num_classes,):
         raise ShapeError(f"the model outputs {model.output_shape[1:]} but {recipe.data.name} has "
                          f"{splits.num_classes} classes; end the model with dense units: {splits.num_classes}.")
@@ -172,7 +187,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     optimizer = None
     previous_seconds = 0.0
     if state and run.path("checkpoints", "last.keras").is_file():
-        loaded = load_keras(run.path("checkpoints", "last.keras"))
+        with D.scope(setting):
+            loaded = load_keras(run.path("checkpoints", "last.keras"))
         model, optimizer = loaded, loaded.optimizer
         saved_lr = getattr(optimizer, "_learning_rate", None)
         if isinstance(saved_lr, PolicySchedule):
@@ -203,6 +219,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     if state and state.get("compile"):
         saved = state["compile"]
         choice = compile_probe.CompileChoice(saved["jit"], saved["steps_per_execution"], "resumed: " + saved["source"])
+    elif strategy is not None:
+        choice = compile_probe.unprobed(t.compile, f"not probed under tf.distribute ({setting})")
     else:
         def make_model(jit, spe):
             copy = build_model(recipe.model, input_shape, name=recipe.name)
@@ -214,7 +232,9 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
             total_steps=steps_per_epoch * max(0, min(t.epochs, stop_after or t.epochs) - initial_epoch),
             batch_hooks=compile_probe.uses_batch_hooks([*recipe_cbs, *callbacks]))
     log(choice.describe())
-    compile_model(model, t, schedule, optimizer=optimizer, jit=choice.jit, steps_per_execution=choice.steps_per_execution)
+    with D.scope(setting):
+        compile_model(model, t, schedule, optimizer=optimizer, jit=choice.jit,
+                      steps_per_execution=choice.steps_per_execution)
     # the same random state whether or not a probe ran, so the choice alone decides nothing else
     keras.utils.set_random_seed(recipe.seed + initial_epoch)
 
@@ -232,6 +252,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     if stop_after is not None:
         cbs.append(StopAfter(stop_after))
     verbose = (1 if sys.stdout.isatty() else 2) if t.verbose == "auto" else t.verbose
+    if worker_root is not None:
+        verbose = 0  # the chief reports progress; the others would repeat it line for line
 
     fit_started = time.perf_counter()
     try:
@@ -270,6 +292,7 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
         "test_samples": int(len(splits.x_test)),
         "fit_seconds": round(fit_seconds, 3),
         "compile": choice.as_dict(),
+        "distribute": D.describe(setting, t.batch_size),
         "steps_per_epoch": steps_per_epoch,
         "wall_seconds": None,
         "normalization": splits.normalization,
@@ -285,7 +308,35 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
     atomic_write_json(run.path("metrics.json"), metrics)
     final = run.commit()
+    if worker_root is not None:
+        import shutil
+
+        shutil.rmtree(worker_root, ignore_errors=True)
+        final = Path(output or recipe.output.dir) / recipe.run_name()
+        log(f"worker {D.task().index} done; the chief writes the run")
     return RunResult(final, metrics, model, ckpt.history)
+
+
+def _worker_folder(target: Path, resume: bool) -> Path:
+    """A temporary folder for a non-chief worker's copy of the run; on ``resume`` it starts from
+    the chief's checkpoints (on one host, or a shared filesystem, as ``BackupAndRestore`` needs)."""
+    import shutil
+    import tempfile
+
+    from tfopt.rundir import PARTIAL
+
+    root = Path(tempfile.mkdtemp(prefix="tfopt-worker-"))
+    chief = target.with_name(target.name + PARTIAL)
+    if resume and chief.is_dir():
+        mine = root / chief.name
+        mine.mkdir()
+        for name in ("recipe.yaml", "checkpoints"):
+            src = chief / name
+            if src.is_dir():
+                shutil.copytree(src, mine / name)
+            elif src.is_file():
+                shutil.copy2(src, mine / name)
+    return root
 
 
 

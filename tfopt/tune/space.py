@@ -142,6 +142,10 @@ def _objective_problems(recipe, cfg: TuneConfig, specs) -> list:
         logged.append("grad_norm")  # the monitor puts the last global gradient norm in the epoch's logs
     allowed = logged + list(SIZE_METRICS)
     problems += compress_problems(cfg)
+    if recipe.train.distribute != "none":
+        problems.append(("train.distribute", f"'{recipe.train.distribute}' is refused in a search: a distributed "
+                                             "search already runs one trial per worker (KERASTUNER_TUNER_ID), and "
+                                             "each trial trains in one process; leave train.distribute at none"))
     if cfg.compress:
         allowed = ["val_accuracy", *SIZE_METRICS, *(f"fit_{m}" for m in logged)]
         if recipe.data.validation_split == 0:
