@@ -301,14 +301,18 @@ def keras3_digits(tmp_path_factory):
     return folder, model, x, y
 
 
+class _Result:
+    def __init__(self, res):
+        self.returncode, self.stdout, self.stderr = res.exit_code, res.output, ""
+
+
 def tfopt_cli(*args):
-    import subprocess
-    import sys
+    """The command line, in this process (a fresh interpreter is tested by the Keras 3 user script)."""
+    from click.testing import CliRunner
 
-    from tests.conftest import REPO
+    from tfopt.cli import cli
 
-    return subprocess.run([sys.executable, "-m", "tfopt.cli", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True)
+    return _Result(CliRunner().invoke(cli, [str(a) for a in args]))
 
 
 def test_cli_prunes_and_quantizes_a_keras3_file(keras3_digits, tmp_path):
