@@ -126,7 +126,8 @@ def reference_bn_cnn(epochs=3):
     from tfopt.data.pipeline import load_splits
     from tfopt.recipe import load_recipe
 
-    r = load_recipe(ROOT / "recipes" / "quickstart.yaml", ["data.name=mnist", "data.validation_split=0.0"])
+    r = load_recipe(ROOT / "recipes" / "quickstart.yaml", ["data.name=mnist", "data.validation_split=0.0",
+                                                               "train.checkpoint.monitor=accuracy"])
     s = load_splits(r.data, r.seed)
     keras.utils.set_random_seed(0)
     L = keras.layers
