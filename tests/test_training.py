@@ -318,21 +318,36 @@ def test_resume_keeps_the_plateau_state_and_adds_up_fit_seconds(tiny_recipe, tmp
 
 
 def test_jit_and_steps_per_execution_agree_with_plain_compile(tiny_recipe, tmp_path):
-    plain = fit(tiny_recipe(**{"train.compile": {"jit": False, "steps_per_execution": 1}}),
+    plain = fit(tiny_recipe(**{"train.compile": {"jit": False, "steps_per_execution": 1, "precision": "float32"}}),
                 output=tmp_path / "plain", log=lambda *_: None)
-    spe = fit(tiny_recipe(**{"train.compile": {"jit": False, "steps_per_execution": 5}}),
+    spe = fit(tiny_recipe(**{"train.compile": {"jit": False, "steps_per_execution": 5, "precision": "float32"}}),
               output=tmp_path / "spe", log=lambda *_: None)
-    xla = fit(tiny_recipe(**{"train.compile": {"jit": True, "steps_per_execution": 4}}),
+    xla = fit(tiny_recipe(**{"train.compile": {"jit": True, "steps_per_execution": 4, "precision": "float32"}}),
               output=tmp_path / "xla", log=lambda *_: None)
     assert spe.model._steps_per_execution.numpy() == 5 and xla.model.jit_compile and not plain.model.jit_compile
-    assert spe.metrics["compile"] == {"jit": False, "steps_per_execution": 5, "source": "recipe",
-                                      "probe_ms_per_step": {}, "probe_seconds": 0.0}
+    assert spe.metrics["compile"] == {"jit": False, "steps_per_execution": 5, "precision": "float32",
+                                      "source": "recipe", "probe_ms_per_step": {}, "probe_seconds": 0.0}
     # the same steps in the same order: only floating-point rounding may differ
     assert spe.metrics["test_loss"] == pytest.approx(plain.metrics["test_loss"], rel=1e-4)
     assert xla.metrics["test_loss"] == pytest.approx(plain.metrics["test_loss"], rel=2e-2)
     for run in (spe, xla):
         assert abs(run.metrics["test_accuracy"] - plain.metrics["test_accuracy"]) <= 1 / 64 + 1e-9
         np.testing.assert_allclose([h["loss"] for h in run.history], [h["loss"] for h in plain.history], rtol=2e-2)
+
+
+def test_bfloat16_training_agrees_with_float32_and_saves_a_float32_model(tiny_recipe, tmp_path):
+    from tfopt.export import load_keras
+
+    f32 = fit(tiny_recipe(**{"train.compile": {"jit": False, "steps_per_execution": 1, "precision": "float32"}}),
+              output=tmp_path / "f32", log=lambda *_: None)
+    bf16 = fit(tiny_recipe(**{"train.compile": {"jit": False, "steps_per_execution": 1,
+                                                "precision": "mixed_bfloat16"}}),
+               output=tmp_path / "bf16", log=lambda *_: None)
+    assert bf16.metrics["compile"]["precision"] == "mixed_bfloat16"
+    saved = load_keras(tmp_path / "bf16" / "tiny" / "model.keras")
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    assert abs(bf16.metrics["test_accuracy"] - f32.metrics["test_accuracy"]) <= 2 / 64 + 1e-9
+    np.testing.assert_allclose([h["loss"] for h in bf16.history], [h["loss"] for h in f32.history], rtol=0.1)
 
 
 def test_auto_compile_probes_and_records_its_choice(tiny_recipe, tmp_path, monkeypatch):
@@ -343,10 +358,13 @@ def test_auto_compile_probes_and_records_its_choice(tiny_recipe, tmp_path, monke
     res = fit(tiny_recipe(), output=tmp_path, log=lines.append)
     c = json.loads((tmp_path / "tiny" / "metrics.json").read_text())["compile"]
     assert c["source"] == "auto (probe)" and c["probe_seconds"] > 0
-    assert set(c["probe_ms_per_step"]) == {"jit=off,spe=1", "jit=off,spe=5", "jit=on,spe=1", "jit=on,spe=5"}
-    chosen = c["probe_ms_per_step"][f"jit={'on' if c['jit'] else 'off'},spe={c['steps_per_execution']}"]
+    best = "float32" if "float32,jit=on,spe=5" in c["probe_ms_per_step"] else "mixed_bfloat16"
+    assert set(c["probe_ms_per_step"]) == {"float32,jit=off,spe=5", "mixed_bfloat16,jit=off,spe=5",
+                                           f"{best},jit=on,spe=5"}
+    chosen = c["probe_ms_per_step"][probe.label(c["precision"], c["jit"], c["steps_per_execution"])]
     assert chosen <= min(c["probe_ms_per_step"].values()) * (1 + probe.TIE) + 1e-3
     assert res.model.jit_compile == c["jit"] and res.model._steps_per_execution.numpy() == c["steps_per_execution"]
+    assert {layer.dtype_policy.name for layer in res.model.layers} == {"float32"}  # the run's model is float32
     assert any(line.startswith(f"compile: jit={'on' if c['jit'] else 'off'}, steps_per_execution=") for line in lines)
     # a short run is not probed; a callback with batch hooks keeps one step per execution
     monkeypatch.setattr(probe, "MIN_STEPS_TO_PROBE", 10_000)
@@ -354,4 +372,5 @@ def test_auto_compile_probes_and_records_its_choice(tiny_recipe, tmp_path, monke
     m = fit(r, output=tmp_path / "b", log=lambda *_: None).metrics["compile"]
     assert (m["jit"], m["steps_per_execution"], m["probe_ms_per_step"]) == (False, 1, {})
     m = fit(tiny_recipe(), output=tmp_path / "c", log=lambda *_: None).metrics["compile"]
-    assert (m["jit"], m["steps_per_execution"]) == (False, 5) and "too short to probe" in m["source"]
+    assert (m["jit"], m["steps_per_execution"], m["precision"]) == (False, 5, "float32")
+    assert "too short to probe" in m["source"]

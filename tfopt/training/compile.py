@@ -1,10 +1,15 @@
-"""``train.compile: auto``: a short timed probe picks XLA and steps per execution.
+"""``train.compile: auto``: a short timed probe picks the precision, XLA and steps per execution.
 
-Neither setting can be switched on blindly on a CPU: XLA made one MNIST CNN 0.70× as slow
-per epoch and a Conv-BN-ReLU net 2.5× slower; ``steps_per_execution`` pays when the step is
-short and Python's per-step cost is a large share. So the probe times the real model on the
-real data pipeline for each candidate, on a throw-away copy (the run's own model, optimizer
-and data iterators are not touched), and keeps the fastest.
+None of them can be switched on blindly on a CPU: XLA made one MNIST CNN 0.70× as slow per
+epoch and a Conv-BN-ReLU net 2.5× slower; bfloat16 math (``mixed_bfloat16``: float32 weights,
+bfloat16 compute) runs at 0.6–0.75× on CPUs with AMX or AVX-512 BF16, and far slower on CPUs
+without them; ``steps_per_execution`` pays when the step is short and Python's per-step cost is
+a large share. So the probe times the real model on the real data pipeline, on throw-away
+copies (the run's own model, optimizer and data iterators are not touched), and keeps the
+fastest. It is greedy, so it stays short: float32 against mixed_bfloat16 (XLA off, the most
+steps per call), then XLA on for the faster of the two. Steps per execution are not probed:
+many steps per call is never measurably slower, unless a callback works per batch, which then
+keeps one.
 """
 
 from __future__ import annotations
@@ -17,23 +22,26 @@ MIN_STEPS_TO_PROBE = 400
 # Candidates within this fraction of the fastest count as equal; the simpler one wins.
 TIE = 0.03
 SPE = 32
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @dataclass
 class CompileChoice:
     jit: bool
     steps_per_execution: int
-    source: str  # "recipe", "auto (probe)" or "auto (no probe: ...)"
-    probe: dict = field(default_factory=dict)  # "jit=..,spe=..": seconds per step
+    source: str  # "recipe", "auto (probe)" or "auto: ..." (why no probe ran)
+    probe: dict = field(default_factory=dict)  # "float32,jit=..,spe=..": seconds per step
     probe_seconds: float = 0.0
+    precision: str = "float32"
 
     def as_dict(self) -> dict:
-        return {"jit": self.jit, "steps_per_execution": self.steps_per_execution, "source": self.source,
-                "probe_ms_per_step": {k: round(v * 1000, 3) for k, v in self.probe.items()},
+        return {"jit": self.jit, "steps_per_execution": self.steps_per_execution, "precision": self.precision,
+                "source": self.source, "probe_ms_per_step": {k: round(v * 1000, 3) for k, v in self.probe.items()},
                 "probe_seconds": round(self.probe_seconds, 3)}
 
     def describe(self) -> str:
-        text = f"compile: jit={'on' if self.jit else 'off'}, steps_per_execution={self.steps_per_execution} ({self.source})"
+        text = (f"compile: jit={'on' if self.jit else 'off'}, steps_per_execution={self.steps_per_execution}, "
+                f"precision={self.precision} ({self.source})")
         if self.probe:
             text += "; ms/step " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in self.probe.items())
         return text
@@ -50,13 +58,32 @@ def uses_batch_hooks(callbacks) -> bool:
     return False
 
 
-def _label(jit, spe):
-    return f"jit={'on' if jit else 'off'},spe={spe}"
+def label(precision, jit, spe) -> str:
+    return f"{precision},jit={'on' if jit else 'off'},spe={spe}"
 
 
-def _time_candidate(make_model, dataset, jit, spe, steps):
+def with_precision(model, precision: str):
+    """``model`` computing in ``precision`` (a new model with the same weights, or ``model`` itself
+    when nothing changes). The output layer stays float32, as Keras advises for mixed precision."""
+    import tf_keras as keras
+
+    if all(layer.dtype_policy.name == precision for layer in model.layers[1:-1]):
+        return model
+    last = model.layers[-1].name
+
+    def clone(layer):
+        cfg = layer.get_config()
+        cfg["dtype"] = "float32" if layer.name == last else precision
+        return layer.__class__.from_config(cfg)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _time_candidate(make_model, dataset, precision, jit, spe, steps):
     """Seconds per training step: one warm-up call (tracing, XLA), then ``steps`` timed steps, twice."""
-    model = make_model(jit, spe)
+    model = make_model(jit, spe, precision)
     fn = model.make_train_function(force=True)
     it = iter(dataset.repeat())
     logs = fn(it)
@@ -72,49 +99,54 @@ def _time_candidate(make_model, dataset, jit, spe, steps):
     return best
 
 
+def _fixed(value, auto):
+    return auto if value == "auto" else value
+
+
 def resolve(cfg, *, make_model, dataset, steps_per_epoch: int, total_steps: int, batch_hooks: bool) -> CompileChoice:
     """The compile settings for a run.
 
     Args:
         cfg: ``train.compile`` (:class:`tfopt.training.config.Compile`).
-        make_model: ``make_model(jit, steps_per_execution)`` returns a fresh compiled copy of the
-            run's model for the probe.
+        make_model: ``make_model(jit, steps_per_execution, precision)`` returns a fresh compiled
+            copy of the run's model for the probe.
         dataset: a training pipeline the probe may consume (not the run's own).
         steps_per_epoch, total_steps: the run's optimizer steps.
         batch_hooks: a callback works per batch; ``auto`` then keeps one step per execution.
     """
     spe_max = max(1, min(SPE, steps_per_epoch))
+    spe = int(cfg.steps_per_execution) if cfg.steps_per_execution != "auto" else (1 if batch_hooks else spe_max)
+    auto_spe_why = "a callback works per batch, so one step per execution" if cfg.steps_per_execution == "auto" \
+        and batch_hooks else None
+    precisions = list(PRECISIONS) if cfg.precision == "auto" else [cfg.precision]
     jits = [False, True] if cfg.jit == "auto" else [bool(cfg.jit)]
-    if cfg.steps_per_execution != "auto":
-        spes = [int(cfg.steps_per_execution)]
-    elif batch_hooks:
-        spes = [1]
-    else:
-        spes = [1, spe_max] if spe_max > 1 else [1]
-    if len(jits) == 1 and len(spes) == 1:
-        auto_spe = cfg.steps_per_execution == "auto"
-        return CompileChoice(jits[0], spes[0], "auto: a callback works per batch, so one step per execution"
-                             if auto_spe and batch_hooks else "auto" if auto_spe else "recipe")
+    if len(precisions) == 1 and len(jits) == 1:
+        auto = "auto" in (cfg.jit, cfg.steps_per_execution, cfg.precision)
+        return CompileChoice(jits[0], spe, f"auto: {auto_spe_why}" if auto_spe_why else "auto" if auto else "recipe",
+                             precision=precisions[0])
     if total_steps < MIN_STEPS_TO_PROBE:
-        spe = spes[-1]
-        why = f"run of {total_steps} steps too short to probe"
-        return CompileChoice(False if cfg.jit == "auto" else bool(cfg.jit), spe, f"auto: {why}")
+        return CompileChoice(_fixed(cfg.jit, False), spe, f"auto: run of {total_steps} steps too short to probe",
+                             precision=_fixed(cfg.precision, "float32"))
     started = time.perf_counter()
     probe = {}
-    steps = 2 * spe_max
-    for jit in jits:
-        for spe in spes:
-            probe[_label(jit, spe)] = _time_candidate(make_model, dataset, jit, spe, steps)
+    steps = 2 * spe
+    jit0 = jits[0]
+    for precision in precisions:
+        probe[label(precision, jit0, spe)] = _time_candidate(make_model, dataset, precision, jit0, spe, steps)
+    # within TIE of the fastest, the simpler choice: float32 before bfloat16, XLA off before on
     fastest = min(probe.values())
-    # within TIE of the fastest, prefer jit off (no XLA compile) and then more steps per call
-    order = sorted(((jit, spe) for jit in jits for spe in spes), key=lambda c: (c[0], -c[1]))
-    jit, spe = next(c for c in order if probe[_label(*c)] <= fastest * (1 + TIE))
-    return CompileChoice(jit, spe, "auto (probe)", probe, time.perf_counter() - started)
+    precision = next(p for p in precisions if probe[label(p, jit0, spe)] <= fastest * (1 + TIE))
+    for jit in jits[1:]:
+        probe[label(precision, jit, spe)] = _time_candidate(make_model, dataset, precision, jit, spe, steps)
+    jit = next(j for j in jits if probe[label(precision, j, spe)] <= min(probe.values()) * (1 + TIE))
+    source = "auto (probe)" + (f"; {auto_spe_why}" if auto_spe_why else "")
+    return CompileChoice(jit, spe, source, probe, time.perf_counter() - started, precision)
 
 
 def unprobed(cfg, why: str) -> CompileChoice:
-    """The recipe's settings where no probe runs; ``auto`` means off (no XLA, one step per call)."""
-    jit = False if cfg.jit == "auto" else bool(cfg.jit)
+    """The recipe's settings where no probe runs; ``auto`` means off (float32, no XLA, one step per call)."""
+    jit = _fixed(cfg.jit, False)
     spe = 1 if cfg.steps_per_execution == "auto" else int(cfg.steps_per_execution)
-    auto = "auto" in (cfg.jit, cfg.steps_per_execution)
-    return CompileChoice(jit, spe, f"auto: {why}" if auto else "recipe")
+    auto = "auto" in (cfg.jit, cfg.steps_per_execution, cfg.precision)
+    return CompileChoice(bool(jit), spe, f"auto: {why}" if auto else "recipe",
+                         precision=_fixed(cfg.precision, "float32"))

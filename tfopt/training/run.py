@@ -218,12 +218,13 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
 
     if state and state.get("compile"):
         saved = state["compile"]
-        choice = compile_probe.CompileChoice(saved["jit"], saved["steps_per_execution"], "resumed: " + saved["source"])
+        choice = compile_probe.CompileChoice(saved["jit"], saved["steps_per_execution"], "resumed: " + saved["source"],
+                                             precision=saved.get("precision", "float32"))
     elif strategy is not None:
         choice = compile_probe.unprobed(t.compile, f"not probed under tf.distribute ({setting})")
     else:
-        def make_model(jit, spe):
-            copy = build_model(recipe.model, input_shape, name=recipe.name)
+        def make_model(jit, spe, precision):
+            copy = compile_probe.with_precision(build_model(recipe.model, input_shape, name=recipe.name), precision)
             return compile_model(copy, t, PolicySchedule(policy, steps_per_epoch, t.epochs), jit=jit,
                                  steps_per_execution=spe)
 
@@ -233,6 +234,8 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
             batch_hooks=compile_probe.uses_batch_hooks([*recipe_cbs, *callbacks]))
     log(choice.describe())
     with D.scope(setting):
+        if optimizer is None:  # a resumed model keeps the precision it was saved with
+            model = compile_probe.with_precision(model, choice.precision)
         compile_model(model, t, schedule, optimizer=optimizer, jit=choice.jit,
                       steps_per_execution=choice.steps_per_execution)
     # the same random state whether or not a probe ran, so the choice alone decides nothing else
@@ -279,6 +282,12 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     if t.restore_best and run.path("checkpoints", "best.keras").is_file():
         model.set_weights(load_keras(run.path("checkpoints", "best.keras")).get_weights())
 
+    if choice.precision != "float32":
+        # the run's model computes in float32, as it will be exported and deployed
+        trained = model
+        with D.scope(setting):
+            model = compile_probe.with_precision(trained, "float32")
+            compile_model(model, t, policy.initial)
     log("evaluating on the test set")
     test = model.evaluate(test_ds, verbose=0, return_dict=True)
     metrics = {
