@@ -58,7 +58,7 @@ def tfopt_fit(recipe, epochs, out):
     r.train.epochs = epochs
     res = fit(r, output=out, overwrite=True, log=lambda *_: None)
     c = res.metrics["compile"]
-    return res.metrics["fit_seconds"], c["probe_seconds"], f"jit={c['jit']}, spe={c['steps_per_execution']}"
+    return res.metrics["fit_seconds"], c["probe_seconds"], f"{c['precision']}, jit={c['jit']}, spe={c['steps_per_execution']}"
 
 
 def _load(args, extra=()):

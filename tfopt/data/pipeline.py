@@ -67,33 +67,77 @@ def load_splits(cfg, seed: int = 0) -> Splits:
 
 
 def augmenter(aug, seed):
-    """A tf_keras Sequential of random preprocessing layers, or None when nothing is on."""
-    if aug is None or not aug.any():
+    """A tf_keras Sequential of the random layers that need resampling (rotation, zoom), or None.
+
+    Shifts and flips are not here: :func:`shift_and_flip` does them on whole batches, by whole
+    pixels, without resampling.
+    """
+    if aug is None or not (aug.rotate or aug.zoom):
         return None
     import tf_keras
 
     L = tf_keras.layers
     layers = []
-    if aug.flip != "none":
-        layers.append(L.RandomFlip({"both": "horizontal_and_vertical"}.get(aug.flip, aug.flip), seed=seed))
     if aug.rotate:
         layers.append(L.RandomRotation(aug.rotate, fill_mode="constant", seed=seed))
     if aug.zoom:
         layers.append(L.RandomZoom(aug.zoom, fill_mode="constant", seed=seed))
-    if aug.translate:
-        layers.append(L.RandomTranslation(aug.translate, aug.translate, fill_mode="constant", seed=seed))
     return tf_keras.Sequential(layers, name="augment")
+
+
+def shift_and_flip(x, seed, translate: float = 0.0, flip: str = "none"):
+    """A batch of images ``x`` shifted by up to ``translate`` of their height and width in whole
+    pixels (zeros fill in) and flipped, each image on its own draw; ``seed`` is a stateless seed
+    pair, so one seed always gives the same batch. Two gathers and a select: vectorised, cheap
+    beside a training step (a resampling ``RandomTranslation`` cost about 1.6 ms per batch of 128
+    MNIST images here, this about 0.2 ms)."""
+    import tensorflow as tf
+
+    b = tf.shape(x)[0]
+    h, w = x.shape[1], x.shape[2]
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    if translate:
+        ph, pw = max(1, int(round(translate * h))), max(1, int(round(translate * w)))
+        padded = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+        dy = tf.random.stateless_uniform([b], seeds[0], 0, 2 * ph + 1, dtype=tf.int32)
+        dx = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pw + 1, dtype=tf.int32)
+        rows = dy[:, None] + tf.range(h)[None]
+        cols = dx[:, None] + tf.range(w)[None]
+        x = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+    if flip in ("horizontal", "both"):
+        mask = tf.random.stateless_uniform([b], seeds[2]) < 0.5
+        x = tf.where(mask[:, None, None, None], tf.reverse(x, [2]), x)
+    if flip in ("vertical", "both"):
+        mask = tf.random.stateless_uniform([b], seeds[3]) < 0.5
+        x = tf.where(mask[:, None, None, None], tf.reverse(x, [1]), x)
+    return x
 
 
 def make_dataset(x, y, batch_size, *, training=False, seed=0, augment=None, one_hot=False,
                  num_classes=None, shuffle_buffer=10000):
-    """A batched, prefetched tf.data pipeline; shuffled and augmented when ``training``."""
+    """A batched, prefetched tf.data pipeline; shuffled and augmented when ``training``.
+
+    The arrays stay whole in memory; the pipeline shuffles and batches *indices* and gathers
+    each batch at once, so no per-image work happens in Python or tf.data.
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    n = len(x)
+    images, labels = tf.constant(x), tf.constant(y)
+    ds = tf.data.Dataset.range(n)
     if training:
-        ds = ds.shuffle(min(shuffle_buffer, len(x)), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(min(shuffle_buffer, n), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    shift = augment is not None and training and (augment.translate or augment.flip != "none")
+    if shift:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+        translate, flip = augment.translate, augment.flip
+        ds = ds.map(lambda idx, s: (shift_and_flip(tf.gather(images, idx), tf.cast(s % (2**31), tf.int32),
+                                                   translate, flip), tf.gather(labels, idx)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)), num_parallel_calls=tf.data.AUTOTUNE)
     aug = augmenter(augment, seed) if training else None
     if aug is not None:
         ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
