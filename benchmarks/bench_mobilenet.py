@@ -76,7 +76,7 @@ def main():
             rows[name]["lat"].append(latency_us(blob, calib[0], num_threads=1, runs=args.runs)["median_us"])
         log(f"round {i + 1}/{args.rounds}: " + ", ".join(f"{n} {r['lat'][-1]:.0f} µs" for n, r in rows.items()))
     base_lat, base_macs = np.median(rows["float32"]["lat"]), rows["float32"]["macs"]
-    print(f"| model | MACs | × MACs | params | TFLite bytes | 1-thread latency µs | × latency |")
+    print("| model | MACs | × MACs | params | TFLite bytes | 1-thread latency µs | × latency |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         lat = float(np.median(r["lat"]))

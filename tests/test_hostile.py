@@ -20,7 +20,7 @@ from conftest import REPO, tiny_recipe_dict
 from tfopt.cli import cli
 from tfopt.errors import RecipeError, RunDirError
 from tfopt.limits import MAX_CHOICES, MAX_DEPTH, MAX_LAYERS, MAX_NODES, MAX_RECIPE_BYTES
-from tfopt.recipe import load_recipe, validate
+from tfopt.recipe import validate
 from tfopt.rundir import RunDir
 
 QUICKSTART = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())

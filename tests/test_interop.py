@@ -6,7 +6,6 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tf_keras
 
 from tests.conftest import python_c
 from tfopt import interop

@@ -244,6 +244,53 @@ class Plateau(Config):
     mode: Literal["auto", "min", "max"] = "auto"
 
 
+class PlateauTracker:
+    """Reduce-on-plateau bookkeeping, one value per epoch: :meth:`update` says when the rate is
+    to be cut by ``plateau.factor``. Its state (``wait``, ``cooldown``, ``best``) is what a
+    checkpoint keeps, so a resumed run continues the same count."""
+
+    def __init__(self, plateau: Plateau | None):
+        self.plateau = plateau
+        self.wait = 0
+        self.cooldown = 0
+        self.best = None
+
+    def update(self, value) -> bool:
+        p = self.plateau
+        if p is None or value is None or not math.isfinite(value):
+            return False
+        mode = p.mode if p.mode != "auto" else ("max" if "acc" in p.monitor else "min")
+        better = (self.best is None or (value < self.best - p.min_delta if mode == "min"
+                                        else value > self.best + p.min_delta))
+        if self.cooldown > 0:
+            self.cooldown -= 1
+            self.wait = 0
+        if better:
+            self.best = value
+            self.wait = 0
+        elif self.cooldown == 0:
+            self.wait += 1
+            if self.wait >= p.patience:
+                self.wait = 0
+                self.cooldown = p.cooldown
+                return True
+        return False
+
+    def message(self, epoch: int, factor: float) -> str:
+        return (f"\nEpoch {epoch + 1}: {self.plateau.monitor} has not improved for {self.plateau.patience} epochs; "
+                f"learning-rate factor now {factor:g}")
+
+    def get_state(self, factor: float) -> dict:
+        return {"factor": factor, "wait": self.wait, "cooldown": self.cooldown, "best": self.best}
+
+    def set_state(self, state: dict) -> float:
+        """Restore the counts; returns the saved factor."""
+        self.wait = state.get("wait", 0)
+        self.cooldown = state.get("cooldown", 0)
+        self.best = state.get("best")
+        return float(state.get("factor", 1.0))
+
+
 class LRPolicy(Config):
     """The whole learning-rate policy of a run: warm-up, a schedule, and reduce-on-plateau.
 

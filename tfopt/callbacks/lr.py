@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 from tf_keras.callbacks import Callback
 
 from tfopt.errors import TfoptError
 from tfopt.registry import Config
-from tfopt.schedules import SCHEDULES, LRPolicy, Plateau
+from tfopt.schedules import SCHEDULES, LRPolicy, Plateau, PlateauTracker
 
 
 def get_lr(optimizer) -> float:
@@ -63,9 +61,7 @@ class LearningRateDecay(Callback):
                 warmup_start=warmup_start, plateau=Plateau.model_validate(plateau) if isinstance(plateau, dict) else plateau,
             )
         self.factor = 1.0
-        self._wait = 0
-        self._cooldown = 0
-        self._best = None
+        self._plateau = PlateauTracker(self.policy.plateau)
         self._epoch = 0
         self._steps = 1
         self._total = 1
@@ -107,38 +103,18 @@ class LearningRateDecay(Callback):
             self._plateau_step((logs or {}).get(self.policy.plateau.monitor), epoch)
 
     def _plateau_step(self, value, epoch):
-        p = self.policy.plateau
-        if value is None or not math.isfinite(value):
-            return
-        mode = p.mode if p.mode != "auto" else ("max" if "acc" in p.monitor else "min")
-        better = (self._best is None or (value < self._best - p.min_delta if mode == "min"
-                                         else value > self._best + p.min_delta))
-        if self._cooldown > 0:
-            self._cooldown -= 1
-            self._wait = 0
-        if better:
-            self._best = value
-            self._wait = 0
-        elif self._cooldown == 0:
-            self._wait += 1
-            if self._wait >= p.patience:
-                self.factor *= p.factor
-                self._wait = 0
-                self._cooldown = p.cooldown
-                if self.verbose:
-                    print(f"\nEpoch {epoch + 1}: {p.monitor} has not improved for {p.patience} epochs; "
-                          f"learning-rate factor now {self.factor:g}")
+        if self._plateau.update(value):
+            self.factor *= self.policy.plateau.factor
+            if self.verbose:
+                print(self._plateau.message(epoch, self.factor))
 
     # -- persistence -------------------------------------------------------------------
     def get_state(self) -> dict:
         """Plateau state, for checkpoints; :meth:`set_state` restores it."""
-        return {"factor": self.factor, "wait": self._wait, "cooldown": self._cooldown, "best": self._best}
+        return self._plateau.get_state(self.factor)
 
     def set_state(self, state: dict) -> None:
-        self.factor = state.get("factor", 1.0)
-        self._wait = state.get("wait", 0)
-        self._cooldown = state.get("cooldown", 0)
-        self._best = state.get("best")
+        self.factor = self._plateau.set_state(state)
 
     def get_config(self) -> dict:
         if self._callable is not None:

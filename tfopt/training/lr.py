@@ -8,12 +8,11 @@ schedule reads.
 
 from __future__ import annotations
 
-import math
 
 import tensorflow as tf
 import tf_keras as keras
 
-from tfopt.schedules import LRPolicy, Plateau
+from tfopt.schedules import LRPolicy, Plateau, PlateauTracker
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
@@ -82,9 +81,7 @@ class PlateauFactor(keras.callbacks.Callback):
         self.schedule = schedule
         self.plateau: Plateau | None = schedule.policy.plateau
         self.verbose = verbose
-        self._wait = 0
-        self._cooldown = 0
-        self._best = None
+        self._tracker = PlateauTracker(self.plateau)
 
     @property
     def factor(self) -> float:
@@ -97,34 +94,14 @@ class PlateauFactor(keras.callbacks.Callback):
             self._step((logs or {}).get(self.plateau.monitor), epoch)
 
     def _step(self, value, epoch):
-        p = self.plateau
-        if value is None or not math.isfinite(value):
-            return
-        mode = p.mode if p.mode != "auto" else ("max" if "acc" in p.monitor else "min")
-        better = (self._best is None or (value < self._best - p.min_delta if mode == "min"
-                                         else value > self._best + p.min_delta))
-        if self._cooldown > 0:
-            self._cooldown -= 1
-            self._wait = 0
-        if better:
-            self._best = value
-            self._wait = 0
-        elif self._cooldown == 0:
-            self._wait += 1
-            if self._wait >= p.patience:
-                self.schedule.factor.assign(self.factor * p.factor)
-                self._wait = 0
-                self._cooldown = p.cooldown
-                if self.verbose:
-                    print(f"\nEpoch {epoch + 1}: {p.monitor} has not improved for {p.patience} epochs; "
-                          f"learning-rate factor now {self.factor:g}")
+        if self._tracker.update(value):
+            self.schedule.factor.assign(self.factor * self.plateau.factor)
+            if self.verbose:
+                print(self._tracker.message(epoch, self.factor))
 
     def get_state(self) -> dict:
         """The same keys as :meth:`tfopt.callbacks.LearningRateDecay.get_state`."""
-        return {"factor": self.factor, "wait": self._wait, "cooldown": self._cooldown, "best": self._best}
+        return self._tracker.get_state(self.factor)
 
     def set_state(self, state: dict) -> None:
-        self.schedule.factor.assign(float(state.get("factor", 1.0)))
-        self._wait = state.get("wait", 0)
-        self._cooldown = state.get("cooldown", 0)
-        self._best = state.get("best")
+        self.schedule.factor.assign(self._tracker.set_state(state))
