@@ -14,7 +14,7 @@ from tests.conftest import REPO
 from tfopt.errors import TfoptError
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
-EPOCHS = 5
+EPOCHS = 4
 
 
 def tfopt(*args, env=None, **kw):
