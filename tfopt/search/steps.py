@@ -1,7 +1,7 @@
 """The one place where ``tfopt optimize`` calls tfopt's compression steps.
 
-Everything the search does to a model goes through these functions, which call the public
-model-in/model-out API (:mod:`tfopt.api`) and the TFLite helpers. When a step's signature
+Everything the search does to a model goes through these functions, which call the registered
+steps (:data:`tfopt.steps.STEPS`, the same functions the commands run) and the TFLite helpers. When a step's signature
 changes, only this file follows. Models here are tf_keras; data are ``(x, y)`` arrays.
 """
 
@@ -16,6 +16,18 @@ def _api():
     return api
 
 
+def _step(name: str, model, data, fit: dict, log=None, **settings):
+    """The registered step ``name`` (:data:`tfopt.steps.STEPS`) on a tf_keras ``model``; its model."""
+    from tfopt.steps import STEPS
+
+    model, _ = STEPS[name].function(model, data, log=log or _quiet, **settings, **_fit_kwargs(fit))
+    return model
+
+
+def _quiet(*_):
+    pass
+
+
 def _fit_kwargs(fit: dict) -> dict:
     """Fine-tune settings shared by the steps: epochs, lr, batch_size, teacher, temperature, alpha, seed."""
     keys = ("epochs", "lr", "batch_size", "teacher", "temperature", "alpha", "seed", "validation_data", "loss")
@@ -24,12 +36,12 @@ def _fit_kwargs(fit: dict) -> dict:
 
 def channels(model, data, per_layer: dict, fit: dict, log=None):
     """Structured pruning: ``per_layer`` ``{layer: fraction of channels removed}``, then a fine-tune."""
-    return _api().prune_channels(model, data, ratio=0.0, per_layer=per_layer, log=log, **_fit_kwargs(fit))
+    return _step("structured", model, data, fit, log, ratio=0.0, per_layer=per_layer)
 
 
 def remove(model, data, layers, fit: dict, log=None):
     """The model without ``layers``, rewired and fine-tuned."""
-    return _api().remove_layers(model, list(layers), data, log=log, **_fit_kwargs(fit))
+    return _step("remove", model, data, fit, log, layers=list(layers))
 
 
 def prune(model, data, fit: dict, sparsity: float = 0.8, layers: dict | None = None, skip=(), m_by_n=None,
@@ -38,17 +50,17 @@ def prune(model, data, fit: dict, sparsity: float = 0.8, layers: dict | None = N
     kw = dict(sparsity=sparsity, layers=layers or None, skip=list(skip))
     if m_by_n:
         kw["m_by_n"] = tuple(m_by_n)
-    return _api().prune(model, data, log=log, **kw, **_fit_kwargs(fit))
+    return _step("prune", model, data, fit, log, **kw)
 
 
 def cluster(model, data, fit: dict, clusters: int = 16, log=None):
     """Weight clustering to ``clusters`` values per kernel, fine-tuned and stripped."""
-    return _api().cluster(model, data, clusters=clusters, log=log, **_fit_kwargs(fit))
+    return _step("cluster", model, data, fit, log, clusters=clusters)
 
 
 def qat(model, data, fit: dict, log=None):
     """A quantization-aware copy, trained (PQAT/CQAT keep sparsity and clusters)."""
-    return _api().quantize_aware(model, data, log=log, **_fit_kwargs(fit))
+    return _step("quantize", model, data, fit, log)
 
 
 def to_tflite(model, mode: str, x_calib, *, verify_x=None, min_agreement=None) -> bytes:
