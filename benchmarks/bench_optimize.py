@@ -32,7 +32,7 @@ def search(args, log):
     from tfopt import tflite
     from tfopt.data.pipeline import load_splits
     from tfopt.steps.source import load_source
-    from tfopt.search.cli import optimize_source
+    from tfopt.search.engine import optimize_source
 
     src = load_source(args.run)
     splits = load_splits(src.recipe.data, src.recipe.seed)
