@@ -287,7 +287,7 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
         trained = model
         with D.scope(setting):
             model = compile_probe.with_precision(trained, "float32")
-            compile_model(model, t, policy.initial)
+            compile_model(model, t, policy.initial, jit=choice.jit, steps_per_execution=choice.steps_per_execution)
     log("evaluating on the test set")
     test = model.evaluate(test_ds, verbose=0, return_dict=True)
     metrics = {
