@@ -31,8 +31,12 @@ def runs(tmp_path_factory):
     from tfopt.training.run import fit
 
     out = tmp_path_factory.mktemp("dist")
-    res = tfopt("fit", QUICKSTART, "--set", f"train.epochs={EPOCHS}", "--workers", "2", "--output", out / "two")
+    scratch = out / "scratch"  # the workers' temporary folder
+    scratch.mkdir()
+    res = tfopt("fit", QUICKSTART, "--set", f"train.epochs={EPOCHS}", "--workers", "2", "--output", out / "two",
+                env={"TMPDIR": str(scratch)})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert not list(scratch.glob("tfopt-worker-*"))  # worker 1's copy of the run is gone
     single = fit(load_recipe(QUICKSTART, [f"train.epochs={EPOCHS}"]), output=out / "one", log=lambda *_: None)
     return out / "two" / "quickstart", single.run_dir, res.stdout
 
@@ -58,12 +62,16 @@ def test_prune_with_two_workers_gives_the_counted_sparsity(runs, tmp_path):
     from tfopt.steps.prune import layer_sparsity, overall_sparsity
 
     two, _, _ = runs
-    res = tfopt("prune", two, "--sparsity", "0.6", "--epochs", "1", "--workers", "2", "--output", tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    res = tfopt("prune", two, "--sparsity", "0.6", "--epochs", "1", "--workers", "2", "--output", tmp_path / "out",
+                env={"TMPDIR": str(scratch)})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "[worker 1] worker 1 done; the chief writes" in res.stdout
-    model = load_keras(tmp_path / "quickstart-pruned" / "model.keras")
+    model = load_keras(tmp_path / "out" / "quickstart-pruned" / "model.keras")
     assert overall_sparsity(layer_sparsity(model)) == pytest.approx(0.6, abs=0.01)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart-pruned"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["quickstart-pruned"]
+    assert not list(scratch.glob("tfopt-worker-*"))
 
 
 def test_refusals(tmp_path):
@@ -104,9 +112,12 @@ def test_a_failing_worker_fails_the_launch(tmp_path):
 @pytest.mark.slow
 def test_a_killed_worker_then_resume_finishes_the_run(tmp_path):
     """SIGKILL one of two workers in epoch 2 of 4; the launcher stops the other; --resume finishes."""
+    out = tmp_path / "out"
     args = [sys.executable, "-m", "tfopt.cli", "fit", str(QUICKSTART), "--set", "train.epochs=4", "--workers", "2",
-            "--output", str(tmp_path)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            "--output", str(out)]
+    scratch = tmp_path / "scratch"  # the workers' temporary folders
+    scratch.mkdir()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(scratch)}
     env.pop("TF_CONFIG", None)
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     pids, killed, seen = {}, False, []
@@ -122,14 +133,15 @@ def test_a_killed_worker_then_resume_finishes_the_run(tmp_path):
             killed = True
         assert time.monotonic() < deadline, "".join(seen[-30:])
     assert proc.wait(timeout=120) != 0 and killed, "".join(seen[-30:])
-    partial = tmp_path / "quickstart.partial"
-    assert partial.is_dir() and not (tmp_path / "quickstart").exists()
+    partial = out / "quickstart.partial"
+    assert partial.is_dir() and not (out / "quickstart").exists()
     state = json.loads((partial / "checkpoints" / "state.json").read_text())
     assert state["epochs_done"] == 1
     res = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "resuming" in res.stdout
-    history = (tmp_path / "quickstart" / "history.csv").read_text().strip().splitlines()
+    history = (out / "quickstart" / "history.csv").read_text().strip().splitlines()
     assert len(history) == 1 + 4
-    assert not list(tmp_path.glob("*.partial"))
-    assert json.loads((tmp_path / "quickstart" / "metrics.json").read_text())["epochs"] == 4
+    assert not list(out.glob("*.partial"))
+    assert json.loads((out / "quickstart" / "metrics.json").read_text())["epochs"] == 4
+    assert not list(scratch.glob("tfopt-worker-*"))  # the killed worker's copy was cleared by its successor

@@ -80,8 +80,11 @@ def write(tmp_path, text, name="r.yaml"):
 @pytest.mark.parametrize("run_name", [".", "..", "../escaped", "/tmp/absolute-run", "a/b", "", "x\x00y"])
 def test_run_name_must_be_one_plain_component(tmp_path, out, run_name):
     recipe = write(tmp_path, yaml.safe_dump(tiny_recipe_dict()))
-    text = refused(run("fit", recipe, "--set", f"output.run_name={run_name!r}" if run_name else "output.run_name=''",
-                       "--output", out, "--overwrite"))
+    # a NUL byte cannot travel in argv: YAML's double-quoted "\0" makes one
+    setting = 'output.run_name="x\\0y"' if "\x00" in run_name else \
+        f"output.run_name={run_name!r}" if run_name else "output.run_name=''"
+    text = refused(run("fit", recipe, "--set", setting, "--output", out, "--overwrite"),
+                   *(["NUL"] if "\x00" in run_name else []))
     assert "output.run_name" in text
     assert sorted(p.name for p in out.iterdir()) == ["sentinel"]
     assert not (tmp_path / "escaped").exists() and not Path("/tmp/absolute-run").exists()
@@ -145,7 +148,10 @@ def test_validate_refuses_a_folder_and_a_missing_file(tmp_path):
 
 def test_huge_repeat_and_choice_are_refused_at_once(tmp_path):
     cases = [
-        (quickstart(**{"model.layers.0.repeat": 10**9}), "model.layers.0.repeat"),
+        (quickstart(**{"model.layers.0.repeat": 10**9}), "model.layers.0.repeat: 1,000,000,000 copies are over the "
+                                                         "limit of 1,000 (limit: layers after repeat)"),
+        (quickstart(**{"model.layers": [{"type": "dropout", "rate": 0.1}] * 1001}),
+         "model.layers: 1,001 layers are over the limit of 1,000 (limit: layers after repeat)"),
         (quickstart(**{"model.layers.0.repeat": {"tune": "int", "min": 1, "max": 10**9}}), "model.layers.0.repeat"),
         (quickstart(**{"model.layers.0.filters": {"tune": "choice", "values": list(range(1, 100_001))}}),
          "limit: recipe file size"),

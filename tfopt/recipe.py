@@ -45,7 +45,14 @@ class Model(Config):
     kernel_initializer: Initializer = "glorot_uniform"
     kernel_regularizer: Optional[Regularizer] = Field(None, description="default for every conv/dense kernel")
     bias_regularizer: Optional[Regularizer] = Field(None, description="default for every bias")
-    layers: list[LAYERS.union()] = Field(min_length=1, max_length=MAX_LAYERS)
+    layers: list[LAYERS.union()] = Field(min_length=1)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_count_within_limit(cls, v):
+        if isinstance(v, list) and len(v) > MAX_LAYERS:
+            raise ValueError(f"{len(v):,} layers are over the limit of {MAX_LAYERS:,} (limit: layers after repeat)")
+        return v
 
 
 class Monitor(Config):

@@ -56,9 +56,16 @@ class Regularizer(Config):
 
 class Layer(Config):
     name: Optional[str] = Field(None, description="layer name; default: prefix + running number")
-    repeat: PositiveInt = Field(1, le=MAX_LAYERS, description="this layer n times in a row; copies of a conv or "
-                                                              "residual block after the first use stride 1")
+    repeat: PositiveInt = Field(1, description="this layer n times in a row; copies of a conv or "
+                                               "residual block after the first use stride 1")
     prefix: ClassVar[str] = "layer"
+
+    @field_validator("repeat")
+    @classmethod
+    def _repeat_within_limit(cls, v):
+        if v > MAX_LAYERS:
+            raise ValueError(f"{v:,} copies are over the limit of {MAX_LAYERS:,} (limit: layers after repeat)")
+        return v
 
     def copies(self):
         """The configs this entry stands for: itself, then ``repeat - 1`` shape-keeping copies."""

@@ -401,9 +401,7 @@ def write_run(source, suffix, *, recipe, metrics, model=None, files=None, histor
     intended = Path(output or recipe.output.dir) / f"{source.name}-{suffix}"
     worker_root = None
     if not D.is_chief():  # the same files, where nobody reads them: the chief writes the run
-        import tempfile
-
-        worker_root = Path(tempfile.mkdtemp(prefix="tfopt-worker-"))
+        worker_root = D.worker_scratch(intended)
     run = RunDir(worker_root / intended.name if worker_root else intended,
                  overwrite=overwrite or worker_root is not None).open()
     if model is not None:

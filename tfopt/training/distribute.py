@@ -20,9 +20,14 @@ must exist before TensorFlow runs its first operation).
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from tfopt.errors import TfoptError
 
@@ -126,3 +131,19 @@ def shard(ds):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
+
+
+def worker_scratch(target) -> Path:
+    """An empty folder for a non-chief worker's copy of the run at ``target``, removed when the
+    process ends (normally, on an error, or on Ctrl-C/SIGTERM).
+
+    Its name follows from ``target`` and the worker's index, so a worker killed outright
+    (SIGKILL) leaves a folder that the same worker of the restarted job finds and clears first.
+    """
+    key = hashlib.sha1(str(Path(target).resolve()).encode()).hexdigest()[:12]
+    t = task()
+    root = Path(tempfile.gettempdir()) / f"tfopt-worker-{key}-{t.kind}{t.index}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root

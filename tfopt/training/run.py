@@ -330,11 +330,11 @@ def _worker_folder(target: Path, resume: bool) -> Path:
     """A temporary folder for a non-chief worker's copy of the run; on ``resume`` it starts from
     the chief's checkpoints (on one host, or a shared filesystem, as ``BackupAndRestore`` needs)."""
     import shutil
-    import tempfile
 
     from tfopt.rundir import PARTIAL
+    from tfopt.training import distribute as D
 
-    root = Path(tempfile.mkdtemp(prefix="tfopt-worker-"))
+    root = D.worker_scratch(target)
     chief = target.with_name(target.name + PARTIAL)
     if resume and chief.is_dir():
         mine = root / chief.name
