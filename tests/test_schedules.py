@@ -202,3 +202,26 @@ def test_policy_schedule_survives_a_save_and_load(tmp_path):
     back = load_keras(tmp_path / "m.keras").optimizer
     assert isinstance(back._learning_rate, PolicySchedule) and int(back.iterations) == 5
     assert float(back._learning_rate(33)) == pytest.approx(0.25 * _policy("cosine").rate(33, T), rel=1e-6)
+
+
+def test_fine_tune_rate_lives_in_the_optimizer_and_matches_its_formula():
+    """The fine-tunes' hold-then-cosine rate runs inside the optimizer, step for step as its formula,
+    with many steps per compiled call and no per-step callback."""
+    import tf_keras as keras
+
+    from tfopt.steps.runner import fine_tune, lr_schedule
+    from tfopt.training.lr import HoldThenCosine
+
+    for total, hold, floor in ((37, 0.5, 0.1), (10, 0.0, 0.0), (5, 1.0, 0.1)):
+        inside, formula = HoldThenCosine(0.01, total, hold, floor), lr_schedule(0.01, total, hold, floor)
+        for step in range(total + 2):
+            assert float(inside(step)) == pytest.approx(formula(step), rel=1e-6), (total, hold, step)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(96, 4)).astype("float32"), rng.integers(0, 3, 96)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+    rows, _ = fine_tune(model, (x, y), epochs=3, lr=0.01, batch_size=16, verbose=0, log=lambda *_: None)
+    assert isinstance(model.optimizer._learning_rate, HoldThenCosine)
+    assert int(model._steps_per_execution.numpy()) == 6  # one epoch's 6 steps in one call
+    schedule = lr_schedule(0.01, 18)
+    assert [r["lr"] for r in rows] == pytest.approx([schedule(5), schedule(11), schedule(17)], rel=1e-6)

@@ -261,7 +261,7 @@ def fine_tune(model, data, *, epochs: int = 2, lr: float | None = None, batch_si
     """
     import tf_keras as keras
 
-    from tfopt.callbacks.lr import LearningRateDecay
+    from tfopt.training.compile import SPE, uses_batch_hooks
 
     if epochs < 1:
         raise TfoptError(f"fine-tune epochs must be at least 1; got {epochs}")
@@ -273,21 +273,33 @@ def fine_tune(model, data, *, epochs: int = 2, lr: float | None = None, batch_si
         if validation_data is not None else None
     loss_obj, one_hot = _build_loss(model, loss, data)
     metric_objs = _build_metrics(metrics, one_hot, loss_obj)
-    total = count_steps(data, batch_size, model) * epochs
-    rate = lr_schedule_fn or lr_schedule(lr, total, hold, floor)
+    per_epoch = count_steps(data, batch_size, model)
+    total = per_epoch * epochs
+    if lr_schedule_fn is None:
+        # the rate lives in the optimizer: no per-step callback, many steps per compiled call
+        from tfopt.training.lr import HoldThenCosine, RateInLogs
+
+        rate, rate_callbacks = HoldThenCosine(lr, total, hold, floor), [RateInLogs()]
+    else:
+        from tfopt.callbacks.lr import LearningRateDecay
+
+        rate, rate_callbacks = lr, [LearningRateDecay(lr_schedule_fn, per="step")]
+    # a callback that works per batch (TFMOT's pruning step) needs every batch's call
+    spe = 1 if uses_batch_hooks([*rate_callbacks, *callbacks]) else max(1, min(SPE, per_epoch))
     target = model
     if teacher is not None:
         target = _distiller(model, teacher, temperature, alpha)
         log(f"distilling from the teacher (temperature {temperature:g}, alpha {alpha:g})")
-    target.compile(optimizer=_build_optimizer(optimizer, lr), loss=loss_obj, metrics=metric_objs)
+    target.compile(optimizer=_build_optimizer(optimizer, rate), loss=loss_obj, metrics=metric_objs,
+                   steps_per_execution=spe)
     log(f"fine-tuning {epochs} epoch(s) ({total} steps), learning rate {lr:g}"
         + (f" held for {hold:.0%} of the steps, then cosine-decayed to {floor * lr:g}" if lr_schedule_fn is None
-           else " on the given schedule") + f", batch size {batch_size}")
+           else " on the given schedule") + f", batch size {batch_size}, {spe} step(s) per call")
     started = time.perf_counter()
-    decay = LearningRateDecay(rate, per="step")
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    hist = target.fit(train, validation_data=val, epochs=epochs, callbacks=[decay, *callbacks], verbose=verbose)
+    hist = target.fit(train, validation_data=val, epochs=epochs, callbacks=[*rate_callbacks, *callbacks],
+                      verbose=verbose)
     rows = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.epoch))]
     return rows, time.perf_counter() - started
 

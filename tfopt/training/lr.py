@@ -9,6 +9,7 @@ schedule reads.
 from __future__ import annotations
 
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -105,3 +106,39 @@ class PlateauFactor(keras.callbacks.Callback):
 
     def set_state(self, state: dict) -> None:
         self.schedule.factor.assign(self._tracker.set_state(state))
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """The fine-tunes' rate: ``lr`` for the first ``hold`` of ``total_steps``, then a cosine decay
+    to ``floor · lr`` at the last step (the same formula as
+    :func:`tfopt.steps.runner.lr_schedule`, evaluated inside the optimizer).
+
+    Example:
+        >>> s = HoldThenCosine(0.01, total_steps=100, hold=0.5, floor=0.1)
+        >>> round(float(s(10)), 4), round(float(s(75)), 5), round(float(s(100)), 4)
+        (0.01, 0.0055, 0.001)
+    """
+
+    def __init__(self, lr: float, total_steps: int, hold: float = 0.5, floor: float = 0.1):
+        super().__init__()
+        self.lr, self.total_steps, self.hold, self.floor = float(lr), int(total_steps), float(hold), float(floor)
+
+    def __call__(self, step):
+        start = float(round(self.total_steps * self.hold))
+        t = tf.cast(step, tf.float64)
+        p = tf.clip_by_value((t - start) / max(self.total_steps - start, 1.0), 0.0, 1.0)
+        decayed = self.lr * (self.floor + (1 - self.floor) * 0.5 * (1 + tf.cos(np.pi * p)))
+        held = tf.logical_or(t < start, self.total_steps <= start)
+        return tf.cast(tf.where(held, tf.constant(self.lr, tf.float64), decayed), tf.float32)
+
+    def get_config(self):
+        return {"lr": self.lr, "total_steps": self.total_steps, "hold": self.hold, "floor": self.floor}
+
+
+class RateInLogs(keras.callbacks.Callback):
+    """Per epoch: the optimizer's last rate as ``logs["lr"]`` (the history's ``lr`` column)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = current_rate(self.model.optimizer)
