@@ -2,6 +2,7 @@
 its config), a ``tune.compress`` step, and a column of ``tfopt report``."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,9 +81,11 @@ def test_a_registered_step_runs_from_the_cli_and_shows_in_report(toy_step, tmp_p
     from tfopt.recipe import validate
     from tfopt.training.run import fit
 
-    fit(validate(tiny_recipe_dict(**{"name": "base"})), output=tmp_path, log=lambda *_: None)
+    # the step's settings have a recipe section, optimize.zero_small, which the command reads
+    fit(validate(tiny_recipe_dict(**{"name": "base", "optimize.zero_small.threshold": 0.1})), output=tmp_path,
+        log=lambda *_: None)
     base = tmp_path / "base"
-    res = run("zero-small", base, "--threshold", "0.1", "--output", tmp_path)
+    res = run("zero-small", base, "--output", tmp_path)
     assert res.exit_code == 0, res.output
     out = tmp_path / "base-zeroed"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -99,3 +102,42 @@ def test_a_registered_step_runs_from_the_cli_and_shows_in_report(toy_step, tmp_p
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| base-zeroed/model.keras | zero_small |" in md
     assert "- zero_small: Zero every kernel weight whose magnitude is below a threshold." in md
+
+
+def test_a_registered_steps_recipe_section_is_checked_by_its_config(toy_step):
+    from tfopt.recipe import validate
+
+    assert validate(tiny_recipe_dict(**{"optimize.zero_small.threshold": 0.2})).optimize.zero_small.threshold == 0.2
+    with pytest.raises(RecipeError) as info:
+        validate(tiny_recipe_dict(**{"optimize.zero_small": {"threshold": -1, "epochz": 2},
+                                     "optimize.zero_smal": {}}), "r.yaml")
+    assert info.value.problems == [
+        ("optimize.zero_small.threshold", "Input should be greater than 0 (got -1)"),
+        ("optimize.zero_small.epochz", "unknown key 'epochz' (did you mean 'epochs'?); allowed here: alpha, "
+                                       "batch_size, distill, epochs, lr, temperature, threshold"),
+        ("optimize.zero_smal", "unknown key 'zero_smal' (did you mean 'zero_small'?); allowed here: cluster, "
+                               "prune, quantize, remove, structured, zero_small"),
+    ]
+
+
+def test_the_tfopt_command_loads_steps_named_in_tfopt_steps(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "my_steps.py").write_text(textwrap.dedent('''
+        from tests.test_extending import ZeroSmallConfig, zero_small
+        from tfopt.steps import register
+
+        register("zero_small", ZeroSmallConfig, "zeroed", zero_small)
+    '''))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TFOPT_STEPS": "my_steps"}
+    res = subprocess.run([sys.executable, "-m", "tfopt.cli", "zero-small", "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--threshold FLOAT" in res.stdout, res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-m", "tfopt.cli", "--help"], cwd=tmp_path,
+                         env={**env, "TFOPT_STEPS": "my_steps, no_such_module"}, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "TFOPT_STEPS: the module 'no_such_module' could not be imported (ModuleNotFoundError" in res.stderr

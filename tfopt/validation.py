@@ -63,6 +63,11 @@ def _walk(root: type[BaseModel], loc: tuple):
                     nxt += _unwrap(c.model_fields[part].annotation)
             classes = nxt
             continue
+        extra = [c.extra_class(part) for c in classes if part in getattr(c, "extra_keys", lambda: ())()]
+        if extra:  # a section a registry adds to its class (a registered step's settings)
+            path.append(str(part))
+            classes = extra
+            continue
         tagged = [c for c in classes if _tag_of(c) and part in _tag_of(c)]
         if tagged:
             classes = tagged
@@ -191,7 +196,7 @@ def _container_at(data, root, loc):
 
 def _allowed(root, loc) -> set:
     _, classes, _ = _walk(root, tuple(loc))
-    return {f for c in classes for f in c.model_fields}
+    return {f for c in classes for f in (*c.model_fields, *getattr(c, "extra_keys", lambda: ())())}
 
 
 def _registry_kind(tags):

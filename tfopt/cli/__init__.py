@@ -16,6 +16,7 @@ from tfopt.cli import fit, gradcheck, lr_find, optimize, recipes, report, sensit
 from tfopt.cli.app import VERBOSE, quiet_native_logs, with_verbose
 from tfopt.cli.steps import step_commands
 from tfopt.errors import TfoptError
+from tfopt.steps.registry import load_plugins
 
 
 class Group(click.Group):
@@ -60,6 +61,11 @@ for _command in (recipes.validate, recipes.summary, recipes.list_recipes, fit.fi
 def main():
     if not any(arg in VERBOSE for arg in sys.argv[1:]):
         quiet_native_logs()
+    try:
+        load_plugins()
+    except TfoptError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
     cli(prog_name="tfopt")
 
 

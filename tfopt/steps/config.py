@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from tfopt.errors import TfoptError
 from tfopt.registry import Config
+from tfopt.steps.registry import STEPS
 from tfopt.validation import format_validation_errors
 
 
@@ -131,11 +133,48 @@ class RemoveConfig(Distill):
 
 
 class Optimize(Config):
+    """The settings of each step, under its name. A step registered later (see
+    :func:`tfopt.steps.register`) has its section here too, checked by its own config class."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, protected_namespaces=())
+
     prune: Optional[PruneConfig] = None
     structured: Optional[StructuredConfig] = None
     cluster: Optional[ClusterConfig] = None
     quantize: Optional[QuantizeConfig] = None
     remove: Optional[RemoveConfig] = None
+
+    @classmethod
+    def extra_keys(cls) -> list[str]:
+        """The sections of registered steps beyond the built-in fields."""
+        return [s.name for s in STEPS if s.config is not None and s.recipe_section == f"optimize.{s.name}"
+                and s.name not in cls.model_fields]
+
+    @classmethod
+    def extra_class(cls, key: str):
+        """The config class of a registered step's section."""
+        return STEPS[key].config
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_sections(cls, data):
+        if not isinstance(data, dict):
+            return data
+        out, errors, known = dict(data), [], set(cls.extra_keys())
+        for key, value in data.items():
+            if key in cls.model_fields:
+                continue
+            if key not in known:
+                errors.append({"type": "extra_forbidden", "loc": (key,), "input": value})
+                continue
+            try:
+                out[key] = None if value is None else STEPS[key].config.model_validate(value)
+            except ValidationError as exc:
+                errors += [{"type": e["type"], "loc": (key, *e["loc"]), "input": e.get("input"),
+                            **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return out
 
 
 class Export(Config):

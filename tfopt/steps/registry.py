@@ -129,3 +129,43 @@ def register(name: str, config, suffix, function, *, command=None, apply=None, c
 def get(name: str) -> Step:
     """The registered step ``name`` (an unknown name raises, with a suggestion)."""
     return STEPS[name]
+
+
+#: Entry-point group of installed packages that register steps, and the variable naming modules.
+PLUGIN_GROUP = "tfopt.steps"
+PLUGIN_ENV = "TFOPT_STEPS"
+
+
+def load_plugins(environ=None) -> list[str]:
+    """Import the modules that register more steps, for the command line: each module named in
+    ``TFOPT_STEPS`` (comma-separated; importable from the current folder or the Python path)
+    and each ``tfopt.steps`` entry point of an installed package. Returns the modules imported.
+
+    Example: ``TFOPT_STEPS=my_steps tfopt zero-small RUN --threshold 0.1``.
+    """
+    import importlib
+    import os
+    import sys
+    from importlib.metadata import entry_points
+
+    environ = os.environ if environ is None else environ
+    loaded = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # noqa: BLE001  a broken plugin is reported, not a traceback
+            raise TfoptError(f"the installed step plugin '{ep.name}' ({ep.value}) failed to load: "
+                             f"{type(exc).__name__}: {exc}") from None
+        loaded.append(ep.value)
+    names = [n.strip() for n in environ.get(PLUGIN_ENV, "").split(",") if n.strip()]
+    if names and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001
+            raise TfoptError(f"{PLUGIN_ENV}: the module '{name}' could not be imported ({type(exc).__name__}: "
+                             f"{exc}); name modules importable from the current folder or the Python path, "
+                             f"separated by commas") from None
+        loaded.append(name)
+    return loaded
