@@ -123,7 +123,8 @@ def main():
             model.set_weights(base_model.get_weights())
             rows.append(measure(tfmot_tutorial(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
                                                seed), splits.x_test, splits.y_test, "tfmot-tutorial", log))
-        for name, given in variants:
+        for name, settings in variants:
+            given = dict(settings)  # each seed gets the variant's settings whole
             if given.pop("api", None):  # the library call, for settings the command does not take (distill)
                 import tfopt
 

@@ -14,6 +14,7 @@ from tfopt.cli import cli
 from tfopt.errors import TfoptError
 from tfopt.steps import commands
 from tfopt.steps.config import PruneConfig
+from tfopt.steps.prune import erk_sparsities
 from tfopt.steps.prune import PreflightError, plan_schedule, polynomial_sparsity, preflight_message
 from tfopt.steps.source import load_source
 from tfopt.tflite import VerificationFailed
@@ -58,12 +59,38 @@ def test_prune_reaches_target_counted_from_weights_and_leaves_source_alone(base_
     assert digest(base_run / "model.keras") == before
     model = keras.models.load_model(path / "model.keras")  # no custom objects needed
     assert {type(layer).__name__ for layer in model.layers} <= STOCK
+    # erk spreads the 60%: the small conv1 less, the large fc1 more, 60% of all kernel weights
+    expected = erk_sparsities({n: [model.get_layer(n).kernel.shape] for n in ("conv1", "fc1", "fc2")}, 0.6)
+    assert expected["conv1"] < 0.6 < expected["fc1"]
     for name in ("conv1", "fc1", "fc2"):
-        assert kernel_sparsity(model, name) == pytest.approx(0.6, abs=0.02)
+        assert kernel_sparsity(model, name) == pytest.approx(expected[name], abs=0.02)
         assert metrics["per_layer_sparsity"][name]["sparsity"] == pytest.approx(kernel_sparsity(model, name))
+    assert metrics["sparsity"] == pytest.approx(0.6, abs=0.01)
     assert metrics["nonzero_params"] < metrics["params"]
     assert yaml.safe_load((path / "recipe.yaml").read_text())["optimize"]["prune"]["sparsity"] == 0.6
     assert json.loads((path / "metrics.json").read_text())["source"] == str(base_run)
+
+
+def test_uniform_allocation_prunes_every_layer_to_the_target(base_run, tmp_path):
+    path, _ = commands.run_prune(load_source(base_run), {"sparsity": 0.6, "allocation": "uniform", "epochs": 1},
+                                 output=tmp_path, log=quiet)
+    model = keras.models.load_model(path / "model.keras")
+    for name in ("conv1", "fc1", "fc2"):
+        assert kernel_sparsity(model, name) == pytest.approx(0.6, abs=0.02)
+
+
+def test_erk_allocation_keeps_the_overall_target():
+    shapes = {"conv1": [(3, 3, 1, 12)], "conv2": [(3, 3, 12, 24)], "fc1": [(1176, 1024)], "fc2": [(1024, 10)]}
+    for target in (0.5, 0.8, 0.95):
+        s = erk_sparsities(shapes, target)
+        sizes = {k: int(np.prod(v[0])) for k, v in shapes.items()}
+        assert sum(s[k] * sizes[k] for k in s) / sum(sizes.values()) == pytest.approx(target, rel=1e-9)
+        assert s["conv1"] <= s["conv2"] < s["fc1"] and all(0 <= v < 1 for v in s.values())
+        # density proportional to sum(dims) / prod(dims) among the layers that are not dense
+        pruned = [k for k in s if s[k] > 0]
+        ratios = {k: (1 - s[k]) / (sum(shapes[k][0]) / sizes[k]) for k in pruned}
+        assert max(ratios.values()) == pytest.approx(min(ratios.values()), rel=1e-9)
+    assert erk_sparsities(shapes, 0.5)["conv1"] == 0.0  # would pass density 1: kept dense, the others make up
 
 
 def test_per_layer_overrides_and_skip(base_run, tmp_path):

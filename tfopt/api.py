@@ -105,12 +105,14 @@ def load_model(path):
 
 def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | None = None,
           batch_size: int | None = None, loss=None, optimizer="adam", validation_data=None,
-          schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
+          allocation: str = "erk", schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
           end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
           m_by_n=None, force: bool = False, teacher=None, distill: bool = False, temperature: float = 4.0,
           alpha: float = 0.9, seed: int = 0, verbose=0, log=None):
     """Magnitude pruning, fine-tuned on ``data`` and stripped: a plain model of the input's kind
-    whose prunable kernels hold ``sparsity`` zeros.
+    whose prunable kernels hold ``sparsity`` zeros overall, spread over the layers by
+    ``allocation`` (``"erk"``: small layers such as a first conv pruned less, large ones more;
+    ``"uniform"``: every layer at ``sparsity``).
 
     The sparsity rises (polynomially) over the first half of the fine-tune steps at the full
     rate, then the rate decays while the network recovers. ``layers={"fc1": 0.9}`` sets
@@ -124,7 +126,8 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
                validation_data=validation_data, teacher=teacher, distill=distill, temperature=temperature,
                alpha=alpha, seed=seed, verbose=verbose)
-    pruned, _ = p.prune(work, data, sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
+    pruned, _ = p.prune(work, data, sparsity=sparsity, allocation=allocation, schedule=schedule,
+                        initial_sparsity=initial_sparsity,
                         begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=skip,
                         m_by_n=m_by_n, force=force, log=log or _quiet, **fit)
     return _leave(pruned, kind)
@@ -268,16 +271,18 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
 # -- low-level pieces for your own training loop --------------------------------------------------
 
 
-def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, schedule: str = "polynomial",
-                     initial_sparsity: float = 0.0, begin_step: int = 0, end_step: int | None = None,
-                     frequency: int | None = None, layers: dict | None = None, skip=(), m_by_n=None):
+def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocation: str = "erk",
+                     schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
+                     end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
+                     m_by_n=None):
     """A tf_keras copy of ``model`` wrapped for magnitude pruning over ``total_steps`` training
     steps. Compile and fit it yourself with ``callbacks=tfopt.pruning_callbacks()``, then
     :func:`strip` it."""
     from tfopt.steps.prune import wrap_for_pruning as wrap
 
     _, work = _enter(model)
-    return wrap(work, total_steps=total_steps, sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
+    return wrap(work, total_steps=total_steps, sparsity=sparsity, allocation=allocation, schedule=schedule,
+                initial_sparsity=initial_sparsity,
                 begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=skip,
                 m_by_n=m_by_n)
 

@@ -78,10 +78,12 @@ def plan_schedule(cfg, target: float, total_steps: int) -> Plan:
     return Plan(begin, end, frequency, total_steps, last, reached, target, cfg.schedule)
 
 
-def preflight(cfg, steps_per_epoch: int, epochs: int | None = None) -> Plan:
-    """The plan for the lowest-reaching target among the global and per-layer sparsities."""
+def preflight(cfg, steps_per_epoch: int, epochs: int | None = None, targets=None) -> Plan:
+    """The plan for the lowest-reaching target among the global and per-layer sparsities
+    (``targets``: the per-layer ones actually used, see :func:`layer_targets`)."""
     total = steps_per_epoch * (cfg.epochs if epochs is None else epochs)
-    targets = [cfg.sparsity, *[s for s in cfg.layers.values() if s > 0]]
+    targets = [s for s in (targets.values() if targets is not None else [cfg.sparsity, *cfg.layers.values()])
+               if s > 0] or [cfg.sparsity]
     plans = [plan_schedule(cfg, t, total) for t in targets]
     return min(plans, key=lambda p: p.reached / p.target)
 
@@ -130,38 +132,83 @@ def check_layer_names(model, names, option) -> None:
                              f"prunable layers: {', '.join(known)}")
 
 
+def erk_sparsities(sizes: dict, target: float) -> dict:
+    """Per-layer sparsities whose weighted mean is ``target``, Erdős–Rényi-Kernel style.
+
+    Each layer's density (the fraction of weights kept) is proportional to
+    ``sum(kernel dims) / prod(kernel dims)`` (Evci et al., "Rigging the Lottery", 2020), so a
+    3×3×1×12 first conv keeps several times the share of a 2028×10 dense layer; a layer whose
+    density would pass 1 stays dense and the others make up for it.
+
+    Args:
+        sizes: ``{layer name: [kernel shapes]}``.
+        target: the overall sparsity over these layers.
+
+    Example:
+        >>> s = erk_sparsities({"conv": [(3, 3, 1, 12)], "dense": [(2028, 10)]}, 0.8)
+        >>> round(s["conv"], 3), round(s["dense"], 4)
+        (0.651, 0.8008)
+    """
+    n = {k: sum(int(np.prod(s)) for s in shapes) for k, shapes in sizes.items()}
+    raw = {k: sum(sum(s) for s in shapes) / max(n[k], 1) for k, shapes in sizes.items()}
+    keep = (1 - target) * sum(n.values())
+    dense: set = set()
+    while True:
+        rest = [k for k in n if k not in dense]
+        if not rest:
+            return {k: 0.0 for k in n}
+        eps = (keep - sum(n[k] for k in dense)) / sum(raw[k] * n[k] for k in rest)
+        over = [k for k in rest if eps * raw[k] > 1]
+        if not over:
+            return {k: 0.0 if k in dense else float(1 - eps * raw[k]) for k in n}
+        dense.add(max(over, key=lambda k: raw[k]))
+
+
+def layer_targets(model, cfg) -> dict:
+    """The sparsity each prunable layer is pruned to: its own target from ``cfg.layers``, 0 for
+    ``cfg.skip``, and ``cfg.sparsity`` spread over the others by ``cfg.allocation``."""
+    own = {layer.name: 0.0 if layer.name in cfg.skip else cfg.layers[layer.name]
+           for layer in model.layers if prunable(layer) and (layer.name in cfg.skip or layer.name in cfg.layers)}
+    rest = {layer.name: [tuple(w.shape) for w in kernels(layer)] for layer in model.layers
+            if prunable(layer) and layer.name not in own}
+    if cfg.allocation == "erk" and cfg.m_by_n is None:
+        spread = erk_sparsities(rest, cfg.sparsity)
+    else:
+        spread = {k: cfg.sparsity for k in rest}
+    return {**own, **spread}
+
+
 def _schedule(sp, cfg, plan, target):
     if cfg.schedule == "constant":
         return sp.ConstantSparsity(target, begin_step=plan.begin, end_step=plan.end, frequency=plan.frequency)
     return sp.PolynomialDecay(cfg.initial_sparsity, target, plan.begin, plan.end, frequency=plan.frequency)
 
 
-def _wrap(model, cfg, plan):
-    """A copy of ``model`` with TFMOT pruning wrappers on the prunable layers ``cfg`` selects."""
+def _wrap(model, cfg, plan, targets):
+    """A copy of ``model`` with TFMOT pruning wrappers on the prunable layers with a target above 0."""
     from tfopt.interop import import_tfmot
     tfmot = import_tfmot()
     import tf_keras as keras
 
     from tfopt.export import plain_copy
 
-    check_layer_names(model, cfg.layers, "layers")
-    check_layer_names(model, cfg.skip, "skip")
     sp = tfmot.sparsity.keras
 
     def wrap(layer):
         # Layers of a private copy are reused as they are: their weights come along.
-        if not prunable(layer) or layer.name in cfg.skip or cfg.layers.get(layer.name, 1.0) == 0:
+        if not prunable(layer) or layer.name in cfg.skip or targets.get(layer.name, 0) <= 0:
             return layer
         kwargs = {"sparsity_m_by_n": tuple(cfg.m_by_n)} if cfg.m_by_n else {
-            "pruning_schedule": _schedule(sp, cfg, plan, cfg.layers.get(layer.name, cfg.sparsity))}
+            "pruning_schedule": _schedule(sp, cfg, plan, targets[layer.name])}
         return sp.prune_low_magnitude(layer, **kwargs)
 
     return keras.models.clone_model(plain_copy(model), clone_function=wrap)
 
 
-def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, schedule: str = "polynomial",
-                     initial_sparsity: float = 0.0, begin_step: int = 0, end_step: int | None = None,
-                     frequency: int | None = None, layers: dict | None = None, skip=(), m_by_n=None):
+def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocation: str = "erk",
+                     schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
+                     end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
+                     m_by_n=None):
     """For your own training loop: a copy of ``model`` wrapped for magnitude pruning.
 
     Train it with :func:`pruning_callbacks` (TFMOT's ``UpdatePruningStep``) for ``total_steps``
@@ -170,13 +217,16 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, schedule
     """
     from tfopt.steps.config import PruneConfig, validated
 
-    cfg = validated(PruneConfig, dict(sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
-                                      begin_step=begin_step, end_step=end_step, frequency=frequency,
-                                      layers=layers, skip=list(skip), m_by_n=m_by_n), "prune")
-    plan = preflight(cfg, total_steps, epochs=1)
+    cfg = validated(PruneConfig, dict(sparsity=sparsity, allocation=allocation, schedule=schedule,
+                                      initial_sparsity=initial_sparsity, begin_step=begin_step, end_step=end_step,
+                                      frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n), "prune")
+    check_layer_names(model, cfg.layers, "layers")
+    check_layer_names(model, cfg.skip, "skip")
+    targets = layer_targets(model, cfg)
+    plan = preflight(cfg, total_steps, epochs=1, targets=targets)
     if not plan.ok and cfg.m_by_n is None:
         raise PreflightError(preflight_message(plan, 1, total_steps))
-    return _wrap(model, cfg, plan)
+    return _wrap(model, cfg, plan, targets)
 
 
 def pruning_callbacks() -> list:
@@ -199,7 +249,8 @@ def strip(model):
     return plain_copy(model)
 
 
-def prune(model, data, *, sparsity: float = 0.8, schedule: str = "polynomial", initial_sparsity: float = 0.0,
+def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedule: str = "polynomial",
+          initial_sparsity: float = 0.0,
           begin_step: int = 0, end_step: int | None = None, frequency: int | None = None, layers: dict | None = None,
           skip=(), m_by_n=None, force: bool = False, epochs: int = 2, lr: float | None = None,
           batch_size: int | None = None, log=print, **fit):
@@ -211,7 +262,9 @@ def prune(model, data, *, sparsity: float = 0.8, schedule: str = "polynomial", i
     Args:
         model: a tf_keras model; it is not changed.
         data: ``(x, y)`` arrays or a ``tf.data.Dataset``.
-        sparsity: target fraction of zero weights in every prunable kernel.
+        sparsity: target fraction of zero weights over the prunable kernels without their own target.
+        allocation: ``erk`` (default) spreads ``sparsity`` so that small layers are pruned less and
+            large ones more (see :func:`erk_sparsities`); ``uniform`` prunes every layer to it.
         schedule: ``polynomial`` (from ``initial_sparsity``) or ``constant``.
         end_step: last pruning update; default: half of the fine-tune steps.
         frequency: steps between updates; default: about ten updates.
@@ -239,20 +292,26 @@ def prune(model, data, *, sparsity: float = 0.8, schedule: str = "polynomial", i
     )
 
     bn_batches = fit.pop("bn_batches", RECALIBRATION_BATCHES)
-    cfg = validated(PruneConfig, dict(sparsity=sparsity, schedule=schedule, initial_sparsity=initial_sparsity,
-                                      begin_step=begin_step, end_step=end_step, frequency=frequency,
-                                      layers=layers, skip=list(skip), m_by_n=m_by_n, force=force, epochs=epochs,
-                                      lr=lr, batch_size=batch_size), "prune")
+    cfg = validated(PruneConfig, dict(sparsity=sparsity, allocation=allocation, schedule=schedule,
+                                      initial_sparsity=initial_sparsity, begin_step=begin_step, end_step=end_step,
+                                      frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n, force=force,
+                                      epochs=epochs, lr=lr, batch_size=batch_size), "prune")
+    check_layer_names(model, cfg.layers, "layers")
+    check_layer_names(model, cfg.skip, "skip")
+    targets = layer_targets(model, cfg)
     batch_size = cfg.batch_size or DEFAULT_BATCH_SIZE
     spe = count_steps(data, batch_size, model)
-    plan = preflight(cfg, spe)
+    plan = preflight(cfg, spe, targets=targets)
     if not plan.ok and cfg.m_by_n is None:
         message = preflight_message(plan, cfg.epochs, spe)
         if not cfg.force:
             raise PreflightError(message)
         log("warning: " + message.replace(" or pass --force to go on anyway.", " Going on (--force)."))
     log(f"pruning plan: {plan.describe()}")
-    work = _wrap(model, cfg, plan)
+    if cfg.m_by_n is None:
+        log("per-layer targets (" + ("own or spread by erk" if cfg.allocation == "erk" else cfg.allocation) + "): "
+            + ", ".join(f"{k} {v:.1%}" for k, v in targets.items()))
+    work = _wrap(model, cfg, plan, targets)
     if "hold" not in fit and cfg.m_by_n is None:
         fit["hold"] = min(1.0, (plan.last_update or 0) / max(plan.total_steps, 1))
     history, seconds = fine_tune(work, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=batch_size,
