@@ -243,16 +243,22 @@ def test_the_users_process_is_left_as_it_was():
         import tfopt
         import keras
         from tfopt.interop import from_tf_keras, import_tfmot, to_tf_keras
-        before = {"env": os.environ.get("TF_USE_LEGACY_KERAS"), "version": None}
+        tf_keras_model_before = tf.keras.Model
         m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)])
+        x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+        y = np.random.default_rng(1).integers(0, 2, 32)
         back = from_tf_keras(to_tf_keras(m), "keras3")
+        # the public API, each call on the user's Keras 3 model
+        api = [tfopt.prune(m, (x, y), sparsity=0.5, epochs=2, batch_size=8), tfopt.prune_channels(m, (x, y), ratio=0.3, epochs=1),
+               tfopt.cluster(m, (x, y), clusters=4, epochs=1), tfopt.fold_batchnorm(m)]
+        blob = tfopt.to_tflite(m, mode="float32", data=x)
         tfmot = import_tfmot()
         import tensorflow_model_optimization  # the user's own import is the same module, no new side effect
         pruned = tfmot.sparsity.keras.prune_low_magnitude(to_tf_keras(m))
         after = {"env": os.environ.get("TF_USE_LEGACY_KERAS"), "tf_keras_version": tf.keras.version(),
-                 "tf_keras_is_keras3": tf.keras.Model is keras.Model}
-        x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
-        y = np.random.default_rng(1).integers(0, 2, 32)
+                 "tf_keras_is_keras3": tf.keras.Model is keras.Model,
+                 "tf_keras_unchanged": tf.keras.Model is tf_keras_model_before,
+                 "api_kinds": sorted({tfopt.model_kind(a) for a in api}), "tflite": len(blob) > 0}
         back.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         hist = back.fit(x, y, epochs=2, verbose=0)
         after["fit_losses"] = len(hist.history["loss"])
@@ -263,7 +269,8 @@ def test_the_users_process_is_left_as_it_was():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"env": None, "tf_keras_version": keras.__version__, "tf_keras_is_keras3": True,
-                      "fit_losses": 2, "pruned_kind": "tf_keras"}
+                      "tf_keras_unchanged": True, "api_kinds": ["keras3"], "tflite": True, "fit_losses": 2,
+                      "pruned_kind": "tf_keras"}
 
 
 DIGITS_RECIPE = """
