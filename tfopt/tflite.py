@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfopt.choices import TFLITE_MODES
 from tfopt.errors import TfoptError
 
-MODES = ("float32", "dynamic", "float16", "int8")
+MODES = TFLITE_MODES
 
 
 class VerificationFailed(TfoptError):

@@ -6,9 +6,6 @@ import numpy as np
 
 from tfopt.steps.prune import check_layer_names, kernels, prunable
 
-INIT = {"kmeans_plus_plus": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density_based": "DENSITY_BASED",
-        "random": "RANDOM"}
-
 
 def unique_values(model) -> dict:
     """Distinct values in each conv/dense kernel, counted from the weights."""
@@ -34,7 +31,7 @@ def _wrap(model, cfg):
 
     check_layer_names(model, cfg.skip, "skip")
     cl = tfmot.clustering.keras
-    init = getattr(cl.CentroidInitialization, INIT[cfg.init])
+    init = getattr(cl.CentroidInitialization, cfg.init.upper())  # one of tfopt.choices.CLUSTER_INITS
 
     def wrap(layer):
         if not prunable(layer) or layer.name in cfg.skip:

@@ -11,6 +11,7 @@ from typing import Literal, Optional
 from pydantic import (ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator,
                       model_validator)
 
+from tfopt.choices import CLUSTER_INITS, CRITERIA, QUANTIZE_MODES, TFLITE_MODES
 from tfopt.errors import TfoptError
 from tfopt.registry import Config
 from tfopt.steps.registry import STEPS
@@ -91,7 +92,7 @@ class StructuredConfig(FineTune):
     ratio: float = Field(0.5, ge=0, lt=1, description="fraction of channels removed per layer")
     per_layer: dict[str, float] = Field(default_factory=dict, description="per-layer ratio",
                                         json_schema_extra={"metavar": "NAME=RATIO"})
-    criterion: Literal["l1", "l2", "bn_gamma", "activation", "taylor"] = Field(
+    criterion: Literal[CRITERIA] = Field(
         "l1", description="how channels are ranked (activation and taylor run probe_samples training images)")
     probe_samples: PositiveInt = Field(256, description="training images for the activation and taylor criteria")
     rounds: PositiveInt = Field(1, description="prune then fine-tune this many times, reaching ratio at the end")
@@ -109,7 +110,7 @@ class ClusterConfig(FineTune):
 
     epochs: PositiveInt = Field(1, description="fine-tune epochs")
     clusters: int = Field(16, ge=2, le=256, description="shared values per kernel")
-    init: Literal["kmeans_plus_plus", "linear", "density_based", "random"] = Field(
+    init: Literal[CLUSTER_INITS] = Field(
         "kmeans_plus_plus", description="centroid initialization")
     skip: list[str] = Field(default_factory=list, description="layers left unclustered")
 
@@ -118,7 +119,7 @@ class QuantizeConfig(FineTune):
     """Post-training quantization (dynamic, float16, int8) or quantization-aware training (qat)."""
 
     epochs: PositiveInt = Field(1, description="fine-tune epochs (qat)")
-    mode: Literal["dynamic", "float16", "int8", "qat"] = Field(
+    mode: Literal[QUANTIZE_MODES] = Field(
         "int8", description="dynamic-range, float16 or full-integer post-training, or quantization-aware training")
     int8_io: bool = Field(False, description="int8 input and output instead of float (int8 and qat)")
     representative_samples: PositiveInt = Field(500, description="training images used to calibrate int8")
@@ -182,7 +183,7 @@ class Optimize(Config):
 
 
 class Export(Config):
-    tflite: list[Literal["float32", "dynamic", "float16", "int8"]] = Field(
+    tflite: list[Literal[TFLITE_MODES]] = Field(
         default_factory=lambda: ["float32"], description="TFLite files to write")
     int8_io: bool = Field(False, description="int8 input and output for int8 files")
     min_agreement_float: float = Field(0.999, ge=0, le=1, description="top-1 agreement TFLite vs Keras, float modes")

@@ -15,7 +15,7 @@ import numpy as np
 
 from tfopt import layer_kinds
 from tfopt.errors import TfoptError
-from tfopt.registry import did_you_mean
+from tfopt.validation import did_you_mean
 
 
 class PreflightError(TfoptError):

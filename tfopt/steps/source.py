@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tfopt import layer_kinds
 from tfopt.errors import TfoptError
 from tfopt.models.layers import fmt_shape
 from tfopt.rundir import PARTIAL
@@ -70,6 +71,7 @@ def load_source(path, recipe=None, overrides=()) -> Source:
     else:
         raise TfoptError(f"{p} does not exist: give a run directory from tfopt fit, or a model file with --recipe.")
     check_matches(source)
+    layer_kinds.check_known(source.model)  # a layer tfopt does not know is refused by name, before any work
     return source
 
 

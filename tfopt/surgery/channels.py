@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfopt import layer_kinds
+from tfopt.choices import CRITERIA, DATA_CRITERIA
 from tfopt.errors import TfoptError
-from tfopt.registry import did_you_mean
+from tfopt.validation import did_you_mean
 from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
 
-CRITERIA = ("l1", "l2", "bn_gamma", "activation", "taylor")
-DATA_CRITERIA = ("activation", "taylor")
 
 
 def _kinds():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tfopt.errors import TfoptError
 from tfopt.models.layers import fmt_shape
-from tfopt.registry import did_you_mean
+from tfopt.validation import did_you_mean
 from tfopt.surgery.graph import consumers, inbound, rebuild
 
 TAIL = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU")

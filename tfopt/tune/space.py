@@ -16,7 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 from tfopt.errors import RecipeError
 from tfopt.validation import did_you_mean
-from tfopt.recipe import format_validation_errors, read_recipe_data, validate
+from tfopt.recipe import read_recipe_data, validate
+from tfopt.validation import format_validation_errors
 from tfopt.steps import STEPS
 from tfopt.tune.specs import KEY, SIZE_METRICS, SPECS, TuneConfig, find_specs, label
 
