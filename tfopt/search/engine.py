@@ -10,11 +10,12 @@ The search is greedy in stages: each stage tries a few settings of one step on t
 candidate so far that meets the budget, so good combinations are found without trying them all:
 
 1. int8 of the model as it is (post-training quantization);
-2. channel pruning at three aggressiveness levels, per-layer ratios read off a sensitivity sweep
+2. channel pruning at a few aggressiveness levels, per-layer ratios read off a sensitivity sweep
    (accuracy with a fraction of one layer's channels removed, no fine-tune);
 3. layer removal (latency and MACs targets; layers whose removal keeps the shapes);
-4. magnitude pruning at per-layer sparsities from a second sweep (size target), or 2:4;
-5. clustering (size target);
+4. magnitude pruning at per-layer sparsities from a second sweep, and at overall sparsities
+   spread by erk (size target);
+5. clustering to 16, 8 and 4 values per kernel (size target);
 6. quantization-aware training for the best candidates whose post-training int8 missed.
 
 Every finished candidate is appended to ``candidates.csv`` at once, and its Keras model kept
@@ -35,6 +36,10 @@ from tfopt.errors import TfoptError
 from tfopt.search import steps as S
 
 TARGETS = ("size", "latency", "macs")
+#: Overall sparsities the size search tries with erk allocation, beside the sweep's per-layer levels.
+ERK_SPARSITIES = (0.8, 0.9, 0.95)
+#: Shared values per kernel the size search tries.
+CLUSTERS = (16, 8, 4)
 COLUMNS = ["id", "steps", "stage", "selection_accuracy", "keras_selection_accuracy", "drop_points", "meets_budget",
            "int8", "tflite_raw_bytes", "tflite_gzip_bytes", "sparse_raw_bytes", "params", "nonzero_params", "macs",
            "latency_us", "seconds", "error"]
@@ -312,10 +317,14 @@ class Search:
             chains = [start + [Step("prune", {"level": i + 1, "layers": p, "sparsity": max(p.values()),
                                               "skip": [n for n in names if n not in p]})]
                       for i, p in enumerate(sp_levels) if p]
+            # The sweep zeroes one layer at a time without a fine-tune, so it is cautious; overall
+            # targets spread by erk (small layers pruned less) go further and let the fine-tune recover.
+            chains += [start + [Step("prune", {"level": f"erk{round(sp * 100)}", "sparsity": sp})]
+                       for sp in ERK_SPARSITIES]
             if not stage("prune", chains):
                 return
             start = self.base_chain()
-            if not stage("cluster", [start + [Step("cluster", {"clusters": c})] for c in (16, 8)]):
+            if not stage("cluster", [start + [Step("cluster", {"clusters": c})] for c in CLUSTERS]):
                 return
         # QAT where post-training int8 lost what the Keras model kept.
         missed = [r for r in self.rows.values() if not r.get("error") and not r["meets_budget"]
@@ -360,7 +369,8 @@ def _recipe_steps(chain, qat, fit) -> list[dict]:
             steps.append({"remove_layers": {"layers": k["layers"], **ft}})
         elif s.kind == "prune":
             steps.append({"prune": ({"m_by_n": list(k["m_by_n"])} if k.get("m_by_n") else
-                                    {"sparsity": k["sparsity"], "layers": k["layers"], "skip": k.get("skip", [])})
+                                    {"sparsity": k["sparsity"], "layers": k.get("layers") or {},
+                                     "skip": k.get("skip", [])})
                            | ft})
         elif s.kind == "cluster":
             steps.append({"cluster": {"clusters": k["clusters"], **ft}})
@@ -424,7 +434,7 @@ class Result:
 def optimize(model, data, *, validation_data=None, test_data=None, max_drop: float = 0.3, target: str = "size",
              time_budget=None, out="optimize", resume: bool = False, distill: bool = True, epochs: int = 2,
              lr: float | None = None, batch_size: int | None = None, temperature: float = 4.0, alpha: float = 0.9,
-             seed: int = 0, max_candidates: int | None = None, levels=(1.0, 3.0, 10.0), selection_fraction=0.1,
+             seed: int = 0, max_candidates: int | None = None, levels=(1.0, 3.0, 10.0, 30.0), selection_fraction=0.1,
              log=print) -> Result:
     """Search compression chains for the smallest (or fastest) int8 TFLite model whose accuracy on
     a held-out selection split drops by at most ``max_drop`` points.
