@@ -141,3 +141,32 @@ def test_sparse_tflite_storage_shrinks_raw_bytes_of_a_pruned_model():
     assert sizes["raw_bytes"] == len(dense) and 0 < sizes["gzip_bytes"] < len(dense)
     content, info = tflite.smallest(m, "float32", by="raw_bytes")
     assert info["sparse"] and content == packed and info["sparse_raw_bytes"] == len(packed)
+
+
+def test_fine_tunes_see_augmented_images_when_asked(tmp_path, monkeypatch):
+    """``augment`` gives the fine-tunes a shifted-image pipeline; sensitivity and calibration keep the arrays."""
+    import tensorflow as tf
+
+    from tfopt.search import steps as S
+    from tfopt.search.engine import optimize
+
+    train, sel, _ = _digits()
+    model = _model(train)
+    seen = []
+    real = S.channels
+
+    def spy(parent, data, per_layer, fit, log=None):
+        seen.append(data)
+        return real(parent, data, per_layer, fit, log)
+
+    monkeypatch.setattr(S, "channels", spy)
+    lines = []
+    optimize(model, train, validation_data=sel, max_drop=50.0, target="latency", out=tmp_path / "s", epochs=1,
+             max_candidates=2, levels=(10.0,), augment={"translate": 0.25}, log=lines.append)
+    assert seen and isinstance(seen[0], tf.data.Dataset)
+    x, _ = next(iter(seen[0]))
+    assert x.shape[1:] == (8, 8, 1)
+    assert any(line == "fine-tunes augment their training images: {'translate': 0.25}" for line in lines)
+    # shifted by whole pixels: some images differ from every original, the labels are the originals'
+    originals = {train[0][i].tobytes() for i in range(len(train[0]))}
+    assert sum(img.tobytes() not in originals for img in x.numpy()) > 0

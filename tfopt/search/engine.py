@@ -108,9 +108,10 @@ class Search:
     """State of one search; see :func:`optimize`."""
 
     def __init__(self, model, data, selection, *, out, max_drop, target, time_budget, distill, epochs, lr,
-                 batch_size, temperature, alpha, seed, max_candidates, levels, log):
+                 batch_size, temperature, alpha, seed, max_candidates, levels, log, train=None):
         self.model = model
         self.data = data
+        self.train = data if train is None else train  # what the fine-tunes see (augmented, when asked)
         self.x_sel, self.y_sel = selection
         self.out = Path(out)
         self.max_drop = max_drop
@@ -195,14 +196,14 @@ class Search:
         self.log(f"    step {step.describe()}")
         k = step.knobs
         if step.kind == "channels":
-            model = S.channels(parent, self.data, k["per_layer"], self.fit)
+            model = S.channels(parent, self.train, k["per_layer"], self.fit)
         elif step.kind == "remove":
-            model = S.remove(parent, self.data, k["layers"], self.fit)
+            model = S.remove(parent, self.train, k["layers"], self.fit)
         elif step.kind == "prune":
-            model = S.prune(parent, self.data, self.fit, sparsity=k.get("sparsity", 0.8), layers=k.get("layers"),
+            model = S.prune(parent, self.train, self.fit, sparsity=k.get("sparsity", 0.8), layers=k.get("layers"),
                             skip=k.get("skip", ()), m_by_n=k.get("m_by_n"))
         elif step.kind == "cluster":
-            model = S.cluster(parent, self.data, self.fit, clusters=k["clusters"])
+            model = S.cluster(parent, self.train, self.fit, clusters=k["clusters"])
         else:
             raise TfoptError(f"unknown search step {step.kind!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +223,7 @@ class Search:
         try:
             model = self.keras_model(cand.chain)
             row["keras_selection_accuracy"] = S.accuracy(model, self.x_sel, self.y_sel)
-            quantized = S.qat(model, self.data, self.fit) if cand.qat else model
+            quantized = S.qat(model, self.train, self.fit) if cand.qat else model
             content = S.to_tflite(quantized, "int8", self.x_calib)
             sizes = S.tflite_sizes(content)
             st = S.stats(model)
@@ -435,7 +436,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
              time_budget=None, out="optimize", resume: bool = False, distill: bool = True, epochs: int = 2,
              lr: float | None = None, batch_size: int | None = None, temperature: float = 4.0, alpha: float = 0.9,
              seed: int = 0, max_candidates: int | None = None, levels=(1.0, 3.0, 10.0, 30.0), selection_fraction=0.1,
-             log=print) -> Result:
+             augment=None, log=print) -> Result:
     """Search compression chains for the smallest (or fastest) int8 TFLite model whose accuracy on
     a held-out selection split drops by at most ``max_drop`` points.
 
@@ -457,6 +458,9 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         max_candidates: stop after this many candidates (tests, quick looks).
         levels: per-layer tolerances, in points lost before fine-tuning, that turn the
             sensitivity sweeps into per-layer ratios (one candidate each).
+        augment: training-time augmentation of the fine-tunes, as a recipe's ``data.augment``
+            (e.g. ``{"translate": 0.08}``); a model trained with augmentation keeps its accuracy
+            better when its fine-tunes see the same. ``tfopt optimize RUN`` uses the run's recipe's.
 
     Returns:
         A :class:`Result`. Raises TfoptError when no candidate meets the budget.
@@ -489,7 +493,8 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
     out.mkdir(parents=True, exist_ok=True)
     search = Search(work, data, selection, out=out, max_drop=max_drop, target=target, time_budget=budget_s,
                     distill=distill, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
-                    alpha=alpha, seed=seed, max_candidates=max_candidates, levels=levels, log=log)
+                    alpha=alpha, seed=seed, max_candidates=max_candidates, levels=levels, log=log,
+                    train=_augmented(data, augment, batch_size, seed, log))
     if resume:
         search.load_previous()
     interrupted = False
@@ -510,6 +515,22 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
                          f"{max_drop:g} points of {search.base_acc:.2%}; see {out / 'candidates.csv'}. Allow a larger "
                          f"max_drop, more epochs, or a longer time budget.")
     return _finish(search, chosen, rows, test_data, kind, log)
+
+
+def _augmented(data, augment, batch_size, seed, log):
+    """The fine-tunes' training pipeline with ``augment`` (None: the arrays themselves)."""
+    if not augment:
+        return None
+    from tfopt.data.config import Augment
+    from tfopt.data.pipeline import make_dataset
+    from tfopt.steps.config import validated
+    from tfopt.steps.runner import DEFAULT_BATCH_SIZE
+
+    cfg = augment if isinstance(augment, Augment) else validated(Augment, dict(augment), "augment")
+    if not cfg.any():
+        return None
+    log(f"fine-tunes augment their training images: {cfg.model_dump(exclude_defaults=True)}")
+    return make_dataset(data[0], data[1], batch_size or DEFAULT_BATCH_SIZE, training=True, seed=seed, augment=cfg)
 
 
 def _labels(y):
@@ -616,5 +637,6 @@ def optimize_source(source, recipe=None, overrides=(), *, output=None, resume=Fa
     validation = (splits.x_val, splits.y_val) if len(splits.x_val) else None
     kwargs.setdefault("batch_size", r.train.batch_size)
     kwargs.setdefault("seed", r.seed)
+    kwargs.setdefault("augment", r.data.augment)
     return optimize(src.model, (splits.x_train, splits.y_train), validation_data=validation,
                     test_data=(splits.x_test, splits.y_test), out=out, resume=resume, log=log, **kwargs)
