@@ -57,6 +57,7 @@ def test_two_workers_write_one_complete_run(runs):
     assert "[worker 1] worker 1 done; the chief writes the run" in stdout
 
 
+@pytest.mark.slow
 def test_prune_with_two_workers_gives_the_counted_sparsity(runs, tmp_path):
     from tfopt.export import load_keras
     from tfopt.steps.prune import layer_sparsity, overall_sparsity

@@ -280,6 +280,7 @@ def test_compressed_trials_are_scored_on_the_compressed_model(tmp_path):
     assert json.loads((folder / "summary.json").read_text())["best_values"]["optimize.prune.sparsity"] in (0.5, 0.75)
 
 
+@pytest.mark.slow
 def test_loopback_chief_and_two_workers(tmp_path):
     data = _search_dict(tmp_path, max_trials=4)
     data["train"]["epochs"] = 2
