@@ -317,6 +317,22 @@ def test_native_log_lines_are_hidden_unless_verbose():
     assert loud.returncode == 0 and "absl::InitializeLog" in loud.stderr
 
 
+def test_converter_chatter_is_hidden_unless_verbose(tmp_path):
+    from tfopt.recipe import validate
+    from tfopt.training.run import fit
+
+    fit(validate(tiny_recipe_dict()), output=tmp_path, log=lambda *_: None)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    cmd = [str(Path(sys.executable).parent / "tfopt"), "quantize", str(tmp_path / "tiny"), "--mode", "float16",
+           "--output", str(tmp_path / "q")]
+    quiet = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "run written to" in quiet.stdout
+    for noise in ("Ignored output_format", "W0000", "I0000",
+                  "absl::InitializeLog", "Reading SavedModel"):
+        assert noise not in quiet.stderr + quiet.stdout, noise
+
+
 def test_optimization_commands_name_what_the_folder_lacks(tmp_path):
     (tmp_path / "empty").mkdir()
     refused(run("prune", tmp_path / "empty"), "is an empty folder")
