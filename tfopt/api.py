@@ -184,17 +184,19 @@ def remove_layers(model, layers, data=None, *, epochs: int = 1, lr: float | None
 
 def cluster(model, data, *, clusters: int = 16, epochs: int = 1, lr: float | None = None,
             batch_size: int | None = None, loss=None, optimizer="adam", validation_data=None,
-            init: str = "kmeans_plus_plus", skip=(), teacher=None, distill: bool = False, temperature: float = 4.0,
-            alpha: float = 0.9, seed: int = 0, verbose=0, log=None):
+            init: str = "kmeans_plus_plus", skip=(), preserve_sparsity: bool | None = None, teacher=None,
+            distill: bool = False, temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, verbose=0, log=None):
     """Weight clustering: each conv/dense kernel keeps at most ``clusters`` distinct values,
-    fine-tuned on ``data`` and stripped."""
+    fine-tuned on ``data`` and stripped. A pruned kernel (at least 10% zeros) keeps its zeros,
+    zero being one of its values, unless ``preserve_sparsity=False``."""
     from tfopt.steps import cluster as c
 
     kind, work = _enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
                validation_data=validation_data, teacher=teacher, distill=distill, temperature=temperature,
                alpha=alpha, seed=seed, verbose=verbose)
-    clustered, _ = c.cluster(work, data, clusters=clusters, init=init, skip=skip, log=log or _quiet, **fit)
+    clustered, _ = c.cluster(work, data, clusters=clusters, init=init, skip=skip, preserve_sparsity=preserve_sparsity,
+                             log=log or _quiet, **fit)
     return _leave(clustered, kind)
 
 
@@ -294,12 +296,13 @@ def pruning_callbacks() -> list:
     return callbacks()
 
 
-def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_plus", skip=()):
+def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_plus", skip=(),
+                        preserve_sparsity: bool | None = None):
     """A tf_keras copy of ``model`` wrapped for weight clustering; fit it, then :func:`strip` it."""
     from tfopt.steps.cluster import wrap_for_clustering as wrap
 
     _, work = _enter(model)
-    return wrap(work, clusters=clusters, init=init, skip=skip)
+    return wrap(work, clusters=clusters, init=init, skip=skip, preserve_sparsity=preserve_sparsity)
 
 
 def wrap_for_qat(model):

@@ -81,6 +81,7 @@ class FieldOption:
         extra = field.json_schema_extra or {}
         self.opt = extra.get("cli") or "--" + name.replace("_", "-")
         self.kind, self.detail = _base_type(field.annotation)
+        self.tristate = self.kind == "flag" and field.default is None  # on, off, or the library decides
         self.metavar = extra.get("metavar")
         help_text = (field.description or "").rstrip(".")
         help_text = help_text[:1].upper() + help_text[1:]
@@ -90,6 +91,8 @@ class FieldOption:
 
     def param(self) -> click.Option:
         kw = dict(help=self.help)
+        if self.kind == "flag" and self.tristate:
+            return click.Option([f"{self.opt}/--no-{self.opt[2:]}", self.name], default=None, **kw)
         if self.kind == "flag":
             return click.Option([self.opt, self.name], is_flag=True, default=None, **kw)
         if self.kind == "choice":

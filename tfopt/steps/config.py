@@ -113,6 +113,9 @@ class ClusterConfig(FineTune):
     init: Literal[CLUSTER_INITS] = Field(
         "kmeans_plus_plus", description="centroid initialization")
     skip: list[str] = Field(default_factory=list, description="layers left unclustered")
+    preserve_sparsity: Optional[bool] = Field(
+        None, description="keep a pruned kernel's zeros (zero becomes one of its values); default: for kernels at "
+                          "least 10% zero")
 
 
 class QuantizeConfig(FineTune):

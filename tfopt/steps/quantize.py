@@ -39,15 +39,13 @@ def is_qat(model) -> bool:
 
 
 def scheme_for(model) -> str:
-    """``pqat`` for a pruned model (≥ 30% zeros), ``cqat`` for a clustered one (≤ 256 values per
-    kernel), else ``qat``."""
+    """``pcqat`` for a pruned and clustered model, ``pqat`` for a pruned one (≥ 30% zeros),
+    ``cqat`` for a clustered one (≤ 256 values per kernel), else ``qat``."""
     per_layer = layer_sparsity(model)
-    if per_layer and overall_sparsity(per_layer) >= 0.3:
-        return "pqat"
+    pruned = bool(per_layer) and overall_sparsity(per_layer) >= 0.3
     uniques = unique_values(model)
-    if uniques and max(uniques.values()) <= 256:
-        return "cqat"
-    return "qat"
+    clustered = bool(uniques) and max(uniques.values()) <= 256
+    return {(True, True): "pcqat", (True, False): "pqat", (False, True): "cqat"}.get((pruned, clustered), "qat")
 
 
 def _annotate(model, log):
@@ -88,7 +86,8 @@ def wrap_for_qat(model, log=print):
     annotated, skipped = _annotate(model, log)
     combine = tfmot.experimental.combine
     schemes = {"pqat": combine.Default8BitPrunePreserveQuantizeScheme,
-               "cqat": combine.Default8BitClusterPreserveQuantizeScheme}
+               "cqat": combine.Default8BitClusterPreserveQuantizeScheme,
+               "pcqat": lambda: combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)}
     try:
         with q.quantize_scope():
             qat = q.quantize_apply(annotated, schemes[scheme]()) if scheme in schemes else q.quantize_apply(annotated)
