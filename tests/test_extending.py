@@ -85,9 +85,11 @@ def test_a_registered_step_runs_from_the_cli_and_shows_in_report(toy_step, tmp_p
     fit(validate(tiny_recipe_dict(**{"name": "base", "optimize.zero_small.threshold": 0.1})), output=tmp_path,
         log=lambda *_: None)
     base = tmp_path / "base"
-    res = run("zero-small", base, "--output", tmp_path)
+    res = run("zero-small", base, "--output", tmp_path)  # the threshold comes from the recipe
     assert res.exit_code == 0, res.output
     out = tmp_path / "base-zeroed"
+    # the new run's recipe records the settings used
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["optimize"]["zero_small"]["threshold"] == 0.1
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == ["zero_small"]
     model, before = load_keras(out / "model.keras"), load_keras(base / "model.keras")

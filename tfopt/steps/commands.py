@@ -145,8 +145,8 @@ def run_generic(source, given: dict, output=None, overwrite=False, log=print, st
         except TypeError:
             continue
     metrics = {**_base_metrics(source, model, splits, log), **{f"{step.name}_{k}": v for k, v in plain.items()}}
-    recipe = with_step(source.recipe, step.name, cfg) if cfg is not None and step.name in C.Optimize.model_fields \
-        else source.recipe
+    in_optimize = step.name in C.Optimize.model_fields or step.name in C.Optimize.extra_keys()
+    recipe = with_step(source.recipe, step.name, cfg) if cfg is not None and in_optimize else source.recipe
     path = write_run(source, step.folder_suffix(cfg), step=step.name, recipe=recipe, metrics=metrics, model=model,
                      history=report.get("history"), output=output, overwrite=overwrite, log=log)
     return path, metrics
