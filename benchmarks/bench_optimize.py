@@ -34,13 +34,14 @@ def search(args, log):
     from tfopt.steps.source import load_source
     from tfopt.search.engine import optimize_source
 
-    src = load_source(args.run)
+    src = load_source(args.run, overrides=args.overrides)
     splits = load_splits(src.recipe.data, src.recipe.seed)
     ref = tflite.convert(src.model, "float32")
     ref_lat = tflite.latency_us(ref, splits.x_test[0], num_threads=1, runs=500)["median_us"]
     ref_acc = tflite.accuracy(ref, splits.x_test, splits.y_test)
     t0 = time.perf_counter()
-    res = optimize_source(args.run, output=args.out, resume=args.resume, log=log, max_drop=args.max_drop,
+    res = optimize_source(args.run, overrides=args.overrides, output=args.out, resume=args.resume, log=log,
+                          max_drop=args.max_drop,
                           target=args.target, time_budget=args.time_budget, epochs=args.epochs,
                           distill=not args.no_distill)
     minutes = (time.perf_counter() - t0) / 60
@@ -99,6 +100,8 @@ def main():
     s.add_argument("--epochs", type=int, default=2)
     s.add_argument("--no-distill", action="store_true")
     s.add_argument("--resume", action="store_true")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the run's recipe, e.g. data.augment=null")
     s.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "optimize"))
     d = sub.add_parser("distill")
     d.add_argument("run")
