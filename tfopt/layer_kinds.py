@@ -20,7 +20,9 @@ For every class it records:
     channel axis, a depthwise conv with multiplier 2, ...): the group is kept whole, and said why.
 
   A role may depend on the layer's settings: it is then a function of the layer.
-* ``macs``: multiply-accumulates of one forward pass for one sample.
+* ``macs``: multiply-accumulates of one forward pass for one sample;
+* ``tail``: it belongs to the conv or dense layer before it (BatchNorm, activations), so layer
+  removal takes it out with that layer.
 
 Pruning, BatchNorm folding, channel surgery and the statistics all read :func:`kind`, which
 refuses a layer class it does not know by name instead of skipping it in silence. TFMOT's
@@ -46,6 +48,7 @@ class Kind:
     foldable: bool = False
     role: Union[str, Callable] = "transparent"
     macs: Callable = staticmethod(lambda layer: 0)
+    tail: bool = False
 
     def role_of(self, layer) -> str:
         return self.role(layer) if callable(self.role) else self.role
@@ -129,12 +132,14 @@ def table() -> dict:
             L.Reshape: Kind(role=_reshape_role),
             L.DepthwiseConv1D: Kind(("depthwise_kernel",), False, "blocking", _depthwise_macs),
         }
-        for cls in (L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax, L.ThresholdedReLU,
-                    L.Dropout, L.SpatialDropout2D, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
+        for cls in (L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax, L.ThresholdedReLU):
+            t[cls] = Kind(tail=True)
+        t[L.PReLU] = Kind(role="blocking", tail=True)
+        for cls in (L.Dropout, L.SpatialDropout2D, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
                     L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D,
                     L.Flatten, L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D, L.ActivityRegularization):
             t[cls] = Kind()
-        for cls in (L.PReLU, L.LayerNormalization, L.Normalization, L.Permute, L.Lambda, L.Embedding,
+        for cls in (L.LayerNormalization, L.Normalization, L.Permute, L.Lambda, L.Embedding,
                     L.MaxPooling1D, L.AveragePooling1D, L.GlobalAveragePooling1D, L.GlobalMaxPooling1D,
                     L.RepeatVector, L.Resizing, L.CenterCrop):
             t[cls] = Kind(role="blocking")
@@ -213,6 +218,11 @@ def is_foldable(layer) -> bool:
     import tf_keras as keras
 
     return kind(layer).foldable and getattr(layer, "activation", None) is keras.activations.linear
+
+
+def is_tail(layer) -> bool:
+    """Whether ``layer`` belongs to the conv or dense layer before it (BatchNorm, an activation)."""
+    return kind(layer).tail
 
 
 def check_known(model) -> None:

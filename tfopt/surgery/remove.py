@@ -8,12 +8,11 @@ layer takes its BatchNorm/activation tail with it. Anything else is refused with
 
 from __future__ import annotations
 
+from tfopt import layer_kinds
 from tfopt.errors import TfoptError
 from tfopt.models.layers import fmt_shape
-from tfopt.validation import did_you_mean
 from tfopt.surgery.graph import consumers, inbound, rebuild
-
-TAIL = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU")
+from tfopt.validation import did_you_mean
 
 
 def _shape(s):
@@ -31,8 +30,9 @@ def expand(model, names) -> list[str]:
         if name in layers:
             out.append(name)
             current = name
-            while len(users[current]) == 1 and type(layers[users[current][0]]).__name__ in TAIL \
-                    and type(layers[name]).__name__ in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"):
+            # a conv or dense layer (one BatchNorm can fold into) takes its BatchNorm/activation tail
+            while len(users[current]) == 1 and layer_kinds.is_tail(layers[users[current][0]]) \
+                    and layer_kinds.kind(layers[name]).foldable:
                 current = users[current][0]
                 out.append(current)
         elif block:
@@ -76,11 +76,7 @@ def remove_layers(model, names):
 
 def candidates(model) -> list[str]:
     """Every conv/dense unit and residual block that could be removed on its own."""
-    import tf_keras as keras
-
-    L = keras.layers
-    names = [layer.name for layer in model.layers if isinstance(layer, (L.Conv2D, L.Dense))
-             and "_" not in layer.name]
+    names = [layer.name for layer in model.layers if layer_kinds.role(layer) == "producer" and "_" not in layer.name]
     names += sorted({layer.name.split("_")[0] for layer in model.layers if layer.name.startswith("block")})
     ok = []
     for name in names:
