@@ -8,7 +8,8 @@ Usage:
 
 ``search`` runs the search on a finished run (e.g. of recipes/lenet5_caffe.yaml) and prints one
 JSON line: the input model as float32 TFLite (measured in the same run: raw and gzip bytes,
-1-thread LiteRT latency, test accuracy) beside the chosen int8 TFLite (the same figures), with
+1-thread LiteRT latency, test accuracy) beside the chosen TFLite (int8, or float32 where that was
+faster for --target latency; the same figures), with
 the ratios. Deep Compression's figures (LeNet-5: 44 KB at 0.74% error; LeNet-300-100: 27 KB at
 1.58% error) are published constants, quoted in RESULTS.md.
 
@@ -51,7 +52,7 @@ def search(args, log):
         "bench": f"optimize_{src.name}_{args.target}", "minutes": round(minutes, 1), "candidates": len(res.rows),
         "chosen": res.chosen["id"], "steps": res.chosen["steps"],
         "float32_tflite": {**ref_sizes, "latency_us": round(ref_lat, 1), "test_accuracy": ref_acc},
-        "chosen_int8_tflite": {**sizes, "sparse_raw_bytes": res.chosen.get("sparse_raw_bytes"),
+        "chosen_tflite": {"mode": res.chosen.get("tflite") or "int8", **sizes, "sparse_raw_bytes": res.chosen.get("sparse_raw_bytes"),
                                "latency_us": round(lat, 1), "test_accuracy": res.test.get("chosen_test_accuracy"),
                                "selection_drop_points": round(res.chosen["drop_points"], 2)},
         "input_test_accuracy": res.test.get("input_test_accuracy"),

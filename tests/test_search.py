@@ -161,7 +161,7 @@ def test_fine_tunes_see_augmented_images_when_asked(tmp_path, monkeypatch):
 
     monkeypatch.setattr(S, "channels", spy)
     lines = []
-    optimize(model, train, validation_data=sel, max_drop=50.0, target="latency", out=tmp_path / "s", epochs=1,
+    optimize(model, train, validation_data=sel, max_drop=50.0, target="macs", out=tmp_path / "s", epochs=1,
              max_candidates=2, levels=(10.0,), augment={"translate": 0.25}, log=lines.append)
     assert seen and isinstance(seen[0], tf.data.Dataset)
     x, _ = next(iter(seen[0]))
@@ -170,3 +170,25 @@ def test_fine_tunes_see_augmented_images_when_asked(tmp_path, monkeypatch):
     # shifted by whole pixels: some images differ from every original, the labels are the originals'
     originals = {train[0][i].tobytes() for i in range(len(train[0]))}
     assert sum(img.tobytes() not in originals for img in x.numpy()) > 0
+
+
+def test_latency_search_measures_float32_files_too(tmp_path):
+    """For --target latency every chain is measured as int8 and as float32; the fastest within budget wins."""
+    from tfopt import tflite
+    from tfopt.search.engine import optimize
+
+    train, sel, _ = _digits()
+    model = _model(train)
+    result = optimize(model, train, validation_data=sel, max_drop=5.0, target="latency", out=tmp_path / "s",
+                      epochs=1, max_candidates=4, levels=(10.0,), log=lambda *_: None)
+    rows = list(csv.DictReader(open(tmp_path / "s" / "candidates.csv")))
+    assert [r["id"] for r in rows] == ["base+int8", "base+f32", "ch1+int8", "ch1+f32"]
+    assert [r["tflite"] for r in rows] == ["int8", "float32"] * 2
+    ok = [r for r in rows if r["meets_budget"] == "True"]
+    assert result.chosen["id"] == min(ok, key=lambda r: float(r["latency_us"]))["id"]
+    mode = result.chosen["tflite"]
+    assert (tmp_path / "s" / "chosen" / f"model_{mode}.tflite").read_bytes() == result.tflite
+    # a float32 file holds 4-byte weights, an int8 one 1-byte weights
+    f32, i8 = (int(r["tflite_raw_bytes"]) for r in rows[1::-1])
+    assert f32 > 3 * i8
+    assert tflite.accuracy(result.tflite, *sel) == pytest.approx(result.chosen["selection_accuracy"])

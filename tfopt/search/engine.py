@@ -18,6 +18,10 @@ candidate so far that meets the budget, so good combinations are found without t
 5. clustering to 16, 8 and 4 values per kernel (size target);
 6. quantization-aware training for the best candidates whose post-training int8 missed.
 
+For the latency target every chain is also measured as a float32 file: on CPUs whose int8
+kernels are slow (narrow convolutions, no VNNI) the float32 file of a pruned model can be the
+fastest.
+
 Every finished candidate is appended to ``candidates.csv`` at once, and its Keras model kept
 under ``cache/``, so Ctrl-C loses at most the candidate in progress and ``resume=True`` goes on.
 """
@@ -41,8 +45,8 @@ ERK_SPARSITIES = (0.8, 0.9, 0.95)
 #: Shared values per kernel the size search tries.
 CLUSTERS = (16, 8, 4)
 COLUMNS = ["id", "steps", "stage", "selection_accuracy", "keras_selection_accuracy", "drop_points", "meets_budget",
-           "int8", "tflite_raw_bytes", "tflite_gzip_bytes", "sparse_raw_bytes", "params", "nonzero_params", "macs",
-           "latency_us", "seconds", "error"]
+           "tflite", "int8", "tflite_raw_bytes", "tflite_gzip_bytes", "sparse_raw_bytes", "params", "nonzero_params",
+           "macs", "latency_us", "seconds", "error"]
 
 
 @dataclass
@@ -78,10 +82,15 @@ class Candidate:
     chain: list
     stage: str
     qat: bool = False
+    float32: bool = False  # the float32 TFLite of the chain instead of int8 (latency: int8 is not always faster)
 
     @property
     def id(self) -> str:
-        return _key(self.chain) + ("+qat" if self.qat else "+int8")
+        return _key(self.chain) + ("+qat" if self.qat else "+f32" if self.float32 else "+int8")
+
+    @property
+    def mode(self) -> str:
+        return "float32" if self.float32 else "int8"
 
 
 def _parse_budget(text) -> float | None:
@@ -218,20 +227,21 @@ class Search:
         self.log(f"[{n} {self.elapsed() / 60:.1f} min] {cand.id} ({cand.stage}) | {self._best_line()}")
         t0 = time.perf_counter()
         row = {"id": cand.id, "steps": " -> ".join([s.describe() for s in cand.chain]
-                                                  + ["int8 qat" if cand.qat else "int8 ptq"]),
-               "stage": cand.stage, "int8": "qat" if cand.qat else "ptq"}
+                                                  + ["int8 qat" if cand.qat else "float32" if cand.float32
+                                                     else "int8 ptq"]),
+               "stage": cand.stage, "tflite": cand.mode, "int8": "qat" if cand.qat else "" if cand.float32 else "ptq"}
         try:
             model = self.keras_model(cand.chain)
             row["keras_selection_accuracy"] = S.accuracy(model, self.x_sel, self.y_sel)
             quantized = S.qat(model, self.train, self.fit) if cand.qat else model
-            content = S.to_tflite(quantized, "int8", self.x_calib)
+            content = S.to_tflite(quantized, cand.mode, self.x_calib)
             sizes = S.tflite_sizes(content)
             st = S.stats(model)
             acc = S.tflite_accuracy(content, self.x_sel, self.y_sel)
             row.update(selection_accuracy=acc, tflite_raw_bytes=sizes["raw_bytes"],
                        tflite_gzip_bytes=sizes["gzip_bytes"], params=st["params"], nonzero_params=st["nonzero_params"],
                        macs=st["macs"], latency_us=S.latency_us(content, self.x_sel[0]),
-                       sparse_raw_bytes=S.sparse_raw_bytes(quantized, "int8", self.x_calib)
+                       sparse_raw_bytes=S.sparse_raw_bytes(quantized, cand.mode, self.x_calib)
                        if st["nonzero_params"] < 0.7 * st["params"] else None,
                        error="")
             row["drop_points"] = (self.base_acc - acc) * 100
@@ -290,7 +300,11 @@ class Search:
                  f"most {self.max_drop:g} points; target: {self.target}")
 
         def stage(name, chains, qat=False):
-            cands = [Candidate(c, name, qat) for c in chains]
+            cands = []
+            for c in chains:
+                cands.append(Candidate(c, name, qat))
+                if self.target == "latency" and not qat:
+                    cands.append(Candidate(c, name, float32=True))
             for c in cands:
                 self.chains[c.id] = c.chain
             return self.run_stage(name, cands)
@@ -359,7 +373,7 @@ def _typed(row: dict) -> dict:
     return out
 
 
-def _recipe_steps(chain, qat, fit) -> list[dict]:
+def _recipe_steps(chain, qat, fit, mode="int8") -> list[dict]:
     steps = []
     for s in chain:
         k = s.knobs
@@ -375,7 +389,10 @@ def _recipe_steps(chain, qat, fit) -> list[dict]:
                            | ft})
         elif s.kind == "cluster":
             steps.append({"cluster": {"clusters": k["clusters"], **ft}})
-    steps.append({"quantize": {"mode": "qat", **({"epochs": fit["epochs"]})} if qat else {"mode": "int8"}})
+    if mode == "float32":
+        steps.append({"export": {"tflite": ["float32"]}})
+    else:
+        steps.append({"quantize": {"mode": "qat", **({"epochs": fit["epochs"]})} if qat else {"mode": "int8"}})
     return steps
 
 
@@ -437,8 +454,8 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
              lr: float | None = None, batch_size: int | None = None, temperature: float = 4.0, alpha: float = 0.9,
              seed: int = 0, max_candidates: int | None = None, levels=(1.0, 3.0, 10.0, 30.0), selection_fraction=0.1,
              augment=None, log=print) -> Result:
-    """Search compression chains for the smallest (or fastest) int8 TFLite model whose accuracy on
-    a held-out selection split drops by at most ``max_drop`` points.
+    """Search compression chains for the smallest (or fastest) TFLite model (int8; for latency also
+    float32) whose accuracy on a held-out selection split drops by at most ``max_drop`` points.
 
     Args:
         model: a tf_keras or Keras 3 classifier (Sequential or functional).
@@ -446,7 +463,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         validation_data: the selection split ``(x, y)`` the budget is judged on; default: the last
             ``selection_fraction`` of ``data``, held out from the fine-tunes.
         test_data: optional ``(x, y)``; only reported at the end, never used to choose.
-        max_drop: largest allowed accuracy drop, in percentage points, of the int8 TFLite file
+        max_drop: largest allowed accuracy drop, in percentage points, of the TFLite file
             against the input model on the selection split.
         target: ``size`` (gzip bytes of the .tflite), ``latency`` (1-thread LiteRT) or ``macs``.
         time_budget: seconds or ``"30m"``; no candidate starts that would likely overrun it.
@@ -551,22 +568,23 @@ def _finish(search, chosen, rows, test_data, kind, log):
     # The chosen file is verified against its Keras model (QAT: against the float model it came from).
     from tfopt import tflite as T
 
-    ver = T.verify(model, content, search.x_sel, search.y_sel, "int8", threshold=0.98)
+    mode = chosen.get("tflite") or "int8"
+    ver = T.verify(model, content, search.x_sel, search.y_sel, mode, threshold=0.98 if mode == "int8" else 0.999)
     log(ver.line())
     test = {}
     if test_data is not None:
         xt, yt = test_data[0], _labels(test_data[1])
         test = {"input_test_accuracy": S.accuracy(search.model, xt, yt),
                 "chosen_test_accuracy": T.accuracy(content, xt, yt)}
-        log(f"test split: input model {test['input_test_accuracy']:.2%}, chosen int8 TFLite "
+        log(f"test split: input model {test['input_test_accuracy']:.2%}, chosen {mode} TFLite "
             f"{test['chosen_test_accuracy']:.2%}")
     run = out / "chosen"
     run.mkdir(exist_ok=True)
     S.save(model, run / "model.keras")
-    (run / "model_int8.tflite").write_bytes(content)
+    (run / f"model_{mode}.tflite").write_bytes(content)
     atomic_write_json(run / "metrics.json", {**{k: v for k, v in chosen.items()}, **test,
                                              "verification": ver.line(), "input_selection_accuracy": search.base_acc})
-    steps = _recipe_steps(chain, chosen["int8"] == "qat", search.fit)
+    steps = _recipe_steps(chain, chosen["int8"] == "qat", search.fit, mode)
     distill = {"temperature": search.fit["temperature"], "alpha": search.fit["alpha"]} \
         if "teacher" in search.fit else None
     (out / "optimize.yaml").write_text(
@@ -593,7 +611,8 @@ def _report(out, search, chosen, test, rows):
                   f"selection split.", ""]
     if chosen:
         lines += [f"## Chosen: `{chosen['id']}`", "", f"Steps: {chosen['steps']}", "",
-                  f"- int8 TFLite: {chosen['tflite_gzip_bytes']:,} bytes gzip, {chosen['tflite_raw_bytes']:,} bytes raw"
+                  f"- {chosen.get('tflite') or 'int8'} TFLite: {chosen['tflite_gzip_bytes']:,} bytes gzip, "
+                  f"{chosen['tflite_raw_bytes']:,} bytes raw"
                   + (f" ({chosen['sparse_raw_bytes']:,} raw with sparse weight storage)"
                      if chosen.get("sparse_raw_bytes") else ""),
                   f"- selection accuracy {chosen['selection_accuracy']:.2%} (drop {chosen['drop_points']:.2f} pt)",
