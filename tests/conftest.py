@@ -33,6 +33,12 @@ def _tf_threads():
 
 
 @pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Each test its own compile-probe cache: no test reads another's choice, or the user's."""
+    monkeypatch.setenv("TFOPT_CACHE_DIR", str(tmp_path / "tfopt-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     import tf_keras
 

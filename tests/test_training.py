@@ -366,6 +366,16 @@ def test_auto_compile_probes_and_records_its_choice(tiny_recipe, tmp_path, monke
     assert res.model.jit_compile == c["jit"] and res.model._steps_per_execution.numpy() == c["steps_per_execution"]
     assert {layer.dtype_policy.name for layer in res.model.layers} == {"float32"}  # the run's model is float32
     assert any(line.startswith(f"compile: jit={'on' if c['jit'] else 'off'}, steps_per_execution=") for line in lines)
+    # the same model again: the probe's choice comes from the cache, no probe runs
+    again = json.loads(fit(tiny_recipe(), output=tmp_path / "again", log=lambda *_: None).run_dir.joinpath(
+        "metrics.json").read_text())["compile"]
+    assert again["source"].startswith("auto (probe of ") and again["source"].endswith(", cached)")
+    assert again["probe_seconds"] == 0 and again["probe_ms_per_step"] == c["probe_ms_per_step"]
+    assert (again["jit"], again["precision"], again["steps_per_execution"]) == \
+        (c["jit"], c["precision"], c["steps_per_execution"])
+    # another batch size is probed anew
+    other = fit(tiny_recipe(**{"train.batch_size": 16}), output=tmp_path / "other", log=lambda *_: None)
+    assert other.metrics["compile"]["source"] == "auto (probe)"
     # a short run is not probed; a callback with batch hooks keeps one step per execution
     monkeypatch.setattr(probe, "MIN_STEPS_TO_PROBE", 10_000)
     r = tiny_recipe(callbacks=[{"name": "gradient_norm_monitor", "every_n_steps": 2, "verbose": 0}])

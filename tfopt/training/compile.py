@@ -10,12 +10,22 @@ fastest. It is greedy, so it stays short: float32 against mixed_bfloat16 (XLA of
 steps per call), then XLA on for the faster of the two. Steps per execution are not probed:
 many steps per call is never measurably slower, unless a callback works per batch, which then
 keeps one.
+
+A probe's choice is kept in a small cache (``compile-probe.json`` in the user's cache folder,
+or in ``TFOPT_CACHE_DIR``), keyed by the model's configuration, the batch and image shapes, the
+compile settings asked for, TensorFlow's version and the CPU: the next run of the same model on
+the same machine starts training at once. ``TFOPT_CACHE_DIR=off`` turns the cache off.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Below this many optimizer steps in the whole run a probe costs more than it can save.
 MIN_STEPS_TO_PROBE = 400
@@ -103,7 +113,82 @@ def _fixed(value, auto):
     return auto if value == "auto" else value
 
 
-def resolve(cfg, *, make_model, dataset, steps_per_epoch: int, total_steps: int, batch_hooks: bool) -> CompileChoice:
+CACHE_ENV = "TFOPT_CACHE_DIR"
+
+
+def _cache_file() -> Path | None:
+    where = os.environ.get(CACHE_ENV)
+    if where == "off":
+        return None
+    if not where:
+        from platformdirs import user_cache_dir
+
+        where = user_cache_dir("tfopt", appauthor=False)
+    return Path(where) / "compile-probe.json"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def probe_key(model_config: dict, *, batch_size: int, input_shape, cfg) -> str:
+    """What a probe's result depends on, hashed: the model, the batch, the settings asked for,
+    TensorFlow's version and the machine (CPU model, cores)."""
+    import tensorflow as tf
+
+    text = json.dumps({"model": model_config, "batch_size": int(batch_size), "input_shape": list(input_shape),
+                       "compile": cfg.model_dump(mode="json"), "tensorflow": tf.__version__, "cpu": _cpu(),
+                       "cores": os.cpu_count()}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def cached(key: str | None) -> CompileChoice | None:
+    """A previous probe's choice for ``key``, or None."""
+    path = _cache_file()
+    if key is None or path is None or not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text()).get(key)
+        if entry is None:
+            return None
+        return CompileChoice(bool(entry["jit"]), int(entry["steps_per_execution"]),
+                             f"auto (probe of {entry['when']}, cached)", dict(entry["probe"]), 0.0, entry["precision"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # an unreadable cache is a cache miss
+
+
+def remember(key: str | None, choice: CompileChoice) -> None:
+    """Store a probe's choice under ``key`` (atomically, under a file lock); failures are ignored."""
+    path = _cache_file()
+    if key is None or path is None:
+        return
+    from filelock import FileLock, Timeout
+
+    from tfopt.rundir import atomic_write_json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=10):
+            try:
+                entries = json.loads(path.read_text()) if path.is_file() else {}
+            except ValueError:
+                entries = {}
+            entries[key] = {"jit": choice.jit, "steps_per_execution": choice.steps_per_execution,
+                            "precision": choice.precision, "probe": choice.probe,
+                            "when": time.strftime("%Y-%m-%d %H:%M")}
+            atomic_write_json(path, entries)
+    except (OSError, Timeout):
+        pass
+
+
+def resolve(cfg, *, make_model, dataset, steps_per_epoch: int, total_steps: int, batch_hooks: bool,
+            cache_key: str | None = None) -> CompileChoice:
     """The compile settings for a run.
 
     Args:
@@ -113,6 +198,8 @@ def resolve(cfg, *, make_model, dataset, steps_per_epoch: int, total_steps: int,
         dataset: a training pipeline the probe may consume (not the run's own).
         steps_per_epoch, total_steps: the run's optimizer steps.
         batch_hooks: a callback works per batch; ``auto`` then keeps one step per execution.
+        cache_key: :func:`probe_key` of the run; a cached choice is used instead of probing,
+            and a new probe's choice is cached.
     """
     spe_max = max(1, min(SPE, steps_per_epoch))
     spe = int(cfg.steps_per_execution) if cfg.steps_per_execution != "auto" else (1 if batch_hooks else spe_max)
@@ -127,6 +214,9 @@ def resolve(cfg, *, make_model, dataset, steps_per_epoch: int, total_steps: int,
     if total_steps < MIN_STEPS_TO_PROBE:
         return CompileChoice(_fixed(cfg.jit, False), spe, f"auto: run of {total_steps} steps too short to probe",
                              precision=_fixed(cfg.precision, "float32"))
+    hit = cached(f"{cache_key}-spe{spe}" if cache_key else None)
+    if hit is not None:
+        return hit
     started = time.perf_counter()
     probe = {}
     steps = 2 * spe
@@ -140,7 +230,9 @@ def resolve(cfg, *, make_model, dataset, steps_per_epoch: int, total_steps: int,
         probe[label(precision, jit, spe)] = _time_candidate(make_model, dataset, precision, jit, spe, steps)
     jit = next(j for j in jits if probe[label(precision, j, spe)] <= min(probe.values()) * (1 + TIE))
     source = "auto (probe)" + (f"; {auto_spe_why}" if auto_spe_why else "")
-    return CompileChoice(jit, spe, source, probe, time.perf_counter() - started, precision)
+    choice = CompileChoice(jit, spe, source, probe, time.perf_counter() - started, precision)
+    remember(f"{cache_key}-spe{spe}" if cache_key else None, choice)
+    return choice
 
 
 def unprobed(cfg, why: str) -> CompileChoice:

@@ -231,7 +231,9 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
         choice = compile_probe.resolve(
             t.compile, make_model=make_model, dataset=datasets(recipe, splits)[0], steps_per_epoch=steps_per_epoch,
             total_steps=steps_per_epoch * max(0, min(t.epochs, stop_after or t.epochs) - initial_epoch),
-            batch_hooks=compile_probe.uses_batch_hooks([*recipe_cbs, *callbacks]))
+            batch_hooks=compile_probe.uses_batch_hooks([*recipe_cbs, *callbacks]),
+            cache_key=compile_probe.probe_key(model.get_config(), batch_size=t.batch_size, input_shape=input_shape,
+                                              cfg=t.compile))
     log(choice.describe())
     with D.scope(setting):
         if optimizer is None:  # a resumed model keeps the precision it was saved with
