@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -58,7 +59,8 @@ def tfopt_fit(recipe, epochs, out):
     r.train.epochs = epochs
     res = fit(r, output=out, overwrite=True, log=lambda *_: None)
     c = res.metrics["compile"]
-    return res.metrics["fit_seconds"], c["probe_seconds"], f"{c['precision']}, jit={c['jit']}, spe={c['steps_per_execution']}"
+    return res.metrics["fit_seconds"], c["probe_seconds"], (f"{c['precision']}, jit={c['jit']}, "
+                                                            f"spe={c['steps_per_execution']} ({c['source']})")
 
 
 def _load(args, extra=()):
@@ -72,6 +74,8 @@ def overhead(args):
     recipe = _load(args)
     ratios, with_probe = [], []
     with tempfile.TemporaryDirectory() as out:
+        # a fresh probe cache: the first tfopt run probes, the later ones reuse its choice, as a user's would
+        os.environ["TFOPT_CACHE_DIR"] = os.path.join(out, "cache")
         for i in range(args.pairs):
             plain = plain_fit(recipe, args.epochs)
             ours, probe, choice = tfopt_fit(recipe, args.epochs, out)
