@@ -14,7 +14,7 @@ candidate so far that meets the budget, so good combinations are found without t
    (accuracy with a fraction of one layer's channels removed, no fine-tune);
 3. layer removal (latency and MACs targets; layers whose removal keeps the shapes);
 4. magnitude pruning at per-layer sparsities from a second sweep, and at overall sparsities
-   spread by erk (size target);
+   spread by erk, on the best channel-pruned candidate and on the model itself (size target);
 5. clustering to 16, 8 and 4 values per kernel (size target);
 6. quantization-aware training for the best candidates whose post-training int8 missed.
 
@@ -41,7 +41,7 @@ from tfopt.search import steps as S
 
 TARGETS = ("size", "latency", "macs")
 #: Overall sparsities the size search tries with erk allocation, beside the sweep's per-layer levels.
-ERK_SPARSITIES = (0.8, 0.9, 0.95)
+ERK_SPARSITIES = (0.8, 0.9, 0.95, 0.97)
 #: Shared values per kernel the size search tries.
 CLUSTERS = (16, 8, 4)
 COLUMNS = ["id", "steps", "stage", "selection_accuracy", "keras_selection_accuracy", "drop_points", "meets_budget",
@@ -336,6 +336,11 @@ class Search:
             # targets spread by erk (small layers pruned less) go further and let the fine-tune recover.
             chains += [start + [Step("prune", {"level": f"erk{round(sp * 100)}", "sparsity": sp})]
                        for sp in ERK_SPARSITIES]
+            if start:
+                # channel pruning and then high sparsity compound their losses: high sparsity alone
+                # can keep fewer weights at a smaller loss
+                chains += [[Step("prune", {"level": f"erk{round(sp * 100)}", "sparsity": sp})]
+                           for sp in ERK_SPARSITIES[1:]]
             if not stage("prune", chains):
                 return
             start = self.base_chain()
