@@ -143,7 +143,7 @@ def test_sparse_tflite_storage_shrinks_raw_bytes_of_a_pruned_model():
     assert info["sparse"] and content == packed and info["sparse_raw_bytes"] == len(packed)
 
 
-def test_fine_tunes_see_augmented_images_when_asked(tmp_path, monkeypatch):
+def test_fine_tunes_see_augmented_images_when_asked(searched, tmp_path, monkeypatch):
     """``augment`` gives the fine-tunes a shifted-image pipeline; sensitivity and calibration keep the arrays."""
     import tensorflow as tf
 
@@ -151,7 +151,7 @@ def test_fine_tunes_see_augmented_images_when_asked(tmp_path, monkeypatch):
     from tfopt.search.engine import optimize
 
     train, sel, _ = _digits()
-    model = _model(train)
+    model = searched[0]  # optimize never changes its input
     seen = []
     real = S.channels
 
@@ -172,13 +172,13 @@ def test_fine_tunes_see_augmented_images_when_asked(tmp_path, monkeypatch):
     assert sum(img.tobytes() not in originals for img in x.numpy()) > 0
 
 
-def test_latency_search_measures_float32_files_too(tmp_path):
+def test_latency_search_measures_float32_files_too(searched, tmp_path):
     """For --target latency every chain is measured as int8 and as float32; the fastest within budget wins."""
     from tfopt import tflite
     from tfopt.search.engine import optimize
 
     train, sel, _ = _digits()
-    model = _model(train)
+    model = searched[0]
     result = optimize(model, train, validation_data=sel, max_drop=5.0, target="latency", out=tmp_path / "s",
                       epochs=1, max_candidates=4, levels=(10.0,), log=lambda *_: None)
     rows = list(csv.DictReader(open(tmp_path / "s" / "candidates.csv")))
