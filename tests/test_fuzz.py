@@ -99,7 +99,8 @@ def mutated(draw):
             if isinstance(node, dict):
                 node[draw(st.sampled_from(["epoch", "filter", "lr_rate", "x", "train.epochs", "tune", "typ"]))] = 1
         elif op == "retype":
-            parent[key] = draw(st.sampled_from(ODD_VALUES))
+            # a copy: a later mutation must not change the shared list (hypothesis replays draws)
+            parent[key] = copy.deepcopy(draw(st.sampled_from(ODD_VALUES)))
         elif op == "misspell":
             value = _get(data, path)
             parent[key] = _misspell(value, draw) if isinstance(value, str) else draw(st.sampled_from(WORDS))
