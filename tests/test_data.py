@@ -109,3 +109,23 @@ def test_pipeline_batches_one_hot_and_augments():
     assert labels.shape == (10, 3) and labels.sum() == 10
     images = np.concatenate([b[0] for b in batches])
     assert not np.allclose(np.sort(images.ravel()), np.sort(x.ravel()))
+
+
+def test_shift_and_flip_moves_each_image_by_whole_pixels():
+    """Each image is its own copy shifted by at most the translate fraction (zeros fill in), flipped or not."""
+    import tensorflow as tf
+
+    from tfopt.data.pipeline import shift_and_flip
+
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 10, 12, 2)).astype("float32")
+    out = shift_and_flip(tf.constant(x), tf.constant([3, 4]), translate=0.2, flip="horizontal").numpy()
+    ph, pw = 2, 2
+    padded = np.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])
+    shifts = set()
+    for i in range(len(x)):
+        found = [(dy, dx, f) for dy in range(2 * ph + 1) for dx in range(2 * pw + 1) for f in (False, True)
+                 if np.array_equal(out[i], (lambda c: c[:, ::-1] if f else c)(padded[i, dy:dy + 10, dx:dx + 12]))]
+        assert found, i  # a whole-pixel shift of its own image, flipped or not
+        shifts.add(found[0][:2])
+    assert len(shifts) > 3  # images draw their own shifts
