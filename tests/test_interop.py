@@ -347,3 +347,23 @@ def test_cli_prunes_and_quantizes_a_keras3_file(keras3_digits, tmp_path):
     res = tfopt_cli("fold-bn", tmp_path / "digits-pruned", "--output", tmp_path)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert model_kind(load_model(tmp_path / "digits-pruned-folded" / "model.keras")) == "keras3"
+
+
+def test_rounding_the_original_itself_amplifies_is_not_a_conversion_error():
+    """Outputs that cancel (a - b of two large inputs) move by 1e-4 when an input moves by one ulp; a
+    conversion off by that much is as exact as float32 allows, one off by 1% is refused."""
+    from tfopt.interop import ROUNDING_FACTOR, verify
+
+    def difference_model(w, name):
+        inp = keras.Input((2,))
+        out = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(w), name="d")(inp)
+        return keras.Model(inp, out, name=name)
+
+    x = np.array([[1000.0 + 1.5, 1000.0], [2000.0 + 2.0, 2000.0]], np.float32)
+    original = difference_model([[1.0], [-1.0]], "cancel")
+    close = difference_model([[1.0], [-1.0000001]], "close")
+    assert verify(original, close, sample=x) > 1e-5  # above the fixed limit, within the rounding floor
+    assert ROUNDING_FACTOR == 4.0
+    with pytest.raises(TfoptError, match=r"more than the allowed 1e-05 and more than 4× the [\d.e-]+ that a "
+                                         r"one-ulp change of the input makes"):
+        verify(original, difference_model([[1.0], [-1.01]], "off"), sample=x)
