@@ -92,4 +92,4 @@ def test_tune_sigterm_resume_and_refit_the_best_recipe(tmp_path):
     # not identical
     if best["trial"] != "0":
         val, val_samples = refit(folder / "trial_0" / "run" / "recipe.yaml", tmp_path / "refit0", run="run")
-    assert abs(val - float(rows[0]["val_accuracy"])) <= 1 / val_samples + 1e-9
+    assert abs(val - float(rows[0]["val_accuracy"])) <= 1 / val_samples + 1e-6  # accuracies are float32
