@@ -100,6 +100,10 @@ def test_resume_keeps_finished_candidates_and_continues(searched, tmp_path):
     after = list(csv.DictReader(open(copy / "candidates.csv")))
     assert after[:3] == before  # kept as they were, not rerun
     assert len(after) == 4
+    # the next stage builds on the best of the finished candidates, as it would have without the stop
+    best = min((r for r in before if r["meets_budget"] == "True"), key=lambda r: int(r["tflite_gzip_bytes"]))
+    prefix = "" if best["id"] == "base+int8" else best["id"].removesuffix("+int8") + "+"
+    assert after[3]["id"].startswith(prefix + "p"), (after[3]["id"], best["id"])
     assert "resuming: 3 finished candidate(s)" in lines[1] or any("resuming: 3" in line for line in lines)
     # the three finished candidates were not evaluated again
     assert sum(line.startswith("[") for line in lines) == 1

@@ -175,7 +175,11 @@ class Search:
         (self.out / "state.json").write_text(json.dumps({"elapsed_s": self.elapsed()}))
 
     def feasible(self):
-        return [r for r in self.rows.values() if r.get("meets_budget") and not r.get("error")]
+        # only candidates whose stage has run in this search: a resumed search reads every finished row
+        # at once, and must still start each stage from what the earlier stages chose
+        known = getattr(self, "chains", None)
+        return [r for r in self.rows.values() if r.get("meets_budget") and not r.get("error")
+                and (known is None or r["id"] in known)]
 
     def best(self):
         ok = self.feasible()
