@@ -94,6 +94,10 @@ def test_resume_keeps_finished_candidates_and_continues(searched, tmp_path):
     before = list(csv.DictReader(open(copy / "candidates.csv")))
     with pytest.raises(TfoptError, match="already holds a search; pass resume=True"):
         optimize(model, train, validation_data=sel, out=copy, max_candidates=4)
+    with pytest.raises(TfoptError, match=r"ran with other settings \(epochs 1 -> 2, levels \[2.0, 10.0\] -> "
+                                         r"\[1.0, 10.0\]\); its candidates would not match"):
+        optimize(model, train, validation_data=sel, max_drop=2.0, out=copy, epochs=2, max_candidates=4,
+                 levels=(1.0, 10.0), resume=True)
     lines = []
     optimize(model, train, validation_data=sel, test_data=test, max_drop=2.0, out=copy, epochs=1, max_candidates=4,
              levels=(2.0, 10.0), resume=True, log=lines.append)

@@ -138,6 +138,10 @@ class Search:
         if distill:
             self.fit.update(teacher=model, temperature=temperature, alpha=alpha)
         self.x_calib = data[0][:500]
+        # what the candidates in this folder depend on: a resumed search must ask for the same
+        self.settings = {"target": target, "max_drop": max_drop, "levels": [float(v) for v in levels],
+                         "epochs": epochs, "lr": lr, "batch_size": batch_size, "distill": bool(distill),
+                         "temperature": temperature, "alpha": alpha, "seed": seed}
         self.rows: dict[str, dict] = {}
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
@@ -157,7 +161,16 @@ class Search:
                 self.rows[row["id"]] = _typed(row)
         state = self.out / "state.json"
         if state.is_file():
-            self.elapsed_before = json.loads(state.read_text()).get("elapsed_s", 0.0)
+            saved = json.loads(state.read_text())
+            self.elapsed_before = saved.get("elapsed_s", 0.0)
+            before = saved.get("settings")
+            if before is not None and before != self.settings:
+                changed = ", ".join(f"{k} {before.get(k)!r} -> {self.settings.get(k)!r}"
+                                    for k in sorted(set(before) | set(self.settings))
+                                    if before.get(k) != self.settings.get(k))
+                raise TfoptError(f"optimize: the search in {self.out} ran with other settings ({changed}); its "
+                                 f"candidates would not match. Resume with the same settings, or search in "
+                                 f"another folder.")
         self.log(f"resuming: {len(self.rows)} finished candidate(s) read from {self.csv_path}")
 
     def elapsed(self) -> float:
@@ -172,7 +185,7 @@ class Search:
                 w.writeheader()
             w.writerow(row)
             f.flush()
-        (self.out / "state.json").write_text(json.dumps({"elapsed_s": self.elapsed()}))
+        (self.out / "state.json").write_text(json.dumps({"elapsed_s": self.elapsed(), "settings": self.settings}))
 
     def feasible(self):
         # only candidates whose stage has run in this search: a resumed search reads every finished row
