@@ -152,32 +152,32 @@ def test_sparse_tflite_storage_shrinks_raw_bytes_of_a_pruned_model():
 
 
 def test_fine_tunes_see_augmented_images_when_asked(searched, tmp_path, monkeypatch):
-    """``augment`` gives the fine-tunes a shifted-image pipeline; sensitivity and calibration keep the arrays."""
+    """``augment`` gives the search's fine-tunes a shifted-image pipeline; sensitivity and calibration keep
+    the arrays."""
     import tensorflow as tf
 
-    from tfopt.search import steps as S
-    from tfopt.search.engine import optimize
+    from tfopt.errors import TfoptError
+    from tfopt.search import engine
 
     train, sel, _ = _digits()
-    model = searched[0]  # optimize never changes its input
-    seen = []
-    real = S.channels
-
-    def spy(parent, data, per_layer, fit, log=None):
-        seen.append(data)
-        return real(parent, data, per_layer, fit, log)
-
-    monkeypatch.setattr(S, "channels", spy)
+    made = []
+    monkeypatch.setattr(engine.Search, "search", lambda self: made.append(self) or setattr(self, "base_acc", 0.5))
     lines = []
-    optimize(model, train, validation_data=sel, max_drop=50.0, target="macs", out=tmp_path / "s", epochs=1,
-             max_candidates=2, levels=(10.0,), augment={"translate": 0.25}, log=lines.append)
-    assert seen and isinstance(seen[0], tf.data.Dataset)
-    x, _ = next(iter(seen[0]))
-    assert x.shape[1:] == (8, 8, 1)
-    assert any(line == "fine-tunes augment their training images: {'translate': 0.25}" for line in lines)
-    # shifted by whole pixels: some images differ from every original, the labels are the originals'
+    with pytest.raises(TfoptError, match=r"no candidate finished \(time budget none, candidate limit none\)"):
+        engine.optimize(searched[0], train, validation_data=sel, out=tmp_path / "s", augment={"translate": 0.25},
+                        log=lines.append)
+    (search,) = made
+    assert isinstance(search.train, tf.data.Dataset) and isinstance(search.data, tuple)
+    assert "fine-tunes augment their training images: {'translate': 0.25}" in lines
+    x, y = next(iter(search.train))
+    assert x.shape[1:] == (8, 8, 1) and len(x) == 32
+    # shifted by whole pixels: some images differ from every original
     originals = {train[0][i].tobytes() for i in range(len(train[0]))}
     assert sum(img.tobytes() not in originals for img in x.numpy()) > 0
+    made.clear()
+    with pytest.raises(TfoptError):
+        engine.optimize(searched[0], train, validation_data=sel, out=tmp_path / "t", log=lines.append)
+    assert made[0].train is made[0].data  # no augmentation asked: the arrays themselves
 
 
 def test_latency_search_measures_float32_files_too(searched, tmp_path):

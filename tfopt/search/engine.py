@@ -460,7 +460,8 @@ def pareto_plot(rows, base_acc, max_drop, chosen, path):
         if chosen:
             ax.scatter([chosen[key] / scale], [chosen["selection_accuracy"] * 100], marker="*", s=160,
                        color="tab:orange", label=f"chosen: {chosen['id']}", zorder=3)
-        ax.set_xscale("log")
+        if ok:  # no finished candidate (a time budget spent on the set-up): an empty, linear axis
+            ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("selection accuracy (%)")
         ax.grid(alpha=0.3)
@@ -561,6 +562,10 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
     pareto_plot(rows, search.base_acc, max_drop, chosen, out / "pareto.png")
     if interrupted:
         raise KeyboardInterrupt
+    if chosen is None and not rows:
+        _report(out, search, None, {}, rows)
+        raise TfoptError(f"optimize: no candidate finished (time budget {time_budget or 'none'}, candidate limit "
+                         f"{max_candidates or 'none'}); allow more time.")
     if chosen is None:
         _report(out, search, None, {}, rows)
         raise TfoptError(f"optimize: none of the {len(rows)} candidates kept the selection accuracy within "
