@@ -306,7 +306,7 @@ def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_p
 
 
 def wrap_for_qat(model):
-    """A tf_keras quantization-aware copy of ``model`` (PQAT/CQAT when pruned/clustered); fit it,
+    """A tf_keras quantization-aware copy of ``model`` (PQAT, CQAT or PCQAT when pruned, clustered or both); fit it,
     then ``to_tflite(qat, mode="int8")``."""
     from tfopt.steps.quantize import wrap_for_qat as wrap
 
