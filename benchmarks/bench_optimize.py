@@ -38,7 +38,7 @@ def search(args, log):
     src = load_source(args.run, overrides=args.overrides)
     splits = load_splits(src.recipe.data, src.recipe.seed)
     ref = tflite.convert(src.model, "float32")
-    ref_lat = tflite.latency_us(ref, splits.x_test[0], num_threads=1, runs=500)["median_us"]
+    ref_lat = tflite.latency_us(ref, splits.x_test[0], num_threads=1, runs=500, repeats=5)["median_us"]
     ref_acc = tflite.accuracy(ref, splits.x_test, splits.y_test)
     t0 = time.perf_counter()
     res = optimize_source(args.run, overrides=args.overrides, output=args.out, resume=args.resume, log=log,
@@ -46,7 +46,7 @@ def search(args, log):
                           target=args.target, time_budget=args.time_budget, epochs=args.epochs,
                           distill=not args.no_distill)
     minutes = (time.perf_counter() - t0) / 60
-    lat = tflite.latency_us(res.tflite, splits.x_test[0], num_threads=1, runs=500)["median_us"]
+    lat = tflite.latency_us(res.tflite, splits.x_test[0], num_threads=1, runs=500, repeats=5)["median_us"]
     sizes, ref_sizes = tflite.sizes(res.tflite), tflite.sizes(ref)
     print(json.dumps({
         "bench": f"optimize_{src.name}_{args.target}", "minutes": round(minutes, 1), "candidates": len(res.rows),

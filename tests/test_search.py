@@ -109,8 +109,65 @@ def test_resume_keeps_finished_candidates_and_continues(searched, tmp_path):
     prefix = "" if best["id"] == "base+int8" else best["id"].removesuffix("+int8") + "+"
     assert after[3]["id"].startswith(prefix + "p"), (after[3]["id"], best["id"])
     assert "resuming: 3 finished candidate(s)" in lines[1] or any("resuming: 3" in line for line in lines)
-    # the three finished candidates were not evaluated again
+    # the three finished candidates were not evaluated again, nor the rate probed again
     assert sum(line.startswith("[") for line in lines) == 1
+    assert not any(line.startswith("rate probe:") for line in lines)
+    probed = [line for line in lines if line.startswith("fine-tune rate:")]
+    assert len(probed) == 1 and probed[0].split()[2] == f"{_first_rate(searched[4]):g}"
+
+
+def _first_rate(lines):
+    return float(next(line for line in lines if line.startswith("fine-tune rate:")).split()[2])
+
+
+def test_the_search_probes_its_fine_tune_rate_and_uses_it(searched):
+    import yaml
+
+    from tfopt.search.engine import PROBE_RATES
+
+    _, _, result, out, lines = searched
+    probes = [line for line in lines if line.startswith("rate probe: one epoch at ")]
+    assert 1 <= len(probes) <= len(PROBE_RATES)
+    rate = _first_rate(lines)
+    assert rate in PROBE_RATES
+    state = __import__("json").loads((out / "state.json").read_text())
+    assert [p["lr"] for p in state["rate_probe"]] == list(PROBE_RATES[:len(probes)])
+    steps = yaml.safe_load((out / "optimize.yaml").read_text())["optimize"]["steps"]
+    tuned = [next(iter(s.values())) for s in steps if "quantize" not in s]
+    assert all(t["lr"] == rate for t in tuned)
+    assert f"Fine-tune rate: {rate:g} (probed: " in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("drops, chosen", [
+    ((0.05,), 1e-3),                 # the first rate is harmless: nothing more is probed
+    ((0.5, 0.09, 0.0), 3e-4),        # stops at the first rate within a third of the 0.3-pt budget
+    ((0.5, 0.4, 0.2), 1e-4),         # none within it: the least harmful
+    ((0.5, 0.15, 0.3), 3e-4),
+])
+def test_rate_probe_keeps_the_highest_rate_within_a_third_of_the_budget(tmp_path, monkeypatch, drops, chosen):
+    from tfopt.search import engine
+
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    y = np.zeros(4, np.int64)
+    lines = []
+    search = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.3, target="size", time_budget=None,
+                           distill=False, epochs=2, lr=None, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
+                           max_candidates=None, levels=(1.0,), log=lines.append)
+    search.base_acc = 0.99
+    calls = []
+    monkeypatch.setattr(engine.S, "fine_tuned", lambda model, data, fit: calls.append(fit) or fit["lr"])
+    monkeypatch.setattr(engine.S, "accuracy", lambda lr, xs, ys: 0.99 - drops[engine.PROBE_RATES.index(lr)] / 100)
+    search.choose_rate()
+    assert search.fit["lr"] == chosen
+    n = next((i + 1 for i, d in enumerate(drops) if d <= 0.1), len(drops))
+    assert [c["lr"] for c in calls] == list(engine.PROBE_RATES[:n])
+    assert all(c["epochs"] == 1 for c in calls) and search.fit["epochs"] == 2
+    # a given rate is kept as it is, without a probe
+    fixed = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.3, target="size", time_budget=None,
+                          distill=False, epochs=2, lr=5e-4, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
+                          max_candidates=None, levels=(1.0,), log=lines.append)
+    fixed.choose_rate()
+    assert fixed.fit["lr"] == 5e-4 and len(calls) == n
 
 
 def test_bad_target_and_budget_are_refused(tmp_path):
@@ -200,3 +257,30 @@ def test_latency_search_measures_float32_files_too(searched, tmp_path):
     f32, i8 = (int(r["tflite_raw_bytes"]) for r in rows[1::-1])
     assert f32 > 2 * i8
     assert tflite.accuracy(result.tflite, *sel) == pytest.approx(result.chosen["selection_accuracy"])
+
+
+def test_latency_reports_the_block_with_the_lowest_median(monkeypatch):
+    import types
+
+    from tfopt import tflite
+
+    class Fake:
+        def get_input_details(self):
+            return [{"index": 0, "dtype": np.float32, "quantization": (0.0, 0)}]
+
+        def set_tensor(self, *_):
+            pass
+
+        def invoke(self):
+            pass
+
+    monkeypatch.setattr(tflite, "interpreter", lambda content, threads, log=None: (Fake(), "none"))
+    # three blocks of four runs (ns): a slow block, a fast one with one outlier, a slower one
+    durations = [9000, 9000, 9500, 9000] + [3000, 3100, 8000, 3000] + [5000] * 4
+    stamps = iter([t for d in durations for t in (0, d)])
+    monkeypatch.setattr(tflite, "time", types.SimpleNamespace(perf_counter_ns=lambda: next(stamps)))
+    got = tflite.latency_us(b"", np.zeros((8, 8, 1)), runs=4, warmup=0, repeats=3)
+    assert got["median_us"] == pytest.approx(3.05)
+    assert got["repeats"] == 3
+    stamps = iter([t for d in durations[:4] for t in (0, d)])
+    assert tflite.latency_us(b"", np.zeros((8, 8, 1)), runs=4, warmup=0)["median_us"] == pytest.approx(9.0)

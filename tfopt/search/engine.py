@@ -6,6 +6,11 @@ quantization-aware where post-training misses the budget) — and judges every c
 TFLite file on a held-out *selection* split, never on the test split. Every fine-tune learns
 from the input model (knowledge distillation) unless ``distill=False``.
 
+Unless a fine-tune rate is given, the search first picks one: the highest of
+:data:`PROBE_RATES` at which one epoch of fine-tuning the *unchanged* input model costs at most
+:data:`PROBE_SHARE` of the budget. A model trained to the end of a long decaying schedule sits in a
+minimum that a high rate throws it out of; every later fine-tune would pay that loss first.
+
 The search is greedy in stages: each stage tries a few settings of one step on top of the best
 candidate so far that meets the budget, so good combinations are found without trying them all:
 
@@ -48,6 +53,11 @@ CLUSTERS = (16, 8, 4)
 #: A candidate over budget by at most this multiple of the budget, smaller (or faster) than the best
 #: so far, also gets quantization-aware training.
 NEAR_MISS = 2.0
+#: Fine-tune rates the search probes when none is given, highest first.
+PROBE_RATES = (1e-3, 3e-4, 1e-4)
+#: A probed rate is kept when one epoch of fine-tuning the unchanged input model at it costs at most
+#: this share of the budget on the selection split.
+PROBE_SHARE = 1 / 3
 COLUMNS = ["id", "steps", "stage", "selection_accuracy", "keras_selection_accuracy", "drop_points", "meets_budget",
            "tflite", "int8", "tflite_raw_bytes", "tflite_gzip_bytes", "sparse_raw_bytes", "params", "nonzero_params",
            "macs", "latency_us", "seconds", "error"]
@@ -143,6 +153,7 @@ class Search:
                          "epochs": epochs, "lr": lr, "batch_size": batch_size, "distill": bool(distill),
                          "temperature": temperature, "alpha": alpha, "seed": seed}
         self.rows: dict[str, dict] = {}
+        self.probe: list[dict] = []
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
         self.times: list[float] = []
@@ -163,6 +174,7 @@ class Search:
         if state.is_file():
             saved = json.loads(state.read_text())
             self.elapsed_before = saved.get("elapsed_s", 0.0)
+            self.probe = saved.get("rate_probe", [])
             before = saved.get("settings")
             if before is not None and before != self.settings:
                 changed = ", ".join(f"{k} {before.get(k)!r} -> {self.settings.get(k)!r}"
@@ -185,7 +197,11 @@ class Search:
                 w.writeheader()
             w.writerow(row)
             f.flush()
-        (self.out / "state.json").write_text(json.dumps({"elapsed_s": self.elapsed(), "settings": self.settings}))
+        self._save_state()
+
+    def _save_state(self):
+        (self.out / "state.json").write_text(json.dumps({"elapsed_s": self.elapsed(), "settings": self.settings,
+                                                         "rate_probe": self.probe}))
 
     def feasible(self):
         # only candidates whose stage has run in this search: a resumed search reads every finished row
@@ -299,6 +315,28 @@ class Search:
             self.evaluate(cand)
         return True
 
+    def choose_rate(self):
+        """Set the fine-tune rate from :data:`PROBE_RATES` (see the module's notes); a resumed
+        search reuses the probe it recorded."""
+        if self.fit.get("lr") is not None:
+            return
+        if not self.probe:
+            fit = {**self.fit, "epochs": 1}
+            for lr in PROBE_RATES:
+                t0 = time.perf_counter()
+                acc = S.accuracy(S.fine_tuned(self.model, self.train, {**fit, "lr": lr}), self.x_sel, self.y_sel)
+                self.probe.append({"lr": lr, "drop_points": (self.base_acc - acc) * 100,
+                                   "seconds": time.perf_counter() - t0})
+                self.log(f"rate probe: one epoch at {lr:g} leaves the input model at {acc:.2%} "
+                         f"(drop {self.probe[-1]['drop_points']:+.2f} pt, {self.probe[-1]['seconds']:.0f} s)")
+                if self.probe[-1]["drop_points"] <= PROBE_SHARE * self.max_drop:
+                    break
+            self._save_state()
+        ok = [p for p in self.probe if p["drop_points"] <= PROBE_SHARE * self.max_drop]
+        self.fit["lr"] = ok[0]["lr"] if ok else min(self.probe, key=lambda p: p["drop_points"])["lr"]
+        self.log(f"fine-tune rate: {self.fit['lr']:g} (the highest probed rate costing at most "
+                 f"{PROBE_SHARE * self.max_drop:.2f} pt" + ("" if ok else "; none did: the least harmful") + ")")
+
     def base_chain(self):
         """The chain of the best feasible Keras-level candidate (QAT rows count as their chain)."""
         b = self.best()
@@ -319,6 +357,7 @@ class Search:
             self.log(f"the input model did not convert to float32 TFLite ({str(exc).splitlines()[0]})")
         self.log(f"input model: {self.base_acc:.2%} on the selection split ({len(x)} images); budget: a drop of at "
                  f"most {self.max_drop:g} points; target: {self.target}")
+        self.choose_rate()
 
         def stage(name, chains, qat=False):
             cands = []
@@ -507,7 +546,8 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
             (``chosen/``) and the cache of intermediate models.
         resume: continue a search in ``out`` (finished candidates are kept, not rerun).
         distill: every fine-tune learns from the input model (``temperature``, ``alpha``).
-        epochs, lr, batch_size: fine-tune settings of every step (defaults: the steps' own).
+        epochs, lr, batch_size: fine-tune settings of every step (defaults: the steps' own; ``lr``
+            None: probed, see :data:`PROBE_RATES`).
         max_candidates: stop after this many candidates (tests, quick looks).
         levels: per-layer tolerances, in points lost before fine-tuning, that turn the
             sensitivity sweeps into per-layer ratios (one candidate each).
@@ -644,7 +684,9 @@ def _report(out, search, chosen, test, rows):
              f"Target: **{search.target}**; budget: at most {search.max_drop:g} points below the input model's "
              f"{search.base_acc:.2%} on the selection split ({len(search.x_sel)} held-out images). "
              f"{len(rows)} candidates in {search.elapsed() / 60:.1f} min. "
-             f"Distillation: {'on' if 'teacher' in search.fit else 'off'}.", ""]
+             f"Distillation: {'on' if 'teacher' in search.fit else 'off'}. Fine-tune rate: {search.fit.get('lr') or 'the steps’ default'}"
+             + (" (probed: " + ", ".join(f"{p['lr']:g} {-p['drop_points']:+.2f} pt" for p in search.probe) + ")"
+                if search.probe else "") + ".", ""]
     if ref:
         lines += [f"Input model as float32 TFLite: {ref['gzip_bytes']:,} bytes gzip, {ref['raw_bytes']:,} bytes raw, "
                   f"{ref['macs']:,} MACs, {ref['latency_us']:.0f} µs 1-thread LiteRT, {ref['accuracy']:.2%} on the "

@@ -53,6 +53,19 @@ def prune(model, data, fit: dict, sparsity: float = 0.8, layers: dict | None = N
     return _step("prune", model, data, fit, log, **kw)
 
 
+def fine_tuned(model, data, fit: dict, log=None):
+    """A copy of ``model`` fine-tuned with the steps' settings and nothing else (BatchNorm statistics
+    re-estimated afterwards, as the steps do)."""
+    from tfopt.interop import plain_copy
+    from tfopt.steps.runner import fine_tune, recalibrate_batchnorm
+
+    copy = plain_copy(model)
+    kw = _fit_kwargs(fit)
+    fine_tune(copy, data, log=log or _quiet, **kw)
+    recalibrate_batchnorm(copy, data, batch_size=kw.get("batch_size"), log=log or _quiet)
+    return copy
+
+
 def cluster(model, data, fit: dict, clusters: int = 16, log=None):
     """Weight clustering to ``clusters`` values per kernel, fine-tuned and stripped."""
     return _step("cluster", model, data, fit, log, clusters=clusters)
@@ -101,11 +114,11 @@ def sparse_raw_bytes(model, mode: str, x_calib) -> int | None:
         return None
 
 
-def latency_us(content: bytes, sample, runs: int = 200) -> float:
-    """Median 1-thread LiteRT latency of one image."""
+def latency_us(content: bytes, sample, runs: int = 200, repeats: int = 5) -> float:
+    """Median 1-thread LiteRT latency of one image (the fastest of ``repeats`` blocks of ``runs``)."""
     from tfopt import tflite
 
-    return tflite.latency_us(content, sample, num_threads=1, runs=runs)["median_us"]
+    return tflite.latency_us(content, sample, num_threads=1, runs=runs, repeats=repeats)["median_us"]
 
 
 def stats(model) -> dict:
