@@ -284,3 +284,32 @@ def test_latency_reports_the_block_with_the_lowest_median(monkeypatch):
     assert got["repeats"] == 3
     stamps = iter([t for d in durations[:4] for t in (0, d)])
     assert tflite.latency_us(b"", np.zeros((8, 8, 1)), runs=4, warmup=0)["median_us"] == pytest.approx(9.0)
+
+
+def test_a_ladder_ends_at_its_first_hopeless_rung(tmp_path):
+    from tfopt.search import engine
+
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    y = np.zeros(4, np.int64)
+    lines = []
+    search = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.2, target="size", time_budget=None,
+                           distill=False, epochs=1, lr=1e-3, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
+                           max_candidates=None, levels=(1.0,), log=lines.append)
+    drops = {"p1+int8": 0.1, "p2+int8": 0.35, "p3+int8": 0.41, "p4+int8": 0.1, "c16+int8": 0.5, "c8+int8": 0.0}
+    done = []
+
+    def evaluate(cand):
+        done.append(cand.id)
+        search.rows[cand.id] = {"id": cand.id, "drop_points": drops[cand.id], "error": ""}
+
+    search.evaluate = evaluate
+    prune = [engine.Candidate([engine.Step("prune", {"level": i})], "prune") for i in (1, 2, 3, 4)]
+    cluster = [engine.Candidate([engine.Step("cluster", {"clusters": c})], "cluster") for c in (16, 8)]
+    assert search.run_stage("prune", [prune, cluster])
+    # 0.35 is a near miss of a 0.2-pt budget (within twice it): the ladder goes on; 0.41 is not
+    assert done == ["p1+int8", "p2+int8", "p3+int8", "c16+int8"]
+    assert "    p3+int8 lost 0.41 pt, over 2× the budget: skipping p4+int8" in lines
+    assert "    c16+int8 lost 0.50 pt, over 2× the budget: skipping c8+int8" in lines
+    # a resumed search reads the finished rows and skips the same rungs
+    done.clear()
+    assert search.run_stage("prune", [prune, cluster]) and done == []

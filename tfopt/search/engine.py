@@ -12,7 +12,9 @@ Unless a fine-tune rate is given, the search first picks one: the highest of
 minimum that a high rate throws it out of; every later fine-tune would pay that loss first.
 
 The search is greedy in stages: each stage tries a few settings of one step on top of the best
-candidate so far that meets the budget, so good combinations are found without trying them all:
+candidate so far that meets the budget, so good combinations are found without trying them all.
+Settings of one kind form a ladder from mild to harsh; a ladder ends at the first rung that loses
+more than :data:`NEAR_MISS` times the budget, since the harsher rungs would lose more:
 
 1. int8 of the model as it is (post-training quantization);
 2. channel pruning at a few aggressiveness levels, per-layer ratios read off a sensitivity sweep
@@ -301,18 +303,33 @@ class Search:
 
     # -- the plan -----------------------------------------------------------------------------
 
-    def run_stage(self, name, candidates) -> bool:
-        """Evaluate ``candidates`` in order; False when time or the candidate limit ran out."""
-        for cand in candidates:
-            if cand.id in self.rows:
-                continue
-            if self.max_candidates is not None and len(self.rows) >= self.max_candidates:
-                self.log(f"candidate limit ({self.max_candidates}) reached")
-                return False
-            if self.out_of_time():
-                self.log(f"time budget ({self.budget_s / 60:.1f} min) reached after {self.elapsed() / 60:.1f} min")
-                return False
-            self.evaluate(cand)
+    def hopeless(self, row) -> bool:
+        """Over budget by more than a near miss: the next, harsher rung of its ladder is skipped."""
+        return not row.get("error") and row["drop_points"] > NEAR_MISS * self.max_drop + 1e-9
+
+    def run_stage(self, name, ladders) -> bool:
+        """Evaluate each ladder's candidates (mildest first) in order, leaving a ladder at its first
+        hopeless rung; False when time or the candidate limit ran out."""
+        for ladder in ladders:
+            stopped = set()  # modes (int8, float32, qat) whose ladder has ended
+            for cand in ladder:
+                if cand.mode in stopped:
+                    continue
+                if cand.id not in self.rows:
+                    if self.max_candidates is not None and len(self.rows) >= self.max_candidates:
+                        self.log(f"candidate limit ({self.max_candidates}) reached")
+                        return False
+                    if self.out_of_time():
+                        self.log(f"time budget ({self.budget_s / 60:.1f} min) reached after "
+                                 f"{self.elapsed() / 60:.1f} min")
+                        return False
+                    self.evaluate(cand)
+                if self.hopeless(self.rows[cand.id]):
+                    rest = [c.id for c in ladder[ladder.index(cand) + 1:] if c.mode == cand.mode]
+                    if rest and cand.mode not in stopped:
+                        self.log(f"    {cand.id} lost {self.rows[cand.id]['drop_points']:.2f} pt, over "
+                                 f"{NEAR_MISS:g}× the budget: skipping {', '.join(rest)}")
+                    stopped.add(cand.mode)
         return True
 
     def choose_rate(self):
@@ -359,28 +376,32 @@ class Search:
                  f"most {self.max_drop:g} points; target: {self.target}")
         self.choose_rate()
 
-        def stage(name, chains, qat=False):
-            cands = []
-            for c in chains:
-                cands.append(Candidate(c, name, qat))
-                if self.target == "latency" and not qat:
-                    cands.append(Candidate(c, name, float32=True))
-            for c in cands:
-                self.chains[c.id] = c.chain
-            return self.run_stage(name, cands)
+        def stage(name, ladders, qat=False):
+            """``ladders``: lists of chains, each from mild to harsh (a single chain is its own ladder)."""
+            groups = []
+            for chains in ladders:
+                cands = []
+                for c in chains:
+                    cands.append(Candidate(c, name, qat))
+                    if self.target == "latency" and not qat:
+                        cands.append(Candidate(c, name, float32=True))
+                for c in cands:
+                    self.chains[c.id] = c.chain
+                groups.append(cands)
+            return self.run_stage(name, groups)
 
-        if not stage("int8", [[]]):
+        if not stage("int8", [[[]]]):
             return
         # Channel pruning: ratios per layer from a sweep, at a few tolerances.
         ch_rows = S.channel_sensitivity(self.model, x, y)
         per_levels = _levels(ch_rows, self.base_acc, self.levels)
         ch_chains = [[Step("channels", {"level": i + 1, "per_layer": p})] for i, p in enumerate(per_levels) if p]
-        if not stage("channels", ch_chains):
+        if not stage("channels", [ch_chains]):
             return
         if self.target in ("latency", "macs"):
             start = self.base_chain()
             rm = S.removable_layers(self.keras_model(start))
-            if rm and not stage("remove", [start + [Step("remove", {"layers": [name]})] for name in rm[:3]]):
+            if rm and not stage("remove", [[start + [Step("remove", {"layers": [name]})]] for name in rm[:3]]):
                 return
         if self.target == "size":
             start = self.base_chain()
@@ -389,22 +410,22 @@ class Search:
             start_acc = S.accuracy(start_model, x, y)
             sp_levels = _levels(mag_rows, start_acc, self.levels, kind="sparsity")
             names = list(S.prunable_layers(start_model))
-            chains = [start + [Step("prune", {"level": i + 1, "layers": p, "sparsity": max(p.values()),
-                                              "skip": [n for n in names if n not in p]})]
-                      for i, p in enumerate(sp_levels) if p]
+            ladders = [[start + [Step("prune", {"level": i + 1, "layers": p, "sparsity": max(p.values()),
+                                                "skip": [n for n in names if n not in p]})]
+                        for i, p in enumerate(sp_levels) if p]]
             # The sweep zeroes one layer at a time without a fine-tune, so it is cautious; overall
             # targets spread by erk (small layers pruned less) go further and let the fine-tune recover.
-            chains += [start + [Step("prune", {"level": f"erk{round(sp * 100)}", "sparsity": sp})]
-                       for sp in ERK_SPARSITIES]
+            ladders.append([start + [Step("prune", {"level": f"erk{round(sp * 100)}", "sparsity": sp})]
+                            for sp in ERK_SPARSITIES])
             if start:
                 # channel pruning and then high sparsity compound their losses: high sparsity alone
                 # can keep fewer weights at a smaller loss
-                chains += [[Step("prune", {"level": f"erk{round(sp * 100)}", "sparsity": sp})]
-                           for sp in ERK_SPARSITIES[1:]]
-            if not stage("prune", chains):
+                ladders.append([[Step("prune", {"level": f"erk{round(sp * 100)}", "sparsity": sp})]
+                                for sp in ERK_SPARSITIES[1:]])
+            if not stage("prune", ladders):
                 return
             start = self.base_chain()
-            if not stage("cluster", [start + [Step("cluster", {"clusters": c})] for c in CLUSTERS]):
+            if not stage("cluster", [[start + [Step("cluster", {"clusters": c})] for c in CLUSTERS]]):
                 return
         # QAT where post-training int8 lost what the Keras model kept, and for the near misses that
         # would beat the best so far: quantization-aware training is a further fine-tune as well.
@@ -419,7 +440,7 @@ class Search:
                 sorted(near, key=lambda r: -_score(r, self.target))[:2]:
             if r["id"] in self.chains and self.chains[r["id"]] not in chosen:
                 chosen.append(self.chains[r["id"]])
-        stage("qat", chosen, qat=True)
+        stage("qat", [[c] for c in chosen], qat=True)
 
 
 def _levels(rows, base_acc, tolerances, kind="ratio"):
