@@ -24,9 +24,9 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Turns of (input float32, chosen) latency, each the fastest of three blocks of 500 invocations.
@@ -50,8 +50,8 @@ def search(args, log):
                           target=args.target, time_budget=args.time_budget, epochs=args.epochs,
                           distill=not args.no_distill)
     minutes = (time.perf_counter() - t0) / 60
-    # both files timed after the search, in turns: the process's state (thread pools, CPU clock) moves
-    # absolute times by up to 1.6× between the start and the end of a run
+    # both files timed after the search, in turns: the same file timed 1.4-1.6× apart between the start
+    # and the end of one run on this machine
     rounds = []
     for _ in range(ROUNDS):
         r = tflite.latency_us(ref, splits.x_test[0], num_threads=1, runs=500, repeats=3)["median_us"]

@@ -326,7 +326,7 @@ class Search:
                     self.evaluate(cand)
                 if self.hopeless(self.rows[cand.id]):
                     rest = [c.id for c in ladder[ladder.index(cand) + 1:] if c.mode == cand.mode]
-                    if rest and cand.mode not in stopped:
+                    if rest:
                         self.log(f"    {cand.id} lost {self.rows[cand.id]['drop_points']:.2f} pt, over "
                                  f"{NEAR_MISS:g}× the budget: skipping {', '.join(rest)}")
                     stopped.add(cand.mode)
@@ -337,22 +337,23 @@ class Search:
         search reuses the probe it recorded."""
         if self.fit.get("lr") is not None:
             return
+        limit = PROBE_SHARE * self.max_drop
         if not self.probe:
-            fit = {**self.fit, "epochs": 1}
             for lr in PROBE_RATES:
                 t0 = time.perf_counter()
-                acc = S.accuracy(S.fine_tuned(self.model, self.train, {**fit, "lr": lr}), self.x_sel, self.y_sel)
-                self.probe.append({"lr": lr, "drop_points": (self.base_acc - acc) * 100,
-                                   "seconds": time.perf_counter() - t0})
+                tuned = S.fine_tuned(self.model, self.train, {**self.fit, "epochs": 1, "lr": lr})
+                acc = S.accuracy(tuned, self.x_sel, self.y_sel)
+                p = {"lr": lr, "drop_points": (self.base_acc - acc) * 100, "seconds": time.perf_counter() - t0}
+                self.probe.append(p)
                 self.log(f"rate probe: one epoch at {lr:g} leaves the input model at {acc:.2%} "
-                         f"(drop {self.probe[-1]['drop_points']:+.2f} pt, {self.probe[-1]['seconds']:.0f} s)")
-                if self.probe[-1]["drop_points"] <= PROBE_SHARE * self.max_drop:
+                         f"(drop {p['drop_points']:+.2f} pt, {p['seconds']:.0f} s)")
+                if p["drop_points"] <= limit:
                     break
             self._save_state()
-        ok = [p for p in self.probe if p["drop_points"] <= PROBE_SHARE * self.max_drop]
+        ok = [p for p in self.probe if p["drop_points"] <= limit]
         self.fit["lr"] = ok[0]["lr"] if ok else min(self.probe, key=lambda p: p["drop_points"])["lr"]
-        self.log(f"fine-tune rate: {self.fit['lr']:g} (the highest probed rate costing at most "
-                 f"{PROBE_SHARE * self.max_drop:.2f} pt" + ("" if ok else "; none did: the least harmful") + ")")
+        self.log(f"fine-tune rate: {self.fit['lr']:g} (the highest probed rate costing at most {limit:.2f} pt"
+                 + ("" if ok else "; none did: the least harmful") + ")")
 
     def base_chain(self):
         """The chain of the best feasible Keras-level candidate (QAT rows count as their chain)."""

@@ -59,10 +59,11 @@ def fine_tuned(model, data, fit: dict, log=None):
     from tfopt.interop import plain_copy
     from tfopt.steps.runner import fine_tune, recalibrate_batchnorm
 
+    log = log or _quiet
     copy = plain_copy(model)
     kw = _fit_kwargs(fit)
-    fine_tune(copy, data, log=log or _quiet, **kw)
-    recalibrate_batchnorm(copy, data, batch_size=kw.get("batch_size"), log=log or _quiet)
+    fine_tune(copy, data, log=log, **kw)
+    recalibrate_batchnorm(copy, data, batch_size=kw.get("batch_size"), log=log)
     return copy
 
 
