@@ -93,6 +93,43 @@ def test_erk_allocation_keeps_the_overall_target():
     assert erk_sparsities(shapes, 0.5)["conv1"] == 0.0  # would pass density 1: kept dense, the others make up
 
 
+def test_er_allocation_counts_only_a_kernels_channels():
+    # the Fashion-MNIST CNN: ERK prunes the 3x3 convolutions harder than the dense head; ER the reverse
+    shapes = {"conv2": [(3, 3, 32, 64)], "conv3": [(3, 3, 64, 128)], "fc1": [(1152, 256)], "fc2": [(256, 10)]}
+    sizes = {k: int(np.prod(v[0])) for k, v in shapes.items()}
+    for target in (0.8, 0.9, 0.95):
+        er = erk_sparsities(shapes, target, kernel=False)
+        assert sum(er[k] * sizes[k] for k in er) / sum(sizes.values()) == pytest.approx(target, rel=1e-9)
+        # density proportional to (c_in + c_out) / (c_in * c_out) among the layers that are not dense
+        pruned = [k for k in er if er[k] > 0]
+        ratios = {k: (1 - er[k]) / (sum(shapes[k][0][-2:]) / np.prod(shapes[k][0][-2:])) for k in pruned}
+        assert len(pruned) >= 3 and max(ratios.values()) == pytest.approx(min(ratios.values()), rel=1e-9)
+        erk = erk_sparsities(shapes, target)
+        assert er["conv3"] < er["fc1"] and erk["conv3"] > erk["fc1"]
+    assert erk_sparsities(shapes, 0.9, kernel=False)["conv3"] == pytest.approx(0.7859, abs=1e-4)
+    # dense layers have no spatial dims: ER and ERK agree
+    dense = {"fc1": [(784, 300)], "fc2": [(300, 100)], "fc3": [(100, 10)]}
+    assert erk_sparsities(dense, 0.95, kernel=False) == erk_sparsities(dense, 0.95)
+
+
+def test_er_allocation_of_the_prune_step():
+    import tfopt
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+                          keras.layers.Conv2D(16, 3, activation="relu", name="conv2"), keras.layers.Flatten(),
+                          keras.layers.Dense(10, activation="softmax", name="fc")])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(256, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 256)
+    shapes = {n: [m.get_layer(n).kernel.shape] for n in ("conv1", "conv2", "fc")}
+    expected = erk_sparsities(shapes, 0.7, kernel=False)
+    assert expected["conv2"] < erk_sparsities(shapes, 0.7)["conv2"]  # the convolution keeps more under er
+    pruned = tfopt.prune(m, (x, y), sparsity=0.7, allocation="er", epochs=1, batch_size=32)
+    for name in ("conv1", "conv2", "fc"):
+        assert kernel_sparsity(pruned, name) == pytest.approx(expected[name], abs=0.01)
+    assert not any((m.get_layer(n).kernel.numpy() == 0).any() for n in ("conv2", "fc"))  # the input is untouched
+
+
 def test_per_layer_overrides_and_skip(base_run, tmp_path):
     path, _ = commands.run_prune(load_source(base_run), {"sparsity": 0.5, "layers": {"fc1": 0.8}, "skip": ["fc2"],
                                                          "epochs": 2}, output=tmp_path, log=quiet)

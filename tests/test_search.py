@@ -313,3 +313,43 @@ def test_a_ladder_ends_at_its_first_hopeless_rung(tmp_path):
     # a resumed search reads the finished rows and skips the same rungs
     done.clear()
     assert search.run_stage("prune", [prune, cluster]) and done == []
+
+
+def test_size_search_spreads_sparsity_the_way_that_loses_least(tmp_path, monkeypatch):
+    from tfopt.search import engine
+    from tfopt.search import steps as S
+
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    y = np.zeros(4, np.int64)
+    lines = []
+    search = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.5, target="size", time_budget=None,
+                           distill=False, epochs=2, lr=1e-3, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
+                           max_candidates=None, levels=(1.0,), log=lines.append)
+    accs = {"erk": 0.48, "er": 0.88}
+    monkeypatch.setattr(S, "allocation_accuracy", lambda model, x, y, sparsity, allocation: accs[allocation])
+    ladder = search.sparsity_ladder([], None)
+    assert [chain[-1].knobs for chain in ladder] == [
+        {"level": f"er{p}", "sparsity": p / 100, "allocation": "er"} for p in (80, 90, 95, 97)]
+    assert [engine._key(chain) for chain in ladder] == ["per80", "per90", "per95", "per97"]
+    assert "allocation: erk 48.00%, er 88.00% at 90% sparsity without fine-tuning; spreading by er" in lines
+    assert engine._recipe_steps(ladder[1], False, search.fit)[0] == {
+        "prune": {"sparsity": 0.9, "layers": {}, "skip": [], "allocation": "er", "epochs": 2, "lr": 0.001}}
+    accs["er"] = 0.48  # a tie keeps erk, and erk chains keep the names they had
+    assert [engine._key(chain) for chain in search.sparsity_ladder([], None, (0.8,))] == ["perk80"]
+
+
+def test_one_shot_magnitude_pruning_zeroes_each_layers_share():
+    import tf_keras as keras
+
+    from tfopt.steps.sensitivity import magnitude_pruned
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, name="conv"),
+                          keras.layers.Flatten(), keras.layers.Dense(10, name="fc")])
+    before = [w.copy() for w in m.get_weights()]
+    pruned = magnitude_pruned(m, {"conv": 0.5, "fc": 0.9})
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))  # the input is not changed
+    conv, fc = pruned.get_layer("conv").kernel.numpy(), pruned.get_layer("fc").kernel.numpy()
+    assert int((conv == 0).sum()) == 36 and int((fc == 0).sum()) == round(0.9 * 288 * 10)
+    kept = np.abs(fc[fc != 0])
+    assert kept.min() >= np.sort(np.abs(before[2]).ravel())[round(0.9 * 2880) - 1]

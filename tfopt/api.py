@@ -112,7 +112,8 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
     """Magnitude pruning, fine-tuned on ``data`` and stripped: a plain model of the input's kind
     whose prunable kernels hold ``sparsity`` zeros overall, spread over the layers by
     ``allocation`` (``"erk"``: small layers such as a first conv pruned less, large ones more;
-    ``"uniform"``: every layer at ``sparsity``).
+    ``"er"``: the same by channels only, so convolutions keep more and a large dense head loses
+    more; ``"uniform"``: every layer at ``sparsity``).
 
     The sparsity rises (polynomially) over the first half of the fine-tune steps at the full
     rate, then the rate decays while the network recovers. ``layers={"fc1": 0.9}`` sets

@@ -212,7 +212,8 @@ def load_as_tf_keras(path):
 def plain_copy(model):
     """An uncompiled copy of a model with the same weights: saves without optimizer state."""
     lib = _libraries(model_kind(model))
-    copy = lib.Model.from_config(model.get_config())
+    cls = lib.Sequential if isinstance(model, lib.Sequential) else lib.Model
+    copy = cls.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
 

@@ -45,9 +45,10 @@ def remove(model, data, layers, fit: dict, log=None):
 
 
 def prune(model, data, fit: dict, sparsity: float = 0.8, layers: dict | None = None, skip=(), m_by_n=None,
-          log=None):
-    """Magnitude pruning (per-layer targets in ``layers``, ``skip`` left dense, or m:n), fine-tuned and stripped."""
-    kw = dict(sparsity=sparsity, layers=layers or None, skip=list(skip))
+          allocation: str = "erk", log=None):
+    """Magnitude pruning (per-layer targets in ``layers``, ``skip`` left dense, the rest spread by
+    ``allocation``, or m:n), fine-tuned and stripped."""
+    kw = dict(sparsity=sparsity, layers=layers or None, skip=list(skip), allocation=allocation)
     if m_by_n:
         kw["m_by_n"] = tuple(m_by_n)
     return _step("prune", model, data, fit, log, **kw)
@@ -161,13 +162,23 @@ def channel_sensitivity(model, x, y, ratios=(0.25, 0.5, 0.75, 0.9)) -> list[dict
 
 def magnitude_sensitivity(model, x, y, levels=(0.5, 0.75, 0.9, 0.95, 0.98)) -> list[dict]:
     """Selection accuracy with the smallest ``level`` of one layer's kernel zeroed, without fine-tuning."""
-    from tfopt.steps.sensitivity import _magnitude_prune
+    from tfopt.steps.sensitivity import magnitude_pruned
 
     rows = []
     for name in prunable_layers(model):
         for s in levels:
-            rows.append({"layer": name, "ratio": s, "accuracy": accuracy(_magnitude_prune(model, name, s), x, y)})
+            rows.append({"layer": name, "ratio": s, "accuracy": accuracy(magnitude_pruned(model, {name: s}), x, y)})
     return rows
+
+
+def allocation_accuracy(model, x, y, sparsity: float, allocation: str) -> float:
+    """Selection accuracy with ``sparsity`` of all prunable kernels zeroed at once, spread by
+    ``allocation`` (``erk`` or ``er``), without fine-tuning."""
+    from tfopt.steps.prune import erk_sparsities, kernels, prunable
+    from tfopt.steps.sensitivity import magnitude_pruned
+
+    sizes = {layer.name: [tuple(w.shape) for w in kernels(layer)] for layer in model.layers if prunable(layer)}
+    return accuracy(magnitude_pruned(model, erk_sparsities(sizes, sparsity, kernel=allocation == "erk")), x, y)
 
 
 def removable_layers(model) -> list[str]:

@@ -58,10 +58,11 @@ class PruneConfig(FineTune):
     """Magnitude pruning with TFMOT's prune_low_magnitude, then strip_pruning."""
 
     sparsity: float = Field(0.8, gt=0, lt=1, description="target fraction of zero weights")
-    allocation: Literal["erk", "uniform"] = Field(
+    allocation: Literal["erk", "er", "uniform"] = Field(
         "erk", description="how sparsity is spread over the layers without their own target: erk prunes small "
-                           "layers (a first conv) less and large ones more, for the same overall sparsity; uniform "
-                           "prunes each layer to sparsity")
+                           "layers (a first conv) less and large ones more, for the same overall sparsity; er "
+                           "counts only a kernel's channels, so convolutions keep more and a large dense head "
+                           "loses more than under erk; uniform prunes each layer to sparsity")
     schedule: Literal["polynomial", "constant"] = Field("polynomial", description="how the sparsity rises")
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="polynomial schedule start")
     begin_step: int = Field(0, ge=0, description="first pruning step")

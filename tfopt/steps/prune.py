@@ -132,25 +132,36 @@ def check_layer_names(model, names, option) -> None:
                              f"prunable layers: {', '.join(known)}")
 
 
-def erk_sparsities(sizes: dict, target: float) -> dict:
-    """Per-layer sparsities whose weighted mean is ``target``, Erdős–Rényi-Kernel style.
+def erk_sparsities(sizes: dict, target: float, kernel: bool = True) -> dict:
+    """Per-layer sparsities whose weighted mean is ``target``, Erdős–Rényi(-Kernel) style.
 
-    Each layer's density (the fraction of weights kept) is proportional to
-    ``sum(kernel dims) / prod(kernel dims)`` (Evci et al., "Rigging the Lottery", 2020), so a
-    3×3×1×12 first conv keeps several times the share of a 2028×10 dense layer; a layer whose
-    density would pass 1 stays dense and the others make up for it.
+    With ``kernel`` (ERK, Evci et al., "Rigging the Lottery", 2020) each layer's density (the
+    fraction of weights kept) is proportional to ``sum(kernel dims) / prod(kernel dims)``, so a
+    3×3×1×12 first conv keeps several times the share of a 2028×10 dense layer. Without it (ER,
+    Mocanu et al., 2018) only the input and output channels count, ``(c_in + c_out) / (c_in · c_out)``:
+    a 3×3 conv is then treated like a dense layer of its channels and keeps a larger share than
+    under ERK, and a large dense head is pruned harder. A layer whose density would pass 1 stays
+    dense and the others make up for it.
 
     Args:
         sizes: ``{layer name: [kernel shapes]}``.
         target: the overall sparsity over these layers.
+        kernel: ERK (count the spatial kernel dims) or ER (channels only).
 
     Example:
         >>> s = erk_sparsities({"conv": [(3, 3, 1, 12)], "dense": [(2028, 10)]}, 0.8)
         >>> round(s["conv"], 3), round(s["dense"], 4)
         (0.651, 0.8008)
+        >>> s = erk_sparsities({"conv": [(3, 3, 64, 128)], "dense": [(1152, 256)]}, 0.9, kernel=False)
+        >>> round(s["conv"], 3), round(s["dense"], 3)
+        (0.724, 0.944)
     """
+    def score(shape):
+        dims = tuple(shape) if kernel else tuple(shape)[-2:]
+        return sum(dims) / max(int(np.prod(dims)), 1)
+
     n = {k: sum(int(np.prod(s)) for s in shapes) for k, shapes in sizes.items()}
-    raw = {k: sum(sum(s) for s in shapes) / max(n[k], 1) for k, shapes in sizes.items()}
+    raw = {k: sum(score(s) * int(np.prod(s)) for s in shapes) / max(n[k], 1) for k, shapes in sizes.items()}
     keep = (1 - target) * sum(n.values())
     dense: set = set()
     while True:
@@ -171,8 +182,8 @@ def layer_targets(model, cfg) -> dict:
            for layer in model.layers if prunable(layer) and (layer.name in cfg.skip or layer.name in cfg.layers)}
     rest = {layer.name: [tuple(w.shape) for w in kernels(layer)] for layer in model.layers
             if prunable(layer) and layer.name not in own}
-    if cfg.allocation == "erk" and cfg.m_by_n is None:
-        spread = erk_sparsities(rest, cfg.sparsity)
+    if cfg.allocation in ("erk", "er") and cfg.m_by_n is None:
+        spread = erk_sparsities(rest, cfg.sparsity, kernel=cfg.allocation == "erk")
     else:
         spread = {k: cfg.sparsity for k in rest}
     return {**own, **spread}
@@ -264,7 +275,8 @@ def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedu
         data: ``(x, y)`` arrays or a ``tf.data.Dataset``.
         sparsity: target fraction of zero weights over the prunable kernels without their own target.
         allocation: ``erk`` (default) spreads ``sparsity`` so that small layers are pruned less and
-            large ones more (see :func:`erk_sparsities`); ``uniform`` prunes every layer to it.
+            large ones more (see :func:`erk_sparsities`); ``er`` counts a kernel's channels only
+            (convolutions keep more); ``uniform`` prunes every layer to it.
         schedule: ``polynomial`` (from ``initial_sparsity``) or ``constant``.
         end_step: last pruning update; default: half of the fine-tune steps.
         frequency: steps between updates; default: about ten updates.
@@ -309,7 +321,8 @@ def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedu
         log("warning: " + message.replace(" or pass --force to go on anyway.", " Going on (--force)."))
     log(f"pruning plan: {plan.describe()}")
     if cfg.m_by_n is None:
-        log("per-layer targets (" + ("own or spread by erk" if cfg.allocation == "erk" else cfg.allocation) + "): "
+        log("per-layer targets (" + (f"own or spread by {cfg.allocation}" if cfg.allocation in ("erk", "er")
+                                    else cfg.allocation) + "): "
             + ", ".join(f"{k} {v:.1%}" for k, v in targets.items()))
     work = _wrap(model, cfg, plan, targets)
     if "hold" not in fit and cfg.m_by_n is None:

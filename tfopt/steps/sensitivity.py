@@ -8,20 +8,21 @@ import numpy as np
 from tfopt.errors import TfoptError
 
 
-def _magnitude_prune(model, name, sparsity):
-    """A copy of ``model`` with the smallest ``sparsity`` of ``name``'s kernel set to zero."""
+def magnitude_pruned(model, targets: dict):
+    """A copy of ``model`` with the smallest ``targets[name]`` of each named layer's kernels set
+    to zero, at once and without fine-tuning."""
     from tfopt.export import plain_copy
     from tfopt.steps.prune import kernels
 
     copy = plain_copy(model)
-    layer = copy.get_layer(name)
-    for w in kernels(layer):
-        a = w.numpy()
-        k = int(round(a.size * sparsity))
-        if k:
-            cut = np.partition(np.abs(a).ravel(), k - 1)[k - 1]
-            a = np.where(np.abs(a) <= cut, 0, a)
-        w.assign(a)
+    for name, sparsity in targets.items():
+        for w in kernels(copy.get_layer(name)):
+            a = w.numpy()
+            k = int(round(a.size * sparsity))
+            if k:
+                cut = np.partition(np.abs(a).ravel(), k - 1)[k - 1]
+                a = np.where(np.abs(a) <= cut, 0, a)
+            w.assign(a)
     return copy
 
 
@@ -46,7 +47,7 @@ def sweep(model, splits, ratios=(0.25, 0.5, 0.75), mode="channels", log=print) -
                 others = [n for n in layers if n != name]
                 smaller, _ = prune_channels(model, ratio=0.0, per_layer={name: r}, protect=others)
             else:
-                smaller = _magnitude_prune(model, name, r)
+                smaller = magnitude_pruned(model, {name: r})
             acc = accuracy(smaller, x, y)
             rows.append({"layer": name, "ratio": r, "accuracy": acc, "drop_points": (base - acc) * 100})
             log(f"  {name:<16} {mode} ratio {r:.2f}: accuracy {acc:.2%} ({(acc - base) * 100:+.2f} points)")
