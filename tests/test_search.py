@@ -353,3 +353,33 @@ def test_one_shot_magnitude_pruning_zeroes_each_layers_share():
     assert int((conv == 0).sum()) == 36 and int((fc == 0).sum()) == round(0.9 * 288 * 10)
     kept = np.abs(fc[fc != 0])
     assert kept.min() >= np.sort(np.abs(before[2]).ravel())[round(0.9 * 2880) - 1]
+
+
+def test_qat_goes_to_the_near_misses_that_lost_least(tmp_path):
+    from tfopt.search import engine
+
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    y = np.zeros(4, np.int64)
+    search = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.5, target="size", time_budget=None,
+                           distill=False, epochs=2, lr=1e-3, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
+                           max_candidates=None, levels=(1.0,), log=lambda *_: None)
+    search.base_acc = 0.9333
+    # id: (selection drop, gzip bytes, Keras selection drop)
+    rows = {"base": (0.0, 363_000, 0.0), "ch1": (0.27, 125_000, 0.2), "ch2": (0.90, 77_000, 0.9),
+            "p90": (0.73, 77_100, 0.7), "ch1+c16": (0.90, 86_700, 0.9), "ch1+c8": (0.57, 61_800, 0.5),
+            "ch1+c4": (1.20, 45_000, 1.1), "p95": (0.45, 130_000, 0.4), "ch1+c2": (0.80, 40_000, 0.3)}
+    search.chains = {}
+    for key, (drop, size, keras_drop) in rows.items():
+        chain = [] if key == "base" else [engine.Step("prune", {"level": key})]
+        search.chains[key + "+int8"] = chain
+        search.rows[key + "+int8"] = {"id": key + "+int8", "error": "", "int8": "ptq", "drop_points": drop,
+                                      "meets_budget": drop <= 0.5, "tflite_gzip_bytes": size, "latency_us": 50.0, "macs": 1,
+                                      "selection_accuracy": search.base_acc - drop / 100,
+                                      "keras_selection_accuracy": search.base_acc - keras_drop / 100}
+    # a row of another search in the same folder, not planned in this one, is left alone
+    search.rows["other+int8"] = {**search.rows["ch1+c8+int8"], "id": "other+int8", "drop_points": 0.51}
+    chosen = search.qat_chains()
+    by_chain = {id(c): k for k, c in search.chains.items()}
+    # int8 lost what Keras kept: ch1+c2 (Keras 0.3 pt, int8 0.8 pt); near misses that lost least and are
+    # smaller than the best (ch1, 125 kB): ch1+c8 (0.57 pt), then p90 (0.73); ch1+c4 lost over twice the budget
+    assert [by_chain[id(c)] for c in chosen] == ["ch1+c2+int8", "ch1+c8+int8", "p90+int8"]

@@ -379,6 +379,23 @@ class Search:
                               | ({"allocation": alloc} if alloc != "erk" else {}))]
                 for sp in sparsities]
 
+    def qat_chains(self) -> list:
+        """Chains that get quantization-aware training, a further fine-tune: the two smallest whose
+        post-training int8 lost what the Keras model kept, and the two near misses (over budget by
+        at most :data:`NEAR_MISS` times it) that lost least among those that would beat the best so far."""
+        done = [r for r in self.rows.values() if not r.get("error") and r["int8"] == "ptq" and r["id"] in self.chains]
+        missed = [r for r in done if not r["meets_budget"]
+                  and (self.base_acc - r["keras_selection_accuracy"]) * 100 <= self.max_drop]
+        best = self.best()
+        near = [r for r in done if not r["meets_budget"] and r["drop_points"] <= NEAR_MISS * self.max_drop
+                and (best is None or _score(r, self.target) < _score(best, self.target))]
+        chosen = []
+        for r in sorted(missed, key=lambda r: _score(r, self.target))[:2] + \
+                sorted(near, key=lambda r: (r["drop_points"], _score(r, self.target)))[:2]:
+            if self.chains[r["id"]] not in chosen:
+                chosen.append(self.chains[r["id"]])
+        return chosen
+
     def base_chain(self):
         """The chain of the best feasible Keras-level candidate (QAT rows count as their chain)."""
         b = self.best()
@@ -450,19 +467,7 @@ class Search:
             start = self.base_chain()
             if not stage("cluster", [[start + [Step("cluster", {"clusters": c})] for c in CLUSTERS]]):
                 return
-        # QAT where post-training int8 lost what the Keras model kept, and for the near misses that
-        # would beat the best so far: quantization-aware training is a further fine-tune as well.
-        done = [r for r in self.rows.values() if not r.get("error") and r["int8"] == "ptq"]
-        missed = [r for r in done if not r["meets_budget"]
-                  and (self.base_acc - r["keras_selection_accuracy"]) * 100 <= self.max_drop]
-        best = self.best()
-        near = [r for r in done if not r["meets_budget"] and r["drop_points"] <= NEAR_MISS * self.max_drop
-                and (best is None or _score(r, self.target) < _score(best, self.target))]
-        chosen = []
-        for r in sorted(missed, key=lambda r: _score(r, self.target))[:2] + \
-                sorted(near, key=lambda r: -_score(r, self.target))[:2]:
-            if r["id"] in self.chains and self.chains[r["id"]] not in chosen:
-                chosen.append(self.chains[r["id"]])
+        chosen = self.qat_chains()
         stage("qat", [[c] for c in chosen], qat=True)
 
 
