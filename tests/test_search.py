@@ -36,6 +36,17 @@ def _model(train):
     return m
 
 
+def _bare_search(out, log, *, max_drop, epochs=2, lr=1e-3):
+    """A Search with no model and four blank images, for tests of its planning alone."""
+    from tfopt.search import engine
+
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    y = np.zeros(4, np.int64)
+    return engine.Search(None, (x, y), (x, y), out=out, max_drop=max_drop, target="size", time_budget=None,
+                         distill=False, epochs=epochs, lr=lr, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
+                         max_candidates=None, levels=(1.0,), log=log)
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     import tf_keras as keras
@@ -147,12 +158,8 @@ def test_the_search_probes_its_fine_tune_rate_and_uses_it(searched):
 def test_rate_probe_keeps_the_highest_rate_within_a_third_of_the_budget(tmp_path, monkeypatch, drops, chosen):
     from tfopt.search import engine
 
-    x = np.zeros((4, 8, 8, 1), np.float32)
-    y = np.zeros(4, np.int64)
     lines = []
-    search = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.3, target="size", time_budget=None,
-                           distill=False, epochs=2, lr=None, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
-                           max_candidates=None, levels=(1.0,), log=lines.append)
+    search = _bare_search(tmp_path, lines.append, max_drop=0.3, epochs=2, lr=None)
     search.base_acc = 0.99
     calls = []
     monkeypatch.setattr(engine.S, "fine_tuned", lambda model, data, fit: calls.append(fit) or fit["lr"])
@@ -163,9 +170,7 @@ def test_rate_probe_keeps_the_highest_rate_within_a_third_of_the_budget(tmp_path
     assert [c["lr"] for c in calls] == list(engine.PROBE_RATES[:n])
     assert all(c["epochs"] == 1 for c in calls) and search.fit["epochs"] == 2
     # a given rate is kept as it is, without a probe
-    fixed = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.3, target="size", time_budget=None,
-                          distill=False, epochs=2, lr=5e-4, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
-                          max_candidates=None, levels=(1.0,), log=lines.append)
+    fixed = _bare_search(tmp_path, lines.append, max_drop=0.3, epochs=2, lr=5e-4)
     fixed.choose_rate()
     assert fixed.fit["lr"] == 5e-4 and len(calls) == n
 
@@ -289,12 +294,8 @@ def test_latency_reports_the_block_with_the_lowest_median(monkeypatch):
 def test_a_ladder_ends_at_its_first_hopeless_rung(tmp_path):
     from tfopt.search import engine
 
-    x = np.zeros((4, 8, 8, 1), np.float32)
-    y = np.zeros(4, np.int64)
     lines = []
-    search = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.2, target="size", time_budget=None,
-                           distill=False, epochs=1, lr=1e-3, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
-                           max_candidates=None, levels=(1.0,), log=lines.append)
+    search = _bare_search(tmp_path, lines.append, max_drop=0.2, epochs=1, lr=1e-3)
     drops = {"p1+int8": 0.1, "p2+int8": 0.35, "p3+int8": 0.41, "p4+int8": 0.1, "c16+int8": 0.5, "c8+int8": 0.0}
     done = []
 
@@ -319,12 +320,8 @@ def test_size_search_spreads_sparsity_the_way_that_loses_least(tmp_path, monkeyp
     from tfopt.search import engine
     from tfopt.search import steps as S
 
-    x = np.zeros((4, 8, 8, 1), np.float32)
-    y = np.zeros(4, np.int64)
     lines = []
-    search = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.5, target="size", time_budget=None,
-                           distill=False, epochs=2, lr=1e-3, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
-                           max_candidates=None, levels=(1.0,), log=lines.append)
+    search = _bare_search(tmp_path, lines.append, max_drop=0.5, epochs=2, lr=1e-3)
     accs = {"erk": 0.48, "er": 0.88}
     monkeypatch.setattr(S, "allocation_accuracy", lambda model, x, y, sparsity, allocation: accs[allocation])
     ladder = search.sparsity_ladder([], None)
@@ -358,11 +355,7 @@ def test_one_shot_magnitude_pruning_zeroes_each_layers_share():
 def test_qat_goes_to_the_near_misses_that_lost_least(tmp_path):
     from tfopt.search import engine
 
-    x = np.zeros((4, 8, 8, 1), np.float32)
-    y = np.zeros(4, np.int64)
-    search = engine.Search(None, (x, y), (x, y), out=tmp_path, max_drop=0.5, target="size", time_budget=None,
-                           distill=False, epochs=2, lr=1e-3, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
-                           max_candidates=None, levels=(1.0,), log=lambda *_: None)
+    search = _bare_search(tmp_path, lambda *_: None, max_drop=0.5, epochs=2, lr=1e-3)
     search.base_acc = 0.9333
     # id: (selection drop, gzip bytes, Keras selection drop)
     rows = {"base": (0.0, 363_000, 0.0), "ch1": (0.27, 125_000, 0.2), "ch2": (0.90, 77_000, 0.9),
