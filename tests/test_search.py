@@ -376,3 +376,30 @@ def test_qat_goes_to_the_near_misses_that_lost_least(tmp_path):
     # int8 lost what Keras kept: ch1+c2 (Keras 0.3 pt, int8 0.8 pt); near misses that lost least and are
     # smaller than the best (ch1, 125 kB): ch1+c8 (0.57 pt), then p90 (0.73); ch1+c4 lost over twice the budget
     assert [by_chain[id(c)] for c in chosen] == ["ch1+c2+int8", "ch1+c8+int8", "p90+int8"]
+
+
+def test_a_chain_that_qat_made_the_best_is_clustered_too(tmp_path):
+    from tfopt.search import engine
+
+    search = _bare_search(tmp_path, lambda *_: None, max_drop=0.5)
+    ch1 = [engine.Step("channels", {"level": 1})]
+    p90 = [engine.Step("prune", {"level": "er90", "sparsity": 0.9})]
+    c8 = ch1 + [engine.Step("cluster", {"clusters": 8})]
+
+    def row(cand, drop, size):
+        search.chains[cand.id] = cand.chain
+        search.rows[cand.id] = {"id": cand.id, "error": "", "int8": "qat" if cand.qat else "ptq",
+                                "drop_points": drop, "meets_budget": drop <= 0.5, "tflite_gzip_bytes": size,
+                                "selection_accuracy": 0.93 - drop / 100, "latency_us": 1.0, "macs": 1}
+
+    search.chains = {}
+    row(engine.Candidate(ch1, "channels"), 0.27, 124_929)
+    row(engine.Candidate(p90, "prune"), 0.73, 77_042)
+    row(engine.Candidate(c8, "cluster"), 0.57, 61_750)
+    assert search.recluster_start(ch1) is None  # the best (ch1, post-training int8) was the cluster stage's start
+    row(engine.Candidate(c8, "qat", qat=True), 0.45, 69_891)
+    assert search.recluster_start(ch1) is None  # the new best is clustered already
+    row(engine.Candidate(p90, "qat", qat=True), 0.47, 75_840)
+    search.rows["ch1+c8+qat"]["meets_budget"] = False
+    assert search.best()["id"] == "per90+qat" and search.recluster_start(ch1) == p90
+    assert search.recluster_start(p90) is None

@@ -25,7 +25,9 @@ more than :data:`NEAR_MISS` times the budget, since the harsher rungs would lose
    channel-pruned candidate and on the model itself (size target);
 5. clustering to 16, 8 and 4 values per kernel (size target);
 6. quantization-aware training for the best candidates whose post-training int8 missed, and for
-   the near misses (over budget by at most twice the budget) that would beat the best so far.
+   the near misses (over budget by at most twice the budget) that would beat the best so far;
+7. when that made a chain the best that clustering has not seen, clustering of that chain, and
+   quantization-aware training for its near misses (size target).
 
 For the latency target every chain is also measured as a float32 file: on CPUs whose int8
 kernels are slow (narrow convolutions, no VNNI) the float32 file of a pruned model can be the
@@ -396,6 +398,19 @@ class Search:
                 chosen.append(self.chains[r["id"]])
         return chosen
 
+    def recluster_start(self, clustered):
+        """The chain of the best candidate when quantization-aware training made it the best and the
+        cluster stage (which ran on ``clustered``) has not seen it; else None. QAT is one more
+        fine-tune: it can lift a chain the earlier stages left over budget, and clustering that
+        chain is the step it has not had."""
+        b = self.best()
+        if b is None or b["int8"] != "qat":
+            return None
+        chain = self.chains.get(b["id"], [])
+        if chain == clustered or any(step.kind == "cluster" for step in chain):
+            return None
+        return chain
+
     def base_chain(self):
         """The chain of the best feasible Keras-level candidate (QAT rows count as their chain)."""
         b = self.best()
@@ -468,7 +483,13 @@ class Search:
             if not stage("cluster", [[start + [Step("cluster", {"clusters": c})] for c in CLUSTERS]]):
                 return
         chosen = self.qat_chains()
-        stage("qat", [[c] for c in chosen], qat=True)
+        if not stage("qat", [[c] for c in chosen], qat=True):
+            return
+        again = self.recluster_start(start) if self.target == "size" else None
+        if again is not None:
+            self.log(f"quantization-aware training made {self.best()['id']} the best: clustering its chain too")
+            if stage("cluster", [[again + [Step("cluster", {"clusters": c})] for c in CLUSTERS]]):
+                stage("qat", [[c] for c in self.qat_chains() if c not in chosen], qat=True)
 
 
 def _levels(rows, base_acc, tolerances, kind="ratio"):
