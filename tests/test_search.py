@@ -366,7 +366,8 @@ def test_qat_goes_to_the_near_misses_that_lost_least(tmp_path):
         chain = [] if key == "base" else [engine.Step("prune", {"level": key})]
         search.chains[key + "+int8"] = chain
         search.rows[key + "+int8"] = {"id": key + "+int8", "error": "", "int8": "ptq", "drop_points": drop,
-                                      "meets_budget": drop <= 0.5, "tflite_gzip_bytes": size, "latency_us": 50.0, "macs": 1,
+                                      "meets_budget": drop <= 0.5, "tflite_gzip_bytes": size,
+                                      "latency_us": 50.0, "macs": 1,
                                       "selection_accuracy": search.base_acc - drop / 100,
                                       "keras_selection_accuracy": search.base_acc - keras_drop / 100}
     # a row of another search in the same folder, not planned in this one, is left alone

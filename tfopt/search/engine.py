@@ -52,7 +52,7 @@ from tfopt.search import steps as S
 
 TARGETS = ("size", "latency", "macs")
 #: Overall sparsities the size search tries, spread by erk or er, beside the sweep's per-layer levels.
-ERK_SPARSITIES = (0.8, 0.9, 0.95, 0.97)
+OVERALL_SPARSITIES = (0.8, 0.9, 0.95, 0.97)
 #: Ways of spreading an overall sparsity over the layers; the search uses the one whose one-shot
 #: pruning at :data:`ALLOCATION_PROBE` keeps the most selection accuracy (erk on a tie).
 ALLOCATIONS = ("erk", "er")
@@ -373,7 +373,7 @@ class Search:
                  + f" at {ALLOCATION_PROBE:.0%} sparsity without fine-tuning; spreading by {chosen}")
         return chosen
 
-    def sparsity_ladder(self, start, start_model, sparsities=ERK_SPARSITIES):
+    def sparsity_ladder(self, start, start_model, sparsities=OVERALL_SPARSITIES):
         """Chains ``start`` + magnitude pruning to each overall sparsity, spread as
         :meth:`choose_allocation` finds best for ``start_model``."""
         alloc = self.choose_allocation(start_model)
@@ -476,7 +476,7 @@ class Search:
             if start:
                 # channel pruning and then high sparsity compound their losses: high sparsity alone
                 # can keep fewer weights at a smaller loss
-                ladders.append(self.sparsity_ladder([], self.model, ERK_SPARSITIES[1:]))
+                ladders.append(self.sparsity_ladder([], self.model, OVERALL_SPARSITIES[1:]))
             if not stage("prune", ladders):
                 return
             start = self.base_chain()

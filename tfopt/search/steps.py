@@ -174,11 +174,12 @@ def magnitude_sensitivity(model, x, y, levels=(0.5, 0.75, 0.9, 0.95, 0.98)) -> l
 def allocation_accuracy(model, x, y, sparsity: float, allocation: str) -> float:
     """Selection accuracy with ``sparsity`` of all prunable kernels zeroed at once, spread by
     ``allocation`` (``erk`` or ``er``), without fine-tuning."""
-    from tfopt.steps.prune import erk_sparsities, kernels, prunable
+    from tfopt.steps.config import PruneConfig, validated
+    from tfopt.steps.prune import layer_targets
     from tfopt.steps.sensitivity import magnitude_pruned
 
-    sizes = {layer.name: [tuple(w.shape) for w in kernels(layer)] for layer in model.layers if prunable(layer)}
-    return accuracy(magnitude_pruned(model, erk_sparsities(sizes, sparsity, kernel=allocation == "erk")), x, y)
+    targets = layer_targets(model, validated(PruneConfig, {"sparsity": sparsity, "allocation": allocation}, "prune"))
+    return accuracy(magnitude_pruned(model, targets), x, y)
 
 
 def removable_layers(model) -> list[str]:
