@@ -180,6 +180,24 @@ def test_clustering_a_pruned_model_keeps_its_zeros(trained):
     assert {type(layer).__name__ for layer in tfopt.wrap_for_qat(kept).layers} >= {"QuantizeWrapperV2"}
 
 
+def test_qat_keeps_the_zeros_of_pruned_layers_beside_unpruned_ones(trained):
+    pruned = tfopt.prune(trained, DATA, sparsity=0.7, epochs=2, allocation="uniform", skip=("conv1", "fc2"))
+    kept = tfopt.cluster(pruned, DATA, clusters=4, epochs=1)
+    assert np.mean(kept.get_layer("conv1").kernel.numpy() == 0) == 0  # unpruned layers beside pruned ones
+    qat = tfopt.quantize_aware(kept, DATA, epochs=1, lr=1e-3)
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=tfopt.to_tflite(qat, mode="int8", data=HELD[0]))
+    it.allocate_tensors()
+    def kernel(shape):
+        (t,) = [t for t in it.get_tensor_details() if tuple(t["shape"]) == shape and t["dtype"] == np.int8]
+        return it.get_tensor(t["index"])
+
+    fc1, conv2 = kernel((32, 256)), kernel((16, 3, 3, 16))
+    assert np.mean(fc1 == 0) == pytest.approx(0.7, abs=0.01) and len(np.unique(fc1)) <= 4
+    assert np.mean(conv2 == 0) == pytest.approx(0.7, abs=0.01)
+
+
 def test_quantize_aware_then_int8_tflite_agrees(trained):
     before = snapshot(trained)
     qat = tfopt.quantize_aware(trained, DATA, epochs=1)

@@ -75,6 +75,34 @@ def _annotate(model, log):
     return annotated, skipped
 
 
+def _per_layer_scheme(scheme):
+    """``scheme`` with a weight quantizer of its own for every layer.
+
+    TFMOT's cluster-preserving registry hands one quantizer to all layers of a kind, and that
+    quantizer turns its sparsity preservation off for good at the first layer without zeros
+    (an unpruned first conv or last dense): every other layer then trains its zeros away.
+    """
+    registry_of = scheme.get_quantize_registry
+
+    def get_quantize_registry():
+        registry = registry_of()
+        shared = registry._config_quantizer_map
+        make_config = registry.get_quantize_config
+
+        def get_quantize_config(layer):
+            config = make_config(layer)
+            quantizer = getattr(config, "weight_quantizer", None)
+            if any(quantizer is q for q in shared.values()):
+                config.weight_quantizer = type(quantizer)(quantizer.preserve_sparsity)
+            return config
+
+        registry.get_quantize_config = get_quantize_config
+        return registry
+
+    scheme.get_quantize_registry = get_quantize_registry
+    return scheme
+
+
 def wrap_for_qat(model, log=print):
     """For your own training loop: a quantization-aware copy of ``model`` (PQAT for a pruned
     model, CQAT for a clustered one). Returns ``(qat model, report)``."""
@@ -86,8 +114,8 @@ def wrap_for_qat(model, log=print):
     annotated, skipped = _annotate(model, log)
     combine = tfmot.experimental.combine
     schemes = {"pqat": combine.Default8BitPrunePreserveQuantizeScheme,
-               "cqat": combine.Default8BitClusterPreserveQuantizeScheme,
-               "pcqat": lambda: combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)}
+               "cqat": lambda: _per_layer_scheme(combine.Default8BitClusterPreserveQuantizeScheme(True)),
+               "pcqat": lambda: _per_layer_scheme(combine.Default8BitClusterPreserveQuantizeScheme(True))}
     try:
         with q.quantize_scope():
             qat = q.quantize_apply(annotated, schemes[scheme]()) if scheme in schemes else q.quantize_apply(annotated)
