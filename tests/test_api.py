@@ -121,6 +121,29 @@ def test_prune_takes_a_dataset_with_one_hot_labels_and_per_layer_targets(trained
     assert accuracy(pruned) > 0.85
 
 
+def test_block_pruning_zeroes_runs_of_consecutive_inputs_and_gzips_smaller(trained):
+    import gzip
+
+    targets = dict(layers={"conv2": 0.8, "fc1": 0.8}, skip=("conv1", "fc2"), epochs=2)
+    pruned = tfopt.prune(trained, DATA, block=4, **targets)
+    fc1 = pruned.get_layer("fc1").kernel.numpy()  # (256 inputs, 32 units)
+    runs = (fc1 != 0).T.reshape(32, 64, 4)  # TFLite's order: each unit's inputs in a row, cut in fours
+    assert np.all(runs.all(axis=2) | ~runs.any(axis=2))  # a run is kept or zeroed whole
+    assert np.mean(fc1 == 0) == pytest.approx(0.8, abs=0.01)
+    conv2 = pruned.get_layer("conv2").kernel.numpy()
+    assert np.mean(conv2 == 0) == pytest.approx(0.8, abs=0.01)  # convolutions stay per weight
+    assert not np.all((conv2 != 0).reshape(-1, 4).all(axis=1) | (conv2 == 0).reshape(-1, 4).all(axis=1))
+    per_weight = tfopt.prune(trained, DATA, **targets)
+    from tfopt.tflite import convert
+
+    kb = {name: len(gzip.compress(convert(m, "int8", representative=DATA[0][:200]), 9))
+          for name, m in (("block", pruned), ("weight", per_weight))}
+    assert kb["block"] < kb["weight"], kb
+    assert accuracy(pruned) > 0.85, (accuracy(pruned), accuracy(per_weight))
+    with pytest.raises(TfoptError, match="block and m_by_n are two patterns of zeros: choose one"):
+        tfopt.prune(trained, DATA, m_by_n=(2, 4), block=4)
+
+
 def test_prune_channels_makes_a_smaller_model(trained):
     before = snapshot(trained)
     slim = tfopt.prune_channels(trained, DATA, ratio=0.5, epochs=1)

@@ -107,8 +107,8 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
           batch_size: int | None = None, loss=None, optimizer="adam", validation_data=None,
           allocation: str = "erk", schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
           end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
-          m_by_n=None, force: bool = False, teacher=None, distill: bool = False, temperature: float = 4.0,
-          alpha: float = 0.9, seed: int = 0, verbose=0, log=None):
+          m_by_n=None, block: int = 1, force: bool = False, teacher=None, distill: bool = False,
+          temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, verbose=0, log=None):
     """Magnitude pruning, fine-tuned on ``data`` and stripped: a plain model of the input's kind
     whose prunable kernels hold ``sparsity`` zeros overall, spread over the layers by
     ``allocation`` (``"erk"``: small layers such as a first conv pruned less, large ones more;
@@ -118,7 +118,8 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
     The sparsity rises (polynomially) over the first half of the fine-tune steps at the full
     rate, then the rate decays while the network recovers. ``layers={"fc1": 0.9}`` sets
     per-layer targets, ``skip=["fc2"]`` leaves layers dense, ``m_by_n=(2, 4)`` asks for 2:4
-    sparsity. A schedule that cannot reach the target within the fine-tune raises
+    sparsity, ``block=4`` prunes dense kernels in runs of 4 consecutive inputs of one unit (the
+    order TFLite stores them in, so a gzipped file pays for a run's position once). A schedule that cannot reach the target within the fine-tune raises
     :class:`tfopt.steps.prune.PreflightError` unless ``force``.
     """
     from tfopt.steps import prune as p
@@ -130,7 +131,7 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
     pruned, _ = p.prune(work, data, sparsity=sparsity, allocation=allocation, schedule=schedule,
                         initial_sparsity=initial_sparsity,
                         begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=skip,
-                        m_by_n=m_by_n, force=force, log=log or _quiet, **fit)
+                        m_by_n=m_by_n, block=block, force=force, log=log or _quiet, **fit)
     return _leave(pruned, kind)
 
 
@@ -277,7 +278,7 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
 def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocation: str = "erk",
                      schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
                      end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
-                     m_by_n=None):
+                     m_by_n=None, block: int = 1):
     """A tf_keras copy of ``model`` wrapped for magnitude pruning over ``total_steps`` training
     steps. Compile and fit it yourself with ``callbacks=tfopt.pruning_callbacks()``, then
     :func:`strip` it."""
@@ -287,7 +288,7 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocati
     return wrap(work, total_steps=total_steps, sparsity=sparsity, allocation=allocation, schedule=schedule,
                 initial_sparsity=initial_sparsity,
                 begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=skip,
-                m_by_n=m_by_n)
+                m_by_n=m_by_n, block=block)
 
 
 def pruning_callbacks() -> list:

@@ -72,6 +72,9 @@ class PruneConfig(FineTune):
                                      json_schema_extra={"cli": "--layer", "metavar": "NAME=SPARSITY"})
     skip: list[str] = Field(default_factory=list, description="layers left dense")
     m_by_n: Optional[tuple[PositiveInt, PositiveInt]] = Field(None, description="m:n sparsity: at most m non-zero weights in every n, e.g. [2, 4]")
+    block: PositiveInt = Field(1, le=64, description="dense kernels are pruned in runs of this many consecutive inputs "
+                                                     "of one unit, the order TFLite stores them in, so gzip "
+                                                     "codes a kept run once (convolutions stay per weight)")
     force: bool = Field(False, description="go on when the preflight says the target is out of reach")
 
     @field_validator("layers")
@@ -85,6 +88,12 @@ class PruneConfig(FineTune):
         if v is not None and v[0] >= v[1]:
             raise ValueError("m_by_n needs m < n, e.g. [2, 4]")
         return v
+
+    @model_validator(mode="after")
+    def _block_or_m_by_n(self):
+        if self.block > 1 and self.m_by_n is not None:
+            raise ValueError("block and m_by_n are two patterns of zeros: choose one")
+        return self
 
 
 class StructuredConfig(FineTune):

@@ -211,6 +211,9 @@ def _wrap(model, cfg, plan, targets):
             return layer
         kwargs = {"sparsity_m_by_n": tuple(cfg.m_by_n)} if cfg.m_by_n else {
             "pruning_schedule": _schedule(sp, cfg, plan, targets[layer.name])}
+        if cfg.block > 1 and all(len(w.shape) == 2 for w in kernels(layer)):
+            # A dense kernel is (inputs, units); TFLite stores it as (units, inputs).
+            kwargs["block_size"] = (cfg.block, 1)
         return sp.prune_low_magnitude(layer, **kwargs)
 
     return keras.models.clone_model(plain_copy(model), clone_function=wrap)
@@ -219,7 +222,7 @@ def _wrap(model, cfg, plan, targets):
 def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocation: str = "erk",
                      schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
                      end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
-                     m_by_n=None):
+                     m_by_n=None, block: int = 1):
     """For your own training loop: a copy of ``model`` wrapped for magnitude pruning.
 
     Train it with :func:`pruning_callbacks` (TFMOT's ``UpdatePruningStep``) for ``total_steps``
@@ -230,7 +233,8 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocati
 
     cfg = validated(PruneConfig, dict(sparsity=sparsity, allocation=allocation, schedule=schedule,
                                       initial_sparsity=initial_sparsity, begin_step=begin_step, end_step=end_step,
-                                      frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n), "prune")
+                                      frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n,
+                                      block=block), "prune")
     check_layer_names(model, cfg.layers, "layers")
     check_layer_names(model, cfg.skip, "skip")
     targets = layer_targets(model, cfg)
@@ -263,7 +267,7 @@ def strip(model):
 def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedule: str = "polynomial",
           initial_sparsity: float = 0.0,
           begin_step: int = 0, end_step: int | None = None, frequency: int | None = None, layers: dict | None = None,
-          skip=(), m_by_n=None, force: bool = False, epochs: int = 2, lr: float | None = None,
+          skip=(), m_by_n=None, block: int = 1, force: bool = False, epochs: int = 2, lr: float | None = None,
           batch_size: int | None = None, log=print, **fit):
     """Magnitude-prune a copy of ``model`` while fine-tuning it on ``data``, then strip the wrappers.
 
@@ -283,6 +287,8 @@ def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedu
         layers: per-layer targets ``{name: sparsity}`` (0 leaves a layer dense).
         skip: layers left dense.
         m_by_n: ``(2, 4)`` for structured 2:4 sparsity instead of a schedule.
+        block: prune dense kernels in runs of this many consecutive inputs of one unit (TFLite's
+            storage order): gzip codes a kept run once instead of each weight's position.
         force: go on when the preflight says the schedule cannot reach the target.
         **fit: more :func:`tfopt.steps.runner.fine_tune` arguments (``loss``, ``optimizer``,
             ``validation_data``, ``teacher``, ``seed``, …).
@@ -306,7 +312,8 @@ def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedu
     bn_batches = fit.pop("bn_batches", RECALIBRATION_BATCHES)
     cfg = validated(PruneConfig, dict(sparsity=sparsity, allocation=allocation, schedule=schedule,
                                       initial_sparsity=initial_sparsity, begin_step=begin_step, end_step=end_step,
-                                      frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n, force=force,
+                                      frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n, block=block,
+                                      force=force,
                                       epochs=epochs, lr=lr, batch_size=batch_size), "prune")
     check_layer_names(model, cfg.layers, "layers")
     check_layer_names(model, cfg.skip, "skip")
