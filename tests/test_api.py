@@ -187,6 +187,34 @@ def test_cluster_limits_unique_values(trained):
     assert accuracy(clustered) > 0.85
 
 
+def test_int8_of_a_clustered_model_keeps_its_shared_values_as_shared_codes(trained):
+    import gzip
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfopt.tflite import accuracy as file_accuracy, convert, shared_dense_values
+
+    clustered = tfopt.cluster(trained, DATA, clusters=8, epochs=1)
+    assert shared_dense_values(clustered) and not shared_dense_values(trained)
+    rep = DATA[0][:200]
+    files = {per_tensor: convert(clustered, "int8", representative=rep, dense_per_tensor=per_tensor)
+             for per_tensor in (False, True)}
+    assert convert(clustered, "int8", representative=rep) == files[True]  # the default for a clustered model
+
+    def fc1_codes(content):
+        it = Interpreter(model_content=content)
+        (t,) = [t for t in it.get_tensor_details() if tuple(t["shape"]) == (32, 256) and t["dtype"] == np.int8]
+        return len(np.unique(it.get_tensor(t["index"]))), len(t["quantization_parameters"]["scales"])
+
+    assert fc1_codes(files[True]) == (8, 1)  # 8 values, one scale: 8 codes
+    codes, scales = fc1_codes(files[False])
+    assert scales == 32 and codes > 8  # one scale per unit: the same values, different codes
+    gz = {k: len(gzip.compress(v, 9)) for k, v in files.items()}
+    assert gz[True] < gz[False], gz
+    acc = {k: file_accuracy(v, *HELD) for k, v in files.items()}
+    assert abs(acc[True] - acc[False]) <= 0.01, acc
+
+
 def test_clustering_a_pruned_model_keeps_its_zeros(trained):
     pruned = tfopt.prune(trained, DATA, sparsity=0.7, epochs=2, allocation="uniform")
     zeros = {n: np.mean(pruned.get_layer(n).kernel.numpy() == 0) for n in ("conv2", "fc1")}

@@ -19,8 +19,33 @@ class VerificationFailed(TfoptError):
     exit_code = 1
 
 
+#: A dense kernel with at most this many distinct values counts as clustered (int8 has 256 codes).
+SHARED_VALUES = 256
+
+
+def shared_dense_values(model) -> bool:
+    """Whether most of ``model``'s dense weights sit in clustered kernels (at most
+    :data:`SHARED_VALUES` distinct values each).
+
+    int8 keeps a clustered kernel's few values as few codes only with one scale for the whole
+    kernel: one scale per unit maps the same values to different codes in every unit, and gzip
+    pays for each of them.
+    """
+    from tfopt.layer_kinds import prunable_weights
+
+    total = shared = 0
+    for layer in model.layers:
+        if type(layer).__name__ != "Dense":
+            continue
+        for w in prunable_weights(layer):
+            values = w.numpy()
+            total += values.size
+            shared += values.size if len(np.unique(values)) <= SHARED_VALUES else 0
+    return total > 0 and 2 * shared >= total
+
+
 def convert(model, mode: str = "float32", representative=None, int8_io: bool = False, qat: bool = False,
-            sparse: bool = False) -> bytes:
+            sparse: bool = False, dense_per_tensor: bool | None = None) -> bytes:
     """Convert a tf_keras model to a TFLite flatbuffer.
 
     Args:
@@ -34,6 +59,10 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
             sparsely where that is smaller. Measured here on a 90%-sparse model: raw bytes fall
             about 3×, but gzip bytes rise (the index arrays compress worse than runs of zeros)
             and int8/dynamic kernels run 3-4× slower. See :func:`sizes`.
+        dense_per_tensor: with ``int8`` or ``dynamic``, one weight scale per dense kernel instead
+            of one per unit; default (None): when most dense weights are clustered
+            (:func:`shared_dense_values`), so their shared values stay shared codes in the file.
+            A quantization-aware model keeps the scales it trained with.
     """
     import tensorflow as tf
 
@@ -47,6 +76,10 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
         conv.optimizations = optimizations
     if mode == "float16":
         conv.target_spec.supported_types = [tf.float16]
+    if mode in ("int8", "dynamic") and not qat:
+        if dense_per_tensor is None:
+            dense_per_tensor = shared_dense_values(model)
+        conv._experimental_disable_per_channel_quantization_for_dense_layers = bool(dense_per_tensor)
     if mode == "int8":
         if representative is None and not qat:
             raise TfoptError("int8 conversion needs representative images from the training data")
