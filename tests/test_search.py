@@ -1,6 +1,7 @@
 """tfopt optimize on a digits-sized model: the budget on the selection split, files, resume; TFLite sizes."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -76,6 +77,25 @@ def test_chosen_model_meets_the_budget_on_the_selection_split(searched):
     assert (out / "chosen" / "model_int8.tflite").read_bytes() == result.tflite
     assert (out / "chosen" / "model.keras").is_file()
     assert 0 < result.test["chosen_test_accuracy"] <= 1
+    # the drop comes with its paired standard error, counted from the images the two disagree on
+    right = model.predict(xs, verbose=0).argmax(1) == ys, tflite.predict(result.tflite, xs).argmax(1) == ys
+    paired = json.loads((out / "chosen" / "metrics.json").read_text())["selection_drop"]
+    assert (paired["lost"], paired["won"]) == (int(np.sum(right[0] & ~right[1])), int(np.sum(~right[0] & right[1])))
+    assert paired["drop_points"] == pytest.approx(result.chosen["drop_points"])
+    assert f"± {paired['standard_error_points']:.2f}, the paired standard error" in (out / "report.md").read_text()
+
+
+def test_paired_standard_error_of_a_drop():
+    from tfopt.search.engine import paired_drop
+
+    # 1,000 images: the input right on 990; the other file loses 6 of them and wins 2 others
+    a = np.r_[np.ones(990), np.zeros(10)].astype(bool)
+    b = a.copy()
+    b[:6], b[990:992] = False, True
+    d = paired_drop(a, b)
+    assert (d["lost"], d["won"], d["drop_points"]) == (6, 2, pytest.approx(0.4))
+    assert d["standard_error_points"] == pytest.approx(np.sqrt(8 - 16 / 1000) / 1000 * 100)
+    assert paired_drop(a, a) == {"drop_points": 0.0, "standard_error_points": 0.0, "lost": 0, "won": 0}
 
 
 def test_candidates_csv_and_pareto_png_are_written(searched):

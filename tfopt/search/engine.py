@@ -706,6 +706,22 @@ def _labels(y):
     return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y))
 
 
+def paired_drop(input_right, chosen_right) -> dict:
+    """The accuracy drop, in points, of a model against the input model on the same images, with
+    its paired standard error: only the images exactly one of the two gets right carry it.
+
+    Example:
+        >>> d = paired_drop([1] * 90 + [0] * 10, [1] * 85 + [0] * 5 + [1] * 3 + [0] * 7)
+        >>> d["lost"], d["won"], round(d["drop_points"], 2), round(d["standard_error_points"], 2)
+        (5, 3, 2.0, 2.8)
+    """
+    a, b = np.asarray(input_right, bool), np.asarray(chosen_right, bool)
+    n = max(len(a), 1)
+    lost, won = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    se = np.sqrt(max(lost + won - (lost - won) ** 2 / n, 0.0)) / n * 100
+    return {"drop_points": (lost - won) / n * 100, "standard_error_points": float(se), "lost": lost, "won": won}
+
+
 def _finish(search, chosen, rows, test_data, kind, log):
     import yaml
 
@@ -722,6 +738,12 @@ def _finish(search, chosen, rows, test_data, kind, log):
     mode = chosen.get("tflite") or "int8"
     ver = T.verify(model, content, search.x_sel, search.y_sel, mode, threshold=0.98 if mode == "int8" else 0.999)
     log(ver.line())
+    y_sel = _labels(search.y_sel)
+    paired = paired_drop(search.model.predict(search.x_sel, verbose=0).argmax(-1) == y_sel,
+                         T.predict(content, search.x_sel).argmax(-1) == y_sel)
+    log(f"selection split: drop {paired['drop_points']:.2f} ± {paired['standard_error_points']:.2f} pt (paired standard "
+        f"error: the input model right and the chosen file wrong on {paired['lost']} images, the reverse on "
+        f"{paired['won']})")
     test = {}
     if test_data is not None:
         xt, yt = test_data[0], _labels(test_data[1])
@@ -734,14 +756,15 @@ def _finish(search, chosen, rows, test_data, kind, log):
     S.save(model, run / "model.keras")
     (run / f"model_{mode}.tflite").write_bytes(content)
     atomic_write_json(run / "metrics.json", {**{k: v for k, v in chosen.items()}, **test,
-                                             "verification": ver.line(), "input_selection_accuracy": search.base_acc})
+                                             "verification": ver.line(), "input_selection_accuracy": search.base_acc,
+                                             "selection_drop": paired})
     steps = _recipe_steps(chain, chosen["int8"] == "qat", search.fit, mode)
     distill = {"temperature": search.fit["temperature"], "alpha": search.fit["alpha"]} \
         if "teacher" in search.fit else None
     (out / "optimize.yaml").write_text(
         "# The recipe `optimize:` section that reproduces the chosen candidate, step by step.\n"
         + yaml.safe_dump({"optimize": {"steps": steps, "distill": distill}}, sort_keys=False))
-    _report(out, search, chosen, test, rows)
+    _report(out, search, {**chosen, "paired": paired}, test, rows)
     log(f"chosen: {chosen['id']}: {chosen['tflite_gzip_bytes'] / 1000:.1f} kB gzip "
         f"({chosen['tflite_raw_bytes'] / 1000:.1f} kB raw), {chosen['latency_us']:.0f} µs, "
         f"{chosen['selection_accuracy']:.2%} on the selection split; written to {out}")
@@ -768,7 +791,10 @@ def _report(out, search, chosen, test, rows):
                   f"{chosen['tflite_raw_bytes']:,} bytes raw"
                   + (f" ({chosen['sparse_raw_bytes']:,} raw with sparse weight storage)"
                      if chosen.get("sparse_raw_bytes") else ""),
-                  f"- selection accuracy {chosen['selection_accuracy']:.2%} (drop {chosen['drop_points']:.2f} pt)",
+                  f"- selection accuracy {chosen['selection_accuracy']:.2%} (drop {chosen['drop_points']:.2f} pt"
+                  + (f" ± {chosen['paired']['standard_error_points']:.2f}, the paired standard error: the input "
+                     f"model right and this file wrong on {chosen['paired']['lost']} images, the reverse on "
+                     f"{chosen['paired']['won']}" if chosen.get("paired") else "") + ")",
                   f"- {chosen['macs']:,} MACs, {chosen['latency_us']:.0f} µs 1-thread LiteRT"]
         if ref:
             lines += [f"- against the float32 TFLite: {ref['gzip_bytes'] / chosen['tflite_gzip_bytes']:.1f}× smaller "
