@@ -23,7 +23,7 @@ more than :data:`NEAR_MISS` times the budget, since the harsher rungs would lose
 4. magnitude pruning at per-layer sparsities from a second sweep, and at overall sparsities
    spread by erk or er (whichever loses less when the model is pruned at once), on the best
    channel-pruned candidate and on the model itself (size target);
-5. clustering to 16, 8 and 4 values per kernel (size target);
+5. clustering to 32, 16, 8 and 4 values per kernel (size target);
 6. quantization-aware training for the best candidates whose post-training int8 missed, and for
    the near misses (over budget by at most twice the budget) that would beat the best so far;
 7. when that made a chain the best that clustering has not seen, clustering of that chain, and
@@ -58,7 +58,7 @@ OVERALL_SPARSITIES = (0.8, 0.9, 0.95, 0.97)
 ALLOCATIONS = ("erk", "er")
 ALLOCATION_PROBE = 0.9
 #: Shared values per kernel the size search tries.
-CLUSTERS = (16, 8, 4)
+CLUSTERS = (32, 16, 8, 4)
 #: A candidate over budget by at most this multiple of the budget, smaller (or faster) than the best
 #: so far, also gets quantization-aware training.
 NEAR_MISS = 2.0
