@@ -14,6 +14,9 @@ the ratios. The two files' latencies are timed after the search, in five alterna
 latency ratio is the median of the turns' ratios. Deep Compression's figures (LeNet-5: 44 KB at 0.74% error; LeNet-300-100: 27 KB at
 1.58% error) are published constants, quoted in RESULTS.md.
 
+``rows`` reads a finished search folder and prints, for each candidate, its selection drop and
+the test accuracy of its cached TFLite file (a reading afterwards, not a choice the search makes).
+
 ``distill`` prunes the run's model to ``--sparsity`` with ``--epochs`` of fine-tuning, with and
 without distillation from the input model, for each seed, and prints the test accuracy of both.
 """
@@ -102,6 +105,29 @@ def distill(args, log):
           flush=True)
 
 
+def rows(args, log):
+    """Each finished candidate's cached TFLite file on the test split: a reading after the search,
+    not a choice the search can make."""
+    import csv
+
+    from tfopt import tflite
+    from tfopt.data.pipeline import load_splits
+    from tfopt.steps.source import load_source
+
+    src = load_source(args.run)
+    splits = load_splits(src.recipe.data, src.recipe.seed)
+    folder = Path(args.search)
+    for row in csv.DictReader(open(folder / "candidates.csv")):
+        path = folder / "cache" / row["id"] / "model.tflite"
+        if row["error"] or not path.is_file():
+            continue
+        acc = tflite.accuracy(path.read_bytes(), splits.x_test, splits.y_test)
+        print(json.dumps({"id": row["id"], "selection_drop_points": round(float(row["drop_points"]), 2),
+                          "meets_budget": row["meets_budget"] == "True", "test_accuracy": round(acc, 4),
+                          "gzip_bytes": int(row["tflite_gzip_bytes"]), "raw_bytes": int(row["tflite_raw_bytes"])}),
+              flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -122,9 +148,12 @@ def main():
     d.add_argument("--sparsity", type=float, default=0.9)
     d.add_argument("--epochs", type=int, default=2)
     d.add_argument("--seeds", default="0,1,2")
+    r = sub.add_parser("rows")
+    r.add_argument("search", help="the search folder (holding candidates.csv and cache/)")
+    r.add_argument("run", help="the input run, for its test split")
     args = ap.parse_args()
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    (search if args.mode == "search" else distill)(args, log)
+    {"search": search, "distill": distill, "rows": rows}[args.mode](args, log)
 
 
 if __name__ == "__main__":
