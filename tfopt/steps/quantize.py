@@ -86,7 +86,7 @@ def _per_layer_scheme(scheme):
 
     def get_quantize_registry():
         registry = registry_of()
-        shared = registry._config_quantizer_map
+        shared = getattr(registry, "_config_quantizer_map", {})
         make_config = registry.get_quantize_config
 
         def get_quantize_config(layer):
