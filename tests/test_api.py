@@ -215,6 +215,29 @@ def test_int8_of_a_clustered_model_keeps_its_shared_values_as_shared_codes(train
     assert abs(acc[True] - acc[False]) <= 0.01, acc
 
 
+def test_per_kernel_dense_scales_give_way_where_they_change_predictions():
+    from tfopt.tflite import convert, shared_dense_values
+
+    # a clustered head (7 values): units 0-4 read input 0 (always 0 here) with weights ±1, units
+    # 5-9 read the other inputs with ±0.01 and ±0.006. One scale for the kernel (1/127) maps 0.01
+    # and 0.006 to the same code; one per unit keeps them apart.
+    rng = np.random.default_rng(0)
+    inp = keras.Input((16,))
+    model = keras.Model(inp, keras.layers.Dense(10, name="head")(inp))
+    kernel = np.zeros((16, 10), "float32")
+    kernel[0, :5] = rng.choice([-1.0, 1.0], 5)
+    kernel[1:, 5:] = rng.choice([-0.01, -0.006, 0.006, 0.01], (15, 5))
+    model.get_layer("head").set_weights([kernel, np.zeros(10, "float32")])
+    x = rng.normal(size=(500, 16)).astype("float32")
+    x[:, 0] = 0
+    assert shared_dense_values(model)
+    per_kernel, per_unit = (convert(model, "int8", representative=x, dense_per_tensor=v) for v in (True, False))
+    ref = model.predict(x, verbose=0).argmax(1)
+    agree = {k: np.mean(predict(v, x).argmax(1) == ref) for k, v in (("kernel", per_kernel), ("unit", per_unit))}
+    assert agree["kernel"] < agree["unit"] - 0.002, agree
+    assert convert(model, "int8", representative=x) == per_unit
+
+
 def test_clustering_a_pruned_model_keeps_its_zeros(trained):
     pruned = tfopt.prune(trained, DATA, sparsity=0.7, epochs=2, allocation="uniform")
     zeros = {n: np.mean(pruned.get_layer(n).kernel.numpy() == 0) for n in ("conv2", "fc1")}

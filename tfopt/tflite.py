@@ -61,9 +61,32 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
             and int8/dynamic kernels run 3-4× slower. See :func:`sizes`.
         dense_per_tensor: with ``int8`` or ``dynamic``, one weight scale per dense kernel instead
             of one per unit; default (None): when most dense weights are clustered
-            (:func:`shared_dense_values`), so their shared values stay shared codes in the file.
-            A quantization-aware model keeps the scales it trained with.
+            (:func:`shared_dense_values`), so their shared values stay shared codes in the file,
+            unless that file's top-1 agrees with the model on the ``representative`` images less
+            than the per-unit file does (by more than :data:`PER_KERNEL_SLACK`): then the per-unit
+            file. A quantization-aware model keeps the scales it trained with.
     """
+    auto = dense_per_tensor is None and mode in ("int8", "dynamic") and not qat
+    per_kernel = shared_dense_values(model) if auto else bool(dense_per_tensor)
+    content = _convert(model, mode, representative, int8_io, qat, sparse, per_kernel)
+    if not (auto and per_kernel and representative is not None):
+        return content
+    rep = np.asarray(representative, np.float32)
+    reference = model.predict(rep, verbose=0)
+    if not isinstance(reference, np.ndarray) or reference.ndim != 2 or reference.shape[-1] < 2:
+        return content  # top-1 agreement is a classifier's measure
+    per_unit = _convert(model, mode, representative, int8_io, qat, sparse, False)
+    agree = {k: float(np.mean(predict(v, rep).argmax(-1) == reference.argmax(-1)))
+             for k, v in (("kernel", content), ("unit", per_unit))}
+    return content if agree["kernel"] >= agree["unit"] - PER_KERNEL_SLACK else per_unit
+
+
+#: Per-kernel dense scales are kept while their file agrees with the model on at most this much
+#: less of the calibration images than the per-unit file.
+PER_KERNEL_SLACK = 0.002
+
+
+def _convert(model, mode, representative, int8_io, qat, sparse, per_kernel) -> bytes:
     import tensorflow as tf
 
     if mode not in MODES:
@@ -77,9 +100,7 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
     if mode == "float16":
         conv.target_spec.supported_types = [tf.float16]
     if mode in ("int8", "dynamic") and not qat:
-        if dense_per_tensor is None:
-            dense_per_tensor = shared_dense_values(model)
-        conv._experimental_disable_per_channel_quantization_for_dense_layers = bool(dense_per_tensor)
+        conv._experimental_disable_per_channel_quantization_for_dense_layers = per_kernel
     if mode == "int8":
         if representative is None and not qat:
             raise TfoptError("int8 conversion needs representative images from the training data")
