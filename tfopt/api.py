@@ -119,7 +119,8 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
     rate, then the rate decays while the network recovers. ``layers={"fc1": 0.9}`` sets
     per-layer targets, ``skip=["fc2"]`` leaves layers dense, ``m_by_n=(2, 4)`` asks for 2:4
     sparsity, ``block=4`` prunes dense kernels in runs of 4 consecutive inputs of one unit (the
-    order TFLite stores them in, so a gzipped file pays for a run's position once). A schedule that cannot reach the target within the fine-tune raises
+    order TFLite stores them in, so a gzipped file pays for a run's position once). A schedule
+    that cannot reach the target within the fine-tune raises
     :class:`tfopt.steps.prune.PreflightError` unless ``force``.
     """
     from tfopt.steps import prune as p

@@ -113,9 +113,13 @@ def wrap_for_qat(model, log=print):
     scheme = scheme_for(model)
     annotated, skipped = _annotate(model, log)
     combine = tfmot.experimental.combine
-    schemes = {"pqat": combine.Default8BitPrunePreserveQuantizeScheme,
-               "cqat": lambda: _per_layer_scheme(combine.Default8BitClusterPreserveQuantizeScheme(True)),
-               "pcqat": lambda: _per_layer_scheme(combine.Default8BitClusterPreserveQuantizeScheme(True))}
+
+    def cluster_preserving():
+        # Zeros are kept in the layers that have them, whichever scheme name the model got.
+        return _per_layer_scheme(combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True))
+
+    schemes = {"pqat": combine.Default8BitPrunePreserveQuantizeScheme, "cqat": cluster_preserving,
+               "pcqat": cluster_preserving}
     try:
         with q.quantize_scope():
             qat = q.quantize_apply(annotated, schemes[scheme]()) if scheme in schemes else q.quantize_apply(annotated)
