@@ -266,6 +266,8 @@ def test_cli_errors_corrupt_model_and_mismatched_recipe(base_run, tmp_path):
     assert res.exit_code == 2 and "pass --recipe RECIPE" in res.output
     res = run("prune", base_run, "--sparsity", "1.5")
     assert res.exit_code == 2 and "optimize.prune.sparsity: Input should be less than 1 (got 1.5)" in res.output
+    res = run("prune", base_run, "--block", "4", "--m-by-n", "2:4")
+    assert res.exit_code == 2 and "optimize.prune.block: block and m_by_n are two patterns of zeros" in res.output
 
 
 def test_cli_export_and_report(base_run, tmp_path):

@@ -89,11 +89,12 @@ class PruneConfig(FineTune):
             raise ValueError("m_by_n needs m < n, e.g. [2, 4]")
         return v
 
-    @model_validator(mode="after")
-    def _block_or_m_by_n(self):
-        if self.block > 1 and self.m_by_n is not None:
+    @field_validator("block")
+    @classmethod
+    def _block_or_m_by_n(cls, v, info):
+        if v > 1 and info.data.get("m_by_n") is not None:
             raise ValueError("block and m_by_n are two patterns of zeros: choose one")
-        return self
+        return v
 
 
 class StructuredConfig(FineTune):
