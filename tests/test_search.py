@@ -82,7 +82,10 @@ def test_chosen_model_meets_the_budget_on_the_selection_split(searched):
     paired = json.loads((out / "chosen" / "metrics.json").read_text())["selection_drop"]
     assert (paired["lost"], paired["won"]) == (int(np.sum(right[0] & ~right[1])), int(np.sum(~right[0] & right[1])))
     assert paired["drop_points"] == pytest.approx(result.chosen["drop_points"])
-    assert f"± {paired['standard_error_points']:.2f}, the paired standard error" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert f"± {paired['standard_error_points']:.2f}, the paired standard error" in report
+    chosen_row = next(line for line in report.splitlines() if line.startswith(f"| {result.chosen['id']} |"))
+    assert f"| {result.chosen['drop_points']:.2f} ± {paired['standard_error_points']:.2f} |" in chosen_row
 
 
 def test_paired_standard_error_of_a_drop():

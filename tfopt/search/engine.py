@@ -739,8 +739,14 @@ def _finish(search, chosen, rows, test_data, kind, log):
     ver = T.verify(model, content, search.x_sel, search.y_sel, mode, threshold=0.98 if mode == "int8" else 0.999)
     log(ver.line())
     y_sel = _labels(search.y_sel)
-    paired = paired_drop(search.model.predict(search.x_sel, verbose=0).argmax(-1) == y_sel,
-                         T.predict(content, search.x_sel).argmax(-1) == y_sel)
+    input_right = search.model.predict(search.x_sel, verbose=0).argmax(-1) == y_sel
+    paired = paired_drop(input_right, T.predict(content, search.x_sel).argmax(-1) == y_sel)
+    noise = {}
+    for r in rows:
+        cached = out / "cache" / r["id"] / "model.tflite"
+        if not r.get("error") and cached.is_file():
+            noise[r["id"]] = paired_drop(input_right, T.predict(cached.read_bytes(), search.x_sel).argmax(-1)
+                                         == y_sel)["standard_error_points"]
     log(f"selection split: drop {paired['drop_points']:.2f} ± {paired['standard_error_points']:.2f} pt (paired standard "
         f"error: the input model right and the chosen file wrong on {paired['lost']} images, the reverse on "
         f"{paired['won']})")
@@ -764,7 +770,7 @@ def _finish(search, chosen, rows, test_data, kind, log):
     (out / "optimize.yaml").write_text(
         "# The recipe `optimize:` section that reproduces the chosen candidate, step by step.\n"
         + yaml.safe_dump({"optimize": {"steps": steps, "distill": distill}}, sort_keys=False))
-    _report(out, search, {**chosen, "paired": paired}, test, rows)
+    _report(out, search, {**chosen, "paired": paired}, test, rows, noise)
     log(f"chosen: {chosen['id']}: {chosen['tflite_gzip_bytes'] / 1000:.1f} kB gzip "
         f"({chosen['tflite_raw_bytes'] / 1000:.1f} kB raw), {chosen['latency_us']:.0f} µs, "
         f"{chosen['selection_accuracy']:.2%} on the selection split; written to {out}")
@@ -772,7 +778,7 @@ def _finish(search, chosen, rows, test_data, kind, log):
     return Result(result_model, content, chosen, rows, out, test)
 
 
-def _report(out, search, chosen, test, rows):
+def _report(out, search, chosen, test, rows, noise=None):
     ref = getattr(search, "reference", {})
     lines = ["# tfopt optimize", "",
              f"Target: **{search.target}**; budget: at most {search.max_drop:g} points below the input model's "
@@ -806,13 +812,16 @@ def _report(out, search, chosen, test, rows):
         lines += ["", "![pareto](pareto.png)", ""]
     else:
         lines += ["No candidate met the budget.", ""]
-    lines += ["## Candidates", "", "| id | selection acc | drop (pt) | gzip bytes | raw bytes | MACs | latency (µs) | s |",
+    lines += ["## Candidates", "", "The drop's ± is its paired standard error on the selection split.", "",
+              "| id | selection acc | drop (pt) | gzip bytes | raw bytes | MACs | latency (µs) | s |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['id']} | failed: {r['error']} | | | | | | |")
             continue
-        lines.append(f"| {r['id']} | {r['selection_accuracy']:.2%} | {r['drop_points']:.2f} | "
+        se = (noise or {}).get(r["id"])
+        drop = f"{r['drop_points']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
+        lines.append(f"| {r['id']} | {r['selection_accuracy']:.2%} | {drop} | "
                      f"{r['tflite_gzip_bytes']:,} | {r['tflite_raw_bytes']:,} | {r['macs']:,} | {r['latency_us']:.0f} | "
                      f"{r['seconds']:.0f} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
