@@ -740,13 +740,13 @@ def _finish(search, chosen, rows, test_data, kind, log):
     log(ver.line())
     y_sel = _labels(search.y_sel)
     input_right = search.model.predict(search.x_sel, verbose=0).argmax(-1) == y_sel
-    paired = paired_drop(input_right, T.predict(content, search.x_sel).argmax(-1) == y_sel)
-    noise = {}
+    # every candidate's drop with its paired standard error, the chosen file's among them
+    pairs = {}
     for r in rows:
         cached = out / "cache" / r["id"] / "model.tflite"
         if not r.get("error") and cached.is_file():
-            noise[r["id"]] = paired_drop(input_right, T.predict(cached.read_bytes(), search.x_sel).argmax(-1)
-                                         == y_sel)["standard_error_points"]
+            pairs[r["id"]] = paired_drop(input_right, T.predict(cached.read_bytes(), search.x_sel).argmax(-1) == y_sel)
+    paired = pairs[chosen["id"]]
     log(f"selection split: drop {paired['drop_points']:.2f} ± {paired['standard_error_points']:.2f} pt (paired standard "
         f"error: the input model right and the chosen file wrong on {paired['lost']} images, the reverse on "
         f"{paired['won']})")
@@ -770,7 +770,7 @@ def _finish(search, chosen, rows, test_data, kind, log):
     (out / "optimize.yaml").write_text(
         "# The recipe `optimize:` section that reproduces the chosen candidate, step by step.\n"
         + yaml.safe_dump({"optimize": {"steps": steps, "distill": distill}}, sort_keys=False))
-    _report(out, search, {**chosen, "paired": paired}, test, rows, noise)
+    _report(out, search, chosen, test, rows, pairs)
     log(f"chosen: {chosen['id']}: {chosen['tflite_gzip_bytes'] / 1000:.1f} kB gzip "
         f"({chosen['tflite_raw_bytes'] / 1000:.1f} kB raw), {chosen['latency_us']:.0f} µs, "
         f"{chosen['selection_accuracy']:.2%} on the selection split; written to {out}")
@@ -778,7 +778,7 @@ def _finish(search, chosen, rows, test_data, kind, log):
     return Result(result_model, content, chosen, rows, out, test)
 
 
-def _report(out, search, chosen, test, rows, noise=None):
+def _report(out, search, chosen, test, rows, pairs=None):
     ref = getattr(search, "reference", {})
     lines = ["# tfopt optimize", "",
              f"Target: **{search.target}**; budget: at most {search.max_drop:g} points below the input model's "
@@ -791,16 +791,18 @@ def _report(out, search, chosen, test, rows, noise=None):
         lines += [f"Input model as float32 TFLite: {ref['gzip_bytes']:,} bytes gzip, {ref['raw_bytes']:,} bytes raw, "
                   f"{ref['macs']:,} MACs, {ref['latency_us']:.0f} µs 1-thread LiteRT, {ref['accuracy']:.2%} on the "
                   f"selection split.", ""]
+    pairs = pairs or {}
     if chosen:
+        paired = pairs.get(chosen["id"])
         lines += [f"## Chosen: `{chosen['id']}`", "", f"Steps: {chosen['steps']}", "",
                   f"- {chosen.get('tflite') or 'int8'} TFLite: {chosen['tflite_gzip_bytes']:,} bytes gzip, "
                   f"{chosen['tflite_raw_bytes']:,} bytes raw"
                   + (f" ({chosen['sparse_raw_bytes']:,} raw with sparse weight storage)"
                      if chosen.get("sparse_raw_bytes") else ""),
                   f"- selection accuracy {chosen['selection_accuracy']:.2%} (drop {chosen['drop_points']:.2f} pt"
-                  + (f" ± {chosen['paired']['standard_error_points']:.2f}, the paired standard error: the input "
-                     f"model right and this file wrong on {chosen['paired']['lost']} images, the reverse on "
-                     f"{chosen['paired']['won']}" if chosen.get("paired") else "") + ")",
+                  + (f" ± {paired['standard_error_points']:.2f}, the paired standard error: the input "
+                     f"model right and this file wrong on {paired['lost']} images, the reverse on "
+                     f"{paired['won']}" if paired else "") + ")",
                   f"- {chosen['macs']:,} MACs, {chosen['latency_us']:.0f} µs 1-thread LiteRT"]
         if ref:
             lines += [f"- against the float32 TFLite: {ref['gzip_bytes'] / chosen['tflite_gzip_bytes']:.1f}× smaller "
@@ -819,8 +821,8 @@ def _report(out, search, chosen, test, rows, noise=None):
         if r.get("error"):
             lines.append(f"| {r['id']} | failed: {r['error']} | | | | | | |")
             continue
-        se = (noise or {}).get(r["id"])
-        drop = f"{r['drop_points']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
+        drop = f"{r['drop_points']:.2f}" + (f" ± {pairs[r['id']]['standard_error_points']:.2f}"
+                                            if r["id"] in pairs else "")
         lines.append(f"| {r['id']} | {r['selection_accuracy']:.2%} | {drop} | "
                      f"{r['tflite_gzip_bytes']:,} | {r['tflite_raw_bytes']:,} | {r['macs']:,} | {r['latency_us']:.0f} | "
                      f"{r['seconds']:.0f} |")

@@ -11,6 +11,7 @@ import numpy as np
 from tfopt.errors import TfoptError
 from tfopt.steps.cluster import unique_values
 from tfopt.steps.prune import layer_sparsity, overall_sparsity
+from tfopt.tflite import SHARED_VALUES
 
 
 def representative(x, samples: int = 500, seed: int = 0):
@@ -44,7 +45,7 @@ def scheme_for(model) -> str:
     per_layer = layer_sparsity(model)
     pruned = bool(per_layer) and overall_sparsity(per_layer) >= 0.3
     uniques = unique_values(model)
-    clustered = bool(uniques) and max(uniques.values()) <= 256
+    clustered = bool(uniques) and max(uniques.values()) <= SHARED_VALUES
     return {(True, True): "pcqat", (True, False): "pqat", (False, True): "cqat"}.get((pruned, clustered), "qat")
 
 
