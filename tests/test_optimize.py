@@ -311,6 +311,25 @@ def test_cli_fold_bn(base_run, tmp_path):
     assert metrics["max_relative_output_difference"] < 1e-5 and metrics["params"] < metrics["params_before"]
 
 
+def test_cli_fold_pool(base_run, tmp_path):
+    res = run("fold-pool", base_run, "--output", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "  folded bn1 into conv1 (a BatchNorm before a pool)" in res.output
+    assert "  folded pool1 into conv1 (stride 2, 4 filter groups)" in res.output
+    assert "float32 TFLite, 1 thread: " in res.output
+    model = keras.models.load_model(tmp_path / "base-poolfolded" / "model.keras")
+    assert tuple(model.get_layer("conv1").strides) == (2, 2) and model.get_layer("conv1").filters == 32
+    metrics = json.loads((tmp_path / "base-poolfolded" / "metrics.json").read_text())
+    source = json.loads((base_run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == pytest.approx(source["test_accuracy"], abs=1e-9)
+    assert metrics["fold_pool_folded"] == [["pool1", "conv1"]]
+    assert metrics["fold_pool_latency_us"]["after"] > 0
+    res = run("fold-pool", base_run, "--layers", "fc1", "--output", tmp_path / "x")
+    assert res.exit_code == 2
+    assert "fold_pool: cannot fold a pool into 'fc1': no MaxPooling2D takes its output" in res.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_structured_prune(base_run, tmp_path):
     res = run("prune", base_run, "--structured", "--ratio", "0.5", "--epochs", "1", "--output", tmp_path)
     assert res.exit_code == 0, res.output

@@ -20,7 +20,7 @@ _LAZY = {
     "gradcheck": "tfopt.finite_diff",
     "optimize": "tfopt.search.engine",
     **{name: "tfopt.api" for name in (
-        "load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "remove_layers", "cluster",
+        "load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "fold_pool", "remove_layers", "cluster",
         "quantize_aware", "to_tflite", "wrap_for_pruning", "pruning_callbacks", "wrap_for_clustering",
         "wrap_for_qat", "strip")},
 }

@@ -169,6 +169,19 @@ def fold_batchnorm(model, data=None, *, log=None):
     return _leave(folded, kind)
 
 
+def fold_pool(model, data=None, *, layers=None, measure: bool = False, log=None):
+    """Each 2×2 max-pool after a stride-1 conv folded into that conv: one stride-2 conv with four
+    filter groups and a max over them, the same outputs (checked on ``data``, else random inputs).
+    ``layers``: only the pools after these convs. With ``measure``, both float32 TFLite files are
+    timed and the times logged: the fold pays where the conv reads few channels (a first conv on a
+    grey image), so measure it on your model before you keep it."""
+    from tfopt.steps.fold import fold_pool as fold
+
+    kind, work = _enter(model)
+    folded, _ = fold(work, data, layers=layers, measure=measure, log=log or _quiet)
+    return _leave(folded, kind)
+
+
 def remove_layers(model, layers, data=None, *, epochs: int = 1, lr: float | None = None,
                   batch_size: int | None = None, loss=None, optimizer="adam", validation_data=None, teacher=None,
                   distill: bool = False, temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, verbose=0,
@@ -325,6 +338,6 @@ def strip(model, kind: str = "tf_keras"):
     return _leave(strip_wrappers(model), kind)
 
 
-__all__ = ["load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "remove_layers", "cluster",
+__all__ = ["load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "fold_pool", "remove_layers", "cluster",
            "quantize_aware", "to_tflite", "wrap_for_pruning", "pruning_callbacks", "wrap_for_clustering",
            "wrap_for_qat", "strip"]

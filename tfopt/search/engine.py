@@ -19,7 +19,10 @@ more than :data:`NEAR_MISS` times the budget, since the harsher rungs would lose
 1. int8 of the model as it is (post-training quantization);
 2. channel pruning at a few aggressiveness levels, per-layer ratios read off a sensitivity sweep
    (accuracy with a fraction of one layer's channels removed, no fine-tune);
-3. layer removal (latency and MACs targets; layers whose removal keeps the shapes);
+3. layer removal (latency and MACs targets; layers whose removal keeps the shapes), and for the
+   latency target pool folding (:mod:`tfopt.surgery.fold_pool`: an exact rewrite of a conv and
+   the 2×2 max-pool after it into one stride-2 conv, faster where the conv reads few channels;
+   the first foldable pool alone, then all; kept only where its file is measured faster);
 4. magnitude pruning at per-layer sparsities from a second sweep, and at overall sparsities
    spread by erk or er (whichever loses less when the model is pruned at once), on the best
    channel-pruned candidate and on the model itself (size target);
@@ -74,7 +77,8 @@ COLUMNS = ["id", "steps", "stage", "selection_accuracy", "keras_selection_accura
 
 @dataclass
 class Step:
-    """One step of a candidate: a name (``channels``, ``remove``, ``prune``, ``cluster``) and its knobs."""
+    """One step of a candidate: a name (``channels``, ``remove``, ``prune``, ``cluster``, ``fold_pool``)
+    and its knobs."""
 
     kind: str
     knobs: dict = field(default_factory=dict)
@@ -89,6 +93,8 @@ class Step:
             return f"p{k['m_by_n'][0]}of{k['m_by_n'][1]}" if k.get("m_by_n") else f"p{k['level']}"
         if self.kind == "cluster":
             return f"c{k['clusters']}"
+        if self.kind == "fold_pool":
+            return "fp-" + "-".join(k["layers"])
         raise TfoptError(f"unknown search step {self.kind!r}")
 
     def describe(self) -> str:
@@ -259,6 +265,8 @@ class Search:
                             skip=k.get("skip", ()), m_by_n=k.get("m_by_n"), allocation=k.get("allocation", "erk"))
         elif step.kind == "cluster":
             model = S.cluster(parent, self.train, self.fit, clusters=k["clusters"])
+        elif step.kind == "fold_pool":
+            model = S.fold_pool(parent, self.x_calib, k["layers"])
         else:
             raise TfoptError(f"unknown search step {step.kind!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -460,6 +468,13 @@ class Search:
             rm = S.removable_layers(self.keras_model(start))
             if rm and not stage("remove", [[start + [Step("remove", {"layers": [name]})]] for name in rm[:3]]):
                 return
+        if self.target == "latency":
+            # an exact rewrite, no fine-tune: the first foldable pool alone, then every one
+            start = self.base_chain()
+            convs = S.foldable_pools(self.keras_model(start))
+            folds = [convs[:1]] + ([convs] if len(convs) > 1 else [])
+            if convs and not stage("fold_pool", [[start + [Step("fold_pool", {"layers": f})]] for f in folds]):
+                return
         if self.target == "size":
             start = self.base_chain()
             start_model = self.keras_model(start)
@@ -534,6 +549,8 @@ def _recipe_steps(chain, qat, fit, mode="int8") -> list[dict]:
                            | ft})
         elif s.kind == "cluster":
             steps.append({"cluster": {"clusters": k["clusters"], **ft}})
+        elif s.kind == "fold_pool":
+            steps.append({"fold_pool": {"layers": list(k["layers"])}})
     if mode == "float32":
         steps.append({"export": {"tflite": ["float32"]}})
     else:

@@ -54,6 +54,20 @@ def prune(model, data, fit: dict, sparsity: float = 0.8, layers: dict | None = N
     return _step("prune", model, data, fit, log, **kw)
 
 
+def fold_pool(model, x, layers, log=None):
+    """The model with the 2×2 max-pools after ``layers`` folded into them (an exact rewrite,
+    checked on ``x``; nothing to fine-tune)."""
+    return _step("fold_pool", model, (x, None), {}, log, layers=list(layers), measure=False)
+
+
+def foldable_pools(model) -> list[str]:
+    """The convs whose 2×2 max-pool can be folded into them, in graph order."""
+    from tfopt.surgery.fold_pool import plan
+
+    todo, _ = plan(model)
+    return [layer.name for layer in model.layers if layer.name in todo]
+
+
 def fine_tuned(model, data, fit: dict, log=None):
     """A copy of ``model`` fine-tuned with the steps' settings and nothing else (BatchNorm statistics
     re-estimated afterwards, as the steps do)."""
@@ -149,7 +163,7 @@ def prunable_layers(model) -> dict:
             for layer in model.layers if prunable(layer)}
 
 
-def channel_sensitivity(model, x, y, ratios=(0.25, 0.5, 0.75, 0.9)) -> list[dict]:
+def channel_sensitivity(model, x, y, ratios=(0.25, 0.5, 0.75, 0.8, 0.9)) -> list[dict]:
     """Selection accuracy with ``ratio`` of one layer's channels removed, without fine-tuning."""
     api = _api()
     rows = []

@@ -319,6 +319,12 @@ def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print, st
     return path, metrics
 
 
+def apply_fold_pool(model, recipe, splits, cfg, log=print):
+    from tfopt.steps.fold import fold_pool
+
+    return fold_pool(model, (splits.x_test, splits.y_test), **step_kwargs(cfg), log=log)
+
+
 def apply_structured(model, recipe, splits, cfg, log=print):
     import numpy as np
 
@@ -491,5 +497,7 @@ register("remove", C.RemoveConfig, _remove_suffix, _lazy("tfopt.steps.remove", "
          apply=apply_remove, chain=False, cli="remove-layers", distributed=True, help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")
 register("fold_bn", None, "folded", _lazy("tfopt.steps.fold", "fold"), command=run_fold_bn, apply=apply_fold_bn,
          chain=False, help="Fold BatchNorm into the conv or dense layer before it.")
+register("fold_pool", C.FoldPoolConfig, "poolfolded", _lazy("tfopt.steps.fold", "fold_pool"), apply=apply_fold_pool,
+         help="Fold each 2×2 max-pool into the conv before it: one stride-2 conv, the same outputs.")
 register("export", C.Export, "export", _export_function, command=run_export, chain=False, section="export",
          help="SavedModel, .keras and verified .tflite files.")

@@ -151,6 +151,14 @@ class RemoveConfig(Distill):
     budget: Optional[float] = Field(None, ge=0, description="with analyze: remove the most within this many points")
 
 
+class FoldPoolConfig(Config):
+    """Pool folding: each 2×2 max-pool after a stride-1 conv becomes part of a stride-2 conv."""
+
+    layers: Optional[list[str]] = Field(None, description="only the pools after these convs (default: every one "
+                                                          "that can be folded)", json_schema_extra={"metavar": "CONV"})
+    measure: bool = Field(True, description="time both float32 TFLite files (1 thread) and report the change")
+
+
 class Optimize(Config):
     """The settings of each step, under its name. A step registered later (see
     :func:`tfopt.steps.register`) has its section here too, checked by its own config class."""

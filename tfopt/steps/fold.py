@@ -1,4 +1,5 @@
-"""BatchNorm folding as a checked step: fold, then compare the outputs with the original's."""
+"""Exact rewrites as checked steps: BatchNorm folding and pool folding. Each rewrites the model,
+then compares the outputs with the original's and refuses a rewrite that changed them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ from tfopt.errors import TfoptError
 
 #: Largest relative output difference a fold may cause (it is exact up to float rounding).
 TOLERANCE = 1e-4
+
+
+def _checked(model, rewritten, data, what: str) -> tuple[float, str]:
+    """The largest relative output difference between ``model`` and ``rewritten`` on up to 256
+    images of ``data`` (``(x, y)``, bare ``x`` or a dataset), else on random inputs, and what was
+    compared; raises when it exceeds :data:`TOLERANCE`."""
+    from tfopt.steps.runner import sample_x
+    from tfopt.steps.structured import _random_inputs
+
+    x = sample_x(data, 256) if data is not None else _random_inputs(model, 16)
+    ref = model.predict(x, batch_size=256, verbose=0)
+    got = rewritten.predict(x, batch_size=256, verbose=0)
+    rel = float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-3)))
+    if rel > TOLERANCE:
+        raise TfoptError(f"{what} changed the outputs by {rel:.2e} (relative); nothing was written.")
+    return rel, f"{len(ref)} {'images' if data is not None else 'random inputs'}"
 
 
 def fold(model, data=None, *, log=print, **_ignored):
@@ -23,22 +40,73 @@ def fold(model, data=None, *, log=print, **_ignored):
     Raises:
         TfoptError: the fold changed the outputs by more than :data:`TOLERANCE`.
     """
-    from tfopt.steps.runner import sample_x
-    from tfopt.steps.structured import _random_inputs
     from tfopt.surgery.fold_bn import fold_batchnorm
 
     folded, report = fold_batchnorm(model)
-    x = sample_x(data, 256) if data is not None else _random_inputs(model, 16)
-    ref = model.predict(x, batch_size=256, verbose=0)
-    got = folded.predict(x, batch_size=256, verbose=0)
-    rel = float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-3)))
+    rel, on = _checked(model, folded, data, "BatchNorm folding")
     for bn, into in report["folded"]:
         log(f"  folded {bn} into {into}")
     for bn, why in report["kept"]:
         log(f"  kept {bn}: {why}")
     log(f"{len(report['folded'])} BatchNorm layer(s) folded; outputs match the original within {rel:.2e} "
-        f"(relative, on {len(ref)} {'images' if data is not None else 'random inputs'}). The TFLite converter folds "
-        f"BatchNorm too: expect no TFLite speed-up from this step.")
-    if rel > TOLERANCE:
-        raise TfoptError(f"BatchNorm folding changed the outputs by {rel:.2e} (relative); nothing was written.")
+        f"(relative, on {on}). The TFLite converter folds BatchNorm too: expect no TFLite speed-up from this step.")
     return folded, {**report, "max_relative_output_difference": rel}
+
+
+def fold_pool(model, data=None, *, layers=None, measure: bool = True, log=print, **_ignored):
+    """Fold each 2×2 max-pool into the stride-1 conv before it (see
+    :mod:`tfopt.surgery.fold_pool`): one stride-2 conv with four filter groups and a max over
+    them, the same outputs. ``layers``: only the pools after these convs (default: every one
+    that can be folded). ``measure``: time both models' float32 TFLite files (1 thread).
+
+    Returns:
+        ``(model, report)``: ``folded`` ``(pool, conv)`` pairs, ``kept`` ``(pool, reason)`` pairs,
+        ``max_relative_output_difference`` and, when measured, ``latency_us`` ``{"before", "after"}``.
+
+    Raises:
+        TfoptError: a named layer is not a conv with a foldable pool after it, nothing could be
+            folded, or the outputs changed by more than :data:`TOLERANCE`.
+    """
+    from tfopt.surgery.fold_pool import fold_pools, refusal, without_blocking_batchnorm
+
+    for name in layers or ():
+        why = refusal(without_blocking_batchnorm(model)[0], name)
+        if why:
+            raise TfoptError(f"fold_pool: cannot fold a pool into '{name}': {why}")
+    folded, report = fold_pools(model, layers)
+    if not report["folded"]:
+        reasons = "; ".join(f"{p}: {r}" for p, r in report["kept"]) or "the model has no MaxPooling2D layer"
+        raise TfoptError(f"fold_pool: no max-pool could be folded ({reasons})")
+    rel, on = _checked(model, folded, data, "pool folding")
+    for bn, into in report["batchnorm_folded"]:
+        log(f"  folded {bn} into {into} (a BatchNorm before a pool)")
+    for pool, conv in report["folded"]:
+        log(f"  folded {pool} into {conv} (stride 2, 4 filter groups)")
+    for pool, why in report["kept"]:
+        log(f"  kept {pool}: {why}")
+    log(f"{len(report['folded'])} max-pool(s) folded; outputs match the original within {rel:.2e} (relative, "
+        f"on {on})")
+    report = {**report, "max_relative_output_difference": rel}
+    if measure:
+        report["latency_us"] = _float32_latencies(model, folded, data)
+        t = report["latency_us"]
+        log(f"float32 TFLite, 1 thread: {t['before']:.1f} µs before, {t['after']:.1f} µs after "
+            f"({t['after'] / t['before']:.2f}×)" + ("" if t["after"] < t["before"] else
+                                                    "; not faster: keep the model as it was"))
+    return folded, report
+
+
+def _float32_latencies(model, folded, data) -> dict:
+    """Median 1-thread latency of one input through each model's float32 TFLite file, timed in
+    alternating blocks, each the fastest of three."""
+    from tfopt import tflite
+    from tfopt.steps.runner import sample_x
+    from tfopt.steps.structured import _random_inputs
+
+    x = (sample_x(data, 1) if data is not None else _random_inputs(model, 1))[0]
+    files = [tflite.convert(m, "float32") for m in (model, folded)]
+    times = [[], []]
+    for _ in range(2):
+        for i, content in enumerate(files):
+            times[i].append(tflite.latency_us(content, x, runs=300, repeats=3)["median_us"])
+    return {"before": float(min(times[0])), "after": float(min(times[1]))}
