@@ -287,6 +287,26 @@ def test_latency_search_measures_float32_files_too(searched, tmp_path):
     assert tflite.accuracy(result.tflite, *sel) == pytest.approx(result.chosen["selection_accuracy"])
 
 
+def test_latency_search_folds_pools_without_changing_the_predictions(searched, tmp_path):
+    """The fold_pool stage rewrites the best chain exactly: its Keras model predicts what its
+    parent predicts, and its file is measured as int8 and float32 like every chain."""
+    from tfopt.search.engine import optimize
+
+    train, sel, _ = _digits()
+    lines = []
+    optimize(searched[0], train, validation_data=sel, max_drop=5.0, target="latency", out=tmp_path / "s", epochs=1,
+             max_candidates=8, levels=(10.0,), log=lines.append)
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "s" / "candidates.csv"))}
+    folded = [r for r in rows.values() if r["stage"] == "fold_pool"]
+    assert [r["tflite"] for r in folded] == ["int8", "float32"]
+    # the chain it folded: the best within budget before the stage ("base" when that is the input model)
+    prefix = folded[0]["id"][:folded[0]["id"].index("fp-")].rstrip("+")
+    parent = (prefix or "base") + "+int8"
+    assert float(folded[0]["keras_selection_accuracy"]) == float(rows[parent]["keras_selection_accuracy"])
+    assert float(folded[0]["macs"]) > float(rows[parent]["macs"])  # 4 filter groups of a kernel one larger
+    assert any(line.strip().startswith("step fold_pool {\"layers\": [") for line in lines)
+
+
 def test_latency_reports_the_block_with_the_lowest_median(monkeypatch):
     import types
 

@@ -156,7 +156,8 @@ class FoldPoolConfig(Config):
 
     layers: Optional[list[str]] = Field(None, description="only the pools after these convs (default: every one "
                                                           "that can be folded)", json_schema_extra={"metavar": "CONV"})
-    measure: bool = Field(True, description="time both float32 TFLite files (1 thread) and report the change")
+    measure: Optional[bool] = Field(None, description="time both float32 TFLite files (1 thread) and report the "
+                                                      "change; default: on")
 
 
 class Optimize(Config):

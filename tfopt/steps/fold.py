@@ -53,7 +53,7 @@ def fold(model, data=None, *, log=print, **_ignored):
     return folded, {**report, "max_relative_output_difference": rel}
 
 
-def fold_pool(model, data=None, *, layers=None, measure: bool = True, log=print, **_ignored):
+def fold_pool(model, data=None, *, layers=None, measure: bool | None = True, log=print, **_ignored):
     """Fold each 2×2 max-pool into the stride-1 conv before it (see
     :mod:`tfopt.surgery.fold_pool`): one stride-2 conv with four filter groups and a max over
     them, the same outputs. ``layers``: only the pools after these convs (default: every one
@@ -87,7 +87,7 @@ def fold_pool(model, data=None, *, layers=None, measure: bool = True, log=print,
     log(f"{len(report['folded'])} max-pool(s) folded; outputs match the original within {rel:.2e} (relative, "
         f"on {on})")
     report = {**report, "max_relative_output_difference": rel}
-    if measure:
+    if measure is not False:  # None: the command's default, on
         report["latency_us"] = _float32_latencies(model, folded, data)
         t = report["latency_us"]
         log(f"float32 TFLite, 1 thread: {t['before']:.1f} µs before, {t['after']:.1f} µs after "
