@@ -2,11 +2,18 @@
 
 Usage:
     TFOPT_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/bench_encoding.py scales RUN [RUN ...]
+    TFOPT_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/bench_encoding.py bound RUN [RUN ...]
     .venv/bin/python benchmarks/bench_encoding.py runs
 
 ``scales`` converts each run's model to int8 twice in one process, with one weight scale per
 dense unit (TFLite's default) and with one per dense kernel (tfopt's default for clustered
 models), and prints raw bytes, gzip bytes and test accuracy of both files as JSON lines.
+
+``bound`` reads each run's model (pruned and clustered) and prints, beside its int8 file's gzip
+bytes, what an ideal coder would need for its kernels alone: for each kernel, its zero/non-zero
+pattern at the entropy of its density (as if the positions were independent) plus each kept
+weight's value at the entropy of the kernel's value counts; biases and the file's structure are
+left out, so the real file can only be larger.
 
 ``runs`` needs no data: a 300×784 int8 kernel (LeNet-300-100's first layer, in TFLite's
 unit-by-unit order) with 2% or 4% of its weights kept, drawn from 4 values, kept one by one or
@@ -38,6 +45,43 @@ def scales(args):
         print(json.dumps(row), flush=True)
 
 
+def _entropy(counts):
+    import numpy as np
+
+    p = np.asarray(counts, np.float64)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def bound(args):
+    import numpy as np
+
+    from tfopt import tflite
+    from tfopt.data.pipeline import load_splits
+    from tfopt.layer_kinds import prunable_weights
+    from tfopt.steps.quantize import representative
+    from tfopt.steps.source import load_source
+
+    for run in args.run:
+        src = load_source(run)
+        splits = load_splits(src.recipe.data, src.recipe.seed)
+        rep = representative(splits.x_train, 500, src.recipe.seed)
+        blob = tflite.convert(src.model, "int8", representative=rep)
+        layers, total_bits = {}, 0.0
+        for layer in src.model.layers:
+            for w in prunable_weights(layer):
+                v = w.numpy().ravel()
+                nz = v[v != 0]
+                _, counts = np.unique(nz, return_counts=True)
+                bits = v.size * _entropy([v.size - nz.size, nz.size]) + nz.size * _entropy(counts)
+                total_bits += bits
+                layers[layer.name] = {"weights": int(v.size), "nonzero": int(nz.size), "values": int(len(counts)),
+                                      "ideal_bytes": round(bits / 8)}
+        print(json.dumps({"run": run, "kernels_ideal_bytes": round(total_bits / 8), **tflite.sizes(blob),
+                          "test_accuracy": round(tflite.accuracy(blob, splits.x_test, splits.y_test), 4),
+                          "layers": layers}), flush=True)
+
+
 def runs(args):
     import numpy as np
 
@@ -57,10 +101,12 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("scales")
     s.add_argument("run", nargs="+")
+    b = sub.add_parser("bound")
+    b.add_argument("run", nargs="+")
     r = sub.add_parser("runs")
     r.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    {"scales": scales, "runs": runs}[args.cmd](args)
+    {"scales": scales, "bound": bound, "runs": runs}[args.cmd](args)
 
 
 if __name__ == "__main__":
