@@ -27,6 +27,14 @@ def _checked(model, rewritten, data, what: str) -> tuple[float, str]:
     return rel, f"{len(ref)} {'images' if data is not None else 'random inputs'}"
 
 
+def _say(log, report, folded_line: str) -> None:
+    """One line per folded pair (``folded_line`` formatted with it) and per kept layer, with why."""
+    for pair in report["folded"]:
+        log(folded_line.format(*pair))
+    for name, why in report["kept"]:
+        log(f"  kept {name}: {why}")
+
+
 def fold(model, data=None, *, log=print, **_ignored):
     """Fold every foldable BatchNorm of ``model`` into the layer before it, in a new model.
 
@@ -44,10 +52,7 @@ def fold(model, data=None, *, log=print, **_ignored):
 
     folded, report = fold_batchnorm(model)
     rel, on = _checked(model, folded, data, "BatchNorm folding")
-    for bn, into in report["folded"]:
-        log(f"  folded {bn} into {into}")
-    for bn, why in report["kept"]:
-        log(f"  kept {bn}: {why}")
+    _say(log, report, "  folded {} into {}")
     log(f"{len(report['folded'])} BatchNorm layer(s) folded; outputs match the original within {rel:.2e} "
         f"(relative, on {on}). The TFLite converter folds BatchNorm too: expect no TFLite speed-up from this step.")
     return folded, {**report, "max_relative_output_difference": rel}
@@ -80,10 +85,7 @@ def fold_pool(model, data=None, *, layers=None, measure: bool | None = True, log
     rel, on = _checked(model, folded, data, "pool folding")
     for bn, into in report["batchnorm_folded"]:
         log(f"  folded {bn} into {into} (a BatchNorm before a pool)")
-    for pool, conv in report["folded"]:
-        log(f"  folded {pool} into {conv} (stride 2, 4 filter groups)")
-    for pool, why in report["kept"]:
-        log(f"  kept {pool}: {why}")
+    _say(log, report, "  folded {} into {} (stride 2, 4 filter groups)")
     log(f"{len(report['folded'])} max-pool(s) folded; outputs match the original within {rel:.2e} (relative, "
         f"on {on})")
     report = {**report, "max_relative_output_difference": rel}
