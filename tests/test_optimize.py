@@ -314,7 +314,7 @@ def test_cli_fold_bn(base_run, tmp_path):
 def test_cli_fold_pool(base_run, tmp_path):
     res = run("fold-pool", base_run, "--output", tmp_path)
     assert res.exit_code == 0, res.output
-    assert "  folded bn1 into conv1 (a BatchNorm before a pool)" in res.output
+    assert "  folded bn1 into conv1 (BatchNorm, folded first: one stood between a conv and its pool)" in res.output
     assert "  folded pool1 into conv1 (stride 2, 4 filter groups)" in res.output
     assert "float32 TFLite, 1 thread: " in res.output
     model = keras.models.load_model(tmp_path / "base-poolfolded" / "model.keras")

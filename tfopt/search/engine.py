@@ -550,7 +550,7 @@ def _recipe_steps(chain, qat, fit, mode="int8") -> list[dict]:
         elif s.kind == "cluster":
             steps.append({"cluster": {"clusters": k["clusters"], **ft}})
         elif s.kind == "fold_pool":
-            steps.append({"fold_pool": {"layers": list(k["layers"])}})
+            steps.append({"fold_pool": {"layers": list(k["layers"]), "measure": False}})
     if mode == "float32":
         steps.append({"export": {"tflite": ["float32"]}})
     else:

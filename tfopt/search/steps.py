@@ -62,8 +62,9 @@ def fold_pool(model, x, layers, log=None):
 
 def foldable_pools(model) -> list[str]:
     """The convs whose 2×2 max-pool can be folded into them, in graph order."""
-    from tfopt.surgery.fold_pool import plan
+    from tfopt.surgery.fold_pool import plan, without_blocking_batchnorm
 
+    model = without_blocking_batchnorm(model)[0]  # as the step does
     todo, _ = plan(model)
     return [layer.name for layer in model.layers if layer.name in todo]
 

@@ -7,24 +7,30 @@ import numpy as np
 
 from tfopt.errors import TfoptError
 
-#: Largest relative output difference a fold may cause (it is exact up to float rounding).
+#: Largest output difference a fold may cause, relative to the largest output (it is exact up to
+#: float rounding).
 TOLERANCE = 1e-4
 
 
 def _checked(model, rewritten, data, what: str) -> tuple[float, str]:
-    """The largest relative output difference between ``model`` and ``rewritten`` on up to 256
-    images of ``data`` (``(x, y)``, bare ``x`` or a dataset), else on random inputs, and what was
-    compared; raises when it exceeds :data:`TOLERANCE`."""
+    """The largest output difference between ``model`` and ``rewritten`` on up to 256 images of
+    ``data`` (``(x, y)``, bare ``x`` or a dataset), else on random inputs, relative to the largest
+    output of the same model output, and what was compared; raises when it exceeds
+    :data:`TOLERANCE`. (Relative to each value, float rounding on an output near zero would count
+    as a change.)"""
     from tfopt.steps.runner import sample_x
     from tfopt.steps.structured import _random_inputs
 
     x = sample_x(data, 256) if data is not None else _random_inputs(model, 16)
-    ref = model.predict(x, batch_size=256, verbose=0)
-    got = rewritten.predict(x, batch_size=256, verbose=0)
-    rel = float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-3)))
+    refs = model.predict(x, batch_size=256, verbose=0)
+    gots = rewritten.predict(x, batch_size=256, verbose=0)
+    refs, gots = (list(v) if isinstance(v, (list, tuple)) else [v] for v in (refs, gots))
+    rel = max(float(np.max(np.abs(np.asarray(g) - np.asarray(r))) / max(float(np.max(np.abs(r))), 1e-6))
+              for r, g in zip(refs, gots))
     if rel > TOLERANCE:
-        raise TfoptError(f"{what} changed the outputs by {rel:.2e} (relative); nothing was written.")
-    return rel, f"{len(ref)} {'images' if data is not None else 'random inputs'}"
+        raise TfoptError(f"{what} changed the outputs by {rel:.2e} (relative to the largest output); nothing was "
+                         f"written.")
+    return rel, f"{len(x)} {'images' if data is not None else 'random inputs'}"
 
 
 def _say(log, report, folded_line: str) -> None:
@@ -74,17 +80,23 @@ def fold_pool(model, data=None, *, layers=None, measure: bool | None = True, log
     """
     from tfopt.surgery.fold_pool import fold_pools, refusal, without_blocking_batchnorm
 
-    for name in layers or ():
-        why = refusal(without_blocking_batchnorm(model)[0], name)
-        if why:
-            raise TfoptError(f"fold_pool: cannot fold a pool into '{name}': {why}")
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers:
+        bn_folded, pairs = without_blocking_batchnorm(model)
+        into = dict(pairs)
+        for name in layers:
+            why = (f"{name} is a BatchNorm, folded into {into[name]} first: name {into[name]}" if name in into
+                   else refusal(bn_folded, name))
+            if why:
+                raise TfoptError(f"fold_pool: cannot fold a pool into '{name}': {why}")
     folded, report = fold_pools(model, layers)
     if not report["folded"]:
         reasons = "; ".join(f"{p}: {r}" for p, r in report["kept"]) or "the model has no MaxPooling2D layer"
         raise TfoptError(f"fold_pool: no max-pool could be folded ({reasons})")
     rel, on = _checked(model, folded, data, "pool folding")
     for bn, into in report["batchnorm_folded"]:
-        log(f"  folded {bn} into {into} (a BatchNorm before a pool)")
+        log(f"  folded {bn} into {into} (BatchNorm, folded first: one stood between a conv and its pool)")
     _say(log, report, "  folded {} into {} (stride 2, 4 filter groups)")
     log(f"{len(report['folded'])} max-pool(s) folded; outputs match the original within {rel:.2e} (relative, "
         f"on {on})")

@@ -6,15 +6,18 @@ The pool's output at ``(p, q)`` is the largest of the conv's outputs at ``(2p + 
 one row and one column larger than the kernel; so one conv with a ``(kh + 1) × (kw + 1)`` kernel,
 stride 2 and four times the filters (the kernel shifted by ``(i, j)`` in each group of filters)
 computes all four at the pooled positions only (a ``same`` conv gets its padding as a
-``ZeroPadding2D`` before it). The activation runs before the max, which is the
-same as after it for a non-decreasing activation. The max over the groups is a ``(1, 4)`` max-pool
+``ZeroPadding2D`` before it). The conv's activation, and activation layers between it and the
+pool, run on each of the four groups before the max, as they ran before the pool: any
+element-wise activation folds (not softmax, which mixes channels, nor PReLU, whose weights are per
+channel). The max over the groups is a ``(1, 4)`` max-pool
 between two reshapes, all standard layers, so the model saves, loads and converts as before.
 
 It pays where the conv reads few channels, as a network's first conv on a grey image: LiteRT's
 (XNNPACK's) float32 conv computes every output position of a one-channel 5×5 conv, a quarter of
 which the pool keeps, with a kernel too narrow for its vector tiles. It costs 1.44× the MACs of a
 5×5 conv, so it is a measured choice (``tfopt optimize --target latency`` keeps it only where the
-file runs faster), never a default.
+file runs faster), never a default. It is meant as the last step before export: a later fine-tune would train the
+four groups apart, and a kernel regularizer counts each weight four times.
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ import numpy as np
 
 from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
 
-#: Activations for which ``max(f(a), f(b)) == f(max(a, b))``: the max may follow them.
-MONOTONE = frozenset({"linear", "relu", "relu6", "elu", "selu", "sigmoid", "tanh", "hard_sigmoid", "softplus",
-                      "softsign", "exponential"})
+#: Activations that mix the channels of a position: on four filter groups they would mix the groups.
+NOT_ELEMENTWISE = frozenset({"softmax", "log_softmax"})
 
 
 def _activation_name(layer) -> str:
@@ -35,18 +37,14 @@ def _activation_name(layer) -> str:
     return name if isinstance(name, str) else repr(name)
 
 
-def _monotone_layer(layer) -> bool:
-    """An element-wise activation layer that never decreases: the max may follow it."""
+def _elementwise_layer(layer) -> bool:
+    """An activation layer with no weights that works on each value alone."""
     import tf_keras as keras
 
     L = keras.layers
     if type(layer) is L.Activation:
-        return _activation_name(layer) in MONOTONE
-    if type(layer) is L.ReLU:
-        return float(layer.negative_slope) >= 0
-    if type(layer) is L.LeakyReLU:
-        return float(layer.alpha) >= 0
-    return False
+        return _activation_name(layer) not in NOT_ELEMENTWISE
+    return type(layer) in (L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU)
 
 
 def why_not(conv, pool) -> str | None:
@@ -55,7 +53,7 @@ def why_not(conv, pool) -> str | None:
 
     L = keras.layers
     if type(conv) is L.BatchNormalization:
-        return f"{pool.name} follows BatchNormalization {conv.name}: fold it into its conv first (tfopt fold-bn)"
+        return f"{pool.name} follows BatchNormalization {conv.name}, which does not fold into a conv before it"
     if type(conv) is not L.Conv2D:
         return f"{pool.name} follows {type(conv).__name__} {conv.name}, not a Conv2D"
     if type(pool) is not L.MaxPooling2D:
@@ -69,42 +67,55 @@ def why_not(conv, pool) -> str | None:
     if conv.padding not in ("valid", "same"):
         return f"{conv.name} pads its input ('{conv.padding}')"
     act = _activation_name(conv)
-    if act not in MONOTONE:
-        return f"{conv.name}'s activation '{act}' is not non-decreasing, so the max cannot follow it"
+    if act in NOT_ELEMENTWISE:
+        return f"{conv.name}'s activation '{act}' mixes its channels"
     h, w = conv.output_shape[1:3]
     if h is None or w is None or h < 2 or w < 2:
         return f"{conv.name}'s output has no fixed size of at least 2×2"
     return None
 
 
-def _chain(pool, users) -> tuple:
+def _also_used(layer, below, users, outputs) -> str | None:
+    """Why ``layer``'s output is needed as it is (it feeds more than ``below``, or is a model output)."""
+    others = [n for n in users[layer.name] if n != below.name]
+    if others:
+        return f"{layer.name}'s output also feeds {', '.join(others)}"
+    if layer.name in outputs:
+        return f"{layer.name}'s output is a model output"
+    return None
+
+
+def _chain(pool, users, outputs) -> tuple:
     """``(conv, reason)`` for a MaxPooling2D: the conv it can fold into (through element-wise
-    non-decreasing activation layers that feed nothing else), or None and why not."""
+    activation layers whose output nothing else takes), or None and why not."""
     parents = inbound(pool)
     below = pool
-    while len(parents) == 1 and _monotone_layer(parents[0]):
-        if users[parents[0].name] != [below.name]:
-            break
+    while len(parents) == 1 and _elementwise_layer(parents[0]):
+        why = _also_used(parents[0], below, users, outputs)
+        if why:
+            return None, why
         below = parents[0]
         parents = inbound(below)
     if len(parents) != 1:
         return None, f"{below.name} has {len(parents)} inputs"
     conv = parents[0]
-    why = why_not(conv, pool)
-    if why is None and users[conv.name] != [below.name]:
-        why = f"{conv.name}'s output also feeds {', '.join(n for n in users[conv.name] if n != below.name)}"
+    why = why_not(conv, pool) or _also_used(conv, below, users, outputs)
     return (conv, None) if why is None else (None, why)
+
+
+def _outputs(model) -> set:
+    return {t.node.layer.name for t in model.outputs}
 
 
 def plan(model) -> tuple[dict, list]:
     """``({conv name: pool layer}, [(pool name, reason kept)])`` for every MaxPooling2D."""
     import tf_keras as keras
 
-    users = consumers(model)
+    users, outputs = consumers(model), _outputs(model)
     todo, kept = {}, []
     for layer in model.layers:
         if isinstance(layer, keras.layers.MaxPooling2D):
-            conv, why = _chain(layer, users)
+            conv, why = _chain(layer, users, outputs)
             if conv is None:
                 kept.append((layer.name, why))
             else:
@@ -124,11 +135,11 @@ def refusal(model, name: str) -> str | None:
         return None
     users = consumers(model)
     below = name
-    while len(users[below]) == 1 and _monotone_layer(layers[users[below][0]]):
+    while len(users[below]) == 1 and _elementwise_layer(layers[users[below][0]]):
         below = users[below][0]
     pools = [u for u in users[below] if type(layers[u]).__name__ == "MaxPooling2D"]
     if not pools:
-        return "no MaxPooling2D takes its output"
+        return "no MaxPooling2D takes its output (directly or through activation layers)"
     into = {pool.name: conv for conv, pool in todo.items()}
     if pools[0] in into:
         return f"{pools[0]} folds into {into[pools[0]]}, not into {type(layers[name]).__name__} {name}"
@@ -146,8 +157,9 @@ def folded_weights(kernel, bias):
 
 
 def without_blocking_batchnorm(model):
-    """``(model, [(bn, into)])``: the model with its BatchNorms folded (an exact rewrite) when one
-    stands between a conv and its pool, else the model itself and no pairs."""
+    """``(model, [(bn, into)])``: the model with its BatchNorms folded (an exact rewrite; all that
+    fold, as ``tfopt fold-bn`` does) when one stands between a conv and its pool, else the model
+    itself and no pairs."""
     _, kept = plan(model)
     if not any("follows BatchNormalization" in why for _, why in kept):
         return model, []
@@ -174,6 +186,8 @@ def fold_pools(model, layers=None):
         wanted = set(layers)
         kept += [(pool.name, f"{conv} was not asked for") for conv, pool in todo.items() if conv not in wanted]
         todo = {conv: pool for conv, pool in todo.items() if conv in wanted}
+    if not todo:
+        return model, {"folded": [], "kept": kept, "batchnorm_folded": bn_folded}
     pools = {pool.name: conv for conv, pool in todo.items()}
     folded = []
 
