@@ -78,19 +78,9 @@ def fold_pool(model, data=None, *, layers=None, measure: bool | None = True, log
         TfoptError: a named layer is not a conv with a foldable pool after it, nothing could be
             folded, or the outputs changed by more than :data:`TOLERANCE`.
     """
-    from tfopt.surgery.fold_pool import fold_pools, refusal, without_blocking_batchnorm
+    from tfopt.surgery.fold_pool import fold_pools
 
-    if isinstance(layers, str):
-        layers = [layers]
-    if layers:
-        bn_folded, pairs = without_blocking_batchnorm(model)
-        into = dict(pairs)
-        for name in layers:
-            why = (f"{name} is a BatchNorm, folded into {into[name]} first: name {into[name]}" if name in into
-                   else refusal(bn_folded, name))
-            if why:
-                raise TfoptError(f"fold_pool: cannot fold a pool into '{name}': {why}")
-    folded, report = fold_pools(model, layers)
+    folded, report = fold_pools(model, [layers] if isinstance(layers, str) else layers)
     if not report["folded"]:
         reasons = "; ".join(f"{p}: {r}" for p, r in report["kept"]) or "the model has no MaxPooling2D layer"
         raise TfoptError(f"fold_pool: no max-pool could be folded ({reasons})")

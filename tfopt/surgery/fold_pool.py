@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfopt.errors import TfoptError
 from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
 
 #: Activations that mix the channels of a position: on four filter groups they would mix the groups.
@@ -123,14 +124,14 @@ def plan(model) -> tuple[dict, list]:
     return todo, kept
 
 
-def refusal(model, name: str) -> str | None:
-    """Why no pool can be folded into layer ``name``, or None when one can."""
+def refusal(model, name: str, todo: dict, kept: list) -> str | None:
+    """Why no pool can be folded into layer ``name``, or None when one can (``todo`` and ``kept``
+    from :func:`plan`)."""
     from tfopt.validation import did_you_mean
 
     layers = {layer.name: layer for layer in model.layers}
     if name not in layers:
         return f"the model has no such layer{did_you_mean(name, layers)}"
-    todo, kept = plan(model)
     if name in todo:
         return None
     users = consumers(model)
@@ -171,8 +172,9 @@ def without_blocking_batchnorm(model):
 
 def fold_pools(model, layers=None):
     """A new model with each foldable conv → 2×2 max-pool pair (only those whose conv is named in
-    ``layers``, when given) replaced by a stride-2 conv and a max over filter groups. A BatchNorm
-    between a conv and its pool is folded into the conv first.
+    ``layers``, when given; a named layer that cannot take its pool raises, saying why) replaced by
+    a stride-2 conv and a max over filter groups. A BatchNorm between a conv and its pool is folded
+    into the conv first.
 
     Returns ``(model, report)``: ``folded`` ``(pool, conv)`` pairs, ``kept`` ``(pool, reason)``
     and ``batchnorm_folded`` ``(bn, into)`` pairs.
@@ -183,6 +185,12 @@ def fold_pools(model, layers=None):
     model, bn_folded = without_blocking_batchnorm(model)
     todo, kept = plan(model)
     if layers is not None:
+        into = dict(bn_folded)
+        for name in layers:
+            why = (f"{name} is a BatchNorm, folded into {into[name]} first: name {into[name]}" if name in into
+                   else refusal(model, name, todo, kept))
+            if why:
+                raise TfoptError(f"fold_pool: cannot fold a pool into '{name}': {why}")
         wanted = set(layers)
         kept += [(pool.name, f"{conv} was not asked for") for conv, pool in todo.items() if conv not in wanted]
         todo = {conv: pool for conv, pool in todo.items() if conv in wanted}
