@@ -386,3 +386,40 @@ def test_cqat_keeps_clusters(base_run, tmp_path):
     it = Interpreter(model_path=str(path / "model_int8.tflite"))
     fc1 = next(t for t in it.get_tensor_details() if "fc1/MatMul" in t["name"] and len(t["shape"]) == 2)
     assert len(np.unique(it.get_tensor(fc1["index"]))) <= 8  # the clusters survive int8
+
+
+def test_teacher_from_a_path_is_the_distillation_teacher(base_run, tmp_path):
+    from tfopt.data.pipeline import load_splits
+
+    source = load_source(base_run)
+    student = keras.models.clone_model(source.model)
+    splits = load_splits(source.recipe.data, source.recipe.seed)
+    cfg = PruneConfig(teacher=str(base_run))
+    assert cfg.distill  # a teacher implies distillation
+    teacher = commands.fit_kwargs(source.recipe, splits, cfg, student)["teacher"]
+    assert teacher is not student
+    for a, b in zip(teacher.get_weights(), source.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert commands.fit_kwargs(source.recipe, splits, PruneConfig(distill=True), student)["teacher"] is student
+    assert "teacher" not in commands.fit_kwargs(source.recipe, splits, PruneConfig(), student)
+
+
+def test_cli_prune_with_a_teacher(base_run, tmp_path):
+    res = run("prune", base_run, "--sparsity", "0.5", "--epochs", "1", "--teacher", base_run, "--output", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "distilling from the teacher (temperature 4, alpha 0.9)" in res.output
+    saved = yaml.safe_load((tmp_path / "base-pruned" / "recipe.yaml").read_text())["optimize"]["prune"]
+    assert saved["teacher"] == str(base_run) and saved["distill"] is True
+
+    res = run("prune", base_run, "--teacher", tmp_path / "nowhere", "--output", tmp_path / "x")
+    assert res.exit_code == 2
+    assert f"teacher: {tmp_path / 'nowhere'} does not exist: give a run directory from tfopt fit or a model file." \
+        in res.output
+    other = keras.Sequential([keras.layers.Input(load_source(base_run).model.input_shape[1:]),
+                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    other.save(tmp_path / "three.keras")
+    res = run("cluster", base_run, "--teacher", tmp_path / "three.keras", "--output", tmp_path / "x")
+    assert res.exit_code == 2
+    assert (f"teacher: {tmp_path / 'three.keras'} outputs 3 where the model being optimized outputs 4; a teacher "
+            f"must take the same inputs and give as many outputs.") in res.output
+    assert not (tmp_path / "x").exists()

@@ -108,7 +108,7 @@ class FieldOption:
                                 help=self.help + " (repeatable)")
         if self.kind == "m_by_n":
             return click.Option([self.opt, self.name], metavar="M:N", **kw)
-        return click.Option([self.opt, self.name], **kw)
+        return click.Option([self.opt, self.name], metavar=self.metavar, **kw)
 
     def convert(self, value):
         """The value for the config (None when the option was not given)."""

@@ -96,14 +96,16 @@ def _splits(source):
 
 def fit_kwargs(recipe, splits, cfg, model=None) -> dict:
     """The fine-tune keyword arguments of a step from the recipe and its data; with
-    ``cfg.distill``, ``model`` (the step's input) is the teacher."""
+    ``cfg.distill``, ``cfg.teacher`` (a path) or else ``model`` (the step's input) is the teacher."""
     from tfopt.steps.runner import recipe_fit
+    from tfopt.steps.source import load_teacher
 
     kwargs = recipe_fit(recipe, splits, cfg)
     if getattr(cfg, "distill", False):
         if model is None:
             raise TfoptError("distillation needs the step's input model as its teacher")
-        kwargs.update(teacher=model, temperature=cfg.temperature, alpha=cfg.alpha)
+        teacher = load_teacher(cfg.teacher, model) if getattr(cfg, "teacher", None) else model
+        kwargs.update(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha)
     return kwargs
 
 

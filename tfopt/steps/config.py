@@ -36,11 +36,22 @@ def validated(cls, values: dict, where: str):
 
 
 class Distill(Config):
-    """Knowledge distillation in a step's fine-tune: the model learns from the step's input model."""
+    """Knowledge distillation in a step's fine-tune: the model learns from the step's input model,
+    or from ``teacher`` (a chain of steps can learn from the model it started from)."""
 
     distill: bool = Field(False, description="learn from the input model's softened outputs (knowledge distillation)")
+    teacher: Optional[str] = Field(None, description="distil from this run directory or model file instead of the "
+                                                     "input model (implies distill)",
+                                   json_schema_extra={"metavar": "RUN|MODEL"})
     temperature: PositiveFloat = Field(4.0, description="with distill: softening temperature")
     alpha: float = Field(0.9, ge=0, le=1, description="with distill: weight of the teacher's soft targets")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_distils(cls, data):
+        if isinstance(data, dict) and data.get("teacher") is not None:
+            data = {**data, "distill": True}
+        return data
 
 
 class FineTune(Distill):
@@ -51,7 +62,7 @@ class FineTune(Distill):
 
 
 #: Settings of the fine-tune itself, which :func:`tfopt.steps.commands.fit_kwargs` carries.
-FINE_TUNE_FIELDS = ("epochs", "lr", "batch_size", "distill", "temperature", "alpha")
+FINE_TUNE_FIELDS = ("epochs", "lr", "batch_size", "distill", "teacher", "temperature", "alpha")
 
 
 class PruneConfig(FineTune):

@@ -75,6 +75,32 @@ def load_source(path, recipe=None, overrides=()) -> Source:
     return source
 
 
+def load_teacher(path, student):
+    """The model in ``path`` (a run directory or a model file) as a tf_keras teacher for
+    ``student``: it must take the same inputs and give as many outputs."""
+    from tfopt.interop import load_as_tf_keras
+
+    p = Path(path)
+    if p.is_dir() and (p / "model.keras").is_file():
+        p = p / "model.keras"
+    elif not p.exists():
+        raise TfoptError(f"teacher: {path} does not exist: give a run directory from tfopt fit or a model file.")
+    elif p.is_dir() and not (p / "saved_model.pb").is_file():
+        raise TfoptError(f"teacher: {path} is a folder without model.keras or saved_model.pb: give a run directory "
+                         f"from tfopt fit or a model file.")
+    teacher, _ = load_as_tf_keras(p)
+
+    def shapes(shape):
+        return " and ".join(fmt_shape(x[1:]) for x in (shape if isinstance(shape, list) else [shape]))
+
+    for what, t, s in (("takes", teacher.input_shape, student.input_shape),
+                       ("outputs", teacher.output_shape, student.output_shape)):
+        if shapes(t) != shapes(s):
+            raise TfoptError(f"teacher: {path} {what} {shapes(t)} where the model being optimized {what} {shapes(s)}; "
+                             f"a teacher must take the same inputs and give as many outputs.")
+    return teacher
+
+
 def check_matches(source: Source) -> None:
     """Refuse a recipe whose data cannot feed the model."""
     from tfopt.recipe import KNOWN_CLASSES
