@@ -7,7 +7,9 @@ Usage:
 
 ``scales`` converts each run's model to int8 twice in one process, with one weight scale per
 dense unit (TFLite's default) and with one per dense kernel (tfopt's default for clustered
-models), and prints raw bytes, gzip bytes and test accuracy of both files as JSON lines.
+models), and prints raw bytes, gzip bytes and the accuracy of both files on the selection split
+(the recipe's held-out part of the training data, what ``tfopt optimize`` judges by) and on the
+test split, as JSON lines.
 
 ``bound`` reads each run's model (pruned and clustered) and prints, beside its int8 file's gzip
 bytes, what an ideal coder would need for its kernels alone: for each kernel, its zero/non-zero
@@ -40,8 +42,9 @@ def scales(args):
         row = {"run": run, "clustered": tflite.shared_dense_values(src.model)}
         for name, per_tensor in (("per_unit", False), ("per_kernel", True)):
             blob = tflite.convert(src.model, "int8", representative=rep, dense_per_tensor=per_tensor)
-            row[name] = {**tflite.sizes(blob), "test_accuracy": round(tflite.accuracy(blob, splits.x_test,
-                                                                                   splits.y_test), 4)}
+            row[name] = {**tflite.sizes(blob),
+                         "selection_accuracy": round(tflite.accuracy(blob, splits.x_val, splits.y_val), 4),
+                         "test_accuracy": round(tflite.accuracy(blob, splits.x_test, splits.y_test), 4)}
         print(json.dumps(row), flush=True)
 
 
