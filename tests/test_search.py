@@ -447,3 +447,49 @@ def test_a_chain_that_qat_made_the_best_is_clustered_too(tmp_path):
     search.rows["ch1+c8+qat"]["meets_budget"] = False
     assert search.best()["id"] == "per90+qat" and search.recluster_start(ch1) == p90
     assert search.recluster_start(p90) is None
+
+
+def test_the_search_learns_from_a_named_teacher(searched, tmp_path, monkeypatch):
+    import tf_keras as keras
+    import yaml
+
+    from tfopt.errors import TfoptError
+    from tfopt.search import engine
+
+    model = searched[0]
+    train, sel, test = _digits()
+    teacher = keras.models.clone_model(model)
+    teacher.set_weights([w * 1.5 for w in model.get_weights()])
+    teacher.save(tmp_path / "teacher.keras")
+    with pytest.raises(TfoptError, match=r"^optimize: a teacher is for distillation, which distill=False "
+                                         r"\(--no-distill\) turns off$"):
+        engine.optimize(model, train, validation_data=sel, out=tmp_path / "a", teacher=teacher, distill=False)
+    wide = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)], name="three")
+    with pytest.raises(TfoptError) as info:
+        engine.optimize(model, train, validation_data=sel, out=tmp_path / "b", teacher=wide)
+    assert str(info.value) == ("teacher: the model 'three' outputs 3 where the model being optimized outputs 10; "
+                               "a teacher must take the same inputs and give as many outputs.")
+    assert not (tmp_path / "b").exists()
+
+    lines = []
+    result = engine.optimize(model, train, validation_data=sel, test_data=test, max_drop=2.0, out=tmp_path / "s",
+                             epochs=1, lr=1e-3, max_candidates=1, levels=(2.0,), teacher=str(tmp_path / "teacher.keras"),
+                             log=lines.append)
+    report = (result.out / "report.md").read_text()
+    assert f"Distillation: on, from {tmp_path / 'teacher.keras'}." in report
+    assert yaml.safe_load((result.out / "optimize.yaml").read_text())["optimize"]["distill"] == {
+        "temperature": 4.0, "alpha": 0.9, "teacher": str(tmp_path / "teacher.keras")}
+    state = json.loads((result.out / "state.json").read_text())
+    assert state["settings"]["teacher"] == engine._weights_digest(teacher)
+    # a resumed search must learn from the same teacher
+    with pytest.raises(TfoptError, match=r"ran with other settings \(teacher '[0-9a-f]{16}' -> None\)"):
+        engine.optimize(model, train, validation_data=sel, max_drop=2.0, out=tmp_path / "s", epochs=1, lr=1e-3,
+                        max_candidates=2, levels=(2.0,), resume=True)
+
+    made = []
+    monkeypatch.setattr(engine.Search, "search", lambda self: made.append(self) or setattr(self, "base_acc", 0.5))
+    with pytest.raises(TfoptError, match="no candidate finished"):
+        engine.optimize(model, train, validation_data=sel, out=tmp_path / "c", teacher=teacher)
+    for a, b in zip(made[0].fit["teacher"].get_weights(), teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert made[0].model is not made[0].fit["teacher"]

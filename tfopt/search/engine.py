@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,15 @@ def _parse_budget(text) -> float | None:
         raise TfoptError(f"time budget: expected seconds or a duration such as 30m, 1h, 90s; got {text!r}") from None
 
 
+def _weights_digest(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _score(row, target):
     return {"size": row["tflite_gzip_bytes"], "latency": row["latency_us"], "macs": row["macs"]}[target]
 
@@ -146,7 +156,8 @@ class Search:
     """State of one search; see :func:`optimize`."""
 
     def __init__(self, model, data, selection, *, out, max_drop, target, time_budget, distill, epochs, lr,
-                 batch_size, temperature, alpha, seed, max_candidates, levels, log, train=None):
+                 batch_size, temperature, alpha, seed, max_candidates, levels, log, train=None, teacher=None,
+                 teacher_label=None):
         self.model = model
         self.data = data
         self.train = data if train is None else train  # what the fine-tunes see (augmented, when asked)
@@ -160,13 +171,16 @@ class Search:
         self.max_candidates = max_candidates
         self.levels = levels
         self.fit = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+        self.teacher_label = teacher_label
         if distill:
-            self.fit.update(teacher=model, temperature=temperature, alpha=alpha)
+            self.fit.update(teacher=model if teacher is None else teacher, temperature=temperature, alpha=alpha)
         self.x_calib = data[0][:500]
         # what the candidates in this folder depend on: a resumed search must ask for the same
         self.settings = {"target": target, "max_drop": max_drop, "levels": [float(v) for v in levels],
                          "epochs": epochs, "lr": lr, "batch_size": batch_size, "distill": bool(distill),
                          "temperature": temperature, "alpha": alpha, "seed": seed}
+        if teacher is not None:
+            self.settings["teacher"] = _weights_digest(teacher)
         self.rows: dict[str, dict] = {}
         self.probe: list[dict] = []
         self.started = time.perf_counter()
@@ -616,7 +630,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
              time_budget=None, out="optimize", resume: bool = False, distill: bool = True, epochs: int = 2,
              lr: float | None = None, batch_size: int | None = None, temperature: float = 4.0, alpha: float = 0.9,
              seed: int = 0, max_candidates: int | None = None, levels=(1.0, 3.0, 10.0, 20.0, 30.0), selection_fraction=0.1,
-             augment=None, log=print) -> Result:
+             augment=None, teacher=None, log=print) -> Result:
     """Search compression chains for the smallest (or fastest) TFLite model (int8; for latency also
     float32) whose accuracy on a held-out selection split drops by at most ``max_drop`` points.
 
@@ -634,6 +648,9 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
             (``chosen/``) and the cache of intermediate models.
         resume: continue a search in ``out`` (finished candidates are kept, not rerun).
         distill: every fine-tune learns from the input model (``temperature``, ``alpha``).
+        teacher: learn from this model instead (any Keras model, or the path of a run directory or
+            model file) taking the same inputs and giving as many outputs, e.g. a larger network
+            than the one being compressed. The budget is still judged against the input model.
         epochs, lr, batch_size: fine-tune settings of every step (defaults: the steps' own; ``lr``
             None: probed, see :data:`PROBE_RATES`).
         max_candidates: stop after this many candidates (tests, quick looks).
@@ -655,6 +672,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         raise TfoptError(f"optimize: max_drop (points of accuracy) must be >= 0; got {max_drop}")
     budget_s = _parse_budget(time_budget)
     kind, work = api._enter(model)
+    teacher, teacher_label = _teacher(teacher, work, distill)
     x, y = sample_xy(data)
     if validation_data is None:
         n_sel = max(1, int(round(len(x) * selection_fraction)))
@@ -675,7 +693,8 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
     search = Search(work, data, selection, out=out, max_drop=max_drop, target=target, time_budget=budget_s,
                     distill=distill, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
                     alpha=alpha, seed=seed, max_candidates=max_candidates, levels=levels, log=log,
-                    train=_augmented(data, augment, batch_size, seed, log))
+                    train=_augmented(data, augment, batch_size, seed, log), teacher=teacher,
+                    teacher_label=teacher_label)
     if resume:
         search.load_previous()
     interrupted = False
@@ -784,6 +803,8 @@ def _finish(search, chosen, rows, test_data, kind, log):
     steps = _recipe_steps(chain, chosen["int8"] == "qat", search.fit, mode)
     distill = {"temperature": search.fit["temperature"], "alpha": search.fit["alpha"]} \
         if "teacher" in search.fit else None
+    if distill and search.teacher_label:
+        distill["teacher"] = search.teacher_label
     (out / "optimize.yaml").write_text(
         "# The recipe `optimize:` section that reproduces the chosen candidate, step by step.\n"
         + yaml.safe_dump({"optimize": {"steps": steps, "distill": distill}}, sort_keys=False))
@@ -795,13 +816,36 @@ def _finish(search, chosen, rows, test_data, kind, log):
     return Result(result_model, content, chosen, rows, out, test)
 
 
+def _teacher(teacher, student, distill):
+    """``(tf_keras teacher or None, its label)`` from a model or a path."""
+    from tfopt import api
+    from tfopt.steps.source import check_teacher, load_teacher
+
+    if teacher is None:
+        return None, None
+    if not distill:
+        raise TfoptError("optimize: a teacher is for distillation, which distill=False (--no-distill) turns off")
+    if isinstance(teacher, (str, os.PathLike)):
+        return load_teacher(teacher, student), str(teacher)
+    _, model = api._enter(teacher, "teacher")
+    check_teacher(model, student, f"the model '{model.name}'")
+    return model, None
+
+
+def _distillation(search) -> str:
+    if "teacher" not in search.fit:
+        return "off"
+    return f"on, from {search.teacher_label}" if search.teacher_label else (
+        "on, from the teacher passed in" if "teacher" in search.settings else "on, from the input model")
+
+
 def _report(out, search, chosen, test, rows, pairs=None):
     ref = getattr(search, "reference", {})
     lines = ["# tfopt optimize", "",
              f"Target: **{search.target}**; budget: at most {search.max_drop:g} points below the input model's "
              f"{search.base_acc:.2%} on the selection split ({len(search.x_sel)} held-out images). "
              f"{len(rows)} candidates in {search.elapsed() / 60:.1f} min. "
-             f"Distillation: {'on' if 'teacher' in search.fit else 'off'}. Fine-tune rate: {search.fit.get('lr') or 'the steps’ default'}"
+             f"Distillation: {_distillation(search)}. Fine-tune rate: {search.fit.get('lr') or 'the steps’ default'}"
              + (" (probed: " + ", ".join(f"{p['lr']:g} {-p['drop_points']:+.2f} pt" for p in search.probe) + ")"
                 if search.probe else "") + ".", ""]
     if ref:

@@ -89,6 +89,12 @@ def load_teacher(path, student):
         raise TfoptError(f"teacher: {path} is a folder without model.keras or saved_model.pb: give a run directory "
                          f"from tfopt fit or a model file.")
     teacher, _ = load_as_tf_keras(p)
+    check_teacher(teacher, student, path)
+    return teacher
+
+
+def check_teacher(teacher, student, label) -> None:
+    """Refuse a teacher that takes other inputs or gives another number of outputs than ``student``."""
 
     def shapes(shape):
         return " and ".join(fmt_shape(x[1:]) for x in (shape if isinstance(shape, list) else [shape]))
@@ -96,9 +102,8 @@ def load_teacher(path, student):
     for what, t, s in (("takes", teacher.input_shape, student.input_shape),
                        ("outputs", teacher.output_shape, student.output_shape)):
         if shapes(t) != shapes(s):
-            raise TfoptError(f"teacher: {path} {what} {shapes(t)} where the model being optimized {what} {shapes(s)}; "
+            raise TfoptError(f"teacher: {label} {what} {shapes(t)} where the model being optimized {what} {shapes(s)}; "
                              f"a teacher must take the same inputs and give as many outputs.")
-    return teacher
 
 
 def check_matches(source: Source) -> None:
