@@ -2,7 +2,7 @@
 
 Usage:
     TFOPT_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/bench_optimize.py search RUN \
-        --target size --max-drop 0.3 --time-budget 25m [--out DIR]
+        --target size --max-drop 0.3 --time-budget 25m [--teacher RUN] [--out DIR]
     TFOPT_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/bench_optimize.py distill RUN \
         --sparsity 0.9 --epochs 2 --seeds 0,1,2
 
@@ -51,7 +51,7 @@ def search(args, log):
     res = optimize_source(args.run, overrides=args.overrides, output=args.out, resume=args.resume, log=log,
                           max_drop=args.max_drop,
                           target=args.target, time_budget=args.time_budget, epochs=args.epochs,
-                          distill=not args.no_distill, lr=args.lr)
+                          distill=not args.no_distill, lr=args.lr, teacher=args.teacher)
     minutes = (time.perf_counter() - t0) / 60
     # both files timed after the search, in turns: the same file timed 1.4-1.6× apart between the start
     # and the end of one run on this machine
@@ -138,6 +138,7 @@ def main():
     s.add_argument("--time-budget", default="25m")
     s.add_argument("--epochs", type=int, default=2)
     s.add_argument("--no-distill", action="store_true")
+    s.add_argument("--teacher", help="a run directory or model file to distil from (default: the input model)")
     s.add_argument("--lr", type=float, default=None, help="fine-tune rate (default: probed)")
     s.add_argument("--resume", action="store_true")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
