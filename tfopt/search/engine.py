@@ -157,7 +157,7 @@ class Search:
 
     def __init__(self, model, data, selection, *, out, max_drop, target, time_budget, distill, epochs, lr,
                  batch_size, temperature, alpha, seed, max_candidates, levels, log, train=None, teacher=None,
-                 teacher_label=None):
+                 teacher_path=None):
         self.model = model
         self.data = data
         self.train = data if train is None else train  # what the fine-tunes see (augmented, when asked)
@@ -171,7 +171,7 @@ class Search:
         self.max_candidates = max_candidates
         self.levels = levels
         self.fit = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-        self.teacher_label = teacher_label
+        self.teacher_path = teacher_path  # where a named teacher came from, for report.md and optimize.yaml
         if distill:
             self.fit.update(teacher=model if teacher is None else teacher, temperature=temperature, alpha=alpha)
         self.x_calib = data[0][:500]
@@ -672,7 +672,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         raise TfoptError(f"optimize: max_drop (points of accuracy) must be >= 0; got {max_drop}")
     budget_s = _parse_budget(time_budget)
     kind, work = api._enter(model)
-    teacher, teacher_label = _teacher(teacher, work, distill)
+    teacher, teacher_path = _teacher(teacher, work, distill)
     x, y = sample_xy(data)
     if validation_data is None:
         n_sel = max(1, int(round(len(x) * selection_fraction)))
@@ -694,7 +694,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
                     distill=distill, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
                     alpha=alpha, seed=seed, max_candidates=max_candidates, levels=levels, log=log,
                     train=_augmented(data, augment, batch_size, seed, log), teacher=teacher,
-                    teacher_label=teacher_label)
+                    teacher_path=teacher_path)
     if resume:
         search.load_previous()
     interrupted = False
@@ -803,8 +803,8 @@ def _finish(search, chosen, rows, test_data, kind, log):
     steps = _recipe_steps(chain, chosen["int8"] == "qat", search.fit, mode)
     distill = {"temperature": search.fit["temperature"], "alpha": search.fit["alpha"]} \
         if "teacher" in search.fit else None
-    if distill and search.teacher_label:
-        distill["teacher"] = search.teacher_label
+    if distill and search.teacher_path:
+        distill["teacher"] = search.teacher_path
     (out / "optimize.yaml").write_text(
         "# The recipe `optimize:` section that reproduces the chosen candidate, step by step.\n"
         + yaml.safe_dump({"optimize": {"steps": steps, "distill": distill}}, sort_keys=False))
@@ -817,7 +817,7 @@ def _finish(search, chosen, rows, test_data, kind, log):
 
 
 def _teacher(teacher, student, distill):
-    """``(tf_keras teacher or None, its label)`` from a model or a path."""
+    """``(tf_keras teacher or None, its path or None)`` from a model or a path."""
     from tfopt import api
     from tfopt.steps.source import check_teacher, load_teacher
 
@@ -833,10 +833,12 @@ def _teacher(teacher, student, distill):
 
 
 def _distillation(search) -> str:
-    if "teacher" not in search.fit:
+    teacher = search.fit.get("teacher")
+    if teacher is None:
         return "off"
-    return f"on, from {search.teacher_label}" if search.teacher_label else (
-        "on, from the teacher passed in" if "teacher" in search.settings else "on, from the input model")
+    if search.teacher_path:
+        return f"on, from {search.teacher_path}"
+    return "on, from the input model" if teacher is search.model else "on, from the teacher passed in"
 
 
 def _report(out, search, chosen, test, rows, pairs=None):
