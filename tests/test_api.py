@@ -144,6 +144,37 @@ def test_block_pruning_zeroes_runs_of_consecutive_inputs_and_gzips_smaller(train
         tfopt.prune(trained, DATA, m_by_n=(2, 4), block=4)
 
 
+def test_activation_criterion_ranks_weights_by_magnitude_times_input_rms():
+    from tfopt.steps.prune import input_scales
+
+    keras.utils.set_random_seed(0)
+    mlp = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(name="flatten"),
+                            keras.layers.Dense(32, activation="relu", name="fc1"),
+                            keras.layers.Dense(10, activation="softmax", name="fc2")])
+    mlp.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    mlp.fit(*DATA, epochs=10, batch_size=32, verbose=0)
+    flat = DATA[0].reshape(len(DATA[0]), -1)
+    rms = np.sqrt(np.mean(flat.astype(np.float64) ** 2, axis=0))
+    scales = input_scales(mlp, DATA[0])
+    np.testing.assert_allclose(scales["fc1"]["kernel"][:, 0], rms / rms.mean(), rtol=1e-5)
+    assert scales["fc1"]["kernel"].shape == (64, 1) and scales["fc2"]["kernel"].shape == (32, 1)
+    dead = rms == 0  # pixels blank in every training image (the digits' left and right edges)
+    assert dead.sum() >= 3
+    before = snapshot(mlp)
+    kw = dict(layers={"fc1": 0.75}, skip=("fc2",), epochs=3)
+    by_activation = tfopt.prune(mlp, DATA, criterion="activation", probe=DATA[0], **kw)
+    by_magnitude = tfopt.prune(mlp, DATA, **kw)
+    assert unchanged(mlp, before)
+    a, m = by_activation.get_layer("fc1").kernel.numpy(), by_magnitude.get_layer("fc1").kernel.numpy()
+    assert np.mean(a == 0) == pytest.approx(0.75, abs=0.01) and np.mean(m == 0) == pytest.approx(0.75, abs=0.01)
+    assert np.count_nonzero(a[dead]) == 0  # scored zero: pruned first
+    assert np.count_nonzero(m[dead]) > 0  # their initial values survive magnitude pruning
+    assert accuracy(by_activation) > 0.85, (accuracy(by_activation), accuracy(by_magnitude))
+    with pytest.raises(TfoptError, match="prune.criterion: .*the activation criterion ranks single weights: not "
+                                         "with block or m_by_n"):
+        tfopt.prune(mlp, DATA, criterion="activation", block=4)
+
+
 def test_prune_channels_makes_a_smaller_model(trained):
     before = snapshot(trained)
     slim = tfopt.prune_channels(trained, DATA, ratio=0.5, epochs=1)

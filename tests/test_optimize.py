@@ -404,6 +404,21 @@ def test_teacher_from_a_path_is_the_distillation_teacher(base_run, tmp_path):
     assert "teacher" not in commands.fit_kwargs(source.recipe, splits, PruneConfig(), student)
 
 
+def test_cli_prune_by_activation(base_run, tmp_path):
+    res = run("prune", base_run, "--sparsity", "0.5", "--epochs", "1", "--criterion", "activation",
+              "--probe-samples", "64", "--output", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "activation criterion over 64 images: " in res.output
+    saved = yaml.safe_load((tmp_path / "base-pruned" / "recipe.yaml").read_text())["optimize"]["prune"]
+    assert saved["criterion"] == "activation" and saved["probe_samples"] == 64
+    model = keras.models.load_model(tmp_path / "base-pruned" / "model.keras")
+    assert kernel_sparsity(model, "fc1") > 0.4
+    bad = run("prune", base_run, "--criterion", "taylor", "--output", tmp_path / "x")
+    assert bad.exit_code == 2
+    assert "optimize.prune.criterion: " in bad.output and "'magnitude' or 'activation'" in bad.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_prune_with_a_teacher(base_run, tmp_path):
     res = run("prune", base_run, "--sparsity", "0.5", "--epochs", "1", "--teacher", base_run, "--output", tmp_path)
     assert res.exit_code == 0, res.output

@@ -359,22 +359,31 @@ def test_a_ladder_ends_at_its_first_hopeless_rung(tmp_path):
     assert search.run_stage("prune", [prune, cluster]) and done == []
 
 
-def test_size_search_spreads_sparsity_the_way_that_loses_least(tmp_path, monkeypatch):
+def test_size_search_spreads_and_ranks_the_way_that_loses_least(tmp_path, monkeypatch):
     from tfopt.search import engine
     from tfopt.search import steps as S
 
     lines = []
     search = _bare_search(tmp_path, lines.append, max_drop=0.5, epochs=2, lr=1e-3)
-    accs = {"erk": 0.48, "er": 0.88}
-    monkeypatch.setattr(S, "allocation_accuracy", lambda model, x, y, sparsity, allocation: accs[allocation])
+    scales = {"fc": {"kernel": np.ones((4, 1), np.float32)}}
+    accs = {("erk", None): 0.48, ("er", None): 0.88, ("erk", "act"): 0.50, ("er", "act"): 0.80}
+    monkeypatch.setattr(S, "input_scales", lambda model, x: scales)
+    monkeypatch.setattr(S, "allocation_accuracy", lambda model, x, y, sparsity, allocation, ranked=None:
+                        accs[allocation, "act" if ranked is scales else None])
     ladder = search.sparsity_ladder([], None)
     assert [chain[-1].knobs for chain in ladder] == [
         {"level": f"er{p}", "sparsity": p / 100, "allocation": "er"} for p in (80, 90, 95, 97)]
     assert [engine._key(chain) for chain in ladder] == ["per80", "per90", "per95", "per97"]
-    assert "allocation: erk 48.00%, er 88.00% at 90% sparsity without fine-tuning; spreading by er" in lines
+    assert ("pruning at once to 90%, without fine-tuning: erk by magnitude 48.00%, er by magnitude 88.00%, "
+            "erk by activation 50.00%, er by activation 80.00%; spreading by er, ranking by magnitude") in lines
     assert engine._recipe_steps(ladder[1], False, search.fit)[0] == {
         "prune": {"sparsity": 0.9, "layers": {}, "skip": [], "allocation": "er", "epochs": 2, "lr": 0.001}}
-    accs["er"] = 0.48  # a tie keeps erk, and erk chains keep the names they had
+    accs["er", "act"] = 0.90  # the activation criterion keeps more: its chains say so in their ids and recipes
+    ladder = search.sparsity_ladder([], None, (0.8,))
+    assert [engine._key(chain) for chain in ladder] == ["per80act"]
+    assert ladder[0][-1].knobs == {"level": "er80act", "sparsity": 0.8, "allocation": "er", "criterion": "activation"}
+    assert engine._recipe_steps(ladder[0], False, search.fit)[0]["prune"]["criterion"] == "activation"
+    accs.update(dict.fromkeys(accs, 0.48))  # a tie keeps erk by magnitude: the names they had
     assert [engine._key(chain) for chain in search.sparsity_ladder([], None, (0.8,))] == ["perk80"]
 
 

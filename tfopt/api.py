@@ -107,8 +107,8 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
           batch_size: int | None = None, loss=None, optimizer="adam", validation_data=None,
           allocation: str = "erk", schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
           end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
-          m_by_n=None, block: int = 1, force: bool = False, teacher=None, distill: bool = False,
-          temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, verbose=0, log=None):
+          m_by_n=None, block: int = 1, criterion: str = "magnitude", probe=None, force: bool = False, teacher=None,
+          distill: bool = False, temperature: float = 4.0, alpha: float = 0.9, seed: int = 0, verbose=0, log=None):
     """Magnitude pruning, fine-tuned on ``data`` and stripped: a plain model of the input's kind
     whose prunable kernels hold ``sparsity`` zeros overall, spread over the layers by
     ``allocation`` (``"erk"``: small layers such as a first conv pruned less, large ones more;
@@ -119,7 +119,10 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
     rate, then the rate decays while the network recovers. ``layers={"fc1": 0.9}`` sets
     per-layer targets, ``skip=["fc2"]`` leaves layers dense, ``m_by_n=(2, 4)`` asks for 2:4
     sparsity, ``block=4`` prunes dense kernels in runs of 4 consecutive inputs of one unit (the
-    order TFLite stores them in, so a gzipped file pays for a run's position once). A schedule
+    order TFLite stores them in, so a gzipped file pays for a run's position once).
+    ``criterion="activation"`` ranks each weight by its magnitude times the root-mean-square of the
+    input it reads over ``probe`` (images; default: the first 1,024 of ``data``), so weights on
+    inputs that are rarely non-zero, such as border pixels, go first. A schedule
     that cannot reach the target within the fine-tune raises
     :class:`tfopt.steps.prune.PreflightError` unless ``force``.
     """
@@ -132,7 +135,8 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
     pruned, _ = p.prune(work, data, sparsity=sparsity, allocation=allocation, schedule=schedule,
                         initial_sparsity=initial_sparsity,
                         begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=skip,
-                        m_by_n=m_by_n, block=block, force=force, log=log or _quiet, **fit)
+                        m_by_n=m_by_n, block=block, criterion=criterion, probe=probe, force=force, log=log or _quiet,
+                        **fit)
     return _leave(pruned, kind)
 
 
@@ -292,17 +296,17 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
 def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocation: str = "erk",
                      schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
                      end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
-                     m_by_n=None, block: int = 1):
+                     m_by_n=None, block: int = 1, criterion: str = "magnitude", probe=None):
     """A tf_keras copy of ``model`` wrapped for magnitude pruning over ``total_steps`` training
     steps. Compile and fit it yourself with ``callbacks=tfopt.pruning_callbacks()``, then
-    :func:`strip` it."""
+    :func:`strip` it. ``criterion="activation"`` (see :func:`prune`) needs ``probe`` images."""
     from tfopt.steps.prune import wrap_for_pruning as wrap
 
     _, work = _enter(model)
     return wrap(work, total_steps=total_steps, sparsity=sparsity, allocation=allocation, schedule=schedule,
                 initial_sparsity=initial_sparsity,
                 begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=skip,
-                m_by_n=m_by_n, block=block)
+                m_by_n=m_by_n, block=block, criterion=criterion, probe=probe)
 
 
 def pruning_callbacks() -> list:

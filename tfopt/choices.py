@@ -6,6 +6,9 @@ Imports nothing: the schema (:mod:`tfopt.steps.config`) and the engines (:mod:`t
 
 #: How channels are ranked for structured pruning.
 CRITERIA = ("l1", "l2", "bn_gamma", "activation", "taylor")
+#: How magnitude pruning ranks the weights of a layer: by magnitude, or by magnitude times the
+#: root-mean-square of the input each weight reads (:func:`tfopt.steps.prune.input_scales`).
+PRUNE_CRITERIA = ("magnitude", "activation")
 #: The criteria that run training images through the model.
 DATA_CRITERIA = ("activation", "taylor")
 #: Weight clustering's centroid initialisations (TFMOT's ``CentroidInitialization`` names, lower case).

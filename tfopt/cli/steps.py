@@ -89,6 +89,16 @@ class FieldOption:
             help_text = f"(--{variant}) {help_text}"
         self.help = help_text + _default_text(field)
 
+    def join(self, other: "FieldOption") -> None:
+        """Take in a variant's field of the same name: its choices are accepted too (each step's
+        config checks its own), and its help is added where it differs."""
+        if self.kind == "choice" and other.kind == "choice":
+            self.detail = self.detail + [c for c in other.detail if c not in self.detail]
+        variant_help = other.help.split(") ", 1)[1] if other.help.startswith("(--") else other.help
+        if variant_help != self.help:
+            self.help += f". {other.help}"
+            self.variant_help = True
+
     def param(self) -> click.Option:
         kw = dict(help=self.help)
         if self.kind == "flag" and self.tristate:
@@ -146,10 +156,12 @@ def _options(steps) -> dict[str, FieldOption]:
         for name, field in step.config.model_fields.items():
             if name not in out:
                 out[name] = FieldOption(name, field, step.cli_flag if step is not base else None)
+            elif step is not base:
+                out[name].join(FieldOption(name, field, step.cli_flag))
     # an option both variants read is not marked as one variant's
     for name, option in out.items():
         readers = [s for s in steps if s.config is not None and name in s.config.model_fields]
-        if len(readers) > 1 and option.help.startswith("(--"):
+        if len(readers) > 1 and option.help.startswith("(--") and not getattr(option, "variant_help", False):
             option.help = option.help.split(") ", 1)[1]
     return out
 

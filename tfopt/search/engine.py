@@ -24,8 +24,10 @@ more than :data:`NEAR_MISS` times the budget, since the harsher rungs would lose
    the 2×2 max-pool after it into one stride-2 conv, faster where the conv reads few channels;
    the first foldable pool alone, then all; kept only where its file is measured faster);
 4. magnitude pruning at per-layer sparsities from a second sweep, and at overall sparsities
-   spread by erk or er (whichever loses less when the model is pruned at once), on the best
-   channel-pruned candidate and on the model itself (size target);
+   spread by erk or er, weights ranked by magnitude or by the activation criterion (magnitude
+   times the root-mean-square of the input each weight reads; whichever pair loses less when
+   the model is pruned at once), on the best channel-pruned candidate and on the model itself
+   (size target);
 5. clustering to 32, 16, 8 and 4 values per kernel (size target);
 6. quantization-aware training for the best candidates whose post-training int8 missed, and for
    the near misses (over budget by at most twice the budget) that would beat the best so far;
@@ -57,9 +59,13 @@ from tfopt.search import steps as S
 TARGETS = ("size", "latency", "macs")
 #: Overall sparsities the size search tries, spread by erk or er, beside the sweep's per-layer levels.
 OVERALL_SPARSITIES = (0.8, 0.9, 0.95, 0.97)
-#: Ways of spreading an overall sparsity over the layers; the search uses the one whose one-shot
-#: pruning at :data:`ALLOCATION_PROBE` keeps the most selection accuracy (erk on a tie).
+#: Ways of spreading an overall sparsity over the layers, and of ranking a layer's weights; the
+#: search uses the pair whose one-shot pruning at :data:`ALLOCATION_PROBE` keeps the most
+#: selection accuracy (the first on a tie).
 ALLOCATIONS = ("erk", "er")
+PRUNE_CRITERIA = ("magnitude", "activation")
+#: Un-augmented training images the activation criterion measures the layers' inputs on.
+PROBE_SAMPLES = 1024
 ALLOCATION_PROBE = 0.9
 #: Shared values per kernel the size search tries.
 CLUSTERS = (32, 16, 8, 4)
@@ -175,6 +181,7 @@ class Search:
         if distill:
             self.fit.update(teacher=model if teacher is None else teacher, temperature=temperature, alpha=alpha)
         self.x_calib = data[0][:500]
+        self.x_probe = data[0][:PROBE_SAMPLES]
         # what the candidates in this folder depend on: a resumed search must ask for the same
         self.settings = {"target": target, "max_drop": max_drop, "levels": [float(v) for v in levels],
                          "epochs": epochs, "lr": lr, "batch_size": batch_size, "distill": bool(distill),
@@ -276,7 +283,8 @@ class Search:
             model = S.remove(parent, self.train, k["layers"], self.fit)
         elif step.kind == "prune":
             model = S.prune(parent, self.train, self.fit, sparsity=k.get("sparsity", 0.8), layers=k.get("layers"),
-                            skip=k.get("skip", ()), m_by_n=k.get("m_by_n"), allocation=k.get("allocation", "erk"))
+                            skip=k.get("skip", ()), m_by_n=k.get("m_by_n"), allocation=k.get("allocation", "erk"),
+                            criterion=k.get("criterion", "magnitude"), probe=self.x_probe)
         elif step.kind == "cluster":
             model = S.cluster(parent, self.train, self.fit, clusters=k["clusters"])
         elif step.kind == "fold_pool":
@@ -384,23 +392,30 @@ class Search:
         self.log(f"fine-tune rate: {self.fit['lr']:g} (the highest probed rate costing at most {limit:.2f} pt"
                  + ("" if ok else "; none did: the least harmful") + ")")
 
-    def choose_allocation(self, model) -> str:
-        """The spread of an overall sparsity (:data:`ALLOCATIONS`) that loses least when ``model`` is
-        pruned to :data:`ALLOCATION_PROBE` at once. erk gives a first conv and a dense head much of the
-        cut; er, counting channels only, leaves more to the convolutions: which one suits a model shows
-        before any fine-tune (Fashion-MNIST CNN at 90%: erk 48%, er 88% selection accuracy)."""
-        accs = {a: S.allocation_accuracy(model, self.x_sel, self.y_sel, ALLOCATION_PROBE, a) for a in ALLOCATIONS}
-        chosen = max(ALLOCATIONS, key=lambda a: accs[a])
-        self.log("allocation: " + ", ".join(f"{a} {accs[a]:.2%}" for a in ALLOCATIONS)
-                 + f" at {ALLOCATION_PROBE:.0%} sparsity without fine-tuning; spreading by {chosen}")
-        return chosen
+    def choose_pruning(self, model) -> dict:
+        """How to spread an overall sparsity (:data:`ALLOCATIONS`) and rank the weights
+        (:data:`PRUNE_CRITERIA`): the pair that loses least when ``model`` is pruned to
+        :data:`ALLOCATION_PROBE` at once. erk gives a first conv and a dense head much of the cut;
+        er, counting channels only, leaves more to the convolutions (Fashion-MNIST CNN at 90%: erk
+        48%, er 88% selection accuracy). The activation criterion lets weights on inputs that are
+        rarely non-zero go first (an MNIST MLP trained with shifted images keeps border-pixel
+        weights that centred images never use). Returns ``{"allocation", "criterion", "scales"}``."""
+        scales = S.input_scales(model, self.x_probe)
+        accs = {(a, c): S.allocation_accuracy(model, self.x_sel, self.y_sel, ALLOCATION_PROBE, a,
+                                              scales if c == "activation" else None)
+                for c in PRUNE_CRITERIA for a in ALLOCATIONS}
+        chosen = max(accs, key=lambda k: accs[k])
+        self.log("pruning at once to " + f"{ALLOCATION_PROBE:.0%}, without fine-tuning: "
+                 + ", ".join(f"{a} by {c} {v:.2%}" for (a, c), v in accs.items())
+                 + f"; spreading by {chosen[0]}, ranking by {chosen[1]}")
+        return {"allocation": chosen[0], "criterion": chosen[1], "scales": scales if chosen[1] == "activation" else None}
 
-    def sparsity_ladder(self, start, start_model, sparsities=OVERALL_SPARSITIES):
-        """Chains ``start`` + magnitude pruning to each overall sparsity, spread as
-        :meth:`choose_allocation` finds best for ``start_model``."""
-        alloc = self.choose_allocation(start_model)
-        return [start + [Step("prune", {"level": f"{alloc}{round(sp * 100)}", "sparsity": sp}
-                              | ({"allocation": alloc} if alloc != "erk" else {}))]
+    def sparsity_ladder(self, start, start_model, sparsities=OVERALL_SPARSITIES, how=None):
+        """Chains ``start`` + magnitude pruning to each overall sparsity, spread and ranked as
+        :meth:`choose_pruning` finds best for ``start_model`` (or as ``how`` says)."""
+        how = how or self.choose_pruning(start_model)
+        return [start + [Step("prune", {"level": _prune_level(how, f"{how['allocation']}{round(sp * 100)}"),
+                                        "sparsity": sp} | _prune_knobs(how))]
                 for sp in sparsities]
 
     def qat_chains(self) -> list:
@@ -492,16 +507,19 @@ class Search:
         if self.target == "size":
             start = self.base_chain()
             start_model = self.keras_model(start)
-            mag_rows = S.magnitude_sensitivity(start_model, x, y)
+            how = self.choose_pruning(start_model)
+            mag_rows = S.magnitude_sensitivity(start_model, x, y, scales=how["scales"])
             start_acc = S.accuracy(start_model, x, y)
             sp_levels = _levels(mag_rows, start_acc, self.levels, kind="sparsity")
             names = list(S.prunable_layers(start_model))
-            ladders = [[start + [Step("prune", {"level": i + 1, "layers": p, "sparsity": max(p.values()),
-                                                "skip": [n for n in names if n not in p]})]
+            crit = {"criterion": how["criterion"]} if how["criterion"] != "magnitude" else {}
+            ladders = [[start + [Step("prune", {"level": _prune_level(how, str(i + 1)), "layers": p,
+                                                "sparsity": max(p.values()),
+                                                "skip": [n for n in names if n not in p]} | crit)]
                         for i, p in enumerate(sp_levels) if p]]
             # The sweep zeroes one layer at a time without a fine-tune, so it is cautious; overall
-            # targets spread by erk or er (see choose_allocation) go further and let the fine-tune recover.
-            ladders.append(self.sparsity_ladder(start, start_model))
+            # targets spread by erk or er (see choose_pruning) go further and let the fine-tune recover.
+            ladders.append(self.sparsity_ladder(start, start_model, how=how))
             if start:
                 # channel pruning and then high sparsity compound their losses: high sparsity alone
                 # can keep fewer weights at a smaller loss
@@ -519,6 +537,18 @@ class Search:
             self.log(f"quantization-aware training made {self.best()['id']} the best: clustering its chain too")
             if stage("cluster", [[again + [Step("cluster", {"clusters": c})] for c in CLUSTERS]]):
                 stage("qat", [[c] for c in self.qat_chains() if c not in chosen], qat=True)
+
+
+def _prune_level(how: dict, level: str) -> str:
+    """A prune step's level in candidate ids: ``erk90``, ``3``; ``act`` appended when the
+    activation criterion ranks the weights."""
+    return level + ("act" if how["criterion"] == "activation" else "")
+
+
+def _prune_knobs(how: dict) -> dict:
+    """The allocation and criterion knobs of a prune step, each only where it is not the default."""
+    return ({"allocation": how["allocation"]} if how["allocation"] != "erk" else {}) \
+        | ({"criterion": how["criterion"]} if how["criterion"] != "magnitude" else {})
 
 
 def _levels(rows, base_acc, tolerances, kind="ratio"):
@@ -559,7 +589,8 @@ def _recipe_steps(chain, qat, fit, mode="int8") -> list[dict]:
             steps.append({"prune": ({"m_by_n": list(k["m_by_n"])} if k.get("m_by_n") else
                                     {"sparsity": k["sparsity"], "layers": k.get("layers") or {},
                                      "skip": k.get("skip", [])}
-                                    | ({"allocation": k["allocation"]} if k.get("allocation") else {}))
+                                    | ({"allocation": k["allocation"]} if k.get("allocation") else {})
+                                    | ({"criterion": k["criterion"]} if k.get("criterion") else {}))
                            | ft})
         elif s.kind == "cluster":
             steps.append({"cluster": {"clusters": k["clusters"], **ft}})

@@ -45,10 +45,12 @@ def remove(model, data, layers, fit: dict, log=None):
 
 
 def prune(model, data, fit: dict, sparsity: float = 0.8, layers: dict | None = None, skip=(), m_by_n=None,
-          allocation: str = "erk", log=None):
+          allocation: str = "erk", criterion: str = "magnitude", probe=None, log=None):
     """Magnitude pruning (per-layer targets in ``layers``, ``skip`` left dense, the rest spread by
-    ``allocation``, or m:n), fine-tuned and stripped."""
-    kw = dict(sparsity=sparsity, layers=layers or None, skip=list(skip), allocation=allocation)
+    ``allocation``, or m:n; weights ranked by ``criterion``, the activation criterion measuring
+    inputs on the images ``probe``), fine-tuned and stripped."""
+    kw = dict(sparsity=sparsity, layers=layers or None, skip=list(skip), allocation=allocation, criterion=criterion,
+              probe=probe)
     if m_by_n:
         kw["m_by_n"] = tuple(m_by_n)
     return _step("prune", model, data, fit, log, **kw)
@@ -175,26 +177,36 @@ def channel_sensitivity(model, x, y, ratios=(0.25, 0.5, 0.75, 0.8, 0.9)) -> list
     return rows
 
 
-def magnitude_sensitivity(model, x, y, levels=(0.5, 0.75, 0.9, 0.95, 0.98)) -> list[dict]:
-    """Selection accuracy with the smallest ``level`` of one layer's kernel zeroed, without fine-tuning."""
+def magnitude_sensitivity(model, x, y, levels=(0.5, 0.75, 0.9, 0.95, 0.98), scales=None) -> list[dict]:
+    """Selection accuracy with the smallest ``level`` of one layer's kernel zeroed, without
+    fine-tuning (ranked by ``|w| · scale`` with the activation criterion's ``scales``)."""
     from tfopt.steps.sensitivity import magnitude_pruned
 
     rows = []
     for name in prunable_layers(model):
         for s in levels:
-            rows.append({"layer": name, "ratio": s, "accuracy": accuracy(magnitude_pruned(model, {name: s}), x, y)})
+            rows.append({"layer": name, "ratio": s,
+                         "accuracy": accuracy(magnitude_pruned(model, {name: s}, scales), x, y)})
     return rows
 
 
-def allocation_accuracy(model, x, y, sparsity: float, allocation: str) -> float:
+def input_scales(model, x) -> dict:
+    """The activation criterion's per-input scales of every prunable layer, measured on ``x``."""
+    from tfopt.steps.prune import input_scales as scales
+
+    return scales(model, x)
+
+
+def allocation_accuracy(model, x, y, sparsity: float, allocation: str, scales=None) -> float:
     """Selection accuracy with ``sparsity`` of all prunable kernels zeroed at once, spread by
-    ``allocation`` (``erk`` or ``er``), without fine-tuning."""
+    ``allocation`` (``erk`` or ``er``), without fine-tuning (ranked by ``|w| · scale`` with the
+    activation criterion's ``scales``)."""
     from tfopt.steps.config import PruneConfig, validated
     from tfopt.steps.prune import layer_targets
     from tfopt.steps.sensitivity import magnitude_pruned
 
     targets = layer_targets(model, validated(PruneConfig, {"sparsity": sparsity, "allocation": allocation}, "prune"))
-    return accuracy(magnitude_pruned(model, targets), x, y)
+    return accuracy(magnitude_pruned(model, targets, scales), x, y)
 
 
 def removable_layers(model) -> list[str]:

@@ -159,7 +159,8 @@ def run_generic(source, given: dict, output=None, overwrite=False, log=print, st
 def apply_prune(model, recipe, splits, cfg, log=print):
     from tfopt.steps.prune import prune
 
-    return prune(model, **fit_kwargs(recipe, splits, cfg, model), **step_kwargs(cfg), log=log)
+    probe = splits.x_train[: cfg.probe_samples] if cfg.criterion == "activation" else None
+    return prune(model, **fit_kwargs(recipe, splits, cfg, model), **step_kwargs(cfg), probe=probe, log=log)
 
 
 def run_prune(source, given: dict, output=None, overwrite=False, log=print, step=None):

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 from pydantic import (ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator,
                       model_validator)
 
-from tfopt.choices import CLUSTER_INITS, CRITERIA, QUANTIZE_MODES, TFLITE_MODES
+from tfopt.choices import CLUSTER_INITS, CRITERIA, PRUNE_CRITERIA, QUANTIZE_MODES, TFLITE_MODES
 from tfopt.errors import TfoptError
 from tfopt.registry import Config
 from tfopt.steps.registry import STEPS
@@ -86,6 +86,12 @@ class PruneConfig(FineTune):
     block: PositiveInt = Field(1, le=64, description="dense kernels are pruned in runs of this many consecutive inputs "
                                                      "of one unit, the order TFLite stores them in, so gzip "
                                                      "codes a kept run once (convolutions stay per weight)")
+    criterion: Literal[PRUNE_CRITERIA] = Field(
+        "magnitude", description="how a layer's weights are ranked: magnitude, or activation (magnitude times the "
+                                 "root-mean-square of the input each weight reads, over probe_samples training "
+                                 "images: weights on inputs that are rarely non-zero, such as an image's border "
+                                 "pixels, go first)")
+    probe_samples: PositiveInt = Field(1024, description="training images for the activation criterion")
     force: bool = Field(False, description="go on when the preflight says the target is out of reach")
 
     @field_validator("layers")
@@ -105,6 +111,13 @@ class PruneConfig(FineTune):
     def _block_or_m_by_n(cls, v, info):
         if v > 1 and info.data.get("m_by_n") is not None:
             raise ValueError("block and m_by_n are two patterns of zeros: choose one")
+        return v
+
+    @field_validator("criterion")
+    @classmethod
+    def _single_weights(cls, v, info):
+        if v == "activation" and (info.data.get("m_by_n") is not None or info.data.get("block", 1) > 1):
+            raise ValueError("the activation criterion ranks single weights: not with block or m_by_n")
         return v
 
 

@@ -189,14 +189,98 @@ def layer_targets(model, cfg) -> dict:
     return {**own, **spread}
 
 
+def _input_axis(layer, variable) -> int | None:
+    """The axis of a kernel that indexes the layer's input channels (None: the kernel reads an
+    intermediate result, as a separable conv's pointwise kernel does)."""
+    if kernel_name(variable) == "pointwise_kernel" or getattr(layer, "groups", 1) != 1:
+        return None
+    return -1 if "Transpose" in type(layer).__name__ else -2
+
+
+def input_scales(model, x, layers=None, batch_size: int = 256) -> dict:
+    """For the activation criterion: ``{layer name: {kernel name: scale or None}}``, each scale the
+    root-mean-square of the layer's input per input channel over the images ``x`` (per input
+    feature of a dense layer, per channel of a convolution), shaped to broadcast against its
+    kernel and divided by its mean. A weight's rank is then ``|w| · scale``: the criterion of
+    Wanda (Sun et al., "A Simple and Effective Pruning Approach for Large Language Models",
+    2023), here inside TFMOT's gradual schedule. A weight on an input that is zero in every
+    image scores zero. Layers whose input cannot be read (a layer shared between several calls)
+    get None and keep the magnitude ranking.
+    """
+    import tensorflow as tf
+    import tf_keras as keras
+
+    wanted = [layer for layer in model.layers if prunable(layer) and (layers is None or layer.name in layers)]
+    readable = []
+    for layer in wanted:
+        try:
+            if not isinstance(layer.input, (list, tuple)):
+                readable.append(layer)
+        except (AttributeError, ValueError):  # several inbound nodes
+            continue
+    out = {layer.name: {kernel_name(w): None for w in kernels(layer)} for layer in wanted}
+    if not readable:
+        return out
+    probe = keras.Model(model.inputs, [layer.input for layer in readable])
+    sums = [None] * len(readable)
+    count = [0] * len(readable)
+    for start in range(0, len(x), batch_size):
+        outs = probe(tf.convert_to_tensor(x[start:start + batch_size], tf.float32), training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for i, (layer, a) in enumerate(zip(readable, outs)):
+            a = np.asarray(a, np.float64)
+            axis = 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else a.ndim - 1
+            a = np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis])
+            sq = np.sum(a * a, axis=0)
+            sums[i] = sq if sums[i] is None else sums[i] + sq
+            count[i] += len(a)
+    for layer, sq, n in zip(readable, sums, count):
+        rms = np.sqrt(sq / max(n, 1))
+        mean = float(rms.mean())
+        for w in kernels(layer):
+            axis = _input_axis(layer, w)
+            if axis is None or mean <= 0 or w.shape[axis] != len(rms):
+                continue
+            shape = [1] * len(w.shape)
+            shape[axis] = len(rms)
+            out[layer.name][kernel_name(w)] = (rms / mean).reshape(shape).astype(np.float32)
+    return out
+
+
+def kernel_name(variable) -> str:
+    """A kernel variable's own name (``kernel``, ``depthwise_kernel``), without its layer's."""
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def _rank_by_activation(wrapper, scales) -> None:
+    """Make a pruning wrapper rank its kernels by ``|w| · scale`` (per-weight masks only): the
+    mask of each variable is TFMOT's magnitude mask of the scaled weights."""
+    import tensorflow as tf
+
+    pairs = [(var, tf.constant(scales[kernel_name(var)])) for var, _, _ in wrapper.pruning_obj._pruning_vars
+             if scales.get(kernel_name(var)) is not None]
+    if not pairs:
+        return
+    magnitude = wrapper.pruning_obj._update_mask
+
+    def ranked(weight):
+        for var, scale in pairs:
+            if weight is var:
+                return magnitude(weight * scale)
+        return magnitude(weight)
+
+    wrapper.pruning_obj._maybe_update_block_mask = ranked
+
+
 def _schedule(sp, cfg, plan, target):
     if cfg.schedule == "constant":
         return sp.ConstantSparsity(target, begin_step=plan.begin, end_step=plan.end, frequency=plan.frequency)
     return sp.PolynomialDecay(cfg.initial_sparsity, target, plan.begin, plan.end, frequency=plan.frequency)
 
 
-def _wrap(model, cfg, plan, targets):
-    """A copy of ``model`` with TFMOT pruning wrappers on the prunable layers with a target above 0."""
+def _wrap(model, cfg, plan, targets, scales=None):
+    """A copy of ``model`` with TFMOT pruning wrappers on the prunable layers with a target above 0
+    (ranking their kernels by ``scales``, see :func:`input_scales`, where given)."""
     from tfopt.interop import import_tfmot
     tfmot = import_tfmot()
     import tf_keras as keras
@@ -216,32 +300,59 @@ def _wrap(model, cfg, plan, targets):
             kwargs["block_size"] = (cfg.block, 1)
         return sp.prune_low_magnitude(layer, **kwargs)
 
-    return keras.models.clone_model(plain_copy(model), clone_function=wrap)
+    wrapped = keras.models.clone_model(plain_copy(model), clone_function=wrap)
+    for layer in wrapped.layers:
+        inner = getattr(layer, "layer", None)
+        if not scales or inner is None or not any(v is not None for v in scales.get(inner.name, {}).values()):
+            continue
+        if getattr(layer, "pruning_obj", None) is None:
+            raise TfoptError(f"prune: the pruning wrapper of '{inner.name}' was not built, so the activation "
+                             f"criterion cannot rank its weights; pass a built model (one with an Input)")
+        _rank_by_activation(layer, scales[inner.name])
+    return wrapped
+
+
+def describe_scales(scales: dict) -> str:
+    """One line on what the activation criterion found: inputs never active per layer."""
+    parts = []
+    for name, per_kernel in scales.items():
+        s = next((v for v in per_kernel.values() if v is not None), None)
+        if s is None:
+            parts.append(f"{name} by magnitude")
+        else:
+            parts.append(f"{name} {int(np.sum(s == 0))} of {s.size} inputs never active")
+    return "; ".join(parts)
 
 
 def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocation: str = "erk",
                      schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
                      end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
-                     m_by_n=None, block: int = 1):
+                     m_by_n=None, block: int = 1, criterion: str = "magnitude", probe=None):
     """For your own training loop: a copy of ``model`` wrapped for magnitude pruning.
 
     Train it with :func:`pruning_callbacks` (TFMOT's ``UpdatePruningStep``) for ``total_steps``
     steps, then :func:`strip`. The schedule is resolved as :func:`prune` does (see
     :func:`plan_schedule`); a schedule that cannot reach its target raises :class:`PreflightError`.
+    ``criterion="activation"`` ranks by :func:`input_scales` over the images ``probe``.
     """
     from tfopt.steps.config import PruneConfig, validated
 
     cfg = validated(PruneConfig, dict(sparsity=sparsity, allocation=allocation, schedule=schedule,
                                       initial_sparsity=initial_sparsity, begin_step=begin_step, end_step=end_step,
                                       frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n,
-                                      block=block), "prune")
+                                      block=block, criterion=criterion), "prune")
     check_layer_names(model, cfg.layers, "layers")
     check_layer_names(model, cfg.skip, "skip")
     targets = layer_targets(model, cfg)
     plan = preflight(cfg, total_steps, epochs=1, targets=targets)
     if not plan.ok and cfg.m_by_n is None:
         raise PreflightError(preflight_message(plan, 1, total_steps))
-    return _wrap(model, cfg, plan, targets)
+    scales = None
+    if cfg.criterion == "activation":
+        if probe is None:
+            raise TfoptError("prune: the activation criterion needs probe images (probe=x, training images)")
+        scales = input_scales(model, np.asarray(probe, np.float32), [k for k, v in targets.items() if v > 0])
+    return _wrap(model, cfg, plan, targets, scales)
 
 
 def pruning_callbacks() -> list:
@@ -267,8 +378,9 @@ def strip(model):
 def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedule: str = "polynomial",
           initial_sparsity: float = 0.0,
           begin_step: int = 0, end_step: int | None = None, frequency: int | None = None, layers: dict | None = None,
-          skip=(), m_by_n=None, block: int = 1, force: bool = False, epochs: int = 2, lr: float | None = None,
-          batch_size: int | None = None, log=print, **fit):
+          skip=(), m_by_n=None, block: int = 1, criterion: str = "magnitude", probe_samples: int = 1024, probe=None,
+          force: bool = False, epochs: int = 2, lr: float | None = None, batch_size: int | None = None, log=print,
+          **fit):
     """Magnitude-prune a copy of ``model`` while fine-tuning it on ``data``, then strip the wrappers.
 
     The learning rate stays at ``lr`` until the last pruning update and then decays (cosine)
@@ -289,6 +401,12 @@ def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedu
         m_by_n: ``(2, 4)`` for structured 2:4 sparsity instead of a schedule.
         block: prune dense kernels in runs of this many consecutive inputs of one unit (TFLite's
             storage order): gzip codes a kept run once instead of each weight's position.
+        criterion: ``magnitude``, or ``activation``: each weight's magnitude times the
+            root-mean-square of the input it reads (:func:`input_scales`), so that weights on inputs
+            that are rarely non-zero go first.
+        probe_samples, probe: the images the activation criterion measures inputs on: ``probe``
+            (arrays; the command passes un-augmented training images), else the first
+            ``probe_samples`` of ``data``.
         force: go on when the preflight says the schedule cannot reach the target.
         **fit: more :func:`tfopt.steps.runner.fine_tune` arguments (``loss``, ``optimizer``,
             ``validation_data``, ``teacher``, ``seed``, …).
@@ -313,7 +431,7 @@ def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedu
     cfg = validated(PruneConfig, dict(sparsity=sparsity, allocation=allocation, schedule=schedule,
                                       initial_sparsity=initial_sparsity, begin_step=begin_step, end_step=end_step,
                                       frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n, block=block,
-                                      force=force,
+                                      criterion=criterion, probe_samples=probe_samples, force=force,
                                       epochs=epochs, lr=lr, batch_size=batch_size), "prune")
     check_layer_names(model, cfg.layers, "layers")
     check_layer_names(model, cfg.skip, "skip")
@@ -331,7 +449,14 @@ def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedu
         log("per-layer targets (" + (f"own or spread by {cfg.allocation}" if cfg.allocation in ("erk", "er")
                                     else cfg.allocation) + "): "
             + ", ".join(f"{k} {v:.1%}" for k, v in targets.items()))
-    work = _wrap(model, cfg, plan, targets)
+    scales = None
+    if cfg.criterion == "activation":
+        from tfopt.steps.runner import sample_x
+
+        x = np.asarray(probe, np.float32)[:cfg.probe_samples] if probe is not None else sample_x(data, cfg.probe_samples)
+        scales = input_scales(model, x, [k for k, v in targets.items() if v > 0])
+        log(f"activation criterion over {len(x):,} images: {describe_scales(scales)}")
+    work = _wrap(model, cfg, plan, targets, scales)
     if "hold" not in fit and cfg.m_by_n is None:
         fit["hold"] = min(1.0, (plan.last_update or 0) / max(plan.total_steps, 1))
     history, seconds = fine_tune(work, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=batch_size,

@@ -8,20 +8,23 @@ import numpy as np
 from tfopt.errors import TfoptError
 
 
-def magnitude_pruned(model, targets: dict):
+def magnitude_pruned(model, targets: dict, scales: dict | None = None):
     """A copy of ``model`` with the smallest ``targets[name]`` of each named layer's kernels set
-    to zero, at once and without fine-tuning."""
+    to zero, at once and without fine-tuning; ranked by ``|w|``, or by ``|w| · scale`` with the
+    activation criterion's ``scales`` (:func:`tfopt.steps.prune.input_scales`)."""
     from tfopt.export import plain_copy
-    from tfopt.steps.prune import kernels
+    from tfopt.steps.prune import kernel_name, kernels
 
     copy = plain_copy(model)
     for name, sparsity in targets.items():
         for w in kernels(copy.get_layer(name)):
             a = w.numpy()
+            scale = (scales or {}).get(name, {}).get(kernel_name(w))
+            score = np.abs(a) if scale is None else np.abs(a) * scale
             k = int(round(a.size * sparsity))
             if k:
-                cut = np.partition(np.abs(a).ravel(), k - 1)[k - 1]
-                a = np.where(np.abs(a) <= cut, 0, a)
+                cut = np.partition(score.ravel(), k - 1)[k - 1]
+                a = np.where(score <= cut, 0, a)
             w.assign(a)
     return copy
 
