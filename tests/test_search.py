@@ -387,6 +387,28 @@ def test_size_search_spreads_and_ranks_the_way_that_loses_least(tmp_path, monkey
     assert [engine._key(chain) for chain in search.sparsity_ladder([], None, (0.8,))] == ["perk80"]
 
 
+def test_size_search_cuts_the_layer_with_the_most_weights_deeper(tmp_path, monkeypatch):
+    from tfopt.search import engine
+    from tfopt.search import steps as S
+
+    lines = []
+    search = _bare_search(tmp_path, lines.append, max_drop=0.5)
+    monkeypatch.setattr(S, "prunable_layers", lambda model: {"fc1": 235_200, "fc2": 30_000, "fc3": 1_000})
+    monkeypatch.setattr(S, "channel_groups", lambda model: ["fc1", "fc2"])
+    search.chains = {"ch3+int8": [engine.Step("channels", {"level": 3, "per_layer": {"fc1": 0.5, "fc2": 0.5}})]}
+    monkeypatch.setattr(search, "best", lambda: {"id": "ch3+int8"})
+    chains = search.deeper_channels(4)
+    assert [c[0].knobs for c in chains] == [{"level": 5 + i, "per_layer": {"fc1": r, "fc2": 0.5}}
+                                            for i, r in enumerate((0.7, 0.8, 0.9))]
+    assert [engine._key(c) for c in chains] == ["ch5", "ch6", "ch7"]
+    assert "fc1 holds the most kernel weights (235,200): cutting 70%, 80%, 90% of its channels on top of ch3" in lines
+    monkeypatch.setattr(search, "best", lambda: None)  # no channel candidate within budget: from the input
+    assert [c[0].knobs["per_layer"] for c in search.deeper_channels(0)] == [{"fc1": r} for r in (0.5, 0.7, 0.8, 0.9)]
+    search.chains["p1+int8"] = [engine.Step("prune", {"level": 1})]
+    monkeypatch.setattr(search, "best", lambda: {"id": "p1+int8"})  # the best is not a channel cut: none
+    assert search.deeper_channels(0) == []
+
+
 def test_one_shot_magnitude_pruning_zeroes_each_layers_share():
     import tf_keras as keras
 
