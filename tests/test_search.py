@@ -404,6 +404,14 @@ def test_size_search_cuts_the_layer_with_the_most_weights_deeper(tmp_path, monke
     assert "fc1 holds the most kernel weights (235,200): cutting 70%, 80%, 90% of its channels on top of ch3" in lines
     monkeypatch.setattr(search, "best", lambda: None)  # no channel candidate within budget: from the input
     assert [c[0].knobs["per_layer"] for c in search.deeper_channels(0)] == [{"fc1": r} for r in (0.5, 0.7, 0.8, 0.9)]
+    # a probed rate below the highest: the deep cuts, far from the trained minimum, fine-tune at the highest
+    search.probe, search.fit["lr"] = [{"lr": 1e-3, "drop_points": 0.2}, {"lr": 3e-4, "drop_points": 0.1}], 3e-4
+    chains = search.deeper_channels(0)
+    assert chains[0][0].knobs == {"level": 1, "per_layer": {"fc1": 0.5}, "lr": 1e-3}
+    assert engine._recipe_steps(chains[0], False, search.fit)[0] == {
+        "structured": {"ratio": 0.0, "per_layer": {"fc1": 0.5}, "epochs": 2, "lr": 1e-3}}
+    assert "fc1 holds the most kernel weights (235,200): cutting 50%, 70%, 80%, 90% of its channels, fine-tuned " \
+           "at 0.001" in lines
     search.chains["p1+int8"] = [engine.Step("prune", {"level": 1})]
     monkeypatch.setattr(search, "best", lambda: {"id": "p1+int8"})  # the best is not a channel cut: none
     assert search.deeper_channels(0) == []

@@ -284,7 +284,8 @@ class Search:
         self.log(f"    step {step.describe()}")
         k = step.knobs
         if step.kind == "channels":
-            model = S.channels(parent, self.train, k["per_layer"], self.fit)
+            fit = {**self.fit, **({"lr": k["lr"]} if k.get("lr") else {})}
+            model = S.channels(parent, self.train, k["per_layer"], fit)
         elif step.kind == "remove":
             model = S.remove(parent, self.train, k["layers"], self.fit)
         elif step.kind == "prune":
@@ -412,10 +413,15 @@ class Search:
             return []
         largest = max(groups, key=lambda g: sizes[g])
         deeper = [r for r in DEEPER_CHANNELS if r > per_layer.get(largest, 0.0)]
+        # A probed rate keeps a model near the minimum it was trained into; a cut beyond what the
+        # sweep tolerated has left that minimum, and its fine-tune needs the highest probed rate.
+        rate = {"lr": PROBE_RATES[0]} if self.probe and self.fit.get("lr") != PROBE_RATES[0] else {}
         if deeper:
-            self.log(f"{largest} holds the most kernel weights ({sizes[largest]:,}): cutting {', '.join(f'{r:.0%}' for r in deeper)} "
-                     f"of its channels" + (f" on top of {_key(start)}" if start else ""))
-        return [[Step("channels", {"level": numbered + i + 1, "per_layer": {**per_layer, largest: r}})]
+            self.log(f"{largest} holds the most kernel weights ({sizes[largest]:,}): cutting "
+                     f"{', '.join(f'{r:.0%}' for r in deeper)} of its channels"
+                     + (f" on top of {_key(start)}" if start else "")
+                     + (f", fine-tuned at {rate['lr']:g}" if rate else ""))
+        return [[Step("channels", {"level": numbered + i + 1, "per_layer": {**per_layer, largest: r}} | rate)]
                 for i, r in enumerate(deeper)]
 
     def choose_pruning(self, model) -> dict:
@@ -610,7 +616,8 @@ def _recipe_steps(chain, qat, fit, mode="int8") -> list[dict]:
     steps = []
     for s in chain:
         k = s.knobs
-        ft = {"epochs": fit["epochs"]} | ({"lr": fit["lr"]} if fit.get("lr") else {})
+        lr = k.get("lr") or fit.get("lr")
+        ft = {"epochs": fit["epochs"]} | ({"lr": lr} if lr else {})
         if s.kind == "channels":
             steps.append({"structured": {"ratio": 0.0, "per_layer": k["per_layer"], **ft}})
         elif s.kind == "remove":
