@@ -210,6 +210,9 @@ def input_scales(model, x, layers=None, batch_size: int = 256) -> dict:
     import tensorflow as tf
     import tf_keras as keras
 
+    if not getattr(model, "inputs", None):
+        raise TfoptError("prune: the activation criterion reads each layer's input, so the model needs a defined "
+                         "input (a keras.Input, or input_shape on its first layer)")
     wanted = [layer for layer in model.layers if prunable(layer) and (layers is None or layer.name in layers)]
     readable = []
     for layer in wanted:
