@@ -140,8 +140,11 @@ def test_resume_keeps_finished_candidates_and_continues(searched, tmp_path):
     assert len(after) == 4
     # the next stage builds on the best of the finished candidates, as it would have without the stop
     best = min((r for r in before if r["meets_budget"] == "True"), key=lambda r: int(r["tflite_gzip_bytes"]))
-    prefix = "" if best["id"] == "base+int8" else best["id"].removesuffix("+int8") + "+"
-    assert after[3]["id"].startswith(prefix + "p"), (after[3]["id"], best["id"])
+    # (after the channel sweep, a deeper cut of fc1, the group holding the most kernel weights)
+    cut = json.loads(after[3]["steps"].removeprefix("channels ").split(" -> ")[0])["per_layer"]
+    was = {} if best["id"] == "base+int8" else json.loads(best["steps"].removeprefix("channels ").split(" -> ")[0])["per_layer"]
+    assert after[3]["stage"] == "channels" and cut.pop("fc1") > was.pop("fc1", 0.0), (after[3], best)
+    assert cut == was
     assert "resuming: 3 finished candidate(s)" in lines[1] or any("resuming: 3" in line for line in lines)
     # the three finished candidates were not evaluated again, nor the rate probed again
     assert sum(line.startswith("[") for line in lines) == 1
