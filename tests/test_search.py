@@ -420,6 +420,59 @@ def test_size_search_cuts_the_layer_with_the_most_weights_deeper(tmp_path, monke
     assert search.deeper_channels(0) == []
 
 
+def _row(id_, stage, drop, nonzero, gzip, meets, int8="ptq"):
+    return {"id": id_, "stage": stage, "drop_points": drop, "nonzero_params": nonzero, "tflite_gzip_bytes": gzip,
+            "meets_budget": meets, "int8": int8, "selection_accuracy": 0.99 - drop / 100, "latency_us": 1.0,
+            "macs": 1, "error": ""}
+
+
+def test_size_search_prunes_from_a_start_with_headroom_and_fine_tunes_a_near_miss_longer(tmp_path):
+    from tfopt.search import engine
+
+    lines = []
+    search = _bare_search(tmp_path, lines.append, max_drop=0.5, epochs=20)
+    ch = {i: [engine.Step("channels", {"level": i, "per_layer": {"fc1": r}})] for i, r in ((3, 0.5), (6, 0.8))}
+    search.chains = {"base+int8": [], "ch3+int8": ch[3], "ch6+int8": ch[6]}
+    search.rows = {r["id"]: r for r in (_row("base+int8", "int8", 0.0, 266_000, 248_000, True),
+                                         _row("ch3+int8", "channels", 0.13, 125_000, 115_000, True),
+                                         _row("ch6+int8", "channels", 0.47, 50_000, 47_000, True))}
+    # ch6 is the smallest within budget, but has used 0.47 of the 0.5 pt; ch3 has used 0.13
+    assert engine._key(search.base_chain()) == "ch6"
+    assert engine._key(search.prune_start()) == "ch3"
+    search.rows["ch6+int8"]["drop_points"] = 0.25  # at most half the budget: ch6 itself
+    assert engine._key(search.prune_start()) == "ch6"
+    search.rows["ch6+int8"]["drop_points"] = 0.47
+
+    p90 = ch[3] + [engine.Step("prune", {"level": "erk90act", "sparsity": 0.9, "criterion": "activation"})]
+    p95 = ch[3] + [engine.Step("prune", {"level": "erk95act", "sparsity": 0.95, "criterion": "activation"})]
+    p97 = ch[3] + [engine.Step("prune", {"level": "erk97act", "sparsity": 0.97, "criterion": "activation"})]
+    c8 = p90 + [engine.Step("cluster", {"clusters": 8})]
+    search.chains |= {"ch3+perk90act+int8": p90, "ch3+perk95act+int8": p95, "ch3+perk97act+int8": p97,
+                      "ch3+perk90act+c8+int8": c8}
+    search.rows |= {r["id"]: r for r in (_row("ch3+perk90act+int8", "prune", 0.37, 12_500, 24_000, True),
+                                         _row("ch3+perk95act+int8", "prune", 0.80, 6_300, 18_000, False),
+                                         _row("ch3+perk97act+int8", "prune", 1.20, 3_800, 14_000, False),
+                                         _row("ch3+perk90act+c8+int8", "cluster", 0.47, 12_500, 12_600, True))}
+    assert search.best()["id"] == "ch3+perk90act+c8+int8"
+    ladder = search.longer_chains()
+    # 95% missed by 0.30 pt (97% by more than twice the budget): pruned again over 3 × 20 epochs, then 8 values
+    assert [engine._key(c) for c in ladder] == ["ch3+perk95act-e60", "ch3+perk95act-e60+c8"]
+    assert ladder[0][-1].knobs == {**p95[-1].knobs, "epochs": 60}
+    assert engine._recipe_steps(ladder[1], False, search.fit)[1]["prune"]["epochs"] == 60
+    assert engine._recipe_steps(ladder[1], False, search.fit)[2]["cluster"]["epochs"] == 20
+    assert lines[-1] == ("ch3+perk95act+int8 missed by 0.30 pt with 6,300 non-zero weights (the best keeps 12,500): "
+                         "pruning again over 60 epochs, then 8 values")
+    # a near miss that keeps more weights than the best is no use
+    search.rows["ch3+perk95act+int8"]["nonzero_params"] = 13_000
+    assert search.longer_chains() == []
+    # overall targets go beyond what the sweep tolerated: at the highest probed rate when a lower one was chosen
+    how = {"allocation": "erk", "criterion": "activation"}
+    assert "lr" not in search.sparsity_ladder(ch[3], None, (0.9,), how=how)[0][-1].knobs  # lr was given
+    search.probe, search.fit["lr"] = [{"lr": 1e-3, "drop_points": 0.2}, {"lr": 3e-4, "drop_points": 0.1}], 3e-4
+    assert search.sparsity_ladder(ch[3], None, (0.9,), how=how)[0][-1].knobs == {
+        "level": "erk90act", "sparsity": 0.9, "criterion": "activation", "lr": 1e-3}
+
+
 def test_one_shot_magnitude_pruning_zeroes_each_layers_share():
     import tf_keras as keras
 
