@@ -426,8 +426,9 @@ def _row(id_, stage, drop, nonzero, gzip, meets, int8="ptq"):
             "macs": 1, "error": ""}
 
 
-def test_size_search_prunes_from_a_start_with_headroom_and_fine_tunes_a_near_miss_longer(tmp_path):
+def test_size_search_prunes_from_a_start_with_headroom_and_fine_tunes_a_near_miss_longer(tmp_path, monkeypatch):
     from tfopt.search import engine
+    from tfopt.search import steps as S
 
     lines = []
     search = _bare_search(tmp_path, lines.append, max_drop=0.5, epochs=20)
@@ -442,6 +443,20 @@ def test_size_search_prunes_from_a_start_with_headroom_and_fine_tunes_a_near_mis
     search.rows["ch6+int8"]["drop_points"] = 0.25  # at most half the budget: ch6 itself
     assert engine._key(search.prune_start()) == "ch6"
     search.rows["ch6+int8"]["drop_points"] = 0.47
+    # the prune stage: every ladder on ch3; the overall targets also on ch6, the best; the harsher ones on the input
+    how = {"allocation": "erk", "criterion": "activation", "scales": None}
+    monkeypatch.setattr(search, "keras_model", lambda chain: engine._key(chain))
+    monkeypatch.setattr(search, "choose_pruning", lambda model: how)
+    monkeypatch.setattr(S, "magnitude_sensitivity", lambda model, x, y, scales=None: [
+        {"layer": "fc1", "ratio": 0.5, "accuracy": 0.99}, {"layer": "fc1", "ratio": 0.75, "accuracy": 0.985},
+        {"layer": "fc2", "ratio": 0.5, "accuracy": 0.97}])
+    monkeypatch.setattr(S, "accuracy", lambda model, x, y: 0.99)
+    monkeypatch.setattr(S, "prunable_layers", lambda model: {"fc1": 1, "fc2": 1})
+    assert [[engine._key(c) for c in ladder] for ladder in search.prune_ladders()] == [
+        ["ch3+p1act"], [f"ch3+perk{p}act" for p in (80, 90, 95, 97)], [f"ch6+perk{p}act" for p in (80, 90, 95, 97)],
+        [f"perk{p}act" for p in (90, 95, 97)]]
+    assert search.prune_ladders()[0][0][-1].knobs == {"level": "1act", "layers": {"fc1": 0.75}, "sparsity": 0.75,
+                                                      "skip": ["fc2"], "criterion": "activation"}
 
     p90 = ch[3] + [engine.Step("prune", {"level": "erk90act", "sparsity": 0.9, "criterion": "activation"})]
     p95 = ch[3] + [engine.Step("prune", {"level": "erk95act", "sparsity": 0.95, "criterion": "activation"})]

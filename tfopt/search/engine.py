@@ -30,8 +30,9 @@ more than :data:`NEAR_MISS` times the budget, since the harsher rungs would lose
    spread by erk or er, weights ranked by magnitude or by the activation criterion (magnitude
    times the root-mean-square of the input each weight reads; whichever pair loses less when
    the model is pruned at once), on the model itself and on the best channel-pruned candidate
-   that has used at most half the budget (size target); overall targets, which go beyond what the
-   sweep tolerated, fine-tune at the highest probed rate;
+   that has used at most half the budget (the overall targets also on the best one, where it
+   differs; size target); overall targets, which go beyond what the sweep tolerated, fine-tune at
+   the highest probed rate;
 5. clustering to 32, 16, 8 and 4 values per kernel (size target), then the near-missed prune
    candidate with fewer non-zero weights than the best pruned again over three times the epochs,
    and clustered as the best is;
@@ -505,14 +506,46 @@ class Search:
         return self.chains.get(b["id"], []) if b else []
 
     def prune_start(self):
-        """The chain the prune stage builds on: the best feasible candidate that has used at most
-        :data:`HEADROOM` of the budget, else the best. Pruning, clustering and int8 each cost some
-        accuracy; a start at the edge of the budget leaves them none (LeNet-300-100, budget 0.5 pt:
-        a 784-60-50 start at a 0.47-pt drop kept no prune rung within budget, a 784-150-50 start at
-        0.13 pt reached 90%)."""
+        """The chain the prune stage builds on first: the best feasible candidate that has used at
+        most :data:`HEADROOM` of the budget, else the best. Pruning, clustering and int8 each cost
+        some accuracy; a start at the edge of the budget leaves them none (LeNet-300-100, budget
+        0.5 pt: a 784-60-50 start at a 0.47-pt drop kept no prune rung within budget, a 784-150-50
+        start at 0.13 pt reached 90%). The best itself, where it differs, gets the overall targets
+        too: some models lose nothing more to a first prune (LeNet-5 (Caffe), budget 0.2 pt: channels
+        at a 0.17-pt drop, then 80%, still 0.17)."""
         ok = [r for r in self.feasible() if r["drop_points"] <= HEADROOM * self.max_drop + 1e-9]
         b = min(ok, key=lambda r: (_score(r, self.target), -r["selection_accuracy"])) if ok else self.best()
         return self.chains.get(b["id"], []) if b else []
+
+    def prune_ladders(self) -> list:
+        """The prune stage's ladders: on :meth:`prune_start`, the sweep's per-layer levels and the
+        overall targets; the overall targets on the best, where it is another chain; and the harsher
+        overall targets on the input model itself."""
+        x, y = self.x_sel, self.y_sel
+        start = self.prune_start()
+        start_model = self.keras_model(start)
+        how = self.choose_pruning(start_model)
+        mag_rows = S.magnitude_sensitivity(start_model, x, y, scales=how["scales"])
+        sp_levels = _levels(mag_rows, S.accuracy(start_model, x, y), self.levels, kind="sparsity")
+        names = list(S.prunable_layers(start_model))
+        crit = {"criterion": how["criterion"]} if how["criterion"] != "magnitude" else {}
+        ladders = [[start + [Step("prune", {"level": _prune_level(how, str(i + 1)), "layers": p,
+                                            "sparsity": max(p.values()),
+                                            "skip": [n for n in names if n not in p]} | crit)]
+                    for i, p in enumerate(sp_levels) if p]]
+        # The sweep zeroes one layer at a time without a fine-tune, so it is cautious; overall
+        # targets spread by erk or er (see choose_pruning) go further and let the fine-tune recover.
+        ladders.append(self.sparsity_ladder(start, start_model, how=how))
+        edge = self.base_chain()
+        if edge != start:
+            # the smallest start, nearer the edge of the budget: its overall targets alone (a rung
+            # with no room left ends the ladder soon)
+            ladders.append(self.sparsity_ladder(edge, self.keras_model(edge)))
+        if start:
+            # channel pruning and then high sparsity compound their losses: high sparsity alone
+            # can keep fewer weights at a smaller loss
+            ladders.append(self.sparsity_ladder([], self.model, OVERALL_SPARSITIES[1:]))
+        return ladders
 
     def longer_chains(self) -> list:
         """A ladder for the near-missed prune candidate (post-training int8, over budget by at most
@@ -596,26 +629,7 @@ class Search:
             if convs and not stage("fold_pool", [[start + [Step("fold_pool", {"layers": f})]] for f in folds]):
                 return
         if self.target == "size":
-            start = self.prune_start()
-            start_model = self.keras_model(start)
-            how = self.choose_pruning(start_model)
-            mag_rows = S.magnitude_sensitivity(start_model, x, y, scales=how["scales"])
-            start_acc = S.accuracy(start_model, x, y)
-            sp_levels = _levels(mag_rows, start_acc, self.levels, kind="sparsity")
-            names = list(S.prunable_layers(start_model))
-            crit = {"criterion": how["criterion"]} if how["criterion"] != "magnitude" else {}
-            ladders = [[start + [Step("prune", {"level": _prune_level(how, str(i + 1)), "layers": p,
-                                                "sparsity": max(p.values()),
-                                                "skip": [n for n in names if n not in p]} | crit)]
-                        for i, p in enumerate(sp_levels) if p]]
-            # The sweep zeroes one layer at a time without a fine-tune, so it is cautious; overall
-            # targets spread by erk or er (see choose_pruning) go further and let the fine-tune recover.
-            ladders.append(self.sparsity_ladder(start, start_model, how=how))
-            if start:
-                # channel pruning and then high sparsity compound their losses: high sparsity alone
-                # can keep fewer weights at a smaller loss
-                ladders.append(self.sparsity_ladder([], self.model, OVERALL_SPARSITIES[1:]))
-            if not stage("prune", ladders):
+            if not stage("prune", self.prune_ladders()):
                 return
             start = self.base_chain()
             if not stage("cluster", [[start + [Step("cluster", {"clusters": c})] for c in CLUSTERS]]):
