@@ -461,26 +461,24 @@ def test_size_search_prunes_from_a_start_with_headroom_and_fine_tunes_a_near_mis
     p90 = ch[3] + [engine.Step("prune", {"level": "erk90act", "sparsity": 0.9, "criterion": "activation"})]
     p95 = ch[3] + [engine.Step("prune", {"level": "erk95act", "sparsity": 0.95, "criterion": "activation"})]
     p97 = ch[3] + [engine.Step("prune", {"level": "erk97act", "sparsity": 0.97, "criterion": "activation"})]
-    c8 = p90 + [engine.Step("cluster", {"clusters": 8})]
-    search.chains |= {"ch3+perk90act+int8": p90, "ch3+perk95act+int8": p95, "ch3+perk97act+int8": p97,
-                      "ch3+perk90act+c8+int8": c8}
+    search.chains |= {"ch3+perk90act+int8": p90, "ch3+perk95act+int8": p95, "ch3+perk97act+int8": p97}
     search.rows |= {r["id"]: r for r in (_row("ch3+perk90act+int8", "prune", 0.37, 12_500, 24_000, True),
                                          _row("ch3+perk95act+int8", "prune", 0.80, 6_300, 18_000, False),
-                                         _row("ch3+perk97act+int8", "prune", 1.20, 3_800, 14_000, False),
-                                         _row("ch3+perk90act+c8+int8", "cluster", 0.47, 12_500, 12_600, True))}
-    assert search.best()["id"] == "ch3+perk90act+c8+int8"
-    (ladder,) = search.longer_chains()
-    # 95% missed by 0.30 pt (97% by more than twice the budget): pruned again over 3 × 20 epochs, then 8 values
-    assert [engine._key(c) for c in ladder] == ["ch3+perk95act-e60", "ch3+perk95act-e60+c8"]
-    assert ladder[0][-1].knobs == {**p95[-1].knobs, "epochs": 60}
-    assert engine._recipe_steps(ladder[1], False, search.fit)[1]["prune"]["epochs"] == 60
-    assert engine._recipe_steps(ladder[1], False, search.fit)[2]["cluster"]["epochs"] == 20
+                                         _row("ch3+perk97act+int8", "prune", 1.20, 3_800, 14_000, False))}
+    assert search.best()["id"] == "ch3+perk90act+int8"
+    # 95% missed by 0.30 pt (97% by more than twice the budget): pruned again over 3 × 20 epochs
+    assert [[engine._key(c) for c in ladder] for ladder in search.longer_chains()] == [["ch3+perk95act-e60"]]
+    long = search.longer_chains()[0][0]
+    assert long[-1].knobs == {**p95[-1].knobs, "epochs": 60}
+    assert engine._recipe_steps(long + [engine.Step("cluster", {"clusters": 8})], False, search.fit)[1:3] == [
+        {"prune": {"sparsity": 0.95, "layers": {}, "skip": [], "criterion": "activation", "epochs": 60, "lr": 1e-3}},
+        {"cluster": {"clusters": 8, "epochs": 20, "lr": 1e-3}}]
     assert lines[-1] == ("ch3+perk95act+int8 missed by 0.30 pt with 6,300 non-zero weights (the best keeps 12,500): "
-                         "pruning again over 60 epochs, then 8 values")
+                         "pruning again over 60 epochs")
     # 97% within twice the budget: it keeps the fewest weights and goes first; 95% lost least and follows
     search.rows["ch3+perk97act+int8"]["drop_points"] = 0.95
     assert [[engine._key(c) for c in ladder] for ladder in search.longer_chains()] == [
-        ["ch3+perk97act-e60", "ch3+perk97act-e60+c8"], ["ch3+perk95act-e60", "ch3+perk95act-e60+c8"]]
+        ["ch3+perk97act-e60"], ["ch3+perk95act-e60"]]
     search.rows["ch3+perk97act+int8"]["drop_points"] = 1.2
     # a near miss that keeps more weights than the best is no use
     search.rows["ch3+perk95act+int8"]["nonzero_params"] = 13_000

@@ -33,9 +33,9 @@ more than :data:`NEAR_MISS` times the budget, since the harsher rungs would lose
    that has used at most half the budget (the overall targets also on the best one, where it
    differs; size target); overall targets, which go beyond what the sweep tolerated, fine-tune at
    the highest probed rate;
-5. clustering to 32, 16, 8 and 4 values per kernel (size target), then the near-missed prune
-   candidates with fewer non-zero weights than the best (the one keeping fewest, and the one that
-   lost least) pruned again over three times the epochs, and clustered as the best is;
+5. the near-missed prune candidates with fewer non-zero weights than the best (the one keeping
+   fewest, and the one that lost least) pruned again over three times the epochs, then clustering
+   to 32, 16, 8 and 4 values per kernel (size target);
 6. quantization-aware training for the best candidates whose post-training int8 missed, and for
    the near misses (over budget by at most twice the budget) that would beat the best so far;
 7. when that made a chain the best that clustering has not seen, clustering of that chain, and
@@ -548,36 +548,31 @@ class Search:
         return ladders
 
     def longer_chains(self) -> list:
-        """Ladders for the near-missed prune candidates (post-training int8, over budget by at most
+        """Chains for the near-missed prune candidates (post-training int8, over budget by at most
         :data:`NEAR_MISS` times it) that keep fewer non-zero weights than the best: the one keeping
-        fewest, then the one that lost least. Each is its prune step again with :data:`LONG_EPOCHS`
-        times the epochs, then with the best's clustering on top. The search's fine-tunes are short,
-        so that many candidates fit its time; a deep prune keeps recovering long after (LeNet-300-100
-        cut to 784-90-50 and pruned to 93%: 98.25% test after 20 epochs, 98.63% after 60; pruned to
-        97% without the cut: a 0.60-pt selection drop after 20 epochs, none after 60)."""
+        fewest, then the one that lost least, each with its prune step again over
+        :data:`LONG_EPOCHS` times the epochs. The search's fine-tunes are short, so that many
+        candidates fit its time; a deep prune keeps recovering long after (LeNet-300-100 cut to
+        784-90-50 and pruned to 93%: 98.25% test after 20 epochs, 98.63% after 60; pruned to 97%
+        without the cut: a 0.60-pt selection drop after 20 epochs, none after 60)."""
         best = self.best()
         if best is None:
             return []
         done = [r for r in self.rows.values() if not r.get("error") and r["stage"] == "prune" and r["int8"] == "ptq"
                 and r["id"] in self.chains and not r["meets_budget"] and r["drop_points"] <= NEAR_MISS * self.max_drop
-                and r["nonzero_params"] < best["nonzero_params"] and not self.chains[r["id"]][-1].knobs.get("epochs")]
+                and r["nonzero_params"] < best["nonzero_params"]]
         picked = []
         for key in (lambda r: (r["nonzero_params"], r["drop_points"]), lambda r: (r["drop_points"], r["nonzero_params"])):
             near = min(done, key=key, default=None)
             if near is not None and near not in picked:
                 picked.append(near)
         epochs = LONG_EPOCHS * self.fit["epochs"]
-        clusters = [s for s in self.chains[best["id"]] if s.kind == "cluster"][:1]
-        ladders = []
         for near in picked:
-            chain = self.chains[near["id"]]
-            long = chain[:-1] + [Step("prune", {**chain[-1].knobs, "epochs": epochs})]
-            ladders.append([long] + ([long + clusters] if clusters else []))
             self.log(f"{near['id']} missed by {near['drop_points'] - self.max_drop:.2f} pt with "
                      f"{near['nonzero_params']:,} non-zero weights (the best keeps {best['nonzero_params']:,}): "
-                     f"pruning again over {epochs} epochs"
-                     + (f", then {clusters[0].knobs['clusters']} values" if clusters else ""))
-        return ladders
+                     f"pruning again over {epochs} epochs")
+        return [[self.chains[r["id"]][:-1] + [Step("prune", {**self.chains[r["id"]][-1].knobs, "epochs": epochs})]]
+                for r in picked]
 
     def search(self):
         self.chains = {}
@@ -637,11 +632,11 @@ class Search:
         if self.target == "size":
             if not stage("prune", self.prune_ladders()):
                 return
-            start = self.base_chain()
-            if not stage("cluster", [[start + [Step("cluster", {"clusters": c})] for c in CLUSTERS]]):
-                return
             longer = self.longer_chains()
             if longer and not stage("longer", longer):
+                return
+            start = self.base_chain()
+            if not stage("cluster", [[start + [Step("cluster", {"clusters": c})] for c in CLUSTERS]]):
                 return
         chosen = self.qat_chains()
         if not stage("qat", [[c] for c in chosen], qat=True):
