@@ -265,8 +265,9 @@ class Search:
         return [r for r in self.rows.values() if r.get("meets_budget") and not r.get("error")
                 and (known is None or r["id"] in known)]
 
-    def best(self):
-        ok = self.feasible()
+    def best(self, rows=None):
+        """The best of ``rows`` (default: the feasible ones) for the target; None when there are none."""
+        ok = self.feasible() if rows is None else rows
         return min(ok, key=lambda r: (_score(r, self.target), -r["selection_accuracy"])) if ok else None
 
     def _best_line(self):
@@ -502,8 +503,10 @@ class Search:
 
     def base_chain(self):
         """The chain of the best feasible Keras-level candidate (QAT rows count as their chain)."""
-        b = self.best()
-        return self.chains.get(b["id"], []) if b else []
+        return self._chain(self.best())
+
+    def _chain(self, row) -> list:
+        return self.chains.get(row["id"], []) if row else []
 
     def prune_start(self):
         """The chain the prune stage builds on first: the best feasible candidate that has used at
@@ -513,9 +516,8 @@ class Search:
         start at 0.13 pt reached 90%). The best itself, where it differs, gets the overall targets
         too: some models lose nothing more to a first prune (LeNet-5 (Caffe), budget 0.2 pt: channels
         at a 0.17-pt drop, then 80%, still 0.17)."""
-        ok = [r for r in self.feasible() if r["drop_points"] <= HEADROOM * self.max_drop + 1e-9]
-        b = min(ok, key=lambda r: (_score(r, self.target), -r["selection_accuracy"])) if ok else self.best()
-        return self.chains.get(b["id"], []) if b else []
+        roomy = [r for r in self.feasible() if r["drop_points"] <= HEADROOM * self.max_drop + 1e-9]
+        return self._chain(self.best(roomy) or self.best())
 
     def prune_ladders(self) -> list:
         """The prune stage's ladders: on :meth:`prune_start`, the sweep's per-layer levels and the
@@ -567,12 +569,14 @@ class Search:
             if near is not None and near not in picked:
                 picked.append(near)
         epochs = LONG_EPOCHS * self.fit["epochs"]
+        ladders = []
         for near in picked:
+            chain = self.chains[near["id"]]
+            ladders.append([chain[:-1] + [Step("prune", {**chain[-1].knobs, "epochs": epochs})]])
             self.log(f"{near['id']} missed by {near['drop_points'] - self.max_drop:.2f} pt with "
                      f"{near['nonzero_params']:,} non-zero weights (the best keeps {best['nonzero_params']:,}): "
                      f"pruning again over {epochs} epochs")
-        return [[self.chains[r["id"]][:-1] + [Step("prune", {**self.chains[r["id"]][-1].knobs, "epochs": epochs})]]
-                for r in picked]
+        return ladders
 
     def search(self):
         self.chains = {}
