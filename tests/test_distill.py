@@ -134,3 +134,109 @@ def test_mismatched_outputs_are_refused():
     other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)], name="wide")
     with pytest.raises(TfoptError, match=r"the teacher 'wide' outputs shape \(None, 4\) but the student"):
         Distiller(_mlp(0, name="small"), other)
+
+
+def _cnn(seed, name):
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                             keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")], name=name)
+
+
+def _images(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize("augment,placements", [({"translate": 0.1, "flip": "horizontal"}, 3 * 3 * 2),
+                                                ({"flip": "both"}, 4), (None, 1)])
+def test_stored_teacher_outputs_come_with_the_pipelines_own_batches(augment, placements):
+    """The stored targets yield the batches the fine-tune would see (same images, same order), each
+    with the teacher's output on exactly that image."""
+    from tfopt.data.config import Augment
+    from tfopt.data.pipeline import make_dataset
+    from tfopt.distill import TeacherTargets
+    from tfopt.steps.runner import as_dataset
+
+    x, y = _images()
+    teacher = _cnn(1, "teacher")
+    cfg = Augment(**augment) if augment else None
+    if cfg is not None:
+        source = make_dataset(x, y, 64, training=True, seed=7, augment=cfg)
+        reference = source
+    else:
+        source = (x, y)
+        reference = as_dataset(source, 64, training=True, seed=7)
+    lines = []
+    stored = TeacherTargets.build(teacher, x, y, source=source, augment=cfg, batch_size=64, seed=7,
+                                  log=lines.append)
+    assert stored.outputs.shape == (placements, 300, 3)
+    assert lines[0].startswith("teacher outputs computed once for every fine-tune: 300 training images")
+    assert stored.covers(source) and not stored.covers((x, y) if cfg is not None else (x, y[:]))
+    replay = stored.dataset(64, seed=7)
+    for epoch in range(2):  # a new shuffle each pass, as the pipeline's
+        batches = list(zip(replay, reference))
+        assert len(batches) == 5
+        for ((xs, t), ys), (xr, yr) in batches:
+            np.testing.assert_array_equal(xs.numpy(), xr.numpy())
+            np.testing.assert_array_equal(ys.numpy(), yr.numpy())
+            np.testing.assert_allclose(t.numpy(), teacher.predict(xs.numpy(), verbose=0), atol=1e-6)
+
+
+def test_stored_teacher_outputs_are_not_built_where_they_cannot_replay_the_pipeline():
+    from tfopt.data.config import Augment
+    from tfopt.distill import TARGETS_MAX_PLACEMENTS, TeacherTargets
+
+    x, y = _images(40)
+    teacher = _cnn(1, "teacher")
+    assert TeacherTargets.build(teacher, x, y, source=(x, y), augment=Augment(rotate=0.1)) is None
+    assert len(TeacherTargets.placements(Augment(translate=0.5, flip="both"), 8, 8)) > TARGETS_MAX_PLACEMENTS
+    assert TeacherTargets.build(teacher, x, y, source=(x, y), augment=Augment(translate=0.5, flip="both"),
+                                batch_size=8) is None
+
+
+def test_fine_tune_on_stored_teacher_outputs_never_runs_the_teacher_and_matches_its_loss():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from tfopt.distill import Distiller, TeacherTargets
+    from tfopt.steps.runner import fine_tune
+
+    class Count(keras.layers.Layer):
+        def build(self, shape):
+            self.calls = tf.Variable(0, trainable=False)
+
+        def call(self, x):
+            self.calls.assign_add(1)
+            return x
+
+    x, y = _images(256)
+    inner = _cnn(1, "teacher")
+    counter = Count()
+    inp = keras.Input((8, 8, 1))
+    teacher = keras.Model(inp, counter(inner(inp)))
+    calls = counter.calls
+    data = (x, y)
+    stored = TeacherTargets.build(teacher, x, y, source=data, log=lambda *_: None)
+    calls.assign(0)
+    lines = []
+    fine_tune(_cnn(2, "student"), data, epochs=2, lr=1e-3, batch_size=64, teacher=stored, log=lines.append,
+              verbose=0)
+    assert int(calls.numpy()) == 0
+    assert "distilling from the teacher (temperature 4, alpha 0.9; its outputs computed once)" in lines
+    fine_tune(_cnn(2, "student"), (x, y), epochs=1, lr=1e-3, batch_size=64, teacher=stored, log=lines.append,
+              verbose=0)
+    assert int(calls.numpy()) == 4  # other data than the stored targets': the teacher runs, once a batch
+    # one step's loss is the same with the teacher running and with its outputs looked up
+    losses = []
+    for in_data in (False, True):
+        student = _cnn(2, "student")
+        d = Distiller(student, inner, temperature=3.0, alpha=0.7, targets_in_data=in_data)
+        d.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy())
+        batch = ((x[:64], inner.predict(x[:64], verbose=0)), y[:64]) if in_data else (x[:64], y[:64])
+        losses.append(float(d.train_on_batch(*batch, return_dict=True)["loss"]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    s = _cnn(2, "student").predict(x[:64], verbose=0)
+    t = inner.predict(x[:64], verbose=0)
+    assert losses[1] == pytest.approx(_np_expected(y[:64], np.log(s), np.log(t), 3.0, 0.7), rel=1e-4)

@@ -566,6 +566,7 @@ def test_the_search_learns_from_a_named_teacher(searched, tmp_path, monkeypatch)
     import tf_keras as keras
     import yaml
 
+    from tfopt.distill import TeacherTargets
     from tfopt.errors import TfoptError
     from tfopt.search import engine
 
@@ -603,6 +604,9 @@ def test_the_search_learns_from_a_named_teacher(searched, tmp_path, monkeypatch)
     monkeypatch.setattr(engine.Search, "search", lambda self: made.append(self) or setattr(self, "base_acc", 0.5))
     with pytest.raises(TfoptError, match="no candidate finished"):
         engine.optimize(model, train, validation_data=sel, out=tmp_path / "c", teacher=teacher)
-    for a, b in zip(made[0].fit["teacher"].get_weights(), teacher.get_weights()):
+    stored = made[0].fit["teacher"]  # the teacher's outputs on the training images, computed once
+    assert isinstance(stored, TeacherTargets) and stored.covers(made[0].train)
+    for a, b in zip(stored.model.get_weights(), teacher.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert made[0].model is not made[0].fit["teacher"]
+    assert made[0].model is not stored.model
+    np.testing.assert_allclose(stored.outputs[0], teacher.predict(made[0].data[0], verbose=0), atol=1e-6)

@@ -121,9 +121,12 @@ class Distiller(keras.Model):
         alpha: weight of the soft term; ``1 - alpha`` weights the hard-label loss.
         from_logits: whether the outputs are logits; default: read from the hard loss given
             to ``compile`` (its ``from_logits``), else from the student's last activation.
+        targets_in_data: the training batches are ``((x, teacher outputs), y)`` (see
+            :class:`TeacherTargets`), so the teacher does not run during ``fit``.
     """
 
-    def __init__(self, student, teacher, temperature: float = 4.0, alpha: float = 0.9, from_logits=None, **kwargs):
+    def __init__(self, student, teacher, temperature: float = 4.0, alpha: float = 0.9, from_logits=None,
+                 targets_in_data: bool = False, **kwargs):
         super().__init__(name=kwargs.pop("name", f"distill_{student.name}"), **kwargs)
         if temperature <= 0:
             raise TfoptError(f"distillation temperature must be > 0; got {temperature}")
@@ -138,6 +141,7 @@ class Distiller(keras.Model):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self._from_logits_arg = from_logits
+        self.targets_in_data = bool(targets_in_data)
         self.hard_loss = None
         self.from_logits = False
         self._loss_tracker = keras.metrics.Mean(name="loss")
@@ -173,7 +177,10 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_out = tf.stop_gradient(self.teacher(x, training=False))
+        if self.targets_in_data:
+            x, teacher_out = x
+        else:
+            teacher_out = tf.stop_gradient(self.teacher(x, training=False))
         with tf.GradientTape() as tape:
             student_out = self.student(x, training=True)
             loss = distillation_loss(
@@ -203,3 +210,145 @@ class Distiller(keras.Model):
 
     def get_config(self):
         return {"temperature": self.temperature, "alpha": self.alpha}
+
+
+#: Largest memory the stored teacher outputs may take (placements × images × outputs × 4 bytes).
+TARGETS_MAX_BYTES = 512 * 2**20
+#: Most placements (shift and flip combinations) the teacher is run on ahead: each is a pass of
+#: the teacher over the training set, which pays back only over more fine-tune epochs than this.
+TARGETS_MAX_PLACEMENTS = 32
+_PREDICT_BATCH = 512
+
+
+class TeacherTargets:
+    """A teacher's outputs on every training image, computed once for many fine-tunes.
+
+    A search fine-tunes dozens of students on the same images from the same teacher; running the
+    teacher in every step of every fine-tune can cost more than training the student (a LeNet-5
+    teacher of a LeNet-300-100 student: 3 s against 1 s per MNIST epoch). Shifts by whole pixels
+    and flips (the pipeline's ``augment.translate`` and ``augment.flip``) place each image in one
+    of a few ways: 25 for MNIST shifted by up to 2 pixels. The teacher runs once over the training
+    set in every placement, and :meth:`dataset` yields the batches of
+    :func:`tfopt.data.pipeline.make_dataset` (the same seed gives the same images in the same
+    order) together with the teacher's stored outputs on exactly those images. The loss is the one
+    the teacher running inside the fine-tune gives, at the cost of looking it up.
+
+    :meth:`build` returns None where this does not pay or does not fit: resampling augmentation
+    (rotation, zoom), more than :data:`TARGETS_MAX_PLACEMENTS` placements, or outputs over
+    :data:`TARGETS_MAX_BYTES`.
+    """
+
+    def __init__(self, teacher, x, y, source, outputs, augment, pipeline):
+        self.model = teacher
+        self.x, self.y, self.source = x, y, source
+        self.outputs = outputs  # [placements, n, ...] float32
+        self.augment = augment
+        self.pipeline = pipeline  # the source pipeline's (batch size, seed, shuffle buffer), or None for arrays
+        self._tensors = None
+
+    @staticmethod
+    def placements(augment, h: int | None, w: int | None) -> list[tuple[int, int, int, int]]:
+        """Every ``(dy, dx, flip_h, flip_v)`` the pipeline can draw for ``augment``, in the order
+        of :meth:`_index`."""
+        from tfopt.data.pipeline import shift_margins
+
+        translate = augment.translate if augment is not None else 0.0
+        flip = augment.flip if augment is not None else "none"
+        ph, pw = shift_margins(h, w, translate) if translate else (0, 0)
+        fh = (0, 1) if flip in ("horizontal", "both") else (0,)
+        fv = (0, 1) if flip in ("vertical", "both") else (0,)
+        return [(dy, dx, a, b) for dy in range(2 * ph + 1) for dx in range(2 * pw + 1) for a in fh for b in fv]
+
+    @classmethod
+    def build(cls, teacher, x, y, *, source, augment=None, batch_size: int | None = None, seed: int = 0,
+              shuffle_buffer: int = 10000, log=print):
+        """The teacher's outputs on ``x`` in every placement ``augment`` can draw, or None (see above).
+
+        Args:
+            teacher: a tf_keras model.
+            x, y: the training arrays.
+            source: what the fine-tunes are given as their data: ``(x, y)`` itself, or the
+                pipeline ``make_dataset(x, y, batch_size, training=True, seed=seed, augment=augment,
+                shuffle_buffer=shuffle_buffer)``; :meth:`covers` recognises it.
+            augment: the pipeline's ``Augment`` config, or None.
+        """
+        import time
+
+        import numpy as np
+
+        from tfopt.data.pipeline import apply_shifts
+
+        if augment is not None and (augment.rotate or augment.zoom):
+            return None
+        shifting = augment is not None and bool(augment.translate or augment.flip != "none")
+        if shifting and np.ndim(x) != 4:
+            return None
+        places = cls.placements(augment, *(x.shape[1:3] if shifting else (None, None)))
+        out_shape = tuple(int(d) for d in teacher.output_shape[1:])
+        if len(places) > TARGETS_MAX_PLACEMENTS \
+                or len(places) * len(x) * int(np.prod(out_shape)) * 4 > TARGETS_MAX_BYTES:
+            return None
+        started = time.perf_counter()
+        images = tf.constant(x)
+        outputs = np.empty((len(places), len(x), *out_shape), np.float32)
+        translate = augment.translate if shifting else 0.0
+        for i, place in enumerate(places):
+            ds = tf.data.Dataset.range(len(x)).batch(_PREDICT_BATCH)
+            if shifting:
+                ds = ds.map(lambda idx, p=place: apply_shifts(
+                    tf.gather(images, idx), *(tf.fill(tf.shape(idx), v) for v in p), translate=translate))
+            else:
+                ds = ds.map(lambda idx: tf.gather(images, idx))
+            outputs[i] = teacher.predict(ds.prefetch(tf.data.AUTOTUNE), verbose=0)
+        log(f"teacher outputs computed once for every fine-tune: {len(x):,} training images"
+            + (f" in each of the {len(places)} ways the augmentation shifts or flips them" if shifting else "")
+            + f" ({time.perf_counter() - started:.0f} s)")
+        is_pipeline = isinstance(source, tf.data.Dataset)
+        if is_pipeline and batch_size is None:
+            raise TfoptError("TeacherTargets.build: give the batch_size of the source pipeline")
+        return cls(teacher, x, y, source, outputs, augment if shifting else None,
+                   (batch_size, seed, shuffle_buffer) if is_pipeline else None)
+
+    def covers(self, data) -> bool:
+        """Whether ``data`` is what these targets were computed for."""
+        return data is self.source
+
+    @staticmethod
+    def _index(dy, dx, flip_h, flip_v, augment, h, w):
+        """The placement number of each draw (the order of :meth:`placements`)."""
+        from tfopt.data.pipeline import shift_margins
+
+        _, pw = shift_margins(h, w, augment.translate)
+        nh = 2 if augment.flip in ("horizontal", "both") else 1
+        nv = 2 if augment.flip in ("vertical", "both") else 1
+        return ((dy * (2 * pw + 1) + dx) * nh + flip_h) * nv + flip_v
+
+    def dataset(self, batch_size: int, seed: int = 0):
+        """``((x, teacher outputs), y)`` batches, with ``x`` and ``y`` as the source yields them: the
+        source pipeline's own batches, or for arrays those of a fine-tune with ``batch_size`` and
+        ``seed`` (:func:`tfopt.steps.runner.as_dataset`)."""
+        from tfopt.data.pipeline import apply_shifts, draw_shifts
+
+        n = len(self.x)
+        buffer = 10000
+        if self.pipeline is not None:
+            batch_size, seed, buffer = self.pipeline
+        if self._tensors is None:  # made once: every fine-tune's pipeline reads the same constants
+            self._tensors = (tf.constant(self.x), tf.constant(self.y), tf.constant(self.outputs))
+        images, labels, outputs = self._tensors
+        aug = self.augment
+        ds = tf.data.Dataset.range(n).shuffle(min(buffer, n), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size)
+        if aug is None:
+            return ds.map(lambda idx: ((tf.gather(images, idx), tf.gather(outputs[0], idx)), tf.gather(labels, idx)),
+                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        h, w = self.x.shape[1], self.x.shape[2]
+
+        def batch(idx, s):
+            d = draw_shifts(tf.shape(idx)[0], tf.cast(s % (2**31), tf.int32), h, w, aug.translate, aug.flip)
+            x = apply_shifts(tf.gather(images, idx), *d, translate=aug.translate)
+            at = tf.stack([self._index(*d, aug, h, w), tf.cast(idx, tf.int32)], axis=-1)
+            return (x, tf.gather_nd(outputs, at)), tf.gather(labels, idx)
+
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
+        return ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

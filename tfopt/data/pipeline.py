@@ -94,27 +94,53 @@ def shift_and_flip(x, seed, translate: float = 0.0, flip: str = "none"):
     a resampling ``RandomTranslation`` slower still)."""
     import tensorflow as tf
 
-    b = tf.shape(x)[0]
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    return apply_shifts(x, *draw_shifts(tf.shape(x)[0], seed, x.shape[1], x.shape[2], translate, flip),
+                        translate=translate)
+
+
+def shift_margins(h: int, w: int, translate: float) -> tuple[int, int]:
+    """The largest shift, in whole pixels, down and across, for ``translate`` (0 when off)."""
+    if not translate:
+        return 0, 0
+    return max(1, int(round(translate * h))), max(1, int(round(translate * w)))
+
+
+def draw_shifts(b, seed, h: int, w: int, translate: float = 0.0, flip: str = "none"):
+    """``(dy, dx, flip_h, flip_v)``: int32 vectors of ``b`` draws from the stateless ``seed`` pair;
+    ``dy`` in ``[0, 2·ph]`` (``ph`` from :func:`shift_margins`; ``ph`` is no shift), flips 0 or 1."""
+    import tensorflow as tf
+
     seeds = tf.random.experimental.stateless_split(seed, 4)
+    ph, pw = shift_margins(h, w, translate)
     if translate:
-        ph, pw = max(1, int(round(translate * h))), max(1, int(round(translate * w)))
-        padded = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
-        big_h, big_w = h + 2 * ph, w + 2 * pw
         dy = tf.random.stateless_uniform([b], seeds[0], 0, 2 * ph + 1, dtype=tf.int32)
         dx = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pw + 1, dtype=tf.int32)
+    else:
+        dy = dx = tf.zeros([b], tf.int32)
+
+    def coin(on, s):
+        return tf.cast(tf.random.stateless_uniform([b], s) < 0.5, tf.int32) if on else tf.zeros([b], tf.int32)
+
+    return (dy, dx, coin(flip in ("horizontal", "both"), seeds[2]), coin(flip in ("vertical", "both"), seeds[3]))
+
+
+def apply_shifts(x, dy, dx, flip_h, flip_v, *, translate: float = 0.0):
+    """The batch ``x`` moved and flipped by the draws of :func:`draw_shifts` (one per image)."""
+    import tensorflow as tf
+
+    b = tf.shape(x)[0]
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    if translate:
+        ph, pw = shift_margins(h, w, translate)
+        padded = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+        big_h, big_w = h + 2 * ph, w + 2 * pw
         # the flat index of each output pixel in the padded batch
         index = (tf.range(b)[:, None, None] * (big_h * big_w)
                  + (dy[:, None, None] + tf.range(h)[None, :, None]) * big_w
                  + dx[:, None, None] + tf.range(w)[None, None, :])
         x = tf.reshape(tf.gather(tf.reshape(padded, [-1, c]), tf.reshape(index, [-1])), [b, h, w, c])
-    if flip in ("horizontal", "both"):
-        mask = tf.random.stateless_uniform([b], seeds[2]) < 0.5
-        x = tf.where(mask[:, None, None, None], tf.reverse(x, [2]), x)
-    if flip in ("vertical", "both"):
-        mask = tf.random.stateless_uniform([b], seeds[3]) < 0.5
-        x = tf.where(mask[:, None, None, None], tf.reverse(x, [1]), x)
-    return x
+    x = tf.where(tf.cast(flip_h, tf.bool)[:, None, None, None], tf.reverse(x, [2]), x)
+    return tf.where(tf.cast(flip_v, tf.bool)[:, None, None, None], tf.reverse(x, [1]), x)
 
 
 def make_dataset(x, y, batch_size, *, training=False, seed=0, augment=None, one_hot=False,

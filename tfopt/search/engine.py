@@ -835,11 +835,21 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         raise TfoptError(f"optimize: the output folder {out} already holds a search; pass resume=True (--resume) "
                          f"to continue it, or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
+    augment = _augment_config(augment)
     search = Search(work, data, selection, out=out, max_drop=max_drop, target=target, time_budget=budget_s,
                     distill=distill, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
                     alpha=alpha, seed=seed, max_candidates=max_candidates, levels=levels, log=log,
                     train=_augmented(data, augment, batch_size, seed, log), teacher=teacher,
                     teacher_path=teacher_path)
+    if distill:
+        from tfopt.distill import TeacherTargets
+
+        from tfopt.steps.runner import DEFAULT_BATCH_SIZE
+
+        stored = TeacherTargets.build(search.fit["teacher"], data[0], data[1], source=search.train, augment=augment,
+                                      batch_size=batch_size or DEFAULT_BATCH_SIZE, seed=seed, log=log)
+        if stored is not None:
+            search.fit["teacher"] = stored
     if resume:
         search.load_previous()
     interrupted = False
@@ -866,20 +876,26 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
     return _finish(search, chosen, rows, test_data, kind, log)
 
 
-def _augmented(data, augment, batch_size, seed, log):
-    """The fine-tunes' training pipeline with ``augment`` (None: the arrays themselves)."""
+def _augment_config(augment):
+    """``augment`` (a dict or an ``Augment``) as an ``Augment`` that does something, else None."""
     if not augment:
         return None
     from tfopt.data.config import Augment
-    from tfopt.data.pipeline import make_dataset
     from tfopt.steps.config import validated
-    from tfopt.steps.runner import DEFAULT_BATCH_SIZE
 
     cfg = augment if isinstance(augment, Augment) else validated(Augment, dict(augment), "augment")
-    if not cfg.any():
+    return cfg if cfg.any() else None
+
+
+def _augmented(data, augment, batch_size, seed, log):
+    """The fine-tunes' training pipeline with the ``Augment`` ``augment`` (None: the arrays themselves)."""
+    if augment is None:
         return None
-    log(f"fine-tunes augment their training images: {cfg.model_dump(exclude_defaults=True)}")
-    return make_dataset(data[0], data[1], batch_size or DEFAULT_BATCH_SIZE, training=True, seed=seed, augment=cfg)
+    from tfopt.data.pipeline import make_dataset
+    from tfopt.steps.runner import DEFAULT_BATCH_SIZE
+
+    log(f"fine-tunes augment their training images: {augment.model_dump(exclude_defaults=True)}")
+    return make_dataset(data[0], data[1], batch_size or DEFAULT_BATCH_SIZE, training=True, seed=seed, augment=augment)
 
 
 def _labels(y):
@@ -983,7 +999,8 @@ def _distillation(search) -> str:
         return "off"
     if search.teacher_path:
         return f"on, from {search.teacher_path}"
-    return "on, from the input model" if teacher is search.model else "on, from the teacher passed in"
+    return "on, from the input model" if getattr(teacher, "model", teacher) is search.model \
+        else "on, from the teacher passed in"
 
 
 def _report(out, search, chosen, test, rows, pairs=None):

@@ -255,7 +255,9 @@ def fine_tune(model, data, *, epochs: int = 2, lr: float | None = None, batch_si
         lr_schedule_fn: step -> rate; default: ``lr`` for the first ``hold`` of the steps, then a
             cosine decay to ``floor · lr`` (see :func:`lr_schedule`).
         teacher: a tf_keras model to distil from (knowledge distillation, see
-            :mod:`tfopt.distill`); ``temperature`` and ``alpha`` weight its soft targets.
+            :mod:`tfopt.distill`); ``temperature`` and ``alpha`` weight its soft targets. A
+            :class:`tfopt.distill.TeacherTargets` computed for ``data`` trains on its stored
+            outputs instead of running the teacher.
         callbacks: more tf_keras callbacks (e.g. TFMOT's ``UpdatePruningStep``).
         seed: seeds shuffling and initialisation.
     """
@@ -288,8 +290,12 @@ def fine_tune(model, data, *, epochs: int = 2, lr: float | None = None, batch_si
     spe = 1 if uses_batch_hooks([*rate_callbacks, *callbacks]) else max(1, min(SPE, per_epoch))
     target = model
     if teacher is not None:
-        target = _distiller(model, teacher, temperature, alpha)
-        log(f"distilling from the teacher (temperature {temperature:g}, alpha {alpha:g})")
+        stored = _stored_targets(teacher, data)
+        if stored is not None:
+            train = _sharded(stored.dataset(batch_size, seed=seed))
+        target = _distiller(model, getattr(teacher, "model", teacher), temperature, alpha, stored is not None)
+        log(f"distilling from the teacher (temperature {temperature:g}, alpha {alpha:g}"
+            + ("; its outputs computed once" if stored is not None else "") + ")")
     target.compile(optimizer=_build_optimizer(optimizer, rate), loss=loss_obj, metrics=metric_objs,
                    steps_per_execution=spe)
     log(f"fine-tuning {epochs} epoch(s) ({total} steps), learning rate {lr:g}"
@@ -345,12 +351,19 @@ def recalibrate_batchnorm(model, data, *, batches: int = RECALIBRATION_BATCHES, 
     return used
 
 
-def _distiller(student, teacher, temperature, alpha):
+def _distiller(student, teacher, temperature, alpha, targets_in_data=False):
     try:
         from tfopt.distill import Distiller
     except ImportError:
         raise TfoptError("knowledge distillation needs tfopt.distill, which this installation lacks") from None
-    return Distiller(student, teacher, temperature=temperature, alpha=alpha)
+    return Distiller(student, teacher, temperature=temperature, alpha=alpha, targets_in_data=targets_in_data)
+
+
+def _stored_targets(teacher, data):
+    """``teacher`` when it is a :class:`tfopt.distill.TeacherTargets` computed for ``data``, else None."""
+    from tfopt.distill import TeacherTargets
+
+    return teacher if isinstance(teacher, TeacherTargets) and teacher.covers(data) else None
 
 
 def fine_tune_settings(recipe, cfg):
