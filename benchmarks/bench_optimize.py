@@ -51,7 +51,8 @@ def search(args, log):
     res = optimize_source(args.run, overrides=args.overrides, output=args.out, resume=args.resume, log=log,
                           max_drop=args.max_drop,
                           target=args.target, time_budget=args.time_budget, epochs=args.epochs,
-                          distill=not args.no_distill, lr=args.lr, teacher=args.teacher)
+                          distill=not args.no_distill, lr=args.lr, teacher=args.teacher,
+                          **({} if args.seed is None else {"seed": args.seed}))
     minutes = (time.perf_counter() - t0) / 60
     # both files timed after the search, in turns: the same file timed 1.4-1.6× apart between the start
     # and the end of one run on this machine
@@ -141,6 +142,8 @@ def main():
     s.add_argument("--teacher", help="a run directory or model file to distil from (default: the input model)")
     s.add_argument("--lr", type=float, default=None, help="fine-tune rate (default: probed)")
     s.add_argument("--resume", action="store_true")
+    s.add_argument("--seed", type=int, default=None,
+                   help="seed of the fine-tunes (default: the recipe's; the data splits keep the recipe's)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the run's recipe, e.g. data.augment=null")
     s.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "optimize"))

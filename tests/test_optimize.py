@@ -390,18 +390,28 @@ def test_cqat_keeps_clusters(base_run, tmp_path):
 
 def test_teacher_from_a_path_is_the_distillation_teacher(base_run, tmp_path):
     from tfopt.data.pipeline import load_splits
+    from tfopt.distill import TeacherTargets
 
     source = load_source(base_run)
     student = keras.models.clone_model(source.model)
     splits = load_splits(source.recipe.data, source.recipe.seed)
-    cfg = PruneConfig(teacher=str(base_run))
+    cfg = PruneConfig(teacher=str(base_run), epochs=1)
     assert cfg.distill  # a teacher implies distillation
     teacher = commands.fit_kwargs(source.recipe, splits, cfg, student)["teacher"]
     assert teacher is not student
     for a, b in zip(teacher.get_weights(), source.model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert commands.fit_kwargs(source.recipe, splits, PruneConfig(distill=True), student)["teacher"] is student
+    one = PruneConfig(distill=True, epochs=1)
+    assert commands.fit_kwargs(source.recipe, splits, one, student)["teacher"] is student
     assert "teacher" not in commands.fit_kwargs(source.recipe, splits, PruneConfig(), student)
+    # more epochs than the teacher has passes to make (one: no augmentation here): its outputs computed once
+    lines = []
+    fit = commands.fit_kwargs(source.recipe, splits, PruneConfig(distill=True, epochs=2), student, lines.append)
+    stored = fit["teacher"]
+    assert isinstance(stored, TeacherTargets) and stored.model is student and stored.covers(fit["data"])
+    np.testing.assert_allclose(stored.outputs[0], student.predict(splits.x_train, verbose=0), atol=1e-6)
+    assert lines[0].startswith(f"teacher outputs computed once for every fine-tune: {len(splits.x_train):,} "
+                               f"training images (")
 
 
 def test_cli_prune_by_activation(base_run, tmp_path):

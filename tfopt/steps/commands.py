@@ -94,9 +94,11 @@ def _splits(source):
     return load_splits(source.recipe.data, source.recipe.seed)
 
 
-def fit_kwargs(recipe, splits, cfg, model=None) -> dict:
+def fit_kwargs(recipe, splits, cfg, model=None, log=print) -> dict:
     """The fine-tune keyword arguments of a step from the recipe and its data; with
-    ``cfg.distill``, ``cfg.teacher`` (a path) or else ``model`` (the step's input) is the teacher."""
+    ``cfg.distill``, ``cfg.teacher`` (a path) or else ``model`` (the step's input) is the teacher.
+    A fine-tune of more epochs than the augmentation has placements of an image learns from the
+    teacher's outputs computed once (:class:`tfopt.distill.TeacherTargets`)."""
     from tfopt.steps.runner import recipe_fit
     from tfopt.steps.source import load_teacher
 
@@ -105,8 +107,26 @@ def fit_kwargs(recipe, splits, cfg, model=None) -> dict:
         if model is None:
             raise TfoptError("distillation needs the step's input model as its teacher")
         teacher = load_teacher(cfg.teacher, model) if getattr(cfg, "teacher", None) else model
-        kwargs.update(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha)
+        kwargs.update(teacher=_stored_teacher(teacher, recipe, splits, kwargs, log) or teacher,
+                      temperature=cfg.temperature, alpha=cfg.alpha)
     return kwargs
+
+
+def _stored_teacher(teacher, recipe, splits, kwargs, log):
+    """The teacher's outputs computed once for this fine-tune's pipeline, where that takes fewer
+    passes of the teacher than the fine-tune's epochs; else None."""
+    from tfopt.distill import TeacherTargets
+    from tfopt.training import distribute as D
+
+    aug = recipe.data.augment if recipe.data.augment is not None and recipe.data.augment.any() else None
+    x = splits.x_train
+    if D.active() is not None or recipe.train.loss.one_hot or (aug is not None and x.ndim != 4):
+        return None
+    if kwargs["epochs"] <= len(TeacherTargets.placements(aug, *(x.shape[1:3] if aug is not None else (None, None)))):
+        return None
+    return TeacherTargets.build(teacher, x, splits.y_train, source=kwargs["data"], augment=aug,
+                                batch_size=kwargs["batch_size"], seed=recipe.seed,
+                                shuffle_buffer=recipe.data.shuffle_buffer, log=log)
 
 
 def step_kwargs(cfg, exclude=()) -> dict:
@@ -118,7 +138,7 @@ def step_kwargs(cfg, exclude=()) -> dict:
 def apply_generic(step, model, recipe, splits, cfg, log=print):
     """A registered step's function on ``model`` with the recipe's fine-tune settings."""
     kwargs = step_kwargs(cfg) if cfg is not None else {}
-    fit = fit_kwargs(recipe, splits, cfg, model) if cfg is not None and hasattr(cfg, "epochs") else {}
+    fit = fit_kwargs(recipe, splits, cfg, model, log) if cfg is not None and hasattr(cfg, "epochs") else {}
     return step.function(model, **fit, **kwargs, log=log)
 
 
@@ -160,7 +180,7 @@ def apply_prune(model, recipe, splits, cfg, log=print):
     from tfopt.steps.prune import prune
 
     probe = splits.x_train[: cfg.probe_samples] if cfg.criterion == "activation" else None
-    return prune(model, **fit_kwargs(recipe, splits, cfg, model), **step_kwargs(cfg), probe=probe, log=log)
+    return prune(model, **fit_kwargs(recipe, splits, cfg, model, log), **step_kwargs(cfg), probe=probe, log=log)
 
 
 def run_prune(source, given: dict, output=None, overwrite=False, log=print, step=None):
@@ -185,7 +205,7 @@ def run_prune(source, given: dict, output=None, overwrite=False, log=print, step
 def apply_cluster(model, recipe, splits, cfg, log=print):
     from tfopt.steps.cluster import cluster
 
-    return cluster(model, **fit_kwargs(recipe, splits, cfg, model), **step_kwargs(cfg), log=log)
+    return cluster(model, **fit_kwargs(recipe, splits, cfg, model, log), **step_kwargs(cfg), log=log)
 
 
 def run_cluster(source, given: dict, output=None, overwrite=False, log=print, step=None):
@@ -223,7 +243,7 @@ def apply_quantize(model, recipe, splits, cfg, log=print):
     from tfopt.steps import quantize as q
 
     if cfg.mode == "qat":
-        qat, report = q.quantize_aware(model, **fit_kwargs(recipe, splits, cfg, model), log=log)
+        qat, report = q.quantize_aware(model, **fit_kwargs(recipe, splits, cfg, model, log), log=log)
         return qat, {**report, "tflite": q.qat_tflite(qat, cfg.int8_io)}
     log(f"converting to TFLite ({cfg.mode})")
     content = q.post_training(model, cfg.mode, splits.x_train, cfg.int8_io, cfg.representative_samples, recipe.seed)
@@ -336,7 +356,7 @@ def apply_structured(model, recipe, splits, cfg, log=print):
     y = splits.y_train[: cfg.probe_samples]
     one_hot = recipe.train.loss.one_hot
     probe = (splits.x_train[: cfg.probe_samples], np.eye(splits.num_classes, dtype="float32")[y] if one_hot else y)
-    return channel_prune(model, **fit_kwargs(recipe, splits, cfg, model), **step_kwargs(cfg), probe=probe,
+    return channel_prune(model, **fit_kwargs(recipe, splits, cfg, model, log), **step_kwargs(cfg), probe=probe,
                          check_x=splits.x_test[:256], log=log)
 
 
@@ -416,7 +436,7 @@ def choose_removals(model, splits, rows, budget: float) -> list[str]:
 def apply_remove(model, recipe, splits, cfg, log=print):
     from tfopt.steps.remove import remove
 
-    fit = fit_kwargs(recipe, splits, cfg, model) if cfg.epochs else {}
+    fit = fit_kwargs(recipe, splits, cfg, model, log) if cfg.epochs else {}
     return remove(model, **{**fit, "epochs": cfg.epochs}, layers=cfg.layers, log=log)
 
 
