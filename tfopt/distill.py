@@ -10,6 +10,7 @@ as the hard labels. Every compression fine-tune can use it; ``tfopt optimize`` d
     trained = d.student
 
 Works in tf_keras (the teacher may be any callable tf_keras model with the same output shape).
+:class:`TeacherTargets` computes a teacher's outputs once for many fine-tunes on the same images.
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ class TeacherTargets:
     the teacher running inside the fine-tune gives, at the cost of looking it up.
 
     :meth:`build` returns None where this does not pay or does not fit: resampling augmentation
-    (rotation, zoom), more than :data:`TARGETS_MAX_PLACEMENTS` placements, or outputs over
-    :data:`TARGETS_MAX_BYTES`.
+    (rotation, zoom), more than :data:`TARGETS_MAX_PLACEMENTS` placements, outputs over
+    :data:`TARGETS_MAX_BYTES`, or a teacher with several outputs.
     """
 
     def __init__(self, teacher, x, y, source, outputs, augment, pipeline):
@@ -278,7 +279,7 @@ class TeacherTargets:
 
         from tfopt.data.pipeline import apply_shifts
 
-        if augment is not None and (augment.rotate or augment.zoom):
+        if (augment is not None and (augment.rotate or augment.zoom)) or isinstance(teacher.output_shape, list):
             return None
         shifting = augment is not None and bool(augment.translate or augment.flip != "none")
         if shifting and np.ndim(x) != 4:
