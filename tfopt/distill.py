@@ -262,8 +262,10 @@ class TeacherTargets:
 
     @classmethod
     def build(cls, teacher, x, y, *, source, augment=None, batch_size: int | None = None, seed: int = 0,
-              shuffle_buffer: int = 10000, log=print):
-        """The teacher's outputs on ``x`` in every placement ``augment`` can draw, or None (see above).
+              shuffle_buffer: int = 10000, max_passes: int = TARGETS_MAX_PLACEMENTS, log=print):
+        """The teacher's outputs on ``x`` in every placement ``augment`` can draw, or None (see above,
+        and when there are more placements than ``max_passes``: a single fine-tune of E epochs runs
+        the teacher E times, so building pays only for fewer than E).
 
         Args:
             teacher: a tf_keras model.
@@ -277,8 +279,11 @@ class TeacherTargets:
 
         import numpy as np
 
-        from tfopt.data.pipeline import apply_shifts
+        from tfopt.data.pipeline import apply_shifts, batch_indices
 
+        is_pipeline = isinstance(source, tf.data.Dataset)
+        if is_pipeline and batch_size is None:
+            raise TfoptError("TeacherTargets.build: give the batch_size of the source pipeline")
         if (augment is not None and (augment.rotate or augment.zoom)) or isinstance(teacher.output_shape, list):
             return None
         shifting = augment is not None and bool(augment.translate or augment.flip != "none")
@@ -286,27 +291,24 @@ class TeacherTargets:
             return None
         places = cls.placements(augment, *(x.shape[1:3] if shifting else (None, None)))
         out_shape = tuple(int(d) for d in teacher.output_shape[1:])
-        if len(places) > TARGETS_MAX_PLACEMENTS \
+        if len(places) > min(TARGETS_MAX_PLACEMENTS, max_passes) \
                 or len(places) * len(x) * int(np.prod(out_shape)) * 4 > TARGETS_MAX_BYTES:
             return None
         started = time.perf_counter()
         images = tf.constant(x)
         outputs = np.empty((len(places), len(x), *out_shape), np.float32)
-        translate = augment.translate if shifting else 0.0
+        translate, flip = (augment.translate, augment.flip) if shifting else (0.0, "none")
         for i, place in enumerate(places):
-            ds = tf.data.Dataset.range(len(x)).batch(_PREDICT_BATCH)
+            ds = batch_indices(len(x), _PREDICT_BATCH)
             if shifting:
                 ds = ds.map(lambda idx, p=place: apply_shifts(
-                    tf.gather(images, idx), *(tf.fill(tf.shape(idx), v) for v in p), translate=translate))
+                    tf.gather(images, idx), *(tf.fill(tf.shape(idx), v) for v in p), translate=translate, flip=flip))
             else:
                 ds = ds.map(lambda idx: tf.gather(images, idx))
             outputs[i] = teacher.predict(ds.prefetch(tf.data.AUTOTUNE), verbose=0)
         log(f"teacher outputs computed once for every fine-tune: {len(x):,} training images"
             + (f" in each of the {len(places)} ways the augmentation shifts or flips them" if shifting else "")
             + f" ({time.perf_counter() - started:.0f} s)")
-        is_pipeline = isinstance(source, tf.data.Dataset)
-        if is_pipeline and batch_size is None:
-            raise TfoptError("TeacherTargets.build: give the batch_size of the source pipeline")
         return cls(teacher, x, y, source, outputs, augment if shifting else None,
                    (batch_size, seed, shuffle_buffer) if is_pipeline else None)
 
@@ -328,9 +330,8 @@ class TeacherTargets:
         """``((x, teacher outputs), y)`` batches, with ``x`` and ``y`` as the source yields them: the
         source pipeline's own batches, or for arrays those of a fine-tune with ``batch_size`` and
         ``seed`` (:func:`tfopt.steps.runner.as_dataset`)."""
-        from tfopt.data.pipeline import apply_shifts, draw_shifts
+        from tfopt.data.pipeline import apply_shifts, batch_indices, draw_shifts
 
-        n = len(self.x)
         buffer = 10000
         if self.pipeline is not None:
             batch_size, seed, buffer = self.pipeline
@@ -338,18 +339,17 @@ class TeacherTargets:
             self._tensors = (tf.constant(self.x), tf.constant(self.y), tf.constant(self.outputs))
         images, labels, outputs = self._tensors
         aug = self.augment
-        ds = tf.data.Dataset.range(n).shuffle(min(buffer, n), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size)
+        ds = batch_indices(len(self.x), batch_size, shuffle=True, seed=seed, shuffle_buffer=buffer,
+                           draws=aug is not None)
         if aug is None:
             return ds.map(lambda idx: ((tf.gather(images, idx), tf.gather(outputs[0], idx)), tf.gather(labels, idx)),
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
         h, w = self.x.shape[1], self.x.shape[2]
 
         def batch(idx, s):
-            d = draw_shifts(tf.shape(idx)[0], tf.cast(s % (2**31), tf.int32), h, w, aug.translate, aug.flip)
-            x = apply_shifts(tf.gather(images, idx), *d, translate=aug.translate)
+            d = draw_shifts(tf.shape(idx)[0], s, h, w, aug.translate, aug.flip)
+            x = apply_shifts(tf.gather(images, idx), *d, translate=aug.translate, flip=aug.flip)
             at = tf.stack([self._index(*d, aug, h, w), tf.cast(idx, tf.int32)], axis=-1)
             return (x, tf.gather_nd(outputs, at)), tf.gather(labels, idx)
 
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
         return ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

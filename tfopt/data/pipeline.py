@@ -95,7 +95,7 @@ def shift_and_flip(x, seed, translate: float = 0.0, flip: str = "none"):
     import tensorflow as tf
 
     return apply_shifts(x, *draw_shifts(tf.shape(x)[0], seed, x.shape[1], x.shape[2], translate, flip),
-                        translate=translate)
+                        translate=translate, flip=flip)
 
 
 def shift_margins(h: int, w: int, translate: float) -> tuple[int, int]:
@@ -124,8 +124,9 @@ def draw_shifts(b, seed, h: int, w: int, translate: float = 0.0, flip: str = "no
     return (dy, dx, coin(flip in ("horizontal", "both"), seeds[2]), coin(flip in ("vertical", "both"), seeds[3]))
 
 
-def apply_shifts(x, dy, dx, flip_h, flip_v, *, translate: float = 0.0):
-    """The batch ``x`` moved and flipped by the draws of :func:`draw_shifts` (one per image)."""
+def apply_shifts(x, dy, dx, flip_h, flip_v, *, translate: float = 0.0, flip: str = "both"):
+    """The batch ``x`` moved and flipped by the draws of :func:`draw_shifts` (one per image);
+    ``flip`` names the flips that can be drawn (the others are not applied)."""
     import tensorflow as tf
 
     b = tf.shape(x)[0]
@@ -139,8 +140,28 @@ def apply_shifts(x, dy, dx, flip_h, flip_v, *, translate: float = 0.0):
                  + (dy[:, None, None] + tf.range(h)[None, :, None]) * big_w
                  + dx[:, None, None] + tf.range(w)[None, None, :])
         x = tf.reshape(tf.gather(tf.reshape(padded, [-1, c]), tf.reshape(index, [-1])), [b, h, w, c])
-    x = tf.where(tf.cast(flip_h, tf.bool)[:, None, None, None], tf.reverse(x, [2]), x)
-    return tf.where(tf.cast(flip_v, tf.bool)[:, None, None, None], tf.reverse(x, [1]), x)
+    if flip in ("horizontal", "both"):
+        x = tf.where(tf.cast(flip_h, tf.bool)[:, None, None, None], tf.reverse(x, [2]), x)
+    if flip in ("vertical", "both"):
+        x = tf.where(tf.cast(flip_v, tf.bool)[:, None, None, None], tf.reverse(x, [1]), x)
+    return x
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 10000,
+                  draws: bool = False):
+    """Batches of indices into ``n`` images (reshuffled each pass when ``shuffle``), with
+    ``draws`` paired with a stateless seed per batch for :func:`shift_and_flip`. Every pipeline
+    over whole arrays starts here, so that one seed gives the same batches everywhere."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(min(shuffle_buffer, n), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if draws:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2).map(lambda s: tf.cast(s % (2**31), tf.int32))
+        ds = tf.data.Dataset.zip((ds, seeds))
+    return ds
 
 
 def make_dataset(x, y, batch_size, *, training=False, seed=0, augment=None, one_hot=False,
@@ -152,19 +173,13 @@ def make_dataset(x, y, batch_size, *, training=False, seed=0, augment=None, one_
     """
     import tensorflow as tf
 
-    n = len(x)
     images, labels = tf.constant(x), tf.constant(y)
-    ds = tf.data.Dataset.range(n)
-    if training:
-        ds = ds.shuffle(min(shuffle_buffer, n), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    shift = augment is not None and training and (augment.translate or augment.flip != "none")
+    shift = augment is not None and training and bool(augment.translate or augment.flip != "none")
+    ds = batch_indices(len(x), batch_size, shuffle=training, seed=seed, shuffle_buffer=shuffle_buffer, draws=shift)
     if shift:
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
         translate, flip = augment.translate, augment.flip
-        ds = ds.map(lambda idx, s: (shift_and_flip(tf.gather(images, idx), tf.cast(s % (2**31), tf.int32),
-                                                   translate, flip), tf.gather(labels, idx)),
+        ds = ds.map(lambda idx, s: (shift_and_flip(tf.gather(images, idx), s, translate, flip),
+                                    tf.gather(labels, idx)),
                     num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)), num_parallel_calls=tf.data.AUTOTUNE)

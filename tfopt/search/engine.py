@@ -843,7 +843,6 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
                     teacher_path=teacher_path)
     if distill:
         from tfopt.distill import TeacherTargets
-
         from tfopt.steps.runner import DEFAULT_BATCH_SIZE
 
         stored = TeacherTargets.build(search.fit["teacher"], data[0], data[1], source=search.train, augment=augment,

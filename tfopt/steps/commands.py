@@ -118,15 +118,11 @@ def _stored_teacher(teacher, recipe, splits, kwargs, log):
     from tfopt.distill import TeacherTargets
     from tfopt.training import distribute as D
 
-    aug = recipe.data.augment if recipe.data.augment is not None and recipe.data.augment.any() else None
-    x = splits.x_train
-    if D.active() is not None or recipe.train.loss.one_hot or (aug is not None and x.ndim != 4):
+    if D.active() is not None or recipe.train.loss.one_hot:  # a sharded pipeline, or one-hot labels
         return None
-    if kwargs["epochs"] <= len(TeacherTargets.placements(aug, *(x.shape[1:3] if aug is not None else (None, None)))):
-        return None
-    return TeacherTargets.build(teacher, x, splits.y_train, source=kwargs["data"], augment=aug,
-                                batch_size=kwargs["batch_size"], seed=recipe.seed,
-                                shuffle_buffer=recipe.data.shuffle_buffer, log=log)
+    return TeacherTargets.build(teacher, splits.x_train, splits.y_train, source=kwargs["data"],
+                                augment=recipe.data.augment, batch_size=kwargs["batch_size"], seed=recipe.seed,
+                                shuffle_buffer=recipe.data.shuffle_buffer, max_passes=kwargs["epochs"] - 1, log=log)
 
 
 def step_kwargs(cfg, exclude=()) -> dict:
