@@ -32,7 +32,7 @@ def main():
 
     from tfopt.callbacks import GradientNormMonitor
     from tfopt.data.pipeline import load_splits
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
     from tfopt.training.run import compile_model, datasets
 
     overrides = [f"data.limit={args.limit}"] if args.limit else []

@@ -33,7 +33,7 @@ def main():
 
     from tfopt.steps import commands
     from tfopt.steps.source import load_source
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
     from tfopt.report.report import measure
     from tfopt.training.run import fit
 

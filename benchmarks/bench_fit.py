@@ -64,7 +64,7 @@ def tfopt_fit(recipe, epochs, out):
 
 
 def _load(args, extra=()):
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
 
     return load_recipe(args.recipe, ["train.verbose=0", "output.saved_model=false", "output.plot=false",
                                      "output.tensorboard=false", *args.set, *extra])
@@ -131,7 +131,7 @@ def reference_bn_cnn(epochs=3):
     import tf_keras as keras
 
     from tfopt.data.pipeline import load_splits
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
 
     r = load_recipe(ROOT / "recipes" / "quickstart.yaml", ["data.name=mnist", "data.validation_split=0.0",
                                                                "train.checkpoint.monitor=accuracy"])
@@ -193,7 +193,7 @@ def _time_to_99(recipe, keras, load_splits, fit):
 
 
 def recipes(args):
-    from tfopt.recipe import bundled_recipes, load_recipe
+    from tfopt.config.recipe import bundled_recipes, load_recipe
     from tfopt.training.run import fit
 
     with tempfile.TemporaryDirectory() as out:

@@ -100,7 +100,7 @@ def main():
     from tfopt.data.pipeline import load_splits
     from tfopt.steps import commands
     from tfopt.steps.source import load_source
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
     from tfopt.training.run import fit
 
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731

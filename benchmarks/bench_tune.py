@@ -53,7 +53,7 @@ def main():
     args = ap.parse_args()
     import tensorflow as tf
 
-    from tfopt.recipe import read_recipe_data
+    from tfopt.config.recipe import read_recipe_data
 
     tf.get_logger().setLevel("ERROR")
     base = read_recipe_data(RECIPE)

@@ -1,6 +1,6 @@
 """How long `tfopt validate` takes on the worst inputs up to the recipe size limit.
 
-Each case is written at (or just under) tfopt.limits.MAX_RECIPE_BYTES and validated by the
+Each case is written at (or just under) tfopt.config.limits.MAX_RECIPE_BYTES and validated by the
 installed `tfopt` command in a fresh process, several times; the slowest run counts. The
 goal is an answer (OK or a refusal) in under 2 s.
 
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tfopt.limits import MAX_CHOICES, MAX_RECIPE_BYTES
+from tfopt.config.limits import MAX_CHOICES, MAX_RECIPE_BYTES
 
 REPO = Path(__file__).resolve().parent.parent
 HEAD = (REPO / "recipes" / "quickstart.yaml").read_text()

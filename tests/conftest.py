@@ -74,7 +74,7 @@ def tiny_recipe_dict(**overrides):
 
 @pytest.fixture
 def tiny_recipe():
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
 
     return lambda **kw: validate(tiny_recipe_dict(**kw))
 

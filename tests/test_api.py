@@ -68,7 +68,7 @@ def still_usable(model):
 
 def test_importing_tfopt_and_its_api_names_imports_no_tensorflow():
     res = python_c("import sys, tfopt; tfopt.prune; tfopt.to_tflite; tfopt.load_model; "
-                   "from tfopt.steps.registry import STEPS; STEPS.names(); "
+                   "from tfopt.config.step_registry import STEPS; STEPS.names(); "
                    "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules)")
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "False"]

@@ -6,9 +6,9 @@ import tf_keras as keras
 
 from tfopt.errors import ShapeError
 from tfopt.models.builder import build_model
-from tfopt.models.layers import ACTIVATIONS, INITIALIZERS
+from tfopt.config.layers import ACTIVATIONS, INITIALIZERS
 from tfopt.models.stats import model_stats
-from tfopt.recipe import Model
+from tfopt.config.recipe import Model
 
 
 def build(layers, shape=(8, 8, 3), **model_kw):

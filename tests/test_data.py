@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tfopt.data.config import DATASETS
+from tfopt.config.data import DATASETS
 from tfopt.data.pipeline import load_splits, make_dataset
 from tfopt.errors import DataError
 

@@ -154,7 +154,7 @@ def _images(n=300, seed=0):
 def test_stored_teacher_outputs_come_with_the_pipelines_own_batches(augment, placements):
     """The stored targets yield the batches the fine-tune would see (same images, same order), each
     with the teacher's output on exactly that image."""
-    from tfopt.data.config import Augment
+    from tfopt.config.data import Augment
     from tfopt.data.pipeline import make_dataset
     from tfopt.distill import TeacherTargets
     from tfopt.steps.runner import as_dataset
@@ -185,7 +185,7 @@ def test_stored_teacher_outputs_come_with_the_pipelines_own_batches(augment, pla
 
 
 def test_stored_teacher_outputs_are_not_built_where_they_cannot_replay_the_pipeline():
-    from tfopt.data.config import Augment
+    from tfopt.config.data import Augment
     from tfopt.distill import TARGETS_MAX_PLACEMENTS, TeacherTargets
 
     x, y = _images(40)

@@ -27,7 +27,7 @@ def tfopt(*args, env=None, **kw):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The quickstart trained by two workers on loopback, and by one process with the same global batch and seed."""
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
     from tfopt.training.run import fit
 
     out = tmp_path_factory.mktemp("dist")

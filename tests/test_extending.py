@@ -15,7 +15,7 @@ from tfopt.cli import cli
 from tfopt.errors import RecipeError, TfoptError
 from tfopt.export import load_keras
 from tfopt.steps import STEPS, register
-from tfopt.steps.config import FineTune
+from tfopt.config.steps import FineTune
 
 
 class ZeroSmallConfig(FineTune):
@@ -78,7 +78,7 @@ def test_a_registered_step_is_a_tune_compress_step(toy_step, tmp_path):
 
 
 def test_a_registered_step_runs_from_the_cli_and_shows_in_report(toy_step, tmp_path):
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
     from tfopt.training.run import fit
 
     # the step's settings have a recipe section, optimize.zero_small, which the command reads
@@ -107,7 +107,7 @@ def test_a_registered_step_runs_from_the_cli_and_shows_in_report(toy_step, tmp_p
 
 
 def test_a_registered_steps_recipe_section_is_checked_by_its_config(toy_step):
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
 
     assert validate(tiny_recipe_dict(**{"optimize.zero_small.threshold": 0.2})).optimize.zero_small.threshold == 0.2
     with pytest.raises(RecipeError) as info:

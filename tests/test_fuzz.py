@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from tfopt.cli import cli
 from tfopt.errors import RecipeError
-from tfopt.recipe import bundled_recipes, read_recipe_data, validate
+from tfopt.config.recipe import bundled_recipes, read_recipe_data, validate
 from tfopt.tune.space import find_specs, search_from_data
 
 EXAMPLES = int(os.environ.get("TFOPT_FUZZ_EXAMPLES", "300"))

@@ -7,8 +7,8 @@ import tf_keras as keras
 
 from tfopt import finite_diff as gc
 from tfopt.models.builder import build_model
-from tfopt.models.layers import ACTIVATIONS
-from tfopt.recipe import Model
+from tfopt.config.layers import ACTIVATIONS
+from tfopt.config.recipe import Model
 
 
 def batch(shape=(8, 8, 2), n=4, classes=3, seed=0):

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from conftest import REPO, tiny_recipe_dict
 from tfopt.cli import cli
 from tfopt.errors import RecipeError, RunDirError
-from tfopt.limits import MAX_CHOICES, MAX_DEPTH, MAX_LAYERS, MAX_NODES, MAX_RECIPE_BYTES
-from tfopt.recipe import validate
+from tfopt.config.limits import MAX_CHOICES, MAX_DEPTH, MAX_LAYERS, MAX_NODES, MAX_RECIPE_BYTES
+from tfopt.config.recipe import validate
 from tfopt.rundir import RunDir
 
 QUICKSTART = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
@@ -318,7 +318,7 @@ def test_native_log_lines_are_hidden_unless_verbose():
 
 
 def test_converter_chatter_is_hidden_unless_verbose(tmp_path):
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
     from tfopt.training.run import fit
 
     fit(validate(tiny_recipe_dict()), output=tmp_path, log=lambda *_: None)

@@ -12,8 +12,8 @@ from tfopt import interop
 from tfopt.errors import TfoptError
 from tfopt.interop import from_tf_keras, load_model, max_relative_difference, model_kind, save_like, to_tf_keras
 from tfopt.models.builder import build_model
-from tfopt.models.layers import ACTIVATIONS
-from tfopt.recipe import Model
+from tfopt.config.layers import ACTIVATIONS
+from tfopt.config.recipe import Model
 
 
 def randomize(model, seed=0, bn_only=False):

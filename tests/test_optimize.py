@@ -13,7 +13,7 @@ from tests.conftest import tiny_recipe_dict
 from tfopt.cli import cli
 from tfopt.errors import TfoptError
 from tfopt.steps import commands
-from tfopt.steps.config import PruneConfig
+from tfopt.config.steps import PruneConfig
 from tfopt.steps.prune import erk_sparsities
 from tfopt.steps.prune import PreflightError, plan_schedule, polynomial_sparsity, preflight_message
 from tfopt.steps.source import load_source
@@ -28,7 +28,7 @@ def quiet(*_):
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
     from tfopt.training.run import fit
 
     out = tmp_path_factory.mktemp("runs")
@@ -354,7 +354,7 @@ def test_cli_remove_layers_analyze_and_budget(base_run, tmp_path):
 
 def test_sensitivity_sweep_writes_ratios_back(base_run, tmp_path):
     from tfopt.steps.sensitivity import choose
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
 
     out = tmp_path / "tuned.yaml"
     res = run("sensitivity", base_run, "--ratios", "0.25,0.5", "--budget", "100", "--write", out)

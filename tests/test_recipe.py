@@ -6,7 +6,7 @@ import yaml
 
 from tests.conftest import python_c, tiny_recipe_dict
 from tfopt.errors import RecipeError
-from tfopt.recipe import Recipe, apply_overrides, load_recipe, validate
+from tfopt.config.recipe import Recipe, apply_overrides, load_recipe, validate
 
 
 def problems(data):
@@ -110,7 +110,7 @@ def test_resolved_recipe_round_trips_with_defaults_filled():
 
 
 def test_bundled_recipes_validate():
-    from tfopt.recipe import bundled_recipes, recipe_headline
+    from tfopt.config.recipe import bundled_recipes, recipe_headline
 
     from tfopt.tune.space import load_search
 
@@ -126,7 +126,7 @@ def test_bundled_recipes_validate():
 
 
 def test_validation_imports_no_tensorflow():
-    code = ("import sys; from tfopt.recipe import load_recipe; "
+    code = ("import sys; from tfopt.config.recipe import load_recipe; "
             "load_recipe('recipes/quickstart.yaml'); "
             "assert 'tensorflow' not in sys.modules and 'tf_keras' not in sys.modules, 'TF imported'")
     out = python_c(code)

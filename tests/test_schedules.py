@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tfopt.schedules import SCHEDULES, LRPolicy
+from tfopt.config.schedules import SCHEDULES, LRPolicy
 
 LR, T = 0.1, 100
 FORMULAS = {
@@ -132,7 +132,7 @@ INSIDE = {**{name: args for name, (args, _) in FORMULAS.items()},
 
 
 def _policy(name, **kw):
-    from tfopt.schedules import LRPolicy
+    from tfopt.config.schedules import LRPolicy
 
     args = dict(INSIDE[name])
     return LRPolicy(initial=LR, schedule={"name": name.removesuffix("_equal_periods"), **args}, **kw)
@@ -168,7 +168,7 @@ def test_schedule_inside_the_optimizer_matches_its_formula(name):
 
 
 def test_warmup_per_epoch_plateau_factor_and_min_lr_inside_the_optimizer():
-    from tfopt.schedules import LRPolicy
+    from tfopt.config.schedules import LRPolicy
     from tfopt.training.lr import PolicySchedule
 
     warm = LRPolicy(initial=0.2, schedule={"name": "cosine"}, warmup=10, warmup_start=0.1)

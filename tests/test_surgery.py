@@ -6,7 +6,7 @@ import tf_keras as keras
 
 from tfopt.errors import TfoptError
 from tfopt.models.builder import build_model
-from tfopt.recipe import Model
+from tfopt.config.recipe import Model
 from tfopt.surgery.fold_bn import fold_batchnorm
 
 
@@ -208,7 +208,7 @@ def test_activation_and_taylor_scores_match_a_hand_computation():
 def test_rounds_reach_the_ratio(tmp_path):
     from tfopt.steps import commands
     from tfopt.steps.source import load_source
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
     from tfopt.training.run import fit
     from tests.conftest import tiny_recipe_dict
 
@@ -275,7 +275,7 @@ def test_analyze_with_budget_picks_and_writes(tmp_path):
     from tests.conftest import tiny_recipe_dict
     from tfopt.steps import commands
     from tfopt.steps.source import load_source
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
     from tfopt.training.run import fit
 
     data = tiny_recipe_dict(**{"train.epochs": 2, "name": "res"})
@@ -305,7 +305,7 @@ def test_analyze_with_budget_picks_and_writes(tmp_path):
 
 @pytest.mark.parametrize("name", ["quickstart", "lenet5_mnist", "vgg_fashion", "resnet_small", "separable_digits"])
 def test_surgery_on_every_bundled_architecture(name):
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
 
     r = load_recipe(f"recipes/{name}.yaml")
     model = build_model(r.model, r.input_shape())

@@ -9,7 +9,7 @@ import yaml
 
 from tfopt.errors import RunDirError
 from tfopt.export import load_keras
-from tfopt.optimizers import OPTIMIZERS
+from tfopt.config.optimizers import OPTIMIZERS
 from tfopt.rundir import atomic_write_text
 from tfopt.training.run import Diverged, Interrupted, fit
 
@@ -207,7 +207,7 @@ def test_recipe_callbacks_write_into_the_run(tiny_recipe, tmp_path):
 
 def test_unknown_callback_name_is_a_recipe_error():
     from tfopt.errors import RecipeError
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
 
     from tests.conftest import tiny_recipe_dict
 
@@ -221,7 +221,7 @@ def test_unknown_callback_name_is_a_recipe_error():
 def test_learning_rate_decay_entry_replaces_train_lr(tiny_recipe, tmp_path):
     from tests.conftest import tiny_recipe_dict
     from tfopt.errors import RecipeError
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
 
     data = tiny_recipe_dict(callbacks=[{"name": "learning_rate_decay", "initial": 0.02, "per": "epoch",
                                         "schedule": {"name": "step", "step_size": 1, "gamma": 0.5}}])

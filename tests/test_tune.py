@@ -129,7 +129,7 @@ def test_search_validation_imports_neither_tensorflow_nor_keras_tuner():
 
 
 def test_choice_of_mappings_and_weighted_objective():
-    from tfopt.tune.specs import ChoiceSpec, Objective
+    from tfopt.config.tune import ChoiceSpec, Objective
 
     spec = ChoiceSpec(tune="choice", values=["adam", {"name": "sgd", "momentum": 0.9}])
     assert spec.decode("{momentum: 0.9, name: sgd}") == {"name": "sgd", "momentum": 0.9}
@@ -143,7 +143,7 @@ def test_choice_of_mappings_and_weighted_objective():
 
 def test_repeat_expands_to_shape_keeping_copies():
     from tfopt.models.builder import build_model
-    from tfopt.recipe import validate
+    from tfopt.config.recipe import validate
 
     data = tiny_recipe_dict()
     data["model"]["layers"][0].update(repeat=3, strides=2, padding="same")
@@ -165,7 +165,7 @@ def _tune(data, **kw):
 
 
 def test_random_search_writes_table_plot_and_a_runnable_best_recipe(tmp_path):
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
     from tfopt.training.run import fit
 
     summary = _tune(_search_dict(tmp_path, max_trials=3))

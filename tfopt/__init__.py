@@ -13,7 +13,7 @@ validation stay fast. Heavy entry points are loaded on first use.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_recipe": "tfopt.recipe",
+    "load_recipe": "tfopt.config.recipe",
     "build_model": "tfopt.models.builder",
     "fit": "tfopt.training.run",
     "load_data": "tfopt.data",

@@ -262,7 +262,7 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
     from tfopt.tflite import MODES, VerificationFailed, predict
 
     if mode not in MODES:
-        from tfopt.validation import did_you_mean
+        from tfopt.config.validation import did_you_mean
 
         raise TfoptError(f"to_tflite: unknown mode '{mode}'{did_you_mean(mode, MODES)}; available: {', '.join(MODES)}")
     x = sample_x(data) if data is not None else None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfopt.choices import TFLITE_MODES
+from tfopt.config.choices import TFLITE_MODES
 from tfopt.errors import TfoptError
 
 MODES = TFLITE_MODES

@@ -5,8 +5,8 @@ from __future__ import annotations
 from tf_keras.callbacks import Callback
 
 from tfopt.errors import TfoptError
-from tfopt.registry import Config
-from tfopt.schedules import SCHEDULES, LRPolicy, Plateau, PlateauTracker
+from tfopt.config.registry import Config
+from tfopt.config.schedules import SCHEDULES, LRPolicy, Plateau, PlateauTracker
 
 
 def get_lr(optimizer) -> float:
@@ -33,7 +33,7 @@ class LearningRateDecay(Callback):
 
     Args:
         schedule: a schedule name (``"cosine"``), a dict (``{"name": "step", "step_size": 3}``),
-            a schedule config, an :class:`~tfopt.schedules.LRPolicy`, or any callable mapping
+            a schedule config, an :class:`~tfopt.config.schedules.LRPolicy`, or any callable mapping
             the step index to a rate (a ``tf_keras`` LearningRateSchedule works).
         per: ``"step"`` or ``"epoch"``: the unit of the schedule's index and arguments.
         initial_lr: the peak rate; default: the optimizer's rate when training starts.

@@ -16,7 +16,7 @@ from tfopt.cli import fit, gradcheck, lr_find, optimize, recipes, report, sensit
 from tfopt.cli.app import VERBOSE, quiet_native_logs, with_verbose
 from tfopt.cli.steps import step_commands
 from tfopt.errors import TfoptError
-from tfopt.steps.registry import load_plugins
+from tfopt.config.step_registry import load_plugins
 
 
 class Group(click.Group):

@@ -16,7 +16,7 @@ def fit(ctx, recipe, overrides, output, resume, overwrite, workers):
 
     With --workers N (or train.distribute: multi_worker and TF_CONFIG set by any launcher) the
     run trains under tf.distribute; only the chief writes the run directory."""
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
 
     r = load_recipe(recipe, overrides)
     if workers > 1:

@@ -25,7 +25,7 @@ def validate(recipe, overrides):
 @set_option
 def summary(recipe, overrides):
     """Print the model RECIPE builds: layers, output shapes, parameters and MACs."""
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
 
     r = load_recipe(recipe, overrides)
     from tfopt.training.run import summary as summary_text
@@ -36,7 +36,7 @@ def summary(recipe, overrides):
 @click.command("recipes")
 def list_recipes():
     """List the bundled recipes and searches, one line each."""
-    from tfopt.recipe import bundled_recipes, recipe_headline
+    from tfopt.config.recipe import bundled_recipes, recipe_headline
 
     found = bundled_recipes()
     width = max((len(n) for n in found), default=0)

@@ -1,6 +1,6 @@
 """Datasets: configs (TF-free), loaders to numpy, and the tf.data pipeline."""
 
-from tfopt.data.config import DATASETS  # noqa: F401
+from tfopt.config.data import DATASETS  # noqa: F401
 
 
 def load_data(data_cfg, seed=0):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import tf_keras as keras
 
 from tfopt.errors import ShapeError
-from tfopt.models import layers as L
-from tfopt.models.layers import SEPARATE_ACTIVATIONS, pair, plan
+from tfopt.config import layers as L
+from tfopt.config.layers import SEPARATE_ACTIVATIONS, pair, plan
 
 KL = keras.layers
 
@@ -111,7 +111,7 @@ def build_model(model_cfg, input_shape, name: str = "model") -> keras.Model:
     """Build a new functional model from a ``model`` config.
 
     Args:
-        model_cfg: a :class:`tfopt.recipe.Model` (``recipe.model``).
+        model_cfg: a :class:`tfopt.config.recipe.Model` (``recipe.model``).
         input_shape: ``(height, width, channels)``; ``model_cfg.input_shape`` wins when set.
         name: the Keras model name.
 

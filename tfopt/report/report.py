@@ -50,7 +50,7 @@ def _artifacts(path: Path):
 
 
 def _recipe_for(path: Path, recipe, overrides):
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
 
     run = path if path.is_dir() else path.parent
     if recipe:

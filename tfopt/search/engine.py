@@ -879,8 +879,8 @@ def _augment_config(augment):
     """``augment`` (a dict or an ``Augment``) as an ``Augment`` that does something, else None."""
     if not augment:
         return None
-    from tfopt.data.config import Augment
-    from tfopt.steps.config import validated
+    from tfopt.config.data import Augment
+    from tfopt.config.steps import validated
 
     cfg = augment if isinstance(augment, Augment) else validated(Augment, dict(augment), "augment")
     return cfg if cfg.any() else None

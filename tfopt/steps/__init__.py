@@ -10,6 +10,6 @@ TFMOT is imported only inside the functions that run it: importing it sets
 """
 
 from tfopt.steps import commands as _builtin  # noqa: F401  registers the built-in steps
-from tfopt.steps.registry import STEPS, Step, get, register
+from tfopt.config.step_registry import STEPS, Step, get, register
 
 __all__ = ["STEPS", "Step", "get", "register"]

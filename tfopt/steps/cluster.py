@@ -29,7 +29,7 @@ def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_p
                         preserve_sparsity: bool | None = None):
     """For your own training loop: a copy of ``model`` with its conv/dense kernels wrapped for
     weight clustering (TFMOT ``cluster_weights``); train it, then :func:`tfopt.steps.prune.strip`."""
-    from tfopt.steps.config import ClusterConfig, validated
+    from tfopt.config.steps import ClusterConfig, validated
 
     cfg = validated(ClusterConfig, dict(clusters=clusters, init=init, skip=list(skip),
                                         preserve_sparsity=preserve_sparsity), "cluster")
@@ -45,7 +45,7 @@ def _wrap(model, cfg):
 
     check_layer_names(model, cfg.skip, "skip")
     cl = tfmot.clustering.keras
-    init = getattr(cl.CentroidInitialization, cfg.init.upper())  # one of tfopt.choices.CLUSTER_INITS
+    init = getattr(cl.CentroidInitialization, cfg.init.upper())  # one of tfopt.config.choices.CLUSTER_INITS
 
     def wrap(layer):
         if not prunable(layer) or layer.name in cfg.skip:
@@ -75,7 +75,7 @@ def cluster(model, data, *, clusters: int = 16, init: str = "kmeans_plus_plus", 
     Returns:
         ``(clustered model, report)``; the report counts the unique values per layer.
     """
-    from tfopt.steps.config import ClusterConfig, validated
+    from tfopt.config.steps import ClusterConfig, validated
     from tfopt.steps.prune import strip
     from tfopt.steps.runner import (
         RECALIBRATION_BATCHES,

@@ -4,7 +4,7 @@ library step -> a new run directory.
 Each step's work is a library function that takes a model and plain keyword arguments
 (:mod:`tfopt.steps.prune`, ``cluster``, ``quantize``, ``structured``, ``remove``, ``fold``);
 the functions here only resolve settings, load the data, call it, verify and write. Every step
-is registered once in :data:`tfopt.steps.registry.STEPS`, which :func:`run` dispatches on.
+is registered once in :data:`tfopt.config.step_registry.STEPS`, which :func:`run` dispatches on.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 
 from tfopt.errors import TfoptError
-from tfopt.steps import config as C
-from tfopt.steps.registry import STEPS, register
+from tfopt.config import steps as C
+from tfopt.config.step_registry import STEPS, register
 from tfopt.tflite import VerificationFailed
 
 

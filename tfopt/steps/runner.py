@@ -195,7 +195,7 @@ def _build_loss(model, loss, data):
     if loss is None:
         return infer_loss(model, data)
     if isinstance(loss, (str, dict)):
-        from tfopt.losses import LOSSES
+        from tfopt.config.losses import LOSSES
 
         loss = LOSSES.get(loss)
     if hasattr(loss, "build") and hasattr(loss, "one_hot"):  # a tfopt loss config
@@ -228,7 +228,7 @@ def _build_optimizer(optimizer, lr):
     if isinstance(optimizer, keras.optimizers.Optimizer):
         return optimizer.__class__.from_config({**optimizer.get_config(), "learning_rate": lr})
     if isinstance(optimizer, (str, dict)):
-        from tfopt.optimizers import OPTIMIZERS
+        from tfopt.config.optimizers import OPTIMIZERS
 
         optimizer = OPTIMIZERS.get(optimizer)
     return optimizer.build(lr)

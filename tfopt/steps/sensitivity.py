@@ -70,7 +70,7 @@ def choose(rows, budget: float) -> dict:
 def write_back(recipe, per_layer: dict, mode: str):
     """A copy of ``recipe`` whose ``optimize.structured.per_layer`` (or ``optimize.prune.layers``)
     holds the chosen ratios."""
-    from tfopt.steps.config import PruneConfig, StructuredConfig
+    from tfopt.config.steps import PruneConfig, StructuredConfig
 
     r = recipe.model_copy(deep=True)
     if mode == "channels":

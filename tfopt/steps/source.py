@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tfopt import layer_kinds
 from tfopt.errors import TfoptError
-from tfopt.models.layers import fmt_shape
+from tfopt.config.layers import fmt_shape
 from tfopt.rundir import PARTIAL
 
 
@@ -28,7 +28,7 @@ class Source:
 def source_recipe(path, recipe=None, overrides=()):
     """The recipe :func:`load_source` would use for ``path``, read without loading the model
     (None when there is none: :func:`load_source` then says what is wrong)."""
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
 
     p = Path(path)
     chosen = recipe or (p / "recipe.yaml" if p.is_dir() and (p / "recipe.yaml").is_file() else None)
@@ -38,7 +38,7 @@ def source_recipe(path, recipe=None, overrides=()):
 def load_source(path, recipe=None, overrides=()) -> Source:
     """Load ``path`` (a run directory, or a ``.keras``/``.h5``/SavedModel with ``recipe``)."""
     from tfopt.interop import load_as_tf_keras
-    from tfopt.recipe import load_recipe
+    from tfopt.config.recipe import load_recipe
 
     p = Path(path)
     if p.name.endswith(PARTIAL):
@@ -108,7 +108,7 @@ def check_teacher(teacher, student, label) -> None:
 
 def check_matches(source: Source) -> None:
     """Refuse a recipe whose data cannot feed the model."""
-    from tfopt.recipe import KNOWN_CLASSES
+    from tfopt.config.recipe import KNOWN_CLASSES
 
     model, r = source.model, source.recipe
     want = tuple(model.input_shape[1:])

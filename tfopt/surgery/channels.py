@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfopt import layer_kinds
-from tfopt.choices import CRITERIA, DATA_CRITERIA
+from tfopt.config.choices import CRITERIA, DATA_CRITERIA
 from tfopt.errors import TfoptError
-from tfopt.validation import did_you_mean
+from tfopt.config.validation import did_you_mean
 from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
 
 

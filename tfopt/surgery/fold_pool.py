@@ -127,7 +127,7 @@ def plan(model) -> tuple[dict, list]:
 def refusal(model, name: str, todo: dict, kept: list) -> str | None:
     """Why no pool can be folded into layer ``name``, or None when one can (``todo`` and ``kept``
     from :func:`plan`)."""
-    from tfopt.validation import did_you_mean
+    from tfopt.config.validation import did_you_mean
 
     layers = {layer.name: layer for layer in model.layers}
     if name not in layers:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from tfopt import layer_kinds
 from tfopt.errors import TfoptError
-from tfopt.models.layers import fmt_shape
+from tfopt.config.layers import fmt_shape
 from tfopt.surgery.graph import consumers, inbound, rebuild
-from tfopt.validation import did_you_mean
+from tfopt.config.validation import did_you_mean
 
 
 def _shape(s):

@@ -192,7 +192,7 @@ def resolve(cfg, *, make_model, dataset, steps_per_epoch: int, total_steps: int,
     """The compile settings for a run.
 
     Args:
-        cfg: ``train.compile`` (:class:`tfopt.training.config.Compile`).
+        cfg: ``train.compile`` (:class:`tfopt.config.train.Compile`).
         make_model: ``make_model(jit, steps_per_execution, precision)`` returns a fresh compiled
             copy of the run's model for the probe.
         dataset: a training pipeline the probe may consume (not the run's own).

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfopt.schedules import LRPolicy, Plateau, PlateauTracker
+from tfopt.config.schedules import LRPolicy, Plateau, PlateauTracker
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
@@ -21,7 +21,7 @@ class PolicySchedule(keras.optimizers.schedules.LearningRateSchedule):
     """``policy.rate(t, total) · factor``, floored at the plateau's ``min_lr``.
 
     Args:
-        policy: an :class:`~tfopt.schedules.LRPolicy` (or its dict).
+        policy: an :class:`~tfopt.config.schedules.LRPolicy` (or its dict).
         steps_per_epoch: optimizer steps in one epoch; a ``per: epoch`` policy advances once
             every ``steps_per_epoch`` steps.
         epochs: the epochs the schedule spans.

@@ -124,7 +124,7 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     """Train the model a recipe describes and write its run directory.
 
     Args:
-        recipe: a validated :class:`tfopt.recipe.Recipe`.
+        recipe: a validated :class:`tfopt.config.recipe.Recipe`.
         output: parent folder of the run directory; default ``recipe.output.dir``.
         resume: continue the interrupted run in ``<run>.partial`` from its last checkpoint.
         overwrite: replace a finished run of the same name (by rename, at the end).
@@ -384,7 +384,7 @@ def lr_find(recipe, *, min_lr=None, max_lr=None, steps=None, rule=None, plot=Non
     Returns the suggestion (``lr``, ``rule``, ``reason``, ``min_lr``, ``max_lr``, ``steps``) plus
     ``curve``, a dozen ``(lr, smoothed loss)`` points.
     """
-    from tfopt.callback_configs import LRFinderConfig
+    from tfopt.config.callbacks import LRFinderConfig
     from tfopt.callbacks import LRFinder
 
     cfg = recipe.callback("lr_finder") or LRFinderConfig()

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ValidationError
 
 from tfopt.errors import RecipeError
-from tfopt.validation import did_you_mean
-from tfopt.recipe import read_recipe_data, validate
-from tfopt.validation import format_validation_errors
+from tfopt.config.validation import did_you_mean
+from tfopt.config.recipe import read_recipe_data, validate
+from tfopt.config.validation import format_validation_errors
 from tfopt.steps import STEPS
-from tfopt.tune.specs import KEY, SIZE_METRICS, SPECS, TuneConfig, find_specs, label
+from tfopt.config.tune import KEY, SIZE_METRICS, SPECS, TuneConfig, find_specs, label
 
 RESERVED = {"trial", "status", "budget", "continues", "score", "loss", "accuracy", "lr", "epochs", "epochs_trained",
             "seconds", "error", *SIZE_METRICS}

@@ -140,7 +140,7 @@ def run_trial(recipe, folder: Path, objective, compress=(), epochs=None, parent:
     Args:
         recipe: the trial's validated recipe.
         folder: the trial's own folder (created if needed).
-        objective: a :class:`tfopt.tune.specs.Objective`.
+        objective: a :class:`tfopt.config.tune.Objective`.
         compress: ``tune.compress`` steps, applied in order after training.
         epochs: stop after this epoch (Hyperband); the schedule still spans ``train.epochs``.
         parent: the folder of the trial this one continues (Hyperband).

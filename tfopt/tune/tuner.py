@@ -27,7 +27,7 @@ import yaml
 
 from tfopt.errors import RunDirError, TfoptError
 from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
-from tfopt.tune.specs import label
+from tfopt.config.tune import label
 
 SEARCH_FILE = "search.yaml"
 SHOWN = ("score", "val_accuracy", "val_loss", "accuracy", "loss", "tflite_kb", "latency_ms", "params", "macs",

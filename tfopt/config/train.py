@@ -6,7 +6,7 @@ from typing import Literal, Union
 
 from pydantic import Field, PositiveInt
 
-from tfopt.registry import Config
+from tfopt.config.registry import Config
 
 
 class Compile(Config):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from tfopt.errors import TfoptError
-from tfopt.validation import did_you_mean
+from tfopt.config.validation import did_you_mean
 
 
 @dataclass(frozen=True)

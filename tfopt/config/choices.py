@@ -1,6 +1,6 @@
 """The named choices that the library, the recipe schema and the command line share, written once.
 
-Imports nothing: the schema (:mod:`tfopt.steps.config`) and the engines (:mod:`tfopt.surgery.channels`,
+Imports nothing: the schema (:mod:`tfopt.config.steps`) and the engines (:mod:`tfopt.surgery.channels`,
 :mod:`tfopt.steps.cluster`, :mod:`tfopt.tflite`) read the same tuples.
 """
 

@@ -13,8 +13,8 @@ from typing import ClassVar, Literal, Optional, Union
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from tfopt.limits import MAX_LAYERS
-from tfopt.registry import Config, Registry
+from tfopt.config.limits import MAX_LAYERS
+from tfopt.config.registry import Config, Registry
 
 LAYERS = Registry("layer type", key="type")
 

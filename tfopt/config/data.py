@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, PositiveInt
 
-from tfopt.registry import Config, Registry
+from tfopt.config.registry import Config, Registry
 
 DATASETS = Registry("dataset")
 

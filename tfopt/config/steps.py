@@ -11,11 +11,11 @@ from typing import Literal, Optional
 from pydantic import (ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator,
                       model_validator)
 
-from tfopt.choices import CLUSTER_INITS, CRITERIA, PRUNE_CRITERIA, QUANTIZE_MODES, TFLITE_MODES
+from tfopt.config.choices import CLUSTER_INITS, CRITERIA, PRUNE_CRITERIA, QUANTIZE_MODES, TFLITE_MODES
 from tfopt.errors import TfoptError
-from tfopt.registry import Config
-from tfopt.steps.registry import STEPS
-from tfopt.validation import format_validation_errors
+from tfopt.config.registry import Config
+from tfopt.config.step_registry import STEPS
+from tfopt.config.validation import format_validation_errors
 
 
 def _check_ratios(v: dict, what: str) -> dict:

@@ -19,8 +19,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from tfopt.limits import MAX_CHOICES
-from tfopt.registry import Config, Registry
+from tfopt.config.limits import MAX_CHOICES
+from tfopt.config.registry import Config, Registry
 
 SPECS = Registry("tune kind", key="tune")
 #: The key that marks a mapping in a recipe as a tune spec: ``filters: {tune: choice, values: [8, 16]}``.

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveInt
 
-from tfopt.registry import Config, Registry
+from tfopt.config.registry import Config, Registry
 
 LOSSES = Registry("loss")
 METRICS = Registry("metric")

@@ -17,8 +17,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from tfopt.registry import Config, Registry
-from tfopt.schedules import LRPolicy
+from tfopt.config.registry import Config, Registry
+from tfopt.config.schedules import LRPolicy
 
 CALLBACKS = Registry("callback")
 

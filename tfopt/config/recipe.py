@@ -18,19 +18,19 @@ from typing import Literal, Optional
 import yaml
 from pydantic import Field, PositiveInt, ValidationError, field_validator
 
-from tfopt.callback_configs import CALLBACKS
-from tfopt.data.config import DATASETS
+from tfopt.config.callbacks import CALLBACKS
+from tfopt.config.data import DATASETS
 from tfopt.errors import RecipeError
-from tfopt.limits import MAX_DEPTH, MAX_LAYERS, MAX_SEED, YamlLimitError, load_yaml, read_text
-from tfopt.losses import LOSSES, METRICS
-from tfopt.models.layers import INITIALIZERS, LAYERS, Initializer, Regularizer, layer_names, plan
-from tfopt.steps.config import Export, Optimize
-from tfopt.optimizers import OPTIMIZERS
-from tfopt.registry import Config
-from tfopt.validation import format_validation_errors
-from tfopt.schedules import LRPolicy
-from tfopt.training.config import Compile, Distribute
-from tfopt.tune.specs import TuneConfig, find_specs
+from tfopt.config.limits import MAX_DEPTH, MAX_LAYERS, MAX_SEED, YamlLimitError, load_yaml, read_text
+from tfopt.config.losses import LOSSES, METRICS
+from tfopt.config.layers import INITIALIZERS, LAYERS, Initializer, Regularizer, layer_names, plan
+from tfopt.config.steps import Export, Optimize
+from tfopt.config.optimizers import OPTIMIZERS
+from tfopt.config.registry import Config
+from tfopt.config.validation import format_validation_errors
+from tfopt.config.schedules import LRPolicy
+from tfopt.config.train import Compile, Distribute
+from tfopt.config.tune import TuneConfig, find_specs
 
 KNOWN_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10}
 RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -145,7 +145,7 @@ class Recipe(Config):
 
 
 def parse_yaml(text: str, source: str):
-    """A recipe mapping from YAML text, within :mod:`tfopt.limits`; raises :class:`RecipeError`."""
+    """A recipe mapping from YAML text, within :mod:`tfopt.config.limits`; raises :class:`RecipeError`."""
     try:
         data = load_yaml(text)
     except YamlLimitError as exc:
@@ -326,9 +326,7 @@ def read_recipe_data(path, overrides=()) -> dict:
 
 def bundled_recipes(searches: bool = True) -> dict[str, Path]:
     """Bundled recipe files by file name; the searches (for ``tfopt tune``) as ``search/<name>``."""
-    root = Path(__file__).resolve().parent.parent / "recipes"
-    if not root.is_dir():
-        root = Path(__file__).resolve().parent / "recipes"
+    root = Path(__file__).resolve().parent.parent / "recipes"  # tfopt/recipes, inside the package
     found = {p.name: p for p in sorted(root.glob("*.yaml"))}
     if searches:
         found.update({f"search/{p.name}": p for p in sorted(root.glob("search/*.yaml"))})

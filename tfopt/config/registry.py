@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tfopt.errors import TfoptError
-from tfopt.limits import MAX_INT, MAX_SEED
-from tfopt.validation import KINDS, did_you_mean, format_validation_errors
+from tfopt.config.limits import MAX_INT, MAX_SEED
+from tfopt.config.validation import KINDS, did_you_mean, format_validation_errors
 
 __all__ = ["Config", "Registry", "check_value", "did_you_mean"]
 

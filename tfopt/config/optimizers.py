@@ -1,6 +1,6 @@
 """Optimizer configs: recipe keys match tf_keras constructor arguments.
 
-The learning rate is not set here: it belongs to ``train.lr`` (see :mod:`tfopt.schedules`).
+The learning rate is not set here: it belongs to ``train.lr`` (see :mod:`tfopt.config.schedules`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, PositiveFloat, model_validator
 
-from tfopt.registry import Config, Registry
+from tfopt.config.registry import Config, Registry
 
 OPTIMIZERS = Registry("optimizer")
 

@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from tfopt.registry import Config, Registry
+from tfopt.config.registry import Config, Registry
 
 SCHEDULES = Registry("schedule")
 
