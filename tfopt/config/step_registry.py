@@ -27,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
+from tfopt.config.fine_tune import FineTuneSettings
+from tfopt.config.validation import did_you_mean, validated
 from tfopt.errors import TfoptError
-from tfopt.config.validation import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Step:
         section: the recipe section of its settings; default ``optimize.<name>``.
         distributed: its fine-tune runs under ``tf.distribute`` (``--workers``,
             ``train.distribute``); a step that does not is run in one process.
+        ladders: what ``tfopt optimize`` tries: ``{target: [settings, ...]}`` from mild to harsh
+            (``"*"``: every target). A step with a ladder becomes a stage of the search.
+        token: ``token(settings) -> str``, the step's part of a candidate's id.
     """
 
     name: str
@@ -66,6 +70,44 @@ class Step:
     cli_flag: Optional[str] = None
     section: str = ""
     distributed: bool = False
+    ladders: Optional[dict] = None
+    token: Optional[Callable] = None
+
+    def configure(self, config=None):
+        """The step's validated config from a mapping of settings (``None``: the defaults); a
+        config instance is returned as is. A problem names each key as ``<section>.<key>``."""
+        if self.config is None or isinstance(config, self.config):
+            return config
+        return validated(self.config, dict(config or {}), self.recipe_section)
+
+    def run(self, model, data, config=None, fine_tune=None, *, log=print, **inputs):
+        """The configured step on ``model``: ``function(model, data, config, fine_tune, log=log,
+        **inputs)`` -> ``(new model, report)``. ``config`` is a config instance or a mapping of
+        settings (validated here, once); ``fine_tune`` a :class:`FineTuneSettings` (default: its
+        defaults); ``inputs`` are run-time inputs a step may take (e.g. ``probe`` images)."""
+        cfg = self.configure(config)
+        ft = FineTuneSettings() if fine_tune is None else fine_tune
+        if getattr(self.function, "legacy_keywords", False):  # TRANSITION: removed when every step takes (config, fine_tune)
+            settings = {k: v for k, v in (cfg.model_dump() if cfg is not None else {}).items()
+                        if k not in ("epochs", "lr", "batch_size", "distill", "teacher", "temperature", "alpha")}
+            fit = {k: v for k, v in ft.kwargs().items() if v is not None and k not in ("optimizer", "metrics")}
+            if ft.teacher is None:
+                fit.pop("temperature"), fit.pop("alpha")
+            return self.function(model, data, log=log, **settings, **fit, **inputs)
+        return self.function(model, data, cfg, ft, log=log, **inputs)
+
+    def ladder(self, target: str) -> list:
+        """The settings ``tfopt optimize`` tries for ``target`` (``size``, ``latency``, ``macs``),
+        from mild to harsh: ``ladders[target]``, else ``ladders["*"]``, else none."""
+        ladders = self.ladders or {}
+        return list(ladders.get(target, ladders.get("*", [])))
+
+    def candidate_token(self, settings: dict) -> str:
+        """A short name for this step with ``settings`` in a candidate's id (``p90``, ``c16``)."""
+        if self.token is not None:
+            return self.token(settings)
+        parts = [self.name] + [f"{k}{v}" for k, v in sorted(settings.items()) if not isinstance(v, (dict, list))]
+        return "-".join(str(p) for p in parts).replace(" ", "")
 
     @property
     def command_name(self) -> Optional[str]:
@@ -118,12 +160,12 @@ STEPS = StepRegistry()
 
 def register(name: str, config, suffix, function, *, command=None, apply=None, chain: bool = True,
              help: str = "", cli: Optional[str] = "", cli_flag: Optional[str] = None, section: str = "",
-             distributed: bool = False) -> Step:
+             distributed: bool = False, ladders: Optional[dict] = None, token: Optional[Callable] = None) -> Step:
     """Register a step once; see :class:`Step`. Returns it."""
     doc = (function.__doc__ or "").strip().splitlines()
     return STEPS.register(Step(name, config, suffix, function, command=command, apply=apply, chain=chain,
                                help=help or (doc[0] if doc else name), cli=cli, cli_flag=cli_flag, section=section,
-                               distributed=distributed))
+                               distributed=distributed, ladders=ladders, token=token))
 
 
 def get(name: str) -> Step:

@@ -15,7 +15,7 @@ from tfopt.config.choices import CLUSTER_INITS, CRITERIA, PRUNE_CRITERIA, QUANTI
 from tfopt.errors import TfoptError
 from tfopt.config.registry import Config
 from tfopt.config.step_registry import STEPS
-from tfopt.config.validation import format_validation_errors
+from tfopt.config.validation import format_validation_errors, validated
 
 
 def _check_ratios(v: dict, what: str) -> dict:
@@ -23,16 +23,6 @@ def _check_ratios(v: dict, what: str) -> dict:
     if bad:
         raise ValueError(f"{what} must be in [0, 1); got {bad}")
     return v
-
-
-def validated(cls, values: dict, where: str):
-    """``cls`` built from ``values`` (``None`` values dropped, so defaults apply); a problem
-    raises one :class:`TfoptError` naming each key as ``<where>.<key>``."""
-    data = {k: v for k, v in values.items() if v is not None}
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise TfoptError("; ".join(f"{where}.{k}: {m}" for k, m in format_validation_errors(exc, data, cls))) from None
 
 
 class Distill(Config):

@@ -13,6 +13,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ValidationError
 
+from tfopt.errors import TfoptError
+
 #: Every named-entry registry (layers, optimizers, schedules, ...) adds itself here, so an
 #: unknown tag is reported as "unknown optimizer 'adma'" rather than "unknown name".
 KINDS: list = []
@@ -204,3 +206,13 @@ def _registry_kind(tags):
         if set(tags) <= set(registry.names()):
             return registry.kind
     return "name"
+
+
+def validated(cls, values: dict, where: str):
+    """``cls`` built from ``values`` (``None`` values dropped, so defaults apply); a problem
+    raises one :class:`TfoptError` naming each key as ``<where>.<key>``."""
+    data = {k: v for k, v in values.items() if v is not None}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise TfoptError("; ".join(f"{where}.{k}: {m}" for k, m in format_validation_errors(exc, data, cls))) from None

@@ -880,7 +880,7 @@ def _augment_config(augment):
     if not augment:
         return None
     from tfopt.config.data import Augment
-    from tfopt.config.steps import validated
+    from tfopt.config.validation import validated
 
     cfg = augment if isinstance(augment, Augment) else validated(Augment, dict(augment), "augment")
     return cfg if cfg.any() else None

@@ -201,7 +201,8 @@ def allocation_accuracy(model, x, y, sparsity: float, allocation: str, scales=No
     """Selection accuracy with ``sparsity`` of all prunable kernels zeroed at once, spread by
     ``allocation`` (``erk`` or ``er``), without fine-tuning (ranked by ``|w| · scale`` with the
     activation criterion's ``scales``)."""
-    from tfopt.config.steps import PruneConfig, validated
+    from tfopt.config.steps import PruneConfig
+    from tfopt.config.validation import validated
     from tfopt.steps.prune import layer_targets
     from tfopt.steps.sensitivity import magnitude_pruned
 

@@ -29,7 +29,8 @@ def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_p
                         preserve_sparsity: bool | None = None):
     """For your own training loop: a copy of ``model`` with its conv/dense kernels wrapped for
     weight clustering (TFMOT ``cluster_weights``); train it, then :func:`tfopt.steps.prune.strip`."""
-    from tfopt.config.steps import ClusterConfig, validated
+    from tfopt.config.steps import ClusterConfig
+    from tfopt.config.validation import validated
 
     cfg = validated(ClusterConfig, dict(clusters=clusters, init=init, skip=list(skip),
                                         preserve_sparsity=preserve_sparsity), "cluster")
@@ -75,7 +76,8 @@ def cluster(model, data, *, clusters: int = 16, init: str = "kmeans_plus_plus", 
     Returns:
         ``(clustered model, report)``; the report counts the unique values per layer.
     """
-    from tfopt.config.steps import ClusterConfig, validated
+    from tfopt.config.steps import ClusterConfig
+    from tfopt.config.validation import validated
     from tfopt.steps.prune import strip
     from tfopt.steps.runner import (
         RECALIBRATION_BATCHES,

@@ -499,6 +499,7 @@ def _lazy(module, name):
     call.__name__ = call.__qualname__ = name
     call.__module__ = module
     call.__doc__ = f"See :func:`{module}.{name}`."
+    call.legacy_keywords = True
     return call
 
 

@@ -338,7 +338,8 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocati
     :func:`plan_schedule`); a schedule that cannot reach its target raises :class:`PreflightError`.
     ``criterion="activation"`` ranks by :func:`input_scales` over the images ``probe``.
     """
-    from tfopt.config.steps import PruneConfig, validated
+    from tfopt.config.steps import PruneConfig
+    from tfopt.config.validation import validated
 
     cfg = validated(PruneConfig, dict(sparsity=sparsity, allocation=allocation, schedule=schedule,
                                       initial_sparsity=initial_sparsity, begin_step=begin_step, end_step=end_step,
@@ -421,7 +422,8 @@ def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedu
     Raises:
         PreflightError: the schedule cannot reach the target and ``force`` is off.
     """
-    from tfopt.config.steps import PruneConfig, validated
+    from tfopt.config.steps import PruneConfig
+    from tfopt.config.validation import validated
     from tfopt.steps.runner import (
         DEFAULT_BATCH_SIZE,
         RECALIBRATION_BATCHES,

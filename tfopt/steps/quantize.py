@@ -136,7 +136,8 @@ def quantize_aware(model, data, *, epochs: int = 1, lr: float | None = None, bat
     Returns ``(qat model, report)``; convert the model with ``tfopt.to_tflite(qat, "int8")`` (or
     :func:`qat_tflite`): its fake-quant ranges are learned, no calibration is needed.
     """
-    from tfopt.config.steps import QuantizeConfig, validated
+    from tfopt.config.steps import QuantizeConfig
+    from tfopt.config.validation import validated
     from tfopt.steps.runner import fine_tune
 
     cfg = validated(QuantizeConfig, dict(mode="qat", epochs=epochs, lr=lr, batch_size=batch_size), "quantize")

@@ -30,7 +30,8 @@ def channel_prune(model, data=None, *, ratio: float = 0.5, per_layer: dict | Non
         round) and ``first_report`` (channels kept, before and protected, of the first round).
     """
     from tfopt.models.stats import model_stats
-    from tfopt.config.steps import StructuredConfig, validated
+    from tfopt.config.steps import StructuredConfig
+    from tfopt.config.validation import validated
     from tfopt.steps.runner import (
         RECALIBRATION_BATCHES,
         _build_loss,
