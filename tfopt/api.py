@@ -29,6 +29,7 @@ For your own training loop, the low-level pieces are here too: :func:`wrap_for_p
 from __future__ import annotations
 
 from tfopt.errors import TfoptError
+from tfopt.kinds import enter, leave
 
 # -- model kinds --------------------------------------------------------------------------------
 
@@ -44,45 +45,13 @@ def model_kind(model) -> str:
     return _interop().model_kind(model)
 
 
-def _enter(model, what: str = "model"):
-    """``(kind, private tf_keras copy)`` of a user's model; a layer class tfopt does not know is
-    refused here, by name, before any work."""
-    from tfopt import layer_kinds
-
-    interop = _interop()
-    kind = interop.model_kind(model)
-    if kind == "keras3":
-        work = interop.to_tf_keras(model)
-        layer_kinds.check_known(work)
-        return kind, work
-    if not getattr(model, "_is_graph_network", False):
-        raise TfoptError(f"{what} '{model.name}' is a subclassed tf_keras model; tfopt needs a Sequential or "
-                         f"functional model (its layers are rebuilt from their configs).")
-    import tf_keras as keras
-
-    if isinstance(model, keras.Sequential):
-        if not model.built or not getattr(model, "inputs", None):
-            raise TfoptError(f"{what} '{model.name}' is a Sequential model without a known input shape; build it "
-                             f"first (start it with keras.Input(shape) or call it on data).")
-        # The steps rebuild graphs: work on the functional view of the same layers.
-        model = keras.Model(model.inputs, model.outputs, name=model.name)
-    layer_kinds.check_known(model)
-    return kind, interop.plain_copy(model)
-
-
-def _leave(model, kind: str):
-    if kind == "tf_keras":
-        return model
-    return _interop().from_tf_keras(model, kind)
-
-
 def _fit(work, *, epochs, lr, batch_size, loss, optimizer, validation_data, teacher, distill, temperature, alpha,
          seed, verbose):
     """Keyword arguments for the library steps' fine-tunes; the teacher made tf_keras."""
     if distill and teacher is None:
         teacher = work  # steps never change their input: the private copy teaches as it is
     elif teacher is not None:
-        _, teacher = _enter(teacher, "teacher")
+        _, teacher = enter(teacher, "teacher")
     if isinstance(validation_data, (tuple, list)) and len(validation_data) != 2:
         raise TfoptError("validation_data: expected an (x, y) pair or a tf.data.Dataset")
     return dict(epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
@@ -128,7 +97,7 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
     """
     from tfopt.steps import prune as p
 
-    kind, work = _enter(model)
+    kind, work = enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
                validation_data=validation_data, teacher=teacher, distill=distill, temperature=temperature,
                alpha=alpha, seed=seed, verbose=verbose)
@@ -137,7 +106,7 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, lr: float | No
                         begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=skip,
                         m_by_n=m_by_n, block=block, criterion=criterion, probe=probe, force=force, log=log or _quiet,
                         **fit)
-    return _leave(pruned, kind)
+    return leave(pruned, kind)
 
 
 def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, lr: float | None = None,
@@ -153,14 +122,14 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, lr:
     """
     from tfopt.steps.structured import channel_prune
 
-    kind, work = _enter(model)
+    kind, work = enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
                validation_data=validation_data, teacher=teacher, distill=distill, temperature=temperature,
                alpha=alpha, seed=seed, verbose=verbose)
     smaller, _ = channel_prune(work, data, ratio=ratio, per_layer=per_layer, criterion=criterion,
                                probe_samples=probe_samples, rounds=rounds, min_channels=min_channels, protect=protect,
                                log=log or _quiet, **fit)
-    return _leave(smaller, kind)
+    return leave(smaller, kind)
 
 
 def fold_batchnorm(model, data=None, *, log=None):
@@ -168,9 +137,9 @@ def fold_batchnorm(model, data=None, *, log=None):
     checked against the original's on ``data`` (else random inputs)."""
     from tfopt.steps.fold import fold
 
-    kind, work = _enter(model)
+    kind, work = enter(model)
     folded, _ = fold(work, data, log=log or _quiet)
-    return _leave(folded, kind)
+    return leave(folded, kind)
 
 
 def fold_pool(model, data=None, *, layers=None, measure: bool = False, log=None):
@@ -181,9 +150,9 @@ def fold_pool(model, data=None, *, layers=None, measure: bool = False, log=None)
     grey image), so measure it on your model before you keep it."""
     from tfopt.steps.fold import fold_pool as fold
 
-    kind, work = _enter(model)
+    kind, work = enter(model)
     folded, _ = fold(work, data, layers=layers, measure=measure, log=log or _quiet)
-    return _leave(folded, kind)
+    return leave(folded, kind)
 
 
 def remove_layers(model, layers, data=None, *, epochs: int = 1, lr: float | None = None,
@@ -194,12 +163,12 @@ def remove_layers(model, layers, data=None, *, epochs: int = 1, lr: float | None
     fine-tuned for ``epochs`` on ``data`` (``epochs=0``: no fine-tune, no data needed)."""
     from tfopt.steps.remove import remove
 
-    kind, work = _enter(model)
+    kind, work = enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
                validation_data=validation_data, teacher=teacher, distill=distill, temperature=temperature,
                alpha=alpha, seed=seed, verbose=verbose)
     smaller, _ = remove(work, data, layers=layers, log=log or _quiet, **fit)
-    return _leave(smaller, kind)
+    return leave(smaller, kind)
 
 
 def cluster(model, data, *, clusters: int = 16, epochs: int = 1, lr: float | None = None,
@@ -211,13 +180,13 @@ def cluster(model, data, *, clusters: int = 16, epochs: int = 1, lr: float | Non
     zero being one of its values, unless ``preserve_sparsity=False``."""
     from tfopt.steps import cluster as c
 
-    kind, work = _enter(model)
+    kind, work = enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
                validation_data=validation_data, teacher=teacher, distill=distill, temperature=temperature,
                alpha=alpha, seed=seed, verbose=verbose)
     clustered, _ = c.cluster(work, data, clusters=clusters, init=init, skip=skip, preserve_sparsity=preserve_sparsity,
                              log=log or _quiet, **fit)
-    return _leave(clustered, kind)
+    return leave(clustered, kind)
 
 
 def quantize_aware(model, data, *, epochs: int = 1, lr: float | None = None, batch_size: int | None = None,
@@ -231,7 +200,7 @@ def quantize_aware(model, data, *, epochs: int = 1, lr: float | None = None, bat
     """
     from tfopt.steps.quantize import quantize_aware as qa
 
-    _, work = _enter(model)
+    _, work = enter(model)
     fit = _fit(work, epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, optimizer=optimizer,
                validation_data=validation_data, teacher=teacher, distill=distill, temperature=temperature,
                alpha=alpha, seed=seed, verbose=verbose)
@@ -272,7 +241,7 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
         work = model
         content = q.qat_tflite(model, int8_io)
     else:
-        _, work = _enter(model)
+        _, work = enter(model)
         if mode == "int8" and x is None:
             raise TfoptError("to_tflite: int8 calibrates on training images: pass data=x (a few hundred images)")
         content = q.post_training(work, mode, x, int8_io, samples, seed)
@@ -302,7 +271,7 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocati
     :func:`strip` it. ``criterion="activation"`` (see :func:`prune`) needs ``probe`` images."""
     from tfopt.steps.prune import wrap_for_pruning as wrap
 
-    _, work = _enter(model)
+    _, work = enter(model)
     return wrap(work, total_steps=total_steps, sparsity=sparsity, allocation=allocation, schedule=schedule,
                 initial_sparsity=initial_sparsity,
                 begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=skip,
@@ -321,7 +290,7 @@ def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_p
     """A tf_keras copy of ``model`` wrapped for weight clustering; fit it, then :func:`strip` it."""
     from tfopt.steps.cluster import wrap_for_clustering as wrap
 
-    _, work = _enter(model)
+    _, work = enter(model)
     return wrap(work, clusters=clusters, init=init, skip=skip, preserve_sparsity=preserve_sparsity)
 
 
@@ -330,7 +299,7 @@ def wrap_for_qat(model):
     then ``to_tflite(qat, mode="int8")``."""
     from tfopt.steps.quantize import wrap_for_qat as wrap
 
-    _, work = _enter(model)
+    _, work = enter(model)
     return wrap(work, log=_quiet)[0]
 
 
@@ -339,7 +308,7 @@ def strip(model, kind: str = "tf_keras"):
     to Keras 3)."""
     from tfopt.steps.prune import strip as strip_wrappers
 
-    return _leave(strip_wrappers(model), kind)
+    return leave(strip_wrappers(model), kind)
 
 
 __all__ = ["load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "fold_pool", "remove_layers", "cluster",

@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from tfopt.errors import TfoptError
+from tfopt.kinds import enter, leave
 from tfopt.search import steps as S
 
 TARGETS = ("size", "latency", "macs")
@@ -816,7 +817,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
     if max_drop < 0:
         raise TfoptError(f"optimize: max_drop (points of accuracy) must be >= 0; got {max_drop}")
     budget_s = _parse_budget(time_budget)
-    kind, work = api._enter(model)
+    kind, work = enter(model)
     teacher, teacher_path = _teacher(teacher, work, distill)
     x, y = sample_xy(data)
     if validation_data is None:
@@ -972,7 +973,7 @@ def _finish(search, chosen, rows, test_data, kind, log):
     log(f"chosen: {chosen['id']}: {chosen['tflite_gzip_bytes'] / 1000:.1f} kB gzip "
         f"({chosen['tflite_raw_bytes'] / 1000:.1f} kB raw), {chosen['latency_us']:.0f} µs, "
         f"{chosen['selection_accuracy']:.2%} on the selection split; written to {out}")
-    result_model = api._leave(model, kind) if kind != "tf_keras" else model
+    result_model = leave(model, kind) if kind != "tf_keras" else model
     return Result(result_model, content, chosen, rows, out, test)
 
 
@@ -987,7 +988,7 @@ def _teacher(teacher, student, distill):
         raise TfoptError("optimize: a teacher is for distillation, which distill=False (--no-distill) turns off")
     if isinstance(teacher, (str, os.PathLike)):
         return load_teacher(teacher, student), str(teacher)
-    _, model = api._enter(teacher, "teacher")
+    _, model = enter(teacher, "teacher")
     check_teacher(model, student, f"the model '{model.name}'")
     return model, None
 

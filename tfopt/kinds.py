@@ -1,0 +1,41 @@
+"""The door of every library function: a user's model in as a private tf_keras copy, the result
+out as the kind that came in.
+
+Compression works on tf_keras (TFMOT needs it); a Keras 3 model is converted at the door and
+checked numerically (:mod:`tfopt.interop`), and the result converted back.
+"""
+
+from __future__ import annotations
+
+from tfopt import interop, layer_kinds
+from tfopt.errors import TfoptError
+
+
+def enter(model, what: str = "model"):
+    """``(kind, private tf_keras copy)`` of a user's model; a layer class tfopt does not know is
+    refused here, by name, before any work."""
+    kind = interop.model_kind(model)
+    if kind == "keras3":
+        work = interop.to_tf_keras(model)
+        layer_kinds.check_known(work)
+        return kind, work
+    if not getattr(model, "_is_graph_network", False):
+        raise TfoptError(f"{what} '{model.name}' is a subclassed tf_keras model; tfopt needs a Sequential or "
+                         f"functional model (its layers are rebuilt from their configs).")
+    import tf_keras as keras
+
+    if isinstance(model, keras.Sequential):
+        if not model.built or not getattr(model, "inputs", None):
+            raise TfoptError(f"{what} '{model.name}' is a Sequential model without a known input shape; build it "
+                             f"first (start it with keras.Input(shape) or call it on data).")
+        # The steps rebuild graphs: work on the functional view of the same layers.
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    layer_kinds.check_known(model)
+    return kind, interop.plain_copy(model)
+
+
+def leave(model, kind: str):
+    """``model`` (tf_keras) as the ``kind`` the user's model was."""
+    if kind == "tf_keras":
+        return model
+    return interop.from_tf_keras(model, kind)
