@@ -109,7 +109,8 @@ class Config(BaseModel):
 
 
 class Registry:
-    """Named config classes of one kind, e.g. ``Registry("optimizer")``.
+    """Named entries of one kind: the config classes of a recipe section (``Registry("optimizer")``)
+    or the compression steps (:data:`tfopt.config.step_registry.STEPS`).
 
     Example:
         >>> OPTIMIZERS = Registry("optimizer")
@@ -120,20 +121,35 @@ class Registry:
         Adam(name='adam')
     """
 
-    def __init__(self, kind: str, key: str = "name"):
+    def __init__(self, kind: str, key: str = "name", *, owner=lambda entry: entry.__qualname__, schema: bool = True):
         self.kind = kind
         self.key = key
-        self._entries: dict[str, type[Config]] = {}
-        KINDS.append(self)
+        self._owner = owner
+        self._entries: dict[str, Any] = {}
+        if schema:  # its names are tags of recipe sections: validation messages name the kind
+            KINDS.append(self)
+
+    def add(self, name: str, entry):
+        """Add ``entry`` under ``name``; a name taken by another entry raises. Returns the entry."""
+        if name in self._entries and self._entries[name] is not entry:
+            raise TfoptError(f"{self.kind} '{name}' is already registered (by {self._owner(self._entries[name])}); "
+                             f"pick another name")
+        self._entries[name] = entry
+        return entry
 
     def register(self, cls):
-        """Add ``cls`` under every name its tag field allows; a name taken by another class raises."""
+        """Add a config class under every name its tag field allows; a name taken by another class raises."""
         for name in typing.get_args(cls.model_fields[self.key].annotation):
-            if name in self._entries and self._entries[name] is not cls:
-                raise TfoptError(f"{self.kind} '{name}' is already registered (by {self._entries[name].__qualname__}); "
-                                 f"pick another name")
-            self._entries[name] = cls
+            self.add(name, cls)
         return cls
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests that register a toy entry)."""
+        self._entries.pop(name, None)
+
+    def __iter__(self):
+        """The entries, each once, in registration order."""
+        return iter(list(dict.fromkeys(self._entries.values())))
 
     def names(self) -> list[str]:
         return list(self._entries)

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from tfopt.config.fine_tune import FineTuneSettings
-from tfopt.config.validation import did_you_mean, validated
+from tfopt.config.registry import Registry
+from tfopt.config.validation import validated
 from tfopt.errors import TfoptError
 
 
@@ -121,41 +122,12 @@ class Step:
         return self.suffix(cfg) if callable(self.suffix) else self.suffix
 
 
-class StepRegistry:
-    """Steps by name; registering a name twice raises."""
-
-    def __init__(self):
-        self._steps: dict[str, Step] = {}
-
-    def register(self, step: Step) -> Step:
-        if step.name in self._steps:
-            raise TfoptError(f"step '{step.name}' is already registered (by {self._steps[step.name].function.__module__}"
-                             f".{self._steps[step.name].function.__qualname__}); pick another name")
-        self._steps[step.name] = step
-        return step
-
-    def unregister(self, name: str) -> None:
-        """Remove a step (for tests that register a toy one)."""
-        self._steps.pop(name, None)
-
-    def __getitem__(self, name) -> Step:
-        if name not in self._steps:
-            raise TfoptError(f"unknown step '{name}'{did_you_mean(name, self._steps)}; "
-                             f"available: {', '.join(self._steps)}")
-        return self._steps[name]
-
-    def __contains__(self, name) -> bool:
-        return name in self._steps
-
-    def names(self, chain: bool | None = None) -> list[str]:
-        """Registered step names, in registration order; ``chain=True``: only chainable ones."""
-        return [n for n, s in self._steps.items() if chain is None or s.chain == chain]
-
-    def __iter__(self):
-        return iter(list(self._steps.values()))
+def _defined_by(step: Step) -> str:
+    return f"{step.function.__module__}.{step.function.__qualname__}"
 
 
-STEPS = StepRegistry()
+#: Every registered step, by name.
+STEPS = Registry("step", owner=_defined_by, schema=False)
 
 
 def register(name: str, config, suffix, function, *, command=None, apply=None, chain: bool = True,
@@ -163,7 +135,7 @@ def register(name: str, config, suffix, function, *, command=None, apply=None, c
              distributed: bool = False, ladders: Optional[dict] = None, token: Optional[Callable] = None) -> Step:
     """Register a step once; see :class:`Step`. Returns it."""
     doc = (function.__doc__ or "").strip().splitlines()
-    return STEPS.register(Step(name, config, suffix, function, command=command, apply=apply, chain=chain,
+    return STEPS.add(name, Step(name, config, suffix, function, command=command, apply=apply, chain=chain,
                                help=help or (doc[0] if doc else name), cli=cli, cli_flag=cli_flag, section=section,
                                distributed=distributed, ladders=ladders, token=token))
 

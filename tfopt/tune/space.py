@@ -167,7 +167,7 @@ def _objective_problems(recipe, cfg: TuneConfig, specs) -> list:
 
 def compress_problems(cfg: TuneConfig) -> list:
     """``tune.compress`` entries that name no chainable registered step."""
-    allowed = STEPS.names(chain=True)
+    allowed = [s.name for s in STEPS if s.chain]
     return [(f"tune.compress.{i}", f"unknown step '{name}'{did_you_mean(name, allowed)}; available: "
                                    f"{', '.join(allowed)}") for i, name in enumerate(cfg.compress) if name not in allowed]
 
