@@ -27,7 +27,8 @@ Initializer = Literal[INITIALIZERS]
 Pair = Union[PositiveInt, tuple[PositiveInt, PositiveInt]]
 
 
-LAYER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+#: A layer name TensorFlow also takes as the root of its name scope (its first character may not be '_').
+LAYER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED_NAMES = ("input",)
 
 
@@ -81,7 +82,7 @@ class Layer(Config):
     def _name_ok(cls, v):
         if v is not None and not LAYER_NAME.fullmatch(v):
             raise ValueError(f"'{v}' is not a usable layer name: use ASCII letters, digits, '_' and '-', "
-                             f"starting with a letter, digit or '_' (at most 64 characters)")
+                             f"starting with a letter or a digit (at most 64 characters)")
         return v
 
     def internal_names(self, name: str) -> list[str]:
