@@ -146,6 +146,10 @@ def read_text(path) -> str:
                 else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
                 else "not a regular file")
         raise YamlLimitError(f"is {kind}, not a recipe file; give the path of a .yaml file")
+    kind = model_file_kind(p)
+    if kind is not None:
+        raise YamlLimitError(f"is {kind}, not a recipe; a recipe is a YAML text file (tfopt recipes lists the "
+                             f"bundled ones). A command that takes a model takes this file as its RUN argument")
     if st.st_size > MAX_RECIPE_BYTES:
         raise YamlLimitError(f"is {st.st_size:,} bytes, over the {MAX_RECIPE_BYTES // 1024} KiB limit on recipe "
                              f"files (limit: recipe file size); a recipe is a few KiB")
@@ -158,6 +162,31 @@ def read_text(path) -> str:
         raise YamlLimitError(f"is over the {MAX_RECIPE_BYTES // 1024} KiB limit on recipe files "
                              f"(limit: recipe file size)")
     return decode(raw)
+
+
+def sniff(head: bytes):
+    """What the first bytes of a file say it is, for the model files tfopt meets; None for anything else.
+
+    Example:
+        >>> sniff(b"PK\\x03\\x04rest")
+        'a Keras model file (a .keras zip archive)'
+    """
+    if head.startswith(b"PK\x03\x04"):
+        return "a Keras model file (a .keras zip archive)"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 model file (.h5)"
+    if head[4:8] == b"TFL3":
+        return "a TFLite model (.tflite)"
+    return None
+
+
+def model_file_kind(path):
+    """:func:`sniff` of a regular file's first bytes; None when it cannot be read or is none of those."""
+    try:
+        with open(path, "rb") as fh:
+            return sniff(fh.read(8))
+    except OSError:
+        return None
 
 
 def decode(raw: bytes) -> str:
