@@ -308,7 +308,7 @@ def read_recipe_data(path, overrides=()) -> dict:
     source = str(path)
     if "\x00" in source:
         raise RecipeError(repr(source), [(None, "the recipe path contains a NUL byte")])
-    p = Path(path)
+    p = bundled_or_path(path)
     try:
         text = read_text(p)
     except FileNotFoundError:
@@ -322,6 +322,15 @@ def read_recipe_data(path, overrides=()) -> dict:
     data = parse_yaml(text, source)
     data.setdefault("name", p.stem)
     return apply_overrides(data, overrides, source)
+
+
+def bundled_or_path(path) -> Path:
+    """``path``, or the bundled recipe it names when it is a bare name (``quickstart``,
+    ``search/digits_hyperband``: no ``.yaml`` suffix) and no such file exists here."""
+    p = Path(path)
+    if p.suffix or p.exists() or p.is_absolute():
+        return p
+    return bundled_recipes().get(f"{p}.yaml", p)
 
 
 def bundled_recipes(searches: bool = True) -> dict[str, Path]:
