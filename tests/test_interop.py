@@ -11,6 +11,8 @@ from tests.conftest import python_c
 from tfopt import interop
 from tfopt.errors import TfoptError
 from tfopt.interop import from_tf_keras, load_model, max_relative_difference, model_kind, save_like, to_tf_keras
+from tfopt.interop import convert as interop_convert
+from tfopt.interop.builder import Builder
 from tfopt.models.builder import build_model
 from tfopt.config.layers import ACTIVATIONS
 from tfopt.config.recipe import Model
@@ -150,7 +152,7 @@ class MyDense(keras.layers.Dense):
 
 
 def test_lambda_and_custom_layers_are_refused_before_any_work(monkeypatch):
-    monkeypatch.setattr(interop, "_Builder", None)  # building anything would fail with a TypeError
+    monkeypatch.setattr(interop_convert, "Builder", None)  # building anything would fail with a TypeError
     inp = keras.Input((4,))
     x = keras.layers.Lambda(lambda t: t * 2, name="double")(inp)
     x = Scale(name="scale")(x)
@@ -169,7 +171,7 @@ def test_lambda_and_custom_layers_are_refused_before_any_work(monkeypatch):
 def test_a_conversion_that_changes_the_outputs_is_refused(monkeypatch):
     inp = keras.Input((3, 3, 2))
     model = keras.Model(inp, keras.layers.Activation("hard_silu", name="hs")(inp), name="hs_model")
-    monkeypatch.setattr(interop._Builder, "_post", lambda self, name, post, x: x)  # drop hard_silu
+    monkeypatch.setattr(Builder, "post_activation", lambda self, name, post, x: x)  # drop hard_silu
     with pytest.raises(TfoptError, match=r"model 'hs_model': the converted model's outputs differ from the "
                                          r"original's by [\d.]+ \(relative to the largest output\), more than the "
                                          r"allowed 1e-05"):

@@ -1,0 +1,68 @@
+"""The numerical check of a conversion: both models on the same seeded inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfopt.errors import TfoptError
+
+TOLERANCE = 1e-5
+#: A deep network amplifies float32 rounding: where the outputs differ by more than TOLERANCE,
+#: the conversion is still exact if they differ by at most this many times what a one-ulp change
+#: of the input does to the original's own outputs (its float32 noise floor).
+ROUNDING_FACTOR = 4.0
+
+
+def sample_inputs(model, n: int = 4, seed: int = 0):
+    """Seeded random normal inputs for ``model``; unknown spatial sizes become 32."""
+    rng = np.random.default_rng(seed)
+    shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+    xs = [rng.normal(size=(n, *[32 if d is None else d for d in s[1:]])).astype("float32") for s in shapes]
+    return xs if len(xs) > 1 else xs[0]
+
+
+def max_relative_difference(a, b) -> float:
+    """``max|a - b|`` relative to the largest ``|b|`` (outputs near zero do not inflate it)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-12)) if b.size else 0.0
+
+
+def verify(original, converted, sample=None, tolerance: float = TOLERANCE) -> float:
+    """Compare two models' outputs on ``sample``; raise TfoptError above ``tolerance``.
+
+    Returns the largest relative difference over all outputs.
+    """
+    x = sample_inputs(original) if sample is None else sample
+
+    def outputs(model, inputs):
+        out = model(inputs, training=False)
+        return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+    def difference(a, b):
+        return max(max_relative_difference(p, q) for p, q in zip(a, b))
+
+    ref = outputs(original, x)
+    worst = difference(outputs(converted, x), ref)
+    if np.isfinite(worst) and worst > tolerance:
+        # within what float32 rounding of the input alone does to the original: still exact
+        floor = difference(outputs(original, _one_ulp(x)), ref)
+        if worst <= ROUNDING_FACTOR * floor:
+            return worst
+        raise TfoptError(f"model '{original.name}': the converted model's outputs differ from the original's by "
+                         f"{worst:.3g} (relative to the largest output), more than the allowed {tolerance:g} and "
+                         f"more than {ROUNDING_FACTOR:g}× the {floor:.3g} that a one-ulp change of the input makes; "
+                         f"the conversion is not exact for this model, so tfopt stops here.")
+    if not np.isfinite(worst):
+        raise TfoptError(f"model '{original.name}': the converted model's outputs are not finite where the "
+                         f"original's are; the conversion is not exact for this model, so tfopt stops here.")
+    return worst
+
+
+def _one_ulp(x):
+    """``x`` with every value moved by one float32 ulp, up or down (seeded)."""
+    rng = np.random.default_rng(1)
+    xs = x if isinstance(x, (list, tuple)) else [x]
+    moved = [np.asarray(v, np.float32) for v in xs]
+    moved = [np.where(rng.random(v.shape) < 0.5, np.nextafter(v, np.float32(np.inf)),
+                      np.nextafter(v, np.float32(-np.inf))).astype(np.float32) for v in moved]
+    return moved if isinstance(x, (list, tuple)) else moved[0]
