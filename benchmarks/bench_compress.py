@@ -31,7 +31,8 @@ def main():
     args = ap.parse_args()
     out = Path(args.out)
 
-    from tfopt.steps import commands
+    from tfopt.steps.prune import run_prune
+    from tfopt.steps.quantize import run_export, run_quantize
     from tfopt.steps.source import load_source
     from tfopt.config.recipe import load_recipe
     from tfopt.report.report import measure
@@ -40,11 +41,11 @@ def main():
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     recipe = load_recipe(ROOT / "recipes" / "lenet5_mnist.yaml", ["train.verbose=2"])
     base = fit(recipe, output=out, overwrite=True, log=log).run_dir
-    pruned, pm = commands.run_prune(load_source(base), {}, output=out, overwrite=True, log=log)
-    pruned_int8, _ = commands.run_quantize(load_source(pruned), {"mode": "int8"}, output=out, overwrite=True, log=log)
-    exported, _ = commands.run_export(load_source(base), {"tflite": ["float32", "int8"]}, output=out, overwrite=True,
+    pruned, pm = run_prune(load_source(base), {}, output=out, overwrite=True, log=log)
+    pruned_int8, _ = run_quantize(load_source(pruned), {"mode": "int8"}, output=out, overwrite=True, log=log)
+    exported, _ = run_export(load_source(base), {"tflite": ["float32", "int8"]}, output=out, overwrite=True,
                                       log=log)
-    qat, qm = commands.run_quantize(load_source(base), {"mode": "qat", "epochs": args.qat_epochs}, output=out,
+    qat, qm = run_quantize(load_source(base), {"mode": "qat", "epochs": args.qat_epochs}, output=out,
                                     overwrite=True, log=log)
     rows = {r.name: r for r in measure([base, exported, pruned, pruned_int8, qat], runs=500, log=log)}
     b = rows[f"{base.name}/model.keras"]

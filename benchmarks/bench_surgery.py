@@ -29,7 +29,8 @@ def main():
     args = ap.parse_args()
     out = Path(args.out)
 
-    from tfopt.steps import commands
+    from tfopt.steps.quantize import run_export
+    from tfopt.steps.structured import run_structured
     from tfopt.steps.source import load_source
     from tfopt.config.recipe import load_recipe
     from tfopt.report.report import measure
@@ -44,9 +45,9 @@ def main():
     given = {"ratio": args.ratio, "epochs": args.epochs, "lr": args.lr}
     if args.ratio is not None:
         given["per_layer"] = {}
-    pruned, pm = commands.run_structured(load_source(base), given, output=out, overwrite=True, log=log)
-    base_x, _ = commands.run_export(load_source(base), {"tflite": ["float32"]}, output=out, overwrite=True, log=log)
-    pruned_x, _ = commands.run_export(load_source(pruned), {"tflite": ["float32", "int8"]}, output=out,
+    pruned, pm = run_structured(load_source(base), given, output=out, overwrite=True, log=log)
+    base_x, _ = run_export(load_source(base), {"tflite": ["float32"]}, output=out, overwrite=True, log=log)
+    pruned_x, _ = run_export(load_source(pruned), {"tflite": ["float32", "int8"]}, output=out,
                                       overwrite=True, log=log)
     rows = {r.name: r for r in measure([base_x, pruned_x], runs=500, log=log)}
     b = rows[f"{base_x.name}/model_float32.tflite"]

@@ -98,7 +98,7 @@ def main():
     import tf_keras as keras
 
     from tfopt.data.pipeline import load_splits
-    from tfopt.steps import commands
+    from tfopt.steps.prune import run_prune
     from tfopt.steps.source import load_source
     from tfopt.config.recipe import load_recipe
     from tfopt.training.run import fit
@@ -136,7 +136,7 @@ def main():
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 src = load_source(base, overrides=[f"seed={seed}"])
-                path, _ = commands.run_prune(src, {"sparsity": 0.8, "epochs": 2, **given}, output=tmp,
+                path, _ = run_prune(src, {"sparsity": 0.8, "epochs": 2, **given}, output=tmp,
                                              overwrite=True, log=log)
                 pruned = keras.models.load_model(Path(path) / "model.keras", compile=False)
                 rows.append({**measure(pruned, splits.x_test, splits.y_test, f"tfopt-prune[{name}]", log),

@@ -94,14 +94,16 @@ def test_default_prune_keeps_the_accuracy_where_the_old_defaults_lost_it():
     """50% sparsity in 2 epochs on a small BatchNorm CNN: the defaults (the full rate held until pruning ends, then
     cosine to a tenth; BatchNorm statistics re-estimated) against the old ones (a tenth of the rate, cosine-decayed
     to zero from the first step, no re-estimation)."""
+    from tfopt.config.fine_tune import FineTuneSettings
+    from tfopt.config.steps import PruneConfig
     from tfopt.export import plain_copy
-    from tfopt.steps.prune import prune as prune_step
+    from tfopt.steps import STEPS
 
     trained = train_cnn()  # its own copy: other tests fit the shared one
     base = accuracy(trained)
     new = accuracy(tfopt.prune(trained, DATA, sparsity=0.5, epochs=2))
-    old, _ = prune_step(plain_copy(trained), DATA, sparsity=0.5, epochs=2, lr=1e-4, hold=0.0, floor=0.0, bn_batches=0,
-                        log=lambda *_: None)
+    old, _ = STEPS["prune"].run(plain_copy(trained), DATA, PruneConfig(sparsity=0.5), FineTuneSettings(epochs=2, lr=1e-4),
+                                hold=0.0, floor=0.0, bn_batches=0, verbose=0, log=lambda *_: None)
     assert base - new <= 0.005 + 1e-9, (base, new)
     assert base - accuracy(old) > base - new + 0.01, (base, accuracy(old), new)
 

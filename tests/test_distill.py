@@ -157,7 +157,7 @@ def test_stored_teacher_outputs_come_with_the_pipelines_own_batches(augment, pla
     from tfopt.config.data import Augment
     from tfopt.data.pipeline import make_dataset
     from tfopt.distill import TeacherTargets
-    from tfopt.steps.runner import as_dataset
+    from tfopt.data.coerce import as_dataset
 
     x, y = _images()
     teacher = _cnn(1, "teacher")
@@ -201,7 +201,8 @@ def test_fine_tune_on_stored_teacher_outputs_never_runs_the_teacher_and_matches_
     import tf_keras as keras
 
     from tfopt.distill import Distiller, TeacherTargets
-    from tfopt.steps.runner import fine_tune
+    from tfopt.config.fine_tune import FineTuneSettings
+    from tfopt.training.finetune import fine_tune
 
     class Count(keras.layers.Layer):
         def build(self, shape):
@@ -221,12 +222,12 @@ def test_fine_tune_on_stored_teacher_outputs_never_runs_the_teacher_and_matches_
     stored = TeacherTargets.build(teacher, x, y, source=data, log=lambda *_: None)
     calls.assign(0)
     lines = []
-    fine_tune(_cnn(2, "student"), data, epochs=2, lr=1e-3, batch_size=64, teacher=stored, log=lines.append,
-              verbose=0)
+    fine_tune(_cnn(2, "student"), data, FineTuneSettings(epochs=2, lr=1e-3, batch_size=64, teacher=stored),
+              log=lines.append, verbose=0)
     assert int(calls.numpy()) == 0
     assert "distilling from the teacher (temperature 4, alpha 0.9; its outputs computed once)" in lines
-    fine_tune(_cnn(2, "student"), (x, y), epochs=1, lr=1e-3, batch_size=64, teacher=stored, log=lines.append,
-              verbose=0)
+    fine_tune(_cnn(2, "student"), (x, y), FineTuneSettings(epochs=1, lr=1e-3, batch_size=64, teacher=stored),
+              log=lines.append, verbose=0)
     assert int(calls.numpy()) == 4  # other data than the stored targets': the teacher runs, once a batch
     # one step's loss is the same with the teacher running and with its outputs looked up
     losses = []

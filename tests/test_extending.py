@@ -22,7 +22,7 @@ class ZeroSmallConfig(FineTune):
     threshold: float = Field(0.05, gt=0, description="kernel weights below this magnitude become zero")
 
 
-def zero_small(model, data=None, *, threshold=0.05, log=print, **fit):
+def zero_small(model, data, config, fine_tune, *, log=print, **inputs):
     """Zero every kernel weight whose magnitude is below a threshold."""
     from tfopt.export import plain_copy
 
@@ -31,7 +31,7 @@ def zero_small(model, data=None, *, threshold=0.05, log=print, **fit):
     for layer in copy.layers:
         if hasattr(layer, "kernel"):
             k = layer.kernel.numpy()
-            small = np.abs(k) < threshold
+            small = np.abs(k) < config.threshold
             zeroed += int(small.sum())
             layer.kernel.assign(np.where(small, 0.0, k))
     log(f"zeroed {zeroed} weights")

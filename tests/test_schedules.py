@@ -209,19 +209,27 @@ def test_fine_tune_rate_lives_in_the_optimizer_and_matches_its_formula():
     with many steps per compiled call and no per-step callback."""
     import tf_keras as keras
 
-    from tfopt.steps.runner import fine_tune, lr_schedule
+    from tfopt.config.fine_tune import FineTuneSettings
+    from tfopt.training.finetune import fine_tune
     from tfopt.training.lr import HoldThenCosine
 
+    def formula(step, total, hold, floor, lr=0.01):
+        start = round(total * hold)
+        if step < start or total <= start:
+            return lr
+        p = min(1.0, (step - start) / max(total - start, 1))
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
     for total, hold, floor in ((37, 0.5, 0.1), (10, 0.0, 0.0), (5, 1.0, 0.1)):
-        inside, formula = HoldThenCosine(0.01, total, hold, floor), lr_schedule(0.01, total, hold, floor)
+        inside = HoldThenCosine(0.01, total, hold, floor)
         for step in range(total + 2):
-            assert float(inside(step)) == pytest.approx(formula(step), rel=1e-6), (total, hold, step)
+            assert float(inside(step)) == pytest.approx(formula(step, total, hold, floor), rel=1e-6), (total, hold, step)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(96, 4)).astype("float32"), rng.integers(0, 3, 96)
     inp = keras.Input((4,))
     model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
-    rows, _ = fine_tune(model, (x, y), epochs=3, lr=0.01, batch_size=16, verbose=0, log=lambda *_: None)
+    rows, _ = fine_tune(model, (x, y), FineTuneSettings(epochs=3, lr=0.01, batch_size=16), verbose=0,
+                        log=lambda *_: None)
     assert isinstance(model.optimizer._learning_rate, HoldThenCosine)
     assert int(model._steps_per_execution.numpy()) == 6  # one epoch's 6 steps in one call
-    schedule = lr_schedule(0.01, 18)
-    assert [r["lr"] for r in rows] == pytest.approx([schedule(5), schedule(11), schedule(17)], rel=1e-6)
+    assert [r["lr"] for r in rows] == pytest.approx([formula(s, 18, 0.5, 0.1) for s in (5, 11, 17)], rel=1e-6)

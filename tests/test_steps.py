@@ -12,10 +12,12 @@ from click.testing import CliRunner
 from tests.conftest import tiny_recipe_dict
 from tfopt.cli import cli
 from tfopt.errors import TfoptError
-from tfopt.steps import commands
 from tfopt.config.steps import PruneConfig
-from tfopt.steps.prune import erk_sparsities
-from tfopt.steps.prune import PreflightError, plan_schedule, polynomial_sparsity, preflight_message
+from tfopt.steps.cluster import run_cluster
+from tfopt.steps.prune import PreflightError, erk_sparsities, plan_schedule, polynomial_sparsity, preflight_message
+from tfopt.steps.prune import run_prune
+from tfopt.steps.quantize import run_quantize
+from tfopt.steps.settings import fine_tune_from_recipe
 from tfopt.steps.source import load_source
 from tfopt.tflite import VerificationFailed
 
@@ -54,7 +56,7 @@ def kernel_sparsity(model, name):
 
 def test_prune_reaches_target_counted_from_weights_and_leaves_source_alone(base_run, tmp_path):
     before = digest(base_run / "model.keras")
-    path, metrics = commands.run_prune(load_source(base_run), {"sparsity": 0.6, "epochs": 2}, output=tmp_path,
+    path, metrics = run_prune(load_source(base_run), {"sparsity": 0.6, "epochs": 2}, output=tmp_path,
                                        log=quiet)
     assert digest(base_run / "model.keras") == before
     model = keras.models.load_model(path / "model.keras")  # no custom objects needed
@@ -72,7 +74,7 @@ def test_prune_reaches_target_counted_from_weights_and_leaves_source_alone(base_
 
 
 def test_uniform_allocation_prunes_every_layer_to_the_target(base_run, tmp_path):
-    path, _ = commands.run_prune(load_source(base_run), {"sparsity": 0.6, "allocation": "uniform", "epochs": 1},
+    path, _ = run_prune(load_source(base_run), {"sparsity": 0.6, "allocation": "uniform", "epochs": 1},
                                  output=tmp_path, log=quiet)
     model = keras.models.load_model(path / "model.keras")
     for name in ("conv1", "fc1", "fc2"):
@@ -131,18 +133,18 @@ def test_er_allocation_of_the_prune_step():
 
 
 def test_per_layer_overrides_and_skip(base_run, tmp_path):
-    path, _ = commands.run_prune(load_source(base_run), {"sparsity": 0.5, "layers": {"fc1": 0.8}, "skip": ["fc2"],
+    path, _ = run_prune(load_source(base_run), {"sparsity": 0.5, "layers": {"fc1": 0.8}, "skip": ["fc2"],
                                                          "epochs": 2}, output=tmp_path, log=quiet)
     model = keras.models.load_model(path / "model.keras")
     assert kernel_sparsity(model, "fc1") == pytest.approx(0.8, abs=0.02)
     assert kernel_sparsity(model, "conv1") == pytest.approx(0.5, abs=0.03)
     assert kernel_sparsity(model, "fc2") == 0.0
     with pytest.raises(TfoptError, match=r"skip: 'fc3' is not a prunable layer of this model \(did you mean 'fc2'\?\)"):
-        commands.run_prune(load_source(base_run), {"skip": ["fc3"]}, output=tmp_path, log=quiet)
+        run_prune(load_source(base_run), {"skip": ["fc3"]}, output=tmp_path, log=quiet)
 
 
 def test_two_four_sparsity(base_run, tmp_path):
-    path, _ = commands.run_prune(load_source(base_run), {"m_by_n": [2, 4], "epochs": 1}, output=tmp_path, log=quiet)
+    path, _ = run_prune(load_source(base_run), {"m_by_n": [2, 4], "epochs": 1}, output=tmp_path, log=quiet)
     k = keras.models.load_model(path / "model.keras").get_layer("fc1").kernel.numpy()  # (in, out)
     groups = (k.T.reshape(k.shape[1], -1, 4) != 0).sum(axis=2)
     assert groups.max() <= 2 and float(np.mean(k == 0)) == pytest.approx(0.5)
@@ -161,17 +163,17 @@ def test_preflight_math_and_refusal(base_run, tmp_path):
         "budget of 1 epoch(s) × 40 steps = 40 steps")
     src = load_source(base_run)
     with pytest.raises(PreflightError, match="or pass --force to go on anyway"):
-        commands.run_prune(src, {"end_step": 1000, "frequency": 100, "epochs": 1}, output=tmp_path, log=quiet)
+        run_prune(src, {"end_step": 1000, "frequency": 100, "epochs": 1}, output=tmp_path, log=quiet)
     assert not list(tmp_path.iterdir()), "a refused run writes nothing"
     lines = []
-    path, metrics = commands.run_prune(src, {"end_step": 1000, "frequency": 100, "epochs": 1, "force": True},
+    path, metrics = run_prune(src, {"end_step": 1000, "frequency": 100, "epochs": 1, "force": True},
                                        output=tmp_path, log=lines.append)
     assert any(line.startswith("warning: pruning preflight") for line in lines)
     assert metrics["sparsity"] < 0.05  # what TFMOT really did: next to nothing
 
 
 def test_cluster_limits_unique_values(base_run, tmp_path):
-    path, metrics = commands.run_cluster(load_source(base_run), {"clusters": 6, "epochs": 1}, output=tmp_path,
+    path, metrics = run_cluster(load_source(base_run), {"clusters": 6, "epochs": 1}, output=tmp_path,
                                          log=quiet)
     model = keras.models.load_model(path / "model.keras")
     for name in ("conv1", "fc1", "fc2"):
@@ -184,7 +186,7 @@ def test_post_training_quantization_is_verified(base_run, tmp_path, mode, io):
     from tfopt.data.pipeline import load_splits
     from tfopt.tflite import predict
 
-    path, metrics = commands.run_quantize(load_source(base_run), {"mode": mode, "int8_io": io}, output=tmp_path,
+    path, metrics = run_quantize(load_source(base_run), {"mode": mode, "int8_io": io}, output=tmp_path,
                                           log=quiet)
     v = metrics["tflite"][f"model_{mode}.tflite"]
     assert v["agreement"] >= 0.99 and v["samples"] == 400
@@ -198,7 +200,7 @@ def test_post_training_quantization_is_verified(base_run, tmp_path, mode, io):
 
 
 def test_qat_and_pqat(base_run, tmp_path):
-    path, metrics = commands.run_quantize(load_source(base_run), {"mode": "qat", "epochs": 1}, output=tmp_path,
+    path, metrics = run_quantize(load_source(base_run), {"mode": "qat", "epochs": 1}, output=tmp_path,
                                           log=quiet)
     from ai_edge_litert.interpreter import Interpreter
 
@@ -207,8 +209,8 @@ def test_qat_and_pqat(base_run, tmp_path):
     kernels = [t for t in details if "MatMul" in t["name"] or "Conv2D" in t["name"]]
     assert kernels and all(t["dtype"] in (np.int8, np.int32) for t in kernels if len(t["shape"]) >= 2)
     assert metrics["tflite"]["model_int8.tflite"]["agreement"] >= 0.99
-    pruned, _ = commands.run_prune(load_source(base_run), {"sparsity": 0.6, "epochs": 3}, output=tmp_path, log=quiet)
-    path, pm = commands.run_quantize(load_source(pruned), {"mode": "qat", "epochs": 2}, output=tmp_path, log=quiet)
+    pruned, _ = run_prune(load_source(base_run), {"sparsity": 0.6, "epochs": 3}, output=tmp_path, log=quiet)
+    path, pm = run_quantize(load_source(pruned), {"mode": "qat", "epochs": 2}, output=tmp_path, log=quiet)
     assert pm["scheme"] == "pqat" and pm["tflite"]["model_int8.tflite"]["agreement"] >= 0.99
 
 
@@ -219,7 +221,7 @@ def test_verification_fails_for_a_mismatched_tflite(base_run, tmp_path, monkeypa
     other = keras.models.clone_model(load_source(base_run).model)  # same shape, fresh random weights
     monkeypatch.setattr(q, "post_training", lambda *a, **k: convert(other, "float32"))
     with pytest.raises(VerificationFailed, match=r"TFLite verification failed: float16: top-1 agreement with Keras"):
-        commands.run_quantize(load_source(base_run), {"mode": "float16"}, output=tmp_path, log=quiet)
+        run_quantize(load_source(base_run), {"mode": "float16"}, output=tmp_path, log=quiet)
     assert not (tmp_path / "base-float16").exists()
 
 
@@ -378,9 +380,9 @@ def test_sensitivity_sweep_writes_ratios_back(base_run, tmp_path):
 def test_cqat_keeps_clusters(base_run, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    clustered, _ = commands.run_cluster(load_source(base_run), {"clusters": 8, "epochs": 1}, output=tmp_path,
+    clustered, _ = run_cluster(load_source(base_run), {"clusters": 8, "epochs": 1}, output=tmp_path,
                                         log=quiet)
-    path, metrics = commands.run_quantize(load_source(clustered), {"mode": "qat", "epochs": 1}, output=tmp_path,
+    path, metrics = run_quantize(load_source(clustered), {"mode": "qat", "epochs": 1}, output=tmp_path,
                                           log=quiet)
     assert metrics["scheme"] == "cqat" and metrics["tflite"]["model_int8.tflite"]["agreement"] >= 0.99
     it = Interpreter(model_path=str(path / "model_int8.tflite"))
@@ -397,18 +399,19 @@ def test_teacher_from_a_path_is_the_distillation_teacher(base_run, tmp_path):
     splits = load_splits(source.recipe.data, source.recipe.seed)
     cfg = PruneConfig(teacher=str(base_run), epochs=1)
     assert cfg.distill  # a teacher implies distillation
-    teacher = commands.fit_kwargs(source.recipe, splits, cfg, student)["teacher"]
+    teacher = fine_tune_from_recipe(source.recipe, splits, cfg, student)[1].teacher
     assert teacher is not student
     for a, b in zip(teacher.get_weights(), source.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     one = PruneConfig(distill=True, epochs=1)
-    assert commands.fit_kwargs(source.recipe, splits, one, student)["teacher"] is student
-    assert "teacher" not in commands.fit_kwargs(source.recipe, splits, PruneConfig(), student)
+    assert fine_tune_from_recipe(source.recipe, splits, one, student)[1].teacher is student
+    assert fine_tune_from_recipe(source.recipe, splits, PruneConfig(), student)[1].teacher is None
     # more epochs than the teacher has passes to make (one: no augmentation here): its outputs computed once
     lines = []
-    fit = commands.fit_kwargs(source.recipe, splits, PruneConfig(distill=True, epochs=2), student, lines.append)
-    stored = fit["teacher"]
-    assert isinstance(stored, TeacherTargets) and stored.model is student and stored.covers(fit["data"])
+    data, fine_tune = fine_tune_from_recipe(source.recipe, splits, PruneConfig(distill=True, epochs=2), student,
+                                            lines.append)
+    stored = fine_tune.teacher
+    assert isinstance(stored, TeacherTargets) and stored.model is student and stored.covers(data)
     np.testing.assert_allclose(stored.outputs[0], student.predict(splits.x_train, verbose=0), atol=1e-6)
     assert lines[0].startswith(f"teacher outputs computed once for every fine-tune: {len(splits.x_train):,} "
                                f"training images (")

@@ -206,8 +206,8 @@ def test_activation_and_taylor_scores_match_a_hand_computation():
 
 
 def test_rounds_reach_the_ratio(tmp_path):
-    from tfopt.steps import commands
     from tfopt.steps.source import load_source
+    from tfopt.steps.structured import run_structured
     from tfopt.config.recipe import validate
     from tfopt.training.run import fit
     from tests.conftest import tiny_recipe_dict
@@ -217,7 +217,7 @@ def test_rounds_reach_the_ratio(tmp_path):
                                {"type": "global_avg_pool"}, {"type": "dense", "units": 4, "activation": "softmax"}]
     run = fit(validate(data), output=tmp_path, log=lambda *_: None).run_dir
     lines = []
-    path, metrics = commands.run_structured(load_source(run), {"ratio": 0.75, "rounds": 2, "epochs": 1,
+    path, metrics = run_structured(load_source(run), {"ratio": 0.75, "rounds": 2, "epochs": 1,
                                                                "criterion": "activation"},
                                             output=tmp_path, log=lines.append)
     assert [ln.split(":")[0] for ln in lines if ln.startswith("round ")] == ["round 1/2", "round 2/2"]
@@ -273,7 +273,7 @@ def test_impossible_removals_are_refused_with_shapes():
 
 def test_analyze_with_budget_picks_and_writes(tmp_path):
     from tests.conftest import tiny_recipe_dict
-    from tfopt.steps import commands
+    from tfopt.steps.remove import analyze_removals, run_remove
     from tfopt.steps.source import load_source
     from tfopt.config.recipe import validate
     from tfopt.training.run import fit
@@ -284,7 +284,7 @@ def test_analyze_with_budget_picks_and_writes(tmp_path):
                                {"type": "dense", "units": 4, "activation": "softmax"}]
     run = fit(validate(data), output=tmp_path, log=lambda *_: None).run_dir
     lines = []
-    path, metrics = commands.run_remove(load_source(run), {"analyze": True, "budget": 100.0, "epochs": 0},
+    path, metrics = run_remove(load_source(run), {"analyze": True, "budget": 100.0, "epochs": 0},
                                         output=tmp_path, log=lines.append)
     assert "within a 100-point budget: remove block1" in lines
     assert metrics["requested"] == ["block1"] and metrics["macs"] < metrics["macs_before"]
@@ -296,8 +296,8 @@ def test_analyze_with_budget_picks_and_writes(tmp_path):
 
     src = load_source(run)
     splits = load_splits(src.recipe.data, src.recipe.seed)
-    plain = commands.analyze_removals(src.model, splits, lambda *_: None)
-    tuned = commands.analyze_removals(src.model, splits, lambda *_: None, src.recipe, epochs=2)
+    plain = analyze_removals(src.model, splits, lambda *_: None)
+    tuned = analyze_removals(src.model, splits, lambda *_: None, src.recipe, epochs=2)
     assert [r["candidate"] for r in tuned] == ["block1"] and 0 <= tuned[0]["accuracy"] <= 1
     assert tuned[0]["macs_saved"] == plain[0]["macs_saved"]
     assert src.model.get_weights()[0].tolist() == load_source(run).model.get_weights()[0].tolist()

@@ -172,7 +172,7 @@ def _command(command_name: str, steps) -> click.Command:
     options = _options(steps)
 
     def callback(source, recipe, overrides, output, overwrite, workers=1, **values):
-        from tfopt.steps.commands import run_source
+        from tfopt.steps.runs import run_source
 
         ctx = click.get_current_context()
         chosen = next((v for v in variants if ctx.params.get(v.cli_flag) and values.pop(v.cli_flag, False)), base)

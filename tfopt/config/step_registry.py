@@ -2,20 +2,21 @@
 
 A :class:`Step` names its config class (the recipe's ``optimize.<name>`` section and the
 command's options), the suffix of the run folder it writes and its library function
-``function(model, data, *, log, **settings, **fine_tune_arguments) -> (model, report)``. The
+``function(model, data, config, fine_tune, *, log, **inputs) -> (model, report)``, where
+``config`` is its validated config and ``fine_tune`` one :class:`FineTuneSettings`. The
 commands, ``tune`` and ``optimize`` read this registry instead of naming steps themselves.
-The built-in steps are registered by :mod:`tfopt.steps.commands`, which the package
-``tfopt.steps`` imports, so the registry is complete wherever it is read. Adding a step is
-one module with its function plus one :func:`register` call::
+The built-in steps are registered by their modules in :mod:`tfopt.steps`, which that package
+imports, so the registry is complete wherever it is read. Adding a step is one module with its
+function plus one :func:`register` call::
 
     from tfopt.steps import register
 
     class HalveConfig(FineTune):
         factor: float = 0.5
 
-    def halve(model, data=None, *, factor=0.5, log=print, **fit):
+    def halve(model, data, config, fine_tune, *, log=print, **inputs):
         ...
-        return smaller, {"factor": factor}
+        return smaller, {"factor": config.factor}
 
     register("halve", HalveConfig, "halved", halve)
 
@@ -43,7 +44,7 @@ class Step:
         suffix: the new run folder is ``<source>-<suffix>``; a callable gets the config.
         function: the library function, model in, ``(model, report)`` out.
         command: ``command(source, given, output=, overwrite=, log=) -> (path, metrics)`` when
-            the step writes its run its own way; default: :func:`tfopt.steps.commands.run_generic`.
+            the step writes its run its own way; default: :func:`tfopt.steps.runs.run_generic`.
         apply: ``apply(model, recipe, splits, cfg, log) -> (model, tflite bytes or None)`` for
             chains (tune, optimize); default: the function with the recipe's fine-tune settings.
         chain: whether the step may appear in ``tune.compress`` and ``optimize`` chains.
@@ -86,16 +87,8 @@ class Step:
         **inputs)`` -> ``(new model, report)``. ``config`` is a config instance or a mapping of
         settings (validated here, once); ``fine_tune`` a :class:`FineTuneSettings` (default: its
         defaults); ``inputs`` are run-time inputs a step may take (e.g. ``probe`` images)."""
-        cfg = self.configure(config)
         ft = FineTuneSettings() if fine_tune is None else fine_tune
-        if getattr(self.function, "legacy_keywords", False):  # TRANSITION: removed when every step takes (config, fine_tune)
-            settings = {k: v for k, v in (cfg.model_dump() if cfg is not None else {}).items()
-                        if k not in ("epochs", "lr", "batch_size", "distill", "teacher", "temperature", "alpha")}
-            fit = {k: v for k, v in ft.kwargs().items() if v is not None and k not in ("optimizer", "metrics")}
-            if ft.teacher is None:
-                fit.pop("temperature"), fit.pop("alpha")
-            return self.function(model, data, log=log, **settings, **fit, **inputs)
-        return self.function(model, data, cfg, ft, log=log, **inputs)
+        return self.function(model, data, self.configure(config), ft, log=log, **inputs)
 
     def ladder(self, target: str) -> list:
         """The settings ``tfopt optimize`` tries for ``target`` (``size``, ``latency``, ``macs``),

@@ -66,7 +66,7 @@ def measure(paths, recipe=None, overrides=(), runs=200, threads=None, log=print)
     from tfopt.export import load_keras
     from tfopt.models.stats import model_stats
     from tfopt.steps.prune import layer_sparsity, overall_sparsity
-    from tfopt.steps.runner import accuracy as keras_accuracy
+    from tfopt.steps.runs import accuracy as keras_accuracy
     from tfopt.tflite import accuracy as tflite_accuracy
     from tfopt.tflite import latency_us
 

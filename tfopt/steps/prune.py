@@ -14,8 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfopt import layer_kinds
-from tfopt.errors import TfoptError
+from tfopt.config import steps as C
+from tfopt.config.step_registry import register
 from tfopt.config.validation import did_you_mean
+from tfopt.data.coerce import count_steps, sample_x
+from tfopt.errors import TfoptError
+from tfopt.interop import import_tfmot, plain_copy
+from tfopt.steps.runs import base_metrics, splits_of, with_step, write_run
+from tfopt.steps.settings import fine_tune_from_recipe, step_settings
+from tfopt.training import finetune
+from tfopt.training.finetune import DEFAULT_BATCH_SIZE, RECALIBRATION_BATCHES, recalibrate_batchnorm
 
 
 class PreflightError(TfoptError):
@@ -78,10 +86,11 @@ def plan_schedule(cfg, target: float, total_steps: int) -> Plan:
     return Plan(begin, end, frequency, total_steps, last, reached, target, cfg.schedule)
 
 
-def preflight(cfg, steps_per_epoch: int, epochs: int | None = None, targets=None) -> Plan:
-    """The plan for the lowest-reaching target among the global and per-layer sparsities
-    (``targets``: the per-layer ones actually used, see :func:`layer_targets`)."""
-    total = steps_per_epoch * (cfg.epochs if epochs is None else epochs)
+def preflight(cfg, steps_per_epoch: int, epochs: int, targets=None) -> Plan:
+    """The plan for the lowest-reaching target among the global and per-layer sparsities over
+    ``epochs`` of ``steps_per_epoch`` (``targets``: the per-layer ones actually used, see
+    :func:`layer_targets`)."""
+    total = steps_per_epoch * epochs
     targets = [s for s in (targets.values() if targets is not None else [cfg.sparsity, *cfg.layers.values()])
                if s > 0] or [cfg.sparsity]
     plans = [plan_schedule(cfg, t, total) for t in targets]
@@ -284,13 +293,9 @@ def _schedule(sp, cfg, plan, target):
 def _wrap(model, cfg, plan, targets, scales=None):
     """A copy of ``model`` with TFMOT pruning wrappers on the prunable layers with a target above 0
     (ranking their kernels by ``scales``, see :func:`input_scales`, where given)."""
-    from tfopt.interop import import_tfmot
-    tfmot = import_tfmot()
     import tf_keras as keras
 
-    from tfopt.export import plain_copy
-
-    sp = tfmot.sparsity.keras
+    sp = import_tfmot().sparsity.keras
 
     def wrap(layer):
         # Layers of a private copy are reused as they are: their weights come along.
@@ -327,147 +332,143 @@ def describe_scales(scales: dict) -> str:
     return "; ".join(parts)
 
 
-def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocation: str = "erk",
-                     schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
-                     end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
-                     m_by_n=None, block: int = 1, criterion: str = "magnitude", probe=None):
-    """For your own training loop: a copy of ``model`` wrapped for magnitude pruning.
+def _plan(model, config, steps_per_epoch: int, epochs: int) -> tuple[Plan, dict]:
+    """``(the schedule's plan, the per-layer targets)`` of ``config`` on ``model`` over ``epochs``
+    of ``steps_per_epoch``; a layer name that is not prunable raises."""
+    check_layer_names(model, config.layers, "layers")
+    check_layer_names(model, config.skip, "skip")
+    targets = layer_targets(model, config)
+    return preflight(config, steps_per_epoch, epochs, targets=targets), targets
+
+
+def _activation_scales(model, targets, images, log=None) -> dict:
+    """The activation criterion's :func:`input_scales` over ``images``, for the layers with a target."""
+    x = np.asarray(images, np.float32)
+    scales = input_scales(model, x, [k for k, v in targets.items() if v > 0])
+    if log is not None:
+        log(f"activation criterion over {len(x):,} images: {describe_scales(scales)}")
+    return scales
+
+
+def wrap_for_pruning(model, config, *, total_steps: int, probe=None):
+    """For your own training loop: a copy of ``model`` wrapped for magnitude pruning as ``config``
+    (a :class:`~tfopt.config.steps.PruneConfig`) says.
 
     Train it with :func:`pruning_callbacks` (TFMOT's ``UpdatePruningStep``) for ``total_steps``
     steps, then :func:`strip`. The schedule is resolved as :func:`prune` does (see
     :func:`plan_schedule`); a schedule that cannot reach its target raises :class:`PreflightError`.
-    ``criterion="activation"`` ranks by :func:`input_scales` over the images ``probe``.
+    The activation criterion ranks by :func:`input_scales` over the images ``probe``.
     """
-    from tfopt.config.steps import PruneConfig
-    from tfopt.config.validation import validated
-
-    cfg = validated(PruneConfig, dict(sparsity=sparsity, allocation=allocation, schedule=schedule,
-                                      initial_sparsity=initial_sparsity, begin_step=begin_step, end_step=end_step,
-                                      frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n,
-                                      block=block, criterion=criterion), "prune")
-    check_layer_names(model, cfg.layers, "layers")
-    check_layer_names(model, cfg.skip, "skip")
-    targets = layer_targets(model, cfg)
-    plan = preflight(cfg, total_steps, epochs=1, targets=targets)
-    if not plan.ok and cfg.m_by_n is None:
+    plan, targets = _plan(model, config, total_steps, 1)
+    if not plan.ok and config.m_by_n is None:
         raise PreflightError(preflight_message(plan, 1, total_steps))
     scales = None
-    if cfg.criterion == "activation":
+    if config.criterion == "activation":
         if probe is None:
             raise TfoptError("prune: the activation criterion needs probe images (probe=x, training images)")
-        scales = input_scales(model, np.asarray(probe, np.float32), [k for k, v in targets.items() if v > 0])
-    return _wrap(model, cfg, plan, targets, scales)
+        scales = _activation_scales(model, targets, probe)
+    return _wrap(model, config, plan, targets, scales)
 
 
 def pruning_callbacks() -> list:
     """The callbacks a pruning-wrapped model needs in ``fit``: TFMOT's ``UpdatePruningStep``."""
-    from tfopt.interop import import_tfmot
-    tfmot = import_tfmot()
-
-    return [tfmot.sparsity.keras.UpdatePruningStep()]
+    return [import_tfmot().sparsity.keras.UpdatePruningStep()]
 
 
 def strip(model):
     """A plain tf_keras copy of a pruning- or clustering-wrapped model, wrappers removed."""
-    from tfopt.interop import import_tfmot
     tfmot = import_tfmot()
-
-    from tfopt.export import plain_copy
-
     model = tfmot.sparsity.keras.strip_pruning(model)
     model = tfmot.clustering.keras.strip_clustering(model)
     return plain_copy(model)
 
 
-def prune(model, data, *, sparsity: float = 0.8, allocation: str = "erk", schedule: str = "polynomial",
-          initial_sparsity: float = 0.0,
-          begin_step: int = 0, end_step: int | None = None, frequency: int | None = None, layers: dict | None = None,
-          skip=(), m_by_n=None, block: int = 1, criterion: str = "magnitude", probe_samples: int = 1024, probe=None,
-          force: bool = False, epochs: int = 2, lr: float | None = None, batch_size: int | None = None, log=print,
-          **fit):
+def prune(model, data, config, fine_tune, *, log=print, probe=None, bn_batches: int = RECALIBRATION_BATCHES,
+          **inputs):
     """Magnitude-prune a copy of ``model`` while fine-tuning it on ``data``, then strip the wrappers.
 
-    The learning rate stays at ``lr`` until the last pruning update and then decays (cosine)
-    to a tenth, so the network recovers from the final cut at a useful rate.
+    The learning rate stays at the fine-tune's rate until the last pruning update and then
+    decays (cosine) to a tenth, so the network recovers from the final cut at a useful rate.
 
     Args:
         model: a tf_keras model; it is not changed.
         data: ``(x, y)`` arrays or a ``tf.data.Dataset``.
-        sparsity: target fraction of zero weights over the prunable kernels without their own target.
-        allocation: ``erk`` (default) spreads ``sparsity`` so that small layers are pruned less and
-            large ones more (see :func:`erk_sparsities`); ``er`` counts a kernel's channels only
-            (convolutions keep more); ``uniform`` prunes every layer to it.
-        schedule: ``polynomial`` (from ``initial_sparsity``) or ``constant``.
-        end_step: last pruning update; default: half of the fine-tune steps.
-        frequency: steps between updates; default: about ten updates.
-        layers: per-layer targets ``{name: sparsity}`` (0 leaves a layer dense).
-        skip: layers left dense.
-        m_by_n: ``(2, 4)`` for structured 2:4 sparsity instead of a schedule.
-        block: prune dense kernels in runs of this many consecutive inputs of one unit (TFLite's
-            storage order): gzip codes a kept run once instead of each weight's position.
-        criterion: ``magnitude``, or ``activation``: each weight's magnitude times the
-            root-mean-square of the input it reads (:func:`input_scales`), so that weights on inputs
-            that are rarely non-zero go first.
-        probe_samples, probe: the images the activation criterion measures inputs on: ``probe``
-            (arrays; the command passes un-augmented training images), else the first
-            ``probe_samples`` of ``data``.
-        force: go on when the preflight says the schedule cannot reach the target.
-        **fit: more :func:`tfopt.steps.runner.fine_tune` arguments (``loss``, ``optimizer``,
-            ``validation_data``, ``teacher``, ``seed``, …).
+        config: a :class:`~tfopt.config.steps.PruneConfig`: the sparsity and its allocation over
+            the layers, the schedule (a default ``end_step`` is half of the fine-tune steps), per-layer
+            targets, layers skipped, ``m_by_n`` or ``block`` patterns, the criterion, ``force``.
+        fine_tune: the :class:`~tfopt.config.fine_tune.FineTuneSettings` of the fine-tune.
+        log: receives progress lines.
+        probe: the images the activation criterion measures inputs on (the command passes
+            un-augmented training images); default: the first ``config.probe_samples`` of ``data``.
+        bn_batches: batches that re-estimate BatchNorm statistics afterwards (0: none).
+        **inputs: options of :func:`tfopt.training.finetune.fine_tune` (``hold``, ``floor``,
+            ``callbacks``, ``verbose``, ...); other inputs are not this step's and are ignored.
 
     Returns:
         ``(pruned model, report)``: the report holds the plan, the sparsity per layer counted
         from the weights, and the fine-tune history.
 
     Raises:
-        PreflightError: the schedule cannot reach the target and ``force`` is off.
+        PreflightError: the schedule cannot reach the target and ``config.force`` is off.
     """
-    from tfopt.config.steps import PruneConfig
-    from tfopt.config.validation import validated
-    from tfopt.steps.runner import (
-        DEFAULT_BATCH_SIZE,
-        RECALIBRATION_BATCHES,
-        count_steps,
-        fine_tune,
-        recalibrate_batchnorm,
-    )
-
-    bn_batches = fit.pop("bn_batches", RECALIBRATION_BATCHES)
-    cfg = validated(PruneConfig, dict(sparsity=sparsity, allocation=allocation, schedule=schedule,
-                                      initial_sparsity=initial_sparsity, begin_step=begin_step, end_step=end_step,
-                                      frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n, block=block,
-                                      criterion=criterion, probe_samples=probe_samples, force=force,
-                                      epochs=epochs, lr=lr, batch_size=batch_size), "prune")
-    check_layer_names(model, cfg.layers, "layers")
-    check_layer_names(model, cfg.skip, "skip")
-    targets = layer_targets(model, cfg)
-    batch_size = cfg.batch_size or DEFAULT_BATCH_SIZE
+    batch_size = fine_tune.batch_size or DEFAULT_BATCH_SIZE
     spe = count_steps(data, batch_size, model)
-    plan = preflight(cfg, spe, targets=targets)
-    if not plan.ok and cfg.m_by_n is None:
-        message = preflight_message(plan, cfg.epochs, spe)
-        if not cfg.force:
+    plan, targets = _plan(model, config, spe, fine_tune.epochs)
+    if not plan.ok and config.m_by_n is None:
+        message = preflight_message(plan, fine_tune.epochs, spe)
+        if not config.force:
             raise PreflightError(message)
         log("warning: " + message.replace(" or pass --force to go on anyway.", " Going on (--force)."))
     log(f"pruning plan: {plan.describe()}")
-    if cfg.m_by_n is None:
-        log("per-layer targets (" + (f"own or spread by {cfg.allocation}" if cfg.allocation in ("erk", "er")
-                                    else cfg.allocation) + "): "
+    if config.m_by_n is None:
+        log("per-layer targets (" + (f"own or spread by {config.allocation}" if config.allocation in ("erk", "er")
+                                    else config.allocation) + "): "
             + ", ".join(f"{k} {v:.1%}" for k, v in targets.items()))
     scales = None
-    if cfg.criterion == "activation":
-        from tfopt.steps.runner import sample_x
-
-        x = np.asarray(probe, np.float32)[:cfg.probe_samples] if probe is not None else sample_x(data, cfg.probe_samples)
-        scales = input_scales(model, x, [k for k, v in targets.items() if v > 0])
-        log(f"activation criterion over {len(x):,} images: {describe_scales(scales)}")
-    work = _wrap(model, cfg, plan, targets, scales)
-    if "hold" not in fit and cfg.m_by_n is None:
-        fit["hold"] = min(1.0, (plan.last_update or 0) / max(plan.total_steps, 1))
-    history, seconds = fine_tune(work, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=batch_size,
-                                 callbacks=[*pruning_callbacks(), *fit.pop("callbacks", ())], log=log, **fit)
+    if config.criterion == "activation":
+        images = np.asarray(probe, np.float32)[:config.probe_samples] if probe is not None \
+            else sample_x(data, config.probe_samples)
+        scales = _activation_scales(model, targets, images, log)
+    work = _wrap(model, config, plan, targets, scales)
+    fit = finetune.options(inputs)
+    if config.m_by_n is None:
+        fit.setdefault("hold", min(1.0, (plan.last_update or 0) / max(plan.total_steps, 1)))
+    history, seconds = finetune.fine_tune(work, data, fine_tune, log=log,
+                                          **{**fit, "callbacks": [*pruning_callbacks(), *fit.get("callbacks", ())]})
     pruned = strip(work)
     recalibrate_batchnorm(pruned, data, batches=bn_batches, batch_size=batch_size, log=log)
     per_layer = layer_sparsity(pruned)
     return pruned, {"plan": plan.__dict__, "per_layer": per_layer, "sparsity": overall_sparsity(per_layer),
                     "history": history, "fine_tune_seconds": seconds}
+
+
+# ---- the command and the chain step ------------------------------------------------------------
+
+def apply_prune(model, recipe, splits, cfg, log=print):
+    """:func:`prune` with the recipe's fine-tune settings; the activation criterion measures
+    un-augmented training images."""
+    data, fine_tune = fine_tune_from_recipe(recipe, splits, cfg, model, log)
+    probe = splits.x_train[: cfg.probe_samples] if cfg.criterion == "activation" else None
+    return prune(model, data, cfg, fine_tune, log=log, probe=probe)
+
+
+def run_prune(source, given: dict, output=None, overwrite=False, log=print, step=None):
+    """``tfopt prune``: the recipe's ``optimize.prune`` with ``given`` on top, the sparsity per
+    layer, a new ``<source>-pruned`` run. Returns ``(run path, metrics)``."""
+    cfg = step_settings(source.recipe, "prune", given)
+    splits = splits_of(source)
+    model, report = apply_prune(source.model, source.recipe, splits, cfg, log=log)
+    metrics = {**base_metrics(source, model, splits, log), "sparsity": report["sparsity"],
+               "per_layer_sparsity": report["per_layer"], "preflight": report["plan"],
+               "fine_tune_seconds": round(report["fine_tune_seconds"], 2)}
+    for name, v in report["per_layer"].items():
+        log(f"  {name:<20} sparsity {v['sparsity']:.1%} of {v['weights']:,} weights")
+    log(f"overall kernel sparsity {report['sparsity']:.1%}; test accuracy "
+        f"{metrics.get('test_accuracy', float('nan')):.4f}")
+    path = write_run(source, "pruned", step="prune", recipe=with_step(source.recipe, "prune", cfg), metrics=metrics,
+                     model=model, history=report["history"], output=output, overwrite=overwrite, log=log)
+    return path, metrics
+
+
+register("prune", C.PruneConfig, "pruned", prune, command=run_prune, apply=apply_prune, distributed=True,
+         help="Magnitude pruning with a schedule preflight, then strip.")

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfopt.config import steps as C
+from tfopt.config.fine_tune import FineTuneSettings
+from tfopt.config.step_registry import register
+from tfopt.data.coerce import sample_x
 from tfopt.errors import TfoptError
+from tfopt.interop import import_tfmot, plain_copy
 from tfopt.steps.cluster import unique_values
 from tfopt.steps.prune import layer_sparsity, overall_sparsity
-from tfopt.tflite import SHARED_VALUES
+from tfopt.steps.runs import base_metrics, evaluate, splits_of, with_step, write_run
+from tfopt.steps.settings import fine_tune_from_recipe, step_settings
+from tfopt.tflite import SHARED_VALUES, VerificationFailed, convert, verify
+from tfopt.training import finetune
 
 
 def representative(x, samples: int = 500, seed: int = 0):
@@ -23,10 +31,6 @@ def representative(x, samples: int = 500, seed: int = 0):
 
 def post_training(model, mode: str, x=None, int8_io: bool = False, samples: int = 500, seed: int = 0) -> bytes:
     """TFLite bytes of ``model`` in ``mode``; ``int8`` calibrates on ``samples`` images of ``x``."""
-    from tfopt.tflite import convert
-
-    if hasattr(x, "x_train"):  # a Splits object, from callers that predate this signature
-        x = x.x_train
     if mode == "int8" and x is None:
         raise TfoptError("int8 conversion calibrates on training images: pass data")
     rep = representative(x, samples, seed) if mode == "int8" else None
@@ -51,13 +55,9 @@ def scheme_for(model) -> str:
 
 def _annotate(model, log):
     """Annotate the layers QAT supports; name the ones left in float."""
-    from tfopt.interop import import_tfmot
-    tfmot = import_tfmot()
     import tf_keras as keras
 
-    from tfopt.export import plain_copy
-
-    q = tfmot.quantization.keras
+    q = import_tfmot().quantization.keras
     registry = q.default_8bit.Default8BitQuantizeRegistry()
     skipped = []
 
@@ -107,9 +107,7 @@ def _per_layer_scheme(scheme):
 def wrap_for_qat(model, log=print):
     """For your own training loop: a quantization-aware copy of ``model`` (PQAT for a pruned
     model, CQAT for a clustered one). Returns ``(qat model, report)``."""
-    from tfopt.interop import import_tfmot
     tfmot = import_tfmot()
-
     q = tfmot.quantization.keras
     scheme = scheme_for(model)
     annotated, skipped = _annotate(model, log)
@@ -129,27 +127,140 @@ def wrap_for_qat(model, log=print):
     return qat, {"scheme": scheme, "float_layers": skipped}
 
 
-def quantize_aware(model, data, *, epochs: int = 1, lr: float | None = None, batch_size: int | None = None,
-                   log=print, **fit):
-    """Quantization-aware training (QAT, or PQAT/CQAT) of a copy of ``model`` on ``data``.
+def quantize_aware(model, data, fine_tune, *, log=print, **inputs):
+    """Quantization-aware training (QAT, or PQAT/CQAT) of a copy of ``model`` on ``data`` with the
+    :class:`~tfopt.config.fine_tune.FineTuneSettings` ``fine_tune`` (``inputs``: options of
+    :func:`tfopt.training.finetune.fine_tune`).
 
     Returns ``(qat model, report)``; convert the model with ``tfopt.to_tflite(qat, "int8")`` (or
     :func:`qat_tflite`): its fake-quant ranges are learned, no calibration is needed.
     """
-    from tfopt.config.steps import QuantizeConfig
-    from tfopt.config.validation import validated
-    from tfopt.steps.runner import fine_tune
-
-    cfg = validated(QuantizeConfig, dict(mode="qat", epochs=epochs, lr=lr, batch_size=batch_size), "quantize")
     qat, report = wrap_for_qat(model, log)
     log(f"quantization-aware training with the {report['scheme'].upper()} scheme")
-    history, seconds = fine_tune(qat, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, log=log, **fit)
+    history, seconds = finetune.fine_tune(qat, data, fine_tune, log=log, **finetune.options(inputs))
     return qat, {**report, "history": history, "fine_tune_seconds": seconds}
 
 
 def qat_tflite(qat, int8_io: bool = False) -> bytes:
     """Full-integer TFLite of a quantization-aware model; its learned ranges are kept."""
-    from tfopt.tflite import convert
-
     # QAT learned its ranges: calibrating again would override them.
     return convert(qat, "int8", int8_io=int8_io, qat=True)
+
+
+def quantize(model, data, config, fine_tune, *, log=print, **inputs):
+    """Quantize ``model`` as ``config`` (a :class:`~tfopt.config.steps.QuantizeConfig`) says.
+
+    ``qat``: :func:`quantize_aware` on ``data`` with ``fine_tune``; returns ``(qat model, report)``.
+    Any other mode: post-training conversion, calibrated for ``int8`` on
+    ``config.representative_samples`` images of ``data`` drawn with ``fine_tune.seed``; returns
+    ``(model, {"tflite": bytes})``, the model unchanged.
+    """
+    if config.mode == "qat":
+        return quantize_aware(model, data, fine_tune, log=log, **inputs)
+    log(f"converting to TFLite ({config.mode})")
+    x = sample_x(data) if data is not None else None
+    return model, {"tflite": post_training(model, config.mode, x, config.int8_io, config.representative_samples,
+                                           fine_tune.seed)}
+
+
+def export(model, data, config, fine_tune, *, log=print, **inputs):
+    """TFLite files of ``model`` in each of ``config.tflite`` (an :class:`~tfopt.config.steps.Export`),
+    ``int8`` calibrated on images of ``data``; not verified here (the export command verifies them).
+
+    Returns:
+        ``(model, {"tflite": {mode: bytes}})``.
+    """
+    x = sample_x(data) if data is not None else None
+    return model, {"tflite": {m: post_training(model, m, x, config.int8_io, config.representative_samples,
+                                               fine_tune.seed) for m in config.tflite}}
+
+
+# ---- the commands and the chain step -------------------------------------------------------------
+
+def _verified(keras_model, content, mode, splits, threshold, log):
+    log(f"verifying the {mode} TFLite file on {len(splits.x_test)} held-out images")
+    v = verify(keras_model, content, splits.x_test, splits.y_test, mode, threshold, log=log)
+    log("  " + v.line())
+    return v
+
+
+def _threshold(export_cfg, mode):
+    return export_cfg.min_agreement_float if mode in ("float32", "float16") else export_cfg.min_agreement_int8
+
+
+def apply_quantize(model, recipe, splits, cfg, log=print):
+    """``(keras model, report with "tflite" bytes)``: the QAT model for ``qat`` (trained with the
+    recipe's fine-tune settings), else the input converted, calibrated on the training images."""
+    if cfg.mode == "qat":
+        data, fine_tune = fine_tune_from_recipe(recipe, splits, cfg, model, log)
+        qat, report = quantize(model, data, cfg, fine_tune, log=log)
+        return qat, {**report, "tflite": qat_tflite(qat, cfg.int8_io)}
+    return quantize(model, splits.x_train, cfg, FineTuneSettings(seed=recipe.seed), log=log)
+
+
+def _quantize_suffix(cfg) -> str:
+    return "qat" if cfg.mode == "qat" else cfg.mode
+
+
+def run_quantize(source, given: dict, output=None, overwrite=False, log=print, step=None):
+    """``tfopt quantize``: the recipe's ``optimize.quantize`` with ``given`` on top, the TFLite file
+    verified against the Keras model on the test images, a new ``<source>-<mode>`` run.
+
+    Raises:
+        VerificationFailed: the TFLite file disagrees with the model; nothing is written.
+    """
+    cfg = step_settings(source.recipe, "quantize", given)
+    splits = splits_of(source)
+    metrics = base_metrics(source, source.model, splits, log)
+    reference, report = apply_quantize(source.model, source.recipe, splits, cfg, log=log)
+    content, history = report["tflite"], report.get("history")
+    mode = "int8" if cfg.mode == "qat" else cfg.mode
+    if cfg.mode == "qat":
+        metrics.update({f"qat_{k}": v for k, v in evaluate(reference, source.recipe, splits).items()},
+                       scheme=report["scheme"], float_layers=report["float_layers"],
+                       fine_tune_seconds=round(report["fine_tune_seconds"], 2))
+    v = _verified(reference, content, mode, splits, _threshold(source.recipe.export, mode), log)
+    metrics["tflite"] = {f"model_{mode}.tflite": {**v.__dict__, "bytes": len(content)}}
+    if not v.passed:
+        raise VerificationFailed(f"TFLite verification failed: {v.line()}. Nothing was written.")
+    path = write_run(source, _quantize_suffix(cfg), step="quantize", recipe=with_step(source.recipe, "quantize", cfg),
+                     metrics=metrics, model=source.model if cfg.mode != "qat" else None,
+                     files={f"model_{mode}.tflite": content}, history=history, output=output, overwrite=overwrite,
+                     log=log)
+    return path, metrics
+
+
+def run_export(source, given: dict, output=None, overwrite=False, log=print, step=None):
+    """``tfopt export``: the recipe's ``export`` with ``given`` on top; every TFLite file verified on
+    the test images, then a ``<source>-export`` run with them, the model and its SavedModel.
+
+    Raises:
+        VerificationFailed: a TFLite file disagrees with the model; nothing is written.
+    """
+    cfg = step_settings(source.recipe, "export", given)
+    splits = splits_of(source)
+    metrics = base_metrics(source, source.model, splits, log)
+    files, results, failed = {}, {}, []
+    for mode in cfg.tflite:
+        log(f"converting to TFLite ({mode})")
+        content = post_training(source.model, mode, splits.x_train, cfg.int8_io, cfg.representative_samples,
+                                source.recipe.seed)
+        v = _verified(source.model, content, mode, splits, _threshold(cfg, mode), log)
+        files[f"model_{mode}.tflite"] = content
+        results[f"model_{mode}.tflite"] = {**v.__dict__, "bytes": len(content)}
+        if not v.passed:
+            failed.append(v.line())
+    if failed:
+        raise VerificationFailed("TFLite verification failed: " + "; ".join(failed) + ". Nothing was written.")
+    metrics["tflite"] = results
+    recipe = source.recipe.model_copy(deep=True)
+    recipe.export = cfg
+    path = write_run(source, "export", step="export", recipe=recipe, metrics=metrics, model=source.model, files=files,
+                     output=output, overwrite=overwrite, saved_model=True, log=log)
+    return path, metrics
+
+
+register("quantize", C.QuantizeConfig, _quantize_suffix, quantize, command=run_quantize, apply=apply_quantize,
+         distributed=True, help="Post-training quantization (dynamic, float16, int8) or quantization-aware training.")
+register("export", C.Export, "export", export, command=run_export, chain=False, section="export",
+         help="SavedModel, .keras and verified .tflite files.")

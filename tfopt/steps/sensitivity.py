@@ -3,18 +3,25 @@ per-layer ratios chosen within an accuracy budget and written back into a recipe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from tfopt.config.steps import PruneConfig, StructuredConfig
+from tfopt.data.pipeline import load_splits
 from tfopt.errors import TfoptError
+from tfopt.interop import plain_copy
+from tfopt.rundir import atomic_write_text
+from tfopt.steps.prune import kernel_name, kernels, prunable
+from tfopt.steps.runs import accuracy, selection_split
+from tfopt.steps.source import load_source
+from tfopt.surgery.channels import prune_channels, trace
 
 
 def magnitude_pruned(model, targets: dict, scales: dict | None = None):
     """A copy of ``model`` with the smallest ``targets[name]`` of each named layer's kernels set
     to zero, at once and without fine-tuning; ranked by ``|w|``, or by ``|w| · scale`` with the
     activation criterion's ``scales`` (:func:`tfopt.steps.prune.input_scales`)."""
-    from tfopt.export import plain_copy
-    from tfopt.steps.prune import kernel_name, kernels
-
     copy = plain_copy(model)
     for name, sparsity in targets.items():
         for w in kernels(copy.get_layer(name)):
@@ -31,10 +38,6 @@ def magnitude_pruned(model, targets: dict, scales: dict | None = None):
 
 def sweep(model, splits, ratios=(0.25, 0.5, 0.75), mode="channels", log=print) -> list[dict]:
     """One row per (layer, ratio): accuracy on the validation split (else test) without fine-tuning."""
-    from tfopt.steps.prune import prunable
-    from tfopt.steps.runner import accuracy, selection_split
-    from tfopt.surgery.channels import prune_channels, trace
-
     x, y = selection_split(splits)
     base = accuracy(model, x, y)
     if mode == "channels":
@@ -70,8 +73,6 @@ def choose(rows, budget: float) -> dict:
 def write_back(recipe, per_layer: dict, mode: str):
     """A copy of ``recipe`` whose ``optimize.structured.per_layer`` (or ``optimize.prune.layers``)
     holds the chosen ratios."""
-    from tfopt.config.steps import PruneConfig, StructuredConfig
-
     r = recipe.model_copy(deep=True)
     if mode == "channels":
         cfg = r.optimize.structured or StructuredConfig()
@@ -87,12 +88,6 @@ def sensitivity_to_recipe(source, recipe=None, overrides=(), *, mode: str = "cha
     """Sweep ``source`` (a run directory, or a model file with ``recipe``), choose per-layer
     ratios within ``budget`` points and write a recipe with them in ``optimize:`` to ``write_to``
     (which must not exist). Returns ``{"chosen": {layer: ratio}, "key": dotted key, "rows": ...}``."""
-    from pathlib import Path
-
-    from tfopt.data.pipeline import load_splits
-    from tfopt.rundir import atomic_write_text
-    from tfopt.steps.source import load_source
-
     if isinstance(ratios, str):
         try:
             ratios = [float(v) for v in ratios.split(",")]

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tfopt import layer_kinds
-from tfopt.errors import TfoptError
 from tfopt.config.layers import fmt_shape
+from tfopt.config.recipe import KNOWN_CLASSES, load_recipe
+from tfopt.errors import TfoptError
+from tfopt.interop import load_as_tf_keras
 from tfopt.rundir import PARTIAL
 
 
@@ -28,8 +30,6 @@ class Source:
 def source_recipe(path, recipe=None, overrides=()):
     """The recipe :func:`load_source` would use for ``path``, read without loading the model
     (None when there is none: :func:`load_source` then says what is wrong)."""
-    from tfopt.config.recipe import load_recipe
-
     p = Path(path)
     chosen = recipe or (p / "recipe.yaml" if p.is_dir() and (p / "recipe.yaml").is_file() else None)
     return load_recipe(chosen, overrides) if chosen else None
@@ -37,9 +37,6 @@ def source_recipe(path, recipe=None, overrides=()):
 
 def load_source(path, recipe=None, overrides=()) -> Source:
     """Load ``path`` (a run directory, or a ``.keras``/``.h5``/SavedModel with ``recipe``)."""
-    from tfopt.interop import load_as_tf_keras
-    from tfopt.config.recipe import load_recipe
-
     p = Path(path)
     if p.name.endswith(PARTIAL):
         raise TfoptError(f"{p} is an unfinished run; finish it with tfopt fit --resume first.")
@@ -78,8 +75,6 @@ def load_source(path, recipe=None, overrides=()) -> Source:
 def load_teacher(path, student):
     """The model in ``path`` (a run directory or a model file) as a tf_keras teacher for
     ``student``: it must take the same inputs and give as many outputs."""
-    from tfopt.interop import load_as_tf_keras
-
     p = Path(path)
     if p.is_dir() and (p / "model.keras").is_file():
         p = p / "model.keras"
@@ -108,8 +103,6 @@ def check_teacher(teacher, student, label) -> None:
 
 def check_matches(source: Source) -> None:
     """Refuse a recipe whose data cannot feed the model."""
-    from tfopt.config.recipe import KNOWN_CLASSES
-
     model, r = source.model, source.recipe
     want = tuple(model.input_shape[1:])
     have = r.input_shape()

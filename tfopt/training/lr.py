@@ -111,8 +111,8 @@ class PlateauFactor(keras.callbacks.Callback):
 @keras.saving.register_keras_serializable(package="tfopt")
 class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
     """The fine-tunes' rate: ``lr`` for the first ``hold`` of ``total_steps``, then a cosine decay
-    to ``floor · lr`` at the last step (the same formula as
-    :func:`tfopt.steps.runner.lr_schedule`, evaluated inside the optimizer).
+    to ``floor · lr`` at the last step. The optimizer evaluates it at its own step counter; called
+    with a step number it gives the same rate to :class:`RatePerStep`.
 
     Example:
         >>> s = HoldThenCosine(0.01, total_steps=100, hold=0.5, floor=0.1)
@@ -138,6 +138,24 @@ class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 class RateInLogs(keras.callbacks.Callback):
     """Per epoch: the optimizer's last rate as ``logs["lr"]`` (the history's ``lr`` column)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = current_rate(self.model.optimizer)
+
+
+class RatePerStep(keras.callbacks.Callback):
+    """Before every training step: the optimizer's rate from ``schedule(step)``, any callable from
+    step to rate (a :class:`HoldThenCosine` too), for schedules that cannot run inside the
+    optimizer; per epoch: the last rate as ``logs["lr"]``. The optimizer needs a float rate."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_train_batch_begin(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        optimizer.learning_rate.assign(float(self.schedule(int(optimizer.iterations.numpy()))))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

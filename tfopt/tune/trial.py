@@ -94,7 +94,7 @@ def _compress(model, recipe, splits, steps, log):
     """Apply the ``tune.compress`` steps in order, each the registered step with the recipe's
     ``optimize.<step>`` settings (or its defaults); returns ``(keras model, tflite bytes or None)``."""
     from tfopt.steps import STEPS
-    from tfopt.steps.commands import apply_step
+    from tfopt.steps.settings import apply_step
 
     content = None
     for name in steps:
@@ -109,7 +109,7 @@ def _compress(model, recipe, splits, steps, log):
 
 def _measure(model, content, splits, needs, compressed, log) -> dict:
     from tfopt.models.stats import model_stats
-    from tfopt.steps.runner import accuracy
+    from tfopt.steps.runs import accuracy
     from tfopt.report.report import gzip_size
     from tfopt.tflite import accuracy as tflite_accuracy
 

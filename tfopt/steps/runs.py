@@ -1,0 +1,179 @@
+"""A step's command: a source run in, the step on its model, the test metrics, a new run directory out.
+
+:func:`run_source` is what every step command does; :func:`run_step` dispatches on the step
+registry to the step's own command or to :func:`run_generic`. The source is never changed;
+:func:`write_run` writes the new run atomically beside it.
+
+Imports no TensorFlow at module level: the step modules import it while the command line
+builds its help.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from tfopt.config import steps as C
+from tfopt.config.step_registry import STEPS
+from tfopt.data.pipeline import load_splits, make_dataset
+from tfopt.errors import TfoptError
+from tfopt.export import save_savedmodel
+from tfopt.interop import save_like
+from tfopt.models.stats import model_stats
+from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
+from tfopt.steps.settings import apply_step, step_settings
+from tfopt.steps.source import load_source, source_recipe
+from tfopt.training import distribute
+from tfopt.training.run import compile_model
+
+
+def splits_of(source):
+    """The data splits of a source's recipe."""
+    return load_splits(source.recipe.data, source.recipe.seed)
+
+
+def evaluate(model, recipe, splits) -> dict:
+    """Test loss and metrics of a Keras model, compiled with the recipe's loss if it is not."""
+    if getattr(model, "compiled_loss", None) is None:
+        compile_model(model, recipe.train, 1e-3)
+    ds = make_dataset(splits.x_test, splits.y_test, 256, one_hot=recipe.train.loss.one_hot,
+                      num_classes=splits.num_classes)
+    return {f"test_{k}": float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
+
+
+def base_metrics(source, model, splits, log=print) -> dict:
+    """The test metrics and size of ``model``, with the source's own figures as ``baseline``."""
+    log("evaluating on the test set")
+    metrics = {**evaluate(model, source.recipe, splits), **model_stats(model)}
+    if source.metrics:
+        metrics["baseline"] = {k: source.metrics.get(k) for k in ("test_accuracy", "test_loss", "params", "macs")}
+    return metrics
+
+
+def accuracy(model, x, y) -> float:
+    """Top-1 accuracy of a model's predictions."""
+    return float(np.mean(model.predict(x, batch_size=256, verbose=0).argmax(1) == y))
+
+
+def selection_split(splits):
+    """The data used to choose among variants: the validation split, else the test split."""
+    return (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
+
+
+def write_run(source, suffix, *, recipe, metrics, model=None, files=None, history=None, output=None,
+              overwrite=False, saved_model=None, step=None, log=print) -> Path:
+    """Write a new run directory ``<output>/<source>-<suffix>`` atomically; the source is untouched.
+
+    ``saved_model`` forces (or skips) the SavedModel; by default ``output.saved_model`` decides.
+    ``step`` (the registered step's name) is appended to the source's ``steps`` in metrics.json,
+    so every run records the chain of steps that made it. Under tf.distribute only the chief
+    writes the run; the other workers write the same files where nobody reads them.
+
+    Returns:
+        The run's path.
+    """
+    # training.checkpoint defines tf_keras callbacks at its top: imported here, when a run is written
+    from tfopt.training.checkpoint import history_csv
+
+    intended = Path(output or recipe.output.dir) / f"{source.name}-{suffix}"
+    worker_root = None if distribute.is_chief() else distribute.worker_scratch(intended)
+    run = RunDir(worker_root / intended.name if worker_root else intended,
+                 overwrite=overwrite or worker_root is not None).open()
+    if model is not None:
+        save_like(model, getattr(source, "kind", "tf_keras"), run.path("model.keras"))
+        if recipe.output.saved_model if saved_model is None else saved_model:
+            save_savedmodel(model, run.path("saved_model"))
+    for name, content in (files or {}).items():
+        run.path(name).write_bytes(content)
+    if history:
+        atomic_write_text(run.path("history.csv"), history_csv(history))
+    atomic_write_text(run.path("recipe.yaml"), recipe.to_yaml())
+    steps = [*((getattr(source, "metrics", None) or {}).get("steps") or []), *([step] if step else [])]
+    atomic_write_json(run.path("metrics.json"), {**metrics, "source": str(source.path), "steps": steps})
+    final = run.commit()
+    if worker_root is not None:
+        shutil.rmtree(worker_root, ignore_errors=True)
+        log(f"worker {distribute.task().index} done; the chief writes {intended}")
+        return intended
+    log(f"run written to {final}")
+    return final
+
+
+def with_step(recipe, step: str, cfg):
+    """A copy of the recipe whose ``optimize.<step>`` holds the settings actually used."""
+    r = recipe.model_copy(deep=True)
+    setattr(r.optimize, step, cfg)
+    return r
+
+
+def json_plain(report: dict) -> dict:
+    """The entries of a step's report that JSON can hold."""
+    plain = {}
+    for k, v in report.items():
+        try:
+            json.dumps(v)
+            plain[k] = v
+        except TypeError:
+            continue
+    return plain
+
+
+def run_generic(source, given: dict, output=None, overwrite=False, log=print, step=None):
+    """Any registered ``step``: its settings, the step, the test metrics and its JSON-able report
+    (``<step>_<key>``), a new run. Returns ``(run path, metrics)``."""
+    cfg = step_settings(source.recipe, step, given)
+    splits = splits_of(source)
+    model, report = apply_step(step, source.model, source.recipe, splits, cfg, log=log)
+    metrics = {**base_metrics(source, model, splits, log),
+               **{f"{step.name}_{k}": v for k, v in json_plain(report).items()}}
+    in_optimize = step.name in C.Optimize.model_fields or step.name in C.Optimize.extra_keys()
+    recipe = with_step(source.recipe, step.name, cfg) if cfg is not None and in_optimize else source.recipe
+    path = write_run(source, step.folder_suffix(cfg), step=step.name, recipe=recipe, metrics=metrics, model=model,
+                     history=report.get("history"), output=output, overwrite=overwrite, log=log)
+    return path, metrics
+
+
+def check_output(step, source, given: dict, output=None, overwrite=False) -> None:
+    """Refuse an existing output run before any work, as ``fit`` does (a step whose suffix is
+    None for these settings writes no run)."""
+    suffix = step.folder_suffix(step_settings(source.recipe, step, given))
+    if suffix is not None:
+        RunDir(Path(output or source.recipe.output.dir) / f"{source.name}-{suffix}", overwrite=overwrite).check()
+
+
+def run_step(step, source, given: dict, output=None, overwrite=False, log=print):
+    """Run the registered ``step`` (a name or a :class:`~tfopt.config.step_registry.Step`) on a
+    loaded ``source`` with the command-line values ``given``; the output folder is checked first.
+
+    Returns:
+        ``(new run path or None, metrics)``.
+    """
+    s = STEPS[step] if isinstance(step, str) else step
+    check_output(s, source, given, output, overwrite)
+    return (s.command or run_generic)(source, given, output=output, overwrite=overwrite, log=log, step=s)
+
+
+def run_source(step, path, recipe=None, overrides=(), given=None, *, output=None, overwrite=False, log=print):
+    """Load ``path`` (a run directory, or a model file with ``recipe``) and run ``step`` on it:
+    what every step command does. Returns ``(new run path or None, metrics)``."""
+    s = STEPS[step] if isinstance(step, str) else step
+    found = source_recipe(path, recipe, overrides)
+    setting = found.train.distribute if found is not None else "none"
+    if setting == "multi_worker" and not os.environ.get("TF_CONFIG"):
+        # the run trained on several workers; this fine-tune has no cluster (no --workers, no TF_CONFIG)
+        log("train.distribute is multi_worker, but TF_CONFIG is not set: fine-tuning in one process")
+        setting = "none"
+    if setting != "none" and not s.distributed:
+        if setting == "multi_worker":
+            raise TfoptError(f"{s.name} does not run under tf.distribute; run it in one process (without --workers "
+                             f"or TF_CONFIG, and with train.distribute: none)")
+        log(f"{s.name} does not run under tf.distribute; running in one process")
+        setting = "none"
+    distribute.strategy(setting)  # before the model is loaded: MultiWorkerMirroredStrategy must come first
+    with distribute.scope(setting):
+        return run_step(s, load_source(path, recipe, overrides), given or {}, output=output, overwrite=overwrite,
+                        log=log)
