@@ -149,7 +149,7 @@ class Registry:
 
     def __iter__(self):
         """The entries, each once, in registration order."""
-        return iter(list(dict.fromkeys(self._entries.values())))
+        return iter(list({id(entry): entry for entry in self._entries.values()}.values()))  # a Step with ladders (dicts) is unhashable
 
     def names(self) -> list[str]:
         return list(self._entries)
