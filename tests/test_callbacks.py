@@ -81,7 +81,7 @@ def test_probe_defaults_to_the_first_training_batch(world):
     x, y = data()
     mon = GradientNormMonitor(every_n_steps=3, verbose=0)
     m.fit(x, y, batch_size=16, epochs=1, callbacks=[mon], verbose=0, shuffle=False)
-    np.testing.assert_array_equal(mon._probe[0], x[:16])
+    np.testing.assert_array_equal(mon.probe_batch[0], x[:16])
     assert [r["step"] for r in mon.records] == [0, 3]
     assert type(m).train_step is not None and "train_step" not in vars(m)
 

@@ -227,11 +227,11 @@ def test_hyperband_honours_each_trials_epoch_budget(tmp_path):
 def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, monkeypatch):
     import tf_keras
 
-    from tfopt.training import run as run_module
+    from tfopt.tune import trial as trial_module
     from tfopt.tune.tuner import SearchInterrupted
 
     data = _search_dict(tmp_path, max_trials=3)
-    real_fit, calls = run_module.fit, []
+    real_fit, calls = trial_module.fit, []
 
     class Stop(tf_keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -244,7 +244,7 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, monkeypatch):
             kw["callbacks"] = [Stop()]
         return real_fit(recipe, **kw)
 
-    monkeypatch.setattr(run_module, "fit", interrupting_fit)
+    monkeypatch.setattr(trial_module, "fit", interrupting_fit)
     with pytest.raises(SearchInterrupted, match="--resume"):
         _tune(data)
     partial = tmp_path / "tiny-tune.partial"
@@ -252,7 +252,7 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert [(r["trial"], r["status"]) for r in before] == [("0", "COMPLETED")]
     with pytest.raises(RunDirError, match="--resume"):
         _tune(data)
-    monkeypatch.setattr(run_module, "fit", real_fit)
+    monkeypatch.setattr(trial_module, "fit", real_fit)
     summary = _tune(data, resume=True)
     rows = _rows(Path(summary["folder"]))
     assert [(r["trial"], r["status"]) for r in rows] == [("0", "COMPLETED"), ("1", "COMPLETED"), ("2", "COMPLETED")]

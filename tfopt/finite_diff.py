@@ -25,6 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfopt.callbacks.base import keras_module, variable_owners
+from tfopt.models.outputs import emits_logits
+from tfopt.training.run import recipe_model_and_data
 
 DEFAULT_THRESHOLD = 1e-4
 
@@ -67,8 +73,6 @@ class GradcheckResult:
 
 
 def _float64_copy(model, custom_objects=None):
-    from tfopt.callbacks._common import keras_module
-
     km = keras_module(model)
     config = model.get_config()
 
@@ -93,12 +97,7 @@ def _float64_copy(model, custom_objects=None):
 
 
 def _default_loss(model):
-    import tf_keras as keras
-
-    from tfopt.models.builder import output_activation
-
-    from_logits = output_activation(model) not in ("softmax", "sigmoid")
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=emits_logits(model))
 
 
 def gradcheck(model, x, y, loss=None, eps=1e-5, max_entries=16, threshold=DEFAULT_THRESHOLD, seed=0,
@@ -120,10 +119,6 @@ def gradcheck(model, x, y, loss=None, eps=1e-5, max_entries=16, threshold=DEFAUL
         >>> result = tfopt.gradcheck(model, x[:4], y[:4])
         >>> print(result.table()); assert result.passed
     """
-    import tensorflow as tf
-
-    from tfopt.callbacks._common import variable_owners
-
     m = _float64_copy(model, custom_objects)
     loss_fn = loss or _default_loss(model)
     rng = np.random.default_rng(seed)
@@ -178,8 +173,6 @@ def gradcheck(model, x, y, loss=None, eps=1e-5, max_entries=16, threshold=DEFAUL
 
 def gradcheck_recipe(recipe, *, samples: int = 4, entries: int = 16, threshold: float = DEFAULT_THRESHOLD):
     """:func:`gradcheck` of ``recipe``'s freshly built model on ``samples`` training images."""
-    from tfopt.training.run import recipe_model_and_data
-
     model, splits = recipe_model_and_data(recipe)
     return gradcheck(model, splits.x_train[:samples], splits.y_train[:samples], max_entries=entries,
                      threshold=threshold)

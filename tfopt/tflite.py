@@ -9,6 +9,7 @@ import numpy as np
 
 from tfopt.config.choices import TFLITE_MODES
 from tfopt.errors import TfoptError
+from tfopt.layer_kinds import prunable_weights
 
 MODES = TFLITE_MODES
 
@@ -31,8 +32,6 @@ def shared_dense_values(model) -> bool:
     kernel: one scale per unit maps the same values to different codes in every unit, and gzip
     pays for each of them.
     """
-    from tfopt.layer_kinds import prunable_weights
-
     total = shared = 0
     for layer in model.layers:
         if type(layer).__name__ != "Dense":

@@ -9,7 +9,9 @@ import numpy as np
 import tensorflow as tf
 from tf_keras.callbacks import Callback
 
-from tfopt.callbacks._common import CsvLog, resolve_loss, take_probe, unpack, variable_owners
+from tfopt.callbacks.base import (CsvLog, all_layers, keras_module, resolve_loss, take_probe, unpack,
+                                  variable_owners)
+from tfopt.plots import line_plot
 
 CSV_FIELDS = ["step", "layer", "grad_norm", "grad_min_abs", "grad_max_abs", "update_ratio", "dead_fraction"]
 RELU_NAMES = ("relu", "relu6")
@@ -29,7 +31,8 @@ class GradientNormMonitor(Callback):
     ``grad_norm/<layer>``, so History, CSV loggers and TensorBoard see them), to an optional
     CSV file (one row per layer per check, flushed each time), to TensorBoard scalars when
     ``log_dir`` is given, and to a PNG of the per-layer norms at the end when ``plot_path``
-    is given. Alerts go to ``self.alerts`` and, with ``verbose``, to stdout.
+    is given. Alerts go to ``self.alerts`` and, with ``verbose``, to stdout. The ``(x, y)`` arrays
+    the checks run on are ``self.probe_batch`` once training has begun.
 
     With ``probe_data`` omitted the monitor takes the first training batch: for that one
     step it wraps the model's ``train_step`` to copy the batch, then restores it and rebuilds
@@ -74,7 +77,7 @@ class GradientNormMonitor(Callback):
         self.verbose = verbose
         self.records: list[dict] = []
         self.alerts: list[dict] = []
-        self._probe = None
+        self.probe_batch = None
         self._step = 0
 
     def get_config(self):
@@ -99,14 +102,12 @@ class GradientNormMonitor(Callback):
         self._snapshot_fn = tf.function(lambda: [tf.identity(v) for v in self._variables])
         self._delta_fn = tf.function(self._deltas)
         if self.probe_data is not None:
-            self._probe = take_probe(self.probe_data, self.probe_batches)
+            self.probe_batch = take_probe(self.probe_data, self.probe_batches)
         else:
             self._capture_first_batch()
 
     def _relu_outputs(self):
         """A model from the input to every ReLU-activated output, for dead-unit counting."""
-        from tfopt.callbacks._common import all_layers, keras_module
-
         if not getattr(self.model, "inputs", None):
             return None
         outs, names = [], []
@@ -131,7 +132,7 @@ class GradientNormMonitor(Callback):
         original = model.train_step
 
         def grab(x, y):
-            self._probe = (x.numpy(), y.numpy())
+            self.probe_batch = (x.numpy(), y.numpy())
             return True
 
         def capturing_step(data):
@@ -183,23 +184,23 @@ class GradientNormMonitor(Callback):
         return step % self.every_n_steps == 0
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._due(self._step) and self._probe is not None:
+        if self._due(self._step) and self.probe_batch is not None:
             self._before = self._snapshot_fn()
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._step
         self._step += 1
-        if getattr(self, "_restore_step", False) and self._probe is not None:
+        if getattr(self, "_restore_step", False) and self.probe_batch is not None:
             self._stop_capturing()
             self._before = None
-        if not self._due(step) or self._probe is None:
+        if not self._due(step) or self.probe_batch is None:
             return
         before = getattr(self, "_before", None)
         self._before = None
         self._check(step, before)
 
     def _check(self, step, before):
-        x, y = self._probe
+        x, y = self.probe_batch
         loss, sumsq, mins, maxs, dead = (t.numpy() for t in self._probe_fn(x, y))
         n = len(self._layers)
         layer_sq = np.bincount(self._owner_index, weights=sumsq, minlength=n)
@@ -317,8 +318,6 @@ class GradientNormMonitor(Callback):
 
     def plot(self, path):
         """Per-layer gradient norms against step, log scale."""
-        from tfopt.report.plots import line_plot
-
         steps = [r["step"] for r in self.records]
         series = {name: [r["layers"].get(name, {}).get("grad_norm", np.nan) for r in self.records]
                   for name in self._layers}

@@ -8,6 +8,7 @@ import numpy as np
 from tf_keras.callbacks import Callback
 
 from tfopt.callbacks.lr import get_lr, set_lr
+from tfopt.plots import line_plot
 
 RULES = ("steepest", "min_div_10")
 
@@ -113,8 +114,6 @@ class LRFinder(Callback):
                 "max_lr": float(self.lrs[-1]), "steps": len(self.lrs)}
 
     def plot(self, path):
-        from tfopt.report.plots import line_plot
-
         s = self.suggestion()
         line_plot(self.lrs, {"loss": self.losses, "smoothed": self.smoothed}, path, xlabel="learning rate",
                   ylabel="loss", title="Learning-rate range test", logx=True, mark=(s["lr"], f"suggested {s['lr']:.2g}"))

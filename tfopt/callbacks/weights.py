@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from tf_keras.callbacks import Callback
 
-from tfopt.callbacks._common import CsvLog, all_layers
+from tfopt.callbacks.base import CsvLog, all_layers
 
 CSV_FIELDS = ["epoch", "layer", "weight_norm", "zero_fraction", "near_zero_fraction", "params"]
 

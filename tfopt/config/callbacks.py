@@ -24,9 +24,8 @@ CALLBACKS = Registry("callback")
 
 
 class CallbackConfig(Config):
-    def build(self, run_dir, probe):
-        """The Keras callback for ``tfopt fit``, or None when this entry is not a training callback."""
-        return None
+    """An entry of the recipe's ``callbacks:`` list; :func:`tfopt.callbacks.recipe.build_callback`
+    builds its Keras callback."""
 
 
 @CALLBACKS.register
@@ -36,10 +35,8 @@ class LearningRateDecayConfig(LRPolicy):
     name: Literal["learning_rate_decay"] = "learning_rate_decay"
 
     def policy(self) -> LRPolicy:
+        """The learning-rate policy ``tfopt fit`` follows in place of ``train.lr``."""
         return LRPolicy(**self.model_dump(exclude={"name"}))
-
-    def build(self, run_dir, probe):
-        return None  # tfopt fit drives the rate from policy() in place of train.lr
 
 
 @CALLBACKS.register
@@ -74,18 +71,6 @@ class GradientNormMonitorConfig(CallbackConfig):
     plot: bool = Field(True, description="write gradients.png")
     verbose: Literal[0, 1] = 1
 
-    def build(self, run_dir, probe):
-        from tfopt.callbacks import GradientNormMonitor
-
-        args = self.model_dump(exclude={"name", "probe_samples", "csv", "tensorboard", "plot"})
-        x, y = probe
-        return GradientNormMonitor(
-            (x[: self.probe_samples], y[: self.probe_samples]), **args,
-            csv_path=str(run_dir / "gradients.csv") if self.csv else None,
-            log_dir=str(run_dir / "logs" / "gradients") if self.tensorboard else None,
-            plot_path=str(run_dir / "gradients.png") if self.plot else None,
-        )
-
 
 @CALLBACKS.register
 class WeightStatsMonitorConfig(CallbackConfig):
@@ -96,9 +81,3 @@ class WeightStatsMonitorConfig(CallbackConfig):
     every_n_steps: Optional[PositiveInt] = None
     csv: bool = Field(True, description="write weights.csv in the run directory")
     verbose: Literal[0, 1] = 0
-
-    def build(self, run_dir, probe):
-        from tfopt.callbacks import WeightStatsMonitor
-
-        return WeightStatsMonitor(near_zero=self.near_zero, every_n_steps=self.every_n_steps,
-                                  csv_path=str(run_dir / "weights.csv") if self.csv else None, verbose=self.verbose)

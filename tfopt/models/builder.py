@@ -12,8 +12,11 @@ import tf_keras as keras
 from tfopt.errors import ShapeError
 from tfopt.config import layers as L
 from tfopt.config.layers import SEPARATE_ACTIVATIONS, pair, plan
+from tfopt.models.outputs import output_activation  # noqa: F401  (read from the builder by its users)
 
 KL = keras.layers
+# the layer configs with a kernel, an optional BatchNorm and a fused or separate activation
+WEIGHTED = (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, L.Dense)
 
 
 def activation_layer(activation: str, name: str):
@@ -134,7 +137,7 @@ def build_model(model_cfg, input_shape, name: str = "model") -> keras.Model:
     for name_, cfg, in_shape, _, extra in steps:
         if isinstance(cfg, L.Residual):
             x = _residual(x, cfg, name_, in_shape, d)
-        elif isinstance(cfg, L._Weighted):
+        elif isinstance(cfg, WEIGHTED):
             x = _weighted(cfg, name_, extra, d)(x)
             if "bn" in extra:
                 x = KL.BatchNormalization(name=extra["bn"])(x)
@@ -143,22 +146,3 @@ def build_model(model_cfg, input_shape, name: str = "model") -> keras.Model:
         else:
             x = _simple(cfg, name_)(x)
     return keras.Model(inputs, x, name=name)
-
-
-def output_activation(model) -> str:
-    """The activation the model's output goes through last ('linear' when it emits logits)."""
-    layer = model.layers[-1]
-    while layer is not None:
-        while hasattr(layer, "layer"):  # TFMOT wrappers (pruning, clustering, quantization)
-            layer = layer.layer
-        act = getattr(layer, "activation", None)
-        while act is not None and not hasattr(act, "__name__") and hasattr(act, "activation"):
-            act = act.activation  # TFMOT's QuantizeAwareActivation wraps the function
-        if act is not None:
-            return getattr(act, "__name__", str(act))
-        if isinstance(layer, (KL.Dropout, KL.Flatten)) and layer.inbound_nodes:
-            inbound = layer.inbound_nodes[0].inbound_layers
-            layer = inbound if not isinstance(inbound, list) else None
-            continue
-        return "linear"
-    return "linear"

@@ -9,8 +9,18 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
+from tfopt.config.recipe import load_recipe
+from tfopt.data.pipeline import load_splits
 from tfopt.errors import TfoptError
+from tfopt.export import load_keras
+from tfopt.models.stats import model_stats
+from tfopt.plots import pyplot
+from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
+from tfopt.steps import STEPS
+from tfopt.steps.prune import layer_sparsity, overall_sparsity
+from tfopt.steps.runs import accuracy as keras_accuracy
+from tfopt.tflite import accuracy as tflite_accuracy
+from tfopt.tflite import latency_us
 
 
 @dataclass
@@ -50,8 +60,6 @@ def _artifacts(path: Path):
 
 
 def _recipe_for(path: Path, recipe, overrides):
-    from tfopt.config.recipe import load_recipe
-
     run = path if path.is_dir() else path.parent
     if recipe:
         return load_recipe(recipe, overrides)
@@ -62,14 +70,6 @@ def _recipe_for(path: Path, recipe, overrides):
 
 def measure(paths, recipe=None, overrides=(), runs=200, threads=None, log=print) -> list[Row]:
     """Measure every artifact of ``paths`` on its recipe's test split."""
-    from tfopt.data.pipeline import load_splits
-    from tfopt.export import load_keras
-    from tfopt.models.stats import model_stats
-    from tfopt.steps.prune import layer_sparsity, overall_sparsity
-    from tfopt.steps.runs import accuracy as keras_accuracy
-    from tfopt.tflite import accuracy as tflite_accuracy
-    from tfopt.tflite import latency_us
-
     threads = threads or os.cpu_count() or 2
     rows, cache = [], {}
     for raw in paths:
@@ -174,8 +174,6 @@ def render_text(cells) -> str:
 
 def step_legend(rows: list[Row]) -> list[str]:
     """One line per registered step that made one of the rows: its name and what it does."""
-    from tfopt.steps import STEPS
-
     used = list(dict.fromkeys(s for r in rows for s in r.steps))
     return [f"{name}: {STEPS[name].help}" if name in STEPS else f"{name}: (no longer registered)" for name in used]
 
@@ -193,9 +191,7 @@ def render_markdown(cells, note_lines, threads, legend=()) -> str:
 
 
 def plot(rows: list[Row], path) -> None:
-    from tfopt.report.plots import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in rows:
         axes[0].scatter(r.size_gzip / 1024, r.accuracy * 100)
@@ -217,8 +213,6 @@ def plot(rows: list[Row], path) -> None:
 def report(paths, recipe=None, overrides=(), output="saved_models/report", overwrite=False, runs=200,
            threads=None, log=print):
     """Measure, then write ``report.md``, ``report.json`` and ``report.png`` into ``output``."""
-    from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
-
     threads = threads or os.cpu_count() or 2
     target = RunDir(Path(output), overwrite=overwrite).check()
     rows = measure(paths, recipe, overrides, runs, threads, log)

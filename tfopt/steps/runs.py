@@ -28,7 +28,7 @@ from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
 from tfopt.steps.settings import apply_step, step_settings
 from tfopt.steps.source import load_source, source_recipe
 from tfopt.training import distribute
-from tfopt.training.run import compile_model
+from tfopt.training.compile import compile_model
 
 
 def splits_of(source):

@@ -1,4 +1,5 @@
-"""``train.compile: auto``: a short timed probe picks the precision, XLA and steps per execution.
+"""Compiling a run's model: the recipe's loss, metrics and optimizer (:func:`compile_model`), and
+``train.compile: auto``, a short timed probe that picks the precision, XLA and steps per execution.
 
 None of them can be switched on blindly on a CPU: XLA made one MNIST CNN 0.70× as slow per
 epoch and a Conv-BN-ReLU net 2.5× slower; bfloat16 math (``mixed_bfloat16``: float32 weights,
@@ -15,6 +16,9 @@ A probe's choice is kept in a small cache (``compile-probe.json`` in the user's 
 or in ``TFOPT_CACHE_DIR``), keyed by the model's configuration, the batch and image shapes, the
 compile settings asked for, TensorFlow's version and the CPU: the next run of the same model on
 the same machine starts training at once. ``TFOPT_CACHE_DIR=off`` turns the cache off.
+
+Imports no TensorFlow at module level: the fine-tune loop imports this module, and the step
+modules import that while the command line builds its help.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from tfopt.models.outputs import emits_logits
+from tfopt.rundir import atomic_write_json
 
 # Below this many optimizer steps in the whole run a probe costs more than it can save.
 MIN_STEPS_TO_PROBE = 400
@@ -55,6 +64,30 @@ class CompileChoice:
         if self.probe:
             text += "; ms/step " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in self.probe.items())
         return text
+
+
+def compile_model(model, train_cfg, learning_rate=None, *, optimizer=None, jit=False, steps_per_execution=1):
+    """Compile ``model`` in place with the recipe's loss, metrics and optimizer.
+
+    Args:
+        model: a tf_keras model.
+        train_cfg: the recipe's ``train`` section.
+        learning_rate: a float or a ``LearningRateSchedule`` for a new optimizer.
+        optimizer: an existing optimizer instead (a resumed run's, with its state).
+        jit: compile the train step with XLA.
+        steps_per_execution: optimizer steps per compiled call.
+
+    Returns:
+        ``model``, compiled.
+    """
+    model.compile(
+        optimizer=optimizer if optimizer is not None else train_cfg.optimizer.build(learning_rate),
+        loss=train_cfg.loss.build(emits_logits(model)),
+        metrics=[m.build(train_cfg.loss.one_hot) for m in train_cfg.metrics],
+        jit_compile=bool(jit),
+        steps_per_execution=int(steps_per_execution),
+    )
+    return model
 
 
 def uses_batch_hooks(callbacks) -> bool:
@@ -168,10 +201,6 @@ def remember(key: str | None, choice: CompileChoice) -> None:
     path = _cache_file()
     if key is None or path is None:
         return
-    from filelock import FileLock, Timeout
-
-    from tfopt.rundir import atomic_write_json
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=10):

@@ -17,7 +17,19 @@ import shutil
 import time
 from pathlib import Path
 
+from tfopt.data.pipeline import load_splits
+from tfopt.errors import TfoptError
+from tfopt.export import load_keras
+from tfopt.models.stats import model_stats
+from tfopt.report.report import gzip_size
 from tfopt.rundir import PARTIAL, atomic_write_json
+from tfopt.steps import STEPS
+from tfopt.steps.runs import accuracy
+from tfopt.steps.settings import apply_step
+from tfopt.tflite import accuracy as tflite_accuracy
+from tfopt.tflite import convert, latency_us
+from tfopt.training.checkpoint import read_state
+from tfopt.training.run import fit
 
 RUN = "run"
 _SPLITS: dict = {}
@@ -25,8 +37,6 @@ _SPLITS: dict = {}
 
 def splits_for(recipe):
     """The recipe's data, loaded once per data config and seed and kept for the next trial."""
-    from tfopt.data.pipeline import load_splits
-
     key = (json.dumps(recipe.data.model_dump(mode="json"), sort_keys=True), recipe.seed)
     if key not in _SPLITS:
         _SPLITS.clear()  # one dataset in memory at a time
@@ -43,10 +53,6 @@ def trial_recipe(recipe):
 
 def _fit(recipe, folder: Path, epochs, parent: Path | None, splits, log):
     """Train (or continue) the trial's run; returns ``(model, history, metrics, epochs trained here)``."""
-    from tfopt.export import load_keras
-    from tfopt.training.checkpoint import read_state
-    from tfopt.training.run import fit
-
     final, partial = folder / RUN, folder / (RUN + PARTIAL)
     for old in (final, partial):
         if old.is_dir() and not _same_recipe(old, recipe):
@@ -93,9 +99,6 @@ def _final_row(history, recipe) -> dict:
 def _compress(model, recipe, splits, steps, log):
     """Apply the ``tune.compress`` steps in order, each the registered step with the recipe's
     ``optimize.<step>`` settings (or its defaults); returns ``(keras model, tflite bytes or None)``."""
-    from tfopt.steps import STEPS
-    from tfopt.steps.settings import apply_step
-
     content = None
     for name in steps:
         step = STEPS[name]
@@ -108,11 +111,6 @@ def _compress(model, recipe, splits, steps, log):
 
 
 def _measure(model, content, splits, needs, compressed, log) -> dict:
-    from tfopt.models.stats import model_stats
-    from tfopt.steps.runs import accuracy
-    from tfopt.report.report import gzip_size
-    from tfopt.tflite import accuracy as tflite_accuracy
-
     out = {}
     if compressed:
         out["val_accuracy"] = (tflite_accuracy(content, splits.x_val, splits.y_val, log=log) if content is not None
@@ -121,13 +119,9 @@ def _measure(model, content, splits, needs, compressed, log) -> dict:
     out["params"], out["macs"] = float(stats["params"]), float(stats["macs"])
     if needs & {"tflite_kb", "latency_ms"}:
         if content is None:
-            from tfopt.tflite import convert
-
             content = convert(model, "float32")
         out["tflite_kb"] = gzip_size(content) / 1000
         if "latency_ms" in needs:
-            from tfopt.tflite import latency_us
-
             out["latency_ms"] = latency_us(content, splits.x_val[:1] if len(splits.x_val) else splits.x_test[:1],
                                            log=log)["median_us"] / 1000
     return out
@@ -162,8 +156,6 @@ def run_trial(recipe, folder: Path, objective, compress=(), epochs=None, parent:
         values.update(_measure(model, content, splits, needs, bool(compress), log))
     missing = [k for k in (objective.metric, *objective.penalty) if k not in values]
     if missing:
-        from tfopt.errors import TfoptError
-
         raise TfoptError(f"the trial did not report {', '.join(missing)}; it reported {', '.join(sorted(values))}")
     values.update(score=objective.score(values), epochs=float(len(history)), epochs_trained=float(trained),
                   seconds=round(time.perf_counter() - started, 3))

@@ -25,9 +25,12 @@ from pathlib import Path
 
 import yaml
 
-from tfopt.errors import RunDirError, TfoptError
-from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
 from tfopt.config.tune import label
+from tfopt.errors import RunDirError, TfoptError
+from tfopt.plots import trials_plot
+from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
+from tfopt.training.run import Interrupted
+from tfopt.tune.trial import RUN, run_trial, splits_for
 
 SEARCH_FILE = "search.yaml"
 SHOWN = ("score", "val_accuracy", "val_loss", "accuracy", "loss", "tflite_kb", "latency_ms", "params", "macs",
@@ -108,9 +111,6 @@ def _tuner_class():
                              project_name=self.folder.name, overwrite=False)
 
         def run_trial(self, trial, *args, **kwargs):
-            from tfopt.training.run import Interrupted
-            from tfopt.tune.trial import run_trial
-
             hp = trial.hyperparameters.values
             values = self.space.values(hp)
             epochs = hp.get("tuner/epochs")
@@ -136,8 +136,6 @@ def _tuner_class():
 
         def trial_folder(self, trial_id) -> Path:
             """Where trial ``trial_id`` trained: this tuner's folder, else a sibling worker's."""
-            from tfopt.tune.trial import RUN
-
             own = self.folder / f"trial_{trial_id}"
             for candidate in [own, *sorted(self.folder.parent.glob(f"{self.stem}-*/trial_{trial_id}"))]:
                 if (candidate / RUN / "checkpoints" / "state.json").is_file():
@@ -254,8 +252,6 @@ def best_recipe_yaml(search, trial, score_line: str) -> str:
 
 
 def objective_plot(rows, path, direction: str) -> None:
-    from tfopt.report.plots import trials_plot
-
     done = [(i + 1, r["score"]) for i, r in enumerate(rows) if r.get("score") is not None]
     groups = [f"{r['budget'].split('→')[1]}-epoch budget" if r.get("budget") else "trial"
               for r in rows if r.get("score") is not None]
@@ -288,8 +284,6 @@ def tune(search, *, output=None, resume=False, overwrite=False, log=print) -> di
                  resume=resume)
     if role != "worker":
         run.check()
-    from tfopt.tune.trial import splits_for
-
     splits_for(base)  # a missing or corrupt dataset stops the search here; trials reuse what it loaded
     text = yaml.safe_dump(search.data, sort_keys=False, default_flow_style=None)
     folder = run.partial

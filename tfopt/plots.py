@@ -1,9 +1,18 @@
-"""PNG plots, drawn with matplotlib's Agg backend (no display needed)."""
+"""PNG plots, drawn with matplotlib's Agg backend (no display needed).
+
+Imports no TensorFlow and nothing of tfopt: the training loop, the callbacks, the tuner and
+the reports all draw with it.
+"""
 
 from __future__ import annotations
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend.
+
+    matplotlib is imported on the first plot, not with this module: it costs a noticeable
+    fraction of a second that commands which draw nothing need not pay.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -14,7 +23,7 @@ def _pyplot():
 
 def training_curves(history: list[dict], path, title: str = "") -> None:
     """Loss, every metric and the learning rate against epoch, train and validation."""
-    plt = _pyplot()
+    plt = pyplot()
     if not history:
         return
     keys = [k for k in history[0] if k != "epoch" and not k.startswith("val_") and "/" not in k]
@@ -38,7 +47,7 @@ def training_curves(history: list[dict], path, title: str = "") -> None:
 
 def line_plot(x, series: dict, path, xlabel="", ylabel="", title="", logy=False, logx=False, mark=None) -> None:
     """One line per series; ``mark=(x, label)`` draws a vertical marker."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, ys in series.items():
         ax.plot(x, ys, label=name, lw=2 if name.startswith("(") else 1)
@@ -61,7 +70,7 @@ def line_plot(x, series: dict, path, xlabel="", ylabel="", title="", logy=False,
 
 def removal_plot(rows: list[dict], path) -> None:
     """Accuracy drop against MACs saved, one point per removable layer or block."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
         ax.scatter(r["macs_saved"], r["drop_points"])
@@ -77,7 +86,7 @@ def removal_plot(rows: list[dict], path) -> None:
 
 def trials_plot(trials: list, scores: list, best_so_far: list, path, ylabel="score", title="", groups=None) -> None:
     """Each trial's score as a point (one colour per group, e.g. Hyperband budget), the best so far as a step line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     groups = groups or ["trial"] * len(trials)
     for group in dict.fromkeys(groups):
