@@ -15,6 +15,7 @@ import threading
 import click
 
 from tfopt.errors import TfoptError
+from tfopt.training.launch import launch
 
 # Lines TensorFlow's C++ runtime, absl and the TFLite converter write to stderr on their own:
 # hidden unless --verbose, so users see tfopt's output.
@@ -151,8 +152,6 @@ def run_workers(ctx: click.Context, workers: int) -> None:
     if os.environ.get("TF_CONFIG"):
         raise TfoptError("--workers: TF_CONFIG is already set, so this process is one worker of a cluster; "
                          "drop --workers (each host runs its own worker) or unset TF_CONFIG")
-    from tfopt.training.launch import launch
-
     ctx.exit(launch(rerun_args(ctx), workers, log=echo_err))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from tfopt.cli.app import recipe_run_options, run_workers, sigterm_as_interrupt, workers_option
+from tfopt.config.recipe import load_recipe
+from tfopt.training.distribute import is_chief
 
 
 @click.command()
@@ -16,8 +18,6 @@ def fit(ctx, recipe, overrides, output, resume, overwrite, workers):
 
     With --workers N (or train.distribute: multi_worker and TF_CONFIG set by any launcher) the
     run trains under tf.distribute; only the chief writes the run directory."""
-    from tfopt.config.recipe import load_recipe
-
     r = load_recipe(recipe, overrides)
     if workers > 1:
         run_workers(ctx, workers)
@@ -28,6 +28,4 @@ def fit(ctx, recipe, overrides, output, resume, overwrite, workers):
     m = result.metrics
     click.echo(f"test accuracy {m.get('test_accuracy', float('nan')):.4f}, test loss {m['test_loss']:.4f} "
                f"after {m['epochs']} epochs ({m['fit_seconds']:.1f} s training)")
-    from tfopt.training.distribute import is_chief
-
     click.echo(f"run written to {result.run_dir}" if is_chief() else f"the chief writes the run to {result.run_dir}")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from tfopt.cli.app import set_option
+from tfopt.config.recipe import load_recipe
 
 
 @click.command("gradcheck")
@@ -17,8 +18,6 @@ from tfopt.cli.app import set_option
 @click.option("--threshold", type=float, default=1e-4, show_default=True, help="Max relative error per layer.")
 def gradcheck(recipe, overrides, samples, entries, threshold):
     """Compare RECIPE's model gradients with finite differences (float64). Exit 1 on failure."""
-    from tfopt.config.recipe import load_recipe
-
     r = load_recipe(recipe, overrides)
     from tfopt.finite_diff import gradcheck_recipe
 

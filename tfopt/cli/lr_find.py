@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tfopt.cli.app import set_option
+from tfopt.config.recipe import load_recipe
 
 
 @click.command("lr-find")
@@ -17,8 +18,6 @@ from tfopt.cli.app import set_option
 @click.option("--plot", type=click.Path(dir_okay=False), help="Save the loss-vs-LR curve as a PNG.")
 def lr_find(recipe, overrides, min_lr, max_lr, steps, rule, plot):
     """Learning-rate range test on RECIPE's model and training data."""
-    from tfopt.config.recipe import load_recipe
-
     r = load_recipe(recipe, overrides)
     from tfopt.training.run import lr_find as run_lr_find
 

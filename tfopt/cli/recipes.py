@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from tfopt.cli.app import set_option
+from tfopt.config.recipe import bundled_recipes, load_recipe, recipe_headline
+from tfopt.tune.space import check_file
 
 
 @click.command()
@@ -15,8 +17,6 @@ def validate(recipe, overrides):
 
     A recipe with tune specs is checked as a search space: the specs, and each of their
     values with the others at their defaults."""
-    from tfopt.tune.space import check_file
-
     click.echo(check_file(recipe, overrides))
 
 
@@ -25,8 +25,6 @@ def validate(recipe, overrides):
 @set_option
 def summary(recipe, overrides):
     """Print the model RECIPE builds: layers, output shapes, parameters and MACs."""
-    from tfopt.config.recipe import load_recipe
-
     r = load_recipe(recipe, overrides)
     from tfopt.training.run import summary as summary_text
 
@@ -36,8 +34,6 @@ def summary(recipe, overrides):
 @click.command("recipes")
 def list_recipes():
     """List the bundled recipes and searches, one line each."""
-    from tfopt.config.recipe import bundled_recipes, recipe_headline
-
     found = bundled_recipes()
     width = max((len(n) for n in found), default=0)
     for name, path in found.items():

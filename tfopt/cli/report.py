@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tfopt.cli.app import set_option
+from tfopt.report.report import report as run_report
 
 
 @click.command()
@@ -18,8 +19,6 @@ from tfopt.cli.app import set_option
 @click.option("--threads", type=int, help="Threads of the multi-thread latency [all cores].")
 def report(sources, recipe, overrides, output, overwrite, runs, threads):
     """Compare the artifacts of SOURCES (run directories or model files): size, accuracy, latency."""
-    from tfopt.report.report import report as run_report
-
     _, text, note_lines, final = run_report(sources, recipe, overrides, output, overwrite, runs, threads,
                                            log=click.echo)
     click.echo(text)

@@ -16,6 +16,8 @@ import click
 
 from tfopt.cli.app import run_workers
 from tfopt.errors import TfoptError
+from tfopt.steps import STEPS
+from tfopt.steps.runs import run_source
 
 
 def _unwrap_optional(annotation):
@@ -172,8 +174,6 @@ def _command(command_name: str, steps) -> click.Command:
     options = _options(steps)
 
     def callback(source, recipe, overrides, output, overwrite, workers=1, **values):
-        from tfopt.steps.runs import run_source
-
         ctx = click.get_current_context()
         chosen = next((v for v in variants if ctx.params.get(v.cli_flag) and values.pop(v.cli_flag, False)), base)
         for v in variants:
@@ -213,8 +213,6 @@ def _command(command_name: str, steps) -> click.Command:
 
 def step_commands() -> dict[str, click.Command]:
     """A command for every registered step with a command name, variants folded in."""
-    from tfopt.steps import STEPS
-
     grouped: dict[str, list] = {}
     for step in STEPS:
         if step.command_name:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tfopt.cli.app import recipe_run_options, sigterm_as_interrupt
+from tfopt.tune.space import load_search
 
 
 @click.command()
@@ -16,8 +17,6 @@ def tune(recipe, overrides, output, resume, overwrite):
     trial's complete recipe for `tfopt fit`. For a distributed search set KERASTUNER_TUNER_ID
     (chief, tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT on every
     process (see the README)."""
-    from tfopt.tune.space import load_search
-
     search = load_search(recipe, overrides)
     sigterm_as_interrupt()
     from tfopt.tune.tuner import tune as run_tune
