@@ -1,0 +1,168 @@
+"""Tiny Keras 3 models of each family the Keras 3 engine serves, with data to fine-tune them.
+
+Every builder returns ``(model, (x, y))``: a built model and 64 rows of seeded synthetic
+data. Importable under any Keras backend (the JAX test runs them in a subprocess).
+"""
+
+import keras
+import numpy as np
+
+ROWS = 64
+CLASSES = 4
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _labels(rng):
+    return rng.integers(0, CLASSES, ROWS)
+
+
+def cnn2d():
+    rng = _rng(1)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(8, 3, activation="relu", padding="same"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(CLASSES, activation="softmax"),
+    ], name="cnn2d")
+    return model, (rng.random((ROWS, 8, 8, 1), dtype="float32"), _labels(rng))
+
+
+def conv1d():
+    rng = _rng(2)
+    inputs = keras.Input((16, 3))
+    x = keras.layers.Conv1D(8, 3, activation="relu")(inputs)
+    x = keras.layers.Conv1D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="conv1d"), (rng.random((ROWS, 16, 3), dtype="float32"), _labels(rng))
+
+
+def _recurrent(layer, name, seed):
+    rng = _rng(seed)
+    model = keras.Sequential([keras.Input((6, 4)), layer, keras.layers.Dense(CLASSES, activation="softmax")],
+                             name=name)
+    return model, (rng.random((ROWS, 6, 4), dtype="float32"), _labels(rng))
+
+
+def lstm():
+    return _recurrent(keras.layers.LSTM(8), "lstm", 3)
+
+
+def gru():
+    return _recurrent(keras.layers.GRU(8), "gru", 4)
+
+
+def bilstm():
+    return _recurrent(keras.layers.Bidirectional(keras.layers.LSTM(6)), "bilstm", 5)
+
+
+def embedding():
+    rng = _rng(6)
+    model = keras.Sequential([
+        keras.Input((10,), dtype="int32"),
+        keras.layers.Embedding(40, 8),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(CLASSES, activation="softmax"),
+    ], name="embedding")
+    return model, (rng.integers(0, 40, (ROWS, 10)).astype("int32"), _labels(rng))
+
+
+def transformer():
+    rng = _rng(7)
+    inputs = keras.Input((6, 8))
+    attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(inputs, inputs)
+    x = keras.layers.LayerNormalization()(inputs + attended)
+    ffn = keras.layers.Dense(16, activation="relu")(x)
+    ffn = keras.layers.Dense(8)(ffn)
+    x = keras.layers.LayerNormalization()(x + ffn)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="transformer"), (rng.random((ROWS, 6, 8), dtype="float32"), _labels(rng))
+
+
+def two_heads():
+    rng = _rng(8)
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(16, activation="relu")(inputs)
+    label = keras.layers.Dense(3, activation="softmax", name="label")(x)
+    value = keras.layers.Dense(1, name="value")(x)
+    model = keras.Model(inputs, [label, value], name="two_heads")
+    x_data = rng.random((ROWS, 8), dtype="float32")
+    y = {"label": rng.integers(0, 3, ROWS), "value": x_data.sum(1, keepdims=True)}
+    return model, (x_data, y)
+
+
+def nested():
+    rng = _rng(9)
+    inner = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(16, activation="relu")], name="inner")
+    inputs = keras.Input((8,))
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(inner(inputs))
+    return keras.Model(inputs, outputs, name="nested"), (rng.random((ROWS, 8), dtype="float32"), _labels(rng))
+
+
+@keras.saving.register_keras_serializable(package="tfopt_tests")
+class SubclassedNet(keras.Model):
+    """A subclassed model: two Dense layers and a softmax head."""
+
+    def __init__(self, units=16, classes=CLASSES, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.classes = units, classes
+        self.hidden = keras.layers.Dense(units, activation="relu")
+        self.middle = keras.layers.Dense(units, activation="relu")
+        self.head = keras.layers.Dense(classes, activation="softmax")
+
+    def call(self, inputs, training=False):
+        return self.head(self.middle(self.hidden(inputs)))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "classes": self.classes}
+
+
+def subclassed():
+    rng = _rng(10)
+    model = SubclassedNet(name="subclassed")
+    x = rng.random((ROWS, 8), dtype="float32")
+    model(x[:2])
+    return model, (x, _labels(rng))
+
+
+@keras.saving.register_keras_serializable(package="tfopt_tests")
+class OwnKernel(keras.layers.Layer):
+    """A custom layer holding its own kernel ``w`` (rank 2), bias ``b`` and gain ``g``."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(name="w", shape=(input_shape[-1], self.units), initializer="glorot_uniform")
+        self.b = self.add_weight(name="b", shape=(self.units,), initializer="zeros")
+        self.g = self.add_weight(name="g", shape=(), initializer="ones")
+
+    def call(self, inputs):
+        return keras.ops.relu(self.g * keras.ops.matmul(inputs, self.w) + self.b)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def custom_layer():
+    rng = _rng(11)
+    inputs = keras.Input((8,))
+    x = OwnKernel(32, name="own")(inputs)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="custom_layer"), (rng.random((ROWS, 8), dtype="float32"), _labels(rng))
+
+
+FAMILIES = {
+    "cnn2d": cnn2d, "conv1d": conv1d, "lstm": lstm, "gru": gru, "bilstm": bilstm,
+    "embedding": embedding, "transformer": transformer, "two_heads": two_heads,
+    "nested": nested, "subclassed": subclassed, "custom_layer": custom_layer,
+}
