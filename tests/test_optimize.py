@@ -1,10 +1,24 @@
-"""tfopt optimize on a digits-sized model: the budget on the selection split, files, resume; TFLite sizes."""
+"""tfopt optimize on digits-sized models: the budget on the selection split, the files and events
+of a search, resume, the stages' plans; TFLite sizes and latency."""
 
 import csv
 import json
 
 import numpy as np
 import pytest
+
+from tfopt.config.fine_tune import FineTuneSettings
+from tfopt.config.registry import Config
+from tfopt.errors import TfoptError
+from tfopt.search import stages
+from tfopt.search.candidates import COLUMNS, Candidate, ChainStep, Standings, chain_key
+from tfopt.search.engine import PROBE_RATES, chosen_rate, optimize, parse_budget, probe_rates, weights_digest
+from tfopt.search.report import paired_drop, pareto_front, recipe_steps
+from tfopt.steps import STEPS, register
+
+
+def quiet(*_):
+    pass
 
 
 def _digits():
@@ -37,31 +51,92 @@ def _model(train):
     return m
 
 
-def _bare_search(out, log, *, max_drop, epochs=2, lr=1e-3):
-    """A Search with no model and four blank images, for tests of its planning alone."""
-    from tfopt.search import engine
+def _rows(out):
+    return list(csv.DictReader(open(out / "candidates.csv")))
 
-    x = np.zeros((4, 8, 8, 1), np.float32)
-    y = np.zeros(4, np.int64)
-    return engine.Search(None, (x, y), (x, y), out=out, max_drop=max_drop, target="size", time_budget=None,
-                         distill=False, epochs=epochs, lr=lr, batch_size=None, temperature=4.0, alpha=0.9, seed=0,
-                         max_candidates=None, levels=(1.0,), log=log)
+
+def _of(events, kind):
+    return [e for e in events if e["event"] == kind]
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     import tf_keras as keras
 
-    from tfopt.search.engine import optimize
-
     keras.utils.set_random_seed(0)
     train, sel, test = _digits()
     model = _model(train)
     out = tmp_path_factory.mktemp("opt") / "search"
-    lines = []
+    events = []
     result = optimize(model, train, validation_data=sel, test_data=test, max_drop=2.0, target="size", out=out,
-                      epochs=1, max_candidates=3, levels=(2.0, 10.0), log=lines.append)
-    return model, sel, result, out, lines
+                      epochs=1, max_candidates=3, levels=(2.0, 10.0), log=quiet, on_event=events.append)
+    return model, sel, result, out, events
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A conv, a pool and a dense head: no layer the remove stage could take out, a fast search
+    for the MACs target with no sweep levels (its stages: int8, registered steps, QAT)."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    train, sel, _ = _digits()
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                          keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                          keras.layers.Dense(10, activation="softmax", name="head")])
+    m.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    m.fit(*train, epochs=8, batch_size=32, verbose=0)
+    return m, train, sel
+
+
+def _copy(model):
+    import tf_keras as keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+class ScaleConfig(Config):
+    scale: float = 1.0
+
+
+def scale_head(model, data, config, fine_tune, *, log=print, **inputs):
+    """The last layer's weights times ``config.scale`` (0: every class equally likely)."""
+    copy = _copy(model)
+    head = copy.layers[-1]
+    head.set_weights([w * config.scale for w in head.get_weights()])
+    return copy, {"scale": config.scale}
+
+
+SEEN = []
+
+
+def record(model, data, config, fine_tune, *, log=print, **inputs):
+    """The model unchanged; what the step was given is kept in ``SEEN``."""
+    SEEN.append({"data": data, "config": config, "fine_tune": fine_tune, "inputs": inputs})
+    return _copy(model), {}
+
+
+@pytest.fixture
+def head_step():
+    register("scale_head", ScaleConfig, "scaled", scale_head, ladders={"macs": [{"scale": 1.0}, {"scale": 0.0},
+                                                                                 {"scale": 0.5}]},
+             token=lambda s: f"head{s['scale']:g}")
+    yield STEPS["scale_head"]
+    STEPS.unregister("scale_head")
+
+
+@pytest.fixture
+def record_step():
+    SEEN.clear()
+    register("record", None, "recorded", record, ladders={"macs": [{}]}, token=lambda s: "rec")
+    yield SEEN
+    STEPS.unregister("record")
+    SEEN.clear()
+
+
+# -- a size search, its files and events ----------------------------------------------------------
 
 
 def test_chosen_model_meets_the_budget_on_the_selection_split(searched):
@@ -88,9 +163,126 @@ def test_chosen_model_meets_the_budget_on_the_selection_split(searched):
     assert f"| {result.chosen['drop_points']:.2f} ± {paired['standard_error_points']:.2f} |" in chosen_row
 
 
-def test_paired_standard_error_of_a_drop():
-    from tfopt.search.engine import paired_drop
+def test_candidates_csv_files_and_events(searched):
+    _, _, result, out, events = searched
+    rows = _rows(out)
+    assert list(rows[0]) == COLUMNS
+    # the input as int8, then the channel sweep's levels (a second level equal to the first gives way to a
+    # deeper cut, numbered on): the candidate limit of 3 stops the search
+    assert [r["id"] for r in rows] == ["base+int8", "ch1+int8", "ch2+int8"]
+    assert [r["stage"] for r in rows] == ["int8", "channels", "channels"]
+    assert all(int(r["tflite_gzip_bytes"]) < int(r["tflite_raw_bytes"]) for r in rows if not r["error"])
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"## Chosen: `{result.chosen['id']}`" in (out / "report.md").read_text()
+    finished = _of(events, "candidate")
+    assert [(e["id"], e["stage"]) for e in finished] == [(r["id"], r["stage"]) for r in rows]
+    assert [e["row"]["tflite_gzip_bytes"] for e in finished] == [int(r["tflite_gzip_bytes"]) for r in rows]
+    assert [e["name"] for e in _of(events, "stage")][:2] == ["int8", "channels"]
+    assert _of(events, "limit") == [{"event": "limit", "reason": "candidates"}]
+    assert _of(events, "chosen") == [{"event": "chosen", "id": result.chosen["id"]}]
+    assert [r["id"] for r in result.rows] == [r["id"] for r in rows]
 
+
+def test_optimize_yaml_names_registered_steps_with_settings_their_configs_accept(searched):
+    import yaml
+
+    _, _, result, out, _ = searched
+    section = yaml.safe_load((out / "optimize.yaml").read_text())["optimize"]
+    assert section["distill"] == {"temperature": 4.0, "alpha": 0.9}
+    for entry in section["steps"]:
+        ((name, settings),) = entry.items()
+        STEPS[name].configure(settings)  # raises on a key the step's config refuses
+    assert section["steps"][-1] == {"quantize": {"mode": "int8"}}
+    if result.chosen["id"] != "base+int8":
+        assert list(section["steps"][0]) == ["structured"]
+
+
+def test_the_search_probes_its_fine_tune_rate_and_uses_it(searched):
+    import yaml
+
+    _, _, _, out, events = searched
+    probes = _of(events, "probe")
+    assert 1 <= len(probes) <= len(PROBE_RATES)
+    assert [p["lr"] for p in probes] == list(PROBE_RATES[:len(probes)])
+    (rate,) = [e["lr"] for e in _of(events, "rate")]
+    assert rate in PROBE_RATES
+    state = json.loads((out / "state.json").read_text())
+    assert [p["lr"] for p in state["rate_probe"]] == [p["lr"] for p in probes]
+    assert chosen_rate(state["rate_probe"], 2.0)[0] == rate
+    steps = yaml.safe_load((out / "optimize.yaml").read_text())["optimize"]["steps"]
+    tuned = [next(iter(s.values())) for s in steps if "quantize" not in s]
+    assert all(t["lr"] == rate for t in tuned)
+    assert f"Fine-tune rate: {rate:g} (probed: " in (out / "report.md").read_text()
+
+
+def test_resume_keeps_finished_candidates_and_continues(searched, tmp_path):
+    import shutil
+
+    model, sel, _, out, first = searched
+    train, _, test = _digits()
+    copy = tmp_path / "search"
+    shutil.copytree(out, copy)
+    before = _rows(copy)
+    with pytest.raises(TfoptError, match="already holds a search; pass resume=True"):
+        optimize(model, train, validation_data=sel, out=copy, max_candidates=4, log=quiet)
+    with pytest.raises(TfoptError, match=r"ran with other settings \(epochs 1 -> 2, levels \[2.0, 10.0\] -> "
+                                         r"\[1.0, 10.0\]\); its candidates would not match"):
+        optimize(model, train, validation_data=sel, max_drop=2.0, out=copy, epochs=2, max_candidates=4,
+                 levels=(1.0, 10.0), resume=True, log=quiet)
+    events = []
+    optimize(model, train, validation_data=sel, test_data=test, max_drop=2.0, out=copy, epochs=1, max_candidates=4,
+             levels=(2.0, 10.0), resume=True, log=quiet, on_event=events.append)
+    after = _rows(copy)
+    assert after[:3] == before  # kept as they were, not rerun
+    assert len(after) == 4
+    # the next stage builds on the best of the finished candidates, as it would have without the stop:
+    # a deeper cut of fc1, the group holding the most kernel weights
+    best = min((r for r in before if r["meets_budget"] == "True"), key=lambda r: int(r["tflite_gzip_bytes"]))
+
+    def per_layer(row):
+        return json.loads(row["steps"].split(" -> ")[0].removeprefix("structured "))["per_layer"]
+
+    cut, was = per_layer(after[3]), {} if best["id"] == "base+int8" else per_layer(best)
+    assert after[3]["stage"] == "channels" and cut.pop("fc1") > was.pop("fc1", 0.0), (after[3], best)
+    assert cut == was
+    assert _of(events, "resumed") == [{"event": "resumed", "rows": 3}]
+    # the three finished candidates were not evaluated again, nor the rate probed again
+    assert [e["id"] for e in _of(events, "candidate")] == [after[3]["id"]]
+    assert not _of(events, "probe")
+    assert [e["lr"] for e in _of(events, "rate")] == [e["lr"] for e in _of(first, "rate")]
+
+
+@pytest.mark.parametrize("drops, chosen", [
+    ((0.05,), 1e-3),                 # the first rate is harmless: nothing more is probed
+    ((0.5, 0.09, 0.0), 3e-4),        # stops at the first rate within a third of the 0.3-pt budget
+    ((0.5, 0.4, 0.2), 1e-4),         # none within it: the least harmful
+    ((0.5, 0.15, 0.3), 3e-4),
+])
+def test_rate_probe_keeps_the_highest_rate_within_a_third_of_the_budget(drops, chosen):
+    calls = []
+
+    def drop_of(lr):
+        calls.append(lr)
+        return drops[PROBE_RATES.index(lr)]
+
+    probe = probe_rates(drop_of, 0.3)
+    assert chosen_rate(probe, 0.3)[0] == chosen
+    n = next((i + 1 for i, d in enumerate(drops) if d <= 0.1), len(drops))
+    assert calls == list(PROBE_RATES[:n]) and [p["lr"] for p in probe] == calls
+
+
+def test_bad_target_and_budget_are_refused(tmp_path):
+    with pytest.raises(TfoptError, match="target must be one of size, latency, macs; got 'speed'"):
+        optimize(None, None, target="speed", out=tmp_path)
+    assert parse_budget("30m") == 1800 and parse_budget("1h") == 3600 and parse_budget(90) == 90
+    with pytest.raises(TfoptError, match="expected seconds or a duration such as 30m, 1h, 90s; got 'soon'"):
+        optimize(None, None, time_budget="soon", out=tmp_path)
+
+
+# -- the report's figures -------------------------------------------------------------------------
+
+
+def test_paired_standard_error_of_a_drop():
     # 1,000 images: the input right on 990; the other file loses 6 of them and wins 2 others
     a = np.r_[np.ones(990), np.zeros(10)].astype(bool)
     b = a.copy()
@@ -101,120 +293,7 @@ def test_paired_standard_error_of_a_drop():
     assert paired_drop(a, a) == {"drop_points": 0.0, "standard_error_points": 0.0, "lost": 0, "won": 0}
 
 
-def test_candidates_csv_and_pareto_png_are_written(searched):
-    _, _, result, out, lines = searched
-    rows = list(csv.DictReader(open(out / "candidates.csv")))
-    assert len(rows) == 3
-    assert rows[0]["id"] == "base+int8"
-    assert all(int(r["tflite_gzip_bytes"]) < int(r["tflite_raw_bytes"]) for r in rows if not r["error"])
-    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = (out / "report.md").read_text()
-    assert f"## Chosen: `{result.chosen['id']}`" in report
-    assert "optimize:" in (out / "optimize.yaml").read_text()
-    assert any("best so far" in line for line in lines)
-    assert any(line.startswith("candidate limit (3)") for line in lines)
-
-
-def test_resume_keeps_finished_candidates_and_continues(searched, tmp_path):
-    import shutil
-
-    from tfopt.errors import TfoptError
-    from tfopt.search.engine import optimize
-
-    model, sel, _, out, _ = searched
-    train, _, test = _digits()
-    copy = tmp_path / "search"
-    shutil.copytree(out, copy)
-    before = list(csv.DictReader(open(copy / "candidates.csv")))
-    with pytest.raises(TfoptError, match="already holds a search; pass resume=True"):
-        optimize(model, train, validation_data=sel, out=copy, max_candidates=4)
-    with pytest.raises(TfoptError, match=r"ran with other settings \(epochs 1 -> 2, levels \[2.0, 10.0\] -> "
-                                         r"\[1.0, 10.0\]\); its candidates would not match"):
-        optimize(model, train, validation_data=sel, max_drop=2.0, out=copy, epochs=2, max_candidates=4,
-                 levels=(1.0, 10.0), resume=True)
-    lines = []
-    optimize(model, train, validation_data=sel, test_data=test, max_drop=2.0, out=copy, epochs=1, max_candidates=4,
-             levels=(2.0, 10.0), resume=True, log=lines.append)
-    after = list(csv.DictReader(open(copy / "candidates.csv")))
-    assert after[:3] == before  # kept as they were, not rerun
-    assert len(after) == 4
-    # the next stage builds on the best of the finished candidates, as it would have without the stop
-    best = min((r for r in before if r["meets_budget"] == "True"), key=lambda r: int(r["tflite_gzip_bytes"]))
-    # (after the channel sweep, a deeper cut of fc1, the group holding the most kernel weights)
-    cut = json.loads(after[3]["steps"].removeprefix("channels ").split(" -> ")[0])["per_layer"]
-    was = {} if best["id"] == "base+int8" else json.loads(best["steps"].removeprefix("channels ").split(" -> ")[0])["per_layer"]
-    assert after[3]["stage"] == "channels" and cut.pop("fc1") > was.pop("fc1", 0.0), (after[3], best)
-    assert cut == was
-    assert "resuming: 3 finished candidate(s)" in lines[1] or any("resuming: 3" in line for line in lines)
-    # the three finished candidates were not evaluated again, nor the rate probed again
-    assert sum(line.startswith("[") for line in lines) == 1
-    assert not any(line.startswith("rate probe:") for line in lines)
-    probed = [line for line in lines if line.startswith("fine-tune rate:")]
-    assert len(probed) == 1 and probed[0].split()[2] == f"{_first_rate(searched[4]):g}"
-
-
-def _first_rate(lines):
-    return float(next(line for line in lines if line.startswith("fine-tune rate:")).split()[2])
-
-
-def test_the_search_probes_its_fine_tune_rate_and_uses_it(searched):
-    import yaml
-
-    from tfopt.search.engine import PROBE_RATES
-
-    _, _, result, out, lines = searched
-    probes = [line for line in lines if line.startswith("rate probe: one epoch at ")]
-    assert 1 <= len(probes) <= len(PROBE_RATES)
-    rate = _first_rate(lines)
-    assert rate in PROBE_RATES
-    state = __import__("json").loads((out / "state.json").read_text())
-    assert [p["lr"] for p in state["rate_probe"]] == list(PROBE_RATES[:len(probes)])
-    steps = yaml.safe_load((out / "optimize.yaml").read_text())["optimize"]["steps"]
-    tuned = [next(iter(s.values())) for s in steps if "quantize" not in s]
-    assert all(t["lr"] == rate for t in tuned)
-    assert f"Fine-tune rate: {rate:g} (probed: " in (out / "report.md").read_text()
-
-
-@pytest.mark.parametrize("drops, chosen", [
-    ((0.05,), 1e-3),                 # the first rate is harmless: nothing more is probed
-    ((0.5, 0.09, 0.0), 3e-4),        # stops at the first rate within a third of the 0.3-pt budget
-    ((0.5, 0.4, 0.2), 1e-4),         # none within it: the least harmful
-    ((0.5, 0.15, 0.3), 3e-4),
-])
-def test_rate_probe_keeps_the_highest_rate_within_a_third_of_the_budget(tmp_path, monkeypatch, drops, chosen):
-    from tfopt.search import engine
-
-    lines = []
-    search = _bare_search(tmp_path, lines.append, max_drop=0.3, epochs=2, lr=None)
-    search.base_acc = 0.99
-    calls = []
-    monkeypatch.setattr(engine.S, "fine_tuned", lambda model, data, fit: calls.append(fit) or fit["lr"])
-    monkeypatch.setattr(engine.S, "accuracy", lambda lr, xs, ys: 0.99 - drops[engine.PROBE_RATES.index(lr)] / 100)
-    search.choose_rate()
-    assert search.fit["lr"] == chosen
-    n = next((i + 1 for i, d in enumerate(drops) if d <= 0.1), len(drops))
-    assert [c["lr"] for c in calls] == list(engine.PROBE_RATES[:n])
-    assert all(c["epochs"] == 1 for c in calls) and search.fit["epochs"] == 2
-    # a given rate is kept as it is, without a probe
-    fixed = _bare_search(tmp_path, lines.append, max_drop=0.3, epochs=2, lr=5e-4)
-    fixed.choose_rate()
-    assert fixed.fit["lr"] == 5e-4 and len(calls) == n
-
-
-def test_bad_target_and_budget_are_refused(tmp_path):
-    from tfopt.errors import TfoptError
-    from tfopt.search.engine import _parse_budget, optimize
-
-    with pytest.raises(TfoptError, match="target must be one of size, latency, macs; got 'speed'"):
-        optimize(None, None, target="speed", out=tmp_path)
-    assert _parse_budget("30m") == 1800 and _parse_budget("1h") == 3600 and _parse_budget(90) == 90
-    with pytest.raises(TfoptError, match="expected seconds or a duration such as 30m, 1h, 90s; got 'soon'"):
-        _parse_budget("soon")
-
-
 def test_pareto_front_keeps_only_undominated_rows():
-    from tfopt.search.engine import pareto_front
-
     rows = [{"id": "a", "s": 10, "selection_accuracy": 0.90}, {"id": "b", "s": 20, "selection_accuracy": 0.95},
             {"id": "c", "s": 30, "selection_accuracy": 0.93}, {"id": "d", "s": 5, "selection_accuracy": 0.80}]
     assert [r["id"] for r in pareto_front(rows, "s")] == ["d", "a", "b"]
@@ -237,77 +316,6 @@ def test_sparse_tflite_storage_shrinks_raw_bytes_of_a_pruned_model():
     assert sizes["raw_bytes"] == len(dense) and 0 < sizes["gzip_bytes"] < len(dense)
     content, info = tflite.smallest(m, "float32", by="raw_bytes")
     assert info["sparse"] and content == packed and info["sparse_raw_bytes"] == len(packed)
-
-
-def test_fine_tunes_see_augmented_images_when_asked(searched, tmp_path, monkeypatch):
-    """``augment`` gives the search's fine-tunes a shifted-image pipeline; sensitivity and calibration keep
-    the arrays."""
-    import tensorflow as tf
-
-    from tfopt.errors import TfoptError
-    from tfopt.search import engine
-
-    train, sel, _ = _digits()
-    made = []
-    monkeypatch.setattr(engine.Search, "search", lambda self: made.append(self) or setattr(self, "base_acc", 0.5))
-    lines = []
-    with pytest.raises(TfoptError, match=r"no candidate finished \(time budget none, candidate limit none\)"):
-        engine.optimize(searched[0], train, validation_data=sel, out=tmp_path / "s", augment={"translate": 0.25},
-                        log=lines.append)
-    (search,) = made
-    assert isinstance(search.train, tf.data.Dataset) and isinstance(search.data, tuple)
-    assert "fine-tunes augment their training images: {'translate': 0.25}" in lines
-    x, y = next(iter(search.train))
-    assert x.shape[1:] == (8, 8, 1) and len(x) == 32
-    # shifted by whole pixels: some images differ from every original
-    originals = {train[0][i].tobytes() for i in range(len(train[0]))}
-    assert sum(img.tobytes() not in originals for img in x.numpy()) > 0
-    made.clear()
-    with pytest.raises(TfoptError):
-        engine.optimize(searched[0], train, validation_data=sel, out=tmp_path / "t", log=lines.append)
-    assert made[0].train is made[0].data  # no augmentation asked: the arrays themselves
-
-
-def test_latency_search_measures_float32_files_too(searched, tmp_path):
-    """For --target latency every chain is measured as int8 and as float32; the fastest within budget wins."""
-    from tfopt import tflite
-    from tfopt.search.engine import optimize
-
-    train, sel, _ = _digits()
-    model = searched[0]
-    result = optimize(model, train, validation_data=sel, max_drop=5.0, target="latency", out=tmp_path / "s",
-                      epochs=1, max_candidates=4, levels=(10.0,), log=lambda *_: None)
-    rows = list(csv.DictReader(open(tmp_path / "s" / "candidates.csv")))
-    assert [r["id"] for r in rows] == ["base+int8", "base+f32", "ch1+int8", "ch1+f32"]
-    assert [r["tflite"] for r in rows] == ["int8", "float32"] * 2
-    ok = [r for r in rows if r["meets_budget"] == "True"]
-    assert result.chosen["id"] == min(ok, key=lambda r: float(r["latency_us"]))["id"]
-    mode = result.chosen["tflite"]
-    assert (tmp_path / "s" / "chosen" / f"model_{mode}.tflite").read_bytes() == result.tflite
-    # a float32 file holds 4-byte weights, an int8 one 1-byte weights
-    f32, i8 = (int(r["tflite_raw_bytes"]) for r in rows[1::-1])
-    assert f32 > 2 * i8
-    assert tflite.accuracy(result.tflite, *sel) == pytest.approx(result.chosen["selection_accuracy"])
-
-
-def test_latency_search_folds_pools_without_changing_the_predictions(searched, tmp_path):
-    """The fold_pool stage rewrites the best chain exactly: its Keras model predicts what its
-    parent predicts, and its file is measured as int8 and float32 like every chain."""
-    from tfopt.search.engine import optimize
-
-    train, sel, _ = _digits()
-    lines = []
-    optimize(searched[0], train, validation_data=sel, max_drop=5.0, target="latency", out=tmp_path / "s", epochs=1,
-             max_candidates=8, levels=(10.0,), log=lines.append)
-    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "s" / "candidates.csv"))}
-    folded = [r for r in rows.values() if r["stage"] == "fold_pool"]
-    assert [r["tflite"] for r in folded] == ["int8", "float32"]
-    # the chain it folded: the best within budget before the stage ("base" when that is the input model)
-    prefix = folded[0]["id"][:folded[0]["id"].index("fp-")].rstrip("+")
-    parent = (prefix or "base") + "+int8"
-    assert float(folded[0]["keras_selection_accuracy"]) == float(rows[parent]["keras_selection_accuracy"])
-    assert float(folded[0]["macs"]) > float(rows[parent]["macs"])  # 4 filter groups of a kernel one larger
-    assert any(line.strip().startswith("step fold_pool {\"layers\": [") for line in lines)
 
 
 def test_latency_reports_the_block_with_the_lowest_median(monkeypatch):
@@ -337,160 +345,6 @@ def test_latency_reports_the_block_with_the_lowest_median(monkeypatch):
     assert tflite.latency_us(b"", np.zeros((8, 8, 1)), runs=4, warmup=0)["median_us"] == pytest.approx(9.0)
 
 
-def test_a_ladder_ends_at_its_first_hopeless_rung(tmp_path):
-    from tfopt.search import engine
-
-    lines = []
-    search = _bare_search(tmp_path, lines.append, max_drop=0.2, epochs=1, lr=1e-3)
-    drops = {"p1+int8": 0.1, "p2+int8": 0.35, "p3+int8": 0.41, "p4+int8": 0.1, "c16+int8": 0.5, "c8+int8": 0.0}
-    done = []
-
-    def evaluate(cand):
-        done.append(cand.id)
-        search.rows[cand.id] = {"id": cand.id, "drop_points": drops[cand.id], "error": ""}
-
-    search.evaluate = evaluate
-    prune = [engine.Candidate([engine.Step("prune", {"level": i})], "prune") for i in (1, 2, 3, 4)]
-    cluster = [engine.Candidate([engine.Step("cluster", {"clusters": c})], "cluster") for c in (16, 8)]
-    assert search.run_stage("prune", [prune, cluster])
-    # 0.35 is a near miss of a 0.2-pt budget (within twice it): the ladder goes on; 0.41 is not
-    assert done == ["p1+int8", "p2+int8", "p3+int8", "c16+int8"]
-    assert "    p3+int8 lost 0.41 pt, over 2× the budget: skipping p4+int8" in lines
-    assert "    c16+int8 lost 0.50 pt, over 2× the budget: skipping c8+int8" in lines
-    # a resumed search reads the finished rows and skips the same rungs
-    done.clear()
-    assert search.run_stage("prune", [prune, cluster]) and done == []
-
-
-def test_size_search_spreads_and_ranks_the_way_that_loses_least(tmp_path, monkeypatch):
-    from tfopt.search import engine
-    from tfopt.search import steps as S
-
-    lines = []
-    search = _bare_search(tmp_path, lines.append, max_drop=0.5, epochs=2, lr=1e-3)
-    scales = {"fc": {"kernel": np.ones((4, 1), np.float32)}}
-    accs = {("erk", None): 0.48, ("er", None): 0.88, ("erk", "act"): 0.50, ("er", "act"): 0.80}
-    monkeypatch.setattr(S, "input_scales", lambda model, x: scales)
-    monkeypatch.setattr(S, "allocation_accuracy", lambda model, x, y, sparsity, allocation, ranked=None:
-                        accs[allocation, "act" if ranked is scales else None])
-    ladder = search.sparsity_ladder([], None)
-    assert [chain[-1].knobs for chain in ladder] == [
-        {"level": f"er{p}", "sparsity": p / 100, "allocation": "er"} for p in (80, 90, 95, 97)]
-    assert [engine._key(chain) for chain in ladder] == ["per80", "per90", "per95", "per97"]
-    assert ("pruning at once to 90%, without fine-tuning: erk by magnitude 48.00%, er by magnitude 88.00%, "
-            "erk by activation 50.00%, er by activation 80.00%; spreading by er, ranking by magnitude") in lines
-    assert engine._recipe_steps(ladder[1], False, search.fit)[0] == {
-        "prune": {"sparsity": 0.9, "layers": {}, "skip": [], "allocation": "er", "epochs": 2, "lr": 0.001}}
-    accs["er", "act"] = 0.90  # the activation criterion keeps more: its chains say so in their ids and recipes
-    ladder = search.sparsity_ladder([], None, (0.8,))
-    assert [engine._key(chain) for chain in ladder] == ["per80act"]
-    assert ladder[0][-1].knobs == {"level": "er80act", "sparsity": 0.8, "allocation": "er", "criterion": "activation"}
-    assert engine._recipe_steps(ladder[0], False, search.fit)[0]["prune"]["criterion"] == "activation"
-    accs.update(dict.fromkeys(accs, 0.48))  # a tie keeps erk by magnitude: the names they had
-    assert [engine._key(chain) for chain in search.sparsity_ladder([], None, (0.8,))] == ["perk80"]
-
-
-def test_size_search_cuts_the_layer_with_the_most_weights_deeper(tmp_path, monkeypatch):
-    from tfopt.search import engine
-    from tfopt.search import steps as S
-
-    lines = []
-    search = _bare_search(tmp_path, lines.append, max_drop=0.5)
-    monkeypatch.setattr(S, "prunable_layers", lambda model: {"fc1": 235_200, "fc2": 30_000, "fc3": 1_000})
-    monkeypatch.setattr(S, "channel_groups", lambda model: ["fc1", "fc2"])
-    search.chains = {"ch3+int8": [engine.Step("channels", {"level": 3, "per_layer": {"fc1": 0.5, "fc2": 0.5}})]}
-    monkeypatch.setattr(search, "best", lambda: {"id": "ch3+int8"})
-    chains = search.deeper_channels(4)
-    assert [c[0].knobs for c in chains] == [{"level": 5 + i, "per_layer": {"fc1": r, "fc2": 0.5}}
-                                            for i, r in enumerate((0.7, 0.8, 0.9))]
-    assert [engine._key(c) for c in chains] == ["ch5", "ch6", "ch7"]
-    assert "fc1 holds the most kernel weights (235,200): cutting 70%, 80%, 90% of its channels on top of ch3" in lines
-    monkeypatch.setattr(search, "best", lambda: None)  # no channel candidate within budget: from the input
-    assert [c[0].knobs["per_layer"] for c in search.deeper_channels(0)] == [{"fc1": r} for r in (0.5, 0.7, 0.8, 0.9)]
-    # a probed rate below the highest: the deep cuts, far from the trained minimum, fine-tune at the highest
-    search.probe, search.fit["lr"] = [{"lr": 1e-3, "drop_points": 0.2}, {"lr": 3e-4, "drop_points": 0.1}], 3e-4
-    chains = search.deeper_channels(0)
-    assert chains[0][0].knobs == {"level": 1, "per_layer": {"fc1": 0.5}, "lr": 1e-3}
-    assert engine._recipe_steps(chains[0], False, search.fit)[0] == {
-        "structured": {"ratio": 0.0, "per_layer": {"fc1": 0.5}, "epochs": 2, "lr": 1e-3}}
-    assert "fc1 holds the most kernel weights (235,200): cutting 50%, 70%, 80%, 90% of its channels, fine-tuned " \
-           "at 0.001" in lines
-    search.chains["p1+int8"] = [engine.Step("prune", {"level": 1})]
-    monkeypatch.setattr(search, "best", lambda: {"id": "p1+int8"})  # the best is not a channel cut: none
-    assert search.deeper_channels(0) == []
-
-
-def _row(id_, stage, drop, nonzero, gzip, meets, int8="ptq"):
-    return {"id": id_, "stage": stage, "drop_points": drop, "nonzero_params": nonzero, "tflite_gzip_bytes": gzip,
-            "meets_budget": meets, "int8": int8, "selection_accuracy": 0.99 - drop / 100, "latency_us": 1.0,
-            "macs": 1, "error": ""}
-
-
-def test_size_search_prunes_from_a_start_with_headroom_and_fine_tunes_a_near_miss_longer(tmp_path, monkeypatch):
-    from tfopt.search import engine
-    from tfopt.search import steps as S
-
-    lines = []
-    search = _bare_search(tmp_path, lines.append, max_drop=0.5, epochs=20)
-    ch = {i: [engine.Step("channels", {"level": i, "per_layer": {"fc1": r}})] for i, r in ((3, 0.5), (6, 0.8))}
-    search.chains = {"base+int8": [], "ch3+int8": ch[3], "ch6+int8": ch[6]}
-    search.rows = {r["id"]: r for r in (_row("base+int8", "int8", 0.0, 266_000, 248_000, True),
-                                         _row("ch3+int8", "channels", 0.13, 125_000, 115_000, True),
-                                         _row("ch6+int8", "channels", 0.47, 50_000, 47_000, True))}
-    # ch6 is the smallest within budget, but has used 0.47 of the 0.5 pt; ch3 has used 0.13
-    assert engine._key(search.base_chain()) == "ch6"
-    assert engine._key(search.prune_start()) == "ch3"
-    search.rows["ch6+int8"]["drop_points"] = 0.25  # at most half the budget: ch6 itself
-    assert engine._key(search.prune_start()) == "ch6"
-    search.rows["ch6+int8"]["drop_points"] = 0.47
-    # the prune stage: every ladder on ch3; the overall targets also on ch6, the best; the harsher ones on the input
-    how = {"allocation": "erk", "criterion": "activation", "scales": None}
-    monkeypatch.setattr(search, "keras_model", lambda chain: engine._key(chain))
-    monkeypatch.setattr(search, "choose_pruning", lambda model: how)
-    monkeypatch.setattr(S, "magnitude_sensitivity", lambda model, x, y, scales=None: [
-        {"layer": "fc1", "ratio": 0.5, "accuracy": 0.99}, {"layer": "fc1", "ratio": 0.75, "accuracy": 0.985},
-        {"layer": "fc2", "ratio": 0.5, "accuracy": 0.97}])
-    monkeypatch.setattr(S, "accuracy", lambda model, x, y: 0.99)
-    monkeypatch.setattr(S, "prunable_layers", lambda model: {"fc1": 1, "fc2": 1})
-    assert [[engine._key(c) for c in ladder] for ladder in search.prune_ladders()] == [
-        ["ch3+p1act"], [f"ch3+perk{p}act" for p in (80, 90, 95, 97)], [f"ch6+perk{p}act" for p in (80, 90, 95, 97)],
-        [f"perk{p}act" for p in (90, 95, 97)]]
-    assert search.prune_ladders()[0][0][-1].knobs == {"level": "1act", "layers": {"fc1": 0.75}, "sparsity": 0.75,
-                                                      "skip": ["fc2"], "criterion": "activation"}
-
-    p90 = ch[3] + [engine.Step("prune", {"level": "erk90act", "sparsity": 0.9, "criterion": "activation"})]
-    p95 = ch[3] + [engine.Step("prune", {"level": "erk95act", "sparsity": 0.95, "criterion": "activation"})]
-    p97 = ch[3] + [engine.Step("prune", {"level": "erk97act", "sparsity": 0.97, "criterion": "activation"})]
-    search.chains |= {"ch3+perk90act+int8": p90, "ch3+perk95act+int8": p95, "ch3+perk97act+int8": p97}
-    search.rows |= {r["id"]: r for r in (_row("ch3+perk90act+int8", "prune", 0.37, 12_500, 24_000, True),
-                                         _row("ch3+perk95act+int8", "prune", 0.80, 6_300, 18_000, False),
-                                         _row("ch3+perk97act+int8", "prune", 1.20, 3_800, 14_000, False))}
-    assert search.best()["id"] == "ch3+perk90act+int8"
-    # 95% missed by 0.30 pt (97% by more than twice the budget): pruned again over 3 × 20 epochs
-    assert [[engine._key(c) for c in ladder] for ladder in search.longer_chains()] == [["ch3+perk95act-e60"]]
-    long = search.longer_chains()[0][0]
-    assert long[-1].knobs == {**p95[-1].knobs, "epochs": 60}
-    assert engine._recipe_steps(long + [engine.Step("cluster", {"clusters": 8})], False, search.fit)[1:3] == [
-        {"prune": {"sparsity": 0.95, "layers": {}, "skip": [], "criterion": "activation", "epochs": 60, "lr": 1e-3}},
-        {"cluster": {"clusters": 8, "epochs": 20, "lr": 1e-3}}]
-    assert lines[-1] == ("ch3+perk95act+int8 missed by 0.30 pt with 6,300 non-zero weights (the best keeps 12,500): "
-                         "pruning again over 60 epochs")
-    # 97% within twice the budget: it keeps the fewest weights and goes first; 95% lost least and follows
-    search.rows["ch3+perk97act+int8"]["drop_points"] = 0.95
-    assert [[engine._key(c) for c in ladder] for ladder in search.longer_chains()] == [
-        ["ch3+perk97act-e60"], ["ch3+perk95act-e60"]]
-    search.rows["ch3+perk97act+int8"]["drop_points"] = 1.2
-    # a near miss that keeps more weights than the best is no use
-    search.rows["ch3+perk95act+int8"]["nonzero_params"] = 13_000
-    assert search.longer_chains() == []
-    # overall targets go beyond what the sweep tolerated: at the highest probed rate when a lower one was chosen
-    how = {"allocation": "erk", "criterion": "activation"}
-    assert "lr" not in search.sparsity_ladder(ch[3], None, (0.9,), how=how)[0][-1].knobs  # lr was given
-    search.probe, search.fit["lr"] = [{"lr": 1e-3, "drop_points": 0.2}, {"lr": 3e-4, "drop_points": 0.1}], 3e-4
-    assert search.sparsity_ladder(ch[3], None, (0.9,), how=how)[0][-1].knobs == {
-        "level": "erk90act", "sparsity": 0.9, "criterion": "activation", "lr": 1e-3}
-
-
 def test_one_shot_magnitude_pruning_zeroes_each_layers_share():
     import tf_keras as keras
 
@@ -508,105 +362,336 @@ def test_one_shot_magnitude_pruning_zeroes_each_layers_share():
     assert kept.min() >= np.sort(np.abs(before[2]).ravel())[round(0.9 * 2880) - 1]
 
 
-def test_qat_goes_to_the_near_misses_that_lost_least(tmp_path):
-    from tfopt.search import engine
+# -- searches with a registered step --------------------------------------------------------------
 
-    search = _bare_search(tmp_path, lambda *_: None, max_drop=0.5, epochs=2, lr=1e-3)
-    search.base_acc = 0.9333
+
+def test_a_ladder_ends_at_its_first_hopeless_rung_and_a_resumed_search_skips_the_same(small, head_step, tmp_path):
+    model, train, sel = small
+    kw = dict(validation_data=sel, max_drop=1.0, target="macs", epochs=1, lr=1e-3, levels=(), distill=False, log=quiet)
+    events = []
+    result = optimize(model, train, out=tmp_path / "s", on_event=events.append, **kw)
+    rows = _rows(tmp_path / "s")
+    # the registered step's ladder is a stage of its own, on the best chain so far (the input model)
+    assert [(r["id"], r["stage"]) for r in rows] == [("base+int8", "int8"), ("head1+int8", "scale_head"),
+                                                     ("head0+int8", "scale_head")]
+    assert float(rows[1]["keras_selection_accuracy"]) == pytest.approx(float(rows[0]["keras_selection_accuracy"]))
+    # scale 0 leaves every class equally likely: far over twice the budget, the harsher rung is skipped
+    assert float(rows[2]["drop_points"]) > 2 * 1.0
+    skipped = {"event": "skipped", "id": "head0+int8", "stage": "scale_head",
+               "drop_points": pytest.approx(float(rows[2]["drop_points"])), "skipped": ["head0.5+int8"]}
+    assert _of(events, "skipped") == [skipped]
+    assert "scale_head" in [e["name"] for e in _of(events, "stage")]
+    assert result.chosen["id"] in ("base+int8", "head1+int8")
+    assert not _of(events, "probe") and not _of(events, "rate")  # a given rate is kept as it is
+    # a resumed search reads the finished rows and skips the same rungs, evaluating nothing again
+    again = []
+    optimize(model, train, out=tmp_path / "s", resume=True, on_event=again.append, **kw)
+    assert not _of(again, "candidate") and _of(again, "skipped") == [skipped]
+    assert _rows(tmp_path / "s") == rows
+
+
+def test_a_time_budget_spent_before_any_candidate(small, tmp_path):
+    model, train, sel = small
+    events = []
+    with pytest.raises(TfoptError, match=r"no candidate finished \(time budget 0.01, candidate limit none\); "
+                                         r"allow more time"):
+        optimize(model, train, validation_data=sel, target="macs", out=tmp_path / "s", lr=1e-3, levels=(),
+                 distill=False, time_budget=0.01, log=quiet, on_event=events.append)
+    assert _of(events, "limit") == [{"event": "limit", "reason": "time"}] and not _of(events, "candidate")
+    assert "No candidate met the budget." in (tmp_path / "s" / "report.md").read_text()
+    assert (tmp_path / "s" / "pareto.png").is_file()
+
+
+def test_fine_tunes_see_augmented_images_and_the_selection_split_is_held_out(small, record_step, tmp_path):
+    """``augment`` gives the steps a shifted-image pipeline; the probe images stay as they were;
+    without ``validation_data`` a tenth of the training images is held out for selection."""
+    import tensorflow as tf
+
+    model, train, _ = small
+    optimize(model, train, max_drop=5.0, target="macs", out=tmp_path / "a", epochs=1, lr=1e-3, levels=(),
+             distill=False, augment={"translate": 0.25}, log=quiet)
+    (seen,) = record_step
+    data = seen["data"]
+    assert isinstance(data, tf.data.Dataset)
+    x, _ = next(iter(data))
+    assert x.shape[1:] == (8, 8, 1) and len(x) == 32
+    # shifted by whole pixels: some images differ from every original
+    originals = {train[0][i].tobytes() for i in range(len(train[0]))}
+    assert sum(img.tobytes() not in originals for img in x.numpy()) > 0
+    # 130 of the 1,300 images held out: the fine-tunes see the other 1,170
+    assert sum(len(batch[0]) for batch in data) == 1170
+    assert "(130 held-out images)" in (tmp_path / "a" / "report.md").read_text()
+    probe = seen["inputs"]["probe"]
+    assert len(probe) == 1024 and all(img.tobytes() in originals for img in probe)
+    assert seen["fine_tune"].epochs == 1 and seen["fine_tune"].lr == 1e-3 and seen["fine_tune"].teacher is None
+    record_step.clear()
+    optimize(model, train, validation_data=_digits()[1], max_drop=5.0, target="macs", out=tmp_path / "b", epochs=1,
+             lr=1e-3, levels=(), distill=False, log=quiet)
+    (seen,) = record_step
+    assert isinstance(seen["data"], tuple)  # no augmentation asked: the arrays themselves
+    np.testing.assert_array_equal(seen["data"][0], train[0])
+
+
+# -- latency ------------------------------------------------------------------------------------
+
+
+def test_latency_search_measures_float32_files_too(searched, tmp_path):
+    """For --target latency every chain is measured as int8 and as float32; the fastest within budget wins."""
+    from tfopt import tflite
+
+    train, sel, _ = _digits()
+    model = searched[0]
+    events = []
+    result = optimize(model, train, validation_data=sel, max_drop=5.0, target="latency", out=tmp_path / "s",
+                      epochs=1, lr=1e-3, max_candidates=4, levels=(10.0,), log=quiet, on_event=events.append)
+    rows = _rows(tmp_path / "s")
+    assert [r["id"] for r in rows] == ["base+int8", "base+f32", "ch1+int8", "ch1+f32"]
+    assert [r["tflite"] for r in rows] == ["int8", "float32"] * 2
+    ok = [r for r in rows if r["meets_budget"] == "True"]
+    assert result.chosen["id"] == min(ok, key=lambda r: float(r["latency_us"]))["id"]
+    mode = result.chosen["tflite"]
+    assert (tmp_path / "s" / "chosen" / f"model_{mode}.tflite").read_bytes() == result.tflite
+    # a float32 file holds 4-byte weights, an int8 one 1-byte weights
+    f32, i8 = (int(r["tflite_raw_bytes"]) for r in rows[1::-1])
+    assert f32 > 2 * i8
+    assert tflite.accuracy(result.tflite, *sel) == pytest.approx(result.chosen["selection_accuracy"])
+
+
+@pytest.mark.slow
+def test_latency_search_removes_layers_and_folds_pools_without_changing_the_predictions(searched, tmp_path):
+    """The remove stage takes out a shape-keeping conv; the fold_pool stage rewrites the best chain
+    exactly: its Keras model predicts what its parent predicts, and its file is measured as int8
+    and float32 like every chain."""
+    train, sel, _ = _digits()
+    optimize(searched[0], train, validation_data=sel, max_drop=5.0, target="latency", out=tmp_path / "s", epochs=1,
+             max_candidates=8, levels=(10.0,), log=quiet)
+    rows = {r["id"]: r for r in _rows(tmp_path / "s")}
+    removed = [r for r in rows.values() if r["stage"] == "remove"]
+    assert all(r["id"].split("+")[-2].startswith("rm-") and ' -> remove {"layers": [' in " -> " + r["steps"]
+               for r in removed)
+    folded = [r for r in rows.values() if r["stage"] == "fold_pool"]
+    assert [r["tflite"] for r in folded] == ["int8", "float32"]
+    assert folded[0]["steps"].split(" -> ")[-2].startswith('fold_pool {"layers": [')
+    # the chain it folded: the best within budget before the stage ("base" when that is the input model)
+    prefix = folded[0]["id"][:folded[0]["id"].index("fp-")].rstrip("+")
+    parent = (prefix or "base") + "+int8"
+    assert float(folded[0]["keras_selection_accuracy"]) == float(rows[parent]["keras_selection_accuracy"])
+    assert float(folded[0]["macs"]) > float(rows[parent]["macs"])  # 4 filter groups of a kernel one larger
+
+
+# -- the stages' plans, from rows ------------------------------------------------------------------
+
+
+def _row(id_, stage, drop, nonzero, gzip, meets, int8="ptq", keras_drop=None, base=0.99):
+    return {"id": id_, "stage": stage, "drop_points": drop, "nonzero_params": nonzero, "tflite_gzip_bytes": gzip,
+            "meets_budget": meets, "int8": int8, "selection_accuracy": base - drop / 100, "latency_us": 1.0,
+            "macs": 1, "error": "", "keras_selection_accuracy": base - (drop if keras_drop is None else keras_drop) / 100}
+
+
+def _standings(max_drop, base_acc=0.99, **chains_rows):
+    s = Standings("size", max_drop, 2.0, base_acc)
+    for id_, (chain, row) in chains_rows.items():
+        s.chains[id_], s.rows[id_] = chain, row
+    return s
+
+
+def test_a_near_miss_goes_on_and_a_loss_over_twice_the_budget_is_hopeless():
+    s = Standings("size", 0.2)
+    assert not s.hopeless({"drop_points": 0.35, "error": ""})  # within twice the 0.2-pt budget
+    assert s.hopeless({"drop_points": 0.41, "error": ""})
+    assert not s.hopeless({"drop_points": None, "error": "failed"})
+
+
+def test_candidate_ids_come_from_the_steps_tokens():
+    ch2 = ChainStep("structured", {"ratio": 0.0, "per_layer": {"fc1": 0.5}}, label=2)
+    assert chain_key([]) == "base" and chain_key([ch2]) == "ch2"
+    assert Candidate([ch2, ChainStep("cluster", {"clusters": 16})], "cluster").id == "ch2+c16+int8"
+    assert Candidate([ch2], "qat", "qat").id == "ch2+qat" and Candidate([ch2], "channels", "float32").id == "ch2+f32"
+    assert chain_key([ChainStep("prune", {"m_by_n": [2, 4]})]) == "p2of4"
+    assert chain_key([ChainStep("prune", {"sparsity": 0.9, "criterion": "activation"})]) == "perk90act"
+    assert chain_key([ChainStep("prune", {"sparsity": 0.9}, {"epochs": 60}, label="3")]) == "p3-e60"
+    assert chain_key([ChainStep("remove", {"layers": ["conv3"]}), ChainStep("fold_pool", {"layers": ["conv1"]})]) \
+        == "rm-conv3+fp-conv1"
+    # the label is search data, not a setting: the step's config never sees it
+    assert "label" not in ch2.settings and STEPS["structured"].configure(ch2.settings).per_layer == {"fc1": 0.5}
+
+
+def test_size_search_spreads_and_ranks_the_way_that_loses_least():
+    accs = {("erk", "magnitude"): 0.48, ("er", "magnitude"): 0.88, ("erk", "activation"): 0.50,
+            ("er", "activation"): 0.80}
+    allocation, criterion = stages.pick_pruning(accs)
+    how = {"allocation": allocation, "criterion": criterion}
+    ladder = [[s] for s in stages.overall_prune_steps(how)]
+    assert [chain[-1].settings for chain in ladder] == [{"sparsity": p / 100, "allocation": "er"}
+                                                        for p in (80, 90, 95, 97)]
+    assert [chain_key(chain) for chain in ladder] == ["per80", "per90", "per95", "per97"]
+    assert recipe_steps(ladder[1], "int8", FineTuneSettings(epochs=2, lr=1e-3))[0] == {
+        "prune": {"sparsity": 0.9, "allocation": "er", "epochs": 2, "lr": 0.001}}
+    accs["er", "activation"] = 0.90  # the activation criterion keeps more: its chains say so in their ids and recipes
+    steps = stages.overall_prune_steps(dict(zip(("allocation", "criterion"), stages.pick_pruning(accs))), (0.8,))
+    assert chain_key(steps) == "per80act"
+    assert steps[0].settings == {"sparsity": 0.8, "allocation": "er", "criterion": "activation"}
+    assert recipe_steps(steps, "int8", FineTuneSettings())[0]["prune"]["criterion"] == "activation"
+    accs.update(dict.fromkeys(accs, 0.48))  # a tie keeps erk by magnitude: the names they had
+    how = dict(zip(("allocation", "criterion"), stages.pick_pruning(accs)))
+    assert chain_key(stages.overall_prune_steps(how, (0.8,))) == "perk80"
+
+
+def test_size_search_cuts_the_layer_with_the_most_weights_deeper():
+    sizes = {"fc1": 235_200, "fc2": 30_000, "fc3": 1_000}
+    largest = stages.largest_group(sizes, ["fc1", "fc2"])
+    assert largest == "fc1" and stages.largest_group(sizes, ["conv"]) is None
+    ch3 = [ChainStep("structured", {"ratio": 0.0, "per_layer": {"fc1": 0.5, "fc2": 0.5}}, label=3)]
+    chains = stages.deeper_cuts(ch3, largest, 4)
+    assert [c[0].settings["per_layer"] for c in chains] == [{"fc1": r, "fc2": 0.5} for r in (0.7, 0.8, 0.9)]
+    assert [chain_key(c) for c in chains] == ["ch5", "ch6", "ch7"]
+    # no channel candidate within budget: from the input
+    assert [c[0].settings["per_layer"] for c in stages.deeper_cuts([], largest, 0)] == [{"fc1": r}
+                                                                                      for r in (0.5, 0.7, 0.8, 0.9)]
+    # far from the trained minimum, the deep cuts fine-tune at the rate they are given
+    chains = stages.deeper_cuts([], largest, 0, {"lr": 1e-3})
+    assert chains[0][0].fine_tune == {"lr": 1e-3} and chain_key(chains[0]) == "ch1"
+    assert recipe_steps(chains[0], "int8", FineTuneSettings(epochs=2, lr=3e-4))[0] == {
+        "structured": {"ratio": 0.0, "per_layer": {"fc1": 0.5}, "epochs": 2, "lr": 1e-3}}
+    # the best is not a channel cut: none
+    assert stages.deeper_cuts([ChainStep("prune", {"sparsity": 0.8}, label="1")], largest, 0) == []
+
+
+def test_size_search_prunes_from_a_start_with_headroom_and_fine_tunes_a_near_miss_longer():
+    ch = {i: [ChainStep("structured", {"ratio": 0.0, "per_layer": {"fc1": r}}, label=i)] for i, r in ((3, 0.5), (6, 0.8))}
+    s = _standings(0.5, **{"base+int8": ([], _row("base+int8", "int8", 0.0, 266_000, 248_000, True)),
+                           "ch3+int8": (ch[3], _row("ch3+int8", "channels", 0.13, 125_000, 115_000, True)),
+                           "ch6+int8": (ch[6], _row("ch6+int8", "channels", 0.47, 50_000, 47_000, True))})
+    # ch6 is the smallest within budget, but has used 0.47 of the 0.5 pt; ch3 has used 0.13
+    assert chain_key(s.base_chain()) == "ch6" and chain_key(stages.prune_start(s)) == "ch3"
+    s.rows["ch6+int8"]["drop_points"] = 0.25  # at most half the budget: ch6 itself
+    assert chain_key(stages.prune_start(s)) == "ch6"
+    s.rows["ch6+int8"]["drop_points"] = 0.47
+    # the prune stage: every ladder on ch3; the overall targets also on ch6, the best; the harsher ones on the input
+    how = {"allocation": "erk", "criterion": "activation"}
+    ladders = stages.prune_chains(ch[3], ch[6], [{"fc1": 0.75}], ["fc1", "fc2"], {"start": how, "edge": how,
+                                                                                  "input": how})
+    assert [[chain_key(c) for c in ladder] for ladder in ladders] == [
+        ["ch3+p1act"], [f"ch3+perk{p}act" for p in (80, 90, 95, 97)], [f"ch6+perk{p}act" for p in (80, 90, 95, 97)],
+        [f"perk{p}act" for p in (90, 95, 97)]]
+    assert ladders[0][0][-1].settings == {"layers": {"fc1": 0.75}, "sparsity": 0.75, "skip": ["fc2"],
+                                          "criterion": "activation"}
+    # overall targets go beyond what the sweep tolerated: at the rate they are given
+    assert ladders[1][0][-1].fine_tune == {}
+    assert stages.prune_chains([], [], [], [], {"start": how}, {"lr": 1e-3})[1][0][-1].fine_tune == {"lr": 1e-3}
+
+    p = {sp: ch[3] + [ChainStep("prune", {"sparsity": sp / 100, "criterion": "activation"})] for sp in (90, 95, 97)}
+    for sp, drop, nonzero, gzip in ((90, 0.37, 12_500, 24_000), (95, 0.80, 6_300, 18_000), (97, 1.20, 3_800, 14_000)):
+        key = f"ch3+perk{sp}act+int8"
+        s.chains[key], s.rows[key] = p[sp], _row(key, "prune", drop, nonzero, gzip, drop <= 0.5)
+    assert s.best()["id"] == "ch3+perk90act+int8"
+    # 95% missed by 0.30 pt (97% by more than twice the budget): pruned again over 3 × 20 epochs
+    lines = []
+    longer = stages.longer_chains(s, 60, lines.append)
+    assert [[chain_key(c) for c in ladder] for ladder in longer] == [["ch3+perk95act-e60"]]
+    assert longer[0][0][-1].settings == p[95][-1].settings and longer[0][0][-1].fine_tune == {"epochs": 60}
+    assert recipe_steps(longer[0][0] + [ChainStep("cluster", {"clusters": 8})], "int8",
+                        FineTuneSettings(epochs=20, lr=1e-3))[1:3] == [
+        {"prune": {"sparsity": 0.95, "criterion": "activation", "epochs": 60, "lr": 1e-3}},
+        {"cluster": {"clusters": 8, "epochs": 20, "lr": 1e-3}}]
+    assert len(lines) == 1 and "ch3+perk95act+int8" in lines[0]
+    # 97% within twice the budget: it keeps the fewest weights and goes first; 95% lost least and follows
+    s.rows["ch3+perk97act+int8"]["drop_points"] = 0.95
+    assert [[chain_key(c) for c in ladder] for ladder in stages.longer_chains(s, 60)] == [
+        ["ch3+perk97act-e60"], ["ch3+perk95act-e60"]]
+    s.rows["ch3+perk97act+int8"]["drop_points"] = 1.2
+    # a near miss that keeps more weights than the best is no use
+    s.rows["ch3+perk95act+int8"]["nonzero_params"] = 13_000
+    assert stages.longer_chains(s, 60) == []
+
+
+def test_qat_goes_to_the_near_misses_that_lost_least():
+    base = 0.9333
     # id: (selection drop, gzip bytes, Keras selection drop)
-    rows = {"base": (0.0, 363_000, 0.0), "ch1": (0.27, 125_000, 0.2), "ch2": (0.90, 77_000, 0.9),
-            "p90": (0.73, 77_100, 0.7), "ch1+c16": (0.90, 86_700, 0.9), "ch1+c8": (0.57, 61_800, 0.5),
-            "ch1+c4": (1.20, 45_000, 1.1), "p95": (0.45, 130_000, 0.4), "ch1+c2": (0.80, 40_000, 0.3)}
-    search.chains = {}
-    for key, (drop, size, keras_drop) in rows.items():
-        chain = [] if key == "base" else [engine.Step("prune", {"level": key})]
-        search.chains[key + "+int8"] = chain
-        search.rows[key + "+int8"] = {"id": key + "+int8", "error": "", "int8": "ptq", "drop_points": drop,
-                                      "meets_budget": drop <= 0.5, "tflite_gzip_bytes": size,
-                                      "latency_us": 50.0, "macs": 1,
-                                      "selection_accuracy": search.base_acc - drop / 100,
-                                      "keras_selection_accuracy": search.base_acc - keras_drop / 100}
+    table = {"base": (0.0, 363_000, 0.0), "ch1": (0.27, 125_000, 0.2), "ch2": (0.90, 77_000, 0.9),
+             "p90": (0.73, 77_100, 0.7), "ch1+c16": (0.90, 86_700, 0.9), "ch1+c8": (0.57, 61_800, 0.5),
+             "ch1+c4": (1.20, 45_000, 1.1), "p95": (0.45, 130_000, 0.4), "ch1+c2": (0.80, 40_000, 0.3)}
+    s = _standings(0.5, base, **{
+        key + "+int8": ([] if key == "base" else [ChainStep("prune", {"sparsity": 0.5}, label=key)],
+                        _row(key + "+int8", "prune", drop, 1, size, drop <= 0.5, keras_drop=kd, base=base))
+        for key, (drop, size, kd) in table.items()})
     # a row of another search in the same folder, not planned in this one, is left alone
-    search.rows["other+int8"] = {**search.rows["ch1+c8+int8"], "id": "other+int8", "drop_points": 0.51}
-    chosen = search.qat_chains()
-    by_chain = {id(c): k for k, c in search.chains.items()}
+    s.rows["other+int8"] = {**s.rows["ch1+c8+int8"], "id": "other+int8", "drop_points": 0.51}
+    by_chain = {id(c): k for k, c in s.chains.items()}
     # int8 lost what Keras kept: ch1+c2 (Keras 0.3 pt, int8 0.8 pt); near misses that lost least and are
     # smaller than the best (ch1, 125 kB): ch1+c8 (0.57 pt), then p90 (0.73); ch1+c4 lost over twice the budget
-    assert [by_chain[id(c)] for c in chosen] == ["ch1+c2+int8", "ch1+c8+int8", "p90+int8"]
+    assert [by_chain[id(c)] for c in stages.qat_chains(s)] == ["ch1+c2+int8", "ch1+c8+int8", "p90+int8"]
 
 
-def test_a_chain_that_qat_made_the_best_is_clustered_too(tmp_path):
-    from tfopt.search import engine
-
-    search = _bare_search(tmp_path, lambda *_: None, max_drop=0.5)
-    ch1 = [engine.Step("channels", {"level": 1})]
-    p90 = [engine.Step("prune", {"level": "er90", "sparsity": 0.9})]
-    c8 = ch1 + [engine.Step("cluster", {"clusters": 8})]
+def test_a_chain_that_qat_made_the_best_is_clustered_too():
+    s = Standings("size", 0.5, 2.0, 0.93)
+    ch1 = [ChainStep("structured", {"ratio": 0.0, "per_layer": {"fc1": 0.5}}, label=1)]
+    p90 = [ChainStep("prune", {"sparsity": 0.9, "allocation": "er"})]
+    c8 = ch1 + [ChainStep("cluster", {"clusters": 8})]
 
     def row(cand, drop, size):
-        search.chains[cand.id] = cand.chain
-        search.rows[cand.id] = {"id": cand.id, "error": "", "int8": "qat" if cand.qat else "ptq",
-                                "drop_points": drop, "meets_budget": drop <= 0.5, "tflite_gzip_bytes": size,
-                                "selection_accuracy": 0.93 - drop / 100, "latency_us": 1.0, "macs": 1}
+        s.chains[cand.id] = cand.chain
+        s.rows[cand.id] = _row(cand.id, cand.stage, drop, 1, size, drop <= 0.5, int8="qat" if cand.mode == "qat"
+                               else "ptq", base=0.93)
 
-    search.chains = {}
-    row(engine.Candidate(ch1, "channels"), 0.27, 124_929)
-    row(engine.Candidate(p90, "prune"), 0.73, 77_042)
-    row(engine.Candidate(c8, "cluster"), 0.57, 61_750)
-    assert search.recluster_start(ch1) is None  # the best (ch1, post-training int8) was the cluster stage's start
-    row(engine.Candidate(c8, "qat", qat=True), 0.45, 69_891)
-    assert search.recluster_start(ch1) is None  # the new best is clustered already
-    row(engine.Candidate(p90, "qat", qat=True), 0.47, 75_840)
-    search.rows["ch1+c8+qat"]["meets_budget"] = False
-    assert search.best()["id"] == "per90+qat" and search.recluster_start(ch1) == p90
-    assert search.recluster_start(p90) is None
+    row(Candidate(ch1, "channels"), 0.27, 124_929)
+    row(Candidate(p90, "prune"), 0.73, 77_042)
+    row(Candidate(c8, "cluster"), 0.57, 61_750)
+    assert stages.recluster_start(s, ch1) is None  # the best (ch1, post-training int8) was the cluster stage's start
+    row(Candidate(c8, "qat", "qat"), 0.45, 69_891)
+    assert stages.recluster_start(s, ch1) is None  # the new best is clustered already
+    row(Candidate(p90, "qat", "qat"), 0.47, 75_840)
+    s.rows["ch1+c8+qat"]["meets_budget"] = False
+    assert s.best()["id"] == "per90+qat" and stages.recluster_start(s, ch1) == p90
+    assert stages.recluster_start(s, p90) is None
 
 
-def test_the_search_learns_from_a_named_teacher(searched, tmp_path, monkeypatch):
+# -- a teacher ------------------------------------------------------------------------------------
+
+
+def test_the_search_learns_from_a_named_teacher(small, tmp_path):
     import tf_keras as keras
     import yaml
 
-    from tfopt.distill import TeacherTargets
-    from tfopt.errors import TfoptError
-    from tfopt.search import engine
-
-    model = searched[0]
-    train, sel, test = _digits()
-    teacher = keras.models.clone_model(model)
+    model, train, sel = small
+    teacher = _copy(model)
     teacher.set_weights([w * 1.5 for w in model.get_weights()])
     teacher.save(tmp_path / "teacher.keras")
     with pytest.raises(TfoptError, match=r"^optimize: a teacher is for distillation, which distill=False "
                                          r"\(--no-distill\) turns off$"):
-        engine.optimize(model, train, validation_data=sel, out=tmp_path / "a", teacher=teacher, distill=False)
+        optimize(model, train, validation_data=sel, out=tmp_path / "a", teacher=teacher, distill=False)
     wide = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)], name="three")
     with pytest.raises(TfoptError) as info:
-        engine.optimize(model, train, validation_data=sel, out=tmp_path / "b", teacher=wide)
+        optimize(model, train, validation_data=sel, out=tmp_path / "b", teacher=wide)
     assert str(info.value) == ("teacher: the model 'three' outputs 3 where the model being optimized outputs 10; "
                                "a teacher must take the same inputs and give as many outputs.")
     assert not (tmp_path / "b").exists()
 
-    lines = []
-    result = engine.optimize(model, train, validation_data=sel, test_data=test, max_drop=2.0, out=tmp_path / "s",
-                             epochs=1, lr=1e-3, max_candidates=1, levels=(2.0,), teacher=str(tmp_path / "teacher.keras"),
-                             log=lines.append)
+    kw = dict(validation_data=sel, max_drop=5.0, target="macs", out=tmp_path / "s", epochs=1, lr=1e-3, levels=(),
+              log=quiet)
+    result = optimize(model, train, teacher=str(tmp_path / "teacher.keras"), **kw)
     report = (result.out / "report.md").read_text()
     assert f"Distillation: on, from {tmp_path / 'teacher.keras'}." in report
     assert yaml.safe_load((result.out / "optimize.yaml").read_text())["optimize"]["distill"] == {
         "temperature": 4.0, "alpha": 0.9, "teacher": str(tmp_path / "teacher.keras")}
     state = json.loads((result.out / "state.json").read_text())
-    assert state["settings"]["teacher"] == engine._weights_digest(teacher)
+    assert state["settings"]["teacher"] == weights_digest(teacher)
     # a resumed search must learn from the same teacher
     with pytest.raises(TfoptError, match=r"ran with other settings \(teacher '[0-9a-f]{16}' -> None\)"):
-        engine.optimize(model, train, validation_data=sel, max_drop=2.0, out=tmp_path / "s", epochs=1, lr=1e-3,
-                        max_candidates=2, levels=(2.0,), resume=True)
+        optimize(model, train, resume=True, **kw)
 
-    made = []
-    monkeypatch.setattr(engine.Search, "search", lambda self: made.append(self) or setattr(self, "base_acc", 0.5))
-    with pytest.raises(TfoptError, match="no candidate finished"):
-        engine.optimize(model, train, validation_data=sel, out=tmp_path / "c", teacher=teacher)
-    stored = made[0].fit["teacher"]  # the teacher's outputs on the training images, computed once
-    assert isinstance(stored, TeacherTargets) and stored.covers(made[0].train)
+
+def test_the_steps_learn_from_the_teachers_outputs_computed_once(small, record_step, tmp_path):
+    model, train, sel = small
+    teacher = _copy(model)
+    teacher.set_weights([w * 1.5 for w in model.get_weights()])
+    optimize(model, train, validation_data=sel, max_drop=5.0, target="macs", out=tmp_path / "s", epochs=1, lr=1e-3,
+             levels=(), teacher=teacher, log=quiet)
+    (seen,) = record_step
+    stored = seen["fine_tune"].teacher  # the teacher's outputs on the training images, computed once
+    assert type(stored).__name__ == "TeacherTargets" and stored.covers(seen["data"])
     for a, b in zip(stored.model.get_weights(), teacher.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert made[0].model is not stored.model
-    np.testing.assert_allclose(stored.outputs[0], teacher.predict(made[0].data[0], verbose=0), atol=1e-6)
+    assert stored.model is not model
+    np.testing.assert_allclose(stored.outputs[0], teacher.predict(train[0], verbose=0), atol=1e-6)
+    assert "Distillation: on, from the teacher passed in." in (tmp_path / "s" / "report.md").read_text()

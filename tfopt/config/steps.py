@@ -51,7 +51,7 @@ class FineTune(Distill):
     batch_size: Optional[PositiveInt] = Field(None, description="fine-tune batch size; default: train.batch_size")
 
 
-#: Settings of the fine-tune itself, which :func:`tfopt.steps.commands.fit_kwargs` carries.
+#: Settings of the fine-tune itself, which :func:`tfopt.steps.settings.fine_tune_from_recipe` reads.
 FINE_TUNE_FIELDS = ("epochs", "lr", "batch_size", "distill", "teacher", "temperature", "alpha")
 
 
@@ -226,3 +226,47 @@ class Export(Config):
     min_agreement_float: float = Field(0.999, ge=0, le=1, description="top-1 agreement TFLite vs Keras, float modes")
     min_agreement_int8: float = Field(0.99, ge=0, le=1, description="the same for int8 and dynamic-range files")
     representative_samples: PositiveInt = Field(500, description="training images used to calibrate int8")
+
+
+def structured_token(settings: dict) -> str:
+    """A channel cut's part of a candidate id: ``ch<label>`` for a rung the search numbered (its
+    sweep level), else the per-layer ratios (``ch-conv160``) or the ratio in percent (``ch50``)."""
+    if settings.get("label") is not None:
+        return f"ch{settings['label']}"
+    if settings.get("per_layer"):
+        return "ch-" + "-".join(f"{name}{round(r * 100)}" for name, r in settings["per_layer"].items())
+    return f"ch{round(settings.get('ratio', 0.5) * 100)}"
+
+
+def prune_token(settings: dict) -> str:
+    """A prune's part of a candidate id: ``p2of4`` (m:n), ``p<label>`` for a sweep level, else the
+    allocation and the overall sparsity in percent (``perk90``); ``act`` appended when the
+    activation criterion ranks the weights."""
+    if settings.get("m_by_n"):
+        m, n = settings["m_by_n"]
+        return f"p{m}of{n}"
+    act = "act" if settings.get("criterion") == "activation" else ""
+    if settings.get("label") is not None:
+        return f"p{settings['label']}{act}"
+    return f"p{settings.get('allocation', 'erk')}{round(settings.get('sparsity', 0.8) * 100)}{act}"
+
+
+def cluster_token(settings: dict) -> str:
+    """A clustering's part of a candidate id: ``c16``."""
+    return f"c{settings.get('clusters', 16)}"
+
+
+def remove_token(settings: dict) -> str:
+    """A layer removal's part of a candidate id: ``rm-conv3``."""
+    return "rm-" + "-".join(settings.get("layers") or [])
+
+
+def fold_pool_token(settings: dict) -> str:
+    """A pool folding's part of a candidate id: ``fp-conv1`` (``fp-all``: every foldable pool)."""
+    layers = settings.get("layers")
+    return "fp-" + ("-".join(layers) if layers else "all")
+
+
+#: The built-in steps' parts of candidate ids, by step name (their registrations' ``token=``).
+TOKENS = {"structured": structured_token, "prune": prune_token, "cluster": cluster_token, "remove": remove_token,
+          "fold_pool": fold_pool_token}

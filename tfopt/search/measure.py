@@ -1,0 +1,159 @@
+"""What the search measures: accuracy, TFLite files (size, accuracy, latency), model statistics,
+the sensitivity sweeps that set per-layer ratios, and the layers each kind of step can work on.
+
+Models here are tf_keras; data are ``(x, y)`` arrays. Every change to a model goes through the
+registered steps (:data:`tfopt.steps.STEPS`); the sweeps cut or zero one layer without a fine-tune.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfopt import api, tflite
+from tfopt.config.fine_tune import FineTuneSettings
+from tfopt.config.steps import PruneConfig
+from tfopt.config.validation import validated
+from tfopt.export import save_keras
+from tfopt.interop import load_as_tf_keras, plain_copy
+from tfopt.models.stats import model_stats
+from tfopt.steps import STEPS
+from tfopt.steps import prune as prune_step
+from tfopt.steps.quantize import is_qat
+from tfopt.steps.sensitivity import magnitude_pruned
+from tfopt.surgery.channels import trace
+from tfopt.surgery.fold_pool import plan, without_blocking_batchnorm
+from tfopt.training.finetune import fine_tune, recalibrate_batchnorm
+
+#: Channel ratios and kernel sparsities the sensitivity sweeps try on each layer.
+CHANNEL_RATIOS = (0.25, 0.5, 0.75, 0.8, 0.9)
+SPARSITY_LEVELS = (0.5, 0.75, 0.9, 0.95, 0.98)
+
+
+def quiet(*_):
+    """A log that says nothing: the search logs its own lines."""
+
+
+def accuracy(model, x, y) -> float:
+    """Top-1 accuracy of a Keras model on ``(x, y)``."""
+    return float(np.mean(model.predict(x, batch_size=512, verbose=0).argmax(-1) == y))
+
+
+def class_labels(y):
+    """Labels as class indices (one-hot rows become their argmax)."""
+    y = np.asarray(y)
+    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y))
+
+
+def to_tflite(model, mode: str, x_calib) -> bytes:
+    """TFLite bytes (``float32`` or ``int8``, calibrated on ``x_calib``; a QAT model converts to int8
+    with its own ranges), unverified: the search measures every file on the selection split."""
+    return api.to_tflite(model, mode, data=x_calib, min_agreement=0.0)
+
+
+def tflite_accuracy(content: bytes, x, y) -> float:
+    return tflite.accuracy(content, x, y)
+
+
+def tflite_sizes(content: bytes) -> dict:
+    """``{"raw_bytes", "gzip_bytes"}`` of a TFLite file."""
+    return tflite.sizes(content)
+
+
+def sparse_raw_bytes(model, mode: str, x_calib) -> int | None:
+    """Raw bytes of the TFLite file with sparse weight storage (``EXPERIMENTAL_SPARSITY``), for
+    models with zeros to pack; None when it fails to convert."""
+    try:
+        if is_qat(model):
+            return len(tflite.convert(model, "int8", qat=True, sparse=True))
+        return len(tflite.convert(model, mode, representative=x_calib if mode == "int8" else None, sparse=True))
+    except Exception:  # noqa: BLE001  the sparse encoder is experimental: a failure only loses this figure
+        return None
+
+
+def latency_us(content: bytes, sample, runs: int = 200, repeats: int = 5) -> float:
+    """Median 1-thread LiteRT latency of one image (the fastest of ``repeats`` blocks of ``runs``)."""
+    return tflite.latency_us(content, sample, num_threads=1, runs=runs, repeats=repeats)["median_us"]
+
+
+def stats(model) -> dict:
+    """Parameters, non-zero parameters, MACs."""
+    return model_stats(model)
+
+
+def fine_tuned(model, data, settings: FineTuneSettings, log=quiet):
+    """A copy of ``model`` fine-tuned with ``settings`` and nothing else (BatchNorm statistics
+    re-estimated afterwards, as the steps do)."""
+    copy = plain_copy(model)
+    fine_tune(copy, data, settings, log=log)
+    recalibrate_batchnorm(copy, data, batch_size=settings.batch_size, log=log)
+    return copy
+
+
+def channel_groups(model) -> list[str]:
+    """Layers whose channels can be removed (one name per coupled group)."""
+    return [name for name, g in trace(model).items() if not g.blocked]
+
+
+def prunable_layers(model) -> dict:
+    """``{layer name: kernel weight count}`` for layers magnitude pruning can work on."""
+    return {layer.name: int(sum(int(np.prod(w.shape)) for w in prune_step.kernels(layer)))
+            for layer in model.layers if prune_step.prunable(layer)}
+
+
+def removable_layers(model) -> list[str]:
+    """Layers whose removal keeps the graph valid (same input and output shape), e.g. a conv
+    with ``same`` padding between equal widths, or a residual block."""
+    out = []
+    for layer in model.layers[1:-1]:
+        try:
+            if layer.get_weights() and tuple(layer.input_shape) == tuple(layer.output_shape):
+                out.append(layer.name)
+        except (AttributeError, ValueError):
+            continue
+    return out
+
+
+def foldable_pools(model) -> list[str]:
+    """The convs whose 2×2 max-pool can be folded into them, in graph order."""
+    model = without_blocking_batchnorm(model)[0]  # as the step does
+    todo, _ = plan(model)
+    return [layer.name for layer in model.layers if layer.name in todo]
+
+
+def channel_sensitivity(model, x, y, ratios=CHANNEL_RATIOS) -> list[dict]:
+    """Selection accuracy with ``ratio`` of one layer's channels removed, without fine-tuning."""
+    step, settings = STEPS["structured"], FineTuneSettings(epochs=0)
+    rows = []
+    for name in channel_groups(model):
+        for r in ratios:
+            smaller, _ = step.run(model, None, {"ratio": 0.0, "per_layer": {name: r}}, settings, log=quiet)
+            rows.append({"layer": name, "ratio": r, "accuracy": accuracy(smaller, x, y)})
+    return rows
+
+
+def magnitude_sensitivity(model, x, y, levels=SPARSITY_LEVELS, scales=None) -> list[dict]:
+    """Selection accuracy with the smallest ``level`` of one layer's kernel zeroed, without
+    fine-tuning (ranked by ``|w| · scale`` with the activation criterion's ``scales``)."""
+    return [{"layer": name, "ratio": s, "accuracy": accuracy(magnitude_pruned(model, {name: s}, scales), x, y)}
+            for name in prunable_layers(model) for s in levels]
+
+
+def input_scales(model, x) -> dict:
+    """The activation criterion's per-input scales of every prunable layer, measured on ``x``."""
+    return prune_step.input_scales(model, x)
+
+
+def allocation_accuracy(model, x, y, sparsity: float, allocation: str, scales=None) -> float:
+    """Selection accuracy with ``sparsity`` of all prunable kernels zeroed at once, spread by
+    ``allocation`` (``erk`` or ``er``), without fine-tuning (ranked by ``|w| · scale`` with the
+    activation criterion's ``scales``)."""
+    cfg = validated(PruneConfig, {"sparsity": sparsity, "allocation": allocation}, "prune")
+    return accuracy(magnitude_pruned(model, prune_step.layer_targets(model, cfg), scales), x, y)
+
+
+def save(model, path) -> None:
+    save_keras(model, path, include_optimizer=False)
+
+
+def load(path):
+    return load_as_tf_keras(path)[0]
