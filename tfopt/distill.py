@@ -15,10 +15,15 @@ Works in tf_keras (the teacher may be any callable tf_keras model with the same 
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfopt.data.pipeline import apply_shifts, batch_indices, draw_shifts, shift_margins
 from tfopt.errors import TfoptError
+from tfopt.models.outputs import emits_logits
 
 #: Probabilities are clipped to this before their log is taken (log 0 is -inf).
 _EPS = 1e-7
@@ -100,9 +105,7 @@ def _loss_from_logits(loss) -> bool | None:
 def _outputs_are_logits(model) -> bool:
     """Whether a model's last layer leaves its outputs unsquashed (no softmax or sigmoid)."""
     try:
-        from tfopt.models.builder import output_activation
-
-        return output_activation(model) not in ("softmax", "sigmoid")
+        return emits_logits(model)
     except Exception:  # an exotic last layer: assume probabilities, the Keras default
         return False
 
@@ -251,8 +254,6 @@ class TeacherTargets:
     def placements(augment, h: int | None, w: int | None) -> list[tuple[int, int, int, int]]:
         """Every ``(dy, dx, flip_h, flip_v)`` the pipeline can draw for ``augment``, in the order
         of :meth:`_index`."""
-        from tfopt.data.pipeline import shift_margins
-
         translate = augment.translate if augment is not None else 0.0
         flip = augment.flip if augment is not None else "none"
         ph, pw = shift_margins(h, w, translate) if translate else (0, 0)
@@ -275,12 +276,6 @@ class TeacherTargets:
                 shuffle_buffer=shuffle_buffer)``; :meth:`covers` recognises it.
             augment: the pipeline's ``Augment`` config, or None.
         """
-        import time
-
-        import numpy as np
-
-        from tfopt.data.pipeline import apply_shifts, batch_indices
-
         is_pipeline = isinstance(source, tf.data.Dataset)
         if is_pipeline and batch_size is None:
             raise TfoptError("TeacherTargets.build: give the batch_size of the source pipeline")
@@ -319,8 +314,6 @@ class TeacherTargets:
     @staticmethod
     def _index(dy, dx, flip_h, flip_v, augment, h, w):
         """The placement number of each draw (the order of :meth:`placements`)."""
-        from tfopt.data.pipeline import shift_margins
-
         _, pw = shift_margins(h, w, augment.translate)
         nh = 2 if augment.flip in ("horizontal", "both") else 1
         nv = 2 if augment.flip in ("vertical", "both") else 1
@@ -329,9 +322,7 @@ class TeacherTargets:
     def dataset(self, batch_size: int, seed: int = 0):
         """``((x, teacher outputs), y)`` batches, with ``x`` and ``y`` as the source yields them: the
         source pipeline's own batches, or for arrays those of a fine-tune with ``batch_size`` and
-        ``seed`` (:func:`tfopt.steps.runner.as_dataset`)."""
-        from tfopt.data.pipeline import apply_shifts, batch_indices, draw_shifts
-
+        ``seed`` (:func:`tfopt.data.coerce.as_dataset`)."""
         buffer = 10000
         if self.pipeline is not None:
             batch_size, seed, buffer = self.pipeline

@@ -25,8 +25,9 @@ import numpy as np
 
 from tfopt import layer_kinds
 from tfopt.config.choices import CRITERIA, DATA_CRITERIA
-from tfopt.errors import TfoptError
 from tfopt.config.validation import did_you_mean
+from tfopt.errors import TfoptError
+from tfopt.interop import plain_copy
 from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
 
 
@@ -395,8 +396,6 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
 def masked_copy(model, plan_keep: dict):
     """The original model with the removed channels' readers zeroed: it must compute exactly what
     the pruned model computes (used by the tests and by ``--check``)."""
-    from tfopt.export import plain_copy
-
     L, _, _ = _kinds()
 
     groups = trace(model)

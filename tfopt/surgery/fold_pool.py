@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfopt.config.validation import did_you_mean
 from tfopt.errors import TfoptError
+from tfopt.surgery.fold_bn import fold_batchnorm
 from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
 
 #: Activations that mix the channels of a position: on four filter groups they would mix the groups.
@@ -127,8 +129,6 @@ def plan(model) -> tuple[dict, list]:
 def refusal(model, name: str, todo: dict, kept: list) -> str | None:
     """Why no pool can be folded into layer ``name``, or None when one can (``todo`` and ``kept``
     from :func:`plan`)."""
-    from tfopt.config.validation import did_you_mean
-
     layers = {layer.name: layer for layer in model.layers}
     if name not in layers:
         return f"the model has no such layer{did_you_mean(name, layers)}"
@@ -164,8 +164,6 @@ def without_blocking_batchnorm(model):
     _, kept = plan(model)
     if not any("follows BatchNormalization" in why for _, why in kept):
         return model, []
-    from tfopt.surgery.fold_bn import fold_batchnorm
-
     folded, report = fold_batchnorm(model)
     return folded, report["folded"]
 

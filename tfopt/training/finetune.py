@@ -20,6 +20,7 @@ from tfopt.config.losses import LOSSES
 from tfopt.config.optimizers import OPTIMIZERS
 from tfopt.data.coerce import as_dataset, count_steps, label_spec
 from tfopt.errors import TfoptError
+from tfopt.models.outputs import emits_logits, output_activation
 from tfopt.training import distribute
 from tfopt.training.compile import SPE, uses_batch_hooks
 
@@ -53,13 +54,6 @@ def _output_units(model) -> int:
     return int(shape[-1]) if shape[-1] is not None else 1
 
 
-def _output_activation(model) -> str:
-    # models.builder imports tf_keras at its top: imported here, on the first fine-tune
-    from tfopt.models.builder import output_activation
-
-    return output_activation(model)
-
-
 def infer_loss(model, data):
     """The loss for ``model`` on ``data``'s labels: sparse or one-hot categorical cross-entropy,
     or binary cross-entropy for one sigmoid unit; ``from_logits`` when the output is not a
@@ -70,7 +64,7 @@ def infer_loss(model, data):
     """
     import tf_keras as keras
 
-    act = _output_activation(model)
+    act = output_activation(model)
     units = _output_units(model)
     rank, integer, xrank = label_spec(data)
     # A batched dataset's labels carry a batch axis: compare with the input's rank to tell.
@@ -95,7 +89,7 @@ def build_loss(model, loss, data):
     if isinstance(loss, (str, dict)):
         loss = LOSSES.get(loss)
     if hasattr(loss, "build") and hasattr(loss, "one_hot"):  # a tfopt loss config
-        return loss.build(_output_activation(model) not in ("softmax", "sigmoid")), loss.one_hot
+        return loss.build(emits_logits(model)), loss.one_hot
     return loss, None
 
 
