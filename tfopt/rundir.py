@@ -62,6 +62,15 @@ def atomic_write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def history_csv(rows: list[dict]) -> str:
+    """A run's ``history.csv``: one row per epoch, a column for every key any row has (floats in full)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    lines = [",".join(keys)]
+    lines += [",".join("" if row.get(k) is None else repr(row[k]) if isinstance(row[k], float) else str(row[k])
+                       for k in keys) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def check_name(name: str) -> str:
     """A run folder's name must be one plain path component, so that it stays inside its parent."""
     if (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name

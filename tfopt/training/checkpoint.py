@@ -9,15 +9,7 @@ from pathlib import Path
 from tf_keras.callbacks import Callback
 
 from tfopt.export import save_keras
-from tfopt.rundir import atomic_copy, atomic_write_json, atomic_write_text
-
-
-def history_csv(rows: list[dict]) -> str:
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    lines = [",".join(keys)]
-    lines += [",".join("" if row.get(k) is None else repr(row[k]) if isinstance(row[k], float) else str(row[k])
-                       for k in keys) for row in rows]
-    return "\n".join(lines) + "\n"
+from tfopt.rundir import atomic_copy, atomic_write_json, atomic_write_text, history_csv
 
 
 class StopAfter(Callback):
