@@ -340,6 +340,10 @@ def test_bad_arguments_raise_tfopt_errors_by_name(trained):
         tfopt.prune(trained, DATA, skip=["fc3"])
     with pytest.raises(TfoptError, match="expected a Keras model"):
         tfopt.prune("model.keras", DATA)
+    with pytest.raises(TfoptError, match=r"prune: unknown keyword argument 'epoch' \(did you mean 'epochs'\?\)"):
+        tfopt.prune(trained, DATA, epoch=1)
+    with pytest.raises(TfoptError, match=r"cluster: unknown keyword argument 'cluster' \(did you mean 'clusters'\?\)"):
+        tfopt.cluster(trained, DATA, cluster=4)
 
 
 def test_sequential_models_work(trained):

@@ -451,3 +451,20 @@ def test_cli_prune_with_a_teacher(base_run, tmp_path):
     assert (f"teacher: {tmp_path / 'three.keras'} outputs 3 where the model being optimized outputs 4; a teacher "
             f"must take the same inputs and give as many outputs.") in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_per_step_schedule_sets_the_same_rates_as_the_one_inside_the_optimizer():
+    from tfopt.config.fine_tune import FineTuneSettings
+    from tfopt.training.finetune import fine_tune
+    from tfopt.training.lr import HoldThenCosine
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(96, 4)).astype("float32"), rng.integers(0, 3, 96)
+    rates = []
+    for schedule in (None, HoldThenCosine(0.01, 18)):  # 6 steps an epoch, 3 epochs
+        inp = keras.Input((4,))
+        model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+        rows, _ = fine_tune(model, (x, y), FineTuneSettings(epochs=3, lr=0.01, batch_size=16), lr_schedule_fn=schedule,
+                            verbose=0, log=quiet)
+        rates.append([r["lr"] for r in rows])
+    assert rates[0] == pytest.approx(rates[1], rel=1e-6) and rates[0][0] > rates[0][-1]
