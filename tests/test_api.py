@@ -102,8 +102,9 @@ def test_default_prune_keeps_the_accuracy_where_the_old_defaults_lost_it():
     trained = train_cnn()  # its own copy: other tests fit the shared one
     base = accuracy(trained)
     new = accuracy(tfopt.prune(trained, DATA, sparsity=0.5, epochs=2))
-    old, _ = STEPS["prune"].run(plain_copy(trained), DATA, PruneConfig(sparsity=0.5), FineTuneSettings(epochs=2, lr=1e-4),
-                                hold=0.0, floor=0.0, bn_batches=0, verbose=0, log=lambda *_: None)
+    old, _ = STEPS["prune"].run(plain_copy(trained), DATA, PruneConfig(sparsity=0.5),
+                                FineTuneSettings(epochs=2, lr=1e-4), hold=0.0, floor=0.0, bn_batches=0, verbose=0,
+                                log=lambda *_: None)
     assert base - new <= 0.005 + 1e-9, (base, new)
     assert base - accuracy(old) > base - new + 0.01, (base, accuracy(old), new)
 

@@ -67,19 +67,16 @@ def _fine_tune(what: str, work, epochs: int, keywords: dict, also=()) -> tuple[F
             raise TfoptError(f"{what}: unknown keyword argument '{key}'"
                              f"{did_you_mean(key, ('epochs', *FINE_TUNE_KEYWORDS, *also))}; the fine-tune takes "
                              f"epochs, {', '.join(FINE_TUNE_KEYWORDS)}")
-    kw = {"optimizer": "adam", "seed": 0, "verbose": 0, "temperature": 4.0, "alpha": 0.9, **keywords}
-    teacher = kw.get("teacher")
-    if kw.get("distill") and teacher is None:
-        teacher = work
+    given = {k: v for k, v in keywords.items() if k not in ("verbose", "distill")}
+    teacher = given.get("teacher")
+    if keywords.get("distill") and teacher is None:
+        given["teacher"] = work
     elif teacher is not None:
-        _, teacher = enter(teacher, "teacher")
-    validation_data = kw.get("validation_data")
+        _, given["teacher"] = enter(teacher, "teacher")
+    validation_data = given.get("validation_data")
     if isinstance(validation_data, (tuple, list)) and len(validation_data) != 2:
         raise TfoptError("validation_data: expected an (x, y) pair or a tf.data.Dataset")
-    settings = FineTuneSettings(epochs=epochs, lr=kw.get("lr"), batch_size=kw.get("batch_size"), loss=kw.get("loss"),
-                                optimizer=kw["optimizer"], validation_data=validation_data, teacher=teacher,
-                                temperature=kw["temperature"], alpha=kw["alpha"], seed=kw["seed"])
-    return settings, kw["verbose"]
+    return FineTuneSettings(epochs=epochs, **given), keywords.get("verbose", 0)
 
 
 def _run(what: str, name: str, model, data, settings: dict, epochs, fine_tune: dict, log, checked=(), **inputs):
@@ -150,7 +147,8 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, per
     """
     settings = dict(ratio=ratio, per_layer=per_layer, criterion=criterion, probe_samples=probe_samples, rounds=rounds,
                     min_channels=min_channels, protect=list(protect), epochs=max(epochs, 1))
-    smaller, kind = _run("prune_channels", "structured", model, data, settings, epochs, fine_tune, log, ("lr", "batch_size"))
+    smaller, kind = _run("prune_channels", "structured", model, data, settings, epochs, fine_tune, log,
+                         ("lr", "batch_size"))
     return leave(smaller, kind)
 
 
@@ -191,7 +189,8 @@ def cluster(model, data, *, clusters: int = 16, epochs: int = 1, init: str = "km
     zero being one of its values, unless ``preserve_sparsity=False``. ``fine_tune``: the shared
     fine-tune keywords (see the module's docstring)."""
     settings = dict(clusters=clusters, init=init, skip=list(skip), preserve_sparsity=preserve_sparsity)
-    clustered, kind = _run("cluster", "cluster", model, data, settings, epochs, fine_tune, log, ("epochs", "lr", "batch_size"))
+    clustered, kind = _run("cluster", "cluster", model, data, settings, epochs, fine_tune, log,
+                           ("epochs", "lr", "batch_size"))
     return leave(clustered, kind)
 
 
@@ -203,7 +202,8 @@ def quantize_aware(model, data, *, epochs: int = 1, log=None, **fine_tune):
     the learned ranges (no calibration data needed). ``fine_tune``: the shared fine-tune
     keywords (see the module's docstring).
     """
-    qat, _ = _run("quantize_aware", "quantize", model, data, {"mode": "qat"}, epochs, fine_tune, log, ("epochs", "lr", "batch_size"))
+    qat, _ = _run("quantize_aware", "quantize", model, data, {"mode": "qat"}, epochs, fine_tune, log,
+                  ("epochs", "lr", "batch_size"))
     return qat
 
 
@@ -300,6 +300,6 @@ def strip(model, kind: str = "tf_keras"):
     return leave(prune_step.strip(model), kind)
 
 
-__all__ = ["load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "fold_pool", "remove_layers", "cluster",
-           "quantize_aware", "to_tflite", "wrap_for_pruning", "pruning_callbacks", "wrap_for_clustering",
+__all__ = ["load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "fold_pool", "remove_layers",
+           "cluster", "quantize_aware", "to_tflite", "wrap_for_pruning", "pruning_callbacks", "wrap_for_clustering",
            "wrap_for_qat", "strip", "FINE_TUNE_KEYWORDS"]

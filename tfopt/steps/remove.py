@@ -160,4 +160,5 @@ def _remove_suffix(cfg):
 
 
 register("remove", C.RemoveConfig, _remove_suffix, remove, command=run_remove, apply=apply_remove, chain=False,
-         cli="remove-layers", distributed=True, help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")
+         cli="remove-layers", distributed=True,
+         help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")
