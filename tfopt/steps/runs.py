@@ -24,7 +24,7 @@ from tfopt.errors import TfoptError
 from tfopt.export import save_savedmodel
 from tfopt.interop import save_like
 from tfopt.models.stats import model_stats
-from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
+from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text, history_csv
 from tfopt.steps.settings import apply_step, step_settings
 from tfopt.steps.source import load_source, source_recipe
 from tfopt.training import distribute
@@ -76,9 +76,6 @@ def write_run(source, suffix, *, recipe, metrics, model=None, files=None, histor
     Returns:
         The run's path.
     """
-    # training.checkpoint defines tf_keras callbacks at its top: imported here, when a run is written
-    from tfopt.training.checkpoint import history_csv
-
     intended = Path(output or recipe.output.dir) / f"{source.name}-{suffix}"
     worker_root = None if distribute.is_chief() else distribute.worker_scratch(intended)
     run = RunDir(worker_root / intended.name if worker_root else intended,
