@@ -17,9 +17,11 @@ class CopyError(TypeError):
 
 
 def _is_graph_model(model) -> bool:
-    """Functional or Sequential exactly: those ``clone_model`` rebuilds to the same class."""
-    return type(model) in (keras.Sequential, keras.Model) or type(model).__name__ == "Functional" and (
-        type(model).__module__.startswith("keras."))
+    """Functional or Sequential exactly (not a subclass): those ``clone_model`` rebuilds."""
+    cls = type(model)
+    if cls is keras.Sequential:
+        return True
+    return cls.__name__ == "Functional" and cls.__module__.startswith("keras.")
 
 
 def _clone(model):
@@ -53,17 +55,35 @@ def _reload(model):
         return keras.models.load_model(path, custom_objects=_layer_classes(model), compile=True)
 
 
+def _custom_classes(model):
+    """``{class name: what it lacks}`` for the classes defined outside Keras in the model."""
+    found = {}
+    for cls in set(_layer_classes(model).values()):
+        module = cls.__module__ or ""
+        if module == "keras" or module.startswith(("keras.", "tf_keras.")):
+            continue
+        lacks = []
+        if "get_config" not in vars(cls):
+            lacks.append("its own get_config()")
+        if keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is not cls:
+            lacks.append("@keras.saving.register_keras_serializable()")
+        found[cls.__name__] = lacks
+    return found
+
+
 def _refusal(model, errors):
     name = type(model).__name__
     tried = "; ".join(f"{how}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                       for how, e in errors)
+    custom = _custom_classes(model)
+    lacking = ", ".join(f"{cls} (lacks {' and '.join(lacks)})" if lacks else cls
+                        for cls, lacks in sorted(custom.items()))
     return CopyError(
-        f"Cannot copy the model of class {name!r}, so it cannot be compressed without changing "
-        f"it. A subclassed model or custom layer is copied by saving and loading it, which needs "
-        f"the class and each custom layer decorated with "
-        f"@keras.saving.register_keras_serializable() and a get_config() returning the "
-        f"arguments of its __init__ (and, for a custom layer, the layer built by build() or "
-        f"__init__ alone). Tried: {tried}."
+        f"Cannot copy the model {model.name!r} of class {name!r}, so it cannot be compressed "
+        f"without changing it. Its classes defined outside Keras: {lacking or 'none'}. A "
+        f"subclassed model or custom layer is copied by saving and loading it, which needs each "
+        f"such class decorated with @keras.saving.register_keras_serializable() and a "
+        f"get_config() returning the arguments of its __init__. Tried: {tried}."
     )
 
 

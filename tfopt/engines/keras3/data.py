@@ -58,7 +58,8 @@ class TrainingData:
     def fit_arguments(self) -> dict:
         """Keyword arguments for ``model.fit`` (besides epochs and callbacks)."""
         if self.dataset is not None:
-            return {"x": self.dataset, "steps_per_epoch": self.steps_per_epoch}
+            # A dataset shuffles itself (or not): fit's shuffle would only warn.
+            return {"x": self.dataset, "steps_per_epoch": self.steps_per_epoch, "shuffle": False}
         return {"x": self.x, "y": self.y, "sample_weight": self.sample_weight,
                 "batch_size": self.batch_size, "shuffle": True}
 
@@ -87,6 +88,8 @@ def training_data(data, *, batch_size=32, steps_per_epoch=None, sample_size=16) 
             f"data: expected (x, y), (x, y, sample_weight) or a tf.data.Dataset; received "
             f"{type(data).__name__}{f' of length {len(data)}' if isinstance(data, (tuple, list)) else ''}.")
     x, y = data[0], data[1]
+    if y is None:
+        raise ValueError("data: y is None; the fine-tunes need targets (x, y).")
     weights = data[2] if len(data) == 3 else None
     n = _first_length(x)
     for name, part in (("y", y), ("sample_weight", weights)):
@@ -125,7 +128,7 @@ def sample_inputs(model, batch=2):
             inputs = model.inputs
         except (AttributeError, ValueError):
             return None
-    if not inputs:
+    if inputs is None or not keras.tree.flatten(inputs):
         return None
     rng = np.random.default_rng(0)
 

@@ -87,7 +87,13 @@ def head_kinds(model, sample_x, sample_y, loss=None):
     leaves = keras.tree.flatten(prediction)
     symbolic = _symbolic_outputs(model)
     targets = keras.tree.flatten(sample_y) if sample_y is not None else []
-    losses = keras.tree.flatten(loss) if isinstance(loss, (list, tuple, dict)) else [loss] * len(leaves)
+    names = getattr(model, "output_names", None)
+    if isinstance(loss, dict) and names:
+        losses = [loss.get(n) for n in names]
+    elif isinstance(loss, (list, tuple, dict)):
+        losses = keras.tree.flatten(loss)
+    else:
+        losses = [loss] * len(leaves)
     kinds = []
     for i, leaf in enumerate(leaves):
         kind = _structural_kind(symbolic[i]) if symbolic and len(symbolic) == len(leaves) else None

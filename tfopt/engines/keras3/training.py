@@ -46,6 +46,8 @@ class FineTune:
         alpha: Weight of the distillation term; the task loss gets ``1 - alpha``.
         callbacks: Callbacks for ``fit``.
         verbose: ``fit``'s verbosity.
+        jit_compile: ``compile``'s ``jit_compile`` for the training step (``"auto"``: XLA
+            where the backend and model allow it).
     """
 
     epochs: int = 2
@@ -60,6 +62,7 @@ class FineTune:
     alpha: float = 0.5
     callbacks: list = field(default_factory=list)
     verbose: int = 0
+    jit_compile: object = "auto"
 
     @classmethod
     def from_kwargs(cls, function: str, kwargs: dict) -> "FineTune":
@@ -178,7 +181,8 @@ class Session:
             self.trainer.output_names = list(self.model.output_names)
         self.trainer(self.data.sample_x)
         self.optimizer = make_optimizer(settings.optimizer, settings.lr)
-        self.trainer.compile(optimizer=self.optimizer, loss=loss, loss_weights=loss_weights)
+        self.trainer.compile(optimizer=self.optimizer, loss=loss, loss_weights=loss_weights,
+                             jit_compile=settings.jit_compile)
         self.optimizer.build(self.trainer.trainable_variables)
 
     def _distillation(self, kinds, names, loss):
