@@ -93,6 +93,7 @@ def test_prune_every_family(name):
     assert type(pruned) is type(model) and pruned is not model
     assert all(e.variable.constraint is None for e in entries)
     assert dict(os.environ) == environment
+    assert (keras.backend.floatx(), keras.config.image_data_format()) == ("float32", "channels_last")
     biases = [w for w in pruned.weights if w.path.endswith("bias")]
     assert all(keras3.sparsity_of([b]) < 0.5 for b in biases)
 
@@ -295,6 +296,14 @@ def test_head_kinds_and_inferred_losses():
     assert isinstance(keras3.infer_loss("sigmoid", np.ones((4, 1)), p[:, :1]), keras.losses.BinaryCrossentropy)
     subclassed, (xs, ys) = families.subclassed()
     assert head_kinds(subclassed, xs[:8], ys[:8])[0] == "softmax"
+
+
+def test_compiled_loss_is_the_task_loss():
+    model, data = families.nested()
+    own = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    model.compile(optimizer="sgd", loss=own)
+    session = keras3.training.Session(model, (data[0], np.eye(4)[data[1]]), keras3.FineTune())
+    assert session.trainer.loss is own and session.model.compiled
 
 
 # --- data forms and copies ------------------------------------------------------------------

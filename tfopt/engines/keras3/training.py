@@ -175,7 +175,7 @@ class Session:
             kinds, prediction = (dict(zip(names, keras.tree.flatten(s))) for s in (kinds, prediction))
         if loss is None:
             loss = infer_losses(kinds, self.data.sample_y, prediction)
-        distillation = self._distillation(kinds, names, loss)
+        distillation = self._distillation(kinds, names)
         self.trainer = _Trainer(self.model, names, distillation)
         if getattr(self.model, "output_names", None) and names is None:
             self.trainer.output_names = list(self.model.output_names)
@@ -185,7 +185,7 @@ class Session:
                              jit_compile=settings.jit_compile)
         self.optimizer.build(self.trainer.trainable_variables)
 
-    def _distillation(self, kinds, names, loss):
+    def _distillation(self, kinds, names):
         teacher = self.settings.teacher
         if teacher is None:
             return None
