@@ -9,10 +9,12 @@ import pytest
 
 from tfopt.config.fine_tune import FineTuneSettings
 from tfopt.config.registry import Config
+from tfopt.distill import TeacherTargets
 from tfopt.errors import TfoptError
 from tfopt.search import stages
 from tfopt.search.candidates import COLUMNS, Candidate, ChainStep, Standings, chain_key
-from tfopt.search.engine import PROBE_RATES, chosen_rate, optimize, parse_budget, probe_rates, weights_digest
+from tfopt.search.engine import PROBE_RATES, chosen_rate, optimize, parse_budget, probe_rates
+from tfopt.search.inputs import weights_digest
 from tfopt.search.report import paired_drop, pareto_front, recipe_steps
 from tfopt.steps import STEPS, register
 
@@ -689,7 +691,7 @@ def test_the_steps_learn_from_the_teachers_outputs_computed_once(small, record_s
              levels=(), teacher=teacher, log=quiet)
     (seen,) = record_step
     stored = seen["fine_tune"].teacher  # the teacher's outputs on the training images, computed once
-    assert type(stored).__name__ == "TeacherTargets" and stored.covers(seen["data"])
+    assert isinstance(stored, TeacherTargets) and stored.covers(seen["data"])
     for a, b in zip(stored.model.get_weights(), teacher.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert stored.model is not model

@@ -29,9 +29,20 @@ MODES = {"int8": "+int8", "float32": "+f32", "qat": "+qat"}
 
 
 def step_token(name: str, settings: dict, label=None) -> str:
-    """The part of a candidate id for the registered step ``name`` with ``settings``: the step's
-    declared ``token``, else the built-in token of :data:`tfopt.config.steps.TOKENS`. ``label``
-    (a sweep level) reaches the token as the setting ``label``."""
+    """The part of a candidate id for a registered step: the step's declared ``token``, else the
+    built-in token of :data:`tfopt.config.steps.TOKENS`, else the registry's default.
+
+    Args:
+        name: a registered step name.
+        settings: the settings its config accepts.
+        label: the search's name for the rung (a sweep level); the token reads it as ``label``.
+
+    Returns:
+        A short name such as ``ch2``, ``perk90act``, ``c16``.
+
+    Raises:
+        TfoptError: ``name`` is not registered.
+    """
     given = dict(settings) if label is None else {**settings, "label": label}
     step = STEPS[name]
     if step.token is None and name in TOKENS:
@@ -100,8 +111,14 @@ class Candidate:
 
 
 def typed_row(row: dict) -> dict:
-    """A ``candidates.csv`` row as read (strings) with numbers as numbers, ``meets_budget`` a bool
-    and empty cells None."""
+    """A ``candidates.csv`` row with numbers as numbers, ``meets_budget`` a bool, empty cells None.
+
+    Args:
+        row: the row as :class:`csv.DictReader` reads it (strings).
+
+    Returns:
+        A new dict; the other columns stay strings.
+    """
     out = dict(row)
     for k in FLOAT_COLUMNS:
         out[k] = float(row[k]) if row.get(k) not in (None, "") else None
@@ -112,7 +129,14 @@ def typed_row(row: dict) -> dict:
 
 
 def read_rows(path) -> dict:
-    """``{id: typed row}`` of a ``candidates.csv``, in file order."""
+    """The rows of a ``candidates.csv``.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``{id: typed row}`` (see :func:`typed_row`), in file order.
+    """
     with open(path, newline="") as f:
         return {row["id"]: typed_row(row) for row in csv.DictReader(f)}
 

@@ -22,28 +22,23 @@ under ``cache/``, so Ctrl-C loses at most the candidate in progress and ``resume
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tfopt import tflite
-from tfopt.config.data import Augment
 from tfopt.config.fine_tune import FineTuneSettings
-from tfopt.config.validation import validated
-from tfopt.data.coerce import sample_xy
-from tfopt.data.pipeline import load_splits, make_dataset
+from tfopt.data.pipeline import load_splits
 from tfopt.distill import TeacherTargets
 from tfopt.errors import TfoptError
 from tfopt.kinds import enter, leave
+from tfopt.search import inputs as I
 from tfopt.search import measure as M
 from tfopt.search import report, stages
 from tfopt.search.candidates import Candidate, SearchState, Standings, chain_key
 from tfopt.steps import STEPS
-from tfopt.steps.source import check_teacher, load_source, load_teacher
+from tfopt.steps.source import load_source
 from tfopt.training.finetune import DEFAULT_BATCH_SIZE
 
 TARGETS = ("size", "latency", "macs")
@@ -67,7 +62,13 @@ REWRITES = ("fold_pool",)
 
 
 def parse_budget(text) -> float | None:
-    """Seconds from ``None``, a number of seconds, or ``"30m"``, ``"1h"``, ``"90s"``.
+    """A time budget in seconds.
+
+    Args:
+        text: ``None``, a number of seconds, or a duration such as ``"30m"``, ``"1h"``, ``"90s"``.
+
+    Returns:
+        Seconds, or None for no budget.
 
     Raises:
         TfoptError: ``text`` is neither.
@@ -86,18 +87,18 @@ def parse_budget(text) -> float | None:
         raise TfoptError(f"time budget: expected seconds or a duration such as 30m, 1h, 90s; got {text!r}") from None
 
 
-def weights_digest(model) -> str:
-    """A short digest of a model's weights: a resumed search must learn from the same teacher."""
-    h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()[:16]
-
-
 def probe_rates(drop_of, max_drop: float, rates=PROBE_RATES) -> list[dict]:
-    """Probe ``rates``, highest first, until one costs at most :data:`PROBE_SHARE` of ``max_drop``:
-    ``drop_of(lr)`` fine-tunes the input model for one epoch at ``lr`` and returns its drop in
-    points. Returns ``[{"lr", "drop_points", "seconds"}, ...]``, one per rate tried."""
+    """Probe fine-tune rates, highest first, until one costs at most :data:`PROBE_SHARE` of the budget.
+
+    Args:
+        drop_of: ``drop_of(lr)`` fine-tunes the input model for one epoch at ``lr`` and returns
+            the selection accuracy it lost, in points.
+        max_drop: the search's budget, in points.
+        rates: the rates to try, highest first.
+
+    Returns:
+        ``[{"lr", "drop_points", "seconds"}, ...]``, one per rate tried.
+    """
     probe = []
     for lr in rates:
         t0 = time.perf_counter()
@@ -109,8 +110,16 @@ def probe_rates(drop_of, max_drop: float, rates=PROBE_RATES) -> list[dict]:
 
 
 def chosen_rate(probe: list, max_drop: float) -> tuple[float, bool]:
-    """``(rate, whether it kept within the limit)``: the first probed rate that cost at most
-    :data:`PROBE_SHARE` of ``max_drop``, else the least harmful."""
+    """The rate the search fine-tunes at, from a probe.
+
+    Args:
+        probe: what :func:`probe_rates` returned (or a resumed search recorded).
+        max_drop: the search's budget, in points.
+
+    Returns:
+        ``(rate, whether it kept within the limit)``: the first probed rate that cost at most
+        :data:`PROBE_SHARE` of ``max_drop``, else the least harmful.
+    """
     ok = [p for p in probe if p["drop_points"] <= PROBE_SHARE * max_drop]
     return (ok[0]["lr"], True) if ok else (min(probe, key=lambda p: p["drop_points"])["lr"], False)
 
@@ -152,7 +161,7 @@ class Search:
                          "epochs": epochs, "lr": lr, "batch_size": batch_size, "distill": bool(distill),
                          "temperature": temperature, "alpha": alpha, "seed": seed}
         if teacher is not None:
-            self.settings["teacher"] = weights_digest(teacher)
+            self.settings["teacher"] = I.weights_digest(teacher)
         self.standings = Standings(target, max_drop, NEAR_MISS)
         self.probe: list[dict] = []
         self.reference: dict = {}
@@ -468,18 +477,18 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         raise TfoptError(f"optimize: max_drop (points of accuracy) must be >= 0; got {max_drop}")
     budget_s = parse_budget(time_budget)
     kind, work = enter(model)
-    teacher, teacher_path = teacher_model(teacher, work, distill)
-    selection, data = split(data, validation_data, selection_fraction, seed, log)
+    teacher, teacher_path = I.teacher_model(teacher, work, distill)
+    selection, data = I.split(data, validation_data, selection_fraction, seed, log)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise TfoptError(f"optimize: the output folder {out} already holds a search; pass resume=True (--resume) "
                          f"to continue it, or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
-    augment = augment_config(augment)
+    augment = I.augment_config(augment)
     search = Search(work, data, selection, out=out, max_drop=max_drop, target=target, time_budget=budget_s,
                     distill=distill, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
                     alpha=alpha, seed=seed, max_candidates=max_candidates, levels=levels, log=log,
-                    train=augmented(data, augment, batch_size, seed, log), teacher=teacher,
+                    train=I.augmented(data, augment, batch_size, seed, log), teacher=teacher,
                     teacher_path=teacher_path, on_event=on_event)
     if distill:
         search.store_teacher(augment)
@@ -520,54 +529,6 @@ def conclude(search, test_data, kind, time_budget, max_candidates) -> Result:
                f"({chosen['tflite_raw_bytes'] / 1000:.1f} kB raw), {chosen['latency_us']:.0f} µs, "
                f"{chosen['selection_accuracy']:.2%} on the selection split; written to {out}")
     return Result(leave(model, kind), content, chosen, rows, out, test)
-
-
-def split(data, validation_data, selection_fraction, seed, log):
-    """``(selection split, fine-tune data)``: ``validation_data``, else ``selection_fraction`` of
-    ``data`` held out at random (never the test split). Labels of the selection split as classes."""
-    x, y = sample_xy(data)
-    if validation_data is None:
-        n_sel = max(1, int(round(len(x) * selection_fraction)))
-        idx = np.random.default_rng(seed).permutation(len(x))
-        sel, train = idx[:n_sel], idx[n_sel:]
-        selection, data = (x[sel], y[sel]), (x[train], y[train])
-        log(f"selection split: {n_sel} of the {len(x)} training images held out (never the test split)")
-    else:
-        selection, data = sample_xy(validation_data), (x, y)
-    return (selection[0], M.class_labels(selection[1])), (data[0], data[1])
-
-
-def augment_config(augment):
-    """``augment`` (a dict or an ``Augment``) as an ``Augment`` that does something, else None."""
-    if not augment:
-        return None
-    cfg = augment if isinstance(augment, Augment) else validated(Augment, dict(augment), "augment")
-    return cfg if cfg.any() else None
-
-
-def augmented(data, augment, batch_size, seed, log):
-    """The fine-tunes' training pipeline with the ``Augment`` ``augment`` (None: the arrays themselves)."""
-    if augment is None:
-        return None
-    log(f"fine-tunes augment their training images: {augment.model_dump(exclude_defaults=True)}")
-    return make_dataset(data[0], data[1], batch_size or DEFAULT_BATCH_SIZE, training=True, seed=seed, augment=augment)
-
-
-def teacher_model(teacher, student, distill):
-    """``(tf_keras teacher or None, its path or None)`` from a model or a path.
-
-    Raises:
-        TfoptError: a teacher with ``distill`` off, or one that does not fit ``student``.
-    """
-    if teacher is None:
-        return None, None
-    if not distill:
-        raise TfoptError("optimize: a teacher is for distillation, which distill=False (--no-distill) turns off")
-    if isinstance(teacher, (str, os.PathLike)):
-        return load_teacher(teacher, student), str(teacher)
-    _, model = enter(teacher, "teacher")
-    check_teacher(model, student, f"the model '{model.name}'")
-    return model, None
 
 
 def optimize_source(source, recipe=None, overrides=(), *, output=None, resume=False, log=print, **kwargs):

@@ -31,7 +31,15 @@ def paired_drop(input_right, chosen_right) -> dict:
 
 
 def pareto_front(rows, key):
-    """Rows not beaten on both ``key`` (lower) and selection accuracy (higher), sorted by ``key``."""
+    """The rows no other row beats on both ``key`` and selection accuracy.
+
+    Args:
+        rows: candidate rows with ``key`` and ``selection_accuracy``.
+        key: the column to minimise (``tflite_gzip_bytes``, ``latency_us``).
+
+    Returns:
+        The undominated rows, sorted by ``key``.
+    """
     front, best = [], -1.0
     for r in sorted(rows, key=lambda r: (r[key], -r["selection_accuracy"])):
         if r["selection_accuracy"] > best:
@@ -82,9 +90,18 @@ def pareto_plot(rows, base_acc, max_drop, chosen, path) -> None:
 
 
 def recipe_steps(chain, mode: str, fine_tune) -> list[dict]:
-    """The recipe's ``optimize.steps`` that reproduce ``chain`` and its TFLite ``mode`` (``int8``,
-    ``float32`` or ``qat``): one ``{step name: settings}`` per step, with the fine-tune's epochs
-    and rate (the step's overrides, else ``fine_tune``'s) where the step's config takes them."""
+    """The recipe's ``optimize.steps`` that reproduce a chain and its TFLite file.
+
+    Args:
+        chain: the candidate's chain steps.
+        mode: how its file was made: ``int8``, ``float32`` or ``qat``.
+        fine_tune: the search's :class:`~tfopt.config.fine_tune.FineTuneSettings`.
+
+    Returns:
+        One ``{step name: settings}`` per step, each valid for ``STEPS[name].configure``, with
+        the fine-tune's epochs and rate (the step's overrides, else ``fine_tune``'s) where the
+        step's config takes them; then the quantize (or float32 export) step.
+    """
     steps = []
     for s in chain:
         config = STEPS[s.name].config

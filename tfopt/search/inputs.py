@@ -1,0 +1,74 @@
+"""What a search is given: the selection split, the fine-tunes' data and the teacher."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from tfopt.config.data import Augment
+from tfopt.config.validation import validated
+from tfopt.data.coerce import sample_xy
+from tfopt.data.pipeline import make_dataset
+from tfopt.errors import TfoptError
+from tfopt.kinds import enter
+from tfopt.search.measure import class_labels
+from tfopt.steps.source import check_teacher, load_teacher
+from tfopt.training.finetune import DEFAULT_BATCH_SIZE
+
+
+def weights_digest(model) -> str:
+    """A short digest of a model's weights: a resumed search must learn from the same teacher."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+def split(data, validation_data, selection_fraction, seed, log):
+    """``(selection split, fine-tune data)``: ``validation_data``, else ``selection_fraction`` of
+    ``data`` held out at random (never the test split). Labels of the selection split as classes."""
+    x, y = sample_xy(data)
+    if validation_data is None:
+        n_sel = max(1, int(round(len(x) * selection_fraction)))
+        idx = np.random.default_rng(seed).permutation(len(x))
+        sel, train = idx[:n_sel], idx[n_sel:]
+        selection, data = (x[sel], y[sel]), (x[train], y[train])
+        log(f"selection split: {n_sel} of the {len(x)} training images held out (never the test split)")
+    else:
+        selection, data = sample_xy(validation_data), (x, y)
+    return (selection[0], class_labels(selection[1])), (data[0], data[1])
+
+
+def augment_config(augment):
+    """``augment`` (a dict or an ``Augment``) as an ``Augment`` that does something, else None."""
+    if not augment:
+        return None
+    cfg = augment if isinstance(augment, Augment) else validated(Augment, dict(augment), "augment")
+    return cfg if cfg.any() else None
+
+
+def augmented(data, augment, batch_size, seed, log):
+    """The fine-tunes' training pipeline with the ``Augment`` ``augment`` (None: the arrays themselves)."""
+    if augment is None:
+        return None
+    log(f"fine-tunes augment their training images: {augment.model_dump(exclude_defaults=True)}")
+    return make_dataset(data[0], data[1], batch_size or DEFAULT_BATCH_SIZE, training=True, seed=seed, augment=augment)
+
+
+def teacher_model(teacher, student, distill):
+    """``(tf_keras teacher or None, its path or None)`` from a model or a path.
+
+    Raises:
+        TfoptError: a teacher with ``distill`` off, or one that does not fit ``student``.
+    """
+    if teacher is None:
+        return None, None
+    if not distill:
+        raise TfoptError("optimize: a teacher is for distillation, which distill=False (--no-distill) turns off")
+    if isinstance(teacher, (str, os.PathLike)):
+        return load_teacher(teacher, student), str(teacher)
+    _, model = enter(teacher, "teacher")
+    check_teacher(model, student, f"the model '{model.name}'")
+    return model, None
