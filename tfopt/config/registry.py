@@ -85,7 +85,7 @@ class Config(BaseModel):
     """Base for every recipe section: unknown keys are errors, values are checked on assignment,
     and every value passes :func:`check_value` before its field's own validation."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), defer_build=True)
 
     @model_validator(mode="before")
     @classmethod

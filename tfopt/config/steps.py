@@ -178,7 +178,7 @@ class Optimize(Config):
     """The settings of each step, under its name. A step registered later (see
     :func:`tfopt.steps.register`) has its section here too, checked by its own config class."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="allow", validate_assignment=True, protected_namespaces=(), defer_build=True)
 
     prune: Optional[PruneConfig] = None
     structured: Optional[StructuredConfig] = None
