@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from tfopt.cli.app import set_option
-from tfopt.report.report import report as run_report
 
 
 @click.command()
@@ -19,6 +18,7 @@ from tfopt.report.report import report as run_report
 @click.option("--threads", type=int, help="Threads of the multi-thread latency [all cores].")
 def report(sources, recipe, overrides, output, overwrite, runs, threads):
     """Compare the artifacts of SOURCES (run directories or model files): size, accuracy, latency."""
+    from tfopt.report.report import report as run_report  # the library, loaded by the command that runs it: --help stays light
     _, text, note_lines, final = run_report(sources, recipe, overrides, output, overwrite, runs, threads,
                                            log=click.echo)
     click.echo(text)

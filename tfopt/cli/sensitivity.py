@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from tfopt.cli.app import set_option
-from tfopt.steps.sensitivity import sensitivity_to_recipe
 
 
 @click.command()
@@ -19,6 +18,7 @@ from tfopt.steps.sensitivity import sensitivity_to_recipe
               help="Recipe file to write, with the chosen per-layer ratios in optimize:.")
 def sensitivity(source, recipe, overrides, mode, ratios, budget, write_to):
     """Accuracy against channel ratio (or sparsity) per layer; write the chosen ratios into a recipe."""
+    from tfopt.steps.sensitivity import sensitivity_to_recipe  # the library, loaded by the command that runs it: --help stays light
     result = sensitivity_to_recipe(source, recipe, overrides, mode=mode, ratios=ratios, budget=budget,
                                    write_to=write_to, log=click.echo)
     click.echo(f"chosen within {budget:g} points: " + ", ".join(f"{k}={v:g}" for k, v in result["chosen"].items()))

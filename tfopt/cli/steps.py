@@ -17,7 +17,6 @@ import click
 from tfopt.cli.app import run_workers
 from tfopt.errors import TfoptError
 from tfopt.steps import STEPS
-from tfopt.steps.runs import run_source
 
 
 def _unwrap_optional(annotation):
@@ -193,6 +192,7 @@ def _command(command_name: str, steps) -> click.Command:
             if chosen.distributed:
                 run_workers(ctx, workers)
             click.echo(f"{chosen.name} does not run under tf.distribute; running in one process", err=True)
+        from tfopt.steps.runs import run_source  # the library, loaded by the command that runs it: --help stays light
         run_source(chosen, source, recipe, overrides, given, output=output, overwrite=overwrite, log=click.echo)
 
     params = source_params()

@@ -25,6 +25,7 @@ Imports no TensorFlow: the CLI builds its help from it.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -123,10 +124,42 @@ def _defined_by(step: Step) -> str:
 STEPS = Registry("step", owner=_defined_by, schema=False)
 
 
+class Ref:
+    """A function named ``"package.module:name"``, imported on its first call, so that reading
+    the registry (``tfopt --help``, ``tfopt validate``) imports no step's implementation.
+
+    Example:
+        >>> Ref("json:dumps")([1])
+        '[1]'
+    """
+
+    def __init__(self, target: str):
+        self.target = target
+        self.__module__, _, self.__qualname__ = target.partition(":")
+        self.__name__ = self.__qualname__
+        self.__doc__ = f"See :func:`{self.__module__}.{self.__qualname__}`."
+
+    def resolve(self) -> Callable:
+        """The function itself."""
+        return getattr(importlib.import_module(self.__module__), self.__qualname__)
+
+    def __call__(self, *args, **kwargs):
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Ref({self.target!r})"
+
+
+def _callable(value):
+    return Ref(value) if isinstance(value, str) else value
+
+
 def register(name: str, config, suffix, function, *, command=None, apply=None, chain: bool = True,
              help: str = "", cli: Optional[str] = "", cli_flag: Optional[str] = None, section: str = "",
              distributed: bool = False, ladders: Optional[dict] = None, token: Optional[Callable] = None) -> Step:
-    """Register a step once; see :class:`Step`. Returns it."""
+    """Register a step once; see :class:`Step`. ``function``, ``command`` and ``apply`` may be given as
+    ``"module:name"`` strings, imported on first use (:class:`Ref`). Returns the step."""
+    function, command, apply = _callable(function), _callable(command), _callable(apply)
     doc = (function.__doc__ or "").strip().splitlines()
     return STEPS.add(name, Step(name, config, suffix, function, command=command, apply=apply, chain=chain,
                                help=help or (doc[0] if doc else name), cli=cli, cli_flag=cli_flag, section=section,
@@ -150,7 +183,6 @@ def load_plugins(environ=None) -> list[str]:
 
     Example: ``TFOPT_STEPS=my_steps tfopt zero-small RUN --threshold 0.1``.
     """
-    import importlib
     import os
     import sys
     from importlib.metadata import entry_points

@@ -270,3 +270,13 @@ def fold_pool_token(settings: dict) -> str:
 #: The built-in steps' parts of candidate ids, by step name (their registrations' ``token=``).
 TOKENS = {"structured": structured_token, "prune": prune_token, "cluster": cluster_token, "remove": remove_token,
           "fold_pool": fold_pool_token}
+
+
+def quantize_suffix(cfg) -> str:
+    """The run folder suffix of ``tfopt quantize``: the mode (``int8``, ``qat``, ...)."""
+    return "qat" if cfg.mode == "qat" else cfg.mode
+
+
+def remove_suffix(cfg):
+    """``removed``; None when the settings only analyze (no layers, no budget): no run is written."""
+    return None if cfg.analyze and cfg.budget is None and not cfg.layers else "removed"

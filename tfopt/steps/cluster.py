@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt.config import steps as C
-from tfopt.config.step_registry import register
 from tfopt.interop import import_tfmot, plain_copy
 from tfopt.steps.prune import check_layer_names, kernels, prunable, strip
 from tfopt.steps.runs import base_metrics, splits_of, with_step, write_run
@@ -106,7 +105,3 @@ def run_cluster(source, given: dict, output=None, overwrite=False, log=print, st
                      metrics=metrics, model=model, history=report["history"], output=output, overwrite=overwrite,
                      log=log)
     return path, metrics
-
-
-register("cluster", C.ClusterConfig, "clustered", cluster, command=run_cluster, apply=apply_cluster, distributed=True,
-         help="Weight clustering: a few shared values per layer, then strip.")

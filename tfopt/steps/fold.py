@@ -7,7 +7,6 @@ import numpy as np
 
 from tfopt import tflite
 from tfopt.config import steps as C
-from tfopt.config.step_registry import register
 from tfopt.data.coerce import random_inputs, sample_x
 from tfopt.errors import TfoptError
 from tfopt.models.stats import model_stats
@@ -139,9 +138,3 @@ def run_fold_bn(source, given: dict, output=None, overwrite=False, log=print, st
 def apply_fold_pool(model, recipe, splits, cfg, log=print):
     """:func:`fold_pool`, checked on the test images."""
     return fold_pool(model, (splits.x_test, splits.y_test), cfg, log=log)
-
-
-register("fold_bn", None, "folded", fold, command=run_fold_bn, apply=apply_fold_bn, chain=False,
-         help="Fold BatchNorm into the conv or dense layer before it.")
-register("fold_pool", C.FoldPoolConfig, "poolfolded", fold_pool, apply=apply_fold_pool,
-         help="Fold each 2×2 max-pool into the conv before it: one stride-2 conv, the same outputs.")

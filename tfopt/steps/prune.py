@@ -15,7 +15,6 @@ import numpy as np
 
 from tfopt import layer_kinds
 from tfopt.config import steps as C
-from tfopt.config.step_registry import register
 from tfopt.config.validation import did_you_mean
 from tfopt.data.coerce import count_steps, sample_x
 from tfopt.errors import TfoptError
@@ -468,7 +467,3 @@ def run_prune(source, given: dict, output=None, overwrite=False, log=print, step
     path = write_run(source, "pruned", step="prune", recipe=with_step(source.recipe, "prune", cfg), metrics=metrics,
                      model=model, history=report["history"], output=output, overwrite=overwrite, log=log)
     return path, metrics
-
-
-register("prune", C.PruneConfig, "pruned", prune, command=run_prune, apply=apply_prune, distributed=True,
-         help="Magnitude pruning with a schedule preflight, then strip.")

@@ -10,7 +10,6 @@ import numpy as np
 
 from tfopt.config import steps as C
 from tfopt.config.fine_tune import FineTuneSettings
-from tfopt.config.step_registry import register
 from tfopt.data.coerce import sample_x
 from tfopt.errors import TfoptError
 from tfopt.interop import import_tfmot, plain_copy
@@ -198,10 +197,6 @@ def apply_quantize(model, recipe, splits, cfg, log=print):
     return quantize(model, splits.x_train, cfg, FineTuneSettings(seed=recipe.seed), log=log)
 
 
-def _quantize_suffix(cfg) -> str:
-    return "qat" if cfg.mode == "qat" else cfg.mode
-
-
 def run_quantize(source, given: dict, output=None, overwrite=False, log=print, step=None):
     """``tfopt quantize``: the recipe's ``optimize.quantize`` with ``given`` on top, the TFLite file
     verified against the Keras model on the test images, a new ``<source>-<mode>`` run.
@@ -223,7 +218,7 @@ def run_quantize(source, given: dict, output=None, overwrite=False, log=print, s
     metrics["tflite"] = {f"model_{mode}.tflite": {**v.__dict__, "bytes": len(content)}}
     if not v.passed:
         raise VerificationFailed(f"TFLite verification failed: {v.line()}. Nothing was written.")
-    path = write_run(source, _quantize_suffix(cfg), step="quantize", recipe=with_step(source.recipe, "quantize", cfg),
+    path = write_run(source, C.quantize_suffix(cfg), step="quantize", recipe=with_step(source.recipe, "quantize", cfg),
                      metrics=metrics, model=source.model if cfg.mode != "qat" else None,
                      files={f"model_{mode}.tflite": content}, history=history, output=output, overwrite=overwrite,
                      log=log)
@@ -258,9 +253,3 @@ def run_export(source, given: dict, output=None, overwrite=False, log=print, ste
     path = write_run(source, "export", step="export", recipe=recipe, metrics=metrics, model=source.model, files=files,
                      output=output, overwrite=overwrite, saved_model=True, log=log)
     return path, metrics
-
-
-register("quantize", C.QuantizeConfig, _quantize_suffix, quantize, command=run_quantize, apply=apply_quantize,
-         distributed=True, help="Post-training quantization (dynamic, float16, int8) or quantization-aware training.")
-register("export", C.Export, "export", export, command=run_export, chain=False, section="export",
-         help="SavedModel, .keras and verified .tflite files.")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from tfopt.config import steps as C
 from tfopt.config.fine_tune import FineTuneSettings
-from tfopt.config.step_registry import register
 from tfopt.errors import TfoptError
 from tfopt.interop import plain_copy
 from tfopt.models.stats import model_stats
@@ -152,13 +151,3 @@ def run_remove(source, given: dict, output=None, overwrite=False, log=print, ste
     path = write_run(source, "removed", step="remove", recipe=source.recipe, metrics=metrics, model=model,
                      files=files, history=report["history"], output=output, overwrite=overwrite, log=log)
     return path, metrics
-
-
-def _remove_suffix(cfg):
-    """``removed``; None when the settings only analyze (no layers, no budget): no run is written."""
-    return None if cfg.analyze and cfg.budget is None and not cfg.layers else "removed"
-
-
-register("remove", C.RemoveConfig, _remove_suffix, remove, command=run_remove, apply=apply_remove, chain=False,
-         cli="remove-layers", distributed=True,
-         help="Remove shape-keeping layers or residual blocks, rewire, fine-tune.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt.config import steps as C
-from tfopt.config.step_registry import register
 from tfopt.data.coerce import random_inputs, sample_xy
 from tfopt.errors import TfoptError
 from tfopt.interop import plain_copy
@@ -129,8 +128,3 @@ def run_structured(source, given: dict, output=None, overwrite=False, log=print,
                      metrics=metrics, model=plain_copy(model), history=info["history"], output=output,
                      overwrite=overwrite, log=log)
     return path, metrics
-
-
-register("structured", C.StructuredConfig, "channels", channel_prune, command=run_structured, apply=apply_structured,
-         cli="prune", cli_flag="structured", distributed=True,
-         help="Remove whole channels (filters, units) and every weight that reads them.")
