@@ -52,7 +52,3 @@ class FineTuneSettings:
     @property
     def distils(self) -> bool:
         return self.teacher is not None
-
-    def kwargs(self) -> dict:
-        """The settings as keyword arguments of :func:`tfopt.training.finetune.fine_tune`."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

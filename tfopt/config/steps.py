@@ -25,7 +25,13 @@ def _check_ratios(v: dict, what: str) -> dict:
     return v
 
 
-class Distill(Config):
+class StepConfig(Config):
+    """A step's settings: validated once, at the edge, then frozen, so a configured step travels as is."""
+
+    model_config = ConfigDict(**Config.model_config, frozen=True)
+
+
+class Distill(StepConfig):
     """Knowledge distillation in a step's fine-tune: the model learns from the step's input model,
     or from ``teacher`` (a chain of steps can learn from the model it started from)."""
 
@@ -165,7 +171,7 @@ class RemoveConfig(Distill):
     budget: Optional[float] = Field(None, ge=0, description="with analyze: remove the most within this many points")
 
 
-class FoldPoolConfig(Config):
+class FoldPoolConfig(StepConfig):
     """Pool folding: each 2×2 max-pool after a stride-1 conv becomes part of a stride-2 conv."""
 
     layers: Optional[list[str]] = Field(None, description="only the pools after these convs (default: every one "
@@ -219,7 +225,7 @@ class Optimize(Config):
         return out
 
 
-class Export(Config):
+class Export(StepConfig):
     tflite: list[Literal[TFLITE_MODES]] = Field(
         default_factory=lambda: ["float32"], description="TFLite files to write")
     int8_io: bool = Field(False, description="int8 input and output for int8 files")

@@ -15,7 +15,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tfopt.config.steps import TOKENS
 from tfopt.errors import TfoptError
 from tfopt.steps import STEPS
 
@@ -29,8 +28,8 @@ MODES = {"int8": "+int8", "float32": "+f32", "qat": "+qat"}
 
 
 def step_token(name: str, settings: dict, label=None) -> str:
-    """The part of a candidate id for a registered step: the step's declared ``token``, else the
-    built-in token of :data:`tfopt.config.steps.TOKENS`, else the registry's default.
+    """The part of a candidate id for a registered step: its declared ``token``, else the
+    registry's default (:meth:`tfopt.config.step_registry.Step.candidate_token`).
 
     Args:
         name: a registered step name.
@@ -44,10 +43,7 @@ def step_token(name: str, settings: dict, label=None) -> str:
         TfoptError: ``name`` is not registered.
     """
     given = dict(settings) if label is None else {**settings, "label": label}
-    step = STEPS[name]
-    if step.token is None and name in TOKENS:
-        return TOKENS[name](given)
-    return step.candidate_token(given)
+    return STEPS[name].candidate_token(given)
 
 
 @dataclass
