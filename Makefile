@@ -9,11 +9,11 @@ TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-slow bench clean
 
-# the package, editable, with the test tools, at the exact versions of constraints.txt
+# the package, editable, with the test and docs tools and JAX, at the exact versions of constraints.txt
 $(BIN)/tfopt: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 setup: $(BIN)/tfopt
