@@ -49,7 +49,9 @@ class GradientNormMonitor(Callback):
         growth_factor: ... or when a layer's norm grows by more than this factor between checks.
         stop_on_explosion: stop training when exploding gradients are flagged.
         stop_on_nonfinite: stop training when a gradient is NaN or infinite.
-        csv_path, log_dir, plot_path: optional outputs.
+        csv_path: where to write one row per check and layer (optional).
+        log_dir: a TensorBoard folder for the norms (optional).
+        plot_path: a PNG of the norms over the steps, written at the end of training (optional).
         verbose: print alerts.
     """
 
