@@ -114,7 +114,7 @@ def test_prune_takes_a_dataset_with_one_hot_labels_and_per_layer_targets(trained
 
     x, y = DATA
     ds = tf.data.Dataset.from_tensor_slices((x, np.eye(10, dtype="float32")[y]))  # unbatched, one-hot
-    pruned = tfopt.prune(trained, ds, sparsity=0.5, layers={"fc1": 0.9}, skip=["fc2"], epochs=1,
+    pruned = tfopt.prune(trained, ds, sparsity=0.5, per_layer={"fc1": 0.9}, skip=["fc2"], epochs=1,
                          validation_data=(HELD[0], np.eye(10, dtype="float32")[HELD[1]]))
     assert np.mean(pruned.get_layer("fc1").kernel.numpy() == 0) == pytest.approx(0.9, abs=0.01)
     # the 50% is spread over the layers without a target of their own: conv1 and conv2
@@ -127,7 +127,7 @@ def test_prune_takes_a_dataset_with_one_hot_labels_and_per_layer_targets(trained
 def test_block_pruning_zeroes_runs_of_consecutive_inputs_and_gzips_smaller(trained):
     import gzip
 
-    targets = dict(layers={"conv2": 0.8, "fc1": 0.8}, skip=("conv1", "fc2"), epochs=2)
+    targets = dict(per_layer={"conv2": 0.8, "fc1": 0.8}, skip=("conv1", "fc2"), epochs=2)
     pruned = tfopt.prune(trained, DATA, block=4, **targets)
     fc1 = pruned.get_layer("fc1").kernel.numpy()  # (256 inputs, 32 units)
     runs = (fc1 != 0).T.reshape(32, 64, 4)  # TFLite's order: each unit's inputs in a row, cut in fours
@@ -164,8 +164,8 @@ def test_activation_criterion_ranks_weights_by_magnitude_times_input_rms():
     dead = rms == 0  # pixels blank in every training image (the digits' left and right edges)
     assert dead.sum() >= 3
     before = snapshot(mlp)
-    kw = dict(layers={"fc1": 0.75}, skip=("fc2",), epochs=3)
-    by_activation = tfopt.prune(mlp, DATA, criterion="activation", probe=DATA[0], **kw)
+    kw = dict(per_layer={"fc1": 0.75}, skip=("fc2",), epochs=3)
+    by_activation = tfopt.prune(mlp, DATA, criterion="activation", probe_samples=len(DATA[0]), **kw)
     by_magnitude = tfopt.prune(mlp, DATA, **kw)
     assert unchanged(mlp, before)
     a, m = by_activation.get_layer("fc1").kernel.numpy(), by_magnitude.get_layer("fc1").kernel.numpy()

@@ -576,7 +576,7 @@ def test_size_search_prunes_from_a_start_with_headroom_and_fine_tunes_a_near_mis
     assert [[chain_key(c) for c in ladder] for ladder in ladders] == [
         ["ch3+p1act"], [f"ch3+perk{p}act" for p in (80, 90, 95, 97)], [f"ch6+perk{p}act" for p in (80, 90, 95, 97)],
         [f"perk{p}act" for p in (90, 95, 97)]]
-    assert ladders[0][0][-1].settings == {"layers": {"fc1": 0.75}, "sparsity": 0.75, "skip": ["fc2"],
+    assert ladders[0][0][-1].settings == {"per_layer": {"fc1": 0.75}, "sparsity": 0.75, "skip": ["fc2"],
                                           "criterion": "activation"}
     # overall targets go beyond what the sweep tolerated: at the rate they are given
     assert ladders[1][0][-1].fine_tune == {}

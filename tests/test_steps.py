@@ -133,7 +133,7 @@ def test_er_allocation_of_the_prune_step():
 
 
 def test_per_layer_overrides_and_skip(base_run, tmp_path):
-    path, _ = run_prune(load_source(base_run), {"sparsity": 0.5, "layers": {"fc1": 0.8}, "skip": ["fc2"],
+    path, _ = run_prune(load_source(base_run), {"sparsity": 0.5, "per_layer": {"fc1": 0.8}, "skip": ["fc2"],
                                                          "epochs": 2}, output=tmp_path, log=quiet)
     model = keras.models.load_model(path / "model.keras")
     assert kernel_sparsity(model, "fc1") == pytest.approx(0.8, abs=0.02)
@@ -374,7 +374,7 @@ def test_sensitivity_sweep_writes_ratios_back(base_run, tmp_path):
     sp = run("sensitivity", base_run, "--mode", "sparsity", "--ratios", "0.5", "--budget", "100",
              "--write", tmp_path / "sp.yaml")
     assert sp.exit_code == 0, sp.output
-    assert load_recipe(tmp_path / "sp.yaml").optimize.prune.layers == {"conv1": 0.5, "fc1": 0.5, "fc2": 0.5}
+    assert load_recipe(tmp_path / "sp.yaml").optimize.prune.per_layer == {"conv1": 0.5, "fc1": 0.5, "fc2": 0.5}
 
 
 def test_cqat_keeps_clusters(base_run, tmp_path):

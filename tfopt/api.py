@@ -49,6 +49,10 @@ FINE_TUNE_KEYWORDS = ("lr", "batch_size", "loss", "optimizer", "validation_data"
                       "distill", "temperature", "alpha")
 
 
+#: Keyword arguments that have a new name: the old one is refused with the new one.
+RENAMED = {"layers": "per_layer", "protect": "skip", "probe": "probe_samples"}
+
+
 def _quiet(*_):
     pass
 
@@ -63,6 +67,8 @@ def _fine_tune(what: str, work, epochs: int, keywords: dict, also=()) -> tuple[F
             the function's own) or validation data that is not a pair.
     """
     for key in keywords:
+        if key in RENAMED:
+            raise TfoptError(f"{what}: keyword argument '{key}' renamed to {RENAMED[key]}")
         if key not in FINE_TUNE_KEYWORDS:
             raise TfoptError(f"{what}: unknown keyword argument '{key}'"
                              f"{did_you_mean(key, ('epochs', *FINE_TUNE_KEYWORDS, *also))}; the fine-tune takes "
@@ -107,8 +113,8 @@ def model_kind(model) -> str:
 
 def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, allocation: str = "erk",
           schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0, end_step: int | None = None,
-          frequency: int | None = None, layers: dict | None = None, skip=(), m_by_n=None, block: int = 1,
-          criterion: str = "magnitude", probe=None, force: bool = False, log=None, **fine_tune):
+          frequency: int | None = None, per_layer: dict | None = None, skip=(), m_by_n=None, block: int = 1,
+          criterion: str = "magnitude", probe_samples: int = 1024, force: bool = False, log=None, **fine_tune):
     """Magnitude pruning, fine-tuned on ``data`` and stripped: a plain model of the input's kind
     whose prunable kernels hold ``sparsity`` zeros overall, spread over the layers by
     ``allocation`` (``"erk"``: small layers such as a first conv pruned less, large ones more;
@@ -116,37 +122,38 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, allocation: st
     more; ``"uniform"``: every layer at ``sparsity``).
 
     The sparsity rises (polynomially) over the first half of the fine-tune steps at the full
-    rate, then the rate decays while the network recovers. ``layers={"fc1": 0.9}`` sets
+    rate, then the rate decays while the network recovers. ``per_layer={"fc1": 0.9}`` sets
     per-layer targets, ``skip=["fc2"]`` leaves layers dense, ``m_by_n=(2, 4)`` asks for 2:4
     sparsity, ``block=4`` prunes dense kernels in runs of 4 consecutive inputs of one unit (the
     order TFLite stores them in, so a gzipped file pays for a run's position once).
     ``criterion="activation"`` ranks each weight by its magnitude times the root-mean-square of the
-    input it reads over ``probe`` (images; default: the first 1,024 of ``data``), so weights on
+    input it reads over the first ``probe_samples`` images of ``data``, so weights on
     inputs that are rarely non-zero, such as border pixels, go first. A schedule
     that cannot reach the target within the fine-tune raises
     :class:`tfopt.steps.prune.PreflightError` unless ``force``. ``fine_tune``: the shared
     fine-tune keywords (see the module's docstring).
     """
     settings = dict(sparsity=sparsity, allocation=allocation, schedule=schedule, initial_sparsity=initial_sparsity,
-                    begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=list(skip),
-                    m_by_n=m_by_n, block=block, criterion=criterion, force=force)
-    pruned, kind = _run("prune", "prune", model, data, settings, epochs, fine_tune, log, ("epochs", "lr", "batch_size"),
-                        probe=probe)
+                    begin_step=begin_step, end_step=end_step, frequency=frequency, per_layer=per_layer or {},
+                    skip=list(skip), m_by_n=m_by_n, block=block, criterion=criterion, probe_samples=probe_samples,
+                    force=force)
+    pruned, kind = _run("prune", "prune", model, data, settings, epochs, fine_tune, log, ("epochs", "lr", "batch_size"))
     return leave(pruned, kind)
 
 
 def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, per_layer: dict | None = None,
-                   criterion: str = "l1", rounds: int = 1, min_channels: int = 1, protect=(), probe_samples: int = 256,
+                   criterion: str = "l1", rounds: int = 1, min_channels: int = 1, skip=(), probe_samples: int = 256,
                    log=None, **fine_tune):
     """Structured pruning: a physically smaller model without ``ratio`` of each layer's channels
     (filters, units), checked against the masked original, then fine-tuned on ``data``.
 
     ``criterion`` ranks channels: ``l1``, ``l2``, ``bn_gamma`` or, on ``probe_samples`` images of
-    ``data``, ``activation`` and ``taylor``. With ``epochs=0`` and a weight criterion no data is needed.
+    ``data``, ``activation`` and ``taylor``. ``skip``: layers whose channels stay. With ``epochs=0`` and a
+    weight criterion no data is needed.
     ``fine_tune``: the shared fine-tune keywords (see the module's docstring).
     """
-    settings = dict(ratio=ratio, per_layer=per_layer, criterion=criterion, probe_samples=probe_samples, rounds=rounds,
-                    min_channels=min_channels, protect=list(protect), epochs=max(epochs, 1))
+    settings = dict(ratio=ratio, per_layer=per_layer or {}, criterion=criterion, probe_samples=probe_samples,
+                    rounds=rounds, min_channels=min_channels, skip=list(skip), epochs=max(epochs, 1))
     smaller, kind = _run("prune_channels", "structured", model, data, settings, epochs, fine_tune, log,
                          ("lr", "batch_size"))
     return leave(smaller, kind)
@@ -260,16 +267,22 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
 
 def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocation: str = "erk",
                      schedule: str = "polynomial", initial_sparsity: float = 0.0, begin_step: int = 0,
-                     end_step: int | None = None, frequency: int | None = None, layers: dict | None = None, skip=(),
-                     m_by_n=None, block: int = 1, criterion: str = "magnitude", probe=None):
+                     end_step: int | None = None, frequency: int | None = None, per_layer: dict | None = None,
+                     skip=(), m_by_n=None, block: int = 1, criterion: str = "magnitude", data=None,
+                     probe_samples: int = 1024, **renamed):
     """A tf_keras copy of ``model`` wrapped for magnitude pruning over ``total_steps`` training
     steps. Compile and fit it yourself with ``callbacks=tfopt.pruning_callbacks()``, then
-    :func:`strip` it. ``criterion="activation"`` (see :func:`prune`) needs ``probe`` images."""
+    :func:`strip` it. ``criterion="activation"`` (see :func:`prune`) ranks on the first
+    ``probe_samples`` images of ``data``."""
+    for key in renamed:
+        raise TfoptError(f"wrap_for_pruning: keyword argument '{key}' "
+                         + (f"renamed to {RENAMED[key]}" if key in RENAMED else "is not one it takes"))
     _, work = enter(model)
     config = validated(STEPS["prune"].config, dict(
         sparsity=sparsity, allocation=allocation, schedule=schedule, initial_sparsity=initial_sparsity,
-        begin_step=begin_step, end_step=end_step, frequency=frequency, layers=layers, skip=list(skip), m_by_n=m_by_n,
-        block=block, criterion=criterion), "prune")
+        begin_step=begin_step, end_step=end_step, frequency=frequency, per_layer=per_layer or {}, skip=list(skip),
+        m_by_n=m_by_n, block=block, criterion=criterion, probe_samples=probe_samples), "prune")
+    probe = sample_x(data, probe_samples) if data is not None else None
     return prune_step.wrap_for_pruning(work, config, total_steps=total_steps, probe=probe)
 
 

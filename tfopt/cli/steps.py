@@ -53,6 +53,11 @@ def _base_type(annotation):
 
 
 def _default_text(field) -> str:
+    """`` [default: x]`` as click's ``show_default`` writes it; a default the recipe or the step
+    computes is named in words (the field's ``shown_default``)."""
+    shown = (field.json_schema_extra or {}).get("shown_default")
+    if shown is not None:
+        return f" [default: {shown}]"
     if field.default_factory is not None:
         value = field.default_factory()
         return f" [default: {', '.join(map(str, value))}]" if value else ""
@@ -66,7 +71,7 @@ def source_params() -> list[click.Parameter]:
     return [
         click.Argument(["source"], type=click.Path()),
         click.Option(["--recipe"], type=click.Path(dir_okay=False),
-                     help="Recipe naming the data (required for a model file; default: the run's)."),
+                     help="Recipe naming the data (required for a model file) [default: the run's recipe]."),
         click.Option(["--set", "overrides"], multiple=True, metavar="KEY=VALUE",
                      help="Override a recipe value by dotted key (repeatable)."),
         click.Option(["--output"], type=click.Path(file_okay=False), help="Parent folder of the new run."),
@@ -147,6 +152,18 @@ class FieldOption:
         return value
 
 
+#: Options that have a new name: the old one is refused with the new one.
+RENAMED_OPTIONS = {"--layer": "--per-layer", "--protect": "--skip"}
+
+
+def _renamed(old: str, new: str) -> click.Option:
+    def refuse(ctx, param, value):
+        if value:
+            raise TfoptError(f"{old} was renamed {new}: write {new} {value[0]}")
+
+    return click.Option([old], multiple=True, hidden=True, expose_value=False, callback=refuse)
+
+
 def _options(steps) -> dict[str, FieldOption]:
     """The options of a command's steps by field name; the base step's come first."""
     out: dict[str, FieldOption] = {}
@@ -199,6 +216,8 @@ def _command(command_name: str, steps) -> click.Command:
     for v in variants:
         params.append(click.Option([f"--{v.cli_flag}"], is_flag=True, help=v.help))
     params += [o.param() for o in options.values()]
+    opts = {o.opt for o in options.values()}
+    params += [_renamed(old, new) for old, new in RENAMED_OPTIONS.items() if new in opts]
     if any(s.distributed for s in steps):
         params.append(click.Option(["--workers"], type=click.IntRange(1, 64), default=1, show_default=True,
                                    help="Fine-tune as N local worker processes of one MultiWorkerMirroredStrategy "

@@ -6,7 +6,7 @@ Each key matches a command-line option of ``tfopt prune``, ``cluster``, ``quanti
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import (ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator,
                       model_validator)
@@ -16,6 +16,11 @@ from tfopt.errors import TfoptError
 from tfopt.config.registry import Config
 from tfopt.config.step_registry import STEPS
 from tfopt.config.validation import format_validation_errors, validated
+
+
+#: How a default computed from the recipe is written in help texts and docs (``[default: ...]``).
+RECIPE_LR = "the recipe's train.lr.initial"
+RECIPE_BATCH = "the recipe's train.batch_size"
 
 
 def _check_ratios(v: dict, what: str) -> dict:
@@ -53,8 +58,9 @@ class Distill(StepConfig):
 class FineTune(Distill):
     epochs: PositiveInt = Field(2, description="fine-tune epochs")
     lr: Optional[PositiveFloat] = Field(None, description="peak rate, held while the step works, then cosine-decayed "
-                                                          "to a tenth; default: train.lr.initial")
-    batch_size: Optional[PositiveInt] = Field(None, description="fine-tune batch size; default: train.batch_size")
+                                                          "to a tenth", json_schema_extra={"shown_default": RECIPE_LR})
+    batch_size: Optional[PositiveInt] = Field(None, description="fine-tune batch size",
+                                              json_schema_extra={"shown_default": RECIPE_BATCH})
 
 
 #: Settings of the fine-tune itself, which :func:`tfopt.steps.settings.fine_tune_from_recipe` reads.
@@ -73,10 +79,12 @@ class PruneConfig(FineTune):
     schedule: Literal["polynomial", "constant"] = Field("polynomial", description="how the sparsity rises")
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="polynomial schedule start")
     begin_step: int = Field(0, ge=0, description="first pruning step")
-    end_step: Optional[int] = Field(None, ge=1, description="last pruning step; default: half of the fine-tune steps")
-    frequency: Optional[PositiveInt] = Field(None, description="steps between pruning updates; default fits the budget")
-    layers: dict[str, float] = Field(default_factory=dict, description="per-layer target sparsity",
-                                     json_schema_extra={"cli": "--layer", "metavar": "NAME=SPARSITY"})
+    end_step: Optional[int] = Field(None, ge=1, description="last pruning step",
+                                    json_schema_extra={"shown_default": "half of the fine-tune steps"})
+    frequency: Optional[PositiveInt] = Field(None, description="steps between pruning updates",
+                                             json_schema_extra={"shown_default": "what fits the fine-tune's steps"})
+    per_layer: dict[str, float] = Field(default_factory=dict, description="per-layer target sparsity",
+                                        json_schema_extra={"metavar": "NAME=VALUE"})
     skip: list[str] = Field(default_factory=list, description="layers left dense")
     m_by_n: Optional[tuple[PositiveInt, PositiveInt]] = Field(None, description="m:n sparsity: at most m non-zero weights in every n, e.g. [2, 4]")
     block: PositiveInt = Field(1, le=64, description="dense kernels are pruned in runs of this many consecutive inputs "
@@ -90,7 +98,9 @@ class PruneConfig(FineTune):
     probe_samples: PositiveInt = Field(1024, description="training images for the activation criterion")
     force: bool = Field(False, description="go on when the preflight says the target is out of reach")
 
-    @field_validator("layers")
+    RENAMED: ClassVar[dict] = {"layers": "per_layer", "probe": "probe_samples"}
+
+    @field_validator("per_layer")
     @classmethod
     def _ratios(cls, v):
         return _check_ratios(v, "per-layer sparsity")
@@ -122,13 +132,15 @@ class StructuredConfig(FineTune):
 
     ratio: float = Field(0.5, ge=0, lt=1, description="fraction of channels removed per layer")
     per_layer: dict[str, float] = Field(default_factory=dict, description="per-layer ratio",
-                                        json_schema_extra={"metavar": "NAME=RATIO"})
+                                        json_schema_extra={"metavar": "NAME=VALUE"})
     criterion: Literal[CRITERIA] = Field(
         "l1", description="how channels are ranked (activation and taylor run probe_samples training images)")
     probe_samples: PositiveInt = Field(256, description="training images for the activation and taylor criteria")
     rounds: PositiveInt = Field(1, description="prune then fine-tune this many times, reaching ratio at the end")
     min_channels: PositiveInt = Field(1, description="channels always kept per layer")
-    protect: list[str] = Field(default_factory=list, description="layers whose channels stay")
+    skip: list[str] = Field(default_factory=list, description="layers whose channels stay")
+
+    RENAMED: ClassVar[dict] = {"protect": "skip", "probe": "probe_samples"}
 
     @field_validator("per_layer")
     @classmethod
@@ -145,8 +157,8 @@ class ClusterConfig(FineTune):
         "kmeans_plus_plus", description="centroid initialization")
     skip: list[str] = Field(default_factory=list, description="layers left unclustered")
     preserve_sparsity: Optional[bool] = Field(
-        None, description="keep a pruned kernel's zeros (zero becomes one of its values); default: for kernels at "
-                          "least 10% zero")
+        None, description="keep a pruned kernel's zeros (zero becomes one of its values)",
+        json_schema_extra={"shown_default": "for kernels at least 10% zero"})
 
 
 class QuantizeConfig(FineTune):
@@ -164,8 +176,10 @@ class RemoveConfig(Distill):
 
     layers: list[str] = Field(default_factory=list, description="layers or blocks to remove, e.g. [conv3, block2]")
     epochs: NonNegativeInt = Field(1, description="fine-tune epochs after the removal (0: none)")
-    lr: Optional[PositiveFloat] = Field(None, description="fine-tune rate; default: train.lr.initial")
-    batch_size: Optional[PositiveInt] = Field(None, description="fine-tune batch size; default: train.batch_size")
+    lr: Optional[PositiveFloat] = Field(None, description="fine-tune rate",
+                                        json_schema_extra={"shown_default": RECIPE_LR})
+    batch_size: Optional[PositiveInt] = Field(None, description="fine-tune batch size",
+                                              json_schema_extra={"shown_default": RECIPE_BATCH})
     analyze: bool = Field(False, description="measure the model without each removable layer or block")
     analyze_epochs: NonNegativeInt = Field(0, description="fine-tune epochs per analyzed candidate")
     budget: Optional[float] = Field(None, ge=0, description="with analyze: remove the most within this many points")
@@ -174,10 +188,11 @@ class RemoveConfig(Distill):
 class FoldPoolConfig(StepConfig):
     """Pool folding: each 2×2 max-pool after a stride-1 conv becomes part of a stride-2 conv."""
 
-    layers: Optional[list[str]] = Field(None, description="only the pools after these convs (default: every one "
-                                                          "that can be folded)", json_schema_extra={"metavar": "CONV"})
+    layers: Optional[list[str]] = Field(None, description="only the pools after these convs",
+                                        json_schema_extra={"metavar": "CONV",
+                                                           "shown_default": "every one that can be folded"})
     measure: Optional[bool] = Field(None, description="time both float32 TFLite files (1 thread) and report the "
-                                                      "change; default: on")
+                                                      "change", json_schema_extra={"shown_default": "on"})
 
 
 class Optimize(Config):

@@ -133,7 +133,11 @@ def format_validation_errors(exc: ValidationError, data: Any, root: type[BaseMod
         elif kind == "extra_forbidden":
             key = str(err["loc"][-1])
             allowed = sorted(_allowed(root, err["loc"][:-1]))
-            if "." in key and key.split(".", 1)[0] in allowed:
+            renamed = {k: v for c in _walk(root, tuple(err["loc"][:-1]))[1]
+                       for k, v in getattr(c, "RENAMED", {}).items()}
+            if key in renamed:
+                msg = f"renamed to {renamed[key]}"
+            elif "." in key and key.split(".", 1)[0] in allowed:
                 head, rest = key.split(".", 1)
                 msg = (f"unknown key '{key}': dotted keys work only with --set; in a recipe file nest it, "
                        f"e.g. {head}: {{{rest}: {_short(value, 30)}}}")

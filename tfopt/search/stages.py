@@ -306,7 +306,7 @@ def prune_chains(start, edge, levels, names, hows: dict, rate: dict | None = Non
     beyond what the sweep tolerated and fine-tune with ``rate``."""
     how = hows["start"]
     crit = {"criterion": how["criterion"]} if how["criterion"] != "magnitude" else {}
-    ladders = [[start + [ChainStep("prune", {"layers": p, "sparsity": max(p.values()),
+    ladders = [[start + [ChainStep("prune", {"per_layer": p, "sparsity": max(p.values()),
                                              "skip": [n for n in names if n not in p]} | crit, label=str(i + 1))]
                 for i, p in enumerate(levels) if p]]
     # The sweep zeroes one layer at a time without a fine-tune, so it is cautious; overall

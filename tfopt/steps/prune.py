@@ -90,7 +90,7 @@ def preflight(cfg, steps_per_epoch: int, epochs: int, targets=None) -> Plan:
     ``epochs`` of ``steps_per_epoch`` (``targets``: the per-layer ones actually used, see
     :func:`layer_targets`)."""
     total = steps_per_epoch * epochs
-    targets = [s for s in (targets.values() if targets is not None else [cfg.sparsity, *cfg.layers.values()])
+    targets = [s for s in (targets.values() if targets is not None else [cfg.sparsity, *cfg.per_layer.values()])
                if s > 0] or [cfg.sparsity]
     plans = [plan_schedule(cfg, t, total) for t in targets]
     return min(plans, key=lambda p: p.reached / p.target)
@@ -184,10 +184,10 @@ def erk_sparsities(sizes: dict, target: float, kernel: bool = True) -> dict:
 
 
 def layer_targets(model, cfg) -> dict:
-    """The sparsity each prunable layer is pruned to: its own target from ``cfg.layers``, 0 for
+    """The sparsity each prunable layer is pruned to: its own target from ``cfg.per_layer``, 0 for
     ``cfg.skip``, and ``cfg.sparsity`` spread over the others by ``cfg.allocation``."""
-    own = {layer.name: 0.0 if layer.name in cfg.skip else cfg.layers[layer.name]
-           for layer in model.layers if prunable(layer) and (layer.name in cfg.skip or layer.name in cfg.layers)}
+    own = {layer.name: 0.0 if layer.name in cfg.skip else cfg.per_layer[layer.name]
+           for layer in model.layers if prunable(layer) and (layer.name in cfg.skip or layer.name in cfg.per_layer)}
     rest = {layer.name: [tuple(w.shape) for w in kernels(layer)] for layer in model.layers
             if prunable(layer) and layer.name not in own}
     if cfg.allocation in ("erk", "er") and cfg.m_by_n is None:
@@ -334,7 +334,7 @@ def describe_scales(scales: dict) -> str:
 def _plan(model, config, steps_per_epoch: int, epochs: int) -> tuple[Plan, dict]:
     """``(the schedule's plan, the per-layer targets)`` of ``config`` on ``model`` over ``epochs``
     of ``steps_per_epoch``; a layer name that is not prunable raises."""
-    check_layer_names(model, config.layers, "layers")
+    check_layer_names(model, config.per_layer, "per_layer")
     check_layer_names(model, config.skip, "skip")
     targets = layer_targets(model, config)
     return preflight(config, steps_per_epoch, epochs, targets=targets), targets
@@ -364,7 +364,7 @@ def wrap_for_pruning(model, config, *, total_steps: int, probe=None):
     scales = None
     if config.criterion == "activation":
         if probe is None:
-            raise TfoptError("prune: the activation criterion needs probe images (probe=x, training images)")
+            raise TfoptError("prune: the activation criterion needs training images (data=x)")
         scales = _activation_scales(model, targets, probe)
     return _wrap(model, config, plan, targets, scales)
 

@@ -71,7 +71,7 @@ def choose(rows, budget: float) -> dict:
 
 
 def write_back(recipe, per_layer: dict, mode: str):
-    """A copy of ``recipe`` whose ``optimize.structured.per_layer`` (or ``optimize.prune.layers``)
+    """A copy of ``recipe`` whose ``optimize.structured.per_layer`` (or ``optimize.prune.per_layer``)
     holds the chosen ratios."""
     r = recipe.model_copy(deep=True)
     if mode == "channels":
@@ -79,7 +79,7 @@ def write_back(recipe, per_layer: dict, mode: str):
         r.optimize.structured = cfg.model_copy(update={"per_layer": per_layer, "ratio": 0.0})
     else:
         cfg = r.optimize.prune or PruneConfig()
-        r.optimize.prune = cfg.model_copy(update={"layers": per_layer})
+        r.optimize.prune = cfg.model_copy(update={"per_layer": per_layer})
     return r
 
 
@@ -99,5 +99,5 @@ def sensitivity_to_recipe(source, recipe=None, overrides=(), *, mode: str = "cha
     rows = sweep(src.model, load_splits(src.recipe.data, src.recipe.seed), ratios, mode, log=log)
     chosen = choose(rows, budget)
     atomic_write_text(Path(write_to), write_back(src.recipe, chosen, mode).to_yaml())
-    key = "optimize.structured.per_layer" if mode == "channels" else "optimize.prune.layers"
+    key = "optimize.structured.per_layer" if mode == "channels" else "optimize.prune.per_layer"
     return {"chosen": chosen, "key": key, "rows": rows}

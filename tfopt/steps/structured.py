@@ -22,7 +22,7 @@ CHECK_TOLERANCE = 1e-4
 def _checked_round(model, config, ratio, per_layer, probe, loss, x_check, log, round_):
     """One round of channel removal from ``model``, its outputs checked against the masked original."""
     pruned, report = prune_channels(model, ratio=ratio, per_layer=per_layer, criterion=config.criterion,
-                                    min_channels=config.min_channels, protect=config.protect, data=probe, loss=loss)
+                                    min_channels=config.min_channels, protect=config.skip, data=probe, loss=loss)
     diff = float(np.max(np.abs(pruned.predict(x_check, verbose=0)
                                - masked_copy(model, report["keep"]).predict(x_check, verbose=0))))
     if diff > CHECK_TOLERANCE:
@@ -44,7 +44,7 @@ def channel_prune(model, data, config, fine_tune, *, log=print, probe=None, chec
             weight criterion.
         config: a :class:`~tfopt.config.steps.StructuredConfig`: the ratio of channels removed per
             layer (``per_layer`` overrides it by name), the criterion (``l1``, ``l2``, ``bn_gamma``,
-            ``activation`` or ``taylor``), rounds, channels kept, layers protected.
+            ``activation`` or ``taylor``), rounds, channels kept, layers skipped (``skip``).
         fine_tune: the :class:`~tfopt.config.fine_tune.FineTuneSettings` of the fine-tune after each
             round (``epochs=0``: none).
         log: receives progress lines.
