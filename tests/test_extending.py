@@ -15,27 +15,7 @@ from tfopt.cli import cli
 from tfopt.errors import RecipeError, TfoptError
 from tfopt.export import load_keras
 from tfopt.steps import STEPS, register
-from tfopt.config.steps import FineTune
-
-
-class ZeroSmallConfig(FineTune):
-    threshold: float = Field(0.05, gt=0, description="kernel weights below this magnitude become zero")
-
-
-def zero_small(model, data, config, fine_tune, *, log=print, **inputs):
-    """Zero every kernel weight whose magnitude is below a threshold."""
-    from tfopt.export import plain_copy
-
-    copy = plain_copy(model)
-    zeroed = 0
-    for layer in copy.layers:
-        if hasattr(layer, "kernel"):
-            k = layer.kernel.numpy()
-            small = np.abs(k) < config.threshold
-            zeroed += int(small.sum())
-            layer.kernel.assign(np.where(small, 0.0, k))
-    log(f"zeroed {zeroed} weights")
-    return copy, {"zeroed": zeroed}
+from tests.toy_steps import ZeroSmallConfig, zero_small
 
 
 @pytest.fixture

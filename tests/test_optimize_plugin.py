@@ -6,41 +6,20 @@ import numpy as np
 import pytest
 
 from tfopt.config.fine_tune import FineTuneSettings
-from tfopt.config.registry import Config
 from tfopt.interop import load_as_tf_keras
 from tfopt.search.candidates import ChainStep
 from tfopt.search.engine import optimize
 from tfopt.search.report import recipe_steps
 from tfopt.steps import STEPS, register
+from tests.toy_steps import ZeroSmallConfig, zero_small
 
 #: Thresholds that zero weights of this model whatever the earlier stages made of it (its clustered
 #: kernels keep values near 0.1).
 THRESHOLDS = (0.2, 0.4)
 
 
-class ZeroSmallConfig(Config):
-    threshold: float
-
-
 def kernels(model) -> list:
     return [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
-
-
-def zero_small(model, data, config, fine_tune, *, log=print, **inputs):
-    """Kernel weights smaller than ``config.threshold`` in magnitude set to zero; nothing else changes."""
-    import tf_keras as keras
-
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    zeroed = 0
-    for layer in copy.layers:
-        if hasattr(layer, "kernel"):
-            k = layer.kernel.numpy()
-            small = np.abs(k) < config.threshold
-            zeroed += int(small.sum())
-            layer.kernel.assign(np.where(small, 0.0, k))
-    log(f"zeroed {zeroed} kernel weights")
-    return copy, {"zeroed": zeroed}
 
 
 @pytest.fixture
@@ -104,5 +83,6 @@ def test_a_registered_step_with_a_ladder_is_searched(zero_step, digits, tmp_path
 def test_a_registered_steps_chain_is_written_as_recipe_steps_its_config_accepts(zero_step):
     chain = [ChainStep("zero_small", {"threshold": 0.05})]
     steps = recipe_steps(chain, "int8", FineTuneSettings(epochs=2, lr=1e-3))
-    assert steps == [{"zero_small": {"threshold": 0.05}}, {"quantize": {"mode": "int8"}}]
+    # the toy config takes the fine-tune fields too: the chain's epochs and rate are written with it
+    assert steps == [{"zero_small": {"threshold": 0.05, "epochs": 2, "lr": 0.001}}, {"quantize": {"mode": "int8"}}]
     assert STEPS["zero_small"].configure(steps[0]["zero_small"]).threshold == 0.05
