@@ -257,7 +257,7 @@ def test_cli_errors_corrupt_model_and_mismatched_recipe(base_run, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict()))
     res = run("prune", bad, "--recipe", recipe)
-    assert res.exit_code == 2 and "bad.keras: not a loadable tf_keras model" in res.output
+    assert res.exit_code == 2 and "bad.keras is not a model file: it is a text file" in res.output
     assert "Traceback" not in res.output
     other = tmp_path / "o.yaml"
     other.write_text(yaml.safe_dump(tiny_recipe_dict(**{"data.shape": [6, 6, 1]})))

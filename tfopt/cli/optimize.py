@@ -2,9 +2,66 @@
 
 from __future__ import annotations
 
+import json
+import math
+import sys
+
 import click
 
-from tfopt.cli.app import echo_err, sigterm_as_interrupt
+from tfopt.cli.app import VERBOSE, echo_err, sigterm_as_interrupt
+from tfopt.errors import TfoptError
+from tfopt.steps.runs import beside, check_writable
+from tfopt.steps.source import check_search_limits, check_source_path
+
+#: Columns of the final table: (header, width, the row's cell).
+COLUMNS = (
+    ("candidate", 30, lambda r: r["id"]),
+    ("sel. acc", 8, lambda r: f"{r['selection_accuracy']:.2%}"),
+    ("drop pt", 7, lambda r: f"{r['drop_points']:+.2f}"),
+    ("ok", 3, lambda r: "yes" if r["meets_budget"] else "no"),
+    ("gzip kB", 8, lambda r: f"{r['tflite_gzip_bytes'] / 1000:.1f}"),
+    ("µs", 6, lambda r: f"{r['latency_us']:.0f}"),
+    ("MACs", 11, lambda r: f"{r['macs']:,}"),
+)
+
+
+def candidate_line(n: int, event: dict) -> str:
+    """The one progress line of a finished candidate."""
+    row = event["row"]
+    if row.get("error"):
+        return f"[{n}] {event['id']} ({event['stage']}): failed: {row['error'][:80]}"
+    return (f"[{n}] {event['id']} ({event['stage']}): {row['selection_accuracy']:.2%}, drop "
+            f"{row['drop_points']:+.2f} pt{'' if row['meets_budget'] else ' (over budget)'}, "
+            f"{row['tflite_gzip_bytes'] / 1000:.1f} kB gzip, {row['latency_us']:.0f} µs")
+
+
+def final_table(rows, chosen_id) -> str:
+    """The candidates as a table of at most 100 columns; the chosen one marked with ``*``."""
+    def fit(text, width):
+        return text if len(text) <= width else text[:width - 1] + "…"
+
+    lines = [" ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w, _) in enumerate(COLUMNS))]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"{fit(r['id'], COLUMNS[0][1])}  failed")
+            continue
+        cells = [fit(cell(r), w) for _, w, cell in COLUMNS]
+        line = " ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, (_, w, _)) in enumerate(zip(cells, COLUMNS)))
+        lines.append(line + (" *" if r["id"] == chosen_id else ""))
+    return "\n".join(lines)
+
+
+def check_arguments(source, output, lr, temperature, alpha, **limits) -> None:
+    """Every argument and the output folder, before TensorFlow is imported or any work done."""
+    check_search_limits(**limits)
+    for name, value, ok, allowed in (("--lr", lr, lambda v: 0 < v <= 10, "a finite rate above 0 (at most 10)"),
+                                     ("--temperature", temperature, lambda v: v > 0, "a finite number above 0"),
+                                     ("--alpha", alpha, lambda v: 0 <= v <= 1, "a number from 0 to 1")):
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise TfoptError(f"{name}: must be {allowed}; got {value!r}")
+    check_source_path(source)
+    check_writable(output or beside(source))
 
 
 @click.command("optimize")
@@ -28,24 +85,47 @@ from tfopt.cli.app import echo_err, sigterm_as_interrupt
 @click.option("--max-candidates", type=int, help="Stop after this many candidates.")
 @click.option("--output", type=click.Path(file_okay=False), help="Parent folder of the search [output.dir].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted search; finished candidates are kept.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr; only the results on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="The results as one JSON document on stdout, nothing else.")
 def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, lr, no_distill, teacher,
-             temperature, alpha, max_candidates, output, resume):
+             temperature, alpha, max_candidates, output, resume, quiet, as_json):
     """Search pruning, layer removal, clustering and int8 for the smallest (--target size) or fastest
     model of SOURCE within --max-drop points of its accuracy.
 
     Writes candidates.csv (as each candidate finishes), pareto.png, report.md, optimize.yaml and
     the chosen model (chosen/model.keras and a verified chosen/model_int8.tflite) into
-    <output>/<source>-optimized. Ctrl-C keeps the finished candidates; --resume continues.
+    <output>/<source>-optimized (default: beside SOURCE), and TensorBoard logs of every candidate's
+    fine-tunes into its logs/<candidate id>/. Progress goes to stderr, one line per candidate
+    (--verbose: every line); the results table to stdout. Ctrl-C keeps the finished candidates;
+    --resume continues.
     """
+    check_arguments(source, output, lr, temperature, alpha, max_drop=max_drop, time_budget=time_budget,
+                    max_candidates=max_candidates, epochs=epochs)
     sigterm_as_interrupt()
-    from tfopt.search.engine import optimize_source
+    from tfopt.search.engine import optimize_source  # TensorFlow, once the arguments are known to be good
+
+    verbose = any(a in VERBOSE for a in sys.argv[1:]) and not as_json
+    progress = not quiet and not verbose
+    finished = []
+
+    def on_event(event):
+        if event["event"] == "candidate":
+            finished.append(event)
+            if progress:
+                echo_err(candidate_line(len(finished), event))
 
     try:
-        result = optimize_source(source, recipe, overrides, output=output, resume=resume, log=echo_err,
-                                 max_drop=max_drop, target=target, time_budget=time_budget, epochs=epochs, lr=lr,
-                                 distill=not no_distill, teacher=teacher, temperature=temperature, alpha=alpha,
-                                 max_candidates=max_candidates)
+        result = optimize_source(source, recipe, overrides, output=output, resume=resume,
+                                 log=echo_err if verbose and not quiet else (lambda *_: None), on_event=on_event,
+                                 fit_verbose=2 if verbose and not quiet else 0, max_drop=max_drop, target=target,
+                                 time_budget=time_budget, epochs=epochs, lr=lr, distill=not no_distill,
+                                 teacher=teacher, temperature=temperature, alpha=alpha, max_candidates=max_candidates)
     except KeyboardInterrupt:
         echo_err("interrupted; run again with --resume to continue")
         raise SystemExit(130) from None
-    click.echo(str(result.out))
+    if as_json:
+        click.echo(json.dumps({"output": str(result.out), "chosen": result.chosen, "test": result.test,
+                               "candidates": result.rows}, default=str))
+        return
+    click.echo(final_table(result.rows, result.chosen["id"]))
+    click.echo(f"chosen: {result.chosen['id']}; written to {result.out}")

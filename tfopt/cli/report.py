@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import click
 
-from tfopt.cli.app import set_option
+from tfopt.cli.app import echo_err, set_option
 
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path())
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe naming the test data (for bare files).")
 @set_option
-@click.option("--output", type=click.Path(file_okay=False), default="saved_models/report", show_default=True,
-              help="Folder for report.md, report.json and report.png.")
+@click.option("--output", type=click.Path(file_okay=False),
+              help="Folder for report.md, report.json and report.png [report/ beside the first SOURCE].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
 @click.option("--runs", type=int, default=200, show_default=True, help="Timed LiteRT invocations per latency.")
 @click.option("--threads", type=int, help="Threads of the multi-thread latency [all cores].")
-def report(sources, recipe, overrides, output, overwrite, runs, threads):
-    """Compare the artifacts of SOURCES (run directories or model files): size, accuracy, latency."""
-    from tfopt.report.report import report as run_report  # the library, loaded by the command that runs it: --help stays light
-    _, text, note_lines, final = run_report(sources, recipe, overrides, output, overwrite, runs, threads,
-                                           log=click.echo)
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr; only the results on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="The results as one JSON document on stdout, nothing else.")
+def report(sources, recipe, overrides, output, overwrite, runs, threads, quiet, as_json):
+    """Compare the artifacts of SOURCES (run directories or model files): size, accuracy, latency.
+
+    Progress goes to stderr, the table and notes to stdout."""
+    # the library, loaded by the command that runs it: --help stays light
+    from tfopt.report.report import check_inputs, report as run_report
+
+    output = check_inputs(sources, output, runs, threads)
+
+    rows, text, note_lines, final = run_report(sources, recipe, overrides, output, overwrite, runs, threads,
+                                               log=(lambda *_: None) if quiet or as_json else echo_err)
+    if as_json:
+        click.echo(json.dumps({"output": str(final), "rows": [asdict(r) for r in rows], "notes": note_lines}))
+        return
     click.echo(text)
     for line in note_lines:
         click.echo(f"- {line}")

@@ -9,6 +9,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tfopt.config.limits import model_file_kind
 from tfopt.config.recipe import load_recipe
 from tfopt.data.pipeline import load_splits
 from tfopt.errors import TfoptError
@@ -19,6 +20,8 @@ from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
 from tfopt.steps import STEPS
 from tfopt.steps.prune import layer_sparsity, overall_sparsity
 from tfopt.steps.runs import accuracy as keras_accuracy
+from tfopt.steps.runs import beside, check_writable
+from tfopt.steps.source import looks_like
 from tfopt.tflite import accuracy as tflite_accuracy
 from tfopt.tflite import latency_us
 
@@ -210,9 +213,35 @@ def plot(rows: list[Row], path) -> None:
     plt.close(fig)
 
 
-def report(paths, recipe=None, overrides=(), output="saved_models/report", overwrite=False, runs=200,
-           threads=None, log=print):
-    """Measure, then write ``report.md``, ``report.json`` and ``report.png`` into ``output``."""
+def report_folder(paths, output=None) -> Path:
+    """Where :func:`report` writes: ``output``, else ``report/`` beside the first of ``paths``."""
+    return Path(output) if output else beside(paths[0]) / "report"
+
+
+def check_inputs(paths, output=None, runs=200, threads=None) -> Path:
+    """Refuse missing or wrong-kind artifacts, bad counts and an unwritable output, before any work;
+    returns the report folder."""
+    if not paths:
+        raise TfoptError("report: give at least one run directory or model file.")
+    for name, value in (("--runs", runs), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise TfoptError(f"report: {name} must be at least 1; got {value}")
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise TfoptError(f"{path} does not exist.")
+        _artifacts(path)
+        if path.is_file() and model_file_kind(path) is None:
+            raise TfoptError(f"{path} is not a model file: it is {looks_like(path)}.")
+    folder = report_folder(paths, output)
+    check_writable(folder.parent, named=folder)
+    return folder
+
+
+def report(paths, recipe=None, overrides=(), output=None, overwrite=False, runs=200, threads=None, log=print):
+    """Measure, then write ``report.md``, ``report.json`` and ``report.png`` into ``output``
+    (default: ``report/`` beside the first of ``paths``)."""
+    output = check_inputs(paths, output, runs, threads)
     threads = threads or os.cpu_count() or 2
     target = RunDir(Path(output), overwrite=overwrite).check()
     rows = measure(paths, recipe, overrides, runs, threads, log)

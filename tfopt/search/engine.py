@@ -22,7 +22,10 @@ under ``cache/``, so Ctrl-C loses at most the candidate in progress and ``resume
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +41,10 @@ from tfopt.search import measure as M
 from tfopt.search import report, stages
 from tfopt.search.candidates import Candidate, SearchState, Standings, chain_key
 from tfopt.steps import STEPS
-from tfopt.steps.source import load_source
-from tfopt.training.finetune import DEFAULT_BATCH_SIZE
+from tfopt.rundir import atomic_write_json
+from tfopt.steps.runs import beside, check_writable, provenance
+from tfopt.steps.source import budget_seconds, check_search_limits, check_source_path, load_source
+from tfopt.training.finetune import DEFAULT_BATCH_SIZE, logging_to
 
 TARGETS = ("size", "latency", "macs")
 #: Un-augmented training images the activation criterion measures the layers' inputs on.
@@ -62,29 +67,21 @@ REWRITES = ("fold_pool",)
 
 
 def parse_budget(text) -> float | None:
-    """A time budget in seconds.
-
-    Args:
-        text: ``None``, a number of seconds, or a duration such as ``"30m"``, ``"1h"``, ``"90s"``.
-
-    Returns:
-        Seconds, or None for no budget.
+    """A time budget in seconds: ``None`` (no budget), a number of seconds, or a duration such as
+    ``"30m"``, ``"1h"``, ``"90s"``.
 
     Raises:
-        TfoptError: ``text`` is neither.
+        TfoptError: ``text`` is none of those, or not a finite duration above zero.
     """
-    if text is None:
-        return None
-    if isinstance(text, (int, float)):
-        return float(text)
-    s = str(text).strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        if s and s[-1] in units:
-            return float(s[:-1]) * units[s[-1]]
-        return float(s)
-    except ValueError:
-        raise TfoptError(f"time budget: expected seconds or a duration such as 30m, 1h, 90s; got {text!r}") from None
+    return budget_seconds(text)
+
+
+class QuietRootWarnings(logging.Filter):
+    """Drops the root logger's warnings (TFMOT warns through it, e.g. "Input layer does not contain
+    zero weights") while a search runs; installed by :func:`optimize` and removed when it returns."""
+
+    def filter(self, record) -> bool:
+        return not (record.name == "root" and record.levelno <= logging.WARNING)
 
 
 def probe_rates(drop_of, max_drop: float, rates=PROBE_RATES) -> list[dict]:
@@ -262,7 +259,8 @@ class Search:
         t0 = time.perf_counter()
         row = cand.first_columns()
         try:
-            row.update(self.measured(cand))
+            with logging_to(self.out / "logs" / cand.id, verbose=self.fit_verbose):
+                row.update(self.measured(cand))
         except (TfoptError, ValueError, RuntimeError) as exc:
             self.log(f"    failed: {str(exc).splitlines()[0]}")
             row.update(error=str(exc).splitlines()[0][:300], meets_budget=False)
@@ -407,8 +405,21 @@ class Search:
         """Measure the input, choose the fine-tune rate, run the stages (:mod:`tfopt.search.stages`)."""
         self.standings.chains = {}
         self.measure_input()
-        self.choose_rate()
-        stages.run(self)
+        with logging_to(None, verbose=self.fit_verbose):
+            self.choose_rate()
+            stages.run(self)
+
+
+@contextmanager
+def quiet_root_warnings():
+    """While the block runs, the root logger drops its own warnings (see :class:`QuietRootWarnings`);
+    records of named loggers, and everything after the block, pass as before."""
+    quiet, root = QuietRootWarnings(), logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 @dataclass
@@ -428,7 +439,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
              time_budget=None, out="optimize", resume: bool = False, distill: bool = True, epochs: int = 2,
              lr: float | None = None, batch_size: int | None = None, temperature: float = 4.0, alpha: float = 0.9,
              seed: int = 0, max_candidates: int | None = None, levels=(1.0, 3.0, 10.0, 20.0, 30.0), selection_fraction=0.1,
-             augment=None, teacher=None, log=print, on_event=None) -> Result:
+             augment=None, teacher=None, log=print, on_event=None, fit_verbose: int = 0) -> Result:
     """Search compression chains for the smallest (or fastest) TFLite model (int8; for latency also
     float32) whose accuracy on a held-out selection split drops by at most ``max_drop`` points.
 
@@ -451,18 +462,17 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
             than the one being compressed. The budget is still judged against the input model.
         epochs, lr, batch_size: fine-tune settings of every step (defaults: the steps' own; ``lr``
             None: probed, see :data:`PROBE_RATES`).
-        max_candidates: stop after this many candidates (tests, quick looks).
         levels: per-layer tolerances, in points lost before fine-tuning, that turn the
             sensitivity sweeps into per-layer ratios (one candidate each).
-        augment: training-time augmentation of the fine-tunes, as a recipe's ``data.augment``
-            (e.g. ``{"translate": 0.08}``); a model trained with augmentation keeps its accuracy
-            better when its fine-tunes see the same. ``tfopt optimize RUN`` uses the run's recipe's.
-        log: called with each progress line.
+        augment: training-time augmentation of the fine-tunes, as a recipe's ``data.augment`` (e.g.
+            ``{"translate": 0.08}``; ``tfopt optimize RUN`` uses the run's recipe's).
+        log: called with each progress line; ``max_candidates``: stop after this many candidates.
         on_event: called with one dict per event: ``{"event": "resumed", "rows"}``, ``"probe"``
             (``lr``, ``drop_points``), ``"rate"`` (``lr``, ``probe``), ``"stage"`` (``name``),
             ``"candidate"`` (``id``, ``stage``, ``row``) when a candidate finishes, ``"skipped"``
             (``id``, ``stage``, ``drop_points``, ``skipped``: the ids a hopeless rung ends its
             ladder before), ``"limit"`` (``reason``: ``candidates`` or ``time``) and ``"chosen"`` (``id``).
+        fit_verbose: Keras ``fit`` verbosity of the fine-tunes (0: silent); logs go to ``out/logs/<id>/``.
 
     Returns:
         A :class:`Result`.
@@ -473,8 +483,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
     """
     if target not in TARGETS:
         raise TfoptError(f"optimize: target must be one of {', '.join(TARGETS)}; got {target!r}")
-    if max_drop < 0:
-        raise TfoptError(f"optimize: max_drop (points of accuracy) must be >= 0; got {max_drop}")
+    check_search_limits(max_drop, time_budget, max_candidates, epochs)
     budget_s = parse_budget(time_budget)
     kind, work = enter(model)
     teacher, teacher_path = I.teacher_model(teacher, work, distill)
@@ -490,12 +499,14 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
                     alpha=alpha, seed=seed, max_candidates=max_candidates, levels=levels, log=log,
                     train=I.augmented(data, augment, batch_size, seed, log), teacher=teacher,
                     teacher_path=teacher_path, on_event=on_event)
+    search.fit_verbose = fit_verbose
     if distill:
         search.store_teacher(augment)
     if resume:
         search.resume()
     try:
-        search.search()
+        with quiet_root_warnings():
+            search.search()
     except KeyboardInterrupt:
         log(f"interrupted: {len(search.rows)} finished candidate(s) kept in {search.state.csv_path}; "
             f"--resume continues the search")
@@ -524,6 +535,8 @@ def conclude(search, test_data, kind, time_budget, max_candidates) -> Result:
     chain = search.standings.chains.get(chosen["id"], [])
     model = search.keras_model(chain)
     content, test = report.write_chosen(search, chosen, chain, model, test_data, rows)
+    metrics_path = out / "chosen" / "metrics.json"
+    atomic_write_json(metrics_path, {**json.loads(metrics_path.read_text()), **provenance()})
     search.emit("chosen", id=chosen["id"])
     search.log(f"chosen: {chosen['id']}: {chosen['tflite_gzip_bytes'] / 1000:.1f} kB gzip "
                f"({chosen['tflite_raw_bytes'] / 1000:.1f} kB raw), {chosen['latency_us']:.0f} µs, "
@@ -540,9 +553,13 @@ def optimize_source(source, recipe=None, overrides=(), *, output=None, resume=Fa
     Raises:
         TfoptError: the folder holds a search and ``resume`` is off, or as :func:`optimize`.
     """
+    check_search_limits(kwargs.get("max_drop"), kwargs.get("time_budget"), kwargs.get("max_candidates"),
+                        kwargs.get("epochs"))
+    check_source_path(source)
+    check_writable(output or beside(source))
     src = load_source(source, recipe, overrides)
     r = src.recipe
-    out = Path(output or r.output.dir) / f"{src.name}-optimized"
+    out = Path(output or beside(source)) / f"{src.name}-optimized"
     if out.exists() and not resume and any(out.iterdir()):
         raise TfoptError(f"{out} already holds a search; pass --resume to continue it, or --output elsewhere")
     splits = load_splits(r.data, r.seed)

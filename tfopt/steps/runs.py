@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import sys
+import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from tfopt import __version__
 from tfopt.config import steps as C
 from tfopt.config.step_registry import STEPS
 from tfopt.data.pipeline import load_splits, make_dataset
@@ -26,9 +31,57 @@ from tfopt.interop import save_like
 from tfopt.models.stats import model_stats
 from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text, history_csv
 from tfopt.steps.settings import apply_step, step_settings
-from tfopt.steps.source import load_source, source_recipe
+from tfopt.steps.source import check_source_path, load_source, source_recipe
 from tfopt.training import distribute
 from tfopt.training.compile import compile_model
+from tfopt.training.finetune import logging_to, logs_dir
+
+
+def beside(source_path) -> Path:
+    """The folder a run made from ``source_path`` goes to by default: the one holding the source
+    (a run directory or a model file), so chained steps stay together wherever they run from."""
+    return Path(os.path.abspath(source_path)).parent
+
+
+def check_writable(folder, named=None) -> Path:
+    """Create ``folder`` (and its parents) and write and remove a probe file in it, so an output
+    that cannot be written is refused before any work rather than after it.
+
+    Args:
+        folder: the folder to write in.
+        named: the output the user gave, when ``folder`` is its parent (errors name it).
+
+    Raises:
+        TfoptError: ``folder`` cannot be created or written, with the reason.
+    """
+    f = Path(folder)
+    shown = Path(named) if named is not None else f
+    existing = next((a for a in [f, *f.parents] if a.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise TfoptError(f"cannot write the output folder {shown}: {existing} is a file, not a folder. Give --output "
+                         f"a folder.")
+    if existing is not None and existing.resolve().parts[1:2] in (("proc",), ("sys",)):
+        raise TfoptError(f"cannot write the output folder {shown}: /{existing.resolve().parts[1]} is the kernel's "
+                         f"virtual file system, not storage. Give --output a folder you can write to.")
+    try:
+        f.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tfopt-write-test-", dir=f)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TfoptError(f"cannot write the output folder {shown}: {exc.strerror or exc} (in {existing}). Give "
+                         f"--output a folder you can write to.") from None
+    return f
+
+
+def provenance() -> dict:
+    """``created`` (ISO 8601, UTC), ``command`` (the command line; None from Python) and
+    ``tfopt_version``: recorded in every run's metrics.json."""
+    argv = sys.argv
+    from_cli = bool(argv) and "tfopt" in (Path(argv[0]).name, Path(argv[0]).parent.name)
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["tfopt", *argv[1:]]) if from_cli else None,
+            "tfopt_version": __version__}
 
 
 def splits_of(source):
@@ -76,7 +129,7 @@ def write_run(source, suffix, *, recipe, metrics, model=None, files=None, histor
     Returns:
         The run's path.
     """
-    intended = Path(output or recipe.output.dir) / f"{source.name}-{suffix}"
+    intended = Path(output or beside(source.path)) / f"{source.name}-{suffix}"
     worker_root = None if distribute.is_chief() else distribute.worker_scratch(intended)
     run = RunDir(worker_root / intended.name if worker_root else intended,
                  overwrite=overwrite or worker_root is not None).open()
@@ -88,9 +141,13 @@ def write_run(source, suffix, *, recipe, metrics, model=None, files=None, histor
         run.path(name).write_bytes(content)
     if history:
         atomic_write_text(run.path("history.csv"), history_csv(history))
+    logs = logs_dir()
+    if logs is not None and logs.is_dir() and any(logs.iterdir()):
+        shutil.copytree(logs, run.path("logs"), dirs_exist_ok=True)
     atomic_write_text(run.path("recipe.yaml"), recipe.to_yaml())
     steps = [*((getattr(source, "metrics", None) or {}).get("steps") or []), *([step] if step else [])]
-    atomic_write_json(run.path("metrics.json"), {**metrics, "source": str(source.path), "steps": steps})
+    atomic_write_json(run.path("metrics.json"), {**metrics, "source": str(source.path), "steps": steps,
+                                                 **provenance()})
     final = run.commit()
     if worker_root is not None:
         shutil.rmtree(worker_root, ignore_errors=True)
@@ -139,7 +196,7 @@ def check_output(step, source, given: dict, output=None, overwrite=False) -> Non
     None for these settings writes no run)."""
     suffix = step.folder_suffix(step_settings(source.recipe, step, given))
     if suffix is not None:
-        RunDir(Path(output or source.recipe.output.dir) / f"{source.name}-{suffix}", overwrite=overwrite).check()
+        RunDir(Path(output or beside(source.path)) / f"{source.name}-{suffix}", overwrite=overwrite).check()
 
 
 def run_step(step, source, given: dict, output=None, overwrite=False, log=print):
@@ -158,6 +215,8 @@ def run_source(step, path, recipe=None, overrides=(), given=None, *, output=None
     """Load ``path`` (a run directory, or a model file with ``recipe``) and run ``step`` on it:
     what every step command does. Returns ``(new run path or None, metrics)``."""
     s = STEPS[step] if isinstance(step, str) else step
+    check_source_path(path)
+    check_writable(output or beside(path))
     found = source_recipe(path, recipe, overrides)
     setting = found.train.distribute if found is not None else "none"
     if setting == "multi_worker" and not os.environ.get("TF_CONFIG"):
@@ -171,6 +230,11 @@ def run_source(step, path, recipe=None, overrides=(), given=None, *, output=None
         log(f"{s.name} does not run under tf.distribute; running in one process")
         setting = "none"
     distribute.strategy(setting)  # before the model is loaded: MultiWorkerMirroredStrategy must come first
-    with distribute.scope(setting):
-        return run_step(s, load_source(path, recipe, overrides), given or {}, output=output, overwrite=overwrite,
-                        log=log)
+    # the fine-tunes' TensorBoard logs gather here until write_run copies them into the new run's logs/
+    logs = Path(tempfile.mkdtemp(prefix=".tfopt-logs-", dir=output or beside(path)))
+    try:
+        with distribute.scope(setting), logging_to(logs):
+            return run_step(s, load_source(path, recipe, overrides), given or {}, output=output,
+                            overwrite=overwrite, log=log)
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)

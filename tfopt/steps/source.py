@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from tfopt import layer_kinds
 from tfopt.config.layers import fmt_shape
+from tfopt.config.limits import model_file_kind
 from tfopt.config.recipe import KNOWN_CLASSES, load_recipe
 from tfopt.errors import TfoptError
 from tfopt.interop import load_as_tf_keras
@@ -35,9 +37,99 @@ def source_recipe(path, recipe=None, overrides=()):
     return load_recipe(chosen, overrides) if chosen else None
 
 
+def looks_like(path) -> str:
+    """What a file that is not a model looks like, in a few words (from its name and first bytes)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if not head:
+        return "empty"
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8")):
+        return "an image"
+    if b"\x00" in head:
+        return "a binary file of an unknown kind"
+    if p.suffix.lower() in (".yaml", ".yml") or b"\nmodel:" in b"\n" + head or b"\ndata:" in b"\n" + head:
+        return "a YAML recipe"
+    return "a text file"
+
+
+def check_source_path(path) -> None:
+    """Refuse a SOURCE that cannot be a model, from its name and first bytes only: no model is
+    loaded and no TensorFlow imported, so a wrong argument is answered at once.
+
+    Raises:
+        TfoptError: ``path`` does not exist, is an unfinished run, a TFLite file, or a file that
+            is not a model (the message says what it looks like).
+    """
+    p = Path(path)
+    if p.name.endswith(PARTIAL):
+        raise TfoptError(f"{p} is an unfinished run; finish it with tfopt fit --resume first.")
+    if not p.exists():
+        raise TfoptError(f"{p} does not exist: give a run directory from tfopt fit, or a model file with --recipe.")
+    if p.is_dir():
+        model = p / "model.keras"
+        if (p / "recipe.yaml").is_file() and model.is_file() and model_file_kind(model) is None:
+            raise TfoptError(f"{model} is not a model file: it is {looks_like(model)}; the "
+                             f"run directory {p} is damaged. Train it again with tfopt fit --overwrite.")
+        return
+    kind = model_file_kind(p)
+    if kind is not None and "TFLite" in kind:
+        raise TfoptError(f"{p} is {kind}: TFLite files cannot be fine-tuned or optimized further; give the run "
+                         f"directory it came from, or its .keras model with --recipe.")
+    if kind is None:
+        raise TfoptError(f"{p} is not a model file: it is {looks_like(p)}. Give a run directory from tfopt fit, or a "
+                         f"model file (.keras, .h5) with --recipe.")
+
+
+def budget_seconds(text) -> float | None:
+    """A time budget in seconds: ``None`` (no budget), a number, or ``"30m"``, ``"1h"``, ``"90s"``.
+
+    Raises:
+        TfoptError: anything else, or a budget that is not finite and above zero.
+    """
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    s = str(text).strip().lower()
+    try:
+        seconds = float(text) if isinstance(text, (int, float)) else (
+            float(s[:-1]) * units[s[-1]] if s and s[-1] in units else float(s))
+    except ValueError:
+        raise TfoptError(f"time budget: expected seconds or a duration such as 30m, 1h, 90s; got {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise TfoptError(f"time budget: must be a finite duration above zero, e.g. 30m; got {text!r}")
+    return seconds
+
+
+def check_search_limits(max_drop=None, time_budget=None, max_candidates=None, epochs=None) -> None:
+    """Refuse search settings no search can honour, before any work.
+
+    Args:
+        max_drop: accuracy points that may be lost: finite, in [0, 100].
+        time_budget: see :func:`budget_seconds`.
+        max_candidates: at least 1 (None: no limit).
+        epochs: fine-tune epochs, at least 1.
+
+    Raises:
+        TfoptError: the first setting out of range, with what was received and what is allowed.
+    """
+    if max_drop is not None and not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop)
+                                     and 0 <= max_drop <= 100):
+        raise TfoptError(f"max drop (--max-drop): the accuracy points that may be lost must be a finite number from "
+                         f"0 to 100; got {max_drop!r}")
+    budget_seconds(time_budget)
+    for name, value in (("max candidates (--max-candidates)", max_candidates), ("epochs (--epochs)", epochs)):
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise TfoptError(f"{name}: must be a whole number of at least 1; got {value!r}")
+
+
 def load_source(path, recipe=None, overrides=()) -> Source:
     """Load ``path`` (a run directory, or a ``.keras``/``.h5``/SavedModel with ``recipe``)."""
     p = Path(path)
+    check_source_path(p)
     if p.name.endswith(PARTIAL):
         raise TfoptError(f"{p} is an unfinished run; finish it with tfopt fit --resume first.")
     if p.is_dir() and (p / "recipe.yaml").is_file():

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
 
 from tfopt.config.fine_tune import FineTuneSettings
 from tfopt.config.losses import LOSSES
@@ -37,6 +40,41 @@ DEFAULT_FLOOR = 0.1
 RECALIBRATION_BATCHES = 50
 #: The run-time inputs of a step that are options of :func:`fine_tune`.
 OPTIONS = ("callbacks", "lr_schedule_fn", "hold", "floor", "verbose")
+
+
+#: Where the fine-tunes running in this context write TensorBoard logs, and their ``fit`` verbosity
+#: when a caller gives none (see :func:`logging_to`).
+_LOGS: ContextVar = ContextVar("tfopt_fine_tune_logs", default=(None, None))
+
+
+@contextmanager
+def logging_to(log_dir=None, verbose=None):
+    """Within the block, every :func:`fine_tune` writes TensorBoard logs (loss, metrics and rate per
+    epoch) under ``log_dir`` and, when called without ``verbose``, fits with this verbosity.
+
+    Example:
+        >>> with logging_to("run/logs", verbose=0):  # doctest: +SKIP
+        ...     fine_tune(model, (x, y), FineTuneSettings(epochs=1))
+    """
+    token = _LOGS.set((None if log_dir is None else Path(log_dir), verbose))
+    try:
+        yield
+    finally:
+        _LOGS.reset(token)
+
+
+def logs_dir():
+    """The folder :func:`logging_to` set for this context's fine-tunes, or None."""
+    return _LOGS.get()[0]
+
+
+def tensorboard(log_dir):
+    """A tf_keras TensorBoard callback writing per-epoch scalars only (no graph, no profile):
+    it does no work per batch, so the fine-tune keeps its steps per call."""
+    import tf_keras as keras
+
+    return keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=0, write_graph=False,
+                                       update_freq="epoch", profile_batch=0)
 
 
 def options(inputs: dict) -> dict:
@@ -203,10 +241,13 @@ def fine_tune(model, data, settings: FineTuneSettings, *, callbacks=(), lr_sched
     log(f"fine-tuning {settings.epochs} epoch(s) ({total} steps), learning rate {lr:g}{described}, "
         f"batch size {batch_size}, {spe} step(s) per call")
     started = time.perf_counter()
+    log_dir, context_verbose = _LOGS.get()
+    verbose = context_verbose if verbose is None else verbose
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    hist = target.fit(train, validation_data=val, epochs=settings.epochs, callbacks=[*rate_callbacks, *callbacks],
-                      verbose=verbose)
+    board = [tensorboard(log_dir)] if log_dir is not None else []
+    hist = target.fit(train, validation_data=val, epochs=settings.epochs,
+                      callbacks=[*rate_callbacks, *callbacks, *board], verbose=verbose)
     rows = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.epoch))]
     return rows, time.perf_counter() - started
 
