@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from tfopt import __version__
 from tfopt.cli import fit, gradcheck, lr_find, optimize, recipes, report, sensitivity, tune
 from tfopt.cli.app import VERBOSE, quiet_native_logs, with_verbose
 from tfopt.cli.steps import step_commands
@@ -46,7 +47,7 @@ class Group(click.Group):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="tfopt")
+@click.version_option(version=__version__, prog_name="tfopt")
 @click.option("-v", "--verbose", is_flag=True, expose_value=False,
               help="Also show TensorFlow's own log lines and warnings (any command takes it).")
 def cli():
