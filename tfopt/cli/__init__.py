@@ -13,7 +13,7 @@ import sys
 import click
 
 from tfopt import __version__
-from tfopt.cli import fit, gradcheck, lr_find, optimize, recipes, report, sensitivity, tune
+from tfopt.cli import fit, gradcheck, lr_find, optimize, recipes, replay, report, sensitivity, tune
 from tfopt.cli.app import VERBOSE, quiet_native_logs, with_verbose
 from tfopt.cli.steps import step_commands
 from tfopt.errors import TfoptError
@@ -55,7 +55,8 @@ def cli():
 
 
 for _command in (recipes.validate, recipes.summary, recipes.list_recipes, fit.fit, lr_find.lr_find,
-                 gradcheck.gradcheck, report.report, sensitivity.sensitivity, tune.tune, optimize.optimize):
+                 gradcheck.gradcheck, report.report, sensitivity.sensitivity, tune.tune, optimize.optimize,
+                 replay.replay):
     cli.add_command(with_verbose(_command))
 
 

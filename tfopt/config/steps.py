@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal, Optional
 
-from pydantic import (ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 from tfopt.config.choices import CLUSTER_INITS, CRITERIA, PRUNE_CRITERIA, QUANTIZE_MODES, TFLITE_MODES
 from tfopt.errors import TfoptError
 from tfopt.config.registry import Config
 from tfopt.config.step_registry import STEPS
-from tfopt.config.validation import format_validation_errors, validated
+from tfopt.config.validation import did_you_mean, format_validation_errors, validated
 
 
 #: How a default computed from the recipe is written in help texts and docs (``[default: ...]``).
@@ -195,9 +195,67 @@ class FoldPoolConfig(StepConfig):
                                                       "change", json_schema_extra={"shown_default": "on"})
 
 
+class ChainDistill(StepConfig):
+    """Knowledge distillation for every fine-tune of ``optimize.steps``: each step learns from the
+    model the chain starts from, or from ``teacher``."""
+
+    teacher: Optional[str] = Field(None, description="a run directory or model file to learn from instead of the "
+                                                     "chain's input model", json_schema_extra={"metavar": "RUN|MODEL"})
+    temperature: PositiveFloat = Field(4.0, description="softening temperature")
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the teacher's soft targets")
+
+
+def _located(exc: ValidationError, prefix: tuple) -> list:
+    """``exc``'s errors, each located under ``prefix``."""
+    return [{"type": e["type"], "loc": (*prefix, *e["loc"]), "input": e.get("input"),
+             **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+
+
+def _chain_steps(value) -> tuple[list, list]:
+    """``(steps, errors)``: each ``{name: settings}`` of ``optimize.steps`` checked by its step's
+    config; an error's location is ``steps.<i>.<name>.<key>``."""
+    if not isinstance(value, list):
+        return value, [{"type": "list_type", "loc": ("steps",), "input": value}]
+    out, errors = [], []
+    names = [s.name for s in STEPS]
+    for i, item in enumerate(value):
+        if not (isinstance(item, dict) and len(item) == 1):
+            errors.append({"type": "value_error", "loc": ("steps", i), "input": item,
+                           "ctx": {"error": ValueError(f"expected one {{step: settings}} mapping, one of: "
+                                                       f"{', '.join(names)}")}})
+            continue
+        ((name, settings),) = item.items()
+        if name not in names:
+            errors.append({"type": "value_error", "loc": ("steps", i, name), "input": None, "ctx": {"error": ValueError(
+                f"unknown step '{name}'{did_you_mean(name, names)}; registered steps: {', '.join(names)}")}})
+            continue
+        if settings is not None and not isinstance(settings, dict):
+            errors.append({"type": "dict_type", "loc": ("steps", i, name), "input": settings})
+            continue
+        config = STEPS[name].config
+        renamed = getattr(config, "RENAMED", {})
+        settings = dict(settings or {})
+        for old in [k for k in settings if k in renamed]:
+            errors.append({"type": "value_error", "loc": ("steps", i, name, old), "input": None,
+                           "ctx": {"error": ValueError(f"renamed to {renamed[old]}")}})
+            del settings[old]
+        try:
+            settings = {} if config is None else config.model_validate(settings).model_dump(
+                exclude_unset=True, mode="json")
+        except ValidationError as exc:
+            errors += _located(exc, ("steps", i, name))
+            continue
+        out.append({name: settings})
+    return out, errors
+
+
 class Optimize(Config):
     """The settings of each step, under its name. A step registered later (see
-    :func:`tfopt.steps.register`) has its section here too, checked by its own config class."""
+    :func:`tfopt.steps.register`) has its section here too, checked by its own config class.
+
+    ``steps`` is a chain to replay in order (``tfopt replay``), each ``{step name: settings}``,
+    as ``tfopt optimize`` writes it to ``optimize.yaml``; ``distill`` the distillation of its
+    fine-tunes."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, protected_namespaces=(), defer_build=True)
 
@@ -206,6 +264,9 @@ class Optimize(Config):
     cluster: Optional[ClusterConfig] = None
     quantize: Optional[QuantizeConfig] = None
     remove: Optional[RemoveConfig] = None
+    steps: Optional[list[dict[str, dict]]] = Field(None, description="a chain of steps to replay in order, each "
+                                                                      "{step name: its settings}")
+    distill: Optional[ChainDistill] = Field(None, description="distillation of the chain's fine-tunes")
 
     @classmethod
     def extra_keys(cls) -> list[str]:
@@ -225,6 +286,10 @@ class Optimize(Config):
             return data
         out, errors, known = dict(data), [], set(cls.extra_keys())
         for key, value in data.items():
+            if key == "steps" and value is not None:
+                out[key], found = _chain_steps(value)
+                errors += found
+                continue
             if key in cls.model_fields:
                 continue
             if key not in known:
@@ -233,9 +298,14 @@ class Optimize(Config):
             try:
                 out[key] = None if value is None else STEPS[key].config.model_validate(value)
             except ValidationError as exc:
-                errors += [{"type": e["type"], "loc": (key, *e["loc"]), "input": e.get("input"),
-                            **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
-        if errors:
+                errors += _located(exc, (key,))
+        if errors:  # the declared sections' problems too, so that all are reported at once
+            for key, value in data.items():
+                if key in cls.model_fields and key != "steps" and value is not None:
+                    try:
+                        TypeAdapter(cls.model_fields[key].annotation).validate_python(value)
+                    except ValidationError as exc:
+                        errors += _located(exc, (key,))
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return out
 
