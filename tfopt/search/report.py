@@ -131,7 +131,8 @@ def write_recipe(out, search, chain, mode: str) -> None:
     if distill and search.teacher_path:
         distill["teacher"] = search.teacher_path
     (out / "optimize.yaml").write_text(
-        "# The recipe `optimize:` section that reproduces the chosen candidate, step by step.\n"
+        "# The recipe `optimize:` section that reproduces the chosen candidate, step by step:\n"
+        "# tfopt replay RUN --steps optimize.yaml runs it again.\n"
         + yaml.safe_dump({"optimize": {"steps": recipe_steps(chain, mode, ft), "distill": distill}}, sort_keys=False))
 
 
