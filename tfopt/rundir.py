@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from tfopt import __version__
 from tfopt.errors import RunDirError
 
 PARTIAL = ".partial"
@@ -60,6 +63,16 @@ def atomic_copy(src: Path, dst: Path) -> None:
 
 def atomic_write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def provenance() -> dict:
+    """``created`` (ISO 8601, UTC), ``command`` (the command line; None from Python) and
+    ``tfopt_version``: recorded in every run's metrics.json."""
+    argv = sys.argv
+    from_cli = bool(argv) and "tfopt" in (Path(argv[0]).name, Path(argv[0]).parent.name)
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["tfopt", *argv[1:]]) if from_cli else None,
+            "tfopt_version": __version__}
 
 
 def history_csv(rows: list[dict]) -> str:

@@ -41,8 +41,8 @@ from tfopt.search import measure as M
 from tfopt.search import report, stages
 from tfopt.search.candidates import Candidate, SearchState, Standings, chain_key
 from tfopt.steps import STEPS
-from tfopt.rundir import atomic_write_json
-from tfopt.steps.runs import beside, check_writable, provenance
+from tfopt.rundir import atomic_write_json, provenance
+from tfopt.steps.runs import beside, check_writable
 from tfopt.steps.source import budget_seconds, check_search_limits, check_source_path, load_source
 from tfopt.training.finetune import DEFAULT_BATCH_SIZE, logging_to
 

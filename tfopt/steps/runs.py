@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from tfopt import __version__
 from tfopt.config import steps as C
 from tfopt.config.step_registry import STEPS
 from tfopt.data.pipeline import load_splits, make_dataset
@@ -29,7 +25,7 @@ from tfopt.errors import TfoptError
 from tfopt.export import save_savedmodel
 from tfopt.interop import save_like
 from tfopt.models.stats import model_stats
-from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text, history_csv
+from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text, history_csv, provenance
 from tfopt.steps.settings import apply_step, step_settings
 from tfopt.steps.source import check_source_path, load_source, source_recipe
 from tfopt.training import distribute
@@ -72,16 +68,6 @@ def check_writable(folder, named=None) -> Path:
         raise TfoptError(f"cannot write the output folder {shown}: {exc.strerror or exc} (in {existing}). Give "
                          f"--output a folder you can write to.") from None
     return f
-
-
-def provenance() -> dict:
-    """``created`` (ISO 8601, UTC), ``command`` (the command line; None from Python) and
-    ``tfopt_version``: recorded in every run's metrics.json."""
-    argv = sys.argv
-    from_cli = bool(argv) and "tfopt" in (Path(argv[0]).name, Path(argv[0]).parent.name)
-    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": shlex.join(["tfopt", *argv[1:]]) if from_cli else None,
-            "tfopt_version": __version__}
 
 
 def splits_of(source):

@@ -43,7 +43,7 @@ from tfopt.export import load_keras, save_keras, save_savedmodel
 from tfopt.models.builder import build_model
 from tfopt.models.stats import model_stats, summary_table
 from tfopt.plots import training_curves
-from tfopt.rundir import PARTIAL, RunDir, atomic_write_json, atomic_write_text
+from tfopt.rundir import PARTIAL, RunDir, atomic_write_json, atomic_write_text, provenance
 from tfopt.training import compile as compile_probe
 from tfopt.training import distribute
 from tfopt.training.checkpoint import Checkpointer, StopAfter, read_state, write_state_key
@@ -403,6 +403,7 @@ def _write_run(run: RunDir, model, recipe, metrics: dict, history: list, started
     if recipe.output.plot:
         training_curves(history, run.path("training.png"), title=recipe.name)
     metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
+    metrics.update(provenance())
     atomic_write_json(run.path("metrics.json"), metrics)
     return run.commit()
 
