@@ -168,8 +168,8 @@ def test_huge_repeat_and_choice_are_refused_at_once(tmp_path):
 
 
 def test_tune_spec_under_a_dotted_key_is_refused(tmp_path):
-    data = quickstart(**{"optimize.prune.layers": {"conv1.x": {"tune": "float", "min": 0.1, "max": 0.5}}})
-    refused(run("validate", write(tmp_path, yaml.safe_dump(data))), "optimize.prune.layers.conv1.x", "'.'")
+    data = quickstart(**{"optimize.prune.per_layer": {"conv1.x": {"tune": "float", "min": 0.1, "max": 0.5}}})
+    refused(run("validate", write(tmp_path, yaml.safe_dump(data))), "optimize.prune.per_layer.conv1.x", "'.'")
 
 
 # -- validate catches what fit would crash on ---------------------------------------------
