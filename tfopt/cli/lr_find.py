@@ -11,10 +11,10 @@ from tfopt.config.recipe import load_recipe
 @click.command("lr-find")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @set_option
-@click.option("--min-lr", type=float, help="Start of the sweep [recipe's lr_finder entry, else 1e-6].")
-@click.option("--max-lr", type=float, help="End of the sweep [else 1.0].")
-@click.option("--steps", type=int, help="Training steps in the sweep [else 100].")
-@click.option("--rule", type=click.Choice(["steepest", "min_div_10"]), help="Suggestion rule [else steepest].")
+@click.option("--min-lr", type=float, help="Start of the sweep [default: its lr_finder callback's min_lr, else 1e-6].")
+@click.option("--max-lr", type=float, help="End of the sweep [default: its lr_finder callback's max_lr, else 1.0].")
+@click.option("--steps", type=int, help="Training steps in the sweep [default: its lr_finder callback's num_steps, else 100].")
+@click.option("--rule", type=click.Choice(["steepest", "min_div_10"]), help="Suggestion rule [default: its lr_finder callback's rule, else steepest].")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Save the loss-vs-LR curve as a PNG.")
 def lr_find(recipe, overrides, min_lr, max_lr, steps, rule, plot):
     """Learning-rate range test on RECIPE's model and training data."""
