@@ -1,0 +1,101 @@
+"""Results on stdout, progress on stderr; --quiet and --json; one progress line per candidate."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tfopt
+from conftest import REPO, tiny_recipe_dict
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tfopt.config.recipe import validate
+    from tfopt.training.run import fit
+
+    runs = tmp_path_factory.mktemp("runs")
+    fit(validate(tiny_recipe_dict(name="tiny")), output=runs, log=quiet)
+    return runs / "tiny"
+
+
+def tfopt_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "tfopt", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+SEARCH = ("--epochs", "1", "--lr", "1e-3", "--no-distill", "--max-drop", "30")
+
+
+def test_optimize_shows_one_line_per_candidate_and_a_narrow_table(tiny_run):
+    proc = tfopt_cli("optimize", tiny_run, "--max-candidates", "2", *SEARCH)
+    assert proc.returncode == 0, proc.stderr
+    progress = proc.stderr.splitlines()
+    assert [line.split()[0] for line in progress] == ["[1]", "[2]"], proc.stderr
+    assert "Epoch" not in proc.stderr + proc.stdout and "WARNING:root" not in proc.stderr
+    table = proc.stdout.splitlines()
+    assert table[0].split()[:3] == ["candidate", "sel.", "acc"]
+    assert len(table) == 2 + 2 + 1  # header, rule, two candidates, the closing line
+    assert max(len(line) for line in table[:-1]) <= 100
+    out = tiny_run.parent / "tiny-optimized"
+    assert table[-1].endswith(f"written to {out}")
+    chosen = json.loads((out / "chosen" / "metrics.json").read_text())
+    assert chosen["tfopt_version"] == tfopt.__version__ and chosen["command"].startswith("tfopt optimize ")
+    assert chosen["created"].endswith("+00:00")
+    candidate_logs = [p.name for p in (out / "logs").iterdir()]
+    assert candidate_logs and all(any(p.rglob("events.out.tfevents.*")) for p in (out / "logs").iterdir())
+
+
+@pytest.mark.slow
+def test_optimize_json_is_the_only_thing_on_stdout(tiny_run, tmp_path):
+    proc = tfopt_cli("optimize", tiny_run, "--max-candidates", "1", "--json", "--quiet", "--output", tmp_path,
+                     *SEARCH)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["output"] == str(tmp_path / "tiny-optimized")
+    assert [row["id"] for row in doc["candidates"]] == [doc["chosen"]["id"]]
+    assert proc.stderr.strip() == ""
+
+
+def test_report_json_and_quiet(tiny_run, tmp_path):
+    proc = tfopt_cli("report", tiny_run, "--runs", "5", "--json", "--output", tmp_path / "rep")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [row["name"] for row in doc["rows"]] == ["tiny/model.keras"] and doc["output"] == str(tmp_path / "rep")
+    loud = tfopt_cli("report", tiny_run, "--runs", "5")
+    assert loud.returncode == 0, loud.stderr
+    assert "tiny/model.keras: Keras test accuracy" in loud.stderr
+    assert "tiny/model.keras: Keras test accuracy" not in loud.stdout
+    assert loud.stdout.splitlines()[-1] == f"report written to {tiny_run.parent / 'report'}/report.md"
+    quiet_run = tfopt_cli("report", tiny_run, "--runs", "5", "--quiet", "--output", tmp_path / "q")
+    assert quiet_run.returncode == 0 and quiet_run.stderr.strip() == "", quiet_run.stderr
+
+
+def test_the_search_silences_root_warnings_only_while_it_runs():
+    from tfopt.search.engine import quiet_root_warnings
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    root = logging.getLogger()
+    handler = Keep(level=logging.DEBUG)
+    root.addHandler(handler)
+    try:
+        with quiet_root_warnings():
+            logging.warning("Input layer does not contain zero weights, so apply CQAT instead.")
+            logging.getLogger("tfopt.test").warning("a named logger still speaks")
+        logging.warning("after the search")
+    finally:
+        root.removeHandler(handler)
+    assert seen == ["a named logger still speaks", "after the search"]
+    assert not root.filters
