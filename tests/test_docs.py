@@ -26,6 +26,11 @@ def test_mkdocs_builds_strictly(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "site" / "cli" / "index.html").is_file()
     cli = (tmp_path / "site" / "cli" / "index.html").read_text()
-    assert "tfopt prune" in cli and "--sparsity" in cli  # the reference is generated from the commands
+    # the reference is generated from the commands, the step commands of the registry included
+    from tfopt.cli.reference import reference
+
+    for name in reference.commands:
+        assert f'id="tfopt-{name}"' in cli, name
+    assert "--sparsity" in cli and "--per-layer" in cli
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "tfopt.api.prune" in api or "prune" in api
