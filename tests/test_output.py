@@ -74,6 +74,7 @@ def test_report_json_and_quiet(tiny_run, tmp_path):
     assert "tiny/model.keras: Keras test accuracy" in loud.stderr
     assert "tiny/model.keras: Keras test accuracy" not in loud.stdout
     assert loud.stdout.splitlines()[-1] == f"report written to {tiny_run.parent / 'report'}/report.md"
+    assert max(len(line) for line in loud.stdout.splitlines()) <= 100
     quiet_run = tfopt_cli("report", tiny_run, "--runs", "5", "--quiet", "--output", tmp_path / "q")
     assert quiet_run.returncode == 0 and quiet_run.stderr.strip() == "", quiet_run.stderr
 
@@ -99,3 +100,16 @@ def test_the_search_silences_root_warnings_only_while_it_runs():
         root.removeHandler(handler)
     assert seen == ["a named logger still speaks", "after the search"]
     assert not root.filters
+
+
+def test_the_rate_panel_is_not_squashed_by_a_last_near_zero_rate(tmp_path):
+    from tfopt.plots import RATE_RANGE, pyplot, rate_panel
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    rates = [1e-3, 2e-3, 3e-3, 1e-3, 1e-8]
+    rate_panel(ax, [1, 2, 3, 4, 5], rates)
+    low, high = ax.get_ylim()
+    assert high / low == pytest.approx(RATE_RANGE * 1.3 * 1.3)
+    assert [t.get_text() for t in ax.texts] == ["1.0e-08"]
+    plt.close(fig)

@@ -30,19 +30,47 @@ def training_curves(history: list[dict], path, title: str = "") -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     epochs = [r["epoch"] for r in history]
     for ax, key in zip(axes[0], keys):
+        if key in ("lr", "learning_rate"):
+            rate_panel(ax, epochs, [r.get(key) for r in history], key)
+            continue
         ax.plot(epochs, [r.get(key) for r in history], marker="o", label="train")
         if f"val_{key}" in history[0]:
             ax.plot(epochs, [r.get(f"val_{key}") for r in history], marker="o", label="validation")
             ax.legend()
         ax.set_xlabel("epoch")
         ax.set_title(key)
-        if key == "lr":
-            ax.set_yscale("log")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+#: The rate panel shows at most this ratio between the highest rate and its bottom edge; a rate that
+#: a schedule decays below it (often the last epoch's) is drawn on the edge and labelled with its value.
+RATE_RANGE = 30.0
+
+
+def rate_panel(ax, epochs, rates, title="lr") -> None:
+    """The learning rate against epoch on a log scale that a last, near-zero rate does not squash."""
+    shown = [r for r in rates if r is not None and r > 0]
+    if not shown:
+        return
+    floor = max(min(shown), max(shown) / RATE_RANGE)
+    if len(shown) < len(rates):  # a zero rate sits below the lowest positive one
+        floor = min(floor, min(shown) / 2)
+    clipped = [max(r, floor) if r is not None and r > 0 else floor for r in rates]
+    ax.plot(epochs, clipped, marker="o")
+    ax.set_yscale("log")
+    ax.set_ylim(floor / 1.3, max(shown) * 1.3)
+    for e, r in zip(epochs, rates):
+        if r is None or r < floor:
+            ax.plot([e], [floor], marker="v", color="tab:red", ls="")
+            ax.annotate(f"{r:.1e}" if r else "0", (e, floor), textcoords="offset points", xytext=(0, 6),
+                        ha="right" if e == epochs[-1] else "center", fontsize=7, color="tab:red")
+    ax.set_xlabel("epoch")
+    ax.set_title(title + (" (lower rates on the edge)" if min(shown) < floor or len(shown) < len(rates) else ""))
+    ax.grid(alpha=0.3)
 
 
 def line_plot(x, series: dict, path, xlabel="", ylabel="", title="", logy=False, logx=False, mark=None) -> None:

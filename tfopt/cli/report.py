@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import asdict
 
 import click
@@ -37,5 +38,5 @@ def report(sources, recipe, overrides, output, overwrite, runs, threads, quiet, 
         return
     click.echo(text)
     for line in note_lines:
-        click.echo(f"- {line}")
+        click.echo(textwrap.fill(line, width=100, initial_indent="- ", subsequent_indent="  "))
     click.echo(f"report written to {final}/report.md")

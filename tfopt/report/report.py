@@ -90,7 +90,7 @@ def measure(paths, recipe=None, overrides=(), runs=200, threads=None, log=print)
         for art in _artifacts(path):
             name = f"{run.name}/{art.name}" if path.is_dir() else art.name
             row = Row(name, "tflite" if art.suffix == ".tflite" else "keras", str(art), size=art.stat().st_size,
-                      size_gzip=gzip_size(art), steps=list(metrics.get("steps") or []))
+                      size_gzip=gzip_size(art), steps=step_names(metrics.get("steps")))
             if row.kind == "keras":
                 model = load_keras(art)
                 stats = model_stats(model)
@@ -112,6 +112,13 @@ def measure(paths, recipe=None, overrides=(), runs=200, threads=None, log=print)
             row.macs = src.get("macs")
             rows.append(row)
     return rows
+
+
+def step_names(steps) -> list:
+    """The steps a run's metrics.json records, as a list (a search's chosen model records one string)."""
+    if not steps:
+        return []
+    return [steps] if isinstance(steps, str) else list(steps)
 
 
 def _mode(row: Row) -> str:
@@ -167,7 +174,26 @@ def table(rows: list[Row]) -> list[list[str]]:
     return [header, *body]
 
 
+#: The terminal table's columns, of the full table's (the markdown report keeps every column).
+TEXT_COLUMNS = {"artifact": 26, "steps": 12, "MACs": 11, "gzip": 9, "gzip ×": 6, "accuracy": 8, "Δ pts": 7,
+                "latency 1T µs": 7}
+TEXT_HEADERS = {"latency 1T µs": "1T µs"}
+
+
+def text_cells(cells) -> list[list[str]]:
+    """The columns of :data:`TEXT_COLUMNS`, each cut to its width: with two spaces between them, a
+    table of at most 100 columns (report.md keeps every column)."""
+    def cut(text, width):
+        return text if len(text) <= width else "…" + text[-(width - 1):] if width > 1 else text[:width]
+
+    keep = [i for i, h in enumerate(cells[0]) if h in TEXT_COLUMNS]
+    out = [[TEXT_HEADERS.get(cells[0][i], cells[0][i]) for i in keep]]
+    out += [[cut(row[i], TEXT_COLUMNS[cells[0][i]]) for i in keep] for row in cells[1:]]
+    return out
+
+
 def render_text(cells) -> str:
+    cells = text_cells(cells)
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in cells]
@@ -193,22 +219,43 @@ def render_markdown(cells, note_lines, threads, legend=()) -> str:
     return "\n".join(md) + "\n"
 
 
+def numbered_points(ax, points) -> None:
+    """Scatter ``(number, x, y, colour)`` points, labelled with their numbers; points that fall
+    on the same spot share one label ("1,2") instead of printing over each other."""
+    spots: dict = {}
+    for n, x, y, colour in points:
+        ax.scatter(x, y, color=colour, s=36, zorder=3)
+        spots.setdefault((round(x, 6), round(y, 4)), []).append(str(n))
+    for (x, y), numbers in spots.items():
+        ax.annotate(",".join(numbers), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+
+
 def plot(rows: list[Row], path) -> None:
+    """Accuracy against gzipped size and against latency; each artifact a number, named in the legend below."""
+    import textwrap
+
+    from matplotlib.ticker import ScalarFormatter
+
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in rows:
-        axes[0].scatter(r.size_gzip / 1024, r.accuracy * 100)
-        axes[0].annotate(r.name, (r.size_gzip / 1024, r.accuracy * 100), fontsize=7)
-        if r.latency_1:
-            axes[1].scatter(r.latency_1, r.accuracy * 100)
-            axes[1].annotate(r.name, (r.latency_1, r.accuracy * 100), fontsize=7)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = [f"{i}:\u00a0{r.name}" for i, r in enumerate(rows, 1)]  # a number stays with its name
+    legend_lines = textwrap.wrap("   ".join(names), width=150, break_on_hyphens=False, break_long_words=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4 + 0.22 * len(legend_lines)))
+    measured = [(i, r, colours[(i - 1) % len(colours)]) for i, r in enumerate(rows, 1) if r.accuracy is not None]
+    numbered_points(axes[0], [(i, r.size_gzip / 1024, r.accuracy * 100, c) for i, r, c in measured])
+    numbered_points(axes[1], [(i, r.latency_1, r.accuracy * 100, c) for i, r, c in measured if r.latency_1])
     axes[0].set_xscale("log")
+    axes[0].xaxis.set_major_formatter(ScalarFormatter())
+    axes[0].xaxis.set_minor_formatter(ScalarFormatter())
+    axes[0].tick_params(axis="x", which="minor", labelsize=7)
     axes[0].set_xlabel("gzipped size (KB, log)")
     axes[1].set_xlabel("single-thread LiteRT latency (µs)")
     for ax in axes:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+        ax.margins(x=0.15, y=0.1)
+    fig.text(0.01, 0.01, "\n".join(legend_lines), fontsize=8, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.05 + 0.05 * len(legend_lines), 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
