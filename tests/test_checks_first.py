@@ -120,3 +120,12 @@ def test_library_refuses_a_nan_budget_before_any_work():
 
     with pytest.raises(TfoptError, match="finite number from 0 to 100; got nan"):
         optimize(object(), None, max_drop=float("nan"))
+
+
+def test_a_refused_command_leaves_no_output_folder_behind(run_dir, tmp_path):
+    refused(["optimize", run_dir, "--max-drop", "nan", "--output", tmp_path / "new" / "deeper"], "got nan")
+    rc, said, imported_tf, _ = tfopt("prune", run_dir, "--output", tmp_path / "new" / "deeper", "--recipe",
+                                     tmp_path / "nowhere.yaml")
+    assert rc == 2 and "nowhere.yaml: 1 problem(s) in the recipe:\n  recipe file not found" in said
+    assert not imported_tf
+    assert not (tmp_path / "new").exists()

@@ -40,8 +40,8 @@ def beside(source_path) -> Path:
 
 
 def check_writable(folder, named=None) -> Path:
-    """Create ``folder`` (and its parents) and write and remove a probe file in it, so an output
-    that cannot be written is refused before any work rather than after it.
+    """Create ``folder`` (and its parents) and write a probe file in it, then remove both, so an
+    output that cannot be written is refused before any work rather than after it.
 
     Args:
         folder: the folder to write in.
@@ -59,6 +59,7 @@ def check_writable(folder, named=None) -> Path:
     if existing is not None and existing.resolve().parts[1:2] in (("proc",), ("sys",)):
         raise TfoptError(f"cannot write the output folder {shown}: /{existing.resolve().parts[1]} is the kernel's "
                          f"virtual file system, not storage. Give --output a folder you can write to.")
+    missing = [a for a in [f, *f.parents] if not a.exists()]
     try:
         f.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tfopt-write-test-", dir=f)
@@ -67,6 +68,12 @@ def check_writable(folder, named=None) -> Path:
     except OSError as exc:
         raise TfoptError(f"cannot write the output folder {shown}: {exc.strerror or exc} (in {existing}). Give "
                          f"--output a folder you can write to.") from None
+    finally:
+        for created in missing:  # the probe leaves no trace: the run creates its folders when it is written
+            try:
+                created.rmdir()
+            except OSError:
+                break
     return f
 
 
@@ -217,7 +224,7 @@ def run_source(step, path, recipe=None, overrides=(), given=None, *, output=None
         setting = "none"
     distribute.strategy(setting)  # before the model is loaded: MultiWorkerMirroredStrategy must come first
     # the fine-tunes' TensorBoard logs gather here until write_run copies them into the new run's logs/
-    logs = Path(tempfile.mkdtemp(prefix=".tfopt-logs-", dir=output or beside(path)))
+    logs = Path(tempfile.mkdtemp(prefix="tfopt-logs-"))
     try:
         with distribute.scope(setting), logging_to(logs):
             return run_step(s, load_source(path, recipe, overrides), given or {}, output=output,
