@@ -10,8 +10,6 @@ import click
 
 from tfopt.cli.app import VERBOSE, echo_err, sigterm_as_interrupt
 from tfopt.errors import TfoptError
-from tfopt.steps.runs import beside, check_writable
-from tfopt.steps.source import check_search_limits, check_source_path
 
 #: Columns of the final table: (header, width, the row's cell).
 COLUMNS = (
@@ -54,6 +52,9 @@ def final_table(rows, chosen_id) -> str:
 
 def check_arguments(source, output, lr, temperature, alpha, **limits) -> None:
     """Every argument and the output folder, before TensorFlow is imported or any work done."""
+    # loaded when the command runs: --help stays light
+    from tfopt.steps.source import beside, check_search_limits, check_source_path, check_writable
+
     check_search_limits(**limits)
     for name, value, ok, allowed in (("--lr", lr, lambda v: 0 < v <= 10, "a finite rate above 0 (at most 10)"),
                                      ("--temperature", temperature, lambda v: v > 0, "a finite number above 0"),

@@ -20,8 +20,7 @@ from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text
 from tfopt.steps import STEPS
 from tfopt.steps.prune import layer_sparsity, overall_sparsity
 from tfopt.steps.runs import accuracy as keras_accuracy
-from tfopt.steps.runs import beside, check_writable
-from tfopt.steps.source import looks_like
+from tfopt.steps.source import beside, check_writable, looks_like
 from tfopt.tflite import accuracy as tflite_accuracy
 from tfopt.tflite import latency_us
 

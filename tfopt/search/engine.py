@@ -42,8 +42,8 @@ from tfopt.search import report, stages
 from tfopt.search.candidates import Candidate, SearchState, Standings, chain_key
 from tfopt.steps import STEPS
 from tfopt.rundir import atomic_write_json, provenance
-from tfopt.steps.runs import beside, check_writable
-from tfopt.steps.source import budget_seconds, check_search_limits, check_source_path, load_source
+from tfopt.steps.source import (beside, budget_seconds, check_search_limits, check_source_path, check_writable,
+                                load_source)
 from tfopt.training.finetune import DEFAULT_BATCH_SIZE, logging_to
 
 TARGETS = ("size", "latency", "macs")
@@ -461,12 +461,12 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
             model file) taking the same inputs and giving as many outputs, e.g. a larger network
             than the one being compressed. The budget is still judged against the input model.
         epochs, lr, batch_size: fine-tune settings of every step (defaults: the steps' own; ``lr``
-            None: probed, see :data:`PROBE_RATES`).
+            None: probed, see :data:`PROBE_RATES`). ``max_candidates``: stop after this many.
         levels: per-layer tolerances, in points lost before fine-tuning, that turn the
             sensitivity sweeps into per-layer ratios (one candidate each).
         augment: training-time augmentation of the fine-tunes, as a recipe's ``data.augment`` (e.g.
             ``{"translate": 0.08}``; ``tfopt optimize RUN`` uses the run's recipe's).
-        log: called with each progress line; ``max_candidates``: stop after this many candidates.
+        log: called with each progress line.
         on_event: called with one dict per event: ``{"event": "resumed", "rows"}``, ``"probe"``
             (``lr``, ``drop_points``), ``"rate"`` (``lr``, ``probe``), ``"stage"`` (``name``),
             ``"candidate"`` (``id``, ``stage``, ``row``) when a candidate finishes, ``"skipped"``

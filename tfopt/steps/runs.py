@@ -27,54 +27,10 @@ from tfopt.interop import save_like
 from tfopt.models.stats import model_stats
 from tfopt.rundir import RunDir, atomic_write_json, atomic_write_text, history_csv, provenance
 from tfopt.steps.settings import apply_step, step_settings
-from tfopt.steps.source import check_source_path, load_source, source_recipe
+from tfopt.steps.source import beside, check_source_path, check_writable, load_source, source_recipe
 from tfopt.training import distribute
 from tfopt.training.compile import compile_model
 from tfopt.training.finetune import logging_to, logs_dir
-
-
-def beside(source_path) -> Path:
-    """The folder a run made from ``source_path`` goes to by default: the one holding the source
-    (a run directory or a model file), so chained steps stay together wherever they run from."""
-    return Path(os.path.abspath(source_path)).parent
-
-
-def check_writable(folder, named=None) -> Path:
-    """Create ``folder`` (and its parents) and write a probe file in it, then remove both, so an
-    output that cannot be written is refused before any work rather than after it.
-
-    Args:
-        folder: the folder to write in.
-        named: the output the user gave, when ``folder`` is its parent (errors name it).
-
-    Raises:
-        TfoptError: ``folder`` cannot be created or written, with the reason.
-    """
-    f = Path(folder)
-    shown = Path(named) if named is not None else f
-    existing = next((a for a in [f, *f.parents] if a.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise TfoptError(f"cannot write the output folder {shown}: {existing} is a file, not a folder. Give --output "
-                         f"a folder.")
-    if existing is not None and existing.resolve().parts[1:2] in (("proc",), ("sys",)):
-        raise TfoptError(f"cannot write the output folder {shown}: /{existing.resolve().parts[1]} is the kernel's "
-                         f"virtual file system, not storage. Give --output a folder you can write to.")
-    missing = [a for a in [f, *f.parents] if not a.exists()]
-    try:
-        f.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tfopt-write-test-", dir=f)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise TfoptError(f"cannot write the output folder {shown}: {exc.strerror or exc} (in {existing}). Give "
-                         f"--output a folder you can write to.") from None
-    finally:
-        for created in missing:  # the probe leaves no trace: the run creates its folders when it is written
-            try:
-                created.rmdir()
-            except OSError:
-                break
-    return f
 
 
 def splits_of(source):
