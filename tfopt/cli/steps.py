@@ -14,7 +14,7 @@ from typing import Literal, Union
 
 import click
 
-from tfopt.cli.app import run_workers
+from tfopt.cli.app import echo_err, run_workers
 from tfopt.errors import TfoptError
 from tfopt.steps import STEPS
 
@@ -210,7 +210,10 @@ def _command(command_name: str, steps) -> click.Command:
                 run_workers(ctx, workers)
             click.echo(f"{chosen.name} does not run under tf.distribute; running in one process", err=True)
         from tfopt.steps.runs import run_source  # the library, loaded by the command that runs it: --help stays light
-        run_source(chosen, source, recipe, overrides, given, output=output, overwrite=overwrite, log=click.echo)
+        path, _ = run_source(chosen, source, recipe, overrides, given, output=output, overwrite=overwrite,
+                             log=echo_err)
+        if path is not None:
+            click.echo(path)  # the result on stdout, the progress above on stderr
 
     params = source_params()
     for v in variants:
