@@ -161,8 +161,107 @@ def custom_layer():
     return keras.Model(inputs, outputs, name="custom_layer"), (rng.random((ROWS, 8), dtype="float32"), _labels(rng))
 
 
+@keras.saving.register_keras_serializable(package="tfopt_tests")
+class AddPosition(keras.layers.Layer):
+    """A learned position embedding added to a sequence of patches: a custom weight of rank 2."""
+
+    def build(self, input_shape):
+        self.position = self.add_weight(name="position", shape=tuple(input_shape[1:]), initializer="random_normal")
+
+    def call(self, inputs):
+        return inputs + self.position
+
+
+def vit():
+    """A ViT-style patch model: 4×4 patches embedded by a strided conv, positions, one attention block."""
+    rng = _rng(12)
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(16, 4, strides=4, name="patches")(inputs)
+    x = keras.layers.Reshape((16, 16))(x)
+    x = AddPosition(name="position")(x)
+    attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8)(x, x)
+    x = keras.layers.LayerNormalization()(x + attended)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="vit"), (rng.random((ROWS, 16, 16, 1), dtype="float32"), _labels(rng))
+
+
+def _conv_bn(x, filters, name):
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def unet():
+    """A U-Net: conv-BN blocks down and up, a skip connection, a per-pixel softmax over 3 classes."""
+    rng = _rng(13)
+    inputs = keras.Input((16, 16, 1))
+    down = _conv_bn(inputs, 8, "down")
+    x = keras.layers.MaxPooling2D()(down)
+    x = _conv_bn(x, 16, "middle")
+    x = keras.layers.Conv2DTranspose(8, 2, strides=2, name="up_transpose")(x)
+    x = keras.layers.Concatenate()([x, down])
+    x = _conv_bn(x, 8, "up")
+    outputs = keras.layers.Conv2D(3, 1, activation="softmax", name="mask")(x)
+    x_data = rng.random((ROWS, 16, 16, 1), dtype="float32")
+    masks = np.digitize(x_data[..., 0], [0.33, 0.66]).astype("int32")  # each pixel's class by its brightness
+    return keras.Model(inputs, outputs, name="unet"), (x_data, masks)
+
+
+def squeeze_excite():
+    """A conv-BN block whose channels are reweighted by a squeeze-and-excitation branch."""
+    rng = _rng(14)
+    inputs = keras.Input((8, 8, 3))
+    x = _conv_bn(inputs, 16, "block")
+    gate = keras.layers.GlobalAveragePooling2D()(x)
+    gate = keras.layers.Dense(4, activation="relu", bias_initializer=keras.initializers.Constant(0.1),
+                              name="squeeze")(gate)
+    gate = keras.layers.Dense(16, activation="sigmoid", name="excite")(gate)
+    x = keras.layers.Multiply()([x, keras.layers.Reshape((1, 1, 16))(gate)])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(x)
+    model = keras.Model(inputs, outputs, name="squeeze_excite")
+    return model, (rng.random((ROWS, 8, 8, 3), dtype="float32"), _labels(rng))
+
+
+def regression():
+    """A regression model, not compiled: one linear output, float targets."""
+    rng = _rng(15)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)], name="regression")
+    x = rng.random((ROWS, 8), dtype="float32")
+    return model, (x, (x @ np.linspace(-1, 1, 8) + 0.5).astype("float32")[:, None])
+
+
+def multi_input():
+    """Two named inputs (an image and a vector of features) given as a dict; one softmax head."""
+    rng = _rng(16)
+    image = keras.Input((8, 8, 1), name="image")
+    features = keras.Input((5,), name="features")
+    x = keras.layers.Conv2D(8, 3, activation="relu")(image)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Concatenate()([x, keras.layers.Dense(8, activation="relu")(features)])
+    outputs = keras.layers.Dense(CLASSES, activation="softmax")(x)
+    model = keras.Model({"image": image, "features": features}, outputs, name="multi_input")
+    x_data = {"image": rng.random((ROWS, 8, 8, 1), dtype="float32"),
+              "features": rng.random((ROWS, 5), dtype="float32")}
+    return model, (x_data, _labels(rng))
+
+
+def mobilenet_v2():
+    """keras.applications.MobileNetV2 at its smallest (32×32 input, alpha 0.35, no weights), 4 classes."""
+    rng = _rng(17)
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=CLASSES)
+    return model, (rng.random((ROWS, 32, 32, 3), dtype="float32"), _labels(rng))
+
+
 FAMILIES = {
     "cnn2d": cnn2d, "conv1d": conv1d, "lstm": lstm, "gru": gru, "bilstm": bilstm,
     "embedding": embedding, "transformer": transformer, "two_heads": two_heads,
     "nested": nested, "subclassed": subclassed, "custom_layer": custom_layer,
+    "vit": vit, "unet": unet, "squeeze_excite": squeeze_excite, "regression": regression,
+    "multi_input": multi_input,
 }
+
+#: keras.applications models, larger than the families above (a few hundred thousand weights).
+APPLICATIONS = {"mobilenet_v2": mobilenet_v2}

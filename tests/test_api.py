@@ -391,3 +391,114 @@ def test_a_keras3_users_script_gets_keras3_models_back(tmp_path):
     assert f["params"]["slim"] < 0.5 * f["params"]["model"]
     assert f["int8_agreement"] >= 0.99
     assert f["accuracy"]["slim"] >= f["accuracy"]["model"] - 0.03
+
+
+# -- Keras 3 models through the Keras 3 engine; verification by head ---------------------------
+
+
+def test_verification_excuses_near_ties_and_refuses_a_broken_file_by_what_it_measured():
+    from tfopt import verify
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(400, 4))
+    logits[:40, 1] = logits[:40, 0] + 1e-3  # near ties: the top two a hair apart
+    logits[:40, 2:] = -5.0
+    ref = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    noise = rng.normal(scale=2e-3, size=ref.shape)  # a faithful int8 file's error
+    got = ref + noise
+    got[:40, 0], got[:40, 1] = ref[:40, 1], ref[:40, 0]  # every near tie flips: 10% disagree
+    report = verify.compare([ref], [got], ["softmax"], "int8")
+    (head,) = report.heads
+    assert report.passed and head.excused >= 40 and head.agreement == 1.0, report.lines()
+    assert f"{head.excused} near ties excused" in report.lines()[0]
+    broken = verify.compare([ref], [rng.permutation(ref)], ["softmax"], "int8")
+    assert not broken.passed
+    with pytest.raises(VerificationFailed, match=r"int8: top-1 agreement with the model .* SNR -?[0-9.]+ dB "
+                                                 r"\(threshold 20 dB\)"):
+        verify.enforce(broken)
+    # a map and a regression head: the SNR rule alone, each head named
+    maps, values = rng.random((50, 8, 8, 3)), rng.normal(size=(50, 1))
+    two = verify.compare([maps, values], [maps + 1e-3, values + 1.0], ["softmax", "regression"], "int8",
+                         names=["mask", "value"])
+    assert [h.passed for h in two.heads] == [True, False] and two.heads[0].agreement is None
+    assert two.failures()[0].startswith("int8: head 'value': SNR")
+
+
+def _keras3_regression():
+    import keras as k3
+
+    k3.utils.set_random_seed(0)
+    model = k3.Sequential([k3.Input((8,)), k3.layers.Dense(32, activation="relu"), k3.layers.Dense(1)])
+    x = np.random.default_rng(0).random((256, 8), dtype="float32")
+    y = (x @ np.linspace(-1, 1, 8) + 3.0).astype("float32")[:, None]  # targets far outside [0, 1]
+    return model, x, y
+
+
+def test_a_keras3_regression_model_without_a_loss_is_fine_tuned_as_a_regression():
+    model, x, y = _keras3_regression()
+    pruned = tfopt.prune(model, (x, y), sparsity=0.5, epochs=8, lr=1e-2, batch_size=16)
+    error = float(np.mean((pruned.predict(x, verbose=0) - y) ** 2))
+    assert type(pruned) is type(model)
+    assert error < 0.1 * float(np.var(y) + np.mean(y) ** 2), error  # mean squared error learned the targets
+    blob = tfopt.to_tflite(pruned, mode="int8", data=x)
+    assert np.mean((predict(blob, x) - pruned.predict(x, verbose=0)) ** 2) < 1e-2
+
+
+def test_keras3_keywords_the_engine_cannot_honour_are_refused_by_name():
+    model, x, y = _keras3_regression()
+    with pytest.raises(TfoptError, match=r"prune: criterion='activation' is not available for a Keras 3 model.*"
+                                         r"Use criterion='magnitude'"):
+        tfopt.prune(model, (x, y), criterion="activation")
+    with pytest.raises(TfoptError, match=r"cluster: init='random' is not available for a Keras 3 model.*"
+                                         r"'kmeans_plus_plus' or 'linear'"):
+        tfopt.cluster(model, (x, y), init="random")
+    with pytest.raises(TfoptError, match=r"prune: unknown keyword argument 'epoch'"):
+        tfopt.prune(model, (x, y), epoch=1)
+    with pytest.raises(TfoptError, match=r"prune.sparsity: Input should be less than 1"):
+        tfopt.prune(model, (x, y), sparsity=1.5)
+    with pytest.raises(TfoptError, match=r"pruning preflight: end_step 100 is not before the fine-tune's last step"):
+        tfopt.prune(model, (x, y), end_step=100, epochs=1)
+
+
+def test_the_readme_subclassed_keras3_example():
+    import keras as k3
+
+    @k3.saving.register_keras_serializable(package="tfopt_readme")
+    class Net(k3.Model):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.hidden, self.head = k3.layers.Dense(32, activation="relu"), k3.layers.Dense(10, activation="softmax")
+
+        def call(self, x):
+            return self.head(self.hidden(x))
+
+    k3.utils.set_random_seed(0)
+    x, y = DATA[0].reshape(len(DATA[0]), -1), DATA[1]
+    net = Net()
+    net(x[:1])
+    net.compile("adam", "sparse_categorical_crossentropy")
+    net.fit(x, y, epochs=5, verbose=0)
+    logs = []
+    pruned = tfopt.prune(net, data=(x, y), sparsity=0.8, epochs=2, validation_data=(x[:100], y[:100]), distill=True,
+                         seed=1, log=logs.append)
+    assert type(pruned) is Net and any("Keras 3 engine" in line for line in logs)
+    kernels = [pruned.hidden.kernel.numpy(), pruned.head.kernel.numpy()]
+    assert sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels) == pytest.approx(0.8, abs=0.01)
+    blob = tfopt.to_tflite(pruned, mode="int8", data=x, log=logs.append)
+    assert np.mean(predict(blob, x).argmax(1) == pruned.predict(x, verbose=0).argmax(1)) >= 0.98
+    assert any(line.startswith("int8: top-1 agreement with the model") for line in logs)
+    with pytest.raises(TfoptError, match=r"^prune_channels cannot take the model '\w+' \(Net\): it is subclassed\. "):
+        tfopt.prune_channels(net, (x, y))
+
+
+def test_a_two_headed_tf_keras_model_converts_and_is_verified_head_by_head():
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(inp)
+    h = keras.layers.Dense(16, activation="relu")(h)
+    label = keras.layers.Dense(10, activation="softmax", name="label")(h)
+    value = keras.layers.Dense(1, name="value")(h)
+    model = keras.Model(inp, [label, value])
+    logs = []
+    blob = tfopt.to_tflite(model, mode="float32", data=HELD[0], log=logs.append)
+    assert isinstance(blob, bytes)
+    assert [line.split(":")[1].strip() for line in logs] == ["head 'label'", "head 'value'"], logs

@@ -1,31 +1,59 @@
 """The Python API: any Keras model in, a new model of the same kind out.
 
-Every function takes a model (tf_keras, or Keras 3 through :mod:`tfopt.interop`), leaves it
-untouched and returns a new one of the same kind. Compression works on a tf_keras copy (TFMOT
-needs tf_keras); a Keras 3 model is converted at the door, checked numerically, and the result
-converted back. Fine-tune settings are keyword arguments with defaults; no recipe is needed::
+Every function takes a model (tf_keras, or Keras 3 with any backend), leaves it untouched and
+returns a new one of the same kind. Fine-tune settings are keyword arguments with defaults; no
+recipe is needed::
 
     import tfopt
     model = tfopt.load_model("model.keras")
     pruned = tfopt.prune(model, data=(x, y), sparsity=0.8, epochs=2)
     blob = tfopt.to_tflite(pruned, mode="int8", data=x)
 
-``data`` is an ``(x, y)`` pair of arrays or a ``tf.data.Dataset`` of ``(x, y)`` (batched or
-not). The loss is inferred from the labels (integers: sparse categorical cross-entropy;
-one-hot rows: categorical; one sigmoid unit: binary) and the output activation (softmax or
-logits) unless ``loss`` names one.
+Which engine runs when:
+    - ``prune``, ``cluster``, ``quantize_aware`` on a **Keras 3** model: the Keras 3-native
+      engine (:mod:`tfopt.engines.keras3`), per variable with ``keras.ops``, on any backend. Any
+      model works: Sequential, functional, subclassed, nested, custom layers with their own
+      weights, RNNs (LSTM, GRU, Bidirectional), Embedding, MultiHeadAttention, several inputs or
+      outputs; the result is of the input's class (a Sequential stays a Sequential). The
+      keywords map onto the engine's (``per_layer`` → per-variable targets; ``init`` →
+      ``"kmeans++"``/``"linear"``); what it cannot honour (``criterion="activation"``,
+      ``init="density_based"``/``"random"``) is refused by name with what works instead.
+      ``quantize_aware`` gives a Keras 3 model whose weights sit on the int8 grid; its
+      activations are calibrated by ``to_tflite(model, mode="int8", data=x)``.
+    - ``prune``, ``cluster``, ``quantize_aware`` on a **tf_keras** model: TFMOT, as always.
+    - ``prune_channels``, ``fold_batchnorm``, ``remove_layers``, ``fold_pool``: the graph
+      path, which rebuilds a Sequential or functional model layer by layer on a tf_keras copy (a
+      Keras 3 model is converted at the door, checked numerically, and the result converted
+      back). A Keras 3 model that cannot be converted (subclassed, LSTM, attention, a custom
+      layer...) is refused in one paragraph starting ``"<function> cannot take the model"``,
+      naming why and what works on it instead.
+    - ``to_tflite`` on a **Keras 3** model: Keras 3's own export path (``ExportArchive``, a
+      SavedModel, TensorFlow's converter; :mod:`tfopt.engines.keras3.litert`), no tf_keras
+      copy, several inputs and outputs matched by name; TensorFlow backend. On a tf_keras model:
+      the converter as before. Either way the file is run by LiteRT and verified head by head
+      (:mod:`tfopt.verify`).
+
+``data`` is ``(x, y)``, ``(x, y, sample_weight)`` or a ``tf.data.Dataset`` of them (batched or
+not); for a Keras 3 model ``x`` and ``y`` may be arrays, lists or dicts of arrays (several inputs
+or outputs). The loss is the model's own compiled loss when it has one, else ``loss=``, else
+inferred per head: for a Keras 3 model from the head's activation and labels (softmax: sparse or
+categorical cross-entropy; sigmoid: binary; a linear head is a regression, mean squared error,
+never taken for logits); for a tf_keras model from the labels and the output activation.
 
 Shared keyword arguments of the fine-tuning functions (:data:`FINE_TUNE_KEYWORDS`; each
 function builds one :class:`~tfopt.config.fine_tune.FineTuneSettings` from them and calls the
-registered step, :data:`tfopt.steps.STEPS`, with it):
-    epochs, lr (peak rate, default 1e-3), batch_size (default 32), loss, optimizer (default
-    ``"adam"``), validation_data, seed, verbose (Keras ``fit`` verbosity, default 0); and for
-    knowledge distillation ``teacher`` (a model), or ``distill=True`` (the input model is the
-    teacher), with ``temperature`` (default 4) and ``alpha`` (default 0.9). ``log`` (a function
-    receiving progress lines) is silent by default.
+registered step, :data:`tfopt.steps.STEPS`, or the Keras 3 engine with it):
+    epochs, lr (peak rate, default 1e-3; the Keras 3 engine holds it constant), batch_size
+    (default 32), loss, optimizer (default ``"adam"``), validation_data, seed (for a Keras 3 model,
+    given: ``keras.utils.set_random_seed(seed)`` before the fine-tune, and the k-means start of
+    ``cluster``), verbose (Keras ``fit`` verbosity, default 0); and for knowledge distillation
+    ``teacher`` (a model), or ``distill=True`` (the input model is the teacher), with
+    ``temperature`` (default 4) and ``alpha`` (default 0.9). ``log`` (a function receiving
+    progress lines) is silent by default.
 
-For your own training loop, the low-level pieces are here too: :func:`wrap_for_pruning` with
-:func:`pruning_callbacks`, :func:`wrap_for_clustering`, :func:`wrap_for_qat`, then :func:`strip`.
+For your own training loop, the low-level pieces are here too (tf_keras/TFMOT):
+:func:`wrap_for_pruning` with :func:`pruning_callbacks`, :func:`wrap_for_clustering`,
+:func:`wrap_for_qat`, then :func:`strip`.
 """
 
 from __future__ import annotations
@@ -42,7 +70,7 @@ from tfopt.steps import STEPS
 from tfopt.steps import cluster as cluster_step
 from tfopt.steps import prune as prune_step
 from tfopt.steps import quantize as quantize_step
-from tfopt.tflite import MODES, VerificationFailed, predict
+from tfopt.tflite import MODES, predict, run_signature
 
 #: The fine-tune keyword arguments every fine-tuning function takes besides ``epochs``.
 FINE_TUNE_KEYWORDS = ("lr", "batch_size", "loss", "optimizer", "validation_data", "seed", "verbose", "teacher",
@@ -57,7 +85,8 @@ def _quiet(*_):
     pass
 
 
-def _fine_tune(what: str, work, epochs: int, keywords: dict, also=()) -> tuple[FineTuneSettings, int]:
+def _fine_tune(what: str, work, epochs: int, keywords: dict, also=(), kind: str = "tf_keras"
+               ) -> tuple[FineTuneSettings, int]:
     """``(FineTuneSettings, Keras verbosity)`` from function ``what``'s ``epochs`` and shared
     fine-tune ``keywords``; the teacher made a private tf_keras copy (``distill=True``: ``work``
     itself, which the steps never change).
@@ -65,6 +94,9 @@ def _fine_tune(what: str, work, epochs: int, keywords: dict, also=()) -> tuple[F
     Raises:
         TfoptError: an unknown keyword (named, with the closest of the fine-tune's and ``also``,
             the function's own) or validation data that is not a pair.
+
+    For ``kind="keras3"`` (the Keras 3 engine) ``work`` is the user's model and a teacher stays as
+    given (a tf_keras teacher is converted to Keras 3 by the engine's path).
     """
     for key in keywords:
         if key in RENAMED:
@@ -77,7 +109,7 @@ def _fine_tune(what: str, work, epochs: int, keywords: dict, also=()) -> tuple[F
     teacher = given.get("teacher")
     if keywords.get("distill") and teacher is None:
         given["teacher"] = work
-    elif teacher is not None:
+    elif teacher is not None and kind != "keras3":
         _, given["teacher"] = enter(teacher, "teacher")
     validation_data = given.get("validation_data")
     if isinstance(validation_data, (tuple, list)) and len(validation_data) != 2:
@@ -85,16 +117,95 @@ def _fine_tune(what: str, work, epochs: int, keywords: dict, also=()) -> tuple[F
     return FineTuneSettings(epochs=epochs, **given), keywords.get("verbose", 0)
 
 
+#: The registered steps the Keras 3 engine runs for a Keras 3 model, by step name.
+KERAS3_STEPS = ("prune", "cluster", "quantize")
+
+#: How a refusal of a graph-path function for a Keras 3 model starts: ``"<function> cannot take the model"``.
+GRAPH_REFUSAL = "cannot take the model"
+
+
 def _run(what: str, name: str, model, data, settings: dict, epochs, fine_tune: dict, log, checked=(), **inputs):
-    """The registered step ``name`` for the public function ``what`` on a private tf_keras copy of
-    ``model``: its config validated once from ``settings`` (and the fine-tune's ``checked`` fields,
-    which its config bounds too), one FineTuneSettings. Returns ``(the step's model, the input's kind)``."""
+    """The registered step ``name`` for the public function ``what``: on a private tf_keras copy of
+    ``model``, or, for a Keras 3 model and a step of :data:`KERAS3_STEPS`, by the Keras 3 engine. Its
+    config is validated once from ``settings`` (and the fine-tune's ``checked`` fields, which its
+    config bounds too), one FineTuneSettings. Returns ``(the step's model, the input's kind)``."""
     step = STEPS[name]
-    kind, work = enter(model)
+    if name in KERAS3_STEPS and model_kind(model) == "keras3":
+        fine, verbose = _fine_tune(what, model, epochs, fine_tune, also=(*settings, *inputs), kind="keras3")
+        config = validated(step.config, {**settings, **{k: getattr(fine, k) for k in checked}}, name)
+        from tfopt.engines.keras3 import public
+
+        seed, log = fine_tune.get("seed"), log or _quiet
+        if name == "prune":
+            return public.prune(model, data, config, fine, verbose, seed, log), "keras3"
+        if name == "cluster":
+            return public.cluster(model, data, config, fine, verbose, seed, log), "keras3"
+        return public.quantize_aware(model, data, fine, verbose, seed, log), "keras3"
+    kind, work = _enter_graph(what, model)
+    _graph_data(what, model, kind, data)
     fine, verbose = _fine_tune(what, work, epochs, fine_tune, also=(*settings, *inputs))
     config = validated(step.config, {**settings, **{k: getattr(fine, k) for k in checked}}, name)
-    out, _ = step.run(work, data, config, fine, log=log or _quiet, verbose=verbose, **inputs)
+    with _graph_step(what, model, kind):
+        out, _ = step.run(work, data, config, fine, log=log or _quiet, verbose=verbose, **inputs)
     return out, kind
+
+
+def _refusal(what: str, model, reason: str) -> TfoptError:
+    """One paragraph: why a Keras 3 model cannot take a graph-path step, and what works on it."""
+    import re
+
+    reason = " ".join(str(reason).split())
+    reason = re.sub(r"^model '[^']*'( \([^)]*\))? cannot be converted from \w+ to \w+: ", "", reason)
+    reason = re.sub(r"^model '[^']*'( \([^)]*\))? is ", "it is ", reason)
+    reason = re.split(r"(?<=[a-z0-9)'])(?:; |\. )", reason, maxsplit=1)[0].rstrip(".")
+    return TfoptError(
+        f"{what} {GRAPH_REFUSAL} '{model.name}' ({type(model).__name__}): {reason}. {what} rewrites a Sequential or "
+        f"functional model of built-in layers on a tf_keras copy rebuilt layer by layer; prune, cluster, "
+        f"quantize_aware and to_tflite work on any Keras 3 model, this one included.")
+
+
+def _enter_graph(what: str, model):
+    """:func:`tfopt.kinds.enter` for a graph-path function: a Keras 3 model that cannot be
+    converted is refused by :func:`_refusal` (a tf_keras one as before)."""
+    try:
+        return enter(model)
+    except Exception as e:  # noqa: BLE001  (any failure to convert a Keras 3 model is a refusal)
+        if interop.model_kind(model) != "keras3" or not isinstance(e, (TfoptError, ValueError, TypeError,
+                                                                        NotImplementedError, AttributeError,
+                                                                        KeyError)):
+            raise
+        reason = str(e) if isinstance(e, TfoptError) else \
+            f"converting it to tf_keras failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        raise _refusal(what, model, reason) from None
+
+
+def _graph_data(what: str, model, kind: str, data) -> None:
+    """The graph path fine-tunes and checks one input and one output: for a Keras 3 model, data
+    whose ``x`` or ``y`` is a list or a dict is refused in one paragraph."""
+    if kind != "keras3" or data is None:
+        return
+    parts = [data] if isinstance(data, dict) else list(data[:2]) if isinstance(data, (tuple, list)) else []
+    if any(isinstance(p, (dict, list, tuple)) for p in parts):
+        raise _refusal(what, model, "its data has several inputs or outputs (x or y a list or a dict), and this "
+                                    "step fine-tunes and checks models of one input and one output")
+
+
+class _graph_step:
+    """Around a graph-path step on a Keras 3 model's copy: an error that is not a TfoptError
+    becomes a refusal in one paragraph naming it (a tf_keras model's errors pass as before)."""
+
+    def __init__(self, what, model, kind):
+        self.what, self.model, self.kind = what, model, kind
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, cls, error, _trace):
+        if error is None or self.kind != "keras3" or isinstance(error, TfoptError) or not isinstance(error, Exception):
+            return False
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise _refusal(self.what, self.model, f"the step failed on its tf_keras copy ({cls.__name__}: {first})"
+                       ) from None
 
 
 def load_model(path):
@@ -162,8 +273,10 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, per
 def fold_batchnorm(model, data=None, *, log=None):
     """Every BatchNorm that follows a linear conv/dense layer merged into it; the outputs are
     checked against the original's on ``data`` (else random inputs)."""
-    kind, work = enter(model)
-    folded, _ = STEPS["fold_bn"].run(work, data, log=log or _quiet)
+    kind, work = _enter_graph("fold_batchnorm", model)
+    _graph_data("fold_batchnorm", model, kind, data)
+    with _graph_step("fold_batchnorm", model, kind):
+        folded, _ = STEPS["fold_bn"].run(work, data, log=log or _quiet)
     return leave(folded, kind)
 
 
@@ -173,10 +286,12 @@ def fold_pool(model, data=None, *, layers=None, measure: bool = False, log=None)
     ``layers``: only the pools after these convs. With ``measure``, both float32 TFLite files are
     timed and the times logged: the fold pays where the conv reads few channels (a first conv on a
     grey image), so measure it on your model before you keep it."""
-    kind, work = enter(model)
+    kind, work = _enter_graph("fold_pool", model)
+    _graph_data("fold_pool", model, kind, data)
     config = validated(STEPS["fold_pool"].config, {"layers": [layers] if isinstance(layers, str) else layers,
                                                    "measure": measure}, "fold_pool")
-    folded, _ = STEPS["fold_pool"].run(work, data, config, log=log or _quiet)
+    with _graph_step("fold_pool", model, kind):
+        folded, _ = STEPS["fold_pool"].run(work, data, config, log=log or _quiet)
     return leave(folded, kind)
 
 
@@ -204,50 +319,95 @@ def cluster(model, data, *, clusters: int = 16, epochs: int = 1, init: str = "km
 def quantize_aware(model, data, *, epochs: int = 1, log=None, **fine_tune):
     """Quantization-aware training (PQAT for a pruned model, CQAT for a clustered one).
 
-    Returns the trained tf_keras QAT model, whatever the input's kind: its fake-quant layers
-    exist only in tf_keras/TFMOT. Its purpose is ``to_tflite(qat, mode="int8")``, which keeps
-    the learned ranges (no calibration data needed). ``fine_tune``: the shared fine-tune
-    keywords (see the module's docstring).
+    A tf_keras model gives the trained tf_keras QAT model (TFMOT fake-quant layers); its purpose
+    is ``to_tflite(qat, mode="int8")``, which keeps the learned ranges (no calibration data
+    needed). A Keras 3 model gives a Keras 3 model of its class, fine-tuned with its weights
+    fake-quantized (8 bits, one scale per output channel; zeros of a pruned kernel kept), so its
+    weights sit on the int8 grid; ``to_tflite(model, mode="int8", data=x)`` then calibrates the
+    activations on ``x``. ``fine_tune``: the shared fine-tune keywords (see the module's docstring).
     """
     qat, _ = _run("quantize_aware", "quantize", model, data, {"mode": "qat"}, epochs, fine_tune, log,
                   ("epochs", "lr", "batch_size"))
     return qat
 
 
-def _agreement(work, content, x, mode, min_agreement, log) -> None:
-    """Compare the TFLite outputs with the model's on ``x``; raise below the threshold."""
-    threshold = min_agreement if min_agreement is not None else (0.999 if mode in ("float32", "float16") else 0.99)
+def _tf_keras_kinds(work, references) -> list:
+    """The head kinds :mod:`tfopt.verify` reads, for a tf_keras model: softmax or sigmoid by the
+    output layer's activation; another head with several units in a row is read as logits (top-1),
+    a single linear unit or a map as a regression (SNR)."""
+    kinds = []
+    for i, ref in enumerate(references):
+        layer = None
+        try:
+            layer = work.outputs[i]._keras_history.layer
+        except (AttributeError, IndexError):
+            pass
+        activation = getattr(layer, "activation", None)
+        name = "softmax" if type(layer).__name__ == "Softmax" else getattr(activation, "__name__", None)
+        if name in ("softmax", "sigmoid"):
+            kinds.append(name)
+        else:
+            kinds.append("logits" if np.ndim(ref) == 2 and np.shape(ref)[-1] > 1 else "regression")
+    return kinds
+
+
+def _verify_tf_keras(work, content, x, mode, min_agreement, min_snr, log) -> None:
+    """Compare the file's outputs with the model's on ``x``, head by head (:mod:`tfopt.verify`)."""
+    from tfopt import verify
+
     ref = work.predict(x, batch_size=256, verbose=0)
-    got = predict(content, x)
-    agreement = float(np.mean(ref.argmax(-1) == got.argmax(-1))) if ref.shape[-1] > 1 else \
-        float(np.mean((ref > 0.5) == (got > 0.5)))
-    line = (f"{mode}: top-1 agreement with the model {agreement:.2%} on {len(x)} images (threshold "
-            f"{threshold:.2%}), max |Δoutput| {float(np.max(np.abs(ref - got))):.3g}")
-    log(line)
-    if agreement < threshold:
-        raise VerificationFailed(f"TFLite verification failed: {line}")
+    references = [np.asarray(r) for r in ref] if isinstance(ref, (list, tuple)) else [np.asarray(ref)]
+    names = list(getattr(work, "output_names", None) or [str(i) for i in range(len(references))])
+    if len(references) == 1:
+        got = [predict(content, x)]
+    else:
+        from tfopt.tflite import interpreter
+
+        it, _ = interpreter(content)
+        (feed,) = it.get_signature_runner().get_input_details()
+        outputs = run_signature(content, {feed: x})
+        keys = names if set(names) == set(outputs) else sorted(outputs)
+        got = [outputs[k] for k in keys]
+    report = verify.compare(references, got, _tf_keras_kinds(work, references), mode, names=names,
+                            min_agreement=min_agreement, min_snr=min_snr)
+    verify.enforce(report, log)
 
 
 def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False, min_agreement: float | None = None,
-              samples: int = 500, seed: int = 0, log=None) -> bytes:
+              min_snr: float | None = None, samples: int = 500, seed: int = 0, log=None) -> bytes:
     """The model as TFLite bytes, verified against the model on ``data``.
+
+    A tf_keras model goes through TensorFlow's converter as a tf_keras model; a Keras 3 model (any
+    kind: subclassed, recurrent, attention, several inputs or outputs) through Keras 3's export path
+    (:mod:`tfopt.engines.keras3.litert`), without a tf_keras copy. The file is run by LiteRT on all
+    of ``data``'s inputs and compared with the model head by head (:mod:`tfopt.verify`): every head
+    by its SNR, a classifier head by its top-1 agreement too, near ties excused.
 
     Args:
         mode: ``float32``, ``float16``, ``dynamic`` (int8 weights) or ``int8`` (full integer;
-            calibrated on ``samples`` images of ``data``). A model from :func:`quantize_aware`
-            converts to ``int8`` with its learned ranges.
-        data: images (``x``, ``(x, y)`` or a dataset); needed for ``int8`` calibration. When
-            given, the TFLite outputs are compared with the model's on all of them.
-        min_agreement: least top-1 agreement TFLite vs model; default 0.999 for float32/float16,
-            0.99 for dynamic and int8.
+            calibrated on ``samples`` inputs of ``data`` drawn with ``seed``). A tf_keras model
+            from :func:`quantize_aware` converts to ``int8`` with its learned ranges.
+        data: inputs (``x``, ``(x, y)`` or a dataset; for a Keras 3 model ``x`` may be a list or a
+            dict of arrays); needed for ``int8`` calibration. When given, the file's outputs are
+            compared with the model's on all of them.
+        int8_io: with ``int8``, int8 inputs and outputs instead of float.
+        min_agreement: least top-1 agreement of a classifier head; default 0.999 for
+            float32/float16, 0.99 for dynamic and int8.
+        min_snr: least SNR (dB) of every head; default :data:`tfopt.verify.MIN_SNR_DB` (60 dB
+            float32, 40 dB float16 and dynamic, 20 dB int8).
 
     Raises:
-        tfopt.tflite.VerificationFailed: the agreement is below ``min_agreement``.
+        tfopt.tflite.VerificationFailed: a head below its thresholds (the message names what
+            it measured).
     """
     if mode not in MODES:
         raise TfoptError(f"to_tflite: unknown mode '{mode}'{did_you_mean(mode, MODES)}; available: {', '.join(MODES)}")
+    if model_kind(model) == "keras3":
+        from tfopt.engines.keras3 import public
+
+        return public.to_tflite(model, mode, data, int8_io, min_agreement, min_snr, samples, seed, log or _quiet)
     x = sample_x(data) if data is not None else None
-    if model_kind(model) == "tf_keras" and quantize_step.is_qat(model):
+    if quantize_step.is_qat(model):
         if mode != "int8":
             raise TfoptError(f"to_tflite: a quantization-aware model converts to int8, not {mode}")
         work = model
@@ -258,7 +418,7 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
             raise TfoptError("to_tflite: int8 calibrates on training images: pass data=x (a few hundred images)")
         content = quantize_step.post_training(work, mode, x, int8_io, samples, seed)
     if x is not None:
-        _agreement(work, content, x, mode, min_agreement, log or _quiet)
+        _verify_tf_keras(work, content, x, mode, min_agreement, min_snr, log or _quiet)
     return content
 
 

@@ -1,8 +1,11 @@
-"""The door of every library function: a user's model in as a private tf_keras copy, the result
-out as the kind that came in.
+"""The door of the tf_keras paths: a user's model in as a private tf_keras copy, the result out as
+the kind that came in.
 
-Compression works on tf_keras (TFMOT needs it); a Keras 3 model is converted at the door and
-checked numerically (:mod:`tfopt.interop`), and the result converted back.
+TFMOT (a tf_keras model's prune, cluster, quantize_aware) and the graph path (prune_channels,
+fold_batchnorm, remove_layers, fold_pool, for either kind) work on tf_keras; a Keras 3 model is
+converted here and checked numerically (:mod:`tfopt.interop`), and the result converted back. A
+Keras 3 model's prune, cluster, quantize_aware and to_tflite do not come through here: the Keras
+3 engine (:mod:`tfopt.engines.keras3`) works on the model itself.
 """
 
 from __future__ import annotations

@@ -192,6 +192,27 @@ def predict(content: bytes, x, batch_size: int = 256, num_threads: int = 2, log=
     return np.concatenate(results)
 
 
+def run_signature(content: bytes, feeds: dict, batch_size: int = 256, num_threads: int = 2, log=None,
+                  signature: str | None = None) -> dict:
+    """Float outputs of a TFLite file's signature, by output name, on ``feeds`` (input name →
+    array, all of one length): inputs and outputs matched by name, not by position, so a file
+    with several of either is read right. int8 inputs/outputs are quantized and dequantized."""
+    it, _ = interpreter(content, num_threads, log)
+    runner = it.get_signature_runner(signature)
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    unknown = sorted(set(feeds) ^ set(inputs))
+    if unknown:
+        raise TfoptError(f"the TFLite file takes the inputs {sorted(inputs)}, not {sorted(feeds)}")
+    n = len(next(iter(feeds.values())))
+    results = {name: [] for name in outputs}
+    for start in range(0, n, batch_size):
+        got = runner(**{name: _quantize(np.asarray(a[start : start + batch_size]), inputs[name])
+                        for name, a in feeds.items()})
+        for name in outputs:
+            results[name].append(_dequantize(got[name], outputs[name]))
+    return {name: np.concatenate(parts) for name, parts in results.items()}
+
+
 def accuracy(content: bytes, x, y, log=None) -> float:
     """Top-1 accuracy of a TFLite model's predictions."""
     return float(np.mean(predict(content, x, log=log).argmax(1) == y))

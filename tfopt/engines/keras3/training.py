@@ -45,6 +45,7 @@ class FineTune:
         temperature: Distillation temperature ``T``.
         alpha: Weight of the distillation term; the task loss gets ``1 - alpha``.
         callbacks: Callbacks for ``fit``.
+        validation_data: Data ``fit`` evaluates after each epoch (``(x, y)`` or a dataset), or None.
         verbose: ``fit``'s verbosity.
         jit_compile: ``compile``'s ``jit_compile`` for the training step (``"auto"``: XLA
             where the backend and model allow it).
@@ -61,6 +62,7 @@ class FineTune:
     temperature: float = 4.0
     alpha: float = 0.5
     callbacks: list = field(default_factory=list)
+    validation_data: object = None
     verbose: int = 0
     jit_compile: object = "auto"
 
@@ -252,6 +254,7 @@ class Session:
         try:
             return self.trainer.fit(epochs=self.settings.epochs, verbose=self.settings.verbose,
                                     callbacks=list(self.settings.callbacks),
+                                    validation_data=self.settings.validation_data,
                                     **self.data.fit_arguments())
         finally:
             for variable, original in self._originals.values():
