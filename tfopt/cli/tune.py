@@ -16,7 +16,7 @@ def tune(recipe, overrides, output, resume, overwrite):
     Writes <output>/<name>-tune/ with trials.csv, objective.png and best.yaml, the best
     trial's complete recipe for `tfopt fit`. For a distributed search set KERASTUNER_TUNER_ID
     (chief, tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT on every
-    process (see the README)."""
+    process (see docs/tune.md)."""
     search = load_search(recipe, overrides)
     sigterm_as_interrupt()
     from tfopt.tune.tuner import tune as run_tune

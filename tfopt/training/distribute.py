@@ -85,7 +85,7 @@ def strategy(setting: str = "none"):
         if not os.environ.get("TF_CONFIG"):
             raise TfoptError("train.distribute: multi_worker reads the cluster from TF_CONFIG, which is not set. On "
                              "one machine run `tfopt fit RECIPE --workers N`; on several hosts set TF_CONFIG on each "
-                             "(see the README, 'Training on several workers').")
+                             "(see docs/distribute.md, 'Training on several workers').")
         task()  # refuse a malformed TF_CONFIG in our own words
     import tensorflow as tf
 

@@ -5,7 +5,7 @@ N on free 127.0.0.1 ports and ``train.distribute`` set to ``multi_worker``. Thei
 come back prefixed with ``[worker i]``. When one worker fails or is killed, the others are
 stopped (SIGTERM, then SIGKILL after a grace period) so that nothing waits forever on a
 collective. This is for one multi-core host and for tests; on several hosts, set ``TF_CONFIG``
-on each yourself (see the README).
+on each yourself (see docs/distribute.md).
 """
 
 from __future__ import annotations
