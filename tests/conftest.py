@@ -84,3 +84,27 @@ def mnist_dir():
     if not DATA_DIR or not (Path(DATA_DIR) / "mnist").is_dir():
         pytest.skip("MNIST files not found: set TFOPT_DATA_DIR to ../shared/datasets")
     return Path(DATA_DIR)
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run directory of the tiny recipe, trained once per test module."""
+    from tfopt.config.recipe import validate
+    from tfopt.training.run import fit
+
+    runs = tmp_path_factory.mktemp("runs")
+    fit(validate(tiny_recipe_dict(name="tiny")), output=runs, log=quiet)
+    return runs / "tiny"
+
+
+#: A small CNN with a BatchNorm and a hidden dense layer: every step has something to work on.
+SMALL_CNN = [
+    {"type": "conv2d", "filters": 8, "batch_norm": True, "activation": "relu"},
+    {"type": "max_pool"}, {"type": "flatten"},
+    {"type": "dense", "units": 16, "activation": "relu"},
+    {"type": "dense", "units": 4, "activation": "softmax"},
+]

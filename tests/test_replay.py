@@ -2,13 +2,14 @@
 chain again on the input run: the same steps and settings, the same accuracy within the
 search's own noise."""
 
+import copy
 import json
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.conftest import tiny_recipe_dict
+from tests.conftest import SMALL_CNN, tiny_recipe_dict
 from tfopt.cli import cli
 from tfopt.config.recipe import validate
 from tfopt.errors import TfoptError
@@ -28,12 +29,7 @@ def searched(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("replay")
     data = tiny_recipe_dict(**{"train.epochs": 8, "name": "base", "data.test_samples": 400})
-    data["model"]["layers"] = [
-        {"type": "conv2d", "filters": 8, "batch_norm": True, "activation": "relu"},
-        {"type": "max_pool"}, {"type": "flatten"},
-        {"type": "dense", "units": 16, "activation": "relu"},
-        {"type": "dense", "units": 4, "activation": "softmax"},
-    ]
+    data["model"]["layers"] = copy.deepcopy(SMALL_CNN)
     fit(validate(data), output=out, log=quiet)
     res = run("optimize", out / "base", "--max-candidates", "2", "--epochs", "1", "--max-drop", "5",
               "--output", out / "search")

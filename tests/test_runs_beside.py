@@ -11,21 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 import tfopt
-from conftest import REPO, tiny_recipe_dict
-
-
-def quiet(*_):
-    pass
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from tfopt.config.recipe import validate
-    from tfopt.training.run import fit
-
-    runs = tmp_path_factory.mktemp("runs")
-    fit(validate(tiny_recipe_dict(name="tiny")), output=runs, log=quiet)
-    return runs / "tiny"
+from conftest import REPO
 
 
 def tfopt_cli(*args, cwd):

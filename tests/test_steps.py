@@ -1,5 +1,6 @@
 """Compression on tiny synthetic data: every mode, the preflight, TFLite verification, the CLI."""
 
+import copy
 import hashlib
 import json
 
@@ -9,7 +10,7 @@ import tf_keras as keras
 import yaml
 from click.testing import CliRunner
 
-from tests.conftest import tiny_recipe_dict
+from tests.conftest import SMALL_CNN, tiny_recipe_dict
 from tfopt.cli import cli
 from tfopt.errors import TfoptError
 from tfopt.config.steps import PruneConfig
@@ -35,12 +36,7 @@ def base_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs")
     data = tiny_recipe_dict(**{"train.epochs": 8, "name": "base", "data.noise": 0.3, "data.test_samples": 400})
-    data["model"]["layers"] = [
-        {"type": "conv2d", "filters": 8, "batch_norm": True, "activation": "relu"},
-        {"type": "max_pool"}, {"type": "flatten"},
-        {"type": "dense", "units": 16, "activation": "relu"},
-        {"type": "dense", "units": 4, "activation": "softmax"},
-    ]
+    data["model"]["layers"] = copy.deepcopy(SMALL_CNN)
     fit(validate(data), output=out, log=quiet)
     return out / "base"
 
