@@ -38,7 +38,7 @@ not); for a Keras 3 model ``x`` and ``y`` may be arrays, lists or dicts of array
 or outputs). The loss is the model's own compiled loss when it has one, else ``loss=``, else
 inferred per head: for a Keras 3 model from the head's activation and labels (softmax: sparse or
 categorical cross-entropy; sigmoid: binary; a linear head is a regression, mean squared error,
-never taken for logits); for a tf_keras model from the labels and the output activation.
+never taken for logits, unless its labels are class indices for its several units); for a tf_keras model from the labels and the output activation.
 
 Shared keyword arguments of the fine-tuning functions (:data:`FINE_TUNE_KEYWORDS`; each
 function builds one :class:`~tfopt.config.fine_tune.FineTuneSettings` from them and calls the

@@ -7,7 +7,9 @@ A head (one model output) is one of four kinds:
 - ``"sigmoid"``: one probability per unit (a sigmoid activation, or values in [0, 1] with
   0/1 labels when the graph cannot be read);
 - ``"logits"``: a linear head the compiled or given loss reads ``from_logits=True``;
-- ``"regression"``: anything else. A linear head is a regression, never taken for logits.
+- ``"regression"``: anything else. A linear head is a regression, never taken for logits,
+  unless its labels are class indices (whole numbers with one axis fewer than a head of
+  several units: they cannot be regression targets), which makes it ``"logits"``.
 """
 
 from __future__ import annotations
@@ -86,8 +88,11 @@ def head_kinds(model, sample_x, sample_y, loss=None):
     prediction = model(sample_x, training=False)
     leaves = keras.tree.flatten(prediction)
     symbolic = _symbolic_outputs(model)
-    targets = keras.tree.flatten(sample_y) if sample_y is not None else []
     names = getattr(model, "output_names", None)
+    if isinstance(sample_y, dict) and names and set(names) == set(sample_y):
+        targets = [sample_y[n] for n in names]  # a dict flattens in sorted key order, not the outputs'
+    else:
+        targets = keras.tree.flatten(sample_y) if sample_y is not None else []
     if isinstance(loss, dict) and names:
         losses = [loss.get(n) for n in names]
     elif isinstance(loss, (list, tuple, dict)):
@@ -101,8 +106,23 @@ def head_kinds(model, sample_x, sample_y, loss=None):
             kind = _value_kind(leaf, targets[i] if i < len(targets) else None)
         if kind == "regression" and i < len(losses) and _loss_reads_logits(losses[i]):
             kind = "logits"
+        elif (kind == "regression" and (i >= len(losses) or losses[i] is None) and i < len(targets)
+              and _class_indices(targets[i], leaf)):
+            kind = "logits"
         kinds.append(kind)
     return keras.tree.pack_sequence_as(prediction, kinds), prediction
+
+
+def _class_indices(target, prediction) -> bool:
+    """Whether ``target`` holds class indices for a head of several units: whole numbers with one
+    axis fewer than the prediction (or a last axis of 1). Such labels cannot be regression targets
+    (they do not have the head's shape), so a linear head trained on them gives logits."""
+    t = np.asarray(target)
+    p_shape = tuple(prediction.shape)
+    if not p_shape or p_shape[-1] < 2 or t.size == 0 or not np.issubdtype(t.dtype, np.number):
+        return False
+    shaped = t.ndim == len(p_shape) - 1 or (t.ndim == len(p_shape) and t.shape[-1] == 1)
+    return bool(shaped and np.all(t == np.round(t)) and np.all(t >= 0))
 
 
 def _integer_labels(target, prediction) -> bool:
