@@ -47,7 +47,7 @@ def class_labels(y):
 def to_tflite(model, mode: str, x_calib) -> bytes:
     """TFLite bytes (``float32`` or ``int8``, calibrated on ``x_calib``; a QAT model converts to int8
     with its own ranges), unverified: the search measures every file on the selection split."""
-    return api.to_tflite(model, mode, data=x_calib, min_agreement=0.0)
+    return api.to_tflite(model, mode, data=x_calib, min_agreement=0.0, min_snr=float("-inf"))
 
 
 def tflite_accuracy(content: bytes, x, y) -> float:
