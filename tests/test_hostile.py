@@ -327,7 +327,8 @@ def test_converter_chatter_is_hidden_unless_verbose(tmp_path):
            "--output", str(tmp_path / "q")]
     quiet = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert quiet.returncode == 0, quiet.stderr
-    assert "run written to" in quiet.stdout
+    assert quiet.stdout == f"{tmp_path / 'q' / 'tiny-float16'}\n"  # the result on stdout
+    assert "run written to" in quiet.stderr  # the progress on stderr
     for noise in ("Ignored output_format", "W0000", "I0000",
                   "absl::InitializeLog", "Reading SavedModel"):
         assert noise not in quiet.stderr + quiet.stdout, noise
