@@ -34,8 +34,10 @@ from tfopt.errors import TfoptError  # noqa: E402
 
 STEPS = ("prune", "cluster", "quantize_aware", "to_tflite int8", "prune_channels", "fold_batchnorm")
 FINE = {"epochs": 1, "batch_size": 16}
-#: The families whose cells take longest (recurrent, attention, U-Net, applications): marked slow.
-SLOW = {"bilstm", "gru", "vit", "unet", "mobilenet_v2"}
+#: The default suite runs one family of each kind (conv, recurrent, attention, several heads, subclassed,
+#: custom layer, regression); the others, and the slowest, run in the slow suite.
+SLOW = {"bilstm", "gru", "vit", "unet", "mobilenet_v2", "conv1d", "embedding", "nested", "squeeze_excite",
+        "multi_input"}
 BUILDERS = {**families.FAMILIES, **families.APPLICATIONS}
 TABLE: dict = {}
 
