@@ -27,6 +27,7 @@ import keras3_families as families  # noqa: E402
 import tfopt  # noqa: E402
 from tfopt import verify  # noqa: E402
 from tfopt.api import GRAPH_REFUSAL  # noqa: E402
+from tfopt.engines.keras3.selection import all_layers  # noqa: E402
 from tfopt.engines import keras3  # noqa: E402
 from tfopt.engines.keras3 import litert  # noqa: E402
 from tfopt.engines.keras3.public import verification_kinds  # noqa: E402
@@ -112,16 +113,7 @@ def _numpy(variable):
 
 
 def _has(model, cls) -> bool:
-    stack, seen = [model], set()
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        if isinstance(layer, cls):
-            return True
-        stack.extend(layer._flatten_layers(include_self=False, recursive=False))
-    return False
+    return any(isinstance(layer, cls) for layer in all_layers(model))
 
 
 def applies(name, step, model) -> bool:

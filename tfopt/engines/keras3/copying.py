@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from tfopt.engines.keras3.data import sample_inputs
+from tfopt.engines.keras3.selection import all_layers
 
 
 class CopyError(TypeError):
@@ -33,17 +34,11 @@ def _clone(model):
 def _layer_classes(model):
     """Every layer class in the model, by the names ``load_model`` may look them up with."""
     found = {}
-    stack, seen = [model], set()
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
+    for layer in all_layers(model):
         cls = type(layer)
         found[cls.__name__] = cls
         registered = keras.saving.get_registered_name(cls)
         found[registered] = cls
-        stack.extend(layer._flatten_layers(include_self=False, recursive=False))
     return found
 
 

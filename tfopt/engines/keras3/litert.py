@@ -24,27 +24,17 @@ import tempfile
 import keras
 import numpy as np
 
+from tfopt.engines.keras3.selection import all_layers
 from tfopt.errors import TfoptError
 
 INPUT = "input_{}"
 OUTPUT = "output_{}"
 
 
-def _layers(model):
-    stack, seen = [model], set()
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        yield layer
-        stack.extend(layer._flatten_layers(include_self=False, recursive=False))
-
-
 @contextlib.contextmanager
 def unrolled(model, on: bool = True):
     """Every recurrent layer of ``model`` unrolled for the time of the block."""
-    changed = [layer for layer in _layers(model)
+    changed = [layer for layer in all_layers(model)
                if on and isinstance(layer, keras.layers.RNN) and not layer.unroll]
     for layer in changed:
         layer.unroll = True

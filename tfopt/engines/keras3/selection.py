@@ -135,6 +135,19 @@ def _sublayers(layer):
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
+def all_layers(model):
+    """Every layer of ``model``, the model itself first, nested models, wrappers and cells included,
+    each once (a layer shared by two parents is yielded once)."""
+    stack, seen = [model], set()
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(_sublayers(layer))
+
+
 def _layer_axes(layer, rule_axes, name, rank):
     if rank < 2:
         return None
