@@ -99,3 +99,11 @@ def test_the_rate_panel_is_not_squashed_by_a_last_near_zero_rate(tmp_path):
     assert high / low == pytest.approx(RATE_RANGE * 1.3 * 1.3)
     assert [t.get_text() for t in ax.texts] == ["1.0e-08"]
     plt.close(fig)
+
+
+def test_a_step_prints_its_run_on_stdout_and_keras_epoch_lines_on_stderr(tiny_run, tmp_path):
+    proc = tfopt_cli("prune", tiny_run, "--sparsity", "0.5", "--epochs", "1", "--output", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(tmp_path / "tiny-pruned")]
+    keras_lines = [line for line in proc.stderr.splitlines() if " - loss: " in line]
+    assert len(keras_lines) == 1 and keras_lines[0].startswith("5/5 - "), proc.stderr

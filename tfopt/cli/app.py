@@ -6,6 +6,8 @@ TensorFlow is imported inside the commands that need it, never at start-up, so `
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import signal
@@ -79,10 +81,47 @@ def _verbose_option() -> click.Option:
                         help="Also show TensorFlow's own log lines and warnings.")
 
 
+#: Where :func:`echo_out` writes while a command runs: the stdout the command was started with.
+_RESULTS: list = []
+
+
+def results_stream():
+    """The stdout a running command was started with (its results go there)."""
+    return _RESULTS[-1] if _RESULTS else sys.stdout
+
+
+def echo_out(text: str = "") -> None:
+    """Print a result on stdout; everything else a command prints (progress, Keras's epoch
+    lines) goes to stderr while it runs (see :func:`results_on_stdout`)."""
+    click.echo(text, file=results_stream())
+
+
+def results_on_stdout(callback):
+    """``callback`` with stdout sent to stderr while it runs, except what :func:`echo_out` prints,
+    so that ``tfopt prune RUN > path.txt`` holds the result and the terminal shows the progress."""
+    if getattr(callback, "_results_on_stdout", False):
+        return callback
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        _RESULTS.append(sys.stdout)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return callback(*args, **kwargs)
+        finally:
+            _RESULTS.pop()
+
+    run._results_on_stdout = True
+    return run
+
+
 def with_verbose(command: click.Command) -> click.Command:
-    """``command`` taking ``-v``/``--verbose`` (read by :func:`main` before parsing)."""
+    """``command`` taking ``-v``/``--verbose`` (read by :func:`main` before parsing), printing its
+    results on stdout and its progress on stderr."""
     if not any(VERBOSE[1] in p.opts for p in command.params):
         command.params.append(_verbose_option())
+    if command.callback is not None:
+        command.callback = results_on_stdout(command.callback)
     return command
 
 
@@ -152,7 +191,8 @@ def run_workers(ctx: click.Context, workers: int) -> None:
     if os.environ.get("TF_CONFIG"):
         raise TfoptError("--workers: TF_CONFIG is already set, so this process is one worker of a cluster; "
                          "drop --workers (each host runs its own worker) or unset TF_CONFIG")
-    ctx.exit(launch(rerun_args(ctx), workers, log=echo_err))
+    # the workers' own output, results included, as it was: on stdout
+    ctx.exit(launch(rerun_args(ctx), workers, log=echo_err, out=results_stream()))
 
 
 def echo_err(line: str) -> None:

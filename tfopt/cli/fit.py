@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tfopt.cli.app import echo_err, recipe_run_options, run_workers, sigterm_as_interrupt, workers_option
+from tfopt.cli.app import echo_err, echo_out, recipe_run_options, run_workers, sigterm_as_interrupt, workers_option
 from tfopt.config.recipe import load_recipe
 from tfopt.training.distribute import is_chief
 
@@ -26,6 +26,6 @@ def fit(ctx, recipe, overrides, output, resume, overwrite, workers):
 
     result = run_fit(r, output=output, resume=resume, overwrite=overwrite, log=echo_err)
     m = result.metrics
-    click.echo(f"test accuracy {m.get('test_accuracy', float('nan')):.4f}, test loss {m['test_loss']:.4f} "
-               f"after {m['epochs']} epochs ({m['fit_seconds']:.1f} s training)")
-    click.echo(f"run written to {result.run_dir}" if is_chief() else f"the chief writes the run to {result.run_dir}")
+    echo_out(f"test accuracy {m.get('test_accuracy', float('nan')):.4f}, test loss {m['test_loss']:.4f} "
+             f"after {m['epochs']} epochs ({m['fit_seconds']:.1f} s training)")
+    echo_out(f"run written to {result.run_dir}" if is_chief() else f"the chief writes the run to {result.run_dir}")

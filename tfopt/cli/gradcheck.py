@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from tfopt.cli.app import set_option
+from tfopt.cli.app import echo_out, set_option
 from tfopt.config.recipe import load_recipe
 
 
@@ -22,6 +22,6 @@ def gradcheck(recipe, overrides, samples, entries, threshold):
     from tfopt.finite_diff import gradcheck_recipe
 
     result = gradcheck_recipe(r, samples=samples, entries=entries, threshold=threshold)
-    click.echo(result.table())
+    echo_out(result.table())
     if not result.passed:
         sys.exit(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tfopt.cli.app import set_option
+from tfopt.cli.app import echo_out, set_option
 from tfopt.config.recipe import load_recipe
 
 
@@ -23,9 +23,9 @@ def lr_find(recipe, overrides, min_lr, max_lr, steps, rule, plot):
 
     s = run_lr_find(r, min_lr=min_lr, max_lr=max_lr, steps=steps, rule=rule, plot=plot, log=click.echo)
     for lr, loss in s["curve"]:
-        click.echo(f"  lr {lr:10.3g}  smoothed loss {loss:.4f}")
-    click.echo(f"suggested learning rate: {s['lr']:.3g} (rule '{s['rule']}': {s['reason']}); "
-               f"swept {s['min_lr']:g}–{s['max_lr']:.3g} in {s['steps']} steps")
-    click.echo(f"use it with: --set train.lr.initial={s['lr']:.3g}")
+        echo_out(f"  lr {lr:10.3g}  smoothed loss {loss:.4f}")
+    echo_out(f"suggested learning rate: {s['lr']:.3g} (rule '{s['rule']}': {s['reason']}); "
+             f"swept {s['min_lr']:g}–{s['max_lr']:.3g} in {s['steps']} steps")
+    echo_out(f"use it with: --set train.lr.initial={s['lr']:.3g}")
     if plot:
-        click.echo(f"plot written to {plot}")
+        echo_out(f"plot written to {plot}")

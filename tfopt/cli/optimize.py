@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from tfopt.cli.app import VERBOSE, echo_err, sigterm_as_interrupt
+from tfopt.cli.app import VERBOSE, echo_err, echo_out, sigterm_as_interrupt
 from tfopt.errors import TfoptError
 
 #: Columns of the final table: (header, width, the row's cell).
@@ -125,8 +125,8 @@ def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, l
         echo_err("interrupted; run again with --resume to continue")
         raise SystemExit(130) from None
     if as_json:
-        click.echo(json.dumps({"output": str(result.out), "chosen": result.chosen, "test": result.test,
-                               "candidates": result.rows}, default=str))
+        echo_out(json.dumps({"output": str(result.out), "chosen": result.chosen, "test": result.test,
+                             "candidates": result.rows}, default=str))
         return
-    click.echo(final_table(result.rows, result.chosen["id"]))
-    click.echo(f"chosen: {result.chosen['id']}; written to {result.out}")
+    echo_out(final_table(result.rows, result.chosen["id"]))
+    echo_out(f"chosen: {result.chosen['id']}; written to {result.out}")

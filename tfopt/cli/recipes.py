@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tfopt.cli.app import set_option
+from tfopt.cli.app import echo_out, set_option
 from tfopt.config.recipe import bundled_recipes, load_recipe, recipe_headline
 from tfopt.tune.space import check_file
 
@@ -17,7 +17,7 @@ def validate(recipe, overrides):
 
     A recipe with tune specs is checked as a search space: the specs, and each of their
     values with the others at their defaults."""
-    click.echo(check_file(recipe, overrides))
+    echo_out(check_file(recipe, overrides))
 
 
 @click.command()
@@ -28,7 +28,7 @@ def summary(recipe, overrides):
     r = load_recipe(recipe, overrides)
     from tfopt.training.run import summary as summary_text
 
-    click.echo(summary_text(r))
+    echo_out(summary_text(r))
 
 
 @click.command("recipes")
@@ -37,4 +37,4 @@ def list_recipes():
     found = bundled_recipes()
     width = max((len(n) for n in found), default=0)
     for name, path in found.items():
-        click.echo(f"{name:<{width}}  {recipe_headline(path)}")
+        echo_out(f"{name:<{width}}  {recipe_headline(path)}")

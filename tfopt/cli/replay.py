@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from tfopt.cli.app import echo_err, echo_out
+
 
 @click.command()
 @click.argument("source", type=click.Path())
@@ -28,7 +30,7 @@ def replay(source, steps_file, recipe, overrides, output, overwrite):
     from tfopt.steps.replay import replay as run_replay
 
     path, metrics = run_replay(source, steps_file, recipe=recipe, overrides=overrides, output=output,
-                               overwrite=overwrite, log=click.echo)
+                               overwrite=overwrite, log=echo_err)
     names = " -> ".join(next(iter(step)) for step in metrics["replayed"])
-    click.echo(f"replayed {names} into {path}: TFLite test accuracy "
-               f"{metrics['tflite_test_accuracy']:.2%}, selection accuracy {metrics['tflite_selection_accuracy']:.2%}")
+    echo_out(f"replayed {names} into {path}: TFLite test accuracy "
+             f"{metrics['tflite_test_accuracy']:.2%}, selection accuracy {metrics['tflite_selection_accuracy']:.2%}")

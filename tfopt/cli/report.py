@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from tfopt.cli.app import echo_err, set_option
+from tfopt.cli.app import echo_err, echo_out, set_option
 
 
 @click.command()
@@ -34,9 +34,9 @@ def report(sources, recipe, overrides, output, overwrite, runs, threads, quiet, 
     rows, text, note_lines, final = run_report(sources, recipe, overrides, output, overwrite, runs, threads,
                                                log=(lambda *_: None) if quiet or as_json else echo_err)
     if as_json:
-        click.echo(json.dumps({"output": str(final), "rows": [asdict(r) for r in rows], "notes": note_lines}))
+        echo_out(json.dumps({"output": str(final), "rows": [asdict(r) for r in rows], "notes": note_lines}))
         return
-    click.echo(text)
+    echo_out(text)
     for line in note_lines:
-        click.echo(textwrap.fill(line, width=100, initial_indent="- ", subsequent_indent="  "))
-    click.echo(f"report written to {final}/report.md")
+        echo_out(textwrap.fill(line, width=100, initial_indent="- ", subsequent_indent="  "))
+    echo_out(f"report written to {final}/report.md")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tfopt.cli.app import set_option
+from tfopt.cli.app import echo_out, set_option
 
 
 @click.command()
@@ -21,6 +21,6 @@ def sensitivity(source, recipe, overrides, mode, ratios, budget, write_to):
     from tfopt.steps.sensitivity import sensitivity_to_recipe  # the library, loaded by the command that runs it: --help stays light
     result = sensitivity_to_recipe(source, recipe, overrides, mode=mode, ratios=ratios, budget=budget,
                                    write_to=write_to, log=click.echo)
-    click.echo(f"chosen within {budget:g} points: " + ", ".join(f"{k}={v:g}" for k, v in result["chosen"].items()))
-    click.echo(f"recipe written to {write_to} ({result['key']}); apply it with tfopt prune {source} "
-               f"{'--structured ' if mode == 'channels' else ''}--recipe {write_to}")
+    echo_out(f"chosen within {budget:g} points: " + ", ".join(f"{k}={v:g}" for k, v in result["chosen"].items()))
+    echo_out(f"recipe written to {write_to} ({result['key']}); apply it with tfopt prune {source} "
+             f"{'--structured ' if mode == 'channels' else ''}--recipe {write_to}")

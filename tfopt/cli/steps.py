@@ -14,7 +14,7 @@ from typing import Literal, Union
 
 import click
 
-from tfopt.cli.app import echo_err, run_workers
+from tfopt.cli.app import echo_err, echo_out, run_workers
 from tfopt.errors import TfoptError
 from tfopt.steps import STEPS
 
@@ -213,7 +213,7 @@ def _command(command_name: str, steps) -> click.Command:
         path, _ = run_source(chosen, source, recipe, overrides, given, output=output, overwrite=overwrite,
                              log=echo_err)
         if path is not None:
-            click.echo(path)  # the result on stdout, the progress above on stderr
+            echo_out(path)  # the result on stdout, the progress above on stderr
 
     params = source_params()
     for v in variants:

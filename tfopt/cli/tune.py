@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tfopt.cli.app import recipe_run_options, sigterm_as_interrupt
+from tfopt.cli.app import echo_err, recipe_run_options, sigterm_as_interrupt
 from tfopt.tune.space import load_search
 
 
@@ -21,4 +21,4 @@ def tune(recipe, overrides, output, resume, overwrite):
     sigterm_as_interrupt()
     from tfopt.tune.tuner import tune as run_tune
 
-    run_tune(search, output=output, resume=resume, overwrite=overwrite, log=click.echo)
+    run_tune(search, output=output, resume=resume, overwrite=overwrite, log=echo_err)
