@@ -124,6 +124,7 @@ def test_prune_takes_a_dataset_with_one_hot_labels_and_per_layer_targets(trained
     assert accuracy(pruned) > 0.85
 
 
+@pytest.mark.slow
 def test_block_pruning_zeroes_runs_of_consecutive_inputs_and_gzips_smaller(trained):
     import gzip
 
@@ -278,6 +279,7 @@ def test_per_kernel_dense_scales_give_way_where_they_change_predictions():
     assert convert(model, "int8", representative=x) == per_unit
 
 
+@pytest.mark.slow
 def test_clustering_a_pruned_model_keeps_its_zeros(trained):
     pruned = tfopt.prune(trained, DATA, sparsity=0.7, epochs=2, allocation="uniform")
     zeros = {n: np.mean(pruned.get_layer(n).kernel.numpy() == 0) for n in ("conv2", "fc1")}
@@ -294,6 +296,7 @@ def test_clustering_a_pruned_model_keeps_its_zeros(trained):
     assert {type(layer).__name__ for layer in tfopt.wrap_for_qat(kept).layers} >= {"QuantizeWrapperV2"}
 
 
+@pytest.mark.slow
 def test_qat_keeps_the_zeros_of_pruned_layers_beside_unpruned_ones(trained):
     pruned = tfopt.prune(trained, DATA, sparsity=0.7, epochs=2, allocation="uniform", skip=("conv1", "fc2"))
     kept = tfopt.cluster(pruned, DATA, clusters=4, epochs=1)
@@ -379,6 +382,7 @@ def test_own_training_loop_with_wrap_and_strip(trained):
         tfopt.wrap_for_pruning(trained, total_steps=40, end_step=1000, frequency=100)
 
 
+@pytest.mark.slow
 def test_a_keras3_users_script_gets_keras3_models_back(tmp_path):
     """examples/keras3_user.py, the README's Keras 3 example, run as a user would (plain `import keras`)."""
     import json

@@ -41,6 +41,7 @@ def runs(tmp_path_factory):
     return out / "two" / "quickstart", single.run_dir, res.stdout
 
 
+@pytest.mark.slow
 def test_two_workers_write_one_complete_run(runs):
     two, one, stdout = runs
     assert {p.name for p in two.iterdir()} >= {"model.keras", "recipe.yaml", "metrics.json", "history.csv",

@@ -305,6 +305,7 @@ def test_compression_commands_check_their_output_first(tmp_path, out, tiny_recip
 # -- noise -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_native_log_lines_are_hidden_unless_verbose():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     cmd = [str(Path(sys.executable).parent / "tfopt"), "summary", "recipes/quickstart.yaml"]

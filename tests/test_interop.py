@@ -190,6 +190,7 @@ def test_unknown_model_kinds_and_subclassed_models_are_refused():
         to_tf_keras(Sub())
 
 
+@pytest.mark.slow
 def test_files_load_as_the_kind_they_were_saved_from(tmp_path):
     model = keras3_graph()
     randomize(model, 4)
@@ -323,6 +324,7 @@ def tfopt_cli(*args):
     return _Result(CliRunner().invoke(cli, [str(a) for a in args]))
 
 
+@pytest.mark.slow
 def test_cli_prunes_and_quantizes_a_keras3_file(keras3_digits, tmp_path):
     folder, model, x, y = keras3_digits
     res = tfopt_cli("prune", folder / "digits.keras", "--recipe", folder / "digits.yaml", "--sparsity", "0.75",

@@ -217,6 +217,7 @@ def test_the_search_probes_its_fine_tune_rate_and_uses_it(searched):
     assert f"Fine-tune rate: {rate:g} (probed: " in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_resume_keeps_finished_candidates_and_continues(searched, tmp_path):
     import shutil
 
@@ -404,6 +405,7 @@ def test_a_time_budget_spent_before_any_candidate(small, tmp_path):
     assert (tmp_path / "s" / "pareto.png").is_file()
 
 
+@pytest.mark.slow
 def test_fine_tunes_see_augmented_images_and_the_selection_split_is_held_out(small, record_step, tmp_path):
     """``augment`` gives the steps a shifted-image pipeline; the probe images stay as they were;
     without ``validation_data`` a tenth of the training images is held out for selection."""
@@ -437,6 +439,7 @@ def test_fine_tunes_see_augmented_images_and_the_selection_split_is_held_out(sma
 # -- latency ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_latency_search_measures_float32_files_too(searched, tmp_path):
     """For --target latency every chain is measured as int8 and as float32; the fastest within budget wins."""
     from tfopt import tflite

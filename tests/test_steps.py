@@ -195,6 +195,7 @@ def test_post_training_quantization_is_verified(base_run, tmp_path, mode, io):
     assert np.max(np.abs(got - ref)) == pytest.approx(v["max_abs_diff"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_qat_and_pqat(base_run, tmp_path):
     path, metrics = run_quantize(load_source(base_run), {"mode": "qat", "epochs": 1}, output=tmp_path,
                                           log=quiet)
@@ -373,6 +374,7 @@ def test_sensitivity_sweep_writes_ratios_back(base_run, tmp_path):
     assert load_recipe(tmp_path / "sp.yaml").optimize.prune.per_layer == {"conv1": 0.5, "fc1": 0.5, "fc2": 0.5}
 
 
+@pytest.mark.slow
 def test_cqat_keeps_clusters(base_run, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 

@@ -350,6 +350,7 @@ def test_bfloat16_training_agrees_with_float32_and_saves_a_float32_model(tiny_re
     np.testing.assert_allclose([h["loss"] for h in bf16.history], [h["loss"] for h in f32.history], rtol=0.1)
 
 
+@pytest.mark.slow
 def test_auto_compile_probes_and_records_its_choice(tiny_recipe, tmp_path, monkeypatch):
     from tfopt.training import compile as probe
 

@@ -200,6 +200,7 @@ def test_bayesian_search_completes_its_trials(tmp_path):
     assert summary["best_score"] == max(float(r["score"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_hyperband_honours_each_trials_epoch_budget(tmp_path):
     data = _search_dict(tmp_path, algorithm="hyperband", factor=3)
     data["train"]["epochs"] = 3
@@ -262,6 +263,7 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert summary["total_epochs_trained"] == 7
 
 
+@pytest.mark.slow
 def test_compressed_trials_are_scored_on_the_compressed_model(tmp_path):
     data = _search_dict(tmp_path, max_trials=2, compress=["prune", "quantize"],
                         objective={"metric": "val_accuracy", "penalty": {"tflite_kb": 0.01}})
@@ -313,6 +315,7 @@ def test_loopback_chief_and_two_workers(tmp_path):
     assert "serving the random oracle" in out["chief"]
 
 
+@pytest.mark.slow
 def test_an_impossible_combination_fails_its_trial_and_the_search_goes_on(tmp_path):
     data = _search_dict(tmp_path, max_trials=8, max_consecutive_failed_trials=8)
     data["model"]["layers"] = [
