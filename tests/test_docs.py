@@ -34,3 +34,24 @@ def test_mkdocs_builds_strictly(tmp_path):
     assert "--sparsity" in cli and "--per-layer" in cli
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "tfopt.api.prune" in api or "prune" in api
+
+
+def test_every_public_function_has_google_style_args_returns_and_raises_where_due():
+    import inspect
+
+    import tfopt
+
+    missing = []
+    for name in tfopt.__all__:
+        obj = getattr(tfopt, name)
+        if not inspect.isfunction(obj):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        params = [p for p in inspect.signature(obj).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        for section, due in (("Args:", bool(params)), ("Returns:", True)):
+            if due and f"\n{section}\n" not in f"\n{doc}\n":
+                missing.append(f"{name}: {section}")
+        for p in params:
+            if due and f"{p.name}:" not in doc and f"{p.name} (" not in doc:
+                missing.append(f"{name}: Args {p.name}")
+    assert missing == []

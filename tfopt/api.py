@@ -209,13 +209,33 @@ class _graph_step:
 
 
 def load_model(path):
-    """Load a model file as the kind it was saved from: a tf_keras ``.keras``/``.h5``/SavedModel,
-    or a Keras 3 ``.keras``."""
+    """Load a model file as the kind it was saved from.
+
+    Args:
+        path: a tf_keras ``.keras``, ``.h5`` or SavedModel folder, or a Keras 3 ``.keras``.
+
+    Returns:
+        The model, tf_keras or Keras 3 as saved.
+
+    Raises:
+        TfoptError: the path is missing or is not a model file (a recipe, a TFLite file, ...),
+            named for what it is.
+    """
     return interop.load_model(path)
 
 
 def model_kind(model) -> str:
-    """``"tf_keras"`` or ``"keras3"``; anything else is refused."""
+    """Which Keras a model belongs to.
+
+    Args:
+        model: any object.
+
+    Returns:
+        ``"tf_keras"`` or ``"keras3"``.
+
+    Raises:
+        TfoptError: ``model`` is not a Keras model.
+    """
     return interop.model_kind(model)
 
 
@@ -241,8 +261,35 @@ def prune(model, data, *, sparsity: float = 0.8, epochs: int = 2, allocation: st
     input it reads over the first ``probe_samples`` images of ``data``, so weights on
     inputs that are rarely non-zero, such as border pixels, go first. A schedule
     that cannot reach the target within the fine-tune raises
-    :class:`tfopt.steps.prune.PreflightError` unless ``force``. ``fine_tune``: the shared
-    fine-tune keywords (see the module's docstring).
+    :class:`tfopt.steps.prune.PreflightError` unless ``force``.
+
+    Args:
+        model: a tf_keras or Keras 3 model; it is not changed.
+        data: ``(x, y)`` or a ``tf.data.Dataset`` to fine-tune on.
+        sparsity: overall fraction of zero weights in the prunable kernels.
+        epochs: fine-tune epochs while the sparsity rises.
+        allocation: ``"erk"``, ``"er"`` or ``"uniform"``.
+        schedule: ``"polynomial"`` or ``"constant"`` sparsity over the steps.
+        initial_sparsity: sparsity at ``begin_step``.
+        begin_step: first fine-tune step that prunes.
+        end_step: last step the sparsity rises (default: half of the fine-tune steps).
+        frequency: steps between two pruning updates (default: from the step count).
+        per_layer: ``{layer name: sparsity}`` targets of their own.
+        skip: layers left dense.
+        m_by_n: ``(m, n)``: only m of every n consecutive weights kept, e.g. ``(2, 4)``.
+        block: prune dense kernels in runs of this many consecutive inputs.
+        criterion: ``"magnitude"`` or ``"activation"``.
+        probe_samples: images of ``data`` the activation criterion ranks on.
+        force: run a schedule the preflight refuses.
+        log: receives progress lines (silent by default).
+        **fine_tune: the shared fine-tune keywords (see the module's docstring).
+
+    Returns:
+        A new model of the input's kind, pruning wrappers stripped.
+
+    Raises:
+        TfoptError: a setting out of range or an unknown layer name (one paragraph naming it).
+        tfopt.steps.prune.PreflightError: the schedule cannot reach the target.
     """
     settings = dict(sparsity=sparsity, allocation=allocation, schedule=schedule, initial_sparsity=initial_sparsity,
                     begin_step=begin_step, end_step=end_step, frequency=frequency, per_layer=per_layer or {},
@@ -261,7 +308,28 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, per
     ``criterion`` ranks channels: ``l1``, ``l2``, ``bn_gamma`` or, on ``probe_samples`` images of
     ``data``, ``activation`` and ``taylor``. ``skip``: layers whose channels stay. With ``epochs=0`` and a
     weight criterion no data is needed.
-    ``fine_tune``: the shared fine-tune keywords (see the module's docstring).
+
+    Args:
+        model: a Sequential or functional model (tf_keras or Keras 3); it is not changed.
+        data: ``(x, y)`` or a ``tf.data.Dataset``: fine-tune data, and the images the data
+            criteria rank on.
+        ratio: fraction of each layer's channels removed.
+        epochs: fine-tune epochs after each round (0: none).
+        per_layer: ``{layer name: ratio}`` of their own.
+        criterion: ``"l1"``, ``"l2"``, ``"bn_gamma"``, ``"activation"`` or ``"taylor"``.
+        rounds: rounds of removal and fine-tune reaching ``ratio``.
+        min_channels: channels every layer keeps at least.
+        skip: layers whose channels stay.
+        probe_samples: images of ``data`` the data criteria rank on.
+        log: receives progress lines (silent by default).
+        **fine_tune: the shared fine-tune keywords (see the module's docstring).
+
+    Returns:
+        A new, physically smaller model of the input's kind.
+
+    Raises:
+        TfoptError: a setting out of range, an unknown layer, a failed masked-original check, or a
+            model the step cannot take (one paragraph naming why and what works instead).
     """
     settings = dict(ratio=ratio, per_layer=per_layer or {}, criterion=criterion, probe_samples=probe_samples,
                     rounds=rounds, min_channels=min_channels, skip=list(skip), epochs=max(epochs, 1))
@@ -272,7 +340,19 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, per
 
 def fold_batchnorm(model, data=None, *, log=None):
     """Every BatchNorm that follows a linear conv/dense layer merged into it; the outputs are
-    checked against the original's on ``data`` (else random inputs)."""
+    checked against the original's on ``data`` (else random inputs).
+
+    Args:
+        model: a Sequential or functional model (tf_keras or Keras 3); it is not changed.
+        data: inputs the outputs are checked on (default: random inputs).
+        log: receives progress lines (silent by default).
+
+    Returns:
+        A new model of the input's kind without those BatchNorm layers.
+
+    Raises:
+        TfoptError: outputs that differ after folding, or a model the step cannot take.
+    """
     kind, work = _enter_graph("fold_batchnorm", model)
     _graph_data("fold_batchnorm", model, kind, data)
     with _graph_step("fold_batchnorm", model, kind):
@@ -285,7 +365,21 @@ def fold_pool(model, data=None, *, layers=None, measure: bool = False, log=None)
     filter groups and a max over them, the same outputs (checked on ``data``, else random inputs).
     ``layers``: only the pools after these convs. With ``measure``, both float32 TFLite files are
     timed and the times logged: the fold pays where the conv reads few channels (a first conv on a
-    grey image), so measure it on your model before you keep it."""
+    grey image), so measure it on your model before you keep it.
+
+    Args:
+        model: a Sequential or functional model (tf_keras or Keras 3); it is not changed.
+        data: inputs the outputs are checked on (default: random inputs).
+        layers: only the pools after these convs (names; default: every foldable pool).
+        measure: time both float32 TFLite files and log the times.
+        log: receives progress lines (silent by default).
+
+    Returns:
+        A new model of the input's kind.
+
+    Raises:
+        TfoptError: an unknown layer, or a model the graph path cannot take.
+    """
     kind, work = _enter_graph("fold_pool", model)
     _graph_data("fold_pool", model, kind, data)
     config = validated(STEPS["fold_pool"].config, {"layers": [layers] if isinstance(layers, str) else layers,
@@ -298,7 +392,22 @@ def fold_pool(model, data=None, *, layers=None, measure: bool = False, log=None)
 def remove_layers(model, layers, data=None, *, epochs: int = 1, log=None, **fine_tune):
     """The model without ``layers`` (names, or residual blocks such as ``"block2"``), rewired and
     fine-tuned for ``epochs`` on ``data`` (``epochs=0``: no fine-tune, no data needed).
-    ``fine_tune``: the shared fine-tune keywords (see the module's docstring)."""
+
+    Args:
+        model: a Sequential or functional model (tf_keras or Keras 3); it is not changed.
+        layers: a layer name, a block name such as ``"block2"``, or a list of them.
+        data: ``(x, y)`` or a ``tf.data.Dataset`` to fine-tune on.
+        epochs: fine-tune epochs (0: none).
+        log: receives progress lines (silent by default).
+        **fine_tune: the shared fine-tune keywords (see the module's docstring).
+
+    Returns:
+        A new, rewired model of the input's kind.
+
+    Raises:
+        TfoptError: an unknown layer, a layer whose removal would change a shape, or a model the
+            graph path cannot take (one paragraph naming why and what works instead).
+    """
     layers = [layers] if isinstance(layers, str) else list(layers)
     smaller, kind = _run("remove_layers", "remove", model, data, {"layers": layers}, epochs, fine_tune, log)
     return leave(smaller, kind)
@@ -308,8 +417,25 @@ def cluster(model, data, *, clusters: int = 16, epochs: int = 1, init: str = "km
             preserve_sparsity: bool | None = None, log=None, **fine_tune):
     """Weight clustering: each conv/dense kernel keeps at most ``clusters`` distinct values,
     fine-tuned on ``data`` and stripped. A pruned kernel (at least 10% zeros) keeps its zeros,
-    zero being one of its values, unless ``preserve_sparsity=False``. ``fine_tune``: the shared
-    fine-tune keywords (see the module's docstring)."""
+    zero being one of its values, unless ``preserve_sparsity=False``.
+
+    Args:
+        model: a tf_keras or Keras 3 model; it is not changed.
+        data: ``(x, y)`` or a ``tf.data.Dataset`` to fine-tune on.
+        clusters: distinct values per kernel.
+        epochs: fine-tune epochs.
+        init: centroid initialisation (``"kmeans_plus_plus"``, ``"linear"``, ...).
+        skip: layers left unclustered.
+        preserve_sparsity: keep a pruned kernel's zeros (None: when it holds at least 10% zeros).
+        log: receives progress lines (silent by default).
+        **fine_tune: the shared fine-tune keywords (see the module's docstring).
+
+    Returns:
+        A new model of the input's kind, clustering wrappers stripped.
+
+    Raises:
+        TfoptError: a setting out of range, or an initialisation the model's engine cannot run.
+    """
     settings = dict(clusters=clusters, init=init, skip=list(skip), preserve_sparsity=preserve_sparsity)
     clustered, kind = _run("cluster", "cluster", model, data, settings, epochs, fine_tune, log,
                            ("epochs", "lr", "batch_size"))
@@ -324,7 +450,21 @@ def quantize_aware(model, data, *, epochs: int = 1, log=None, **fine_tune):
     needed). A Keras 3 model gives a Keras 3 model of its class, fine-tuned with its weights
     fake-quantized (8 bits, one scale per output channel; zeros of a pruned kernel kept), so its
     weights sit on the int8 grid; ``to_tflite(model, mode="int8", data=x)`` then calibrates the
-    activations on ``x``. ``fine_tune``: the shared fine-tune keywords (see the module's docstring).
+    activations on ``x``.
+
+    Args:
+        model: a tf_keras or Keras 3 model; it is not changed.
+        data: ``(x, y)`` or a ``tf.data.Dataset`` to fine-tune on.
+        epochs: fine-tune epochs.
+        log: receives progress lines (silent by default).
+        **fine_tune: the shared fine-tune keywords (see the module's docstring).
+
+    Returns:
+        The quantization-aware model (tf_keras with fake-quant layers, or Keras 3 of the input's
+        class with its weights on the int8 grid).
+
+    Raises:
+        TfoptError: a layer TFMOT's QAT cannot take (tf_keras), named with what works instead.
     """
     qat, _ = _run("quantize_aware", "quantize", model, data, {"mode": "qat"}, epochs, fine_tune, log,
                   ("epochs", "lr", "batch_size"))
@@ -374,7 +514,8 @@ def _verify_tf_keras(work, content, x, mode, min_agreement, min_snr, log) -> Non
 
 
 def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False, min_agreement: float | None = None,
-              min_snr: float | None = None, samples: int = 500, seed: int = 0, log=None) -> bytes:
+              min_snr: float | None = None, representative_samples: int = 500, seed: int = 0, log=None,
+              **renamed) -> bytes:
     """The model as TFLite bytes, verified against the model on ``data``.
 
     A tf_keras model goes through TensorFlow's converter as a tf_keras model; a Keras 3 model (any
@@ -384,8 +525,9 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
     by its SNR, a classifier head by its top-1 agreement too, near ties excused.
 
     Args:
+        model: a tf_keras or Keras 3 model, or the tf_keras model :func:`quantize_aware` returns.
         mode: ``float32``, ``float16``, ``dynamic`` (int8 weights) or ``int8`` (full integer;
-            calibrated on ``samples`` inputs of ``data`` drawn with ``seed``). A tf_keras model
+            calibrated on ``representative_samples`` inputs of ``data`` drawn with ``seed``). A tf_keras model
             from :func:`quantize_aware` converts to ``int8`` with its learned ranges.
         data: inputs (``x``, ``(x, y)`` or a dataset; for a Keras 3 model ``x`` may be a list or a
             dict of arrays); needed for ``int8`` calibration. When given, the file's outputs are
@@ -395,17 +537,30 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
             float32/float16, 0.99 for dynamic and int8.
         min_snr: least SNR (dB) of every head; default :data:`tfopt.verify.MIN_SNR_DB` (60 dB
             float32, 40 dB float16 and dynamic, 20 dB int8).
+        representative_samples: inputs of ``data`` that calibrate ``int8``.
+        seed: which inputs are drawn for calibration.
+        log: receives progress lines (silent by default).
+        **renamed: old keyword names, refused with their new name.
+
+    Returns:
+        The ``.tflite`` file's bytes.
 
     Raises:
+        TfoptError: an unknown mode, ``int8`` without data, or a renamed keyword.
         tfopt.tflite.VerificationFailed: a head below its thresholds (the message names what
             it measured).
     """
+    if "samples" in renamed:
+        raise TfoptError("to_tflite: keyword argument 'samples' renamed to representative_samples")
+    if renamed:
+        raise TypeError(f"to_tflite() got an unexpected keyword argument '{next(iter(renamed))}'")
     if mode not in MODES:
         raise TfoptError(f"to_tflite: unknown mode '{mode}'{did_you_mean(mode, MODES)}; available: {', '.join(MODES)}")
     if model_kind(model) == "keras3":
         from tfopt.engines.keras3 import public
 
-        return public.to_tflite(model, mode, data, int8_io, min_agreement, min_snr, samples, seed, log or _quiet)
+        return public.to_tflite(model, mode, data, int8_io, min_agreement, min_snr, representative_samples, seed,
+                                 log or _quiet)
     x = sample_x(data) if data is not None else None
     if quantize_step.is_qat(model):
         if mode != "int8":
@@ -416,7 +571,7 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
         _, work = enter(model)
         if mode == "int8" and x is None:
             raise TfoptError("to_tflite: int8 calibrates on training images: pass data=x (a few hundred images)")
-        content = quantize_step.post_training(work, mode, x, int8_io, samples, seed)
+        content = quantize_step.post_training(work, mode, x, int8_io, representative_samples, seed)
     if x is not None:
         _verify_tf_keras(work, content, x, mode, min_agreement, min_snr, log or _quiet)
     return content
@@ -433,7 +588,33 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocati
     """A tf_keras copy of ``model`` wrapped for magnitude pruning over ``total_steps`` training
     steps. Compile and fit it yourself with ``callbacks=tfopt.pruning_callbacks()``, then
     :func:`strip` it. ``criterion="activation"`` (see :func:`prune`) ranks on the first
-    ``probe_samples`` images of ``data``."""
+    ``probe_samples`` images of ``data``.
+
+    Args:
+        model: a tf_keras or Keras 3 model (converted to tf_keras); it is not changed.
+        total_steps: the training steps you will run; the schedule is fitted into them.
+        sparsity: as in :func:`prune`.
+        allocation: as in :func:`prune`.
+        schedule: as in :func:`prune`.
+        initial_sparsity: as in :func:`prune`.
+        begin_step: as in :func:`prune`.
+        end_step: as in :func:`prune` (default: ``total_steps // 2``).
+        frequency: as in :func:`prune`.
+        per_layer: as in :func:`prune`.
+        skip: as in :func:`prune`.
+        m_by_n: as in :func:`prune`.
+        block: as in :func:`prune`.
+        criterion: as in :func:`prune`.
+        data: images for ``criterion="activation"``.
+        probe_samples: as in :func:`prune`.
+        **renamed: old keyword names, refused with their new name.
+
+    Returns:
+        A tf_keras model with TFMOT pruning wrappers.
+
+    Raises:
+        TfoptError: a setting out of range, or a renamed keyword.
+    """
     for key in renamed:
         raise TfoptError(f"wrap_for_pruning: keyword argument '{key}' "
                          + (f"renamed to {RENAMED[key]}" if key in RENAMED else "is not one it takes"))
@@ -447,13 +628,31 @@ def wrap_for_pruning(model, *, total_steps: int, sparsity: float = 0.8, allocati
 
 
 def pruning_callbacks() -> list:
-    """The callbacks ``fit`` needs for a model from :func:`wrap_for_pruning`."""
+    """The callbacks ``fit`` needs for a model from :func:`wrap_for_pruning`.
+
+    Returns:
+        A list of tf_keras callbacks (the pruning step update).
+    """
     return prune_step.pruning_callbacks()
 
 
 def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_plus", skip=(),
                         preserve_sparsity: bool | None = None):
-    """A tf_keras copy of ``model`` wrapped for weight clustering; fit it, then :func:`strip` it."""
+    """A tf_keras copy of ``model`` wrapped for weight clustering; fit it, then :func:`strip` it.
+
+    Args:
+        model: a tf_keras or Keras 3 model (converted to tf_keras); it is not changed.
+        clusters: as in :func:`cluster`.
+        init: as in :func:`cluster`.
+        skip: as in :func:`cluster`.
+        preserve_sparsity: as in :func:`cluster`.
+
+    Returns:
+        A tf_keras model with TFMOT clustering wrappers.
+
+    Raises:
+        TfoptError: a setting out of range.
+    """
     _, work = enter(model)
     config = validated(STEPS["cluster"].config, dict(clusters=clusters, init=init, skip=list(skip),
                                                      preserve_sparsity=preserve_sparsity), "cluster")
@@ -461,15 +660,33 @@ def wrap_for_clustering(model, *, clusters: int = 16, init: str = "kmeans_plus_p
 
 
 def wrap_for_qat(model):
-    """A tf_keras quantization-aware copy of ``model`` (PQAT, CQAT or PCQAT when pruned, clustered or both); fit it,
-    then ``to_tflite(qat, mode="int8")``."""
+    """A tf_keras quantization-aware copy of ``model``; fit it, then ``to_tflite(qat, mode="int8")``.
+
+    A pruned model gets PQAT, a clustered one CQAT, one both pruned and clustered PCQAT.
+
+    Args:
+        model: a tf_keras or Keras 3 model (converted to tf_keras); it is not changed.
+
+    Returns:
+        A tf_keras model with TFMOT quantization wrappers.
+
+    Raises:
+        TfoptError: a layer TFMOT's QAT cannot take.
+    """
     _, work = enter(model)
     return quantize_step.wrap_for_qat(work, log=_quiet)[0]
 
 
 def strip(model, kind: str = "tf_keras"):
-    """A plain model from a pruning- or clustering-wrapped one (``kind="keras3"`` converts it back
-    to Keras 3)."""
+    """A plain model from a pruning- or clustering-wrapped one.
+
+    Args:
+        model: a model from :func:`wrap_for_pruning` or :func:`wrap_for_clustering`, trained.
+        kind: ``"tf_keras"``, or ``"keras3"`` to convert the result back to Keras 3.
+
+    Returns:
+        A new model without wrappers.
+    """
     return leave(prune_step.strip(model), kind)
 
 

@@ -106,7 +106,8 @@ def gradcheck(model, x, y, loss=None, eps=1e-5, max_entries=16, threshold=DEFAUL
 
     Args:
         model: a tf_keras model (Sequential or functional).
-        x, y: a small batch (2–8 samples is plenty).
+        x: a small batch of inputs (2–8 samples is plenty).
+        y: their labels.
         loss: ``loss(y_true, y_pred)``; default: sparse cross-entropy, from logits unless
             the model ends in softmax/sigmoid.
         eps: finite-difference step.
@@ -114,6 +115,10 @@ def gradcheck(model, x, y, loss=None, eps=1e-5, max_entries=16, threshold=DEFAUL
         threshold: a layer fails when its maximum relative error reaches this.
         jitter: standard deviation of the noise added to ``x`` to move activations off kinks.
         custom_objects: needed when the model has custom layers.
+        seed: seed of the entries checked and of the jitter.
+
+    Returns:
+        A :class:`GradcheckResult`: per layer the largest relative error, ``passed`` and ``table()``.
 
     Example:
         >>> result = tfopt.gradcheck(model, x[:4], y[:4])

@@ -295,6 +295,16 @@ def _cross_checks(recipe: Recipe):
 def load_recipe(path, overrides=()) -> Recipe:
     """Read, override and validate a recipe file.
 
+    Args:
+        path: a recipe file, or the name of a bundled recipe (``tfopt recipes`` lists them).
+        overrides: ``"dotted.key=value"`` strings applied before validation.
+
+    Returns:
+        The validated :class:`Recipe`.
+
+    Raises:
+        RecipeError: every problem of the recipe at once, each with its dotted key.
+
     Example:
         >>> r = load_recipe("recipes/quickstart.yaml", ["train.epochs=3"])
         >>> r.train.epochs

@@ -118,6 +118,9 @@ def build_model(model_cfg, input_shape, name: str = "model") -> keras.Model:
         input_shape: ``(height, width, channels)``; ``model_cfg.input_shape`` wins when set.
         name: the Keras model name.
 
+    Returns:
+        A new tf_keras functional model.
+
     Raises:
         ShapeError: a layer cannot take the shape it receives; the message names the layer.
 

@@ -460,8 +460,15 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         teacher: learn from this model instead (any Keras model, or the path of a run directory or
             model file) taking the same inputs and giving as many outputs, e.g. a larger network
             than the one being compressed. The budget is still judged against the input model.
-        epochs, lr, batch_size: fine-tune settings of every step (defaults: the steps' own; ``lr``
-            None: probed, see :data:`PROBE_RATES`). ``max_candidates``: stop after this many.
+        epochs: fine-tune epochs of every step.
+        lr: peak fine-tune rate (None: probed, see :data:`PROBE_RATES`).
+        batch_size: fine-tune batch size (None: the steps' own).
+        temperature: distillation softening temperature.
+        alpha: weight of the teacher's soft targets in the distillation loss.
+        seed: seed of the selection split, the fine-tunes and the calibration images.
+        max_candidates: stop after this many candidates.
+        selection_fraction: share of ``data`` held out as the selection split when
+            ``validation_data`` is not given.
         levels: per-layer tolerances, in points lost before fine-tuning, that turn the
             sensitivity sweeps into per-layer ratios (one candidate each).
         augment: training-time augmentation of the fine-tunes, as a recipe's ``data.augment`` (e.g.
