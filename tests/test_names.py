@@ -159,3 +159,21 @@ def test_step_commands_show_every_default_one_way():
 
 if __name__ == "__main__":
     sys.stdout.write(table())
+
+
+def test_every_option_shows_its_default_one_way():
+    import click
+
+    from tfopt.cli import cli
+
+    ctx = click.Context(cli)
+    odd = []
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        sub = click.Context(command, info_name=name, parent=ctx)
+        for param in command.params:
+            record = param.get_help_record(sub) if isinstance(param, click.Option) else None
+            text = record[1] if record else ""
+            if "default:" in text.replace("[default:", "") or "(default" in text:
+                odd.append(f"{name} {record[0]}: {text}")
+    assert odd == []

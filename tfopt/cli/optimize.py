@@ -68,23 +68,27 @@ def check_arguments(source, output, lr, temperature, alpha, **limits) -> None:
 @click.command("optimize")
 @click.argument("source", type=click.Path())
 @click.option("--recipe", type=click.Path(dir_okay=False),
-              help="Recipe naming the data (required for a model file; default: the run's).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value (repeatable).")
+              help="Recipe naming the data (required for a model file) [default: the run's recipe].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value by dotted key (repeatable).")
 @click.option("--max-drop", type=float, default=0.3, show_default=True,
               help="Largest accuracy drop allowed, in points, judged on the selection (validation) split.")
 @click.option("--target", type=click.Choice(["size", "latency", "macs"]), default="size", show_default=True,
               help="What to minimise: gzip bytes of the int8 .tflite, 1-thread LiteRT latency, or MACs.")
 @click.option("--time-budget", metavar="DURATION", help="Stop starting candidates after this long, e.g. 30m, 1h.")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tune epochs of every step.")
-@click.option("--lr", type=float, help="Fine-tune learning rate [probed: the highest of 1e-3, 3e-4, 1e-4 that one epoch on the input model tolerates].")
-@click.option("--no-distill", is_flag=True, help="Fine-tune on the labels only (default: learn from the input model).")
+@click.option("--lr", type=float, help="Fine-tune learning rate [default: probed, the highest of 1e-3, 3e-4, 1e-4 "
+                                         "that one epoch on the input model tolerates].")
+@click.option("--no-distill", is_flag=True,
+              help="Fine-tune on the labels only, not learning from the input model's outputs.")
 @click.option("--teacher", metavar="RUN|MODEL",
               help="Learn from this run directory or model file instead of the input model (same inputs, as many "
                    "outputs; e.g. a larger network). The budget is still judged against the input model.")
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the teacher's soft targets.")
 @click.option("--max-candidates", type=int, help="Stop after this many candidates.")
-@click.option("--output", type=click.Path(file_okay=False), help="Parent folder of the search [output.dir].")
+@click.option("--output", type=click.Path(file_okay=False),
+              help="Parent folder of the search [default: the folder holding SOURCE].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted search; finished candidates are kept.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr; only the results on stdout.")
 @click.option("--json", "as_json", is_flag=True, help="The results as one JSON document on stdout, nothing else.")
