@@ -92,6 +92,7 @@ def test_every_activation(activation):
         "elu": np.where(z > 0, z, np.expm1(z)), "sigmoid": 1 / (1 + np.exp(-z)), "tanh": np.tanh(z),
         "selu": 1.0507009873554805 * np.where(z > 0, z, 1.6732632423543772 * np.expm1(z)),
         "swish": z / (1 + np.exp(-z)), "linear": z,
+        "hard_sigmoid": np.clip(z + 3, 0, 6) / 6, "hard_swish": z * np.clip(z + 3, 0, 6) / 6,
         "softmax": np.exp(z) / np.exp(z).sum(axis=1, keepdims=True),
         "gelu": 0.5 * z * (1 + np.vectorize(__import__("math").erf)(z / np.sqrt(2))),
     }[activation]
@@ -153,3 +154,35 @@ def test_summary_table_lists_layers_and_totals():
     assert lines[0].split() == ["layer", "type", "output", "shape", "params", "MACs"]
     assert lines[3].split() == ["conv1", "Conv2D", "8×8×4", "112", "6.91k"]
     assert lines[-1] == "total: 626 parameters (626 trainable), 7.42k MACs per sample (7,424)"
+
+
+def test_inverted_residual_blocks_with_squeeze_excite_and_hard_swish(tmp_path):
+    m = build([
+        {"type": "conv2d", "filters": 8, "batch_norm": True, "activation": "hard_swish"},
+        {"type": "inverted_residual", "filters": 8, "expansion": 1},
+        {"type": "inverted_residual", "filters": 12, "expanded": 24, "strides": 2, "squeeze_excite": 0.25,
+         "activation": "hard_swish", "kernel_size": 5},
+        {"type": "inverted_residual", "filters": 12, "repeat": 2},
+        {"type": "global_avg_pool"}, {"type": "dense", "units": 3, "activation": "softmax"},
+    ])
+    L = by_name(m)
+    # expansion 1: no expansion conv; the first block keeps the shape, so it adds its input
+    assert "ir1_expand" not in L and type(L["ir1_add"]).__name__ == "Add"
+    assert L["ir2_expand"].filters == 24 and L["ir2_dw"].kernel_size == (5, 5) and L["ir2_dw"].strides == (2, 2)
+    assert L["ir2_se_reduce"].filters == 8 and L["ir2_se_expand"].filters == 24 and "ir2_add" not in L
+    assert L["ir3_expand"].filters == 72 and L["ir4_dw"].strides == (1, 1) and "ir3_add" in L and "ir4_add" in L
+    assert L["ir2_project"].output_shape == (None, 4, 4, 12)
+    assert L["ir2_project"].count_params() == 24 * 12 and not L["ir2_project"].use_bias
+    # the hard swish after conv1's BatchNorm is x * relu6(x + 3) / 6, from stock layers
+    probe = keras.Model(m.input, [L["bn1"].output, L["act1"].output])
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32") * 4
+    z, act = probe.predict(x, verbose=0)
+    np.testing.assert_allclose(act, z * np.clip(z + 3, 0, 6) / 6, rtol=1e-5, atol=1e-6)
+    m.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_a_name_an_inverted_residual_gives_inside_itself_is_refused():
+    with pytest.raises(Exception, match="ir1_dw_bn"):
+        build([{"type": "conv2d", "filters": 4, "name": "ir1_dw_bn"}, {"type": "inverted_residual", "filters": 4}])

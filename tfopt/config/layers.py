@@ -19,7 +19,8 @@ from tfopt.config.registry import Config, Registry
 LAYERS = Registry("layer type", key="type")
 
 ACTIVATIONS = (
-    "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "swish", "sigmoid", "tanh", "softmax", "linear",
+    "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "swish", "hard_swish", "sigmoid", "hard_sigmoid", "tanh",
+    "softmax", "linear",
 )
 Activation = Literal[ACTIVATIONS]
 INITIALIZERS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "lecun_normal", "lecun_uniform")
@@ -73,7 +74,7 @@ class Layer(Config):
         yield self
         for k in range(2, self.repeat + 1):
             update = {"repeat": 1, "name": f"{self.name}_{k}" if self.name else None}
-            if isinstance(self, (_Conv, Residual)):
+            if isinstance(self, (_Conv, Residual, InvertedResidual)):
                 update["strides"] = 1
             yield self.model_copy(update=update)
 
@@ -273,6 +274,9 @@ class ActivationLayer(Layer):
     activation: Activation
     prefix: ClassVar[str] = "act"
 
+    def internal_names(self, name):
+        return activation_names(self.activation, name)[:-1]
+
 
 @LAYERS.register
 class Residual(Layer):
@@ -295,7 +299,9 @@ class Residual(Layer):
     prefix: ClassVar[str] = "block"
 
     def internal_names(self, name):
-        return [f"{name}_{part}" for part in ("conv1", "bn1", "act1", "conv2", "bn2", "proj", "proj_bn", "add", "out")]
+        parts = [f"{name}_{part}" for part in ("conv1", "bn1", "conv2", "bn2", "proj", "proj_bn", "add")]
+        return parts + activation_names(self.activation, f"{name}_act1") + activation_names(self.activation,
+                                                                                           f"{name}_out")
 
     def projects(self, shape) -> bool:
         needs = shape[2] != self.filters or pair(self.strides) != (1, 1)
@@ -311,6 +317,54 @@ class Residual(Layer):
                 f"(use shortcut: projection or auto)"
             )
         return (*hw, self.filters)
+
+
+@LAYERS.register
+class InvertedResidual(Layer):
+    """A MobileNetV2/V3 inverted residual block.
+
+    A 1×1 expansion conv (skipped when the expanded width equals the input's), a k×k depthwise
+    conv, an optional squeeze-and-excitation gate, and a linear 1×1 projection, each followed by
+    BatchNorm; an Add shortcut when the block keeps the shape (stride 1, as many filters as
+    input channels).
+    """
+
+    type: Literal["inverted_residual"] = "inverted_residual"
+    filters: PositiveInt = Field(description="output channels (after the projection)")
+    expansion: float = Field(6.0, gt=0, le=16, description="expanded width as a multiple of the input channels")
+    expanded: Optional[PositiveInt] = Field(None, description="expanded width in channels (wins over expansion)")
+    kernel_size: Pair = 3
+    strides: Pair = 1
+    squeeze_excite: float = Field(0.0, ge=0, le=1, description="squeeze-and-excitation width as a fraction of "
+                                                               "the expanded width (0: no gate)")
+    se_activation: Literal["sigmoid", "hard_sigmoid"] = "hard_sigmoid"
+    activation: Activation = "relu6"
+    kernel_initializer: Optional[Initializer] = None
+    kernel_regularizer: Optional[Regularizer] = None
+    bias_regularizer: Optional[Regularizer] = None
+    prefix: ClassVar[str] = "ir"
+
+    def width(self, in_channels: int) -> int:
+        """The expanded width for an input of ``in_channels``."""
+        return self.expanded or max(1, int(round(in_channels * self.expansion)))
+
+    def se_width(self, in_channels: int) -> int:
+        """Channels of the squeeze-and-excitation bottleneck (a multiple of 8, at least 8)."""
+        return max(8, int(self.width(in_channels) * self.squeeze_excite + 4) // 8 * 8)
+
+    def keeps_shape(self, shape) -> bool:
+        return pair(self.strides) == (1, 1) and shape[2] == self.filters
+
+    def internal_names(self, name):
+        parts = [f"{name}_{p}" for p in ("expand", "expand_bn", "dw", "dw_bn", "se_pool", "se_reduce",
+                                         "se_expand", "se_scale", "project", "project_bn", "add")]
+        return (parts + activation_names(self.activation, f"{name}_expand_act")
+                + activation_names(self.activation, f"{name}_dw_act")
+                + activation_names(self.se_activation, f"{name}_se_gate"))
+
+    def out_shape(self, shape):
+        _spatial(shape, self.type)
+        return (*_window(shape, pair(self.kernel_size), pair(self.strides), "same"), self.filters)
 
 
 def layer_names(layers):
@@ -364,9 +418,13 @@ def layer_names(layers):
                 extra["act"] = next_name("act")
             for role, n in extra.items():
                 claim(n, index, f"the {'BatchNorm' if role == 'bn' else 'activation'}")
+            if "act" in extra:
+                for n in activation_names(cfg.activation, extra["act"])[:-1]:
+                    claim(n, index, "a layer inside the activation")
             for n in cfg.internal_names(name):
                 claim(n, index, "a layer inside the block")
-            for n in (name, *extra.values(), *cfg.internal_names(name)):
+            acts = activation_names(cfg.activation, extra["act"])[:-1] if "act" in extra else []
+            for n in (name, *extra.values(), *acts, *cfg.internal_names(name)):
                 if n in taken:
                     raise ValueError(f"model.layers.{index}.name: duplicate layer name '{n}'")
                 taken.add(n)
@@ -392,5 +450,19 @@ def plan(layers, input_shape):
     return steps
 
 
-# Activations tf_keras has no string for; they become their own layer.
-SEPARATE_ACTIVATIONS = ("relu6", "leaky_relu")
+# Activations tf_keras has no string for; they become their own layer (or layers).
+SEPARATE_ACTIVATIONS = ("relu6", "leaky_relu", "hard_swish", "hard_sigmoid")
+
+
+def activation_names(activation: str, name: str) -> list[str]:
+    """Names of the layers an activation called ``name`` is built from, ``name`` last.
+
+    MobileNetV3's hard sigmoid, relu6(x + 3) / 6, is a Rescaling (x / 6 + 0.5) and a ReLU capped
+    at 1; its hard swish multiplies x by that gate. Stock layers only, so channel tracing, TFLite
+    and every Keras load them without custom objects.
+    """
+    if activation == "hard_swish":
+        return [f"{name}_scale", f"{name}_gate", name]
+    if activation == "hard_sigmoid":
+        return [f"{name}_scale", name]
+    return [name]

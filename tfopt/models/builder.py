@@ -11,7 +11,7 @@ import tf_keras as keras
 
 from tfopt.errors import ShapeError
 from tfopt.config import layers as L
-from tfopt.config.layers import SEPARATE_ACTIVATIONS, pair, plan
+from tfopt.config.layers import SEPARATE_ACTIVATIONS, activation_names, pair, plan
 from tfopt.models.outputs import output_activation  # noqa: F401  (read from the builder by its users)
 
 KL = keras.layers
@@ -19,13 +19,19 @@ KL = keras.layers
 WEIGHTED = (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, L.Dense)
 
 
-def activation_layer(activation: str, name: str):
-    """A stock layer for any supported activation name."""
-    if activation == "relu6":
-        return KL.ReLU(max_value=6.0, name=name)
-    if activation == "leaky_relu":
-        return KL.LeakyReLU(alpha=0.2, name=name)
-    return KL.Activation(activation, name=name)
+def activation(x, activation_name: str, name: str):
+    """``x`` through any supported activation, built from stock layers (see
+    :func:`tfopt.config.layers.activation_names` for the hard sigmoid and hard swish)."""
+    if activation_name == "relu6":
+        return KL.ReLU(max_value=6.0, name=name)(x)
+    if activation_name == "leaky_relu":
+        return KL.LeakyReLU(alpha=0.2, name=name)(x)
+    if activation_name in ("hard_sigmoid", "hard_swish"):
+        names = activation_names(activation_name, name)
+        gate = KL.Rescaling(1 / 6, offset=0.5, name=names[0])(x)
+        gate = KL.ReLU(max_value=1.0, name=names[1])(gate)
+        return gate if activation_name == "hard_sigmoid" else KL.Multiply(name=name)([x, gate])
+    return KL.Activation(activation_name, name=name)(x)
 
 
 class _Defaults:
@@ -77,7 +83,7 @@ def _residual(x, cfg: L.Residual, name: str, in_shape, d: _Defaults):
     y = KL.Conv2D(cfg.filters, k, strides=s, name=f"{name}_conv1", **conv)(x)
     if cfg.batch_norm:
         y = KL.BatchNormalization(name=f"{name}_bn1")(y)
-    y = activation_layer(cfg.activation, f"{name}_act1")(y)
+    y = activation(y, cfg.activation, f"{name}_act1")
     y = KL.Conv2D(cfg.filters, k, name=f"{name}_conv2", **conv)(y)
     if cfg.batch_norm:
         y = KL.BatchNormalization(name=f"{name}_bn2")(y)
@@ -86,7 +92,34 @@ def _residual(x, cfg: L.Residual, name: str, in_shape, d: _Defaults):
         if cfg.batch_norm:
             shortcut = KL.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
     y = KL.Add(name=f"{name}_add")([y, shortcut])
-    return activation_layer(cfg.activation, f"{name}_out")(y)
+    return activation(y, cfg.activation, f"{name}_out")
+
+
+def _inverted_residual(x, cfg: L.InvertedResidual, name: str, in_shape, d: _Defaults):
+    conv = dict(padding="same", kernel_initializer=d.kernel_init(cfg), kernel_regularizer=d.kernel_reg(cfg),
+                use_bias=False)
+    width = cfg.width(in_shape[2])
+    y = x
+    if width != in_shape[2]:
+        y = KL.Conv2D(width, 1, name=f"{name}_expand", **conv)(y)
+        y = KL.BatchNormalization(name=f"{name}_expand_bn")(y)
+        y = activation(y, cfg.activation, f"{name}_expand_act")
+    y = KL.DepthwiseConv2D(pair(cfg.kernel_size), strides=pair(cfg.strides), padding="same", use_bias=False,
+                           depthwise_initializer=d.kernel_init(cfg), depthwise_regularizer=d.kernel_reg(cfg),
+                           name=f"{name}_dw")(y)
+    y = KL.BatchNormalization(name=f"{name}_dw_bn")(y)
+    y = activation(y, cfg.activation, f"{name}_dw_act")
+    if cfg.squeeze_excite:
+        s = KL.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(y)
+        s = KL.Conv2D(cfg.se_width(in_shape[2]), 1, activation="relu", name=f"{name}_se_reduce",
+                      kernel_initializer=d.kernel_init(cfg), bias_regularizer=d.bias_reg(cfg))(s)
+        s = KL.Conv2D(width, 1, name=f"{name}_se_expand", kernel_initializer=d.kernel_init(cfg),
+                      bias_regularizer=d.bias_reg(cfg))(s)
+        s = activation(s, cfg.se_activation, f"{name}_se_gate")
+        y = KL.Multiply(name=f"{name}_se_scale")([y, s])
+    y = KL.Conv2D(cfg.filters, 1, name=f"{name}_project", **conv)(y)
+    y = KL.BatchNormalization(name=f"{name}_project_bn")(y)
+    return KL.Add(name=f"{name}_add")([x, y]) if cfg.keeps_shape(in_shape) else y
 
 
 def _simple(cfg, name):
@@ -105,8 +138,6 @@ def _simple(cfg, name):
     if isinstance(cfg, L.BatchNorm):
         return KL.BatchNormalization(momentum=cfg.momentum, epsilon=cfg.epsilon, center=cfg.center,
                                      scale=cfg.scale, name=name)
-    if isinstance(cfg, L.ActivationLayer):
-        return activation_layer(cfg.activation, name)
     raise TypeError(f"no builder for layer config {type(cfg).__name__}")  # a bug, not bad input
 
 
@@ -140,12 +171,16 @@ def build_model(model_cfg, input_shape, name: str = "model") -> keras.Model:
     for name_, cfg, in_shape, _, extra in steps:
         if isinstance(cfg, L.Residual):
             x = _residual(x, cfg, name_, in_shape, d)
+        elif isinstance(cfg, L.InvertedResidual):
+            x = _inverted_residual(x, cfg, name_, in_shape, d)
+        elif isinstance(cfg, L.ActivationLayer):
+            x = activation(x, cfg.activation, name_)
         elif isinstance(cfg, WEIGHTED):
             x = _weighted(cfg, name_, extra, d)(x)
             if "bn" in extra:
                 x = KL.BatchNormalization(name=extra["bn"])(x)
             if "act" in extra:
-                x = activation_layer(cfg.activation, extra["act"])(x)
+                x = activation(x, cfg.activation, extra["act"])
         else:
             x = _simple(cfg, name_)(x)
     return keras.Model(inputs, x, name=name)
