@@ -124,8 +124,17 @@ def with_precision(model, precision: str):
     return copy
 
 
-def _time_candidate(make_model, dataset, precision, jit, spe, steps):
-    """Seconds per training step: one warm-up call (tracing, XLA), then ``steps`` timed steps, twice."""
+#: A candidate already this many times slower per step than the fastest so far stops being timed.
+GIVE_UP = 1.5
+
+
+def _time_candidate(make_model, dataset, precision, jit, spe, steps, fastest=float("inf")):
+    """Seconds per training step: one warm-up call (tracing, XLA), then ``steps`` timed steps, twice.
+
+    A candidate whose first timed call is already :data:`GIVE_UP` times slower than ``fastest``
+    (seconds per step of the best candidate so far) is not timed further: on some CPUs bfloat16
+    depthwise convolutions run ten times slower, and timing them in full would cost minutes.
+    """
     model = make_model(jit, spe, precision)
     fn = model.make_train_function(force=True)
     it = iter(dataset.repeat())
@@ -135,10 +144,13 @@ def _time_candidate(make_model, dataset, precision, jit, spe, steps):
     calls = max(steps // spe, 1)
     for _ in range(2):
         t0 = time.perf_counter()
-        for _ in range(calls):
+        for done in range(1, calls + 1):
             logs = fn(it)
-        float(logs["loss"])  # wait for the last call
-        best = min(best, (time.perf_counter() - t0) / (calls * spe))
+            float(logs["loss"])  # wait for the call
+            per_step = (time.perf_counter() - t0) / (done * spe)
+            if per_step > fastest * GIVE_UP:
+                return per_step
+        best = min(best, per_step)
     return best
 
 
@@ -251,12 +263,14 @@ def resolve(cfg, *, make_model, dataset, steps_per_epoch: int, total_steps: int,
     steps = 2 * spe
     jit0 = jits[0]
     for precision in precisions:
-        probe[label(precision, jit0, spe)] = _time_candidate(make_model, dataset, precision, jit0, spe, steps)
+        probe[label(precision, jit0, spe)] = _time_candidate(make_model, dataset, precision, jit0, spe, steps,
+                                                             min(probe.values(), default=float("inf")))
     # within TIE of the fastest, the simpler choice: float32 before bfloat16, XLA off before on
     fastest = min(probe.values())
     precision = next(p for p in precisions if probe[label(p, jit0, spe)] <= fastest * (1 + TIE))
     for jit in jits[1:]:
-        probe[label(precision, jit, spe)] = _time_candidate(make_model, dataset, precision, jit, spe, steps)
+        probe[label(precision, jit, spe)] = _time_candidate(make_model, dataset, precision, jit, spe, steps,
+                                                            min(probe.values()))
     jit = next(j for j in jits if probe[label(precision, j, spe)] <= min(probe.values()) * (1 + TIE))
     source = "auto (probe)" + (f"; {auto_spe_why}" if auto_spe_why else "")
     choice = CompileChoice(jit, spe, source, probe, time.perf_counter() - started, precision)
