@@ -1,5 +1,6 @@
 """Training runs: artifacts, refusal to overwrite, resume after interruption, divergence, optimizers."""
 
+import time
 import json
 
 import numpy as np
@@ -382,3 +383,27 @@ def test_auto_compile_probes_and_records_its_choice(tiny_recipe, tmp_path, monke
     m = fit(tiny_recipe(), output=tmp_path / "c", log=lambda *_: None).metrics["compile"]
     assert (m["jit"], m["steps_per_execution"], m["precision"]) == (False, 5, "float32")
     assert "too short to probe" in m["source"]
+
+
+def test_the_compile_probe_stops_timing_a_candidate_already_slower_than_the_fastest():
+    from tfopt.training import compile as probe
+
+    calls = []
+
+    class Slow:
+        def make_train_function(self, force=False):
+            def step(it):
+                calls.append(1)
+                time.sleep(0.01)
+                return {"loss": 0.0}
+            return step
+
+    class Data:
+        def repeat(self):
+            return [0]
+
+    per_step = probe._time_candidate(lambda *a: Slow(), Data(), "mixed_bfloat16", False, 1, 8, fastest=1e-4)
+    assert len(calls) == 2 and per_step > 1e-4 * probe.GIVE_UP  # the warm-up and one timed call
+    calls.clear()
+    probe._time_candidate(lambda *a: Slow(), Data(), "float32", False, 1, 8)
+    assert len(calls) == 1 + 2 * 8  # no rival yet: timed in full, twice
