@@ -76,6 +76,7 @@ def test_prune_with_two_workers_gives_the_counted_sparsity(runs, tmp_path):
     assert not list(scratch.glob("tfopt-worker-*"))
 
 
+@pytest.mark.slow
 def test_refusals(tmp_path):
     from tfopt.training import distribute as D
     from tfopt.tune.space import check_file

@@ -404,6 +404,7 @@ def test_a_concatenation_that_reaches_the_output_protects_its_inputs():
     assert report["protected"] == {"a": why, "b": why}
 
 
+@pytest.mark.slow
 def test_small_keras3_mobilenetv2_prunes_its_expand_layers():
     import keras as keras3
 

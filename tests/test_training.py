@@ -318,6 +318,7 @@ def test_resume_keeps_the_plateau_state_and_adds_up_fit_seconds(tiny_recipe, tmp
     assert state["fit_seconds"] + 0.9 <= res.metrics["fit_seconds"] <= state["fit_seconds"] + second
 
 
+@pytest.mark.slow
 def test_jit_and_steps_per_execution_agree_with_plain_compile(tiny_recipe, tmp_path):
     plain = fit(tiny_recipe(**{"train.compile": {"jit": False, "steps_per_execution": 1, "precision": "float32"}}),
                 output=tmp_path / "plain", log=lambda *_: None)

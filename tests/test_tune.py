@@ -191,6 +191,7 @@ def test_random_search_writes_table_plot_and_a_runnable_best_recipe(tmp_path):
     assert abs(result.history[-1]["val_accuracy"] - float(best["val_accuracy"])) <= 1 / val_samples
 
 
+@pytest.mark.slow
 def test_bayesian_search_completes_its_trials(tmp_path):
     summary = _tune(_search_dict(tmp_path, "bayesian", max_trials=3, num_initial_points=2))
     rows = _rows(Path(summary["folder"]))
@@ -225,6 +226,7 @@ def test_hyperband_honours_each_trials_epoch_budget(tmp_path):
     assert summary["total_epochs_trained"] < sum(int(float(r["epochs"])) for r in rows)
 
 
+@pytest.mark.slow
 def test_an_interrupted_search_resumes_where_it_stopped(tmp_path, monkeypatch):
     import tf_keras
 
