@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export TFOPT_DATA_DIR ?= $(abspath ../shared/datasets)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-# test files run in this many worker processes (pytest-xdist), each file's tests in one worker
+# tests run in this many worker processes (pytest-xdist), handed out one by one
 TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-slow bench clean
@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/tfopt fit recipes/quickstart.yaml --overwrite
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist load; rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
