@@ -247,6 +247,7 @@ def test_the_users_process_is_left_as_it_was():
         import keras
         from tfopt.interop import from_tf_keras, import_tfmot, to_tf_keras
         tf_keras_model_before = tf.keras.Model
+        keras.utils.set_random_seed(0)
         m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)])
         x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
         y = np.random.default_rng(1).integers(0, 2, 32)
@@ -273,7 +274,7 @@ def test_the_users_process_is_left_as_it_was():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"env": None, "tf_keras_version": keras.__version__, "tf_keras_is_keras3": True,
                       "tf_keras_unchanged": True, "api_kinds": ["keras3"], "tflite": True, "fit_losses": 2,
-                      "pruned_kind": "tf_keras"}
+                      "pruned_kind": "tf_keras"}, proc.stderr[-3000:]
 
 
 DIGITS_RECIPE = """

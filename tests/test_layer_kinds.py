@@ -38,6 +38,35 @@ def test_mac_formulas():
     assert model_stats(model)["macs"] == sum(macs.values())
 
 
+
+def test_mac_formulas_of_one_and_three_dimensional_convolutions():
+    seq = keras.Input((20, 3))
+    c1 = keras.layers.Conv1D(8, 5, padding="valid")(seq)
+    d1 = keras.layers.DepthwiseConv1D(3, padding="same")(c1)
+    vol = keras.Input((6, 6, 6, 2))
+    c3 = keras.layers.Conv3D(4, (3, 2, 1), padding="valid")(vol)
+    model = keras.Model([seq, vol], [d1, c3])
+    macs = {type(layer).__name__: layer_kinds.macs(layer) for layer in model.layers}
+    assert macs["Conv1D"] == 16 * 5 * 3 * 8
+    assert macs["DepthwiseConv1D"] == 16 * 3 * 8
+    assert macs["Conv3D"] == (4 * 5 * 6) * (3 * 2 * 1) * 2 * 4
+    roles = {type(layer).__name__: layer_kinds.role(layer) for layer in model.layers}
+    assert (roles["Conv1D"], roles["Conv3D"], roles["DepthwiseConv1D"]) == ("producer", "producer", "transparent")
+
+
+def test_tensorflow_op_layers_are_followed_when_they_work_value_by_value():
+    import tensorflow as tf
+
+    inp = keras.Input((4, 4, 6))
+    hard_swish = inp * tf.nn.relu6(inp + 3.0) / 6.0  # three op layers with scalars, one joining two tensors
+    shifted = inp + tf.constant(np.arange(6, dtype="float32"))  # a per-channel constant
+    sliced = inp[..., :3]
+    model = keras.Model(inp, [hard_swish, shifted, sliced])
+    roles = {layer.name: layer_kinds.role(layer) for layer in model.layers[1:]}
+    assert sorted(roles.values()) == ["blocking", "blocking", "coupled", "transparent", "transparent",
+                                      "transparent"]
+    assert roles[model.layers[-1].name] == "blocking"  # the slice
+
 def test_roles_follow_the_settings():
     inp = keras.Input((4, 4, 6))
     keep = keras.layers.Reshape((16, 6))(inp)

@@ -404,6 +404,89 @@ def test_a_concatenation_that_reaches_the_output_protects_its_inputs():
     assert report["protected"] == {"a": why, "b": why}
 
 
+
+def test_one_dimensional_convolutions_are_pruned_and_folded():
+    L = keras.layers
+    model = keras.Sequential([keras.Input((24, 3)), L.Conv1D(8, 5, name="c1"), L.BatchNormalization(name="bn1"),
+                              L.ReLU(name="r1"), L.MaxPooling1D(2, name="pool"), L.DepthwiseConv1D(3, name="dw"),
+                              L.Conv1D(6, 3, padding="same", name="c2"), L.Flatten(name="flat"),
+                              L.Dense(3, name="head")])
+    pruned, report = _check_masked(model)
+    assert isinstance(pruned, keras.Sequential)  # a Sequential stays a Sequential
+    assert report["kept"] == {"c1": 4, "c2": 3}
+    assert pruned.get_layer("dw").get_weights()[0].shape == (3, 4, 1)
+    assert pruned.get_layer("head").get_weights()[0].shape == (8 * 3, 3)
+    stats = model_stats(pruned)
+    assert stats["macs"] == 20 * 5 * 3 * 4 + 8 * 3 * 4 + 8 * 3 * 4 * 3 + 24 * 3
+    folded, fold_report = fold_batchnorm(model)
+    x = np.random.default_rng(0).normal(size=(3, 24, 3)).astype("float32")
+    assert fold_report["folded"] == [("bn1", "c1")]
+    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_channels_are_followed_through_tensorflow_op_layers():
+    import tensorflow as tf
+
+    L = keras.layers
+    inp = keras.Input((6, 6, 3))
+    x = L.BatchNormalization(name="bn")(L.Conv2D(8, 3, padding="same", name="c1")(inp))
+    x = x * tf.nn.relu6(x + 3.0) / 6.0  # hard-swish as TensorFlow ops, as in tf_keras's MobileNetV3
+    y = L.Conv2D(6, 1, name="c2")(x)
+    z = L.Conv2D(4, 1, name="c3")(y + tf.constant(np.arange(6, dtype="float32")))  # a per-channel constant
+    model = keras.Model(inp, L.Flatten(name="flat")(z))
+    pruned, report = _check_masked(model)
+    assert report["kept"] == {"c1": 4}
+    assert report["protected"]["c2"] == "its channels reach tf.__operators__.add_1 (TFOpLambda)"
+    assert pruned.get_layer("c2").get_weights()[0].shape == (1, 1, 4, 6)
+    folded, fold_report = fold_batchnorm(model)
+    assert fold_report["folded"] == [("bn", "c1")]
+
+
+def test_concatenations_of_concatenations_are_pruned():
+    L = keras.layers
+    inp = keras.Input((6, 6, 2))
+    x = L.Conv2D(6, 3, padding="same", name="stem")(inp)
+    for i in range(3):  # DenseNet: each block concatenates its new channels onto everything before
+        h = L.Conv2D(4, 1, name=f"grow{i}")(L.ReLU(name=f"relu{i}")(L.BatchNormalization(name=f"bn{i}")(x)))
+        x = L.Concatenate(name=f"cat{i}")([x, h])
+    out = L.Dense(3, name="head")(L.GlobalAveragePooling2D(name="gap")(x))
+    pruned, report = _check_masked(keras.Model(inp, out))
+    assert report["kept"] == {"stem": 3, "grow0": 2, "grow1": 2, "grow2": 2}
+    assert pruned.get_layer("grow2").get_weights()[0].shape == (1, 1, 3 + 2 + 2, 2)
+    assert pruned.get_layer("head").get_weights()[0].shape == (3 + 2 * 3, 3)
+    assert set(report["protected"]) == {"head"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0",
+                                  "ResNet50", "DenseNet121"])
+def test_tf_keras_applications_have_every_group_but_the_output_cut(name):
+    """tf_keras's own applications (TensorFlow-op layers in MobileNetV3's hard-swish, EfficientNet's
+    Normalization, DenseNet's chained concatenations): folded, pruned at 0.5 with the masked-original
+    check, and at least 90% of the channel groups cut (here all but the classifier)."""
+    kw = {"alpha": 0.35} if name == "MobileNetV2" else {}
+    model = getattr(keras.applications, name)(input_shape=(64, 64, 3), weights=None, classifier_activation=None,
+                                              **kw)
+    x = np.random.default_rng(3).uniform(0, 255, size=(4, 64, 64, 3)).astype("float32")
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in bns:
+        bn.momentum = 0.0
+    model(x, training=True)
+    for bn in bns:
+        bn.momentum = 0.99
+    folded, fold_report = fold_batchnorm(model)
+    assert len(fold_report["folded"]) >= 0.9 * len(bns)
+    from tfopt.interop import max_relative_difference
+
+    assert max_relative_difference(folded.predict(x, verbose=0), model.predict(x, verbose=0)) <= 3e-4
+    plan = plan_channels(folded, ratio=0.5)
+    pruned, report = prune_channels(folded, ratio=0.5)
+    ref = masked_copy(folded, plan["keep"]).predict(x, verbose=0)
+    assert max_relative_difference(pruned.predict(x, verbose=0), ref) <= 1e-4
+    assert len(plan["keep"]) >= 0.9 * len(plan["groups"])
+    assert list(report["protected"].values()) == [f"{folded.layers[-1].name} is a model output"]
+    assert model_stats(pruned)["macs"] < 0.4 * model_stats(folded)["macs"]
+
 @pytest.mark.slow
 def test_small_keras3_mobilenetv2_prunes_its_expand_layers():
     import keras as keras3

@@ -64,21 +64,18 @@ def _shape(s):
 
 def _conv_macs(layer):
     out, cin = _shape(layer.output_shape), _shape(layer.input_shape)[-1] // getattr(layer, "groups", 1)
-    kh, kw = layer.kernel_size
-    return math.prod(out[:-1]) * kh * kw * cin * out[-1]
+    return math.prod(out[:-1]) * math.prod(layer.kernel_size) * cin * out[-1]
 
 
 def _depthwise_macs(layer):
     out = _shape(layer.output_shape)
-    kh, kw = layer.kernel_size
-    return math.prod(out[:-1]) * kh * kw * out[-1]
+    return math.prod(out[:-1]) * math.prod(layer.kernel_size) * out[-1]
 
 
 def _separable_macs(layer):
     out, cin = _shape(layer.output_shape), _shape(layer.input_shape)[-1]
-    kh, kw = layer.kernel_size
     spatial, mid = math.prod(out[:-1]), cin * layer.depth_multiplier
-    return spatial * kh * kw * mid + spatial * mid * out[-1]
+    return spatial * math.prod(layer.kernel_size) * mid + spatial * mid * out[-1]
 
 
 def _dense_macs(layer):
@@ -87,8 +84,7 @@ def _dense_macs(layer):
 
 def _transpose_macs(layer):
     cin = _shape(layer.input_shape)
-    kh, kw = layer.kernel_size
-    return math.prod(cin[:-1]) * kh * kw * cin[-1] * layer.filters
+    return math.prod(cin[:-1]) * math.prod(layer.kernel_size) * cin[-1] * layer.filters
 
 
 def _depthwise_role(layer):
@@ -107,6 +103,38 @@ def _concat_role(layer):
     return "concat" if layer.axis in (-1, len(layer.output_shape) - 1) else "blocking"
 
 
+# TensorFlow functions applied value by value: a layer running one of them on tensors of the
+# same shape, or on one tensor and scalars, keeps channels apart.
+ELEMENTWISE_OPS = frozenset({
+    "math.add", "__operators__.add", "math.subtract", "math.multiply", "math.truediv", "math.divide",
+    "math.maximum", "math.minimum", "nn.relu", "nn.relu6", "nn.silu", "nn.swish", "nn.gelu", "nn.elu",
+    "nn.leaky_relu", "math.sigmoid", "nn.sigmoid", "math.tanh", "math.negative", "math.abs", "math.square",
+    "math.sqrt", "math.exp", "math.softplus", "clip_by_value", "identity", "math.scalar_mul",
+})
+
+
+def _op_role(layer):
+    """``transparent`` for an element-wise op on one tensor (and scalars), ``coupled`` for one
+    joining same-shaped tensors, else ``blocking``."""
+    if layer.get_config().get("function") not in ELEMENTWISE_OPS:
+        return "blocking"
+    node = layer.inbound_nodes[0] if layer.inbound_nodes else None
+    if node is None:
+        return "blocking"
+    import tensorflow as tf
+    from tf_keras.src.engine.keras_tensor import KerasTensor
+
+    flat = tf.nest.flatten((node.call_args, node.call_kwargs))
+    tensors = [a for a in flat if isinstance(a, KerasTensor)]
+    constants = [a for a in flat if not isinstance(a, (KerasTensor, str, type(None), type(Ellipsis)))]
+    if any(len(np.shape(a)) > 0 for a in constants):
+        return "blocking"
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) != 1:
+        return "blocking"
+    return "coupled" if len(tensors) > 1 else "transparent"
+
+
 _TABLE: dict | None = None
 
 
@@ -120,8 +148,12 @@ def table() -> dict:
         t = {
             L.InputLayer: Kind(role="input"),
             L.Conv2D: Kind(("kernel",), True, "producer", _conv_macs),
-            L.Conv1D: Kind(("kernel",), True, "blocking", _conv_macs),
+            L.Conv1D: Kind(("kernel",), True, "producer", _conv_macs),
+            L.Conv3D: Kind(("kernel",), True, "producer", _conv_macs),
+            L.Conv1DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
             L.Conv2DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
+            L.Conv3DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
+            L.SeparableConv1D: Kind(("depthwise_kernel", "pointwise_kernel"), True, "producer", _separable_macs),
             L.DepthwiseConv2D: Kind(("depthwise_kernel",), True, _depthwise_role, _depthwise_macs),
             L.SeparableConv2D: Kind(("depthwise_kernel", "pointwise_kernel"), True, "producer", _separable_macs),
             L.Dense: Kind(("kernel",), True, "producer", _dense_macs),
@@ -130,24 +162,27 @@ def table() -> dict:
             L.Concatenate: Kind(role=_concat_role),
             L.Rescaling: Kind(role=_rescaling_role),
             L.Reshape: Kind(role=_reshape_role),
-            L.DepthwiseConv1D: Kind(("depthwise_kernel",), False, "blocking", _depthwise_macs),
+            L.DepthwiseConv1D: Kind(("depthwise_kernel",), True, _depthwise_role, _depthwise_macs),
         }
         for cls in (L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax, L.ThresholdedReLU):
             t[cls] = Kind(tail=True)
         t[L.PReLU] = Kind(role="blocking", tail=True)
         for cls in (L.Dropout, L.SpatialDropout2D, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
                     L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D,
-                    L.Flatten, L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D, L.ActivityRegularization):
+                    L.Flatten, L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D, L.ActivityRegularization,
+                    L.SpatialDropout1D, L.SpatialDropout3D, L.MaxPooling1D, L.AveragePooling1D,
+                    L.GlobalAveragePooling1D, L.GlobalMaxPooling1D, L.ZeroPadding1D, L.Cropping1D, L.UpSampling1D,
+                    L.MaxPooling3D, L.AveragePooling3D, L.GlobalAveragePooling3D, L.GlobalMaxPooling3D,
+                    L.ZeroPadding3D, L.Cropping3D, L.UpSampling3D, L.Resizing, L.CenterCrop):
             t[cls] = Kind()
-        for cls in (L.LayerNormalization, L.Normalization, L.Permute, L.Lambda, L.Embedding,
-                    L.MaxPooling1D, L.AveragePooling1D, L.GlobalAveragePooling1D, L.GlobalMaxPooling1D,
-                    L.RepeatVector, L.Resizing, L.CenterCrop):
+        for cls in (L.LayerNormalization, L.Normalization, L.Permute, L.Lambda, L.Embedding, L.RepeatVector):
             t[cls] = Kind(role="blocking")
         # Raw TensorFlow ops in a functional model (``x + 3.0`` in tf_keras's MobileNetV3): no
-        # weights, no MACs counted, and channels are not followed through them.
+        # weights, no MACs counted; channels are followed through the element-wise ones.
         from tf_keras.src.layers.core.tf_op_layer import SlicingOpLambda, TFOpLambda
 
-        t[TFOpLambda] = t[SlicingOpLambda] = Kind(role="blocking")
+        t[TFOpLambda] = Kind(role=_op_role)
+        t[SlicingOpLambda] = Kind(role="blocking")
         _TABLE = t
     return _TABLE
 

@@ -28,14 +28,17 @@ from tfopt.config.choices import CRITERIA, DATA_CRITERIA
 from tfopt.config.validation import did_you_mean
 from tfopt.errors import TfoptError
 from tfopt.interop import plain_copy
-from tfopt.surgery.graph import consumers, copy_layer, inbound, rebuild
+from tfopt.surgery.graph import as_functional, consumers, copy_layer, inbound, rebuild
 
 
 
 def _kinds():
     import tf_keras as keras
+    from tf_keras.src.layers.convolutional.base_conv import Conv
+    from tf_keras.src.layers.convolutional.base_depthwise_conv import DepthwiseConv
+    from tf_keras.src.layers.convolutional.base_separable_conv import SeparableConv
 
-    return keras.layers, None, None
+    return keras.layers, (Conv, DepthwiseConv, SeparableConv), None
 
 
 def is_source(layer) -> bool:
@@ -81,15 +84,23 @@ class Concat:
     chain: list = field(default_factory=list)
     sinks: list = field(default_factory=list)
     blocked: str | None = None
+    inner: dict = field(default_factory=dict, repr=False)  # {name: Concat} of the parts that are concatenations
+    into: list = field(default_factory=list)  # the Concatenate layers its channels flow into
 
     def kept(self, keep: dict) -> np.ndarray:
-        """Kept indices of the concatenated channels, given each input group's kept indices."""
+        """Kept indices of the concatenated channels, given each input group's kept indices (an
+        input that is itself a concatenation contributes its own kept indices)."""
         out, offset = [], 0
-        for group, n in self.parts:
-            idx = keep.get(group) if group is not None else None
+        for owner, n in self.parts:
+            idx = self.inner[owner].kept(keep) if owner in self.inner else keep.get(owner)
             out.append(offset + (np.asarray(idx) if idx is not None else np.arange(n)))
             offset += n
         return np.concatenate(out).astype(int)
+
+    def touched(self, keep: dict) -> bool:
+        """Whether any of its inputs loses channels."""
+        return any(owner in keep or (owner in self.inner and self.inner[owner].touched(keep))
+                   for owner, _ in self.parts)
 
 
 class Groups(dict):
@@ -128,7 +139,8 @@ def _follow(start, layers, users, outputs, g):
 def trace(model) -> Groups:
     """``{source name: Group}`` for every conv/separable/dense layer of ``model``; the channel
     spaces after each Concatenate are in the result's ``concats``."""
-    L, _, _ = _kinds()
+    L, (_, _, separable), _ = _kinds()
+    model = as_functional(model)
     layers = {layer.name: layer for layer in model.layers}
     users = consumers(model)
     outputs = {t.node.layer.name for t in model.outputs}
@@ -136,7 +148,7 @@ def trace(model) -> Groups:
     for layer in model.layers:
         if not is_source(layer):
             continue
-        g = Group(layer.name, int(layer.get_weights()[1 if isinstance(layer, L.SeparableConv2D) else 0].shape[-1]))
+        g = Group(layer.name, int(layer.get_weights()[1 if isinstance(layer, separable) else 0].shape[-1]))
         _follow(layer.name, layers, users, outputs, g)
         g.members = [layer.name]
         groups[layer.name] = g
@@ -154,15 +166,26 @@ def _link_concats(model, groups: dict, layers, users, outputs) -> dict:
             continue
         c = Concat(layer.name)
         _follow(layer.name, layers, users, outputs, c_group := Group(layer.name, int(layer.output_shape[-1])))
-        c.chain, c.sinks = c_group.chain, c_group.sinks
-        c.blocked = c_group.blocked or (f"{c_group.concats[0]} concatenates it again" if c_group.concats else None)
+        c.chain, c.sinks, c.blocked, c.into = c_group.chain, c_group.sinks, c_group.blocked, c_group.concats
         if c.blocked is None and any(_merge(layers[n]) for n in c.chain):
             c.blocked = "its concatenation meets other channels in an element-wise merge"
         for parent, shape in zip(inbound(layer), layer.input_shape):
             owner = next((n for n, g in groups.items()
                           if parent.name in g.members or parent.name in g.chain), None)
+            if owner is None:  # a concatenation of a concatenation (DenseNet's blocks)
+                owner = next((n for n, cc in concats.items() if parent.name == n or parent.name in cc.chain), None)
+                if owner is not None:
+                    c.inner[owner] = concats[owner]
             c.parts.append((owner, int(shape[-1])))
         concats[layer.name] = c
+    changed = True
+    while changed:  # a concatenation whose channels flow into a blocked one is blocked too
+        changed = False
+        for c in concats.values():
+            bad = next((n for n in c.into if n in concats and concats[n].blocked), None)
+            if c.blocked is None and bad is not None:
+                c.blocked = f"its channels reach {bad} whose output cannot be pruned ({concats[bad].blocked})"
+                changed = True
     for name, g in groups.items():
         reasons = [f"its channels reach {c} whose output cannot be pruned ({concats[c].blocked})"
                    for c in g.concats if c in concats and concats[c].blocked]
@@ -209,15 +232,16 @@ def _merge_at_adds(model, groups: dict) -> dict:
 
 
 def flatten_rows(shape, channels) -> np.ndarray:
-    """Rows of a dense kernel fed by ``Flatten`` over an ``h×w×c`` input that read ``channels``."""
-    h, w, c = shape
-    return np.array([(y * w + x) * c + ch for y in range(h) for x in range(w) for ch in channels], dtype=int)
+    """Rows of a dense kernel fed by ``Flatten`` over an input of ``shape`` (``…×c``, any number
+    of spatial axes) that read ``channels``."""
+    positions, c = int(np.prod(shape[:-1])), shape[-1]
+    return (np.arange(positions)[:, None] * c + np.asarray(channels, dtype=int)[None, :]).reshape(-1)
 
 
 def _filters(layer):
-    L, _, _ = _kinds()
+    _, (_, _, separable), _ = _kinds()
     w = layer.get_weights()
-    kernel = w[1] if isinstance(layer, L.SeparableConv2D) else w[0]
+    kernel = w[1] if isinstance(layer, separable) else w[0]
     return kernel.reshape(-1, kernel.shape[-1])
 
 
@@ -317,7 +341,7 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
 
     ``data=(x, y)`` is needed by the data-driven criteria ``activation`` and ``taylor``.
     """
-    L, _, _ = _kinds()
+    L, (conv, depthwise, separable), _ = _kinds()
     plan = plan_channels(model, ratio, per_layer, criterion, min_channels, protect, data, loss)
     keep, groups = plan["keep"], plan["groups"]
     out_keep, in_keep, flat_of = {}, {}, {}
@@ -331,7 +355,7 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
             if flat:
                 flat_of[sink] = flat
     for concat in groups.concats.values():
-        if concat.blocked or not any(part in keep for part, _ in concat.parts):
+        if concat.blocked or not concat.touched(keep):
             continue
         idx = concat.kept(keep)
         for member in concat.chain:
@@ -346,6 +370,8 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
         name = layer.name
         if name not in out_keep and name not in in_keep:
             return None
+        if not layer.weights and not isinstance(layer, L.Reshape):
+            return None
         x = args[0] if len(args) == 1 else args
         w = layer.get_weights()
         o = out_keep.get(name)
@@ -355,20 +381,20 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
             w = [a[o] for a in w]
         elif isinstance(layer, L.Reshape):
             changes["target_shape"] = (*layer.target_shape[:-1], len(o))
-        elif isinstance(layer, L.DepthwiseConv2D):
-            w = [w[0][:, :, o, :], *([w[1][o]] if layer.use_bias else [])]
-        elif isinstance(layer, L.SeparableConv2D):
+        elif isinstance(layer, depthwise):
+            w = [w[0][..., o, :], *([w[1][o]] if layer.use_bias else [])]
+        elif isinstance(layer, separable):
             dw, pw = w[0], w[1]
             bias = w[2] if layer.use_bias else None
             if i is not None:
                 m = layer.depth_multiplier
-                dw = dw[:, :, i, :]
-                pw = pw[:, :, [c * m + j for c in i for j in range(m)], :]
+                dw = dw[..., i, :]
+                pw = pw[..., [c * m + j for c in i for j in range(m)], :]
             if o is not None:
                 pw, bias = pw[..., o], (bias[o] if bias is not None else None)
                 changes["filters"] = len(o)
             w = [dw, pw, *([bias] if bias is not None else [])]
-        elif isinstance(layer, (L.Conv2D, L.Dense)):
+        elif isinstance(layer, (conv, L.Dense)):
             kernel = w[0]
             bias = w[1] if layer.use_bias else None
             if i is not None:
@@ -376,7 +402,7 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
                     rows = flatten_rows(shapes[flat_of[name]][1:], i) if name in flat_of else i
                     kernel = kernel[rows, :]
                 else:
-                    kernel = kernel[:, :, i, :]
+                    kernel = kernel[..., i, :]
             if o is not None:
                 kernel, bias = kernel[..., o], (bias[o] if bias is not None else None)
                 changes["units" if isinstance(layer, L.Dense) else "filters"] = len(o)
@@ -396,24 +422,22 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
 def masked_copy(model, plan_keep: dict):
     """The original model with the removed channels' readers zeroed: it must compute exactly what
     the pruned model computes (used by the tests and by ``--check``)."""
-    L, _, _ = _kinds()
+    L, (_, _, separable), _ = _kinds()
 
     groups = trace(model)
     masked = plain_copy(model)
     shapes = {layer.name: layer.input_shape for layer in model.layers if hasattr(layer, "input_shape")}
     spaces = [(groups[name].channels, idx, groups[name].sinks) for name, idx in plan_keep.items()]
     spaces += [(sum(n for _, n in c.parts), c.kept(plan_keep), c.sinks) for c in groups.concats.values()
-               if not c.blocked and any(part in plan_keep for part, _ in c.parts)]
+               if not c.blocked and c.touched(plan_keep)]
     for channels, idx, sinks in spaces:
         drop = np.setdiff1d(np.arange(channels), idx)
         for sink, flat in sinks:
             layer = masked.get_layer(sink)
             w = layer.get_weights()
-            if isinstance(layer, L.SeparableConv2D):
-                w[0][:, :, drop, :] = 0
-            elif isinstance(layer, L.Dense):
+            if isinstance(layer, L.Dense):
                 w[0][flatten_rows(shapes[flat][1:], drop) if flat else drop, :] = 0
             else:
-                w[0][:, :, drop, :] = 0
+                w[0][..., drop, :] = 0
             layer.set_weights(w)
     return masked

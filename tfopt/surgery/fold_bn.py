@@ -29,17 +29,17 @@ def _foldable(layer) -> bool:
 
 
 def _folded_weights(layer, scale, shift):
-    import tf_keras as keras
+    from tf_keras.src.layers.convolutional.base_depthwise_conv import DepthwiseConv
+    from tf_keras.src.layers.convolutional.base_separable_conv import SeparableConv
 
-    L = keras.layers
     w = layer.get_weights()
     bias = w[-1] if layer.use_bias else np.zeros_like(shift)
-    if isinstance(layer, L.SeparableConv2D):
+    if isinstance(layer, SeparableConv):
         depthwise, pointwise = w[0], w[1] * scale
         return [depthwise, pointwise, bias * scale + shift]
     kernel = w[0]
-    if isinstance(layer, L.DepthwiseConv2D):
-        kh, kw, cin, mult = kernel.shape
+    if isinstance(layer, DepthwiseConv):
+        cin, mult = kernel.shape[-2:]
         kernel = kernel * scale.reshape(cin, mult)
     else:
         kernel = kernel * scale
