@@ -512,3 +512,16 @@ def test_a_two_headed_tf_keras_model_converts_and_is_verified_head_by_head():
     blob = tfopt.to_tflite(model, mode="float32", data=HELD[0], log=logs.append)
     assert isinstance(blob, bytes)
     assert [line.split(":")[1].strip() for line in logs] == ["head 'label'", "head 'value'"], logs
+
+
+def test_cluster_leaves_a_kernel_with_fewer_weights_than_clusters_as_it_is():
+    import tf_keras
+
+    inp = tf_keras.Input((6,))
+    hidden = tf_keras.layers.Dense(12, activation="relu", name="wide")(inp)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(1, name="small")(hidden))  # 12 weights < 16 clusters
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(64, 6)).astype("float32"), rng.normal(size=(64, 1)).astype("float32"))
+    clustered = tfopt.cluster(model, data, clusters=16, epochs=1, loss="mse")
+    assert len(np.unique(clustered.get_layer("wide").kernel.numpy())) <= 16
+    assert clustered.get_layer("small").kernel.shape == (12, 1)

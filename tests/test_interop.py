@@ -228,6 +228,28 @@ def test_keras_applications_convert_exactly(name):
     assert_same(model, from_tf_keras(tk, "keras3"), x)
 
 
+def test_a_normalization_layer_converts_with_its_statistics():
+    norm = keras.layers.Normalization(axis=-1)
+    norm.adapt(np.random.default_rng(0).normal(3.0, 2.0, size=(64, 5, 5, 3)).astype("float32"))
+    inp = keras.Input((5, 5, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3)(norm(inp)))
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=(2, 5, 5, 3)).astype("float32")
+    tk = to_tf_keras(model)
+    assert [type(layer).__name__ for layer in tk.layers][1] == "Normalization"
+    assert_same(model, tk, x)
+    assert_same(model, from_tf_keras(tk, "keras3"), x)
+
+
+@pytest.mark.slow
+def test_efficientnetb0_converts_exactly():
+    model = keras.applications.EfficientNetB0(input_shape=(64, 64, 3), weights=None, classifier_activation=None)
+    randomize(model, 7, bn_only=True)
+    x = np.random.default_rng(7).uniform(0, 255, size=(2, 64, 64, 3)).astype("float32")
+    tk = to_tf_keras(model)
+    assert_same(model, tk, x)
+    assert_same(model, from_tf_keras(tk, "keras3"), x)
+
+
 @pytest.mark.slow
 def test_resnet50_converts_exactly():
     model = keras.applications.ResNet50(input_shape=(64, 64, 3), weights=None, classifier_activation=None)

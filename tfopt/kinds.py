@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from tfopt import interop, layer_kinds
 from tfopt.errors import TfoptError
+from tfopt.surgery.graph import inline_nested
 
 
 def enter(model, what: str = "model"):
@@ -19,7 +20,7 @@ def enter(model, what: str = "model"):
     refused here, by name, before any work."""
     kind = interop.model_kind(model)
     if kind == "keras3":
-        work = interop.to_tf_keras(model)
+        work = inline_nested(interop.to_tf_keras(model))
         layer_kinds.check_known(work)
         return kind, work
     if not getattr(model, "_is_graph_network", False):
@@ -33,8 +34,9 @@ def enter(model, what: str = "model"):
                              f"first (start it with keras.Input(shape) or call it on data).")
         # The steps rebuild graphs: work on the functional view of the same layers.
         model = keras.Model(model.inputs, model.outputs, name=model.name)
-    layer_kinds.check_known(model)
-    return kind, interop.plain_copy(model)
+    inlined = inline_nested(model)  # a nested Sequential or functional model's layers join the graph
+    layer_kinds.check_known(inlined)
+    return kind, (inlined if inlined is not model else interop.plain_copy(model))
 
 
 def leave(model, kind: str):

@@ -87,6 +87,15 @@ def _transpose_macs(layer):
     return math.prod(cin[:-1]) * math.prod(layer.kernel_size) * cin[-1] * layer.filters
 
 
+def _conv_role(layer):
+    """A plain conv writes channels of its own; a grouped conv with one channel per group
+    (ConvNeXt's depthwise ``Conv2D(groups=C)``) keeps them apart; other grouped convs block."""
+    groups = getattr(layer, "groups", 1)
+    if groups == 1:
+        return "producer"
+    return "transparent" if groups == layer.filters == _shape(layer.input_shape)[-1] else "blocking"
+
+
 def _depthwise_role(layer):
     return "transparent" if layer.depth_multiplier == 1 else "blocking"
 
@@ -147,9 +156,9 @@ def table() -> dict:
         L = keras.layers
         t = {
             L.InputLayer: Kind(role="input"),
-            L.Conv2D: Kind(("kernel",), True, "producer", _conv_macs),
-            L.Conv1D: Kind(("kernel",), True, "producer", _conv_macs),
-            L.Conv3D: Kind(("kernel",), True, "producer", _conv_macs),
+            L.Conv2D: Kind(("kernel",), True, _conv_role, _conv_macs),
+            L.Conv1D: Kind(("kernel",), True, _conv_role, _conv_macs),
+            L.Conv3D: Kind(("kernel",), True, _conv_role, _conv_macs),
             L.Conv1DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
             L.Conv2DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
             L.Conv3DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
@@ -183,6 +192,10 @@ def table() -> dict:
 
         t[TFOpLambda] = Kind(role=_op_role)
         t[SlicingOpLambda] = Kind(role="blocking")
+        # ConvNeXt's own layers: a per-channel scale, and a residual branch dropped only in training.
+        from tf_keras.src.applications.convnext import LayerScale, StochasticDepth
+
+        t[LayerScale] = t[StochasticDepth] = Kind()
         _TABLE = t
     return _TABLE
 

@@ -106,9 +106,13 @@ class Builder:
             return outs if len(outs) > 1 else outs[0]
         if name not in layers:
             config, post = translate(obj.get_config(), cls, self.src, self.dst, name)
-            target = getattr(L, cls).from_config(config)
-            self.pairs.append((obj, target))
-            layers[name] = (target, post)
+            if cls == "Normalization":  # its statistics travel in the config: no weights to copy
+                config.update(normalization_stats(obj, name))
+                layers[name] = (getattr(L, cls).from_config(config), post)
+            else:
+                target = getattr(L, cls).from_config(config)
+                self.pairs.append((obj, target))
+                layers[name] = (target, post)
         target, post = layers[name]
         x = values[0] if len(values) == 1 else values
         y = target(x, **call_kw)
@@ -154,6 +158,17 @@ class Builder:
             raise TfoptError(f"operation '{name}' ({cls}) divides a number by a tensor; tfopt cannot express it "
                              f"with built-in layers")
         return L.Rescaling(scale, offset, name=self._name(name))(x)
+
+
+def normalization_stats(layer, name) -> dict:
+    """``{"mean": ..., "variance": ...}`` of a built Normalization layer (adapted or given), shaped
+    as its kept axes, for the config of the same layer in the other library."""
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) else (layer.axis,)
+    if getattr(layer, "mean", None) is None or len(axis) != 1:
+        raise TfoptError(f"layer '{name}' (Normalization): tfopt converts a built Normalization over one axis; "
+                         f"this one has axis {layer.axis!r}")
+    return {"mean": np.asarray(layer.mean, dtype="float32").reshape(-1).tolist(),
+            "variance": np.asarray(layer.variance, dtype="float32").reshape(-1).tolist()}
 
 
 def _is_scalar(v):

@@ -23,7 +23,7 @@ LAYERS = frozenset({
     "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalAveragePooling1D",
     "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Permute",
     "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D", "Rescaling",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Normalization",
 })
 # Keras 3 graph operations on a tensor and a scalar (``x + 3.0``), turned into Rescaling(scale, offset).
 SCALAR_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide"}

@@ -44,7 +44,11 @@ def wrap_for_clustering(model, config):
     def wrap(layer):
         if not prunable(layer) or layer.name in config.skip:
             return layer
-        if keeps_zeros(layer, config.preserve_sparsity):
+        zeros_kept = keeps_zeros(layer, config.preserve_sparsity)
+        values = [int(np.count_nonzero(w.numpy())) if zeros_kept else int(np.size(w)) for w in kernels(layer)]
+        if min(values, default=0) <= config.clusters:
+            return layer  # a kernel of no more weights than clusters already holds at most that many values
+        if zeros_kept:
             # sparsity-preserving clustering: the pruned zeros stay zeros, one centroid is 0
             return cl.cluster_weights(layer, number_of_clusters=config.clusters, cluster_centroids_init=init,
                                       preserve_sparsity=True)

@@ -27,7 +27,6 @@ from tfopt import layer_kinds
 from tfopt.config.choices import CRITERIA, DATA_CRITERIA
 from tfopt.config.validation import did_you_mean
 from tfopt.errors import TfoptError
-from tfopt.interop import plain_copy
 from tfopt.surgery.graph import as_functional, consumers, copy_layer, inbound, rebuild
 
 
@@ -120,9 +119,7 @@ def _follow(start, layers, users, outputs, g):
             break
         for user_name in users[name]:
             user = layers[user_name]
-            if is_source(user):
-                if isinstance(user, L.Dense) and not (flat or len(layers[name].output_shape) == 2):
-                    g.blocked = f"{user_name} reads an image-shaped input"
+            if is_source(user):  # a Dense on a tensor of more axes reads its last one, position by position
                 g.sinks.append((user_name, flat))
             elif _transparent(user) or _merge(user):
                 if user_name not in g.chain:
@@ -335,13 +332,55 @@ def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels
     return {"keep": keep, "protected": protected, "groups": groups}
 
 
+def sliced_weights(layer, o, i, rows=None):
+    """``(weights, config changes)`` of ``layer`` keeping output channels ``o`` and input channels
+    ``i`` (either None: all); ``rows(i)`` maps a Dense layer's kept channels to its kernel rows
+    when a Flatten feeds it."""
+    L, (conv, depthwise, separable), _ = _kinds()
+    w = layer.get_weights()
+    changes = {}
+    if w and layer_kinds.role(layer) == "transparent" and all(np.ndim(a) == 1 for a in w):
+        w = [a[o] for a in w]  # per-channel weights: BatchNorm's statistics, a layer scale
+    elif isinstance(layer, L.Reshape):
+        changes["target_shape"] = (*layer.target_shape[:-1], len(o))
+    elif isinstance(layer, conv) and layer.groups > 1:  # one channel per group: a depthwise conv
+        w = [w[0][..., o], *([w[1][o]] if layer.use_bias else [])]
+        changes.update(filters=len(o), groups=len(o))
+    elif isinstance(layer, depthwise):
+        w = [w[0][..., o, :], *([w[1][o]] if layer.use_bias else [])]
+    elif isinstance(layer, separable):
+        dw, pw = w[0], w[1]
+        bias = w[2] if layer.use_bias else None
+        if i is not None:
+            m = layer.depth_multiplier
+            dw = dw[..., i, :]
+            pw = pw[..., [c * m + j for c in i for j in range(m)], :]
+        if o is not None:
+            pw, bias = pw[..., o], (bias[o] if bias is not None else None)
+            changes["filters"] = len(o)
+        w = [dw, pw, *([bias] if bias is not None else [])]
+    elif isinstance(layer, (conv, L.Dense)):
+        kernel = w[0]
+        bias = w[1] if layer.use_bias else None
+        if i is not None:
+            if isinstance(layer, L.Dense):
+                kernel = kernel[rows(i) if rows is not None else i, :]
+            else:
+                kernel = kernel[..., i, :]
+        if o is not None:
+            kernel, bias = kernel[..., o], (bias[o] if bias is not None else None)
+            changes["units" if isinstance(layer, L.Dense) else "filters"] = len(o)
+        w = [kernel, *([bias] if bias is not None else [])]
+    return w, changes
+
+
 def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels=1, protect=(), data=None,
                    loss=None):
     """A new, physically smaller model; returns ``(model, report)``. The input is not changed.
 
     ``data=(x, y)`` is needed by the data-driven criteria ``activation`` and ``taylor``.
     """
-    L, (conv, depthwise, separable), _ = _kinds()
+    L, _, _ = _kinds()
     plan = plan_channels(model, ratio, per_layer, criterion, min_channels, protect, data, loss)
     keep, groups = plan["keep"], plan["groups"]
     out_keep, in_keep, flat_of = {}, {}, {}
@@ -373,40 +412,8 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
         if not layer.weights and not isinstance(layer, L.Reshape):
             return None
         x = args[0] if len(args) == 1 else args
-        w = layer.get_weights()
-        o = out_keep.get(name)
-        i = in_keep.get(name)
-        changes = {}
-        if isinstance(layer, L.BatchNormalization):
-            w = [a[o] for a in w]
-        elif isinstance(layer, L.Reshape):
-            changes["target_shape"] = (*layer.target_shape[:-1], len(o))
-        elif isinstance(layer, depthwise):
-            w = [w[0][..., o, :], *([w[1][o]] if layer.use_bias else [])]
-        elif isinstance(layer, separable):
-            dw, pw = w[0], w[1]
-            bias = w[2] if layer.use_bias else None
-            if i is not None:
-                m = layer.depth_multiplier
-                dw = dw[..., i, :]
-                pw = pw[..., [c * m + j for c in i for j in range(m)], :]
-            if o is not None:
-                pw, bias = pw[..., o], (bias[o] if bias is not None else None)
-                changes["filters"] = len(o)
-            w = [dw, pw, *([bias] if bias is not None else [])]
-        elif isinstance(layer, (conv, L.Dense)):
-            kernel = w[0]
-            bias = w[1] if layer.use_bias else None
-            if i is not None:
-                if isinstance(layer, L.Dense):
-                    rows = flatten_rows(shapes[flat_of[name]][1:], i) if name in flat_of else i
-                    kernel = kernel[rows, :]
-                else:
-                    kernel = kernel[..., i, :]
-            if o is not None:
-                kernel, bias = kernel[..., o], (bias[o] if bias is not None else None)
-                changes["units" if isinstance(layer, L.Dense) else "filters"] = len(o)
-            w = [kernel, *([bias] if bias is not None else [])]
+        rows = (lambda idx: flatten_rows(shapes[flat_of[name]][1:], idx)) if name in flat_of else None
+        w, changes = sliced_weights(layer, out_keep.get(name), in_keep.get(name), rows)
         new = copy_layer(layer, **changes)
         out = new(x)
         new.set_weights(w)
@@ -425,7 +432,7 @@ def masked_copy(model, plan_keep: dict):
     L, (_, _, separable), _ = _kinds()
 
     groups = trace(model)
-    masked = plain_copy(model)
+    masked = rebuild(model, lambda layer, args: None)  # a copy, its layers rebuilt by their own classes
     shapes = {layer.name: layer.input_shape for layer in model.layers if hasattr(layer, "input_shape")}
     spaces = [(groups[name].channels, idx, groups[name].sinks) for name, idx in plan_keep.items()]
     spaces += [(sum(n for _, n in c.parts), c.kept(plan_keep), c.sinks) for c in groups.concats.values()

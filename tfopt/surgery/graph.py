@@ -63,6 +63,37 @@ def copy_layer(layer, **config_changes):
     return type(layer).from_config(config)
 
 
+def _replay(model, inputs, replace, taken=None, prefix=""):
+    """Call new copies of functional ``model``'s layers on ``inputs`` (new tensors for its inputs,
+    in order); returns the new tensors of its outputs. ``replace`` as in :func:`rebuild`. A copied
+    layer whose name is in ``taken`` is renamed ``<prefix>_<name>``."""
+    import tensorflow as tf
+    import tf_keras as keras
+    from tf_keras.src.engine.keras_tensor import KerasTensor
+
+    tensors = {id(old): new for old, new in zip(model.inputs, inputs)}
+
+    def new_of(t):
+        return tensors[id(t)] if isinstance(t, KerasTensor) else t
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        inbound(layer)
+        node = layer.inbound_nodes[0]
+        args = [new_of(t) for t in tf.nest.flatten(node.keras_inputs)]
+        out = replace(layer, args)
+        if out is None:
+            rename = {"name": f"{prefix}_{layer.name}"} if taken is not None and layer.name in taken else {}
+            new = copy_layer(layer, **rename)
+            call_args, call_kwargs = tf.nest.map_structure(new_of, (tuple(node.call_args), dict(node.call_kwargs)))
+            out = new(*call_args, **call_kwargs)
+            new.set_weights(layer.get_weights())
+        for old, rebuilt in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
+            tensors[id(old)] = rebuilt
+    return [tensors[id(t)] for t in model.outputs]
+
+
 def rebuild(model, replace):
     """Rebuild ``model``; ``replace(layer, inputs)`` returns the output tensor for ``layer`` given
     its rebuilt input tensors, or None to keep a copy of the layer with its weights.
@@ -71,36 +102,38 @@ def rebuild(model, replace):
     included (``x + 3.0`` or ``x[..., :8]`` as TensorFlow-op layers), its tensors swapped for the
     rebuilt ones.
     """
-    import tensorflow as tf
     import tf_keras as keras
-    from tf_keras.src.engine.keras_tensor import KerasTensor
 
     if not getattr(model, "_is_graph_network", False):
         raise TfoptError(f"model '{model.name}' is subclassed; surgery needs a Sequential or functional model")
     original, model = model, as_functional(model)
-    tensors = {}
-
-    def new_of(t):
-        return tensors[id(t)] if isinstance(t, KerasTensor) else t
-
     inputs = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            t = keras.Input(batch_shape=layer.get_config()["batch_input_shape"], name=layer.name)
-            inputs.append(t)
-            tensors[id(layer.output)] = t
-            continue
-        inbound(layer)
-        node = layer.inbound_nodes[0]
-        args = [new_of(t) for t in tf.nest.flatten(node.keras_inputs)]
-        out = replace(layer, args)
-        if out is None:
-            new = copy_layer(layer)
-            call_args, call_kwargs = tf.nest.map_structure(new_of, (tuple(node.call_args), dict(node.call_kwargs)))
-            out = new(*call_args, **call_kwargs)
-            new.set_weights(layer.get_weights())
-        for old, rebuilt in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
-            tensors[id(old)] = rebuilt
-    outputs = [tensors[id(t)] for t in model.outputs]
+    for t in model.inputs:
+        layer = t._keras_history.layer
+        inputs.append(keras.Input(batch_shape=layer.get_config()["batch_input_shape"], name=layer.name,
+                                  dtype=layer.dtype))
+    outputs = _replay(model, inputs, replace)
     return _as_sequential(keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=model.name),
                           original)
+
+
+def inline_nested(model):
+    """``model`` itself, or, when it holds Sequential or functional models as layers, an equal
+    model with their layers called in its own graph (recursively), so that every layer is in one
+    graph. A nested layer whose name the outer model already uses is named ``<nested>_<name>``."""
+    import tf_keras as keras
+
+    if not any(isinstance(layer, keras.Model) for layer in model.layers):
+        return model
+    taken = {layer.name for layer in model.layers}
+
+    def replace(layer, args):
+        if not isinstance(layer, keras.Model):
+            return None
+        if not getattr(layer, "_is_graph_network", False):
+            raise TfoptError(f"layer '{layer.name}' is a subclassed model; surgery needs its layers in a graph")
+        inner = as_functional(inline_nested(layer))
+        outs = _replay(inner, args, lambda *_: None, taken, layer.name)
+        return outs[0] if len(outs) == 1 else outs
+
+    return rebuild(model, replace)
