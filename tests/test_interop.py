@@ -240,6 +240,21 @@ def test_a_normalization_layer_converts_with_its_statistics():
     assert_same(model, from_tf_keras(tk, "keras3"), x)
 
 
+def test_convnext_layer_scales_convert_both_ways():
+    from keras.src.applications.convnext import LayerScale
+
+    inp = keras.Input((4, 4, 3))
+    scaled = LayerScale(0.5, 6, name="scale")(keras.layers.Conv2D(6, 1, name="conv")(inp))
+    model = keras.Model(inp, keras.layers.Add(name="add")([scaled, keras.layers.Conv2D(6, 1, name="skip")(inp)]))
+    model.get_layer("scale").set_weights([np.arange(6, dtype="float32")])
+    x = np.random.default_rng(2).normal(size=(2, 4, 4, 3)).astype("float32")
+    tk = to_tf_keras(model)
+    assert type(tk.get_layer("scale")).__module__ == "tf_keras.src.applications.convnext"
+    assert tk.get_layer("scale").get_weights()[0].tolist() == list(range(6))
+    assert_same(model, tk, x)
+    assert_same(model, from_tf_keras(tk, "keras3"), x)
+
+
 @pytest.mark.slow
 def test_efficientnetb0_converts_exactly():
     model = keras.applications.EfficientNetB0(input_shape=(64, 64, 3), weights=None, classifier_activation=None)

@@ -523,6 +523,30 @@ def test_tf_keras_applications_have_their_groups_cut(name):
         assert len(plan["keep"]) == len(plan["groups"]) - 1 and not reasons
         assert model_stats(pruned)["macs"] < 0.4 * model_stats(folded)["macs"]
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, cut, groups", [("MobileNetV3Large", 30, 31), ("EfficientNetB0", 40, 41),
+                                               ("DenseNet121", 120, 121), ("ConvNeXtTiny", 18, 24)])
+def test_keras3_applications_have_their_groups_cut(name, cut, groups):
+    """Keras 3's applications through the door of the graph path (EfficientNet's Normalization and
+    ConvNeXt's layer scales convert), pruned at 0.5 with the masked-original check, and back."""
+    import keras as keras3
+
+    from tfopt.interop import from_tf_keras, max_relative_difference
+    from tfopt.kinds import enter
+
+    k3 = getattr(keras3.applications, name)(input_shape=(64, 64, 3), weights=None, classifier_activation=None)
+    kind, work = enter(k3)
+    plan = plan_channels(work, ratio=0.5)
+    pruned, report = prune_channels(work, ratio=0.5)
+    x = np.random.default_rng(4).uniform(0, 255, size=(2, 64, 64, 3)).astype("float32")
+    ref = masked_copy(work, plan["keep"]).predict(x, verbose=0)
+    assert max_relative_difference(pruned.predict(x, verbose=0), ref) <= 1e-4
+    assert (len(plan["keep"]), len(plan["groups"])) == (cut, groups)
+    back = from_tf_keras(pruned, kind)
+    assert type(back).__module__.startswith("keras")
+    assert max_relative_difference(np.asarray(back(x)), pruned.predict(x, verbose=0)) <= 1e-5
+
 @pytest.mark.slow
 def test_small_keras3_mobilenetv2_prunes_its_expand_layers():
     import keras as keras3

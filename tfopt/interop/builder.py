@@ -12,7 +12,7 @@ import numpy as np
 from tfopt.errors import TfoptError
 from tfopt.interop.graph import Graph, Ref, is_graph, layer_class
 from tfopt.interop.models import library
-from tfopt.interop.translate import translate
+from tfopt.interop.translate import application_layer, translate
 
 _MERGE_FOR_OP = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply"}
 
@@ -104,6 +104,11 @@ class Builder:
             x = values[0]
             outs = self._walk(sub, x if isinstance(x, list) else [x], call_kw.get("training"))
             return outs if len(outs) > 1 else outs[0]
+        app = application_layer(obj, self.src, self.dst) if name not in layers else None
+        if app is not None:
+            target = app[0](**app[1])
+            self.pairs.append((obj, target))
+            layers[name] = (target, None)
         if name not in layers:
             config, post = translate(obj.get_config(), cls, self.src, self.dst, name)
             if cls == "Normalization":  # its statistics travel in the config: no weights to copy

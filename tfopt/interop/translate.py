@@ -39,6 +39,25 @@ _IGNORABLE = {"optional": False, "synchronized": False, "lora_rank": None, "lora
 _FAMILIES = {"_initializer": "initializers", "_regularizer": "regularizers", "_constraint": "constraints"}
 
 
+# Layers of keras.applications that both libraries define alike: {class name: its own options}.
+APPLICATION_LAYERS = {"LayerScale": ("init_values", "projection_dim"), "StochasticDepth": ("drop_path_rate",)}
+_APPLICATION_MODULES = {"keras3": "keras.src.applications.convnext", "tf_keras": "tf_keras.src.applications.convnext"}
+
+
+def application_layer(obj, src, dst):
+    """``(class in dst, config)`` for a layer of keras.applications (ConvNeXt's layer scale and
+    stochastic depth) that the other library defines alike, else None."""
+    import importlib
+
+    cls = layer_class(obj)
+    if cls not in APPLICATION_LAYERS or type(obj).__module__ != _APPLICATION_MODULES[src]:
+        return None
+    config = obj.get_config()
+    return (getattr(importlib.import_module(_APPLICATION_MODULES[dst]), cls),
+            {"name": config["name"], "trainable": config.get("trainable", True),
+             **{k: config[k] for k in APPLICATION_LAYERS[cls]}})
+
+
 def _is_builtin(obj, kind):
     lib = library(kind)
     cls = getattr(lib.layers, layer_class(obj), None)
@@ -60,6 +79,8 @@ def problems(graph, src, dst):
         elif is_graph(obj, src) and hasattr(obj, "layers"):
             sub = Graph(obj, src)
             out += problems(sub, src, dst)
+        elif application_layer(obj, src, dst) is not None:
+            pass
         elif cls not in LAYERS or not _is_builtin(obj, src):
             hint = " (a TFMOT wrapper: strip the model first)" if "model_optimization" in module else ""
             out.append(f"layer '{name}' ({cls} from {module}) is not a built-in layer tfopt can convert{hint}; "
