@@ -43,7 +43,8 @@ class Builder:
         self.used |= {n for n, _, _ in graph.nodes} | {n for n, _, _ in graph.inputs}
         inputs = [self.lib.Input(batch_shape=shape, name=name, dtype=dtype) for name, shape, dtype in graph.inputs]
         outputs = self._walk(graph, inputs)
-        model = self.lib.Model(inputs if len(inputs) > 1 else inputs[0],
+        keys = getattr(graph, "input_keys", None)
+        model = self.lib.Model(dict(zip(keys, inputs)) if keys else inputs if len(inputs) > 1 else inputs[0],
                                outputs if len(outputs) > 1 else outputs[0], name=graph.model.name)
         for source, target in self.pairs:
             w = source.get_weights()

@@ -16,8 +16,12 @@ ROUNDING_FACTOR = 4.0
 def sample_inputs(model, n: int = 4, seed: int = 0):
     """Seeded random normal inputs for ``model``; unknown spatial sizes become 32."""
     rng = np.random.default_rng(seed)
-    shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+    named = model.input if isinstance(getattr(model, "input", None), dict) else None  # inputs given as a dict
+    shapes = [tuple(t.shape) for t in named.values()] if named else \
+        model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
     xs = [rng.normal(size=(n, *[32 if d is None else d for d in s[1:]])).astype("float32") for s in shapes]
+    if named:
+        return dict(zip(named, xs))
     return xs if len(xs) > 1 else xs[0]
 
 
@@ -61,6 +65,8 @@ def verify(original, converted, sample=None, tolerance: float = TOLERANCE) -> fl
 def _one_ulp(x):
     """``x`` with every value moved by one float32 ulp, up or down (seeded)."""
     rng = np.random.default_rng(1)
+    if isinstance(x, dict):
+        return dict(zip(x, _one_ulp(list(x.values()))))
     xs = x if isinstance(x, (list, tuple)) else [x]
     moved = [np.asarray(v, np.float32) for v in xs]
     moved = [np.where(rng.random(v.shape) < 0.5, np.nextafter(v, np.float32(np.inf)),

@@ -59,9 +59,11 @@ class Graph:
         objects = {op.name: op for op in (model.operations if kind == "keras3" else model.layers)}
 
         def refs(value):
-            value = list(value)
+            value = list(value.values()) if isinstance(value, dict) else list(value)
             return [Ref(*value)] if value and isinstance(value[0], str) else [Ref(*v) for v in value]
 
+        # inputs given as a dict ({name: Input}) keep their keys
+        self.input_keys = list(cfg["input_layers"]) if isinstance(cfg["input_layers"], dict) else None
         in_refs = refs(cfg["input_layers"])
         layer_cfg = {entry["name"]: entry for entry in cfg["layers"]}
         self.inputs = []
