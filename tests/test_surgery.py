@@ -458,6 +458,34 @@ def test_concatenations_of_concatenations_are_pruned():
 
 
 
+
+@pytest.mark.parametrize("rnn, gates", [("LSTM", 4), ("GRU", 3), ("SimpleRNN", 1)])
+def test_recurrent_units_are_pruned_with_their_gates_and_recurrent_rows(rnn, gates):
+    L = keras.layers
+    inp = keras.Input((7, 5))
+    x = L.Conv1D(6, 3, padding="same", name="conv")(inp)
+    x = getattr(L, rnn)(8, return_sequences=True, name="r1")(x)
+    x = getattr(L, rnn)(6, name="r2")(x)
+    pruned, report = _check_masked(keras.Model(inp, L.Dense(3, name="head")(x)))
+    assert report["kept"] == {"conv": 3, "r1": 4, "r2": 3}
+    kernel, recurrent = pruned.get_layer("r1").get_weights()[:2]
+    assert kernel.shape == (3, gates * 4) and recurrent.shape == (4, gates * 4)
+    assert pruned.get_layer("head").get_weights()[0].shape == (3, 3)
+    assert model_stats(pruned)["macs"] == 7 * 5 * 3 * 3 + 7 * (3 + 4) * gates * 4 + 7 * (4 + 3) * gates * 3 + 3 * 3
+
+
+def test_an_embedding_loses_dimensions_and_its_readers_their_rows():
+    L = keras.layers
+    inp = keras.Input((10,), dtype="int32")
+    x = L.GlobalAveragePooling1D(name="gap")(L.Embedding(40, 8, name="emb")(inp))
+    model = keras.Model(inp, L.Dense(3, name="head")(x))
+    pruned, report = prune_channels(model, ratio=0.5)
+    plan = plan_channels(model, ratio=0.5)
+    x = np.random.default_rng(0).integers(0, 40, size=(4, 10)).astype("int32")
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), masked_copy(model, plan["keep"]).predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)
+    assert report["kept"] == {"emb": 4} and pruned.get_layer("emb").get_weights()[0].shape == (40, 4)
+
 def test_a_nested_model_is_pruned_and_folded_in_the_outer_graph():
     import tfopt
     from tfopt.surgery.graph import inline_nested

@@ -96,6 +96,24 @@ def _conv_role(layer):
     return "transparent" if groups == layer.filters == _shape(layer.input_shape)[-1] else "blocking"
 
 
+def gates(layer) -> int:
+    """Gate blocks in a recurrent layer's kernels: 4 for LSTM, 3 for GRU, 1 for SimpleRNN."""
+    import tf_keras as keras
+
+    return 4 if isinstance(layer, keras.layers.LSTM) else 3 if isinstance(layer, keras.layers.GRU) else 1
+
+
+def _rnn_role(layer):
+    """A recurrent layer writes its units as channels, unless it returns its states or keeps them."""
+    return "blocking" if layer.return_state or layer.stateful else "producer"
+
+
+def _rnn_macs(layer):
+    shape = _shape(layer.input_shape)
+    steps = (shape[0] or 1) if len(shape) == 2 else 1
+    return steps * (shape[-1] + layer.units) * gates(layer) * layer.units
+
+
 def _depthwise_role(layer):
     return "transparent" if layer.depth_multiplier == 1 else "blocking"
 
@@ -166,6 +184,9 @@ def table() -> dict:
             L.DepthwiseConv2D: Kind(("depthwise_kernel",), True, _depthwise_role, _depthwise_macs),
             L.SeparableConv2D: Kind(("depthwise_kernel", "pointwise_kernel"), True, "producer", _separable_macs),
             L.Dense: Kind(("kernel",), True, "producer", _dense_macs),
+            L.LSTM: Kind(role=_rnn_role, macs=_rnn_macs), L.GRU: Kind(role=_rnn_role, macs=_rnn_macs),
+            L.SimpleRNN: Kind(role=_rnn_role, macs=_rnn_macs),
+            L.Embedding: Kind(role="producer"),
             L.Add: Kind(role="coupled"), L.Subtract: Kind(role="coupled"), L.Multiply: Kind(role="coupled"),
             L.Average: Kind(role="coupled"), L.Maximum: Kind(role="coupled"), L.Minimum: Kind(role="coupled"),
             L.Concatenate: Kind(role=_concat_role),
@@ -184,7 +205,7 @@ def table() -> dict:
                     L.MaxPooling3D, L.AveragePooling3D, L.GlobalAveragePooling3D, L.GlobalMaxPooling3D,
                     L.ZeroPadding3D, L.Cropping3D, L.UpSampling3D, L.Resizing, L.CenterCrop):
             t[cls] = Kind()
-        for cls in (L.LayerNormalization, L.Normalization, L.Permute, L.Lambda, L.Embedding, L.RepeatVector):
+        for cls in (L.LayerNormalization, L.Normalization, L.Permute, L.Lambda, L.RepeatVector):
             t[cls] = Kind(role="blocking")
         # Raw TensorFlow ops in a functional model (``x + 3.0`` in tf_keras's MobileNetV3): no
         # weights, no MACs counted; channels are followed through the element-wise ones.

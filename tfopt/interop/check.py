@@ -19,7 +19,13 @@ def sample_inputs(model, n: int = 4, seed: int = 0):
     named = model.input if isinstance(getattr(model, "input", None), dict) else None  # inputs given as a dict
     shapes = [tuple(t.shape) for t in named.values()] if named else \
         model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
-    xs = [rng.normal(size=(n, *[32 if d is None else d for d in s[1:]])).astype("float32") for s in shapes]
+    dtypes = [str(getattr(getattr(t, "dtype", None), "name", getattr(t, "dtype", "float32")))
+              for t in (named.values() if named else model.inputs)]
+    vocab = min([int(layer.input_dim) for layer in getattr(model, "layers", []) if hasattr(layer, "input_dim")
+                 and type(layer).__name__ == "Embedding"] or [2])
+    xs = [rng.integers(0, vocab, size=(n, *[32 if d is None else d for d in s[1:]])).astype(dtype)
+          if "int" in dtype else rng.normal(size=(n, *[32 if d is None else d for d in s[1:]])).astype("float32")
+          for s, dtype in zip(shapes, dtypes)]
     if named:
         return dict(zip(named, xs))
     return xs if len(xs) > 1 else xs[0]

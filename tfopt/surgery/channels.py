@@ -145,7 +145,7 @@ def trace(model) -> Groups:
     for layer in model.layers:
         if not is_source(layer):
             continue
-        g = Group(layer.name, int(layer.get_weights()[1 if isinstance(layer, separable) else 0].shape[-1]))
+        g = Group(layer.name, width(layer))
         _follow(layer.name, layers, users, outputs, g)
         g.members = [layer.name]
         groups[layer.name] = g
@@ -235,9 +235,27 @@ def flatten_rows(shape, channels) -> np.ndarray:
     return (np.arange(positions)[:, None] * c + np.asarray(channels, dtype=int)[None, :]).reshape(-1)
 
 
+def _recurrent(layer) -> bool:
+    L, _, _ = _kinds()
+    return isinstance(layer, (L.LSTM, L.GRU, L.SimpleRNN))
+
+
+def width(layer) -> int:
+    """The channels a source writes: its filters, units or embedding size."""
+    _, (_, _, separable), _ = _kinds()
+    if _recurrent(layer):
+        return int(layer.units)
+    return int(layer.get_weights()[1 if isinstance(layer, separable) else 0].shape[-1])
+
+
 def _filters(layer):
+    """``(rows, channels)``: every weight that writes each output channel (a recurrent layer's
+    input and recurrent kernels, all gates)."""
     _, (_, _, separable), _ = _kinds()
     w = layer.get_weights()
+    if _recurrent(layer):
+        both = np.concatenate([w[0], w[1]], axis=0)
+        return both.reshape(both.shape[0], layer_kinds.gates(layer), layer.units).reshape(-1, layer.units)
     kernel = w[1] if isinstance(layer, separable) else w[0]
     return kernel.reshape(-1, kernel.shape[-1])
 
@@ -339,7 +357,15 @@ def sliced_weights(layer, o, i, rows=None):
     L, (conv, depthwise, separable), _ = _kinds()
     w = layer.get_weights()
     changes = {}
-    if w and layer_kinds.role(layer) == "transparent" and all(np.ndim(a) == 1 for a in w):
+    if _recurrent(layer):
+        units = layer.units
+        kept = np.arange(units) if o is None else np.asarray(o)
+        cols = np.concatenate([g * units + kept for g in range(layer_kinds.gates(layer))])
+        w = [(w[0] if i is None else w[0][i])[:, cols], w[1][kept][:, cols], *[b[..., cols] for b in w[2:]]]
+        changes["units"] = len(kept)
+    elif isinstance(layer, L.Embedding):
+        w, changes = [w[0][:, o]], {"output_dim": len(o)}
+    elif w and layer_kinds.role(layer) == "transparent" and all(np.ndim(a) == 1 for a in w):
         w = [a[o] for a in w]  # per-channel weights: BatchNorm's statistics, a layer scale
     elif isinstance(layer, L.Reshape):
         changes["target_shape"] = (*layer.target_shape[:-1], len(o))
@@ -437,6 +463,13 @@ def masked_copy(model, plan_keep: dict):
     spaces = [(groups[name].channels, idx, groups[name].sinks) for name, idx in plan_keep.items()]
     spaces += [(sum(n for _, n in c.parts), c.kept(plan_keep), c.sinks) for c in groups.concats.values()
                if not c.blocked and c.touched(plan_keep)]
+    for name, idx in plan_keep.items():  # a recurrent source reads its own units back: zero those rows too
+        for member in groups[name].members:
+            layer = masked.get_layer(member)
+            if _recurrent(layer):
+                w = layer.get_weights()
+                w[1][np.setdiff1d(np.arange(layer.units), idx), :] = 0
+                layer.set_weights(w)
     for channels, idx, sinks in spaces:
         drop = np.setdiff1d(np.arange(channels), idx)
         for sink, flat in sinks:
