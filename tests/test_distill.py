@@ -196,6 +196,7 @@ def test_stored_teacher_outputs_are_not_built_where_they_cannot_replay_the_pipel
                                 batch_size=8) is None
 
 
+@pytest.mark.slow
 def test_fine_tune_on_stored_teacher_outputs_never_runs_the_teacher_and_matches_its_loss():
     import tensorflow as tf
     import tf_keras as keras

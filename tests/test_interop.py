@@ -216,6 +216,7 @@ def test_files_load_as_the_kind_they_were_saved_from(tmp_path):
         load_model(tmp_path / "bad.keras")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["MobileNetV2", "MobileNetV3Small"])
 def test_keras_applications_convert_exactly(name):
     kw = {"alpha": 0.35} if name == "MobileNetV2" else {}
@@ -251,6 +252,20 @@ def test_convnext_layer_scales_convert_both_ways():
     tk = to_tf_keras(model)
     assert type(tk.get_layer("scale")).__module__ == "tf_keras.src.applications.convnext"
     assert tk.get_layer("scale").get_weights()[0].tolist() == list(range(6))
+    assert_same(model, tk, x)
+    assert_same(model, from_tf_keras(tk, "keras3"), x)
+
+
+def test_recurrent_embedding_and_attention_layers_convert_both_ways():
+    tokens = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(30, 8)(tokens)
+    x = x + keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
+    x = keras.layers.GRU(5, return_sequences=True)(keras.layers.LSTM(6, return_sequences=True)(x))
+    model = keras.Model(tokens, keras.layers.Dense(3)(keras.layers.SimpleRNN(4)(x)))
+    x = np.random.default_rng(3).integers(0, 30, size=(2, 6)).astype("int32")
+    tk = to_tf_keras(model)
+    assert [type(layer).__name__ for layer in tk.layers][1:] == ["Embedding", "MultiHeadAttention", "Add", "LSTM",
+                                                                 "GRU", "SimpleRNN", "Dense"]
     assert_same(model, tk, x)
     assert_same(model, from_tf_keras(tk, "keras3"), x)
 

@@ -49,6 +49,7 @@ def digits():
     return m, (x[:1300], y[:1300]), (x[1300:1550], y[1300:1550])
 
 
+@pytest.mark.slow
 def test_a_registered_step_with_a_ladder_is_searched(zero_step, digits, tmp_path):
     model, train, sel = digits
     events = []

@@ -57,6 +57,7 @@ def test_a_keras_file_gets_its_run_beside_the_file(tiny_run, tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_output_still_decides(tiny_run, tmp_path):
     proc = tfopt_cli("fold-bn", tiny_run, "--output", tmp_path / "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

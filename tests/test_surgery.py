@@ -474,6 +474,29 @@ def test_recurrent_units_are_pruned_with_their_gates_and_recurrent_rows(rnn, gat
     assert model_stats(pruned)["macs"] == 7 * 5 * 3 * 3 + 7 * (3 + 4) * gates * 4 + 7 * (4 + 3) * gates * 3 + 3 * 3
 
 
+
+def test_attention_loses_whole_heads_and_the_feed_forward_its_units():
+    L = keras.layers
+    inp = keras.Input((6, 8))
+    att = L.MultiHeadAttention(num_heads=4, key_dim=3, name="mha")(inp, inp)
+    x = L.LayerNormalization(name="ln1")(L.Add(name="add1")([inp, att]))
+    f = L.Dense(8, name="ffn2")(L.Dense(16, activation="relu", name="ffn1")(x))
+    x = L.LayerNormalization(name="ln2")(L.Add(name="add2")([x, f]))
+    model = keras.Model(inp, L.Dense(3, name="head")(L.GlobalAveragePooling1D(name="gap")(x)))
+    mha, scale = model.get_layer("mha"), 1 + np.arange(4, dtype="float32")
+    weights = mha.get_weights()  # query, key and value kernels (8, heads, 3); output kernel (heads, 3, 8)
+    for i in (0, 2, 4):
+        weights[i] = np.abs(weights[i]) * scale[None, :, None]  # head h's weights grow with h
+    weights[6] = np.abs(weights[6]) * scale[:, None, None]
+    mha.set_weights(weights)
+    pruned, report = _check_masked(model)
+    assert report["kept"] == {"ffn1": 8, "mha": 2}
+    assert plan_channels(model, ratio=0.5)["keep"]["mha"].tolist() == [2, 3]  # l1: the largest heads
+    assert report["protected"] == {"ffn2": "its channels reach ln2 (LayerNormalization)",
+                                   "head": "head is a model output"}
+    shapes = [tuple(w.shape) for w in pruned.get_layer("mha").weights]
+    assert shapes == [(8, 2, 3), (2, 3)] * 3 + [(2, 3, 8), (8,)]
+
 def test_an_embedding_loses_dimensions_and_its_readers_their_rows():
     L = keras.layers
     inp = keras.Input((10,), dtype="int32")

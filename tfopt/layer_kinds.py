@@ -114,6 +114,15 @@ def _rnn_macs(layer):
     return steps * (shape[-1] + layer.units) * gates(layer) * layer.units
 
 
+def _attention_macs(layer):
+    """Query, key and value projections, scores, weighted sum and output projection (key = value)."""
+    node = layer.inbound_nodes[0]
+    shapes = [tuple(t.shape)[1:] for t in node.keras_inputs]
+    (tq, dq), (tv, dv) = (math.prod(shapes[0][:-1]), shapes[0][-1]), (math.prod(shapes[-1][:-1]), shapes[-1][-1])
+    h, k, v = layer._num_heads, layer._key_dim, layer._value_dim or layer._key_dim
+    return tq * dq * h * k + tv * dv * h * (k + v) + tq * tv * h * (k + v) + tq * h * v * dq
+
+
 def _depthwise_role(layer):
     return "transparent" if layer.depth_multiplier == 1 else "blocking"
 
@@ -187,6 +196,7 @@ def table() -> dict:
             L.LSTM: Kind(role=_rnn_role, macs=_rnn_macs), L.GRU: Kind(role=_rnn_role, macs=_rnn_macs),
             L.SimpleRNN: Kind(role=_rnn_role, macs=_rnn_macs),
             L.Embedding: Kind(role="producer"),
+            L.MultiHeadAttention: Kind(role="blocking", macs=_attention_macs),
             L.Add: Kind(role="coupled"), L.Subtract: Kind(role="coupled"), L.Multiply: Kind(role="coupled"),
             L.Average: Kind(role="coupled"), L.Maximum: Kind(role="coupled"), L.Minimum: Kind(role="coupled"),
             L.Concatenate: Kind(role=_concat_role),

@@ -115,11 +115,15 @@ class Builder:
             if cls == "Normalization":  # its statistics travel in the config: no weights to copy
                 config.update(normalization_stats(obj, name))
                 layers[name] = (getattr(L, cls).from_config(config), post)
-            else:
-                target = getattr(L, cls).from_config(config)
+            else:  # (tf_keras's attention from_config wants the call's shapes: its constructor builds on the call)
+                target = getattr(L, cls)(**config) if cls == "MultiHeadAttention" else \
+                    getattr(L, cls).from_config(config)
                 self.pairs.append((obj, target))
                 layers[name] = (target, post)
         target, post = layers[name]
+        if cls == "MultiHeadAttention":  # called on (query, value[, key])
+            y = target(*values, **call_kw)
+            return self.post_activation(name, post, y) if post else y
         x = values[0] if len(values) == 1 else values
         y = target(x, **call_kw)
         return self.post_activation(name, post, y) if post else y

@@ -96,7 +96,15 @@ class Graph:
             raise TfoptError(f"unsupported inbound node structure {node!r}; tfopt converts plain functional graphs.")
         kwargs = dict(entries[0][3]) if len(entries[0]) > 3 else {}
         refs = [Ref(*e[:3]) for e in entries]
+        if len(refs) == 1 and _is_ref(kwargs.get("value")):  # attention: query, then value and key by keyword
+            tensors = [refs[0]] + [Ref(*kwargs.pop(k)[:3]) for k in ("value", "key") if _is_ref(kwargs.get(k))]
+            return tensors, kwargs
         return ([refs[0]] if len(refs) == 1 else [refs]), kwargs
+
+
+def _is_ref(value) -> bool:
+    """Whether ``value`` is a serialized tensor reference ``[layer name, node, tensor]``."""
+    return isinstance(value, (list, tuple)) and len(value) >= 3 and isinstance(value[0], str)
 
 
 def layer_class(obj) -> str:

@@ -24,7 +24,7 @@ LAYERS = frozenset({
     "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Permute",
     "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D", "Rescaling",
     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Normalization",
-    "LSTM", "GRU", "SimpleRNN", "Embedding",
+    "LSTM", "GRU", "SimpleRNN", "Embedding", "MultiHeadAttention",
 })
 # Keras 3 graph operations on a tensor and a scalar (``x + 3.0``), turned into Rescaling(scale, offset).
 SCALAR_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide"}
@@ -38,7 +38,7 @@ _IGNORABLE = {"optional": False, "synchronized": False, "lora_rank": None, "lora
               "fused": None, "virtual_batch_size": None, "adjustment": None, "rms_scaling": False,
               "sparse": False, "ragged": False, "interpolation_order": None, "groups": 1,
               "seed": None, "use_cudnn": "auto", "time_major": False, "implementation": 2,
-              "zero_output_for_mask": False}
+              "zero_output_for_mask": False, "use_gate": False, "softmax_robust_masking": False}
 _FAMILIES = {"_initializer": "initializers", "_regularizer": "regularizers", "_constraint": "constraints"}
 
 
@@ -186,8 +186,8 @@ def translate(config, cls_name, src, dst, name):
             out[key] = value
         elif key in _IGNORABLE and (value == _IGNORABLE[key] or value is None or key == "renorm_momentum"):
             continue
-        elif key in ("batch_input_shape", "input_length"):
-            continue  # the graph's Input layer gives the shape
+        elif key in ("batch_input_shape", "input_length", "query_shape", "key_shape", "value_shape"):
+            continue  # the graph gives the shapes
         elif value is None or key.endswith("_initializer") or key == "trainable":
             continue  # weights are copied, and a class without ``trainable`` has no weights
         else:

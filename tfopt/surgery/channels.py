@@ -27,7 +27,7 @@ from tfopt import layer_kinds
 from tfopt.config.choices import CRITERIA, DATA_CRITERIA
 from tfopt.config.validation import did_you_mean
 from tfopt.errors import TfoptError
-from tfopt.surgery.graph import as_functional, consumers, copy_layer, inbound, rebuild
+from tfopt.surgery.graph import Replacement, as_functional, consumers, copy_layer, inbound, rebuild
 
 
 
@@ -71,6 +71,7 @@ class Group:
     blocked: str | None = None
     members: list = field(default_factory=list)  # the sources, ``source`` first
     concats: list = field(default_factory=list)  # Concatenate layers the channels flow into
+    heads: bool = False  # the attention heads inside one MultiHeadAttention layer
 
 
 @dataclass
@@ -151,6 +152,9 @@ def trace(model) -> Groups:
         groups[layer.name] = g
     merged = Groups(_merge_at_adds(model, groups))
     merged.concats = _link_concats(model, merged, layers, users, outputs)
+    for layer in model.layers:  # attention heads: a channel space inside the layer
+        if isinstance(layer, L.MultiHeadAttention):
+            merged[layer.name] = Group(layer.name, int(layer._num_heads), members=[layer.name], heads=True)
     return merged
 
 
@@ -240,6 +244,17 @@ def _recurrent(layer) -> bool:
     return isinstance(layer, (L.LSTM, L.GRU, L.SimpleRNN))
 
 
+def _attention_weights(layer) -> dict:
+    """``{"query/kernel": index, ...}``: where each of a MultiHeadAttention layer's weights sits."""
+    return {"/".join(w.name.split(":")[0].split("/")[-2:]): n for n, w in enumerate(layer.weights)}
+
+
+def _attention_kernels(layer) -> list:
+    """The query, key, value and output kernels of a MultiHeadAttention layer."""
+    at, w = _attention_weights(layer), layer.get_weights()
+    return [w[at[f"{part}/kernel"]] for part in ("query", "key", "value", "attention_output")]
+
+
 def width(layer) -> int:
     """The channels a source writes: its filters, units or embedding size."""
     _, (_, _, separable), _ = _kinds()
@@ -251,8 +266,13 @@ def width(layer) -> int:
 def _filters(layer):
     """``(rows, channels)``: every weight that writes each output channel (a recurrent layer's
     input and recurrent kernels, all gates)."""
-    _, (_, _, separable), _ = _kinds()
+    L, (_, _, separable), _ = _kinds()
     w = layer.get_weights()
+    if isinstance(layer, L.MultiHeadAttention):  # per head: its query, key, value and output weights
+        heads = int(layer._num_heads)
+        parts = [np.moveaxis(k, 1, -1).reshape(-1, heads) for k in _attention_kernels(layer)[:3]]
+        parts.append(np.moveaxis(_attention_kernels(layer)[3], 0, -1).reshape(-1, heads))
+        return np.concatenate(parts, axis=0)
     if _recurrent(layer):
         both = np.concatenate([w[0], w[1]], axis=0)
         return both.reshape(both.shape[0], layer_kinds.gates(layer), layer.units).reshape(-1, layer.units)
@@ -305,6 +325,8 @@ def data_scores(model, groups: dict, criterion: str, data, loss=None) -> dict:
 def scores(model, group: Group, criterion: str, data=None, loss=None) -> np.ndarray:
     """Importance of each output channel of a group's source (higher is kept)."""
     L, _, _ = _kinds()
+    if group.heads and criterion not in ("l1", "l2"):
+        criterion = "l1"  # attention heads are ranked by their weights
     if criterion in DATA_CRITERIA:
         if data is None:
             raise TfoptError(f"criterion {criterion} ranks channels on data: pass a batch of (x, y)")
@@ -357,7 +379,15 @@ def sliced_weights(layer, o, i, rows=None):
     L, (conv, depthwise, separable), _ = _kinds()
     w = layer.get_weights()
     changes = {}
-    if _recurrent(layer):
+    if isinstance(layer, L.MultiHeadAttention):  # heads ``o``: query/key/value on axis 1, output on axis 0
+        at = _attention_weights(layer)
+        for part in ("query", "key", "value"):
+            w[at[f"{part}/kernel"]] = w[at[f"{part}/kernel"]][:, o]
+            if f"{part}/bias" in at:
+                w[at[f"{part}/bias"]] = w[at[f"{part}/bias"]][o]
+        w[at["attention_output/kernel"]] = w[at["attention_output/kernel"]][o]
+        changes["num_heads"] = len(o)
+    elif _recurrent(layer):
         units = layer.units
         kept = np.arange(units) if o is None else np.asarray(o)
         cols = np.concatenate([g * units + kept for g in range(layer_kinds.gates(layer))])
@@ -437,13 +467,9 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
             return None
         if not layer.weights and not isinstance(layer, L.Reshape):
             return None
-        x = args[0] if len(args) == 1 else args
         rows = (lambda idx: flatten_rows(shapes[flat_of[name]][1:], idx)) if name in flat_of else None
         w, changes = sliced_weights(layer, out_keep.get(name), in_keep.get(name), rows)
-        new = copy_layer(layer, **changes)
-        out = new(x)
-        new.set_weights(w)
-        return out
+        return Replacement(copy_layer(layer, **changes), w)
 
     pruned = rebuild(model, replace)
     report = {"kept": {m: len(v) for n, v in keep.items() for m in groups[n].members},
@@ -466,6 +492,10 @@ def masked_copy(model, plan_keep: dict):
     for name, idx in plan_keep.items():  # a recurrent source reads its own units back: zero those rows too
         for member in groups[name].members:
             layer = masked.get_layer(member)
+            if groups[name].heads:  # a head's only reader: the output projection
+                w, at = layer.get_weights(), _attention_weights(layer)
+                w[at["attention_output/kernel"]][np.setdiff1d(np.arange(groups[name].channels), idx)] = 0
+                layer.set_weights(w)
             if _recurrent(layer):
                 w = layer.get_weights()
                 w[1][np.setdiff1d(np.arange(layer.units), idx), :] = 0

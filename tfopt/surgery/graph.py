@@ -63,6 +63,14 @@ def copy_layer(layer, **config_changes):
     return type(layer).from_config(config)
 
 
+class Replacement:
+    """What a ``replace`` callback may return instead of a tensor: a new layer, called like the
+    one it replaces (same arguments, constants and keywords), then given ``weights``."""
+
+    def __init__(self, layer, weights):
+        self.layer, self.weights = layer, weights
+
+
 def _replay(model, inputs, replace, taken=None, prefix=""):
     """Call new copies of functional ``model``'s layers on ``inputs`` (new tensors for its inputs,
     in order); returns the new tensors of its outputs. ``replace`` as in :func:`rebuild`. A copied
@@ -83,12 +91,13 @@ def _replay(model, inputs, replace, taken=None, prefix=""):
         node = layer.inbound_nodes[0]
         args = [new_of(t) for t in tf.nest.flatten(node.keras_inputs)]
         out = replace(layer, args)
-        if out is None:
+        if out is None or isinstance(out, Replacement):
             rename = {"name": f"{prefix}_{layer.name}"} if taken is not None and layer.name in taken else {}
-            new = copy_layer(layer, **rename)
+            new = copy_layer(layer, **rename) if out is None else out.layer
+            weights = layer.get_weights() if out is None else out.weights
             call_args, call_kwargs = tf.nest.map_structure(new_of, (tuple(node.call_args), dict(node.call_kwargs)))
             out = new(*call_args, **call_kwargs)
-            new.set_weights(layer.get_weights())
+            new.set_weights(weights)
         for old, rebuilt in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
             tensors[id(old)] = rebuilt
     return [tensors[id(t)] for t in model.outputs]
@@ -96,7 +105,8 @@ def _replay(model, inputs, replace, taken=None, prefix=""):
 
 def rebuild(model, replace):
     """Rebuild ``model``; ``replace(layer, inputs)`` returns the output tensor for ``layer`` given
-    its rebuilt input tensors, or None to keep a copy of the layer with its weights.
+    its rebuilt input tensors, a :class:`Replacement`, or None to keep a copy of the layer with its
+    weights.
 
     A kept layer is called again with its original call's arguments, constants and keywords
     included (``x + 3.0`` or ``x[..., :8]`` as TensorFlow-op layers), its tensors swapped for the
