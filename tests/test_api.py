@@ -222,6 +222,7 @@ def test_cluster_limits_unique_values(trained):
     assert accuracy(clustered) > 0.85
 
 
+@pytest.mark.slow
 def test_int8_of_a_clustered_model_keeps_its_shared_values_as_shared_codes(trained):
     import gzip
 

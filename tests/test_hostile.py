@@ -318,6 +318,7 @@ def test_native_log_lines_are_hidden_unless_verbose():
     assert loud.returncode == 0 and "absl::InitializeLog" in loud.stderr
 
 
+@pytest.mark.slow
 def test_converter_chatter_is_hidden_unless_verbose(tmp_path):
     from tfopt.config.recipe import validate
     from tfopt.training.run import fit

@@ -164,6 +164,9 @@ def run_cell(name, step, model, data):
     elif step == "prune_channels":
         out = tfopt.prune_channels(model, data, ratio=0.5, epochs=1)
         assert out.count_params() < model.count_params()
+        shapes = [np.shape(o) for o in keras.tree.flatten(model.predict(x, verbose=0))]
+        assert [np.shape(o) for o in keras.tree.flatten(out.predict(x, verbose=0))] == shapes
+        check_masked_original(model, x)
     else:
         out = tfopt.fold_batchnorm(model, x)
         assert not _has(out, keras.layers.BatchNormalization)
@@ -172,6 +175,22 @@ def run_cell(name, step, model, data):
     assert tfopt.model_kind(out) == "keras3"  # Keras 3 in, Keras 3 out
     if step in ("prune", "cluster", "quantize_aware"):
         assert type(out) is type(model)  # a Sequential stays a Sequential, a subclass its class
+
+
+def check_masked_original(model, x):
+    """Before any fine-tune, the smaller tf_keras copy computes what the copy computes with the
+    removed channels' readers zeroed."""
+    from tfopt.interop import max_relative_difference
+    from tfopt.kinds import enter
+    from tfopt.surgery.channels import masked_copy, plan_channels, prune_channels
+
+    _, work = enter(model)
+    plan = plan_channels(work, ratio=0.5)
+    pruned, _ = prune_channels(work, ratio=0.5)
+    assert plan["keep"], "no channel group was cut"
+    got, want = pruned.predict(x, verbose=0), masked_copy(work, plan["keep"]).predict(x, verbose=0)
+    for g, w in zip(keras.tree.flatten(got), keras.tree.flatten(want)):
+        assert max_relative_difference(g, w) <= 1e-4
 
 
 @pytest.mark.parametrize("name, step", list(cells()))

@@ -497,6 +497,19 @@ def test_attention_loses_whole_heads_and_the_feed_forward_its_units():
     shapes = [tuple(w.shape) for w in pruned.get_layer("mha").weights]
     assert shapes == [(8, 2, 3), (2, 3)] * 3 + [(2, 3, 8), (8,)]
 
+
+def test_both_directions_of_a_bidirectional_layer_lose_half_their_units():
+    L = keras.layers
+    inp = keras.Input((7, 5))
+    x = L.Bidirectional(L.LSTM(6, return_sequences=True), name="bi1")(L.Conv1D(6, 3, name="conv")(inp))
+    x = L.Bidirectional(L.GRU(4), name="bi2")(x)
+    pruned, report = _check_masked(keras.Model(inp, L.Dense(3, name="head")(x)))
+    assert report["kept"] == {"conv": 3, "bi1": 6, "bi2": 4}
+    bi1 = pruned.get_layer("bi1")
+    assert (bi1.forward_layer.units, bi1.backward_layer.units) == (3, 3)
+    assert [tuple(w.shape) for w in bi1.weights] == [(3, 12), (3, 12), (12,)] * 2
+    assert pruned.get_layer("head").get_weights()[0].shape == (4, 3)
+
 def test_an_embedding_loses_dimensions_and_its_readers_their_rows():
     L = keras.layers
     inp = keras.Input((10,), dtype="int32")

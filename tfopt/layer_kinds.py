@@ -108,10 +108,23 @@ def _rnn_role(layer):
     return "blocking" if layer.return_state or layer.stateful else "producer"
 
 
-def _rnn_macs(layer):
-    shape = _shape(layer.input_shape)
+def _rnn_macs(layer, shape=None):
+    shape = _shape(layer.input_shape) if shape is None else shape
     steps = (shape[0] or 1) if len(shape) == 2 else 1
     return steps * (shape[-1] + layer.units) * gates(layer) * layer.units
+
+
+def _bidirectional_role(layer):
+    """Its two directions' units side by side (``merge_mode="concat"``); summed or multiplied
+    directions, or returned states, block."""
+    if layer.merge_mode != "concat" or layer.return_state or layer.forward_layer.stateful:
+        return "blocking"
+    return "producer"
+
+
+def _bidirectional_macs(layer):
+    shape = _shape(layer.input_shape)
+    return _rnn_macs(layer.forward_layer, shape) + _rnn_macs(layer.backward_layer, shape)
 
 
 def _attention_macs(layer):
@@ -195,6 +208,7 @@ def table() -> dict:
             L.Dense: Kind(("kernel",), True, "producer", _dense_macs),
             L.LSTM: Kind(role=_rnn_role, macs=_rnn_macs), L.GRU: Kind(role=_rnn_role, macs=_rnn_macs),
             L.SimpleRNN: Kind(role=_rnn_role, macs=_rnn_macs),
+            L.Bidirectional: Kind(role=_bidirectional_role, macs=_bidirectional_macs),
             L.Embedding: Kind(role="producer"),
             L.MultiHeadAttention: Kind(role="blocking", macs=_attention_macs),
             L.Add: Kind(role="coupled"), L.Subtract: Kind(role="coupled"), L.Multiply: Kind(role="coupled"),
@@ -235,7 +249,8 @@ def _unwrap(layer):
     """The layer a TFMOT wrapper (pruning, clustering, quantization) wraps, else the layer."""
     import tf_keras as keras
 
-    while isinstance(layer, keras.layers.Wrapper) and hasattr(layer, "layer"):
+    while isinstance(layer, keras.layers.Wrapper) and hasattr(layer, "layer") and \
+            not isinstance(layer, keras.layers.Bidirectional):
         layer = layer.layer
     return layer
 

@@ -105,6 +105,16 @@ class Builder:
             x = values[0]
             outs = self._walk(sub, x if isinstance(x, list) else [x], call_kw.get("training"))
             return outs if len(outs) > 1 else outs[0]
+        if cls == "Bidirectional" and name not in layers:
+            def inner(layer):
+                config, _ = translate(layer.get_config(), layer_class(layer), self.src, self.dst,
+                                      f"{name}/{layer.name}")
+                return getattr(L, layer_class(layer))(**config)
+
+            target = L.Bidirectional(inner(obj.forward_layer), merge_mode=obj.merge_mode,
+                                     backward_layer=inner(obj.backward_layer), name=name)
+            self.pairs.append((obj, target))
+            layers[name] = (target, None)
         app = application_layer(obj, self.src, self.dst) if name not in layers else None
         if app is not None:
             target = app[0](**app[1])

@@ -26,6 +26,7 @@ LAYERS = frozenset({
     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Normalization",
     "LSTM", "GRU", "SimpleRNN", "Embedding", "MultiHeadAttention",
 })
+RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN"})
 # Keras 3 graph operations on a tensor and a scalar (``x + 3.0``), turned into Rescaling(scale, offset).
 SCALAR_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide"}
 # Activations with the same name and meaning in both libraries.
@@ -84,6 +85,16 @@ def problems(graph, src, dst):
             out += problems(sub, src, dst)
         elif application_layer(obj, src, dst) is not None:
             pass
+        elif cls == "Bidirectional" and _is_builtin(obj, src):
+            for inner in (obj.forward_layer, obj.backward_layer):
+                if layer_class(inner) not in RECURRENT or not _is_builtin(inner, src):
+                    out.append(f"layer '{name}' (Bidirectional) wraps {layer_class(inner)}; tfopt converts a "
+                               f"Bidirectional LSTM, GRU or SimpleRNN")
+                    break
+                try:
+                    translate(inner.get_config(), layer_class(inner), src, dst, f"{name}/{inner.name}")
+                except TfoptError as exc:
+                    out.append(str(exc))
         elif cls not in LAYERS or not _is_builtin(obj, src):
             hint = " (a TFMOT wrapper: strip the model first)" if "model_optimization" in module else ""
             out.append(f"layer '{name}' ({cls} from {module}) is not a built-in layer tfopt can convert{hint}; "
@@ -186,6 +197,8 @@ def translate(config, cls_name, src, dst, name):
             out[key] = value
         elif key in _IGNORABLE and (value == _IGNORABLE[key] or value is None or key == "renorm_momentum"):
             continue
+        elif key == "zero_output_for_mask" and cls_name in RECURRENT:
+            out[key] = value  # both libraries' recurrent layers take it (a Bidirectional sets it)
         elif key in ("batch_input_shape", "input_length", "query_shape", "key_shape", "value_shape"):
             continue  # the graph gives the shapes
         elif value is None or key.endswith("_initializer") or key == "trainable":

@@ -255,11 +255,39 @@ def _attention_kernels(layer) -> list:
     return [w[at[f"{part}/kernel"]] for part in ("query", "key", "value", "attention_output")]
 
 
+def _bidirectional(layer) -> bool:
+    L, _, _ = _kinds()
+    return isinstance(layer, L.Bidirectional)
+
+
+def _directions(layer) -> list:
+    """``[(recurrent layer, its weights, first output channel)]``: the forward and backward layers
+    of a Bidirectional (their outputs side by side), or the recurrent layer itself."""
+    if not _bidirectional(layer):
+        return [(layer, layer.get_weights(), 0)]
+    w, n = layer.get_weights(), len(layer.forward_layer.weights)
+    return [(layer.forward_layer, w[:n], 0), (layer.backward_layer, w[n:], layer.forward_layer.units)]
+
+
+def _rnn_filters(layer, w):
+    both = np.concatenate([w[0], w[1]], axis=0)
+    return both.reshape(both.shape[0], layer_kinds.gates(layer), layer.units).reshape(-1, layer.units)
+
+
+def _rnn_sliced(layer, w, o, i):
+    """A recurrent layer's weights keeping units ``o`` (all gates; recurrent rows and columns) and
+    input channels ``i`` (None: all)."""
+    units = layer.units
+    kept = np.arange(units) if o is None else np.asarray(o)
+    cols = np.concatenate([g * units + kept for g in range(layer_kinds.gates(layer))])
+    return [(w[0] if i is None else w[0][i])[:, cols], w[1][kept][:, cols], *[b[..., cols] for b in w[2:]]]
+
+
 def width(layer) -> int:
-    """The channels a source writes: its filters, units or embedding size."""
+    """The channels a source writes: its filters, units (both directions) or embedding size."""
     _, (_, _, separable), _ = _kinds()
-    if _recurrent(layer):
-        return int(layer.units)
+    if _recurrent(layer) or _bidirectional(layer):
+        return int(sum(d.units for d, _, _ in _directions(layer)))
     return int(layer.get_weights()[1 if isinstance(layer, separable) else 0].shape[-1])
 
 
@@ -273,9 +301,10 @@ def _filters(layer):
         parts = [np.moveaxis(k, 1, -1).reshape(-1, heads) for k in _attention_kernels(layer)[:3]]
         parts.append(np.moveaxis(_attention_kernels(layer)[3], 0, -1).reshape(-1, heads))
         return np.concatenate(parts, axis=0)
-    if _recurrent(layer):
-        both = np.concatenate([w[0], w[1]], axis=0)
-        return both.reshape(both.shape[0], layer_kinds.gates(layer), layer.units).reshape(-1, layer.units)
+    if _recurrent(layer) or _bidirectional(layer):
+        parts = [_rnn_filters(d, dw) for d, dw, _ in _directions(layer)]
+        rows = max(p.shape[0] for p in parts)
+        return np.concatenate([np.pad(p, ((0, rows - p.shape[0]), (0, 0))) for p in parts], axis=1)
     kernel = w[1] if isinstance(layer, separable) else w[0]
     return kernel.reshape(-1, kernel.shape[-1])
 
@@ -342,6 +371,15 @@ def scores(model, group: Group, criterion: str, data=None, loss=None) -> np.ndar
     return np.abs(f).sum(axis=0) if criterion == "l1" else np.sqrt((f ** 2).sum(axis=0))
 
 
+def _partitions(model, group) -> list:
+    """``[(first channel, channels)]`` ranked apart: both directions of a Bidirectional source, else
+    the whole group."""
+    source = model.get_layer(group.source)
+    if len(group.members) == 1 and _bidirectional(source):
+        return [(start, d.units) for d, _, start in _directions(source)]
+    return [(0, group.channels)]
+
+
 def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels=1, protect=(), data=None,
                   loss=None) -> dict:
     """Which channels each source keeps: ``{source: sorted kept indices}``, plus the reasons
@@ -365,10 +403,17 @@ def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels
         elif g.blocked:
             protected[name] = g.blocked
         elif r > 0:
-            n_keep = max(min_channels, int(round(g.channels * (1 - r))), 1)
-            if n_keep < g.channels:
-                s = scores(model, g, criterion, data, loss)
-                keep[name] = np.sort(np.argsort(-s, kind="stable")[:n_keep])
+            s = None
+            kept = []
+            for start, size in _partitions(model, g):  # a Bidirectional's two directions: each keeps its share
+                n_keep = max(min_channels, int(round(size * (1 - r))), 1)
+                if n_keep < size:
+                    s = scores(model, g, criterion, data, loss) if s is None else s
+                    kept.append(start + np.argsort(-s[start:start + size], kind="stable")[:n_keep])
+                else:
+                    kept.append(np.arange(start, start + size))
+            if s is not None:
+                keep[name] = np.sort(np.concatenate(kept))
     return {"keep": keep, "protected": protected, "groups": groups}
 
 
@@ -388,11 +433,16 @@ def sliced_weights(layer, o, i, rows=None):
         w[at["attention_output/kernel"]] = w[at["attention_output/kernel"]][o]
         changes["num_heads"] = len(o)
     elif _recurrent(layer):
-        units = layer.units
-        kept = np.arange(units) if o is None else np.asarray(o)
-        cols = np.concatenate([g * units + kept for g in range(layer_kinds.gates(layer))])
-        w = [(w[0] if i is None else w[0][i])[:, cols], w[1][kept][:, cols], *[b[..., cols] for b in w[2:]]]
-        changes["units"] = len(kept)
+        w = _rnn_sliced(layer, w, o, i)
+        changes["units"] = layer.units if o is None else len(o)
+    elif _bidirectional(layer):  # each direction keeps its own share of ``o``
+        w, config = [], layer.get_config()
+        for key, (d, dw, start) in zip(("layer", "backward_layer"), _directions(layer)):
+            mine = None if o is None else np.asarray([c - start for c in o if start <= c < start + d.units])
+            w += _rnn_sliced(d, dw, mine, i)
+            inner = dict(config.get(key) or L.serialize(d))
+            inner["config"] = {**inner["config"], "units": d.units if mine is None else len(mine)}
+            changes[key] = inner
     elif isinstance(layer, L.Embedding):
         w, changes = [w[0][:, o]], {"output_dim": len(o)}
     elif w and layer_kinds.role(layer) == "transparent" and all(np.ndim(a) == 1 for a in w):
@@ -496,9 +546,11 @@ def masked_copy(model, plan_keep: dict):
                 w, at = layer.get_weights(), _attention_weights(layer)
                 w[at["attention_output/kernel"]][np.setdiff1d(np.arange(groups[name].channels), idx)] = 0
                 layer.set_weights(w)
-            if _recurrent(layer):
-                w = layer.get_weights()
-                w[1][np.setdiff1d(np.arange(layer.units), idx), :] = 0
+            if _recurrent(layer) or _bidirectional(layer):
+                w = []
+                for d, dw, start in _directions(layer):
+                    dw[1][np.setdiff1d(np.arange(d.units), np.asarray(idx) - start), :] = 0
+                    w += dw
                 layer.set_weights(w)
     for channels, idx, sinks in spaces:
         drop = np.setdiff1d(np.arange(channels), idx)
@@ -507,7 +559,15 @@ def masked_copy(model, plan_keep: dict):
             w = layer.get_weights()
             if isinstance(layer, L.Dense):
                 w[0][flatten_rows(shapes[flat][1:], drop) if flat else drop, :] = 0
+            elif _bidirectional(layer):  # both directions read the input
+                w = [a for d, dw, _ in _directions(layer) for a in [dw[0] * _zeroed_rows(dw[0], drop), *dw[1:]]]
             else:
                 w[0][..., drop, :] = 0
             layer.set_weights(w)
     return masked
+
+
+def _zeroed_rows(kernel, rows):
+    mask = np.ones_like(kernel)
+    mask[rows] = 0
+    return mask

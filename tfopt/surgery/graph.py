@@ -56,11 +56,11 @@ def consumers(model) -> dict:
     return out
 
 
-def copy_layer(layer, **config_changes):
+def copy_layer(original, /, **config_changes):
     """A new layer of the same class and config (with changes); weights are set by the caller."""
-    config = layer.get_config()
+    config = original.get_config()
     config.update(config_changes)
-    return type(layer).from_config(config)
+    return type(original).from_config(config)
 
 
 class Replacement:
