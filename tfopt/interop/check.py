@@ -17,15 +17,16 @@ def sample_inputs(model, n: int = 4, seed: int = 0):
     """Seeded random normal inputs for ``model``; unknown spatial sizes become 32."""
     rng = np.random.default_rng(seed)
     named = model.input if isinstance(getattr(model, "input", None), dict) else None  # inputs given as a dict
-    shapes = [tuple(t.shape) for t in named.values()] if named else \
-        model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
-    dtypes = [str(getattr(getattr(t, "dtype", None), "name", getattr(t, "dtype", "float32")))
-              for t in (named.values() if named else model.inputs)]
     vocab = min([int(layer.input_dim) for layer in getattr(model, "layers", []) if hasattr(layer, "input_dim")
                  and type(layer).__name__ == "Embedding"] or [2])
-    xs = [rng.integers(0, vocab, size=(n, *[32 if d is None else d for d in s[1:]])).astype(dtype)
-          if "int" in dtype else rng.normal(size=(n, *[32 if d is None else d for d in s[1:]])).astype("float32")
-          for s, dtype in zip(shapes, dtypes)]
+
+    def sample(t):  # integers within the embeddings' vocabulary for an integer input
+        shape = (n, *[32 if d is None else d for d in tuple(t.shape)[1:]])
+        dtype = str(getattr(t.dtype, "name", t.dtype))
+        return rng.integers(0, vocab, size=shape).astype(dtype) if "int" in dtype else \
+            rng.normal(size=shape).astype("float32")
+
+    xs = [sample(t) for t in (named.values() if named else model.inputs)]
     if named:
         return dict(zip(named, xs))
     return xs if len(xs) > 1 else xs[0]

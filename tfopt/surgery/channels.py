@@ -137,7 +137,7 @@ def _follow(start, layers, users, outputs, g):
 def trace(model) -> Groups:
     """``{source name: Group}`` for every conv/separable/dense layer of ``model``; the channel
     spaces after each Concatenate are in the result's ``concats``."""
-    L, (_, _, separable), _ = _kinds()
+    L, _, _ = _kinds()
     model = as_functional(model)
     layers = {layer.name: layer for layer in model.layers}
     users = consumers(model)
@@ -283,10 +283,15 @@ def _rnn_sliced(layer, w, o, i):
     return [(w[0] if i is None else w[0][i])[:, cols], w[1][kept][:, cols], *[b[..., cols] for b in w[2:]]]
 
 
+def _has_units(layer) -> bool:
+    """A recurrent layer, or a Bidirectional one: its channels are units of every gate."""
+    return _recurrent(layer) or _bidirectional(layer)
+
+
 def width(layer) -> int:
     """The channels a source writes: its filters, units (both directions) or embedding size."""
     _, (_, _, separable), _ = _kinds()
-    if _recurrent(layer) or _bidirectional(layer):
+    if _has_units(layer):
         return int(sum(d.units for d, _, _ in _directions(layer)))
     return int(layer.get_weights()[1 if isinstance(layer, separable) else 0].shape[-1])
 
@@ -301,7 +306,7 @@ def _filters(layer):
         parts = [np.moveaxis(k, 1, -1).reshape(-1, heads) for k in _attention_kernels(layer)[:3]]
         parts.append(np.moveaxis(_attention_kernels(layer)[3], 0, -1).reshape(-1, heads))
         return np.concatenate(parts, axis=0)
-    if _recurrent(layer) or _bidirectional(layer):
+    if _has_units(layer):
         parts = [_rnn_filters(d, dw) for d, dw, _ in _directions(layer)]
         rows = max(p.shape[0] for p in parts)
         return np.concatenate([np.pad(p, ((0, rows - p.shape[0]), (0, 0))) for p in parts], axis=1)
@@ -432,17 +437,17 @@ def sliced_weights(layer, o, i, rows=None):
                 w[at[f"{part}/bias"]] = w[at[f"{part}/bias"]][o]
         w[at["attention_output/kernel"]] = w[at["attention_output/kernel"]][o]
         changes["num_heads"] = len(o)
-    elif _recurrent(layer):
-        w = _rnn_sliced(layer, w, o, i)
-        changes["units"] = layer.units if o is None else len(o)
-    elif _bidirectional(layer):  # each direction keeps its own share of ``o``
+    elif _has_units(layer):  # a Bidirectional's directions each keep their own share of ``o``
         w, config = [], layer.get_config()
         for key, (d, dw, start) in zip(("layer", "backward_layer"), _directions(layer)):
             mine = None if o is None else np.asarray([c - start for c in o if start <= c < start + d.units])
             w += _rnn_sliced(d, dw, mine, i)
-            inner = dict(config.get(key) or L.serialize(d))
-            inner["config"] = {**inner["config"], "units": d.units if mine is None else len(mine)}
-            changes[key] = inner
+            units = d.units if mine is None else len(mine)
+            if d is layer:
+                changes["units"] = units
+            else:
+                inner = dict(config.get(key) or L.serialize(d))
+                changes[key] = {**inner, "config": {**inner["config"], "units": units}}
     elif isinstance(layer, L.Embedding):
         w, changes = [w[0][:, o]], {"output_dim": len(o)}
     elif w and layer_kinds.role(layer) == "transparent" and all(np.ndim(a) == 1 for a in w):
@@ -531,7 +536,7 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
 def masked_copy(model, plan_keep: dict):
     """The original model with the removed channels' readers zeroed: it must compute exactly what
     the pruned model computes (used by the tests and by ``--check``)."""
-    L, (_, _, separable), _ = _kinds()
+    L, _, _ = _kinds()
 
     groups = trace(model)
     masked = rebuild(model, lambda layer, args: None)  # a copy, its layers rebuilt by their own classes
@@ -546,7 +551,7 @@ def masked_copy(model, plan_keep: dict):
                 w, at = layer.get_weights(), _attention_weights(layer)
                 w[at["attention_output/kernel"]][np.setdiff1d(np.arange(groups[name].channels), idx)] = 0
                 layer.set_weights(w)
-            if _recurrent(layer) or _bidirectional(layer):
+            if _has_units(layer):
                 w = []
                 for d, dw, start in _directions(layer):
                     dw[1][np.setdiff1d(np.arange(d.units), np.asarray(idx) - start), :] = 0
@@ -560,14 +565,12 @@ def masked_copy(model, plan_keep: dict):
             if isinstance(layer, L.Dense):
                 w[0][flatten_rows(shapes[flat][1:], drop) if flat else drop, :] = 0
             elif _bidirectional(layer):  # both directions read the input
-                w = [a for d, dw, _ in _directions(layer) for a in [dw[0] * _zeroed_rows(dw[0], drop), *dw[1:]]]
+                w = []
+                for _, dw, _ in _directions(layer):
+                    dw[0][drop] = 0
+                    w += dw
             else:
                 w[0][..., drop, :] = 0
             layer.set_weights(w)
     return masked
 
-
-def _zeroed_rows(kernel, rows):
-    mask = np.ones_like(kernel)
-    mask[rows] = 0
-    return mask
