@@ -256,17 +256,19 @@ def test_convnext_layer_scales_convert_both_ways():
     assert_same(model, from_tf_keras(tk, "keras3"), x)
 
 
-def test_recurrent_embedding_and_attention_layers_convert_both_ways():
+def test_recurrent_embedding_einsum_and_attention_layers_convert_both_ways():
     tokens = keras.Input((6,), dtype="int32")
     x = keras.layers.Embedding(30, 8)(tokens)
     x = x + keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
     x = keras.layers.GRU(5, return_sequences=True)(keras.layers.LSTM(6, return_sequences=True)(x))
     x = keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True))(x)
-    model = keras.Model(tokens, keras.layers.Dense(3)(keras.layers.SimpleRNN(4)(x)))
+    x = keras.layers.EinsumDense("ab,bc->ac", output_shape=5, bias_axes="c")(keras.layers.SimpleRNN(4)(x))
+    model = keras.Model(tokens, keras.layers.Dense(3)(x))
     x = np.random.default_rng(3).integers(0, 30, size=(2, 6)).astype("int32")
     tk = to_tf_keras(model)
     assert [type(layer).__name__ for layer in tk.layers][1:] == ["Embedding", "MultiHeadAttention", "Add", "LSTM",
-                                                                 "GRU", "Bidirectional", "SimpleRNN", "Dense"]
+                                                                 "GRU", "Bidirectional", "SimpleRNN", "EinsumDense",
+                                                                 "Dense"]
     assert_same(model, tk, x)
     assert_same(model, from_tf_keras(tk, "keras3"), x)
 

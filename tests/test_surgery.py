@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
+from tfopt import layer_kinds
 from tfopt.errors import TfoptError
 from tfopt.models.builder import build_model
 from tfopt.config.recipe import Model
@@ -496,6 +497,39 @@ def test_attention_loses_whole_heads_and_the_feed_forward_its_units():
                                    "head": "head is a model output"}
     shapes = [tuple(w.shape) for w in pruned.get_layer("mha").weights]
     assert shapes == [(8, 2, 3), (2, 3)] * 3 + [(2, 3, 8), (8,)]
+
+
+def test_transposed_convolutions_lose_filters_and_input_channels():
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    skip = L.Conv2D(6, 3, padding="same", activation="relu", name="enc")(inp)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="mid")(L.MaxPooling2D(name="pool")(skip))
+    up = L.Conv2DTranspose(6, 2, strides=2, name="up")(x)
+    up = L.BatchNormalization(name="up_bn")(up)
+    x = L.Concatenate(name="cat")([up, skip])
+    out = L.Conv2D(3, 1, activation="softmax", name="seg")(L.Conv2D(4, 3, padding="same", name="dec")(x))
+    pruned, report = _check_masked(keras.Model(inp, out))
+    assert report["kept"] == {"enc": 3, "mid": 4, "up": 3, "dec": 2}
+    assert [tuple(w.shape) for w in pruned.get_layer("up").weights] == [(2, 2, 3, 4), (3,)]
+    assert [tuple(w.shape) for w in pruned.get_layer("dec").weights] == [(3, 3, 6, 2), (2,)]
+
+
+def test_einsum_dense_layers_lose_channels_like_dense_ones():
+    L = keras.layers
+    inp = keras.Input((6, 4))  # a patch embedding whose bias is a learned position embedding (6 × 8)
+    x = L.EinsumDense("abc,cd->abd", output_shape=(6, 8), bias_axes="bd", activation="relu", name="embed")(inp)
+    x = L.Dense(5, activation="relu", name="ffn")(x)
+    x = L.EinsumDense("...b,bc->...c", output_shape=4, bias_axes="c", name="proj")(x)
+    x = L.EinsumDense("abc,cd->abd", output_shape=(6, 4), name="mix")(x)  # no bias
+    odd = L.EinsumDense("abc,bd->acd", output_shape=(4, 3), name="odd")(x)  # sums over positions: blocks
+    model = keras.Model(inp, L.Dense(3, name="head")(L.Flatten(name="flat")(odd)))
+    pruned, report = _check_masked(model)
+    assert report["kept"] == {"embed": 4, "ffn": 2, "proj": 2}
+    assert report["protected"]["mix"] == "its channels reach odd (EinsumDense)"
+    assert [tuple(w.shape) for w in pruned.get_layer("embed").weights] == [(4, 4), (6, 4)]
+    assert [tuple(w.shape) for w in pruned.get_layer("proj").weights] == [(2, 2), (2,)]
+    assert [tuple(w.shape) for w in pruned.get_layer("mix").weights] == [(2, 4)]
+    assert layer_kinds.macs(model.get_layer("embed")) == 6 * 4 * 8
 
 
 def test_both_directions_of_a_bidirectional_layer_lose_half_their_units():

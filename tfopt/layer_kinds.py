@@ -136,6 +136,33 @@ def _attention_macs(layer):
     return tq * dq * h * k + tv * dv * h * (k + v) + tq * tv * h * (k + v) + tq * h * v * dq
 
 
+def einsum_axes(layer):
+    """``(kernel axis read from the input's last axis, kernel axis written to the output's last
+    axis)`` of an EinsumDense whose equation works like a Dense on the last axis (``abc,cd->abd``,
+    ``...b,bc->...c``): the input's last index is summed with the kernel, the output's last index is
+    the kernel's last. None for other equations."""
+    spec = layer.equation.replace("...", "")
+    inputs, out = spec.split("->")
+    x, k = inputs.split(",")
+    if not (x and k and out) or x[-1] not in k or x[-1] in out or out[-1] != k[-1] or out[-1] in x:
+        return None
+    return k.index(x[-1]), len(k) - 1
+
+
+def _einsum_role(layer):
+    return "producer" if einsum_axes(layer) is not None else "blocking"
+
+
+def _einsum_macs(layer):
+    """Kernel weights times the output positions the kernel does not index (batch excluded)."""
+    spec = layer.equation.replace("...", "")
+    kernel_letters, out = spec.split("->")[0].split(",")[1], spec.split("->")[1]
+    shape = _shape(layer.output_shape)
+    letters = [out[-j] if j <= len(out) else None for j in range(1, len(shape) + 1)]
+    free = [n for n, letter in zip(reversed(shape), letters) if letter is None or letter not in kernel_letters]
+    return int(np.prod(layer.kernel.shape)) * math.prod(int(n or 1) for n in free)
+
+
 def _depthwise_role(layer):
     return "transparent" if layer.depth_multiplier == 1 else "blocking"
 
@@ -199,13 +226,14 @@ def table() -> dict:
             L.Conv2D: Kind(("kernel",), True, _conv_role, _conv_macs),
             L.Conv1D: Kind(("kernel",), True, _conv_role, _conv_macs),
             L.Conv3D: Kind(("kernel",), True, _conv_role, _conv_macs),
-            L.Conv1DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
-            L.Conv2DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
-            L.Conv3DTranspose: Kind(("kernel",), False, "blocking", _transpose_macs),
+            L.Conv1DTranspose: Kind(("kernel",), False, "producer", _transpose_macs),
+            L.Conv2DTranspose: Kind(("kernel",), False, "producer", _transpose_macs),
+            L.Conv3DTranspose: Kind(("kernel",), False, "producer", _transpose_macs),
             L.SeparableConv1D: Kind(("depthwise_kernel", "pointwise_kernel"), True, "producer", _separable_macs),
             L.DepthwiseConv2D: Kind(("depthwise_kernel",), True, _depthwise_role, _depthwise_macs),
             L.SeparableConv2D: Kind(("depthwise_kernel", "pointwise_kernel"), True, "producer", _separable_macs),
             L.Dense: Kind(("kernel",), True, "producer", _dense_macs),
+            L.EinsumDense: Kind(role=_einsum_role, macs=_einsum_macs),
             L.LSTM: Kind(role=_rnn_role, macs=_rnn_macs), L.GRU: Kind(role=_rnn_role, macs=_rnn_macs),
             L.SimpleRNN: Kind(role=_rnn_role, macs=_rnn_macs),
             L.Bidirectional: Kind(role=_bidirectional_role, macs=_bidirectional_macs),

@@ -24,7 +24,7 @@ LAYERS = frozenset({
     "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Permute",
     "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D", "Rescaling",
     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Normalization",
-    "LSTM", "GRU", "SimpleRNN", "Embedding", "MultiHeadAttention",
+    "LSTM", "GRU", "SimpleRNN", "Embedding", "MultiHeadAttention", "EinsumDense",
 })
 RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN"})
 # Keras 3 graph operations on a tensor and a scalar (``x + 3.0``), turned into Rescaling(scale, offset).

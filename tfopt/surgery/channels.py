@@ -120,6 +120,9 @@ def _follow(start, layers, users, outputs, g):
             break
         for user_name in users[name]:
             user = layers[user_name]
+            if is_source(user) and flat is not None and isinstance(user, L.EinsumDense):
+                g.blocked = f"its channels reach {user_name} (EinsumDense) through a Flatten"
+                break
             if is_source(user):  # a Dense on a tensor of more axes reads its last one, position by position
                 g.sinks.append((user_name, flat))
             elif _transparent(user) or _merge(user):
@@ -283,6 +286,12 @@ def _rnn_sliced(layer, w, o, i):
     return [(w[0] if i is None else w[0][i])[:, cols], w[1][kept][:, cols], *[b[..., cols] for b in w[2:]]]
 
 
+def _transposed(layer) -> bool:
+    """A transposed convolution: its kernel holds output channels on axis -2, inputs on axis -1."""
+    L, _, _ = _kinds()
+    return isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose))
+
+
 def _has_units(layer) -> bool:
     """A recurrent layer, or a Bidirectional one: its channels are units of every gate."""
     return _recurrent(layer) or _bidirectional(layer)
@@ -293,6 +302,8 @@ def width(layer) -> int:
     _, (_, _, separable), _ = _kinds()
     if _has_units(layer):
         return int(sum(d.units for d, _, _ in _directions(layer)))
+    if _transposed(layer):
+        return int(layer.get_weights()[0].shape[-2])
     return int(layer.get_weights()[1 if isinstance(layer, separable) else 0].shape[-1])
 
 
@@ -310,7 +321,7 @@ def _filters(layer):
         parts = [_rnn_filters(d, dw) for d, dw, _ in _directions(layer)]
         rows = max(p.shape[0] for p in parts)
         return np.concatenate([np.pad(p, ((0, rows - p.shape[0]), (0, 0))) for p in parts], axis=1)
-    kernel = w[1] if isinstance(layer, separable) else w[0]
+    kernel = w[1] if isinstance(layer, separable) else np.swapaxes(w[0], -1, -2) if _transposed(layer) else w[0]
     return kernel.reshape(-1, kernel.shape[-1])
 
 
@@ -450,10 +461,30 @@ def sliced_weights(layer, o, i, rows=None):
                 changes[key] = {**inner, "config": {**inner["config"], "units": units}}
     elif isinstance(layer, L.Embedding):
         w, changes = [w[0][:, o]], {"output_dim": len(o)}
+    elif isinstance(layer, L.EinsumDense):  # a Dense on the last axis: kernel axes from its equation
+        read, _ = layer_kinds.einsum_axes(layer)
+        kernel, bias = w[0], (w[1] if len(w) > 1 else None)
+        if i is not None:
+            kernel = np.take(kernel, i, axis=read)
+        if o is not None:
+            kernel = kernel[..., o]
+            if bias is not None and layer.bias_axes and layer.equation.split("->")[1][-1] in layer.bias_axes:
+                bias = bias[..., o]
+            shape = layer.get_config()["output_shape"]
+            changes["output_shape"] = len(o) if isinstance(shape, int) else [*list(shape)[:-1], len(o)]
+        w = [kernel, *([bias] if bias is not None else [])]
     elif w and layer_kinds.role(layer) == "transparent" and all(np.ndim(a) == 1 for a in w):
         w = [a[o] for a in w]  # per-channel weights: BatchNorm's statistics, a layer scale
     elif isinstance(layer, L.Reshape):
         changes["target_shape"] = (*layer.target_shape[:-1], len(o))
+    elif _transposed(layer):  # kernel (..., out, in)
+        kernel, bias = w[0], (w[1] if layer.use_bias else None)
+        if i is not None:
+            kernel = kernel[..., i]
+        if o is not None:
+            kernel, bias = kernel[..., o, :], (bias[o] if bias is not None else None)
+            changes["filters"] = len(o)
+        w = [kernel, *([bias] if bias is not None else [])]
     elif isinstance(layer, conv) and layer.groups > 1:  # one channel per group: a depthwise conv
         w = [w[0][..., o], *([w[1][o]] if layer.use_bias else [])]
         changes.update(filters=len(o), groups=len(o))
@@ -564,6 +595,13 @@ def masked_copy(model, plan_keep: dict):
             w = layer.get_weights()
             if isinstance(layer, L.Dense):
                 w[0][flatten_rows(shapes[flat][1:], drop) if flat else drop, :] = 0
+            elif isinstance(layer, L.EinsumDense):
+                read, _ = layer_kinds.einsum_axes(layer)
+                index = [slice(None)] * w[0].ndim
+                index[read] = drop
+                w[0][tuple(index)] = 0
+            elif _transposed(layer):
+                w[0][..., drop] = 0
             elif _bidirectional(layer):  # both directions read the input
                 w = []
                 for _, dw, _ in _directions(layer):
