@@ -526,3 +526,35 @@ def test_cluster_leaves_a_kernel_with_fewer_weights_than_clusters_as_it_is():
     clustered = tfopt.cluster(model, data, clusters=16, epochs=1, loss="mse")
     assert len(np.unique(clustered.get_layer("wide").kernel.numpy())) <= 16
     assert clustered.get_layer("small").kernel.shape == (12, 1)
+
+
+def test_prune_channels_takes_a_keras3_model_with_two_heads_and_two_inputs():
+    import keras as k3
+
+    rng = np.random.default_rng(0)
+    image, features = k3.Input((6, 6, 1), name="image"), k3.Input((5,), name="features")
+    a = k3.layers.GlobalAveragePooling2D()(k3.layers.Conv2D(8, 3, activation="relu", name="conv")(image))
+    h = k3.layers.Dense(16, activation="relu", name="hidden")(
+        k3.layers.Concatenate()([a, k3.layers.Dense(6, activation="relu", name="side")(features)]))
+    model = k3.Model({"image": image, "features": features},
+                     {"label": k3.layers.Dense(3, activation="softmax", name="label")(h),
+                      "value": k3.layers.Dense(1, name="value")(h)})
+    model.compile("adam", {"label": "sparse_categorical_crossentropy", "value": "mse"})
+    x = {"image": rng.random((64, 6, 6, 1), dtype="float32"), "features": rng.random((64, 5), dtype="float32")}
+    y = {"label": rng.integers(0, 3, 64), "value": x["features"].sum(1, keepdims=True)}
+    before = [w.copy() for w in model.get_weights()]
+    unchanged = tfopt.prune_channels(model, (x, y), ratio=0.5, epochs=0)
+    out = tfopt.prune_channels(model, (x, y), ratio=0.5, epochs=1, batch_size=16)
+    assert {n: out.get_layer(n).get_weights()[0].shape[-1] for n in ("conv", "side", "hidden")} == \
+        {"conv": 4, "side": 3, "hidden": 8}
+    assert out.get_layer("hidden").get_weights()[0].shape == (7, 8)
+    assert sorted(out.output_names) == ["label", "value"]
+    got = out.predict(x, verbose=0)
+    assert got["label"].shape == (64, 3) and got["value"].shape == (64, 1)
+    assert not np.allclose(out.get_layer("value").get_weights()[0], unchanged.get_layer("value").get_weights()[0])
+    assert all(np.array_equal(p, q) for p, q in zip(before, model.get_weights()))
+    with pytest.raises(TfoptError) as refused:
+        tfopt.prune_channels(model, (x, y), criterion="taylor")
+    assert str(refused.value) == ("prune_channels: criterion 'taylor' ranks channels on data of one input and one "
+                                  "output; with several inputs or outputs rank them by their weights: l1, l2 or "
+                                  "bn_gamma")

@@ -24,7 +24,7 @@ Which engine runs when:
     - ``prune_channels``, ``fold_batchnorm``, ``remove_layers``, ``fold_pool``: the graph
       path, which rebuilds a Sequential or functional model layer by layer on a tf_keras copy (a
       Keras 3 model is converted at the door, checked numerically, and the result converted
-      back). A Keras 3 model that cannot be converted (subclassed, LSTM, attention, a custom
+      back). A Keras 3 model that cannot be converted (subclassed, a custom
       layer...) is refused in one paragraph starting ``"<function> cannot take the model"``,
       naming why and what works on it instead.
     - ``to_tflite`` on a **Keras 3** model: Keras 3's own export path (``ExportArchive``, a
@@ -65,6 +65,8 @@ from tfopt.config.fine_tune import FineTuneSettings
 from tfopt.config.validation import did_you_mean, validated
 from tfopt.data.coerce import sample_x
 from tfopt.errors import TfoptError
+from tfopt.graph_path import GRAPH_REFUSAL  # noqa: F401  (the refusals' documented phrase)
+from tfopt.graph_path import channels_of_several, enter_graph, graph_data, graph_step, several
 from tfopt.kinds import enter, leave
 from tfopt.steps import STEPS
 from tfopt.steps import quantize as quantize_step
@@ -118,10 +120,6 @@ def _fine_tune(what: str, work, epochs: int, keywords: dict, also=(), kind: str 
 #: The registered steps the Keras 3 engine runs for a Keras 3 model, by step name.
 KERAS3_STEPS = ("prune", "cluster", "quantize")
 
-#: How a refusal of a graph-path function for a Keras 3 model starts: ``"<function> cannot take the model"``.
-GRAPH_REFUSAL = "cannot take the model"
-
-
 def _run(what: str, name: str, model, data, settings: dict, epochs, fine_tune: dict, log, checked=(), **inputs):
     """The registered step ``name`` for the public function ``what``: on a private tf_keras copy of
     ``model``, or, for a Keras 3 model and a step of :data:`KERAS3_STEPS`, by the Keras 3 engine. Its
@@ -139,71 +137,13 @@ def _run(what: str, name: str, model, data, settings: dict, epochs, fine_tune: d
         if name == "cluster":
             return public.cluster(model, data, config, fine, verbose, seed, log), "keras3"
         return public.quantize_aware(model, data, fine, verbose, seed, log), "keras3"
-    kind, work = _enter_graph(what, model)
-    _graph_data(what, model, kind, data)
+    kind, work = enter_graph(what, model)
+    graph_data(what, model, kind, data)
     fine, verbose = _fine_tune(what, work, epochs, fine_tune, also=(*settings, *inputs))
     config = validated(step.config, {**settings, **{k: getattr(fine, k) for k in checked}}, name)
-    with _graph_step(what, model, kind):
+    with graph_step(what, model, kind):
         out, _ = step.run(work, data, config, fine, log=log or _quiet, verbose=verbose, **inputs)
     return out, kind
-
-
-def _refusal(what: str, model, reason: str) -> TfoptError:
-    """One paragraph: why a Keras 3 model cannot take a graph-path step, and what works on it."""
-    import re
-
-    reason = " ".join(str(reason).split())
-    reason = re.sub(r"^model '[^']*'( \([^)]*\))? cannot be converted from \w+ to \w+: ", "", reason)
-    reason = re.sub(r"^model '[^']*'( \([^)]*\))? is ", "it is ", reason)
-    reason = re.split(r"(?<=[a-z0-9)'])(?:; |\. )", reason, maxsplit=1)[0].rstrip(".")
-    return TfoptError(
-        f"{what} {GRAPH_REFUSAL} '{model.name}' ({type(model).__name__}): {reason}. {what} rewrites a Sequential or "
-        f"functional model of built-in layers on a tf_keras copy rebuilt layer by layer; prune, cluster, "
-        f"quantize_aware and to_tflite work on any Keras 3 model, this one included.")
-
-
-def _enter_graph(what: str, model):
-    """:func:`tfopt.kinds.enter` for a graph-path function: a Keras 3 model that cannot be
-    converted is refused by :func:`_refusal` (a tf_keras one as before)."""
-    try:
-        return enter(model)
-    except Exception as e:  # noqa: BLE001  (any failure to convert a Keras 3 model is a refusal)
-        if interop.model_kind(model) != "keras3" or not isinstance(e, (TfoptError, ValueError, TypeError,
-                                                                        NotImplementedError, AttributeError,
-                                                                        KeyError)):
-            raise
-        reason = str(e) if isinstance(e, TfoptError) else \
-            f"converting it to tf_keras failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        raise _refusal(what, model, reason) from None
-
-
-def _graph_data(what: str, model, kind: str, data) -> None:
-    """The graph path fine-tunes and checks one input and one output: for a Keras 3 model, data
-    whose ``x`` or ``y`` is a list or a dict is refused in one paragraph."""
-    if kind != "keras3" or data is None:
-        return
-    parts = [data] if isinstance(data, dict) else list(data[:2]) if isinstance(data, (tuple, list)) else []
-    if any(isinstance(p, (dict, list, tuple)) for p in parts):
-        raise _refusal(what, model, "its data has several inputs or outputs (x or y a list or a dict), and this "
-                                    "step fine-tunes and checks models of one input and one output")
-
-
-class _graph_step:
-    """Around a graph-path step on a Keras 3 model's copy: an error that is not a TfoptError
-    becomes a refusal in one paragraph naming it (a tf_keras model's errors pass as before)."""
-
-    def __init__(self, what, model, kind):
-        self.what, self.model, self.kind = what, model, kind
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, cls, error, _trace):
-        if error is None or self.kind != "keras3" or isinstance(error, TfoptError) or not isinstance(error, Exception):
-            return False
-        first = str(error).splitlines()[0] if str(error) else ""
-        raise _refusal(self.what, self.model, f"the step failed on its tf_keras copy ({cls.__name__}: {first})"
-                       ) from None
 
 
 def load_model(path):
@@ -331,6 +271,9 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, per
     """
     settings = dict(ratio=ratio, per_layer=per_layer or {}, criterion=criterion, probe_samples=probe_samples,
                     rounds=rounds, min_channels=min_channels, skip=list(skip), epochs=max(epochs, 1))
+    if model_kind(model) == "keras3" and data is not None and several(data):
+        fine, verbose = _fine_tune("prune_channels", model, epochs, fine_tune, also=settings, kind="keras3")
+        return channels_of_several(model, data, settings, fine, verbose, fine_tune.get("seed"), log or _quiet)
     smaller, kind = _run("prune_channels", "structured", model, data, settings, epochs, fine_tune, log,
                          ("lr", "batch_size"))
     return leave(smaller, kind)
@@ -351,9 +294,9 @@ def fold_batchnorm(model, data=None, *, log=None):
     Raises:
         TfoptError: outputs that differ after folding, or a model the step cannot take.
     """
-    kind, work = _enter_graph("fold_batchnorm", model)
-    _graph_data("fold_batchnorm", model, kind, data)
-    with _graph_step("fold_batchnorm", model, kind):
+    kind, work = enter_graph("fold_batchnorm", model)
+    graph_data("fold_batchnorm", model, kind, data)
+    with graph_step("fold_batchnorm", model, kind):
         folded, _ = STEPS["fold_bn"].run(work, data, log=log or _quiet)
     return leave(folded, kind)
 
@@ -378,11 +321,11 @@ def fold_pool(model, data=None, *, layers=None, measure: bool = False, log=None)
     Raises:
         TfoptError: an unknown layer, or a model the graph path cannot take.
     """
-    kind, work = _enter_graph("fold_pool", model)
-    _graph_data("fold_pool", model, kind, data)
+    kind, work = enter_graph("fold_pool", model)
+    graph_data("fold_pool", model, kind, data)
     config = validated(STEPS["fold_pool"].config, {"layers": [layers] if isinstance(layers, str) else layers,
                                                    "measure": measure}, "fold_pool")
-    with _graph_step("fold_pool", model, kind):
+    with graph_step("fold_pool", model, kind):
         folded, _ = STEPS["fold_pool"].run(work, data, config, log=log or _quiet)
     return leave(folded, kind)
 

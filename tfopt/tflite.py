@@ -138,24 +138,36 @@ def smallest(model, mode: str = "float32", representative=None, int8_io: bool = 
     return (packed if keep_sparse else dense), info
 
 
-def interpreter(content: bytes, num_threads: int = 1, log=None):
+def interpreter(content: bytes, num_threads: int = 1, log=None, builtin: bool = False):
     """A LiteRT interpreter with tensors allocated; falls back to the built-in kernels (and says
-    so) when the XNNPACK delegate cannot prepare the model. Returns ``(interpreter, delegate)``.
+    so) when the XNNPACK delegate cannot prepare the model, or at once with ``builtin``. Returns
+    ``(interpreter, delegate)``.
     """
     from ai_edge_litert import interpreter as litert
 
-    try:
-        it = litert.Interpreter(model_content=content, num_threads=num_threads)
-        it.allocate_tensors()
-        return it, "xnnpack"
-    except (RuntimeError, ValueError) as exc:
-        if log:
-            log(f"XNNPACK could not prepare the model ({str(exc).splitlines()[0]}); "
-                f"using the built-in kernels, which are slower: latencies are not comparable with XNNPACK ones")
-        it = litert.Interpreter(model_content=content, num_threads=num_threads,
-                                experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        it.allocate_tensors()
-        return it, "builtin"
+    if not builtin:
+        try:
+            it = litert.Interpreter(model_content=content, num_threads=num_threads)
+            it.allocate_tensors()
+            return it, "xnnpack"
+        except (RuntimeError, ValueError) as exc:
+            _fallback(exc, log)
+    it = litert.Interpreter(model_content=content, num_threads=num_threads,
+                            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    return it, "builtin"
+
+
+def _fallback(exc, log) -> None:
+    if log:
+        log(f"XNNPACK could not prepare the model ({str(exc).splitlines()[0]}); "
+            f"using the built-in kernels, which are slower: latencies are not comparable with XNNPACK ones")
+
+
+def _xnnpack_failed(exc, delegate) -> bool:
+    """An error of the XNNPACK delegate preparing a resized model (int8 recurrent layers at a
+    new batch size): the built-in kernels run such a file."""
+    return delegate == "xnnpack" and isinstance(exc, (RuntimeError, ValueError)) and "XNNPACK" in str(exc)
 
 
 def _quantize(x, detail):
@@ -175,7 +187,19 @@ def _dequantize(y, detail):
 
 def predict(content: bytes, x, batch_size: int = 256, num_threads: int = 2, log=None) -> np.ndarray:
     """Float outputs of a TFLite model on ``x`` (int8 input/output quantized and dequantized)."""
-    it, _ = interpreter(content, num_threads, log)
+    builtin = False
+    while True:
+        it, delegate = interpreter(content, num_threads, log, builtin)
+        try:
+            return _predict(it, x, batch_size)
+        except (RuntimeError, ValueError) as exc:
+            if not _xnnpack_failed(exc, delegate):
+                raise
+            _fallback(exc, log)
+            builtin = True
+
+
+def _predict(it, x, batch_size) -> np.ndarray:
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     results = []
     current = None
@@ -197,7 +221,19 @@ def run_signature(content: bytes, feeds: dict, batch_size: int = 256, num_thread
     """Float outputs of a TFLite file's signature, by output name, on ``feeds`` (input name →
     array, all of one length): inputs and outputs matched by name, not by position, so a file
     with several of either is read right. int8 inputs/outputs are quantized and dequantized."""
-    it, _ = interpreter(content, num_threads, log)
+    builtin = False
+    while True:
+        it, delegate = interpreter(content, num_threads, log, builtin)
+        try:
+            return _run_signature(it, feeds, batch_size, signature)
+        except (RuntimeError, ValueError) as exc:
+            if not _xnnpack_failed(exc, delegate):
+                raise
+            _fallback(exc, log)
+            builtin = True
+
+
+def _run_signature(it, feeds, batch_size, signature) -> dict:
     runner = it.get_signature_runner(signature)
     inputs, outputs = runner.get_input_details(), runner.get_output_details()
     unknown = sorted(set(feeds) ^ set(inputs))

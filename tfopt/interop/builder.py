@@ -44,8 +44,10 @@ class Builder:
         inputs = [self.lib.Input(batch_shape=shape, name=name, dtype=dtype) for name, shape, dtype in graph.inputs]
         outputs = self._walk(graph, inputs)
         keys = getattr(graph, "input_keys", None)
+        out_keys = getattr(graph, "output_keys", None)
         model = self.lib.Model(dict(zip(keys, inputs)) if keys else inputs if len(inputs) > 1 else inputs[0],
-                               outputs if len(outputs) > 1 else outputs[0], name=graph.model.name)
+                               dict(zip(out_keys, outputs)) if out_keys else outputs if len(outputs) > 1
+                               else outputs[0], name=graph.model.name)
         for source, target in self.pairs:
             w = source.get_weights()
             have = [tuple(v.shape) for v in target.get_weights()]

@@ -47,6 +47,8 @@ def verify(original, converted, sample=None, tolerance: float = TOLERANCE) -> fl
 
     def outputs(model, inputs):
         out = model(inputs, training=False)
+        if isinstance(out, dict):  # outputs by name: compared name by name
+            out = [out[k] for k in sorted(out)]
         return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
 
     def difference(a, b):

@@ -79,6 +79,8 @@ class Graph:
             calls = [self._call(node, kind) for node in entry["inbound_nodes"]]
             self.nodes.append((entry["name"], objects[entry["name"]], calls))
         self.outputs = refs(cfg["output_layers"])
+        # outputs given as a dict ({name: tensor}) keep their keys
+        self.output_keys = list(cfg["output_layers"]) if isinstance(cfg["output_layers"], dict) else None
 
     @staticmethod
     def _call(node, kind):

@@ -19,12 +19,26 @@ from tfopt.training.finetune import RECALIBRATION_BATCHES, build_loss, recalibra
 CHECK_TOLERANCE = 1e-4
 
 
+def max_difference(a, b) -> float:
+    """The largest absolute difference between two outputs (arrays, or lists or dicts of them)."""
+    import tensorflow as tf
+
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in zip(tf.nest.flatten(a),
+                                                                                     tf.nest.flatten(b)))
+
+
+def first_rows(x, n: int = 256):
+    """The first ``n`` rows of inputs: an array, or a list or dict of arrays (several inputs)."""
+    import tensorflow as tf
+
+    return tf.nest.map_structure(lambda a: np.asarray(a, np.float32)[:n], x)
+
+
 def _checked_round(model, config, ratio, per_layer, probe, loss, x_check, log, round_):
     """One round of channel removal from ``model``, its outputs checked against the masked original."""
     pruned, report = prune_channels(model, ratio=ratio, per_layer=per_layer, criterion=config.criterion,
                                     min_channels=config.min_channels, protect=config.skip, data=probe, loss=loss)
-    diff = float(np.max(np.abs(pruned.predict(x_check, verbose=0)
-                               - masked_copy(model, report["keep"]).predict(x_check, verbose=0))))
+    diff = max_difference(pruned.predict(x_check, verbose=0), masked_copy(model, report["keep"]).predict(x_check, verbose=0))
     if diff > CHECK_TOLERANCE:
         raise TfoptError(f"channel surgery check failed: outputs differ from the masked original by {diff:.3g}")
     log(f"round {round_ + 1}/{config.rounds}: MACs {model_stats(model)['macs']:,} -> {model_stats(pruned)['macs']:,}; "
@@ -66,8 +80,7 @@ def channel_prune(model, data, config, fine_tune, *, log=print, probe=None, chec
         probe = sample_xy(data, config.probe_samples)
     if probe is not None and config.criterion in ("activation", "taylor"):
         loss, _ = build_loss(model, fine_tune.loss, probe)
-    x_check = np.asarray(check_x if check_x is not None else
-                         (probe[0] if probe is not None else random_inputs(model)), np.float32)[:256]
+    x_check = first_rows(check_x if check_x is not None else probe[0] if probe is not None else random_inputs(model))
     step = lambda r: 1 - (1 - r) ** (1 / config.rounds)  # noqa: E731  per-round ratio reaching r after all rounds
     history, seconds, diffs, first_report = [], 0.0, [], None
     for round_ in range(config.rounds):

@@ -123,8 +123,19 @@ def rebuild(model, replace):
         inputs.append(keras.Input(batch_shape=layer.get_config()["batch_input_shape"], name=layer.name,
                                   dtype=layer.dtype))
     outputs = _replay(model, inputs, replace)
-    return _as_sequential(keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=model.name),
-                          original)
+    return _as_sequential(keras.Model(_structured(model, "_nested_inputs", inputs),
+                                      _structured(model, "_nested_outputs", outputs), name=model.name), original)
+
+
+def _structured(model, attribute: str, tensors: list):
+    """``tensors`` (flat, in ``model.inputs``/``model.outputs`` order) in the structure the model was
+    built with: a dict of inputs or outputs keeps its keys; a single one is the tensor itself."""
+    import tensorflow as tf
+
+    nested = getattr(model, attribute, None)
+    if isinstance(nested, dict):
+        return tf.nest.pack_sequence_as(nested, tensors)
+    return tensors[0] if len(tensors) == 1 else tensors
 
 
 def inline_nested(model):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfopt.engines.keras3 import clustering, litert, pruning, quantization
+from tfopt.engines.keras3 import clustering, litert, pruning, quantization, training
 from tfopt.engines.keras3.copying import CopyError
 from tfopt.engines.keras3.data import sample_inputs, training_data
 from tfopt.engines.keras3.losses import compiled_loss, head_kinds
@@ -196,6 +196,16 @@ def cluster(model, data, config, fine, verbose, seed, log):
     most = max((len(np.unique(keras.ops.convert_to_numpy(e.variable))) for e in select_weights(clustered)), default=0)
     log(f"cluster (Keras 3 engine): at most {most} distinct values per weight variable")
     return clustered
+
+
+def fine_tune(what, model, data, fine, verbose, seed, log):
+    """The engine's plain fine-tune (the model's own compiled loss, else one inferred per head),
+    for a model the graph path changed."""
+    settings = fine_tune_settings(fine, verbose)
+    pairs = training_pairs(data, settings["batch_size"])
+    tuned = _engine_call(what, training.fine_tuned, model, pairs, seed, **settings)
+    log(f"{what}: fine-tuned by the Keras 3 engine, {settings['epochs']} epoch(s)")
+    return tuned
 
 
 def quantize_aware(model, data, fine, verbose, seed, log):

@@ -260,3 +260,11 @@ class Session:
             for variable, original in self._originals.values():
                 variable.constraint = original
             self._originals.clear()
+
+
+def fine_tuned(model, data, **settings):
+    """A copy of ``model`` fine-tuned on ``data`` with the :class:`FineTune` ``settings``, no
+    weight constrained (the fine-tune after a structural change)."""
+    session = Session(model, data, FineTune(**settings))
+    session.fit()
+    return session.model
