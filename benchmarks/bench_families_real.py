@@ -8,20 +8,23 @@
 
 Usage:
     .venv/bin/python benchmarks/bench_families_real.py [--case lstm vit unet] [--cache DIR]
-        [--fine-tune-epochs 2] [--quick]
+        [--fine-tune-epochs N] [--allocations erk uniform] [--quick]
 
 For each case, in one process: the Keras 3 float model is trained (or reused from ``--cache``,
 default ``benchmarks/.cache/families``), then
 
 * ``tfopt.to_tflite(model, "int8")``: the float model as a full-integer file;
-* ``tfopt.prune`` (80% for the LSTM, 50% for the others), then int8;
+* ``tfopt.prune`` (80% for the LSTM, 50% for the others; its default ``erk`` allocation and
+  ``uniform``), then int8;
 * ``tfopt.prune_channels(ratio=0.5)`` (filters, LSTM units, attention heads and feed-forward
   units), then int8;
 * TFMOT on the model's tf_keras copy (same weights): ``prune_low_magnitude`` with the same
   sparsity, polynomial schedule over the first half of the same fine-tune, then the converter's
   post-training int8 (500 training images). Layers TFMOT does not prune are left dense and said so.
 
-Every fine-tune (tfopt or TFMOT) runs the same epochs, batch size 128 and Adam at 3e-4. The
+The float models train with Adam and a cosine decay (LSTM 10 epochs, ViT 18, U-Net 8). Every
+fine-tune (tfopt or TFMOT) of a case runs the same epochs (6 for the LSTM, 2 for the ViT, 3 for
+the U-Net), batch size 128 and Adam at 3e-4. The
 metric of a TFLite file is measured by LiteRT on the whole test set; sparsity is counted from
 the weights (zeros in every weight tensor of two or more axes). Latencies: float32 files, median
 of 200 single-sample runs, one thread, XNNPACK.
@@ -42,7 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SPARSITY = {"lstm": 0.8, "vit": 0.5, "unet": 0.5}
-TRAIN_EPOCHS = {"lstm": 4, "vit": 12, "unet": 3}
+TRAIN_EPOCHS = {"lstm": 10, "vit": 18, "unet": 8}
+TRAIN_LR = {"lstm": 1e-3, "vit": 1e-3, "unet": 2e-3}
+FINE_TUNE_EPOCHS = {"lstm": 6, "vit": 2, "unet": 3}
 FINE_TUNE = dict(lr=3e-4, batch_size=128)
 
 
@@ -135,13 +140,13 @@ def sparsity(model) -> float:
 def trained(case, x, y, cache: Path, quick: bool):
     import keras
 
-    path = cache / f"{case}{'_quick' if quick else ''}.keras"
+    epochs = 1 if quick else TRAIN_EPOCHS[case]
+    path = cache / f"{case}-{epochs}-epochs{'-quick' if quick else ''}.keras"
     if path.exists():
         return keras.saving.load_model(path), 0.0
     model = build(case)
     t = time.time()
-    epochs = 1 if quick else TRAIN_EPOCHS[case]
-    schedule = keras.optimizers.schedules.CosineDecay(1e-3, epochs * int(np.ceil(len(x) / 128)))
+    schedule = keras.optimizers.schedules.CosineDecay(TRAIN_LR[case], epochs * int(np.ceil(len(x) / 128)))
     model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, batch_size=128, epochs=epochs, verbose=2)
     seconds = time.time() - t
@@ -212,8 +217,6 @@ def tfmot_prune(case, model, x, y, target, epochs):
 
 
 def run_case(case, args):
-    import keras
-
     import tfopt
     from tfopt.tflite import convert
 
@@ -223,7 +226,8 @@ def run_case(case, args):
     model, seconds = trained(case, x, y, Path(args.cache), args.quick)
     rep = x[np.random.default_rng(0).permutation(len(x))[:500]]
     sample = xt[0]
-    ft = dict(FINE_TUNE, epochs=args.fine_tune_epochs)
+    epochs = args.fine_tune_epochs or FINE_TUNE_EPOCHS[case]
+    ft = dict(FINE_TUNE, epochs=epochs)
     rows = []
 
     def record(name, keras_model, content=None, note="", extra=None):
@@ -260,10 +264,12 @@ def run_case(case, args):
         record("tfopt int8", None, got[0], got[1])
 
     s = SPARSITY[case]
-    pruned = attempt(f"tfopt prune {s:.0%}", lambda: tfopt.prune(model, (x, y), sparsity=s, **ft))
-    if pruned is not None:
-        content, note = attempt("int8", lambda: int8(pruned, rep)) or (None, "int8 failed")
-        record(f"tfopt prune {s:.0%} + int8", pruned, content, note)
+    for allocation in args.allocations:
+        label = f"tfopt prune {s:.0%} ({allocation})"
+        pruned = attempt(label, lambda: tfopt.prune(model, (x, y), sparsity=s, allocation=allocation, **ft))
+        if pruned is not None:
+            content, note = attempt("int8", lambda: int8(pruned, rep)) or (None, "int8 failed")
+            record(f"{label} + int8", pruned, content, note)
 
     smaller = attempt("tfopt prune_channels 0.5", lambda: tfopt.prune_channels(model, (x, y), ratio=0.5, **ft))
     if smaller is not None:
@@ -273,7 +279,7 @@ def run_case(case, args):
                extra={"float_latency_us_1t": latency(f32s, sample), "float_latency_us_1t_before": latency(f32, sample),
                       "float_tflite_metric": round(tflite_metric(case, f32s, xt, yt), 2)})
 
-    tm = attempt(f"TFMOT prune {s:.0%}", lambda: tfmot_prune(case, model, x, y, s, args.fine_tune_epochs))
+    tm = attempt(f"TFMOT prune {s:.0%}", lambda: tfmot_prune(case, model, x, y, s, epochs))
     if tm is not None:
         tk, note = tm
         content = attempt("TFMOT int8", lambda: convert(tk, "int8", representative=rep))
@@ -286,7 +292,10 @@ def main():
     parser.add_argument("--case", nargs="+", default=["lstm", "vit", "unet"], choices=["lstm", "vit", "unet"])
     parser.add_argument("--cache", default=str(ROOT / "benchmarks" / ".cache" / "families"))
     parser.add_argument("--data", default=os.environ.get("TFOPT_DATA_DIR", str(ROOT.parent / "shared" / "datasets")))
-    parser.add_argument("--fine-tune-epochs", type=int, default=2)
+    parser.add_argument("--fine-tune-epochs", type=int, default=None,
+                        help="epochs of every fine-tune (default: 6 for lstm, 2 for vit, 3 for unet)")
+    parser.add_argument("--allocations", nargs="+", default=["erk", "uniform"], choices=["erk", "er", "uniform"],
+                        help="tfopt.prune's allocations to run")
     parser.add_argument("--quick", action="store_true", help="3000 training images, one epoch: a smoke run")
     args = parser.parse_args()
     for case in args.case:

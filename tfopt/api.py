@@ -30,7 +30,8 @@ Which engine runs when:
     - ``to_tflite`` on a **Keras 3** model: Keras 3's own export path (``ExportArchive``, a
       SavedModel, TensorFlow's converter; :mod:`tfopt.engines.keras3.litert`), no tf_keras
       copy, several inputs and outputs matched by name; TensorFlow backend. On a tf_keras model:
-      the converter as before. Either way the file is run by LiteRT and verified head by head
+      the converter as before; a model it cannot take (the tensor-list ops of an LSTM or GRU)
+      goes through its Keras 3 copy and Keras 3's export path. Either way the file is run by LiteRT and verified head by head
       (:mod:`tfopt.verify`).
 
 ``data`` is ``(x, y)``, ``(x, y, sample_weight)`` or a ``tf.data.Dataset`` of them (batched or
@@ -459,7 +460,8 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
               **renamed) -> bytes:
     """The model as TFLite bytes, verified against the model on ``data``.
 
-    A tf_keras model goes through TensorFlow's converter as a tf_keras model; a Keras 3 model (any
+    A tf_keras model goes through TensorFlow's converter as a tf_keras model (one the converter
+    cannot take, such as the tensor-list ops of an LSTM, through its Keras 3 copy); a Keras 3 model (any
     kind: subclassed, recurrent, attention, several inputs or outputs) through Keras 3's export path
     (:mod:`tfopt.engines.keras3.litert`), without a tf_keras copy. The file is run by LiteRT on all
     of ``data``'s inputs and compared with the model head by head (:mod:`tfopt.verify`): every head
@@ -512,10 +514,34 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
         _, work = enter(model)
         if mode == "int8" and x is None:
             raise TfoptError("to_tflite: int8 calibrates on training images: pass data=x (a few hundred images)")
-        content = quantize_step.post_training(work, mode, x, int8_io, representative_samples, seed)
+        try:
+            content = quantize_step.post_training(work, mode, x, int8_io, representative_samples, seed)
+        except Exception as e:  # noqa: BLE001  (the converter's own error class is not public)
+            if type(e).__name__ != "ConverterError":
+                raise
+            return _through_keras3(work, mode, data, int8_io, min_agreement, min_snr, representative_samples,
+                                   seed, log or _quiet, e)
     if x is not None:
         _verify_tf_keras(work, content, x, mode, min_agreement, min_snr, log or _quiet)
     return content
+
+
+def _through_keras3(work, mode, data, int8_io, min_agreement, min_snr, samples, seed, log, error) -> bytes:
+    """A tf_keras model TensorFlow's converter cannot take (the tensor-list ops of a recurrent
+    layer): its Keras 3 copy through Keras 3's export path, verified the same way."""
+    from tfopt.engines.keras3 import public
+
+    first = next((line.strip() for line in str(error).splitlines() if "error:" in line), str(error)[:200])
+    first = first[first.index("error:"):] if "error:" in first else first
+    try:
+        copy = interop.from_tf_keras(work, "keras3")
+    except TfoptError as e:
+        raise TfoptError(f"to_tflite: TensorFlow's converter could not take the tf_keras model '{work.name}' "
+                         f"({first}), and its Keras 3 copy, which would go through Keras 3's export path, could not "
+                         f"be made ({e})") from None
+    log(f"to_tflite: TensorFlow's converter could not take the tf_keras model ({first}); converting its Keras 3 "
+        f"copy (the same layers and weights, checked) through Keras 3's export path")
+    return public.to_tflite(copy, mode, data, int8_io, min_agreement, min_snr, samples, seed, log)
 
 
 __all__ = ["load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "fold_pool", "remove_layers",
