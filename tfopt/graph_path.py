@@ -84,7 +84,7 @@ def channels_of_several(model, data, settings: dict, fine, verbose: int, seed, l
     one inferred per head)."""
     from tfopt.config.choices import DATA_CRITERIA
     from tfopt.engines.keras3 import public
-    from tfopt.steps.structured import channel_prune, first_rows
+    from tfopt.steps.structured import channel_prune, first_rows, per_round
 
     what = "prune_channels"
     if settings["criterion"] in DATA_CRITERIA:
@@ -92,9 +92,8 @@ def channels_of_several(model, data, settings: dict, fine, verbose: int, seed, l
                          f"output; with several inputs or outputs rank them by their weights: l1, l2 or bn_gamma")
     step = STEPS["structured"]
     config = validated(step.config, {**settings, "lr": fine.lr, "batch_size": fine.batch_size}, "structured")
-    per_round = lambda r: 1 - (1 - r) ** (1 / config.rounds)  # noqa: E731  reaching r after all rounds
-    one = config.model_copy(update={"rounds": 1, "ratio": per_round(config.ratio),
-                                    "per_layer": {k: per_round(v) for k, v in config.per_layer.items()}})
+    one = config.model_copy(update={"rounds": 1, "ratio": per_round(config.ratio, config.rounds),
+                                    "per_layer": {k: per_round(v, config.rounds) for k, v in config.per_layer.items()}})
     x = data[0] if isinstance(data, (tuple, list)) else data
     current = model
     for round_ in range(config.rounds):

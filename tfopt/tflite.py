@@ -187,16 +187,20 @@ def _dequantize(y, detail):
 
 def predict(content: bytes, x, batch_size: int = 256, num_threads: int = 2, log=None) -> np.ndarray:
     """Float outputs of a TFLite model on ``x`` (int8 input/output quantized and dequantized)."""
-    builtin = False
-    while True:
-        it, delegate = interpreter(content, num_threads, log, builtin)
-        try:
-            return _predict(it, x, batch_size)
-        except (RuntimeError, ValueError) as exc:
-            if not _xnnpack_failed(exc, delegate):
-                raise
-            _fallback(exc, log)
-            builtin = True
+    return _with_fallback(content, num_threads, log, lambda it: _predict(it, x, batch_size))
+
+
+def _with_fallback(content, num_threads, log, run):
+    """``run(interpreter)`` with XNNPACK, again with the built-in kernels when the delegate fails on
+    a resized model."""
+    it, delegate = interpreter(content, num_threads, log)
+    try:
+        return run(it)
+    except (RuntimeError, ValueError) as exc:
+        if not _xnnpack_failed(exc, delegate):
+            raise
+        _fallback(exc, log)
+        return run(interpreter(content, num_threads, log, builtin=True)[0])
 
 
 def _predict(it, x, batch_size) -> np.ndarray:
@@ -221,16 +225,7 @@ def run_signature(content: bytes, feeds: dict, batch_size: int = 256, num_thread
     """Float outputs of a TFLite file's signature, by output name, on ``feeds`` (input name →
     array, all of one length): inputs and outputs matched by name, not by position, so a file
     with several of either is read right. int8 inputs/outputs are quantized and dequantized."""
-    builtin = False
-    while True:
-        it, delegate = interpreter(content, num_threads, log, builtin)
-        try:
-            return _run_signature(it, feeds, batch_size, signature)
-        except (RuntimeError, ValueError) as exc:
-            if not _xnnpack_failed(exc, delegate):
-                raise
-            _fallback(exc, log)
-            builtin = True
+    return _with_fallback(content, num_threads, log, lambda it: _run_signature(it, feeds, batch_size, signature))
 
 
 def _run_signature(it, feeds, batch_size, signature) -> dict:

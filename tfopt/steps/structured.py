@@ -27,6 +27,11 @@ def max_difference(a, b) -> float:
                                                                                      tf.nest.flatten(b)))
 
 
+def per_round(ratio: float, rounds: int) -> float:
+    """The ratio each of ``rounds`` rounds removes so that ``ratio`` is removed after all of them."""
+    return 1 - (1 - ratio) ** (1 / rounds)
+
+
 def first_rows(x, n: int = 256):
     """The first ``n`` rows of inputs: an array, or a list or dict of arrays (several inputs)."""
     import tensorflow as tf
@@ -81,7 +86,7 @@ def channel_prune(model, data, config, fine_tune, *, log=print, probe=None, chec
     if probe is not None and config.criterion in ("activation", "taylor"):
         loss, _ = build_loss(model, fine_tune.loss, probe)
     x_check = first_rows(check_x if check_x is not None else probe[0] if probe is not None else random_inputs(model))
-    step = lambda r: 1 - (1 - r) ** (1 / config.rounds)  # noqa: E731  per-round ratio reaching r after all rounds
+    step = lambda r: per_round(r, config.rounds)  # noqa: E731
     history, seconds, diffs, first_report = [], 0.0, [], None
     for round_ in range(config.rounds):
         pruned, report, diff = _checked_round(model, config, step(config.ratio),
