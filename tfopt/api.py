@@ -127,17 +127,20 @@ def _run(what: str, name: str, model, data, settings: dict, epochs, fine_tune: d
     config is validated once from ``settings`` (and the fine-tune's ``checked`` fields, which its
     config bounds too), one FineTuneSettings. Returns ``(the step's model, the input's kind)``."""
     step = STEPS[name]
-    if name in KERAS3_STEPS and model_kind(model) == "keras3":
-        fine, verbose = _fine_tune(what, model, epochs, fine_tune, also=(*settings, *inputs), kind="keras3")
+    if name in KERAS3_STEPS and (model_kind(model) == "keras3" or several_of_tf_keras(model, data)):
+        work = model if model_kind(model) == "keras3" else _keras3_copy(what, model, log or _quiet)
+        fine, verbose = _fine_tune(what, work, epochs, fine_tune, also=(*settings, *inputs), kind="keras3")
         config = validated(step.config, {**settings, **{k: getattr(fine, k) for k in checked}}, name)
         from tfopt.engines.keras3 import public
 
         seed, log = fine_tune.get("seed"), log or _quiet
         if name == "prune":
-            return public.prune(model, data, config, fine, verbose, seed, log), "keras3"
-        if name == "cluster":
-            return public.cluster(model, data, config, fine, verbose, seed, log), "keras3"
-        return public.quantize_aware(model, data, fine, verbose, seed, log), "keras3"
+            out = public.prune(work, data, config, fine, verbose, seed, log)
+        elif name == "cluster":
+            out = public.cluster(work, data, config, fine, verbose, seed, log)
+        else:
+            out = public.quantize_aware(work, data, fine, verbose, seed, log)
+        return (out, "keras3") if work is model else (interop.to_tf_keras(out), "tf_keras")
     kind, work = enter_graph(what, model)
     graph_data(what, model, kind, data)
     fine, verbose = _fine_tune(what, work, epochs, fine_tune, also=(*settings, *inputs))
@@ -145,6 +148,24 @@ def _run(what: str, name: str, model, data, settings: dict, epochs, fine_tune: d
     with graph_step(what, model, kind):
         out, _ = step.run(work, data, config, fine, log=log or _quiet, verbose=verbose, **inputs)
     return out, kind
+
+
+def several_of_tf_keras(model, data) -> bool:
+    """Whether ``model`` is tf_keras and ``data`` has several inputs or outputs (x or y a list or a dict)."""
+    return data is not None and not isinstance(data, np.ndarray) and several(data) and model_kind(model) == "tf_keras"
+
+
+def _keras3_copy(what: str, model, log, reason: str = "its data has several inputs or outputs"):
+    """The Keras 3 copy of a tf_keras model (the same layers and weights, checked), for a step
+    the Keras 3 engine runs because of ``reason``; a model that cannot be copied is refused."""
+    try:
+        copy = interop.from_tf_keras(model, "keras3")
+    except TfoptError as e:
+        raise TfoptError(f"{what}: the tf_keras model '{model.name}' goes through its Keras 3 copy because {reason}, "
+                         f"and that copy could not be made ({e})") from None
+    log(f"{what}: {reason}: the step runs on the model's Keras 3 copy (the same layers and weights, checked) "
+        f"and the result comes back as tf_keras")
+    return copy
 
 
 def load_model(path):
@@ -272,9 +293,11 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, per
     """
     settings = dict(ratio=ratio, per_layer=per_layer or {}, criterion=criterion, probe_samples=probe_samples,
                     rounds=rounds, min_channels=min_channels, skip=list(skip), epochs=max(epochs, 1))
-    if model_kind(model) == "keras3" and data is not None and several(data):
-        fine, verbose = _fine_tune("prune_channels", model, epochs, fine_tune, also=settings, kind="keras3")
-        return channels_of_several(model, data, settings, fine, verbose, fine_tune.get("seed"), log or _quiet)
+    if data is not None and several(data) and (model_kind(model) == "keras3" or several_of_tf_keras(model, data)):
+        work = model if model_kind(model) == "keras3" else _keras3_copy("prune_channels", model, log or _quiet)
+        fine, verbose = _fine_tune("prune_channels", work, epochs, fine_tune, also=settings, kind="keras3")
+        out = channels_of_several(work, data, settings, fine, verbose, fine_tune.get("seed"), log or _quiet)
+        return out if work is model else interop.to_tf_keras(out)
     smaller, kind = _run("prune_channels", "structured", model, data, settings, epochs, fine_tune, log,
                          ("lr", "batch_size"))
     return leave(smaller, kind)
@@ -504,12 +527,26 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
 
         return public.to_tflite(model, mode, data, int8_io, min_agreement, min_snr, representative_samples, seed,
                                  log or _quiet)
+    if several_of_tf_keras(model, data) and not quantize_step.is_qat(model):
+        from tfopt.engines.keras3 import public
+
+        copy = _keras3_copy("to_tflite", model, log or _quiet)
+        return public.to_tflite(copy, mode, data, int8_io, min_agreement, min_snr, representative_samples, seed,
+                                 log or _quiet)
     x = sample_x(data) if data is not None else None
     if quantize_step.is_qat(model):
         if mode != "int8":
             raise TfoptError(f"to_tflite: a quantization-aware model converts to int8, not {mode}")
         work = model
-        content = quantize_step.qat_tflite(model, int8_io)
+        try:
+            content = quantize_step.qat_tflite(model, int8_io)
+        except Exception as e:  # noqa: BLE001  (the converter's own error class is not public)
+            if type(e).__name__ != "ConverterError":
+                raise
+            raise TfoptError(f"to_tflite: TensorFlow's converter could not make an int8 file of the quantization-aware "
+                             f"tf_keras model '{model.name}' ({_first_error(e)}); run quantize_aware on its Keras 3 "
+                             f"copy (tfopt.interop.from_tf_keras(model, 'keras3')), whose file goes through Keras 3's "
+                             f"export path, or convert the float model with to_tflite(model, 'int8', data=x)") from None
     else:
         _, work = enter(model)
         if mode == "int8" and x is None:
@@ -526,13 +563,18 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
     return content
 
 
+def _first_error(error) -> str:
+    """The first ``error:`` line of TensorFlow's converter error, without its source locations."""
+    first = next((line.strip() for line in str(error).splitlines() if "error:" in line), str(error)[:200])
+    return first[first.index("error:"):] if "error:" in first else first
+
+
 def _through_keras3(work, mode, data, int8_io, min_agreement, min_snr, samples, seed, log, error) -> bytes:
     """A tf_keras model TensorFlow's converter cannot take (the tensor-list ops of a recurrent
     layer): its Keras 3 copy through Keras 3's export path, verified the same way."""
     from tfopt.engines.keras3 import public
 
-    first = next((line.strip() for line in str(error).splitlines() if "error:" in line), str(error)[:200])
-    first = first[first.index("error:"):] if "error:" in first else first
+    first = _first_error(error)
     try:
         copy = interop.from_tf_keras(work, "keras3")
     except TfoptError as e:

@@ -104,7 +104,7 @@ def _convert(model, mode, representative, int8_io, qat, sparse, per_kernel) -> b
         if representative is None and not qat:
             raise TfoptError("int8 conversion needs representative images from the training data")
         if representative is not None:
-            rep = np.asarray(representative, np.float32)
+            rep = np.asarray(representative, _input_dtype(model))
             conv.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
         if not qat:  # a QAT model carries its own ranges; its fake-quant ops become int8 kernels
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -112,6 +112,14 @@ def _convert(model, mode, representative, int8_io, qat, sparse, per_kernel) -> b
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
     return conv.convert()
+
+
+def _input_dtype(model):
+    """The numpy type of a tf_keras model's first input: float32, or an integer type (token ids)."""
+    import tensorflow as tf
+
+    dtype = tf.as_dtype(getattr(model.inputs[0], "dtype", None) or tf.float32)
+    return dtype.as_numpy_dtype if dtype.is_integer else np.float32
 
 
 def sizes(content: bytes) -> dict:
