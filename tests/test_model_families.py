@@ -33,7 +33,7 @@ from tfopt.engines.keras3 import litert  # noqa: E402
 from tfopt.engines.keras3.public import verification_kinds  # noqa: E402
 from tfopt.errors import TfoptError  # noqa: E402
 
-STEPS = ("prune", "cluster", "quantize_aware", "to_tflite int8", "prune_channels", "fold_batchnorm")
+STEPS = ("prune", "cluster", "quantize_aware", "to_tflite int8", "prune_channels", "fold_batchnorm", "optimize")
 FINE = {"epochs": 1, "batch_size": 16}
 #: The default suite runs one family of each kind (conv, recurrent, attention, several heads, subclassed,
 #: custom layer, regression); the others, and the slowest, run in the slow suite.
@@ -58,7 +58,8 @@ thousand weights, MobileNetV2 a few hundred thousand) and random data, one epoch
 worked and its effect was checked from the result (zeros counted from the weights, distinct
 values counted, weights on the int8 grid, the int8 file run by LiteRT and matching the model under
 the [verification rule](api.md#tflite-files-are-verified-head-by-head), fewer weights after
-channel pruning, no BatchNorm left and the same outputs after folding). "refused": the step
+channel pruning, no BatchNorm left and the same outputs after folding; optimize on a tiny budget, two
+candidates of one epoch, its chosen file run by LiteRT). "refused": the step
 declined in one paragraph starting "`<function> cannot take the model`", whose reason is quoted.
 `prune`, `cluster`, `quantize_aware` and `to_tflite` run the Keras 3 engine and work on every
 family; `prune_channels` and `fold_batchnorm` rebuild the model on a tf_keras copy.
@@ -99,7 +100,7 @@ def markdown(table) -> str:
 def cells():
     for name in BUILDERS:
         for step in STEPS:
-            marks = [pytest.mark.slow] if name in SLOW else []
+            marks = [pytest.mark.slow] if name in SLOW or step == "optimize" else []
             yield pytest.param(name, step, id=f"{name}-{step.replace(' ', '_')}", marks=marks)
 
 
@@ -132,7 +133,8 @@ def check_refusal(step, error):
     message = str(error)
     assert message.startswith(f"{step} {GRAPH_REFUSAL} "), message
     assert "\n" not in message and "Traceback" not in message, message
-    assert "prune, cluster, quantize_aware and to_tflite work on any Keras 3 model" in message
+    assert ("prune, cluster, quantize_aware and to_tflite work on any Keras 3 model" in message
+            or step == "optimize" and "optimize searches classifiers of one input and one output" in message)
 
 
 def run_cell(name, step, model, data):
@@ -167,6 +169,19 @@ def run_cell(name, step, model, data):
         shapes = [np.shape(o) for o in keras.tree.flatten(model.predict(x, verbose=0))]
         assert [np.shape(o) for o in keras.tree.flatten(out.predict(x, verbose=0))] == shapes
         check_masked_original(model, x)
+    elif step == "optimize":
+        import tempfile
+
+        from tfopt.search.engine import optimize
+
+        with tempfile.TemporaryDirectory() as folder:
+            result = optimize(model, data, out=Path(folder) / "search", max_candidates=2, epochs=1, lr=1e-3,
+                              max_drop=100, log=lambda _line: None)
+        out = result.model
+        assert result.chosen["tflite_gzip_bytes"] > 0 and len(result.rows) >= 1
+        from tfopt.tflite import predict
+
+        assert np.shape(predict(result.tflite, x)) == np.shape(model.predict(x, verbose=0))
     else:
         out = tfopt.fold_batchnorm(model, x)
         assert not _has(out, keras.layers.BatchNormalization)
@@ -202,7 +217,7 @@ def test_family_step(name, step):
     try:
         run_cell(name, step, model, data)
     except TfoptError as error:
-        assert step in ("prune_channels", "fold_batchnorm"), f"{step} must work on {name}: {error}"
+        assert step in ("prune_channels", "fold_batchnorm", "optimize"), f"{step} must work on {name}: {error}"
         check_refusal(step, error)
         TABLE[(name, step)] = f"refused: {reason_head(str(error))}"
         return

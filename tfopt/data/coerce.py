@@ -138,6 +138,12 @@ def label_spec(data):
 
 
 def random_inputs(model, n: int = 8) -> np.ndarray:
-    """``n`` seeded standard-normal inputs of ``model``'s input shape (when no images are at hand)."""
+    """``n`` seeded standard-normal inputs of ``model``'s input shape (when no images are at hand);
+    for an integer input (token ids) ids below the first Embedding's vocabulary, else 0 and 1."""
     shape = [n, *model.input_shape[1:]]
-    return np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(getattr(model.inputs[0].dtype, "name", model.inputs[0].dtype))
+    if np.issubdtype(dtype, np.integer):
+        vocab = min((layer.input_dim for layer in model.layers if hasattr(layer, "input_dim")), default=2)
+        return rng.integers(0, vocab, size=shape).astype(dtype)
+    return rng.normal(size=shape).astype(np.float32)

@@ -35,6 +35,7 @@ from tfopt.config.fine_tune import FineTuneSettings
 from tfopt.data.pipeline import load_splits
 from tfopt.distill import TeacherTargets
 from tfopt.errors import TfoptError
+from tfopt.graph_path import enter_graph
 from tfopt.kinds import enter, leave
 from tfopt.search import inputs as I
 from tfopt.search import measure as M
@@ -492,7 +493,8 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         raise TfoptError(f"optimize: target must be one of {', '.join(TARGETS)}; got {target!r}")
     check_search_limits(max_drop, time_budget, max_candidates, epochs)
     budget_s = parse_budget(time_budget)
-    kind, work = enter(model)
+    kind, work = enter_graph("optimize", model)
+    I.check_classifier(model, data, validation_data)
     teacher, teacher_path = I.teacher_model(teacher, work, distill)
     selection, data = I.split(data, validation_data, selection_fraction, seed, log)
     out = Path(out)

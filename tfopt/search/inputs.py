@@ -26,6 +26,38 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
+def check_classifier(model, data, validation_data) -> None:
+    """The search judges top-1 accuracy: a model of one input and one output of class scores per
+    example, and data of class labels. Anything else is refused in one paragraph.
+
+    Raises:
+        TfoptError: ``optimize cannot take the model '<name>' (<class>): <why>. ...``
+    """
+    from tfopt.graph_path import GRAPH_REFUSAL, several
+
+    reason = None
+    if any(d is not None and not isinstance(d, np.ndarray) and several(d) for d in (data, validation_data)):
+        reason = "its data has several inputs or outputs (x or y a list or a dict)"
+    elif len(model.inputs) != 1 or len(model.outputs) != 1:
+        reason = f"it has {len(model.inputs)} input(s) and {len(model.outputs)} output(s)"
+    else:
+        shape = tuple(model.outputs[0].shape)
+        if len(shape) != 2 or (shape[-1] or 0) < 2:
+            reason = (f"its output has shape {shape}, " + ("one value per example (a regression)"
+                      if len(shape) == 2 else "not one row of class scores per example (per-position outputs)"))
+        elif isinstance(data, (tuple, list)) and len(data) == 2:
+            y = np.asarray(data[1])
+            if y.ndim > 1 and not (y.ndim == 2 and y.shape[-1] in (1, shape[-1])):
+                reason = f"its labels have shape {y.shape[1:]} per example, not one class"
+            elif np.issubdtype(y.dtype, np.floating) and y.ndim == 1 and np.any(y != np.round(y)):
+                reason = "its labels are not class indices (fractional values)"
+    if reason:
+        raise TfoptError(f"optimize {GRAPH_REFUSAL} '{model.name}' ({type(model).__name__}): {reason}. optimize "
+                         f"searches classifiers of one input and one output (class scores per example), judged by "
+                         f"top-1 accuracy; prune, prune_channels, cluster, quantize_aware and to_tflite take such "
+                         f"a model step by step.")
+
+
 def split(data, validation_data, selection_fraction, seed, log):
     """``(selection split, fine-tune data)``: ``validation_data``, else ``selection_fraction`` of
     ``data`` held out at random (never the test split). Labels of the selection split as classes."""

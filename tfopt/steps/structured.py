@@ -36,7 +36,11 @@ def first_rows(x, n: int = 256):
     """The first ``n`` rows of inputs: an array, or a list or dict of arrays (several inputs)."""
     import tensorflow as tf
 
-    return tf.nest.map_structure(lambda a: np.asarray(a, np.float32)[:n], x)
+    def rows(a):
+        a = np.asarray(a)[:n]
+        return a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
+
+    return tf.nest.map_structure(rows, x)
 
 
 def _checked_round(model, config, ratio, per_layer, probe, loss, x_check, log, round_):
