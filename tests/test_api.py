@@ -558,3 +558,22 @@ def test_prune_channels_takes_a_keras3_model_with_two_heads_and_two_inputs():
     assert str(refused.value) == ("prune_channels: criterion 'taylor' ranks channels on data of one input and one "
                                   "output; with several inputs or outputs rank them by their weights: l1, l2 or "
                                   "bn_gamma")
+
+
+def test_a_tf_keras_model_with_two_named_inputs_is_pruned_through_its_keras3_copy():
+    """Data of two named inputs: prune runs the Keras 3 engine on the copy and a tf_keras model
+    comes back, half of its kernels' weights zero, the input model unchanged."""
+    a, b = keras.Input((6,), name="a"), keras.Input((4,), name="b")
+    h = keras.layers.Dense(16, activation="relu", name="d1")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model({"a": a, "b": b}, keras.layers.Dense(3, activation="softmax", name="d2")(h), name="two_in")
+    rng = np.random.default_rng(0)
+    data = ({"a": rng.random((64, 6), dtype="float32"), "b": rng.random((64, 4), dtype="float32")},
+            rng.integers(0, 3, 64))
+    before = [w.copy() for w in model.get_weights()]
+    lines = []
+    out = tfopt.prune(model, data, sparsity=0.5, epochs=1, batch_size=16, allocation="uniform", log=lines.append)
+    assert tfopt.model_kind(out) == "tf_keras"
+    kernels = [out.get_layer(n).kernel.numpy() for n in ("d1", "d2")]
+    assert sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels) == pytest.approx(0.5, abs=0.02)
+    assert any("runs on the model's Keras 3 copy" in line for line in lines)
+    assert all(np.array_equal(u, v) for u, v in zip(before, model.get_weights()))

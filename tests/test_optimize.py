@@ -700,3 +700,33 @@ def test_the_steps_learn_from_the_teachers_outputs_computed_once(small, record_s
     assert stored.model is not model
     np.testing.assert_allclose(stored.outputs[0], teacher.predict(train[0], verbose=0), atol=1e-6)
     assert "Distillation: on, from the teacher passed in." in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_optimize_refuses_what_top1_accuracy_cannot_judge_before_any_work(tmp_path):
+    """A regression head, a per-pixel head and data of two inputs are refused in one paragraph,
+    and nothing is written."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 8, 8, 1), dtype="float32")
+    regression = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(1)],
+                                  name="reg")
+    inp = keras.Input((8, 8, 1))
+    per_pixel = keras.Model(inp, keras.layers.Conv2D(3, 1, activation="softmax")(inp), name="seg")
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    two = keras.Model({"a": a, "b": b}, keras.layers.Dense(3, activation="softmax")(
+        keras.layers.Concatenate()([a, b])), name="two")
+    cases = [(regression, (x, rng.random(32).astype("float32")), "its output has shape (None, 1), one value per "
+              "example (a regression)"),
+             (per_pixel, (x, rng.integers(0, 3, (32, 8, 8))), "its output has shape (None, 8, 8, 3), not one row of "
+              "class scores per example (per-position outputs)"),
+             (two, ({"a": x[:, 0, :4, 0], "b": x[:, 1, :4, 0]}, rng.integers(0, 3, 32)),
+              "its data has several inputs or outputs (x or y a list or a dict)")]
+    for model, data, reason in cases:
+        with pytest.raises(TfoptError) as caught:
+            optimize(model, data, out=tmp_path / model.name, max_candidates=1, log=lambda _line: None)
+        message = str(caught.value)
+        assert message.startswith(f"optimize cannot take the model '{model.name}' ({type(model).__name__}): {reason}. "
+                                  f"optimize searches classifiers of one input and one output"), message
+        assert "\n" not in message
+        assert not (tmp_path / model.name).exists()
