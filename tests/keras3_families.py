@@ -263,5 +263,39 @@ FAMILIES = {
     "multi_input": multi_input,
 }
 
-#: keras.applications models, larger than the families above (a few hundred thousand weights).
-APPLICATIONS = {"mobilenet_v2": mobilenet_v2}
+def _application(builder, seed, **kwargs):
+    rng = _rng(seed)
+    model = builder(input_shape=(32, 32, 3), weights=None, classes=CLASSES, **kwargs)
+    return model, (rng.random((ROWS, 32, 32, 3), dtype="float32"), _labels(rng))
+
+
+def mobilenet_v3_small():
+    """keras.applications.MobileNetV3Small (squeeze-excite, hard-swish, its Rescaling), 32×32, alpha 0.75."""
+    return _application(keras.applications.MobileNetV3Small, 18, alpha=0.75)
+
+
+def efficientnet_b0():
+    """keras.applications.EfficientNetB0 (its Rescaling and Normalization layers, squeeze-excite), 32×32."""
+    return _application(keras.applications.EfficientNetB0, 19)
+
+
+def resnet50():
+    """keras.applications.ResNet50, 32×32 input, no weights (23.5 million weights)."""
+    return _application(keras.applications.ResNet50, 20)
+
+
+def densenet121():
+    """keras.applications.DenseNet121, 32×32 input, no weights (concatenating dense blocks)."""
+    return _application(keras.applications.DenseNet121, 21)
+
+
+def convnext_tiny():
+    """keras.applications.ConvNeXtTiny (its Sequential stem, LayerScale, LayerNormalization), 32×32."""
+    return _application(keras.applications.ConvNeXtTiny, 22)
+
+
+#: keras.applications models, larger than the families above (from a few hundred thousand weights
+#: to tens of millions).
+APPLICATIONS = {"mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small,
+                "efficientnet_b0": efficientnet_b0, "resnet50": resnet50, "densenet121": densenet121,
+                "convnext_tiny": convnext_tiny}

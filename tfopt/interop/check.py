@@ -9,7 +9,7 @@ from tfopt.errors import TfoptError
 TOLERANCE = 1e-5
 #: A deep network amplifies float32 rounding: where the outputs differ by more than TOLERANCE,
 #: the conversion is still exact if they differ by at most this many times what a one-ulp change
-#: of the input does to the original's own outputs (its float32 noise floor).
+#: of the input, or of every weight, does to the original's own outputs (its float32 noise floor).
 ROUNDING_FACTOR = 4.0
 
 
@@ -59,11 +59,14 @@ def verify(original, converted, sample=None, tolerance: float = TOLERANCE) -> fl
     if np.isfinite(worst) and worst > tolerance:
         # within what float32 rounding of the input alone does to the original: still exact
         floor = difference(outputs(original, _one_ulp(x)), ref)
+        if worst > ROUNDING_FACTOR * floor:
+            floor = max(floor, difference(outputs(_weights_one_ulp(original), x), ref))
         if worst <= ROUNDING_FACTOR * floor:
             return worst
         raise TfoptError(f"model '{original.name}': the converted model's outputs differ from the original's by "
                          f"{worst:.3g} (relative to the largest output), more than the allowed {tolerance:g} and "
-                         f"more than {ROUNDING_FACTOR:g}× the {floor:.3g} that a one-ulp change of the input makes; "
+                         f"more than {ROUNDING_FACTOR:g}× the {floor:.3g} that a one-ulp change of the input or of the "
+                         f"weights makes; "
                          f"the conversion is not exact for this model, so tfopt stops here.")
     if not np.isfinite(worst):
         raise TfoptError(f"model '{original.name}': the converted model's outputs are not finite where the "
@@ -81,3 +84,15 @@ def _one_ulp(x):
     moved = [np.where(rng.random(v.shape) < 0.5, np.nextafter(v, np.float32(np.inf)),
                       np.nextafter(v, np.float32(-np.inf))).astype(np.float32) for v in moved]
     return moved if isinstance(x, (list, tuple)) else moved[0]
+
+
+def _weights_one_ulp(model):
+    """A copy of ``model`` whose every weight is moved by one float32 ulp, up or down (seeded)."""
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as k
+    else:
+        import keras as k
+    copy = k.models.clone_model(model)
+    moved = _one_ulp([np.asarray(w) for w in model.get_weights()])
+    copy.set_weights([m if np.asarray(w).dtype == np.float32 else w for m, w in zip(moved, model.get_weights())])
+    return copy
