@@ -707,3 +707,22 @@ def test_keras_applications_fold_prune_and_int8_in_both_kinds(name):
         want = np.asarray(out(x, training=False))
         assert got.shape == want.shape
         assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.8  # int8 of an untrained net
+
+
+def test_one_group_cuts_reuse_one_copy_and_equal_each_smaller_model():
+    from tfopt.surgery.channels import one_group_cuts, trace
+
+    model = build_model(random_architecture(3), (8, 8, 3))
+    randomize_bn(model, 3)
+    x = np.random.default_rng(3).normal(size=(5, 8, 8, 3)).astype("float32")
+    before = [w.copy() for w in model.get_weights()]
+    seen, copies = [], set()
+    for name, ratio, cut in one_group_cuts(model, (0.25, 0.75)):
+        smaller, _ = prune_channels(model, ratio=0.0, per_layer={name: ratio})
+        np.testing.assert_allclose(cut.predict(x, verbose=0), smaller.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+        seen.append((name, ratio))
+        copies.add(id(cut))
+    groups = [n for n, g in trace(model).items() if not g.blocked]
+    assert seen == [(n, r) for n in groups for r in (0.25, 0.75)] and len(groups) >= 2
+    assert len(copies) == 1  # one copy for the whole scan
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))

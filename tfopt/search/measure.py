@@ -19,8 +19,8 @@ from tfopt.models.stats import model_stats
 from tfopt.steps import STEPS
 from tfopt.steps import prune as prune_step
 from tfopt.steps.quantize import is_qat
-from tfopt.steps.sensitivity import magnitude_pruned
-from tfopt.surgery.channels import trace
+from tfopt.steps.sensitivity import magnitude_pruned, one_layer_cuts
+from tfopt.surgery.channels import one_group_cuts, trace
 from tfopt.surgery.fold_pool import plan, without_blocking_batchnorm
 from tfopt.training.finetune import fine_tune, recalibrate_batchnorm
 
@@ -122,20 +122,14 @@ def foldable_pools(model) -> list[str]:
 
 def channel_sensitivity(model, x, y, ratios=CHANNEL_RATIOS) -> list[dict]:
     """Selection accuracy with ``ratio`` of one layer's channels removed, without fine-tuning."""
-    step, settings = STEPS["structured"], FineTuneSettings(epochs=0)
-    rows = []
-    for name in channel_groups(model):
-        for r in ratios:
-            smaller, _ = step.run(model, None, {"ratio": 0.0, "per_layer": {name: r}}, settings, log=quiet)
-            rows.append({"layer": name, "ratio": r, "accuracy": accuracy(smaller, x, y)})
-    return rows
+    return [{"layer": name, "ratio": r, "accuracy": accuracy(cut, x, y)} for name, r, cut in one_group_cuts(model, ratios)]
 
 
 def magnitude_sensitivity(model, x, y, levels=SPARSITY_LEVELS, scales=None) -> list[dict]:
     """Selection accuracy with the smallest ``level`` of one layer's kernel zeroed, without
     fine-tuning (ranked by ``|w| · scale`` with the activation criterion's ``scales``)."""
-    return [{"layer": name, "ratio": s, "accuracy": accuracy(magnitude_pruned(model, {name: s}, scales), x, y)}
-            for name in prunable_layers(model) for s in levels]
+    return [{"layer": name, "ratio": s, "accuracy": accuracy(cut, x, y)}
+            for name, s, cut in one_layer_cuts(model, prunable_layers(model), levels, scales)]
 
 
 def input_scales(model, x) -> dict:

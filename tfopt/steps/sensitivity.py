@@ -15,14 +15,18 @@ from tfopt.rundir import atomic_write_text
 from tfopt.steps.prune import kernel_name, kernels, prunable
 from tfopt.steps.runs import accuracy, selection_split
 from tfopt.steps.source import load_source
-from tfopt.surgery.channels import prune_channels, trace
+from tfopt.surgery.channels import one_group_cuts, trace
 
 
-def magnitude_pruned(model, targets: dict, scales: dict | None = None):
+def magnitude_pruned(model, targets: dict, scales: dict | None = None, into=None):
     """A copy of ``model`` with the smallest ``targets[name]`` of each named layer's kernels set
     to zero, at once and without fine-tuning; ranked by ``|w|``, or by ``|w| · scale`` with the
-    activation criterion's ``scales`` (:func:`tfopt.steps.prune.input_scales`)."""
-    copy = plain_copy(model)
+    activation criterion's ``scales`` (:func:`tfopt.steps.prune.input_scales`). ``into``: an
+    earlier result for ``model`` to reuse (its weights are reset from ``model`` first), so that a
+    scan of many layers copies the model, and traces its predict function, once."""
+    copy = plain_copy(model) if into is None else into
+    if into is not None:
+        copy.set_weights(model.get_weights())
     for name, sparsity in targets.items():
         for w in kernels(copy.get_layer(name)):
             a = w.numpy()
@@ -36,6 +40,16 @@ def magnitude_pruned(model, targets: dict, scales: dict | None = None):
     return copy
 
 
+def one_layer_cuts(model, layers, levels, scales=None):
+    """``(layer, level, model)``: ``model`` with the smallest ``level`` of one layer's kernels
+    zeroed (see :func:`magnitude_pruned`), for each layer and level, in one reused copy."""
+    copy = None
+    for name in layers:
+        for level in levels:
+            copy = magnitude_pruned(model, {name: level}, scales, into=copy)
+            yield name, level, copy
+
+
 def sweep(model, splits, ratios=(0.25, 0.5, 0.75), mode="channels", log=print) -> list[dict]:
     """One row per (layer, ratio): accuracy on the validation split (else test) without fine-tuning."""
     x, y = selection_split(splits)
@@ -47,16 +61,11 @@ def sweep(model, splits, ratios=(0.25, 0.5, 0.75), mode="channels", log=print) -
     if not layers:
         raise TfoptError(f"no layer of this model can be pruned in {mode} mode")
     rows = []
-    for name in layers:
-        for r in ratios:
-            if mode == "channels":
-                others = [n for n in layers if n != name]
-                smaller, _ = prune_channels(model, ratio=0.0, per_layer={name: r}, protect=others)
-            else:
-                smaller = magnitude_pruned(model, {name: r})
-            acc = accuracy(smaller, x, y)
-            rows.append({"layer": name, "ratio": r, "accuracy": acc, "drop_points": (base - acc) * 100})
-            log(f"  {name:<16} {mode} ratio {r:.2f}: accuracy {acc:.2%} ({(acc - base) * 100:+.2f} points)")
+    cuts = one_group_cuts(model, ratios) if mode == "channels" else one_layer_cuts(model, layers, ratios)
+    for name, r, smaller in cuts:
+        acc = accuracy(smaller, x, y)
+        rows.append({"layer": name, "ratio": r, "accuracy": acc, "drop_points": (base - acc) * 100})
+        log(f"  {name:<16} {mode} ratio {r:.2f}: accuracy {acc:.2%} ({(acc - base) * 100:+.2f} points)")
     return rows
 
 

@@ -383,13 +383,20 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
     return pruned, {**report, "keep": keep}
 
 
-def masked_copy(model, plan_keep: dict):
+def masked_copy(model, plan_keep: dict, into=None, groups=None):
     """The original model with the removed channels' readers zeroed: it must compute exactly what
-    the pruned model computes (used by the tests and by ``--check``)."""
+    the pruned model computes (used by the tests and by ``--check``). ``into``: an earlier masked
+    copy of ``model`` to reuse (its weights are reset from ``model`` first)."""
     L, _, _ = layer_classes()
 
-    groups = trace(model)
-    masked = rebuild(model, lambda layer, args: None)  # a copy, its layers rebuilt by their own classes
+    groups = trace(model) if groups is None else groups
+    if into is None:
+        masked = rebuild(model, lambda layer, args: None)  # a copy, its layers rebuilt by their own classes
+    else:
+        masked = into
+        for layer in model.layers:
+            if layer.weights:
+                masked.get_layer(layer.name).set_weights(layer.get_weights())
     shapes = {layer.name: layer.input_shape for layer in model.layers if hasattr(layer, "input_shape")}
     spaces = [(groups[name].channels, idx, groups[name].sinks) for name, idx in plan_keep.items()]
     spaces += [(sum(n for _, n in c.parts), c.kept(plan_keep), c.sinks) for c in groups.concats.values()
@@ -431,3 +438,18 @@ def masked_copy(model, plan_keep: dict):
             layer.set_weights(w)
     return masked
 
+
+
+def one_group_cuts(model, ratios, criterion: str = "l1"):
+    """``(group, ratio, model)`` for each channel group that can be cut and each ratio: the model
+    with ``ratio`` of that group's channels (ranked by ``criterion``, a weight criterion) removed,
+    computed as the masked original, which gives exactly the smaller model's outputs. One copy is
+    reused for every cut, so a scan of a deep network rebuilds it once."""
+    groups, copy = trace(model), None
+    for name, group in groups.items():
+        if group.blocked:
+            continue
+        for r in ratios:
+            keep = plan_channels(model, 0.0, {name: r}, criterion)["keep"]
+            copy = masked_copy(model, keep, into=copy, groups=groups)
+            yield name, r, copy
