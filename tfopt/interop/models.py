@@ -89,16 +89,30 @@ def load_model(path):
     try:
         if kind == "keras3":
             return lib.saving.load_model(path, compile=False)
-        return lib.models.load_model(path)
+        from tf_keras.src.applications.convnext import LayerScale, StochasticDepth  # not registered by tf_keras
+
+        return lib.models.load_model(path, custom_objects={"LayerScale": LayerScale,
+                                                           "StochasticDepth": StochasticDepth})
     except Exception as exc:  # loaders raise many types for a bad file
         raise _load_error(path, kind, exc) from None
+
+
+def _layer_classes(model) -> dict:
+    """``{class name: class}`` of every layer of ``model``, nested models' layers included."""
+    out = {}
+    for layer in getattr(model, "layers", []):
+        out[type(layer).__name__] = type(layer)
+        out.update(_layer_classes(layer))
+    return out
 
 
 def plain_copy(model):
     """An uncompiled copy of a model with the same weights: saves without optimizer state."""
     lib = library(model_kind(model))
     cls = lib.Sequential if isinstance(model, lib.Sequential) else lib.Model
-    copy = cls.from_config(model.get_config())
+    # the model's own layer classes, so that unregistered ones (ConvNeXt's LayerScale) rebuild too
+    with lib.utils.custom_object_scope(_layer_classes(model)):
+        copy = cls.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
 
