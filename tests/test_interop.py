@@ -407,3 +407,26 @@ def test_rounding_the_original_itself_amplifies_is_not_a_conversion_error():
     with pytest.raises(TfoptError, match=r"more than the allowed 1e-05 and more than 4× the [\d.e-]+ that a "
                                          r"one-ulp change of the input or of the weights makes"):
         verify(original, difference_model([[1.0], [-1.01]], "off"), sample=x)
+
+
+def test_a_tf_keras_model_with_convnexts_unregistered_layers_is_copied_and_loaded(tmp_path):
+    """tf_keras's ConvNeXt layers (LayerScale, StochasticDepth) are not registered for
+    deserialization; a plain copy and a saved file of a model holding them still rebuild, with the
+    same outputs."""
+    import tf_keras
+    from tf_keras.src.applications.convnext import LayerScale, StochasticDepth
+
+    from tfopt.interop import load_as_tf_keras, plain_copy
+
+    inp = tf_keras.Input((4, 4, 8))
+    h = LayerScale(1e-1, 8, name="scale")(tf_keras.layers.Dense(8, name="d")(inp))
+    out = tf_keras.layers.Add()([inp, StochasticDepth(0.1, name="drop")(h)])
+    model = tf_keras.Model(inp, out)
+    model.get_layer("scale").set_weights([np.arange(8, dtype="float32")])
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 8)).astype("float32")
+    copy = plain_copy(model)
+    model.save(tmp_path / "m.keras")
+    loaded = load_as_tf_keras(tmp_path / "m.keras")[0]
+    for other in (copy, loaded):
+        assert type(other.get_layer("scale")) is LayerScale
+        np.testing.assert_allclose(other.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
