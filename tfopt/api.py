@@ -127,7 +127,7 @@ def _run(what: str, name: str, model, data, settings: dict, epochs, fine_tune: d
     config is validated once from ``settings`` (and the fine-tune's ``checked`` fields, which its
     config bounds too), one FineTuneSettings. Returns ``(the step's model, the input's kind)``."""
     step = STEPS[name]
-    if name in KERAS3_STEPS and (model_kind(model) == "keras3" or several_of_tf_keras(model, data)):
+    if name in KERAS3_STEPS and (model_kind(model) == "keras3" or _several_of_tf_keras(model, data)):
         work = model if model_kind(model) == "keras3" else _keras3_copy(what, model, log or _quiet)
         fine, verbose = _fine_tune(what, work, epochs, fine_tune, also=(*settings, *inputs), kind="keras3")
         config = validated(step.config, {**settings, **{k: getattr(fine, k) for k in checked}}, name)
@@ -150,7 +150,7 @@ def _run(what: str, name: str, model, data, settings: dict, epochs, fine_tune: d
     return out, kind
 
 
-def several_of_tf_keras(model, data) -> bool:
+def _several_of_tf_keras(model, data) -> bool:
     """Whether ``model`` is tf_keras and ``data`` has several inputs or outputs (x or y a list or a dict)."""
     return data is not None and not isinstance(data, np.ndarray) and several(data) and model_kind(model) == "tf_keras"
 
@@ -293,7 +293,7 @@ def prune_channels(model, data=None, *, ratio: float = 0.5, epochs: int = 2, per
     """
     settings = dict(ratio=ratio, per_layer=per_layer or {}, criterion=criterion, probe_samples=probe_samples,
                     rounds=rounds, min_channels=min_channels, skip=list(skip), epochs=max(epochs, 1))
-    if data is not None and several(data) and (model_kind(model) == "keras3" or several_of_tf_keras(model, data)):
+    if data is not None and several(data) and (model_kind(model) == "keras3" or _several_of_tf_keras(model, data)):
         work = model if model_kind(model) == "keras3" else _keras3_copy("prune_channels", model, log or _quiet)
         fine, verbose = _fine_tune("prune_channels", work, epochs, fine_tune, also=settings, kind="keras3")
         out = channels_of_several(work, data, settings, fine, verbose, fine_tune.get("seed"), log or _quiet)
@@ -527,7 +527,7 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
 
         return public.to_tflite(model, mode, data, int8_io, min_agreement, min_snr, representative_samples, seed,
                                  log or _quiet)
-    if several_of_tf_keras(model, data) and not quantize_step.is_qat(model):
+    if _several_of_tf_keras(model, data) and not quantize_step.is_qat(model):
         from tfopt.engines.keras3 import public
 
         copy = _keras3_copy("to_tflite", model, log or _quiet)

@@ -120,6 +120,12 @@ def gradcheck(model, x, y, loss=None, eps=1e-5, max_entries=16, threshold=DEFAUL
     Returns:
         A :class:`GradcheckResult`: per layer the largest relative error, ``passed`` and ``table()``.
 
+    Raises:
+        TypeError: the model holds a custom layer Keras cannot rebuild from its config (neither
+            registered with ``register_keras_serializable`` nor given in ``custom_objects``).
+        ValueError: the float64 copy rebuilt from the config does not take the model's weights
+            (a subclassed model, whose config holds no layers).
+
     Example:
         >>> result = tfopt.gradcheck(model, x[:4], y[:4])
         >>> print(result.table()); assert result.passed

@@ -43,7 +43,16 @@ CLASSIFIER, BINARY, SIGNAL = "classifier", "binary", "signal"
 
 
 def snr_db(reference, got) -> float:
-    """``10·log10(Σ y² / Σ (y − ŷ)²)``; infinite when the two are equal."""
+    """The signal-to-noise ratio of ``got`` against ``reference``: ``10·log10(Σ y² / Σ (y − ŷ)²)``.
+
+    Args:
+        reference: the model's outputs ``y`` (an array).
+        got: the file's outputs ``ŷ``, of the same shape.
+
+    Returns:
+        The SNR in dB: ``inf`` when the two are equal, ``-inf`` when ``reference`` is all zeros
+        and ``got`` is not.
+    """
     y = np.asarray(reference, np.float64)
     noise = float(np.sum((y - np.asarray(got, np.float64)) ** 2))
     signal = float(np.sum(y ** 2))
@@ -68,12 +77,21 @@ class HeadCheck:
 
     @property
     def passed(self) -> bool:
+        """Whether the SNR, and for a classifier head the top-1 agreement, reach their thresholds."""
         ok = self.snr_db >= self.min_snr_db
         if self.agreement is not None:
             ok = ok and self.agreement >= self.min_agreement
         return ok
 
     def line(self, mode: str) -> str:
+        """The head's measurements and thresholds in one line.
+
+        Args:
+            mode: the TFLite mode the line starts with.
+
+        Returns:
+            ``"<mode>: <head>top-1 agreement ..., SNR ... dB (threshold ... dB), max |Δoutput| ..."``.
+        """
         parts = []
         if self.agreement is not None:
             parts.append(f"top-1 agreement with the model {self.agreement:.2%} on {self.samples} images "
@@ -93,12 +111,23 @@ class Report:
 
     @property
     def passed(self) -> bool:
+        """Whether every head passed."""
         return all(h.passed for h in self.heads)
 
     def lines(self) -> list:
+        """Every head's line (see :meth:`HeadCheck.line`).
+
+        Returns:
+            One string per head.
+        """
         return [h.line(self.mode) for h in self.heads]
 
     def failures(self) -> list:
+        """The lines of the heads that failed.
+
+        Returns:
+            One string per failing head; empty when the file passed.
+        """
         return [h.line(self.mode) for h in self.heads if not h.passed]
 
 
@@ -120,7 +149,28 @@ def _top1(reference, got, binary_at=None):
 
 
 def check_head(name, rule, reference, got, mode, min_agreement=None, min_snr=None, binary_at=0.5) -> HeadCheck:
-    """Compare one head (arrays of the same shape) under ``rule`` (classifier, binary or signal)."""
+    """Compare one head of the model with the file's under ``rule``.
+
+    Args:
+        name: the head's label in the line (``""`` for a model of one output, else
+            ``"head '<name>': "``).
+        rule: ``"classifier"``, ``"binary"`` or ``"signal"`` (see :func:`rule_for`).
+        reference: the model's outputs for the head.
+        got: the file's outputs for the head, of the same shape.
+        mode: the TFLite mode whose default thresholds apply (``float32``, ``float16``,
+            ``dynamic`` or ``int8``).
+        min_agreement: least top-1 agreement of a classifier or binary head (default:
+            :data:`MIN_AGREEMENT` of ``mode``).
+        min_snr: least SNR in dB (default: :data:`MIN_SNR_DB` of ``mode``).
+        binary_at: the decision threshold of a binary head (0.5 for a sigmoid, 0 for a logit).
+
+    Returns:
+        The head's :class:`HeadCheck` (its ``passed`` says whether it met the thresholds).
+
+    Raises:
+        tfopt.tflite.VerificationFailed: the file's output has another shape than the model's.
+        KeyError: an unknown ``mode`` whose default threshold is needed.
+    """
     reference = np.asarray(reference, np.float64)
     got = np.asarray(got, np.float64)
     if reference.shape != got.shape:
@@ -137,8 +187,18 @@ def check_head(name, rule, reference, got, mode, min_agreement=None, min_snr=Non
 
 
 def rule_for(kind: str, shape) -> tuple[str, float | None]:
-    """``(rule, binary threshold)`` for a head of ``kind`` (softmax, sigmoid, logits, regression)
-    whose output has ``shape`` (with the batch axis)."""
+    """The comparison rule for a head.
+
+    Args:
+        kind: the head's kind: ``"softmax"``, ``"sigmoid"``, ``"logits"`` or ``"regression"``.
+        shape: the shape of the head's output, batch axis included.
+
+    Returns:
+        ``(rule, binary threshold)``: ``("classifier", None)`` for a softmax, sigmoid or logits
+        head of one row of several scores per input; for such a head of one unit
+        ``("binary", 0.5)`` (a sigmoid) or ``("binary", 0.0)`` (a logit); ``("signal", None)``
+        for any other head (a map, a regression).
+    """
     if len(shape) != 2 or kind not in ("softmax", "sigmoid", "logits"):
         return SIGNAL, None
     if shape[-1] > 1:
@@ -147,8 +207,26 @@ def rule_for(kind: str, shape) -> tuple[str, float | None]:
 
 
 def compare(references, gots, kinds, mode, names=None, min_agreement=None, min_snr=None) -> Report:
-    """A :class:`Report` over heads: ``references`` and ``gots`` are lists of arrays (one per head),
-    ``kinds`` the heads' kinds (see :func:`rule_for`), ``names`` their names for the lines."""
+    """Compare every head of the model with the file's.
+
+    Args:
+        references: the model's outputs, one array per head.
+        gots: the file's outputs, one array per head, in the same order.
+        kinds: the heads' kinds (see :func:`rule_for`).
+        mode: the TFLite mode whose default thresholds apply.
+        names: the heads' names for the lines of a model of several outputs (default: their
+            positions).
+        min_agreement: least top-1 agreement of a classifier head (default: :data:`MIN_AGREEMENT`).
+        min_snr: least SNR in dB of every head (default: :data:`MIN_SNR_DB`).
+
+    Returns:
+        A :class:`Report` of one :class:`HeadCheck` per head; a head below its thresholds is
+        reported, not raised (see :func:`enforce`).
+
+    Raises:
+        tfopt.tflite.VerificationFailed: a head whose output shapes differ between model and file.
+        KeyError: an unknown ``mode`` whose default threshold is needed.
+    """
     report = Report(mode)
     several = len(references) > 1
     for i, (ref, got, kind) in enumerate(zip(references, gots, kinds)):
@@ -159,7 +237,16 @@ def compare(references, gots, kinds, mode, names=None, min_agreement=None, min_s
 
 
 def enforce(report: Report, log=None) -> None:
-    """Log each head's line; raise :class:`VerificationFailed` naming the failing heads."""
+    """Log each head's line, then refuse a file with a failing head.
+
+    Args:
+        report: the :class:`Report` of :func:`compare`.
+        log: receives each head's line (none by default).
+
+    Raises:
+        tfopt.tflite.VerificationFailed: a head below its thresholds; the message holds the
+            failing heads' lines.
+    """
     for line in report.lines():
         if log:
             log(line)

@@ -131,5 +131,10 @@ def strip(model, kind: str = "tf_keras"):
 
     Returns:
         A new model without wrappers.
+
+    Raises:
+        TfoptError: ``kind`` is neither ``"tf_keras"`` nor ``"keras3"``, or, for ``"keras3"``, the
+            stripped model cannot be converted (a subclassed model, a layer that is not built in,
+            or outputs that differ after conversion).
     """
     return leave(prune_step.strip(model), kind)

@@ -122,7 +122,22 @@ class LRFinder(Callback):
 def find_lr(model, x, y=None, batch_size=32, **kwargs) -> LRFinder:
     """Run the range test on a compiled model; its weights and optimizer come back unchanged.
 
-    ``x`` is an array (with ``y``) or a dataset of batches. Returns the finished LRFinder.
+    Args:
+        model: a compiled tf_keras or Keras 3 model.
+        x: input array (with ``y``), or a ``tf.data.Dataset`` of ``(x, y)`` batches.
+        y: labels of ``x`` when ``x`` is an array; ``None`` for a dataset.
+        batch_size: batch size of the sweep when ``x`` is an array.
+        **kwargs: the :class:`LRFinder` settings (``min_lr``, ``max_lr``, ``num_steps``,
+            ``smoothing``, ``diverge_factor``, ``rule``, ``plot_path``).
+
+    Returns:
+        The finished :class:`LRFinder`: its ``lrs``, ``losses`` and ``smoothed`` per step, and
+        :meth:`LRFinder.suggestion`.
+
+    Raises:
+        ValueError: ``min_lr`` not below ``max_lr`` (or not positive), an unknown ``rule``,
+            ``num_steps`` below 5, or, with ``plot_path``, a sweep that stopped before 5 steps
+            (too few to suggest a rate).
     """
     finder = LRFinder(**kwargs)
     if y is not None:

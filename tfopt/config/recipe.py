@@ -303,7 +303,8 @@ def load_recipe(path, overrides=()) -> Recipe:
         The validated :class:`Recipe`.
 
     Raises:
-        RecipeError: every problem of the recipe at once, each with its dotted key.
+        RecipeError: a file that is missing or unusable (not UTF-8 text, over the size limit), or
+            every problem of the recipe at once, each with its dotted key.
 
     Example:
         >>> r = load_recipe("recipes/quickstart.yaml", ["train.epochs=3"])

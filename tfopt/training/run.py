@@ -157,9 +157,15 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
         log: where progress lines go.
 
     Returns:
-        the finished run's folder, its metrics and the trained model.
+        A :class:`RunResult`: the finished run's folder (``run_dir``), its metrics (those of
+        ``metrics.json``), the trained model and the history.
 
     Raises:
+        RunDirError: the run directory cannot be used: a finished run of the same name without
+            ``overwrite``, an interrupted one without ``resume`` or ``overwrite``, nothing to
+            resume or a recipe that differs from the interrupted run's, a run being written by
+            another process, or a folder that cannot be written.
+        ShapeError: the model does not fit the data (its input shape or its number of classes).
         Interrupted: training was stopped; the run can be resumed.
         Diverged: the loss became NaN or infinite.
     """
