@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # tests run in this many worker processes (pytest-xdist), handed out one by one
 TEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow test-lowest bench clean
 
 # the package, editable, with the test and docs tools and JAX, at the exact versions of constraints.txt
 $(BIN)/tfopt: pyproject.toml constraints.txt
@@ -27,5 +27,16 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
+# the default suite on the oldest dependency versions pyproject.toml allows (constraints-lowest.txt)
+LOWEST := .venv-lowest
+$(LOWEST)/bin/tfopt: pyproject.toml constraints-lowest.txt
+	$(PY) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install --quiet --upgrade pip
+	$(LOWEST)/bin/pip install --quiet -c constraints-lowest.txt -e '.[dev]'
+	touch $@
+
+test-lowest: $(LOWEST)/bin/tfopt
+	$(LOWEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist load
+
 clean:
-	rm -rf $(VENV) *.egg-info saved_models/*/ saved_models/*.partial
+	rm -rf $(VENV) $(LOWEST) *.egg-info saved_models/*/ saved_models/*.partial

@@ -62,3 +62,59 @@ def test_the_wheel_carries_the_recipes_and_trains_one_by_name_when_installed(tmp
               cwd=tmp_path, timeout=600)
     assert fit.returncode == 0, fit.stderr[-2000:]
     assert (tmp_path / "runs" / "quickstart" / "model.keras").is_file()
+
+
+def _requirements():
+    """``{name: requirement}`` of pyproject.toml's runtime dependencies."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {Requirement(d).name.lower(): Requirement(d) for d in deps}
+
+
+def _pins(name):
+    lines = (ROOT / name).read_text().splitlines()
+    pairs = (line.split("==") for line in lines if "==" in line and not line.startswith("#"))
+    return {n.strip().lower().replace("_", "-"): v.strip() for n, v in pairs}
+
+
+def test_each_dependencys_lower_bound_is_what_make_test_lowest_installs_and_ci_pins_lie_in_range():
+    reqs, lowest, ci = _requirements(), _pins("constraints-lowest.txt"), _pins("constraints.txt")
+    assert sorted(lowest) == sorted(reqs)
+    for name, req in reqs.items():
+        lower = [s.version for s in req.specifier if s.operator == ">="]
+        assert len(lower) == 1, f"{name} has no single lower bound"
+        assert req.specifier.contains(lowest[name]), f"{name} {lowest[name]} not in {req.specifier}"
+        assert not any(req.specifier.contains(v) for v in _just_below(lowest[name])), name
+        assert req.specifier.contains(ci[name]), f"CI pins {name} {ci[name]}, outside {req.specifier}"
+
+
+def _just_below(version):
+    """Versions just below ``version`` (one less in its last part), which the range must exclude."""
+    parts = [int(p) for p in version.split(".")]
+    out = []
+    for i in range(len(parts)):
+        if parts[i] > 0:
+            out.append(".".join(str(p) for p in parts[:i] + [parts[i] - 1] + [99] * (len(parts) - i - 1)))
+    return out[-1:]
+
+
+def test_every_third_party_module_tfopt_imports_is_a_declared_dependency():
+    import ast
+
+    declared = set(_requirements()) | {"tensorflow_model_optimization", "keras_tuner", "yaml", "pil", "sklearn",
+                                       "tf_keras", "ai_edge_litert"}
+    declared = {d.replace("-", "_") for d in declared}
+    stdlib = set(sys.stdlib_module_names)
+    found = {}
+    for path in (ROOT / "tfopt").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            for n in names:
+                top = n.split(".")[0]
+                if top not in stdlib and top != "tfopt":
+                    found.setdefault(top.lower(), path.relative_to(ROOT))
+    assert {m: p for m, p in found.items() if m not in declared} == {}
