@@ -26,7 +26,7 @@ CONCEPTS = {"per_layer": "Per-layer value (prune: sparsity; structured: ratio)",
             "criterion": "How weights or channels are ranked", "temperature": "Distillation temperature",
             "alpha": "Weight of the teacher's soft targets", "m_by_n": "m:n sparsity",
             "probe_samples": "Training images the activation and taylor criteria run",
-            "budget": "Points the removal may cost (with analyze)", "layers": "Layers to act on",
+            "max_drop": "Points the removal may cost (with analyze)", "layers": "Layers to act on",
             "lr": "Fine-tune peak learning rate", "block": "Dense kernels pruned in runs of this many inputs",
             "measure": "Time both float32 TFLite files", "mode": "Quantization mode"}
 
@@ -111,13 +111,15 @@ def test_a_setting_has_one_name_on_the_command_line_and_in_the_api():
         assert fields, function
 
 
-@pytest.mark.parametrize("section, old, new", [("prune", "layers", "per_layer"), ("structured", "protect", "skip")])
-def test_an_old_recipe_key_is_refused_with_the_new_name(section, old, new):
+@pytest.mark.parametrize("section, old, new, value", [("prune", "layers", "per_layer", {"fc1": 0.5}),
+                                                      ("structured", "protect", "skip", ["fc1"]),
+                                                      ("remove", "budget", "max_drop", 0.5)])
+def test_an_old_recipe_key_is_refused_with_the_new_name(section, old, new, value):
     from tfopt.errors import TfoptError
     from tfopt.steps import STEPS
 
     with pytest.raises(TfoptError, match=rf"optimize\.{section}\.{old}: renamed to {new}"):
-        STEPS[section].configure({old: ["fc1"] if old == "protect" else {"fc1": 0.5}})
+        STEPS[section].configure({old: value})
 
 
 @pytest.mark.parametrize("function, old, new", [("prune", "layers", "per_layer"), ("prune", "probe", "probe_samples"),

@@ -264,9 +264,9 @@ def test_cli_errors_corrupt_model_and_mismatched_recipe(base_run, tmp_path):
     res = run("prune", base_run / "model.keras")
     assert res.exit_code == 2 and "pass --recipe RECIPE" in res.output
     res = run("prune", base_run, "--sparsity", "1.5")
-    assert res.exit_code == 2 and "optimize.prune.sparsity: Input should be less than 1 (got 1.5)" in res.output
+    assert res.exit_code == 2 and "--sparsity: Input should be less than 1 (got 1.5)" in res.output
     res = run("prune", base_run, "--block", "4", "--m-by-n", "2:4")
-    assert res.exit_code == 2 and "optimize.prune.block: block and m_by_n are two patterns of zeros" in res.output
+    assert res.exit_code == 2 and "--block: block and m_by_n are two patterns of zeros" in res.output
 
 
 def test_cli_export_and_report(base_run, tmp_path):
@@ -339,7 +339,7 @@ def test_cli_structured_prune(base_run, tmp_path):
     metrics = json.loads((tmp_path / "base-channels" / "metrics.json").read_text())
     assert metrics["macs"] < metrics["macs_before"] and metrics["masked_check_max_abs_diff"] < 1e-4
     bad = run("prune", base_run, "--structured", "--per-layer", "conv1=1.5")
-    assert bad.exit_code == 2 and "optimize.structured.per_layer: per-layer ratios must be in [0, 1)" in bad.output
+    assert bad.exit_code == 2 and "--per-layer: per-layer ratios must be in [0, 1)" in bad.output
 
 
 def test_cli_remove_layers_analyze_and_budget(base_run, tmp_path):
@@ -356,7 +356,7 @@ def test_sensitivity_sweep_writes_ratios_back(base_run, tmp_path):
     from tfopt.config.recipe import load_recipe
 
     out = tmp_path / "tuned.yaml"
-    res = run("sensitivity", base_run, "--ratios", "0.25,0.5", "--budget", "100", "--write", out)
+    res = run("sensitivity", base_run, "--ratios", "0.25,0.5", "--max-drop", "100", "--write", out)
     assert res.exit_code == 0, res.output
     tuned = load_recipe(out)
     assert tuned.optimize.structured.per_layer == {"conv1": 0.5, "fc1": 0.5}
@@ -368,7 +368,7 @@ def test_sensitivity_sweep_writes_ratios_back(base_run, tmp_path):
     assert choose(rows, 0.5) == {"a": 0.25, "b": 0.0}
     again = run("sensitivity", base_run, "--mode", "sparsity", "--ratios", "0.5", "--write", out)
     assert again.exit_code == 2 and "already exists" in again.output
-    sp = run("sensitivity", base_run, "--mode", "sparsity", "--ratios", "0.5", "--budget", "100",
+    sp = run("sensitivity", base_run, "--mode", "sparsity", "--ratios", "0.5", "--max-drop", "100",
              "--write", tmp_path / "sp.yaml")
     assert sp.exit_code == 0, sp.output
     assert load_recipe(tmp_path / "sp.yaml").optimize.prune.per_layer == {"conv1": 0.5, "fc1": 0.5, "fc2": 0.5}
@@ -426,7 +426,7 @@ def test_cli_prune_by_activation(base_run, tmp_path):
     assert kernel_sparsity(model, "fc1") > 0.4
     bad = run("prune", base_run, "--criterion", "taylor", "--output", tmp_path / "x")
     assert bad.exit_code == 2
-    assert "optimize.prune.criterion: " in bad.output and "'magnitude' or 'activation'" in bad.output
+    assert "--criterion: " in bad.output and "'magnitude' or 'activation'" in bad.output
     assert not (tmp_path / "x").exists()
 
 

@@ -285,7 +285,7 @@ def test_analyze_with_budget_picks_and_writes(tmp_path):
                                {"type": "dense", "units": 4, "activation": "softmax"}]
     run = fit(validate(data), output=tmp_path, log=lambda *_: None).run_dir
     lines = []
-    path, metrics = run_remove(load_source(run), {"analyze": True, "budget": 100.0, "epochs": 0},
+    path, metrics = run_remove(load_source(run), {"analyze": True, "max_drop": 100.0, "epochs": 0},
                                         output=tmp_path, log=lines.append)
     assert "within a 100-point budget: remove block1" in lines
     assert metrics["requested"] == ["block1"] and metrics["macs"] < metrics["macs_before"]

@@ -14,14 +14,15 @@ import click
 
 from tfopt import __version__
 from tfopt.cli import fit, gradcheck, lr_find, optimize, recipes, replay, report, sensitivity, tune
-from tfopt.cli.app import VERBOSE, quiet_native_logs, with_verbose
+from tfopt.cli.app import VERBOSE, quiet_native_logs, with_verbose, without_hidden
 from tfopt.cli.steps import step_commands
 from tfopt.errors import TfoptError
 from tfopt.config.step_registry import load_plugins
 
 
 class Group(click.Group):
-    """Prints a :class:`TfoptError` as one paragraph and exits 2 (130 when interrupted).
+    """Prints a :class:`TfoptError` as one paragraph and exits 2 (130 when interrupted); an
+    unknown option is answered with suggestions among the options its command shows.
 
     Besides its own commands it lists one command per registered step (see
     :mod:`tfopt.cli.steps`), read from the step registry each time, so a step registered
@@ -44,6 +45,8 @@ class Group(click.Group):
         except TfoptError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(getattr(exc, "exit_code", 2))
+        except click.NoSuchOption as exc:
+            raise without_hidden(exc) from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

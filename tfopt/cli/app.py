@@ -7,6 +7,7 @@ TensorFlow is imported inside the commands that need it, never at start-up, so `
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import os
 import re
@@ -134,6 +135,45 @@ def sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+class Option(click.Option):
+    """A click option whose default is decided later (by the recipe, the run or the step), named
+    in words by ``shown``: ``--help`` writes it as click writes every default, ``[default: x]``."""
+
+    def __init__(self, *args, shown: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shown = shown
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        if record is None or not self.shown:
+            return record
+        names, text = record
+        return names, f"{text}  [default: {self.shown}]" if text else f"[default: {self.shown}]"
+
+
+def renamed_option(old: str, new: str) -> click.Option:
+    """The option ``old``, hidden, refused with one line naming ``new``; :func:`without_hidden`
+    keeps it out of click's suggestions."""
+
+    def refuse(ctx, param, value):
+        if value:
+            raise TfoptError(f"{old} was renamed {new}: write {new} {value[0]}")
+
+    name = "renamed_" + old.lstrip("-").replace("-", "_")  # not the name of the option it became
+    return click.Option([old, name], multiple=True, hidden=True, expose_value=False, callback=refuse)
+
+
+def without_hidden(exc: click.NoSuchOption) -> click.NoSuchOption:
+    """``exc`` suggesting only the options its command shows: an old, renamed name is never offered."""
+    command = exc.ctx.command if exc.ctx is not None else None
+    if command is None or not exc.possibilities:
+        return exc
+    shown = [o for p in command.params if isinstance(p, click.Option) and not p.hidden
+             for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    close = difflib.get_close_matches(exc.option_name, shown)
+    return click.NoSuchOption(exc.option_name, possibilities=close or None, ctx=exc.ctx)
+
+
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a recipe value by dotted key, e.g. --set train.epochs=3 (repeatable).",
@@ -144,14 +184,15 @@ def recipe_run_options(what: str, resume_help: str):
     """RECIPE, --set, --output, --resume and --overwrite, for commands that write ``what``."""
 
     def wrap(f):
-        for option in reversed([
+        for decorator in reversed([
             click.argument("recipe", type=click.Path(dir_okay=False)),
             set_option,
-            click.option("--output", type=click.Path(file_okay=False), help=f"Parent folder of the {what}."),
+            click.option("--output", type=click.Path(file_okay=False), cls=Option,
+                         shown="the recipe's output.dir", help=f"Parent folder of the {what}."),
             click.option("--resume", is_flag=True, help=resume_help),
             click.option("--overwrite", is_flag=True, help=f"Replace a finished {what.split()[0]} of the same name."),
         ]):
-            f = option(f)
+            f = decorator(f)
         return f
 
     return wrap

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tfopt.cli.app import echo_err, echo_out, recipe_run_options, run_workers, sigterm_as_interrupt, workers_option
+from tfopt.cli.checks import check_new_folder
 from tfopt.config.recipe import load_recipe
 from tfopt.training.distribute import is_chief
 
@@ -19,6 +20,8 @@ def fit(ctx, recipe, overrides, output, resume, overwrite, workers):
     With --workers N (or train.distribute: multi_worker and TF_CONFIG set by any launcher) the
     run trains under tf.distribute; only the chief writes the run directory."""
     r = load_recipe(recipe, overrides)
+    check_new_folder(output or r.output.dir, r.run_name(), resume=resume, overwrite=overwrite,
+                     cluster="TF_CONFIG")
     if workers > 1:
         run_workers(ctx, workers)
     sigterm_as_interrupt()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
+from pathlib import Path
 
 import click
 
-from tfopt.cli.app import VERBOSE, echo_err, echo_out, sigterm_as_interrupt
+from tfopt.cli.app import VERBOSE, Option, echo_err, echo_out, sigterm_as_interrupt
+from tfopt.cli.checks import check_number
 from tfopt.errors import TfoptError
 
 #: Columns of the final table: (header, width, the row's cell).
@@ -50,25 +51,41 @@ def final_table(rows, chosen_id) -> str:
     return "\n".join(lines)
 
 
-def check_arguments(source, output, lr, temperature, alpha, **limits) -> None:
-    """Every argument and the output folder, before TensorFlow is imported or any work done."""
+def check_search_folder(out: Path, resume: bool) -> None:
+    """Refuse a search folder that holds a search without ``resume``, or none to resume with it."""
+    if out.exists() and not out.is_dir():
+        raise TfoptError(f"{out} is a file where the search folder goes; move it, or give --output elsewhere")
+    held = out.is_dir() and any(out.iterdir())
+    if resume and not held:
+        raise TfoptError(f"--resume: {out} holds no search to resume (no interrupted search was found there); run "
+                         f"without --resume to start one, or give the --output of the search to continue")
+    if held and not resume:
+        raise TfoptError(f"{out} already holds a search; pass --resume to continue it, or --output elsewhere")
+
+
+def check_arguments(source, recipe, overrides, output, resume, teacher, lr, temperature, alpha, **limits) -> None:
+    """Every argument, the source and its recipe, the teacher and the output folder, before
+    TensorFlow is imported or any work done."""
     # loaded when the command runs: --help stays light
-    from tfopt.steps.source import beside, check_search_limits, check_source_path, check_writable
+    from tfopt.steps.runs import check_source, check_teacher_path, source_name
+    from tfopt.steps.source import beside, check_search_limits, check_writable
 
     check_search_limits(**limits)
     for name, value, ok, allowed in (("--lr", lr, lambda v: 0 < v <= 10, "a finite rate above 0 (at most 10)"),
                                      ("--temperature", temperature, lambda v: v > 0, "a finite number above 0"),
                                      ("--alpha", alpha, lambda v: 0 <= v <= 1, "a number from 0 to 1")):
-        if value is not None and not (math.isfinite(value) and ok(value)):
-            raise TfoptError(f"{name}: must be {allowed}; got {value!r}")
-    check_source_path(source)
+        check_number(name, value, ok, allowed)
+    check_source(source, recipe, overrides)
+    if teacher:
+        check_teacher_path(teacher)
     check_writable(output or beside(source))
+    check_search_folder(Path(output or beside(source)) / f"{source_name(source)}-optimized", resume)
 
 
 @click.command("optimize")
 @click.argument("source", type=click.Path())
-@click.option("--recipe", type=click.Path(dir_okay=False),
-              help="Recipe naming the data (required for a model file) [default: the run's recipe].")
+@click.option("--recipe", type=click.Path(dir_okay=False), cls=Option, shown="the run's recipe",
+              help="Recipe naming the data (required for a model file).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value by dotted key (repeatable).")
 @click.option("--max-drop", type=float, default=0.3, show_default=True,
@@ -77,8 +94,9 @@ def check_arguments(source, output, lr, temperature, alpha, **limits) -> None:
               help="What to minimise: gzip bytes of the int8 .tflite, 1-thread LiteRT latency, or MACs.")
 @click.option("--time-budget", metavar="DURATION", help="Stop starting candidates after this long, e.g. 30m, 1h.")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tune epochs of every step.")
-@click.option("--lr", type=float, help="Fine-tune learning rate [default: probed, the highest of 1e-3, 3e-4, 1e-4 "
-                                         "that one epoch on the input model tolerates].")
+@click.option("--lr", type=float, cls=Option,
+              shown="probed, the highest of 1e-3, 3e-4, 1e-4 that one epoch on the input model tolerates",
+              help="Fine-tune learning rate.")
 @click.option("--no-distill", is_flag=True,
               help="Fine-tune on the labels only, not learning from the input model's outputs.")
 @click.option("--teacher", metavar="RUN|MODEL",
@@ -87,9 +105,10 @@ def check_arguments(source, output, lr, temperature, alpha, **limits) -> None:
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the teacher's soft targets.")
 @click.option("--max-candidates", type=int, help="Stop after this many candidates.")
-@click.option("--output", type=click.Path(file_okay=False),
-              help="Parent folder of the search [default: the folder holding SOURCE].")
-@click.option("--resume", is_flag=True, help="Continue an interrupted search; finished candidates are kept.")
+@click.option("--output", type=click.Path(file_okay=False), cls=Option, shown="the folder holding SOURCE",
+              help="Parent folder of the search.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted search in <output>/<source>-optimized; finished "
+                                             "candidates are kept. Refused when that folder holds no search.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr; only the results on stdout.")
 @click.option("--json", "as_json", is_flag=True, help="The results as one JSON document on stdout, nothing else.")
 def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, lr, no_distill, teacher,
@@ -104,8 +123,8 @@ def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, l
     (--verbose: every line); the results table to stdout. Ctrl-C keeps the finished candidates;
     --resume continues.
     """
-    check_arguments(source, output, lr, temperature, alpha, max_drop=max_drop, time_budget=time_budget,
-                    max_candidates=max_candidates, epochs=epochs)
+    check_arguments(source, recipe, overrides, output, resume, teacher, lr, temperature, alpha, max_drop=max_drop,
+                    time_budget=time_budget, max_candidates=max_candidates, epochs=epochs)
     sigterm_as_interrupt()
     from tfopt.search.engine import optimize_source  # TensorFlow, once the arguments are known to be good
 

@@ -11,12 +11,15 @@ from tfopt.cli.steps import step_commands
 
 
 def for_markdown(command: click.Command) -> click.Command:
-    """A copy of ``command`` whose help texts show ``<output>`` as text, not as an HTML tag."""
+    """A copy of ``command`` whose help texts show ``<output>`` as text, not as an HTML tag, and
+    whose table shows every default in its default column, those named in words included."""
     shown = copy.deepcopy(command)
     shown.help = html.escape(shown.help, quote=False) if shown.help else shown.help
     for param in shown.params:
         if getattr(param, "help", None):
             param.help = html.escape(param.help, quote=False)
+        if getattr(param, "shown", None):
+            param.default = html.escape(param.shown, quote=False)
     return shown
 
 

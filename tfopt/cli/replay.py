@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import click
 
-from tfopt.cli.app import echo_err, echo_out
+from tfopt.cli.app import Option, echo_err, echo_out
 
 
 @click.command()
 @click.argument("source", type=click.Path())
 @click.option("--steps", "steps_file", type=click.Path(dir_okay=False), required=True,
               help="optimize.yaml from tfopt optimize, or a recipe whose optimize.steps hold the chain.")
-@click.option("--recipe", type=click.Path(dir_okay=False),
-              help="Recipe naming the data (required for a model file) [default: the run's recipe].")
+@click.option("--recipe", type=click.Path(dir_okay=False), cls=Option, shown="the run's recipe",
+              help="Recipe naming the data (required for a model file).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value by dotted key (repeatable).")
-@click.option("--output", type=click.Path(file_okay=False),
-              help="Parent folder of the new run [default: the folder holding SOURCE].")
+@click.option("--output", type=click.Path(file_okay=False), cls=Option, shown="the folder holding SOURCE",
+              help="Parent folder of the new run.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run of the same name.")
 def replay(source, steps_file, recipe, overrides, output, overwrite):
     """Replay the steps of --steps on SOURCE, in order, and write one run with their TFLite file.

@@ -8,18 +8,18 @@ from dataclasses import asdict
 
 import click
 
-from tfopt.cli.app import echo_err, echo_out, set_option
+from tfopt.cli.app import Option, echo_err, echo_out, set_option
 
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path())
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe naming the test data (for bare files).")
 @set_option
-@click.option("--output", type=click.Path(file_okay=False),
-              help="Folder for report.md, report.json and report.png [default: report/ beside the first SOURCE].")
+@click.option("--output", type=click.Path(file_okay=False), cls=Option, shown="report/ beside the first SOURCE",
+              help="Folder for report.md, report.json and report.png.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
 @click.option("--runs", type=int, default=200, show_default=True, help="Timed LiteRT invocations per latency.")
-@click.option("--threads", type=int, help="Threads of the multi-thread latency [default: all cores].")
+@click.option("--threads", type=int, cls=Option, shown="all cores", help="Threads of the multi-thread latency.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr; only the results on stdout.")
 @click.option("--json", "as_json", is_flag=True, help="The results as one JSON document on stdout, nothing else.")
 def report(sources, recipe, overrides, output, overwrite, runs, threads, quiet, as_json):

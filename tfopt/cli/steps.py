@@ -2,21 +2,25 @@
 
 A field's type gives the option's kind (a flag for ``bool``, a choice for ``Literal``, a
 repeatable ``NAME=VALUE`` for a per-layer mapping, ``M:N`` for a pair), its description the
-help, and its default the ``[default]``. A step registered with ``cli_flag`` is a variant of
-another step's command (``tfopt prune --structured``): its options join that command's, and
-an option that only one variant reads is refused with the other.
+help, and its default the ``[default: x]`` click writes after it. A step registered with ``cli_flag``
+is a variant of another step's command (``tfopt prune --structured``): its options join that
+command's, and an option that only one variant reads is refused with the other.
 """
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Literal, Union
 
 import click
 
-from tfopt.cli.app import echo_err, echo_out, run_workers
+from tfopt.cli.app import Option, echo_err, echo_out, renamed_option, run_workers
 from tfopt.errors import TfoptError
 from tfopt.steps import STEPS
+
+#: Options that have a new name: the old one is refused with the new one.
+RENAMED_OPTIONS = {"--layer": "--per-layer", "--protect": "--skip", "--budget": "--max-drop"}
 
 
 def _unwrap_optional(annotation):
@@ -52,29 +56,30 @@ def _base_type(annotation):
     return "str", None
 
 
-def _default_text(field) -> str:
-    """`` [default: x]`` as click's ``show_default`` writes it; a default the recipe or the step
-    computes is named in words (the field's ``shown_default``)."""
+def _default_text(field) -> str | None:
+    """The default as ``[default: x]`` shows it; a default the recipe or the step computes is
+    named in words (the field's ``shown_default``); None when there is none to show."""
     shown = (field.json_schema_extra or {}).get("shown_default")
     if shown is not None:
-        return f" [default: {shown}]"
+        return shown
     if field.default_factory is not None:
         value = field.default_factory()
-        return f" [default: {', '.join(map(str, value))}]" if value else ""
+        return ", ".join(map(str, value)) if value else None
     if field.default is None or field.default is False:
-        return ""
-    return f" [default: {field.default}]"
+        return None
+    return str(field.default)
 
 
 def source_params() -> list[click.Parameter]:
     """SOURCE, --recipe, --set, --output and --overwrite: the input and output of a step command."""
     return [
         click.Argument(["source"], type=click.Path()),
-        click.Option(["--recipe"], type=click.Path(dir_okay=False),
-                     help="Recipe naming the data (required for a model file) [default: the run's recipe]."),
+        Option(["--recipe"], type=click.Path(dir_okay=False), shown="the run's recipe",
+               help="Recipe naming the data (required for a model file)."),
         click.Option(["--set", "overrides"], multiple=True, metavar="KEY=VALUE",
                      help="Override a recipe value by dotted key (repeatable)."),
-        click.Option(["--output"], type=click.Path(file_okay=False), help="Parent folder of the new run."),
+        Option(["--output"], type=click.Path(file_okay=False), shown="the folder holding SOURCE",
+               help="Parent folder of the new run."),
         click.Option(["--overwrite"], is_flag=True, help="Replace a finished run of the same name."),
     ]
 
@@ -90,41 +95,49 @@ class FieldOption:
         self.tristate = self.kind == "flag" and field.default is None  # on, off, or the library decides
         self.metavar = extra.get("metavar")
         help_text = (field.description or "").rstrip(".")
-        help_text = help_text[:1].upper() + help_text[1:]
+        if self.kind == "m_by_n":  # a pair is written M:N on the command line
+            help_text = re.sub(r"\[(\d+), (\d+)\]", r"\1:\2", help_text)
+        if not re.match(r"\w:\w", help_text):
+            help_text = help_text[:1].upper() + help_text[1:]
         if variant:
             help_text = f"(--{variant}) {help_text}"
-        self.help = help_text + _default_text(field)
+        self.help = help_text
+        self.default = _default_text(field)
+        self.variant = variant
 
     def join(self, other: "FieldOption") -> None:
         """Take in a variant's field of the same name: its choices are accepted too (each step's
-        config checks its own), and its help is added where it differs."""
+        config checks its own), and its help and default are added where they differ."""
         if self.kind == "choice" and other.kind == "choice":
             self.detail = self.detail + [c for c in other.detail if c not in self.detail]
         variant_help = other.help.split(") ", 1)[1] if other.help.startswith("(--") else other.help
         if variant_help != self.help:
             self.help += f". {other.help}"
             self.variant_help = True
+        if other.default != self.default:
+            variant_default = f"with --{other.variant}: {other.default}" if other.default is not None else None
+            self.default = "; ".join(d for d in (self.default, variant_default) if d is not None)
 
     def param(self) -> click.Option:
-        kw = dict(help=self.help)
+        kw = dict(help=self.help, shown=self.default)
         if self.kind == "flag" and self.tristate:
-            return click.Option([f"{self.opt}/--no-{self.opt[2:]}", self.name], default=None, **kw)
+            return Option([f"{self.opt}/--no-{self.opt[2:]}", self.name], default=None, **kw)
         if self.kind == "flag":
-            return click.Option([self.opt, self.name], is_flag=True, default=None, **kw)
+            return Option([self.opt, self.name], is_flag=True, default=None, **kw)
         if self.kind == "choice":
-            return click.Option([self.opt, self.name], type=click.Choice(self.detail), **kw)
+            return Option([self.opt, self.name], type=click.Choice(self.detail), **kw)
         if self.kind in ("int", "float"):
-            return click.Option([self.opt, self.name], type=int if self.kind == "int" else float, **kw)
+            return Option([self.opt, self.name], type=int if self.kind == "int" else float, **kw)
         if self.kind == "list":
-            return click.Option([self.opt, self.name], multiple=True, metavar=self.metavar or "NAME",
-                                type=click.Choice(self.detail) if self.detail else None,
-                                help=self.help + " (repeatable; commas separate several)")
+            return Option([self.opt, self.name], multiple=True, metavar=self.metavar or "NAME",
+                          type=click.Choice(self.detail) if self.detail else None,
+                          **{**kw, "help": self.help + " (repeatable; commas separate several)"})
         if self.kind == "pairs":
-            return click.Option([self.opt, self.name], multiple=True, metavar=self.metavar or "NAME=VALUE",
-                                help=self.help + " (repeatable)")
+            return Option([self.opt, self.name], multiple=True, metavar=self.metavar or "NAME=VALUE",
+                          **{**kw, "help": self.help + " (repeatable)"})
         if self.kind == "m_by_n":
-            return click.Option([self.opt, self.name], metavar="M:N", **kw)
-        return click.Option([self.opt, self.name], metavar=self.metavar, **kw)
+            return Option([self.opt, self.name], metavar="M:N", **kw)
+        return Option([self.opt, self.name], metavar=self.metavar, **kw)
 
     def convert(self, value):
         """The value for the config (None when the option was not given)."""
@@ -149,19 +162,11 @@ class FieldOption:
                 return [int(v) for v in value.split(":")]
             except ValueError:
                 raise TfoptError(f"{self.opt} '{value}': expected M:N, e.g. 2:4") from None
+        if self.opt == "--max-drop":
+            from tfopt.steps.source import check_search_limits
+
+            check_search_limits(max_drop=value)  # the points that may be lost, refused as optimize refuses them
         return value
-
-
-#: Options that have a new name: the old one is refused with the new one.
-RENAMED_OPTIONS = {"--layer": "--per-layer", "--protect": "--skip"}
-
-
-def _renamed(old: str, new: str) -> click.Option:
-    def refuse(ctx, param, value):
-        if value:
-            raise TfoptError(f"{old} was renamed {new}: write {new} {value[0]}")
-
-    return click.Option([old], multiple=True, hidden=True, expose_value=False, callback=refuse)
 
 
 def _options(steps) -> dict[str, FieldOption]:
@@ -205,13 +210,18 @@ def _command(command_name: str, steps) -> click.Command:
                 need = f"--{other.cli_flag}" if other.cli_flag else f"no --{chosen.cli_flag}"
                 raise TfoptError(f"{option.opt} applies only with {need}")
             given[name] = value
+        # the library, loaded by the command that runs it: --help stays light
+        from tfopt.steps.runs import check_step_run, run_source
+
+        flags = {name: options[name].opt for name in given}
         if workers > 1:
+            # checked here before the workers start; run_source checks the same before any work
+            check_step_run(chosen, source, recipe, overrides, given, output=output, overwrite=overwrite, flags=flags)
             if chosen.distributed:
                 run_workers(ctx, workers)
             click.echo(f"{chosen.name} does not run under tf.distribute; running in one process", err=True)
-        from tfopt.steps.runs import run_source  # the library, loaded by the command that runs it: --help stays light
         path, _ = run_source(chosen, source, recipe, overrides, given, output=output, overwrite=overwrite,
-                             log=echo_err)
+                             log=echo_err, flags=flags)
         if path is not None:
             echo_out(path)  # the result on stdout, the progress above on stderr
 
@@ -220,7 +230,7 @@ def _command(command_name: str, steps) -> click.Command:
         params.append(click.Option([f"--{v.cli_flag}"], is_flag=True, help=v.help))
     params += [o.param() for o in options.values()]
     opts = {o.opt for o in options.values()}
-    params += [_renamed(old, new) for old, new in RENAMED_OPTIONS.items() if new in opts]
+    params += [renamed_option(old, new) for old, new in RENAMED_OPTIONS.items() if new in opts]
     if any(s.distributed for s in steps):
         params.append(click.Option(["--workers"], type=click.IntRange(1, 64), default=1, show_default=True,
                                    help="Fine-tune as N local worker processes of one MultiWorkerMirroredStrategy "

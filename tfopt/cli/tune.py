@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tfopt.cli.app import echo_err, recipe_run_options, sigterm_as_interrupt
+from tfopt.cli.checks import check_new_folder
 from tfopt.tune.space import load_search
 
 
@@ -18,6 +19,8 @@ def tune(recipe, overrides, output, resume, overwrite):
     (chief, tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT on every
     process (see docs/tune.md)."""
     search = load_search(recipe, overrides)
+    check_new_folder(output or search.base.output.dir, f"{search.base.run_name()}-tune", resume=resume,
+                     overwrite=overwrite, cluster="KERASTUNER_ORACLE_IP")
     sigterm_as_interrupt()
     from tfopt.tune.tuner import tune as run_tune
 

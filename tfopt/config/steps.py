@@ -182,7 +182,10 @@ class RemoveConfig(Distill):
                                               json_schema_extra={"shown_default": RECIPE_BATCH})
     analyze: bool = Field(False, description="measure the model without each removable layer or block")
     analyze_epochs: NonNegativeInt = Field(0, description="fine-tune epochs per analyzed candidate")
-    budget: Optional[float] = Field(None, ge=0, description="with analyze: remove the most within this many points")
+    max_drop: Optional[float] = Field(None, ge=0, le=100, allow_inf_nan=False,
+                                      description="with analyze: remove the most within this many points")
+
+    RENAMED: ClassVar[dict] = {"budget": "max_drop"}
 
 
 class FoldPoolConfig(StepConfig):
@@ -369,5 +372,5 @@ def quantize_suffix(cfg) -> str:
 
 
 def remove_suffix(cfg):
-    """``removed``; None when the settings only analyze (no layers, no budget): no run is written."""
-    return None if cfg.analyze and cfg.budget is None and not cfg.layers else "removed"
+    """``removed``; None when the settings only analyze (no layers, no max_drop): no run is written."""
+    return None if cfg.analyze and cfg.max_drop is None and not cfg.layers else "removed"

@@ -74,8 +74,8 @@ def analyze_removals(model, splits, log=print, recipe=None, epochs=0) -> list[di
     return sorted(rows, key=lambda r: r["drop_points"])
 
 
-def choose_removals(model, splits, rows, budget: float) -> list[str]:
-    """Greedy: add candidates, smallest drop first, while the combined drop stays within ``budget`` points."""
+def choose_removals(model, splits, rows, max_drop: float) -> list[str]:
+    """Greedy: add candidates, smallest drop first, while the combined drop stays within ``max_drop`` points."""
     x, y = selection_split(splits)
     base, chosen = accuracy(model, x, y), []
     for row in rows:
@@ -84,7 +84,7 @@ def choose_removals(model, splits, rows, budget: float) -> list[str]:
             smaller, _ = remove_layers(model, trial)
         except TfoptError:
             continue
-        if (base - accuracy(smaller, x, y)) * 100 <= budget:
+        if (base - accuracy(smaller, x, y)) * 100 <= max_drop:
             chosen = trial
     return chosen
 
@@ -121,9 +121,9 @@ def _analyzed(source, cfg, splits, log):
         if not rows:
             raise TfoptError("no layer or block of this model can be removed: none keeps its input's shape")
         files["analysis.csv"] = _csv(rows).encode()
-        if cfg.budget is not None and not names:
-            names = choose_removals(source.model, splits, rows, cfg.budget)
-            log(f"within a {cfg.budget:g}-point budget: remove {', '.join(names) or 'nothing'}")
+        if cfg.max_drop is not None and not names:
+            names = choose_removals(source.model, splits, rows, cfg.max_drop)
+            log(f"within a {cfg.max_drop:g}-point budget: remove {', '.join(names) or 'nothing'}")
     return names, rows, files
 
 

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import yaml
 
+from tfopt.config.limits import YamlLimitError, load_yaml, model_file_kind, read_text
 from tfopt.config.steps import Optimize
 from tfopt.config.step_registry import STEPS
 from tfopt.config.validation import validated
 from tfopt.errors import TfoptError
 from tfopt.steps.quantize import post_training
-from tfopt.steps.runs import base_metrics, selection_split, splits_of, write_run
+from tfopt.steps.runs import (base_metrics, check_new_run, check_source, check_teacher_path, selection_split,
+                              source_name, splits_of, write_run)
 from tfopt.steps.settings import apply_step
-from tfopt.steps.source import load_source
+from tfopt.steps.source import beside, check_writable, load_source
 from tfopt.tflite import VerificationFailed, verify
 from tfopt.tflite import accuracy as tflite_accuracy
 
@@ -29,14 +31,21 @@ def read_chain(path) -> Optimize:
     ``steps``.
 
     Raises:
-        TfoptError: the file is missing, is not YAML, holds no ``optimize.steps``, or a step's
-            settings are refused (each named ``optimize.steps.<i>.<step>.<key>``).
+        TfoptError: the file is missing, is a model or another file that is not YAML text (named
+            for what it is), holds no ``optimize.steps``, or a step's settings are refused (each
+            named ``optimize.steps.<i>.<step>.<key>``).
     """
     p = Path(path)
-    if not p.is_file():
-        raise TfoptError(f"{p} does not exist: give the optimize.yaml a search wrote, or a recipe with optimize.steps")
+    wanted = "give the optimize.yaml a search wrote, or a recipe with optimize.steps"
+    if not p.exists():
+        raise TfoptError(f"{p} does not exist: {wanted}")
+    kind = model_file_kind(p) if p.is_file() else None
+    if kind is not None:
+        raise TfoptError(f"{p} is {kind}, not a chain of steps: {wanted}; the model the chain runs on is SOURCE")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(read_text(p))
+    except YamlLimitError as exc:
+        raise TfoptError(f"{p} {exc}; {wanted}") from None
     except yaml.YAMLError as exc:
         raise TfoptError(f"{p} is not valid YAML: {exc}") from None
     section = data.get("optimize") if isinstance(data, dict) else None
@@ -89,6 +98,23 @@ def replay_chain(source, chain: Optimize, log=print):
     return model, made[0], made[1], reference, used
 
 
+def check_replay(source_path, steps_file, *, recipe=None, overrides=(), output=None, overwrite=False) -> Optimize:
+    """Everything :func:`replay` checks before it loads a model or imports TensorFlow: the chain
+    (:func:`read_chain`) and its teacher, the source and its recipe, the output folder and the
+    new run's folder. Returns the chain.
+
+    Raises:
+        TfoptError: the first problem found.
+    """
+    chain = read_chain(steps_file)
+    check_source(source_path, recipe, overrides)
+    if chain.distill is not None and chain.distill.teacher:
+        check_teacher_path(chain.distill.teacher, f"{steps_file}: optimize.distill.teacher")
+    check_writable(output or beside(source_path))
+    check_new_run(source_path, source_name(source_path), "replayed", output, overwrite)
+    return chain
+
+
 def replay(source_path, steps_file, *, recipe=None, overrides=(), output=None, overwrite=False, log=print):
     """Replay the ``optimize.steps`` of ``steps_file`` on the run (or model file with ``recipe``)
     ``source_path``: each step in order, through the step registry, with the recipe's fine-tune
@@ -101,10 +127,11 @@ def replay(source_path, steps_file, *, recipe=None, overrides=(), output=None, o
         accuracy.
 
     Raises:
-        TfoptError: as :func:`read_chain`; VerificationFailed: the TFLite file disagrees with
-            its model (nothing is written).
+        TfoptError: as :func:`check_replay`, before any work; VerificationFailed: the TFLite
+            file disagrees with its model (nothing is written).
     """
-    chain = read_chain(steps_file)
+    chain = check_replay(source_path, steps_file, recipe=recipe, overrides=overrides, output=output,
+                         overwrite=overwrite)
     source = load_source(source_path, recipe, overrides)
     splits = splits_of(source)
     model, mode, content, reference, used = replay_chain(source, chain, log=log)

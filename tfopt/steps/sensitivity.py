@@ -69,12 +69,12 @@ def sweep(model, splits, ratios=(0.25, 0.5, 0.75), mode="channels", log=print) -
     return rows
 
 
-def choose(rows, budget: float) -> dict:
-    """Per layer, the largest ratio whose drop stays within ``budget`` points (0 when none does)."""
+def choose(rows, max_drop: float) -> dict:
+    """Per layer, the largest ratio whose drop stays within ``max_drop`` points (0 when none does)."""
     out = {}
     for row in rows:
         best = out.setdefault(row["layer"], 0.0)
-        if row["drop_points"] <= budget and row["ratio"] > best:
+        if row["drop_points"] <= max_drop and row["ratio"] > best:
             out[row["layer"]] = row["ratio"]
     return out
 
@@ -93,9 +93,9 @@ def write_back(recipe, per_layer: dict, mode: str):
 
 
 def sensitivity_to_recipe(source, recipe=None, overrides=(), *, mode: str = "channels", ratios="0.25,0.5,0.75",
-                          budget: float = 0.5, write_to, log=print) -> dict:
+                          max_drop: float = 0.5, write_to, log=print) -> dict:
     """Sweep ``source`` (a run directory, or a model file with ``recipe``), choose per-layer
-    ratios within ``budget`` points and write a recipe with them in ``optimize:`` to ``write_to``
+    ratios within ``max_drop`` points and write a recipe with them in ``optimize:`` to ``write_to``
     (which must not exist). Returns ``{"chosen": {layer: ratio}, "key": dotted key, "rows": ...}``."""
     if isinstance(ratios, str):
         try:
@@ -106,7 +106,7 @@ def sensitivity_to_recipe(source, recipe=None, overrides=(), *, mode: str = "cha
         raise TfoptError(f"{write_to} already exists; pick a new file name for the tuned recipe")
     src = load_source(source, recipe, overrides)
     rows = sweep(src.model, load_splits(src.recipe.data, src.recipe.seed), ratios, mode, log=log)
-    chosen = choose(rows, budget)
+    chosen = choose(rows, max_drop)
     atomic_write_text(Path(write_to), write_back(src.recipe, chosen, mode).to_yaml())
     key = "optimize.structured.per_layer" if mode == "channels" else "optimize.prune.per_layer"
     return {"chosen": chosen, "key": key, "rows": rows}
