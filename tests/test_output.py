@@ -100,6 +100,20 @@ def test_the_rate_panel_is_not_squashed_by_a_last_near_zero_rate(tmp_path):
     plt.close(fig)
 
 
+def test_the_report_plot_has_a_latency_panel_only_when_a_latency_was_measured(tmp_path):
+    import matplotlib.image
+
+    from tfopt.report.report import Row, plot
+
+    rows = [Row("a/model.keras", "keras", "a", size_gzip=90_000, accuracy=0.98),
+            Row("b/model.keras", "keras", "b", size_gzip=80_000, accuracy=0.97)]
+    plot(rows, tmp_path / "keras.png")
+    rows.append(Row("b/model.tflite", "tflite", "b", size_gzip=20_000, accuracy=0.97, latency_1=120.0))
+    plot(rows, tmp_path / "tflite.png")
+    widths = {k: matplotlib.image.imread(tmp_path / f"{k}.png").shape[1] for k in ("keras", "tflite")}
+    assert widths == {"keras": 6 * 90, "tflite": 11 * 90}
+
+
 def test_a_step_prints_its_run_on_stdout_and_keras_epoch_lines_on_stderr(tiny_run, tmp_path):
     proc = tfopt_cli("prune", tiny_run, "--sparsity", "0.5", "--epochs", "1", "--output", tmp_path)
     assert proc.returncode == 0, proc.stderr

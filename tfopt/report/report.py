@@ -239,16 +239,21 @@ def plot(rows: list[Row], path) -> None:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     names = [f"{i}:\u00a0{r.name}" for i, r in enumerate(rows, 1)]  # a number stays with its name
     legend_lines = textwrap.wrap("   ".join(names), width=150, break_on_hyphens=False, break_long_words=False)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4 + 0.22 * len(legend_lines)))
     measured = [(i, r, colours[(i - 1) % len(colours)]) for i, r in enumerate(rows, 1) if r.accuracy is not None]
+    timed = [(i, r.latency_1, r.accuracy * 100, c) for i, r, c in measured if r.latency_1]
+    # no TFLite file among the artifacts: no latency was measured, so no latency panel
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 6, 4 + 0.22 * len(legend_lines)),
+                             squeeze=False)
+    axes = axes[0]
     numbered_points(axes[0], [(i, r.size_gzip / 1024, r.accuracy * 100, c) for i, r, c in measured])
-    numbered_points(axes[1], [(i, r.latency_1, r.accuracy * 100, c) for i, r, c in measured if r.latency_1])
+    if timed:
+        numbered_points(axes[1], timed)
+        axes[1].set_xlabel("single-thread LiteRT latency (µs)")
     axes[0].set_xscale("log")
     axes[0].xaxis.set_major_formatter(ScalarFormatter())
     axes[0].xaxis.set_minor_formatter(ScalarFormatter())
     axes[0].tick_params(axis="x", which="minor", labelsize=7)
     axes[0].set_xlabel("gzipped size (KB, log)")
-    axes[1].set_xlabel("single-thread LiteRT latency (µs)")
     for ax in axes:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
