@@ -9,6 +9,8 @@
 Usage:
     .venv/bin/python benchmarks/bench_families_real.py [--case lstm vit unet] [--cache DIR]
         [--fine-tune-epochs N] [--allocations erk uniform] [--quick]
+        [--variants int8 prune channels tfmot scratch] [--channels-epochs N] [--channels-lr LR]
+        [--channels-skip LAYER ...]
 
 For each case, in one process: the Keras 3 float model is trained (or reused from ``--cache``,
 default ``benchmarks/.cache/families``), then
@@ -24,7 +26,10 @@ default ``benchmarks/.cache/families``), then
 
 The float models train with Adam and a cosine decay (LSTM 10 epochs, ViT 18, U-Net 8). Every
 fine-tune (tfopt or TFMOT) of a case runs the same epochs (6 for the LSTM, 2 for the ViT, 3 for
-the U-Net), batch size 128 and Adam at 3e-4. The
+the U-Net), batch size 128 and Adam at 3e-4, unless ``--channels-epochs``, ``--channels-lr`` and
+``--channels-skip`` give ``prune_channels`` its own (a channel cut of a small network needs
+a fine-tune nearer a training). ``scratch``: the channel-pruned architecture with fresh weights,
+trained as the float model was, to tell what the smaller width can reach at all. The
 metric of a TFLite file is measured by LiteRT on the whole test set; sparsity is counted from
 the weights (zeros in every weight tensor of two or more axes). Latencies: float32 files, median
 of 200 single-sample runs, one thread, XNNPACK.
@@ -259,27 +264,46 @@ def run_case(case, args):
     f32 = tfopt.to_tflite(model, "float32", data=xt[:500])
     base = record("float", model, f32, f"trained {seconds:.0f} s" if seconds else "reused from the cache",
                   {"latency_us_1t": latency(f32, sample)})
-    got = attempt("tfopt int8", lambda: int8(model, rep))
+    got = attempt("tfopt int8", lambda: int8(model, rep)) if "int8" in args.variants else None
     if got is not None:
         record("tfopt int8", None, got[0], got[1])
 
     s = SPARSITY[case]
-    for allocation in args.allocations:
+    for allocation in args.allocations if "prune" in args.variants else ():
         label = f"tfopt prune {s:.0%} ({allocation})"
         pruned = attempt(label, lambda: tfopt.prune(model, (x, y), sparsity=s, allocation=allocation, **ft))
         if pruned is not None:
             content, note = attempt("int8", lambda: int8(pruned, rep)) or (None, "int8 failed")
             record(f"{label} + int8", pruned, content, note)
 
-    smaller = attempt("tfopt prune_channels 0.5", lambda: tfopt.prune_channels(model, (x, y), ratio=0.5, **ft))
+    cft = dict(ft, epochs=args.channels_epochs or epochs, lr=args.channels_lr or ft["lr"])
+    skip = args.channels_skip or []
+    skipped = f" (skip {', '.join(skip)})" if skip else ""
+    label = f"tfopt prune_channels 0.5{skipped}, {cft['epochs']} epochs at {cft['lr']:g}"
+    smaller = attempt(label, lambda: tfopt.prune_channels(model, (x, y), ratio=0.5, skip=skip, **cft)) \
+        if "channels" in args.variants else None
     if smaller is not None:
         f32s = tfopt.to_tflite(smaller, "float32", data=xt[:500])
         content, note = attempt("int8", lambda: int8(smaller, rep)) or (None, "int8 failed")
-        record("tfopt prune_channels 0.5 + int8", smaller, content, note,
+        record(f"{label} + int8", smaller, content, note,
                extra={"float_latency_us_1t": latency(f32s, sample), "float_latency_us_1t_before": latency(f32, sample),
                       "float_tflite_metric": round(tflite_metric(case, f32s, xt, yt), 2)})
 
-    tm = attempt(f"TFMOT prune {s:.0%}", lambda: tfmot_prune(case, model, x, y, s, epochs))
+    if "scratch" in args.variants:
+        import keras
+
+        shape = tfopt.prune_channels(model, ratio=0.5, skip=skip, epochs=0)
+        fresh = keras.models.clone_model(shape)  # the same layers, fresh initial weights
+        epochs_f = 1 if args.quick else TRAIN_EPOCHS[case]
+        rate = keras.optimizers.schedules.CosineDecay(TRAIN_LR[case], epochs_f * int(np.ceil(len(x) / 128)))
+        fresh.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy")
+        t = time.time()
+        fresh.fit(x, y, batch_size=128, epochs=epochs_f, verbose=2)
+        record(f"the same architecture from scratch, {epochs_f} epochs", fresh,
+               note=f"trained {time.time() - t:.0f} s as the float model was")
+
+    tm = attempt(f"TFMOT prune {s:.0%}", lambda: tfmot_prune(case, model, x, y, s, epochs)) \
+        if "tfmot" in args.variants else None
     if tm is not None:
         tk, note = tm
         content = attempt("TFMOT int8", lambda: convert(tk, "int8", representative=rep))
@@ -297,6 +321,11 @@ def main():
     parser.add_argument("--allocations", nargs="+", default=["erk", "uniform"], choices=["erk", "er", "uniform"],
                         help="tfopt.prune's allocations to run")
     parser.add_argument("--quick", action="store_true", help="3000 training images, one epoch: a smoke run")
+    parser.add_argument("--variants", nargs="+", default=["int8", "prune", "channels", "tfmot"],
+                        choices=["int8", "prune", "channels", "tfmot", "scratch"], help="what to run besides the float model")
+    parser.add_argument("--channels-epochs", type=int, default=None, help="prune_channels' fine-tune epochs")
+    parser.add_argument("--channels-lr", type=float, default=None, help="prune_channels' fine-tune peak rate")
+    parser.add_argument("--channels-skip", nargs="+", default=None, help="layers whose channels prune_channels keeps")
     args = parser.parse_args()
     for case in args.case:
         run_case(case, args)
