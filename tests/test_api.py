@@ -222,6 +222,22 @@ def test_cluster_limits_unique_values(trained):
     assert accuracy(clustered) > 0.85
 
 
+def test_cluster_names_the_depthwise_kernels_tfmot_leaves_unclustered():
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.DepthwiseConv2D(3, name="dw"),
+                              keras.layers.Conv2D(6, 1, name="pw"), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax", name="fc")])
+    rng = np.random.default_rng(0)
+    lines = []
+    out = tfopt.cluster(model, (rng.random((32, 8, 8, 4), dtype="float32"), rng.integers(0, 3, 32)), clusters=4,
+                        epochs=1, log=lines.append)
+    assert [len(np.unique(out.get_layer(n).kernel.numpy())) for n in ("pw", "fc")] == [4, 4]
+    assert len(np.unique(out.get_layer("dw").depthwise_kernel.numpy())) == 36
+    assert "left unclustered (TFMOT's clustering does not take their kernels, e.g. a depthwise kernel): dw" in lines
+
+
 @pytest.mark.slow
 def test_int8_of_a_clustered_model_keeps_its_shared_values_as_shared_codes(trained):
     import gzip

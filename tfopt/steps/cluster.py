@@ -84,7 +84,21 @@ def cluster(model, data, config, fine_tune, *, log=print, bn_batches: int = RECA
     history, seconds = finetune.fine_tune(work, data, fine_tune, log=log, **finetune.options(inputs))
     clustered = strip(work)
     recalibrate_batchnorm(clustered, data, batches=bn_batches, batch_size=fine_tune.batch_size, log=log)
-    return clustered, {"unique_values": unique_values(clustered), "history": history, "fine_tune_seconds": seconds}
+    left = unclustered(clustered, config)
+    if left:
+        log(f"left unclustered (TFMOT's clustering does not take their kernels, e.g. a depthwise kernel): "
+            f"{', '.join(left)}")
+    return clustered, {"unique_values": unique_values(clustered), "unclustered": left, "history": history,
+                       "fine_tune_seconds": seconds}
+
+
+def unclustered(model, config) -> list:
+    """The layers clustering was asked to cover whose kernels still hold more than
+    ``config.clusters`` values (TFMOT leaves depthwise kernels, and a separable conv's depthwise
+    part, as they are)."""
+    return [layer.name for layer in model.layers
+            if prunable(layer) and layer.name not in config.skip
+            and any(np.unique(np.asarray(w)).size > config.clusters for w in kernels(layer))]
 
 
 # ---- the command and the chain step ------------------------------------------------------------
