@@ -65,11 +65,24 @@ def _table():
     yield
     path = os.environ.get("TFOPT_TF_KERAS_FAMILY_TABLE")
     if path and TABLE:
+        cells = {**_cells(Path(path)), **TABLE}  # a run of some cells updates those in an existing table
         lines = [HEADER + "| model family | " + " | ".join(STEPS) + " |", "|---" * (len(STEPS) + 1) + "|"]
         for name in NAMES + tuple(APPLICATIONS):
-            if any((name, s) in TABLE for s in STEPS):
-                lines.append(f"| {name} | " + " | ".join(TABLE.get((name, s), "not run") for s in STEPS) + " |")
+            if any((name, s) in cells for s in STEPS):
+                lines.append(f"| {name} | " + " | ".join(cells.get((name, s), "not run") for s in STEPS) + " |")
         Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _cells(path: Path) -> dict:
+    """``{(family, step): cell}`` of a table this test wrote earlier (none when there is none)."""
+    if not path.is_file():
+        return {}
+    rows = [line.strip("|").split(" | ") for line in path.read_text().splitlines() if line.startswith("| ")]
+    header = next((r for r in rows if r[0].strip() == "model family"), None)
+    if header is None or [h.strip() for h in header[1:]] != list(STEPS):
+        return {}
+    return {(r[0].strip(), step): cell.strip() for r in rows if r[0].strip() in NAMES + tuple(APPLICATIONS)
+            for step, cell in zip(STEPS, r[1:])}
 
 
 def twin(name):
