@@ -400,3 +400,37 @@ def test_jax_backend_prunes_and_clusters_the_same():
         assert result[name]["class"] == cls
         assert result[name]["sparsity"] == pytest.approx(expected_sparsity(model, 0.5), abs=1e-9)
         assert result[name]["distinct"] <= 4 and result[name]["zeros_kept"]
+
+
+def test_int8_keeps_the_named_op_types_in_float_and_the_rest_int8():
+    import keras
+
+    import tfopt
+    from tfopt.errors import TfoptError
+    from tfopt.tflite import TRANSFORMER_FLOAT_OPS, interpreter, predict
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 16))
+    h = keras.layers.LayerNormalization(name="ln")(inp)
+    h = keras.layers.MultiHeadAttention(2, 8, name="mha")(h, h)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
+    x = np.random.default_rng(0).normal(size=(200, 8, 16)).astype("float32")
+    loose = dict(min_agreement=0, min_snr=0)
+    full = tfopt.to_tflite(model, "int8", data=x, **loose)
+    mixed = tfopt.to_tflite(model, "int8", data=x, float_ops=TRANSFORMER_FLOAT_OPS, **loose)
+
+    def input_types(content, op):
+        it, _ = interpreter(content, builtin=True)
+        dtypes = {t["index"]: t["dtype"].__name__ for t in it.get_tensor_details()}
+        return {dtypes[i] for d in it._get_ops_details() if d["op_name"] == op for i in d["inputs"] if i >= 0}
+
+    for op in ("MEAN", "RSQRT", "BATCH_MATMUL"):
+        assert input_types(full, op) <= {"int8", "int32"} and "float32" in input_types(mixed, op), op
+    assert input_types(mixed, "FULLY_CONNECTED") >= {"int8"} and "float32" not in input_types(mixed, "FULLY_CONNECTED")
+    reference = model.predict(x, verbose=0)
+    errors = {k: float(np.abs(predict(c, x) - reference).max()) for k, c in (("full", full), ("mixed", mixed))}
+    assert max(errors.values()) < 0.05, errors  # probabilities: both files stay near the model
+    with pytest.raises(TfoptError, match="to_tflite: 'LAYER_NORM' in float_ops is not a TFLite op type"):
+        tfopt.to_tflite(model, "int8", data=x, float_ops=["LAYER_NORM"])
+    with pytest.raises(TfoptError, match="float_ops keeps op types in float inside an int8 file; mode is float16"):
+        tfopt.to_tflite(model, "float16", data=x, float_ops=["MEAN"])

@@ -71,7 +71,7 @@ from tfopt.graph_path import channels_of_several, enter_graph, graph_data, graph
 from tfopt.kinds import enter, leave
 from tfopt.steps import STEPS
 from tfopt.steps import quantize as quantize_step
-from tfopt.tflite import MODES, predict, run_signature
+from tfopt.tflite import MODES, check_float_ops, predict, run_signature
 from tfopt.wrappers import RENAMED, pruning_callbacks, strip, wrap_for_clustering, wrap_for_pruning, wrap_for_qat
 
 #: The fine-tune keyword arguments every fine-tuning function takes besides ``epochs``.
@@ -479,8 +479,8 @@ def _verify_tf_keras(work, content, x, mode, min_agreement, min_snr, log) -> Non
 
 
 def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False, min_agreement: float | None = None,
-              min_snr: float | None = None, representative_samples: int = 500, seed: int = 0, log=None,
-              **renamed) -> bytes:
+              min_snr: float | None = None, representative_samples: int = 500, seed: int = 0, float_ops=(),
+              log=None, **renamed) -> bytes:
     """The model as TFLite bytes, verified against the model on ``data``.
 
     A tf_keras model goes through TensorFlow's converter as a tf_keras model (one the converter
@@ -505,6 +505,10 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
             float32, 40 dB float16 and dynamic, 20 dB int8).
         representative_samples: inputs of ``data`` that calibrate ``int8``.
         seed: which inputs are drawn for calibration.
+        float_ops: with ``int8``, TFLite op types kept in float inside the file, e.g.
+            :data:`tfopt.tflite.TRANSFORMER_FLOAT_OPS` (LayerNormalization's mean, variance and
+            reciprocal square root, and attention's matmuls), where most of a Transformer's int8
+            error lies; everything else stays int8.
         log: receives progress lines (silent by default).
         **renamed: old keyword names, refused with their new name.
 
@@ -512,7 +516,8 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
         The ``.tflite`` file's bytes.
 
     Raises:
-        TfoptError: an unknown mode, ``int8`` without data, or a renamed keyword.
+        TfoptError: an unknown mode, ``int8`` without data, a renamed keyword, or ``float_ops``
+            that are not TFLite op types or come with another mode than ``int8``.
         tfopt.tflite.VerificationFailed: a head below its thresholds (the message names what
             it measured).
     """
@@ -522,21 +527,25 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
         raise TypeError(f"to_tflite() got an unexpected keyword argument '{next(iter(renamed))}'")
     if mode not in MODES:
         raise TfoptError(f"to_tflite: unknown mode '{mode}'{did_you_mean(mode, MODES)}; available: {', '.join(MODES)}")
+    float_ops = check_float_ops(float_ops, mode)
     if model_kind(model) == "keras3":
         from tfopt.engines.keras3 import public
 
         return public.to_tflite(model, mode, data, int8_io, min_agreement, min_snr, representative_samples, seed,
-                                 log or _quiet)
+                                 log or _quiet, float_ops)
     if _several_of_tf_keras(model, data) and not quantize_step.is_qat(model):
         from tfopt.engines.keras3 import public
 
         copy = _keras3_copy("to_tflite", model, log or _quiet)
         return public.to_tflite(copy, mode, data, int8_io, min_agreement, min_snr, representative_samples, seed,
-                                 log or _quiet)
+                                 log or _quiet, float_ops)
     x = sample_x(data) if data is not None else None
     if quantize_step.is_qat(model):
         if mode != "int8":
             raise TfoptError(f"to_tflite: a quantization-aware model converts to int8, not {mode}")
+        if float_ops:
+            raise TfoptError("to_tflite: a quantization-aware model converts with the ranges it trained with; "
+                             "float_ops applies to post-training int8 of the float model")
         work = model
         try:
             content = quantize_step.qat_tflite(model, int8_io)
@@ -552,12 +561,12 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
         if mode == "int8" and x is None:
             raise TfoptError("to_tflite: int8 calibrates on training images: pass data=x (a few hundred images)")
         try:
-            content = quantize_step.post_training(work, mode, x, int8_io, representative_samples, seed)
+            content = quantize_step.post_training(work, mode, x, int8_io, representative_samples, seed, float_ops)
         except Exception as e:  # noqa: BLE001  (the converter's own error class is not public)
             if type(e).__name__ != "ConverterError":
                 raise
             return _through_keras3(work, mode, data, int8_io, min_agreement, min_snr, representative_samples,
-                                   seed, log or _quiet, e)
+                                   seed, log or _quiet, e, float_ops)
     if x is not None:
         _verify_tf_keras(work, content, x, mode, min_agreement, min_snr, log or _quiet)
     return content
@@ -569,7 +578,7 @@ def _first_error(error) -> str:
     return first[first.index("error:"):] if "error:" in first else first
 
 
-def _through_keras3(work, mode, data, int8_io, min_agreement, min_snr, samples, seed, log, error) -> bytes:
+def _through_keras3(work, mode, data, int8_io, min_agreement, min_snr, samples, seed, log, error, float_ops=()) -> bytes:
     """A tf_keras model TensorFlow's converter cannot take (the tensor-list ops of a recurrent
     layer): its Keras 3 copy through Keras 3's export path, verified the same way."""
     from tfopt.engines.keras3 import public
@@ -583,7 +592,7 @@ def _through_keras3(work, mode, data, int8_io, min_agreement, min_snr, samples, 
                          f"be made ({e})") from None
     log(f"to_tflite: TensorFlow's converter could not take the tf_keras model ({first}); converting its Keras 3 "
         f"copy (the same layers and weights, checked) through Keras 3's export path")
-    return public.to_tflite(copy, mode, data, int8_io, min_agreement, min_snr, samples, seed, log)
+    return public.to_tflite(copy, mode, data, int8_io, min_agreement, min_snr, samples, seed, log, float_ops)
 
 
 __all__ = ["load_model", "model_kind", "prune", "prune_channels", "fold_batchnorm", "fold_pool", "remove_layers",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from tfopt.config.choices import TFLITE_MODES
+from tfopt.config.validation import did_you_mean
 from tfopt.errors import TfoptError
 from tfopt.layer_kinds import prunable_weights
 
@@ -44,7 +46,7 @@ def shared_dense_values(model) -> bool:
 
 
 def convert(model, mode: str = "float32", representative=None, int8_io: bool = False, qat: bool = False,
-            sparse: bool = False, dense_per_tensor: bool | None = None) -> bytes:
+            sparse: bool = False, dense_per_tensor: bool | None = None, float_ops=()) -> bytes:
     """Convert a tf_keras model to a TFLite flatbuffer.
 
     Args:
@@ -64,17 +66,18 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
             unless that file's top-1 agrees with the model on the ``representative`` images less
             than the per-unit file does (by more than :data:`PER_KERNEL_SLACK`): then the per-unit
             file. A quantization-aware model keeps the scales it trained with.
+        float_ops: with ``int8``, TFLite op types kept in float (see :func:`finish`).
     """
     auto = dense_per_tensor is None and mode in ("int8", "dynamic") and not qat
     per_kernel = shared_dense_values(model) if auto else bool(dense_per_tensor)
-    content = _convert(model, mode, representative, int8_io, qat, sparse, per_kernel)
+    content = _convert(model, mode, representative, int8_io, qat, sparse, per_kernel, float_ops)
     if not (auto and per_kernel and representative is not None):
         return content
     rep = np.asarray(representative, np.float32)
     reference = model.predict(rep, verbose=0)
     if not isinstance(reference, np.ndarray) or reference.ndim != 2 or reference.shape[-1] < 2:
         return content  # top-1 agreement is a classifier's measure
-    per_unit = _convert(model, mode, representative, int8_io, qat, sparse, False)
+    per_unit = _convert(model, mode, representative, int8_io, qat, sparse, False, float_ops)
     agree = {k: float(np.mean(predict(v, rep).argmax(-1) == reference.argmax(-1)))
              for k, v in (("kernel", content), ("unit", per_unit))}
     return content if agree["kernel"] >= agree["unit"] - PER_KERNEL_SLACK else per_unit
@@ -85,7 +88,7 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
 PER_KERNEL_SLACK = 0.002
 
 
-def _convert(model, mode, representative, int8_io, qat, sparse, per_kernel) -> bytes:
+def _convert(model, mode, representative, int8_io, qat, sparse, per_kernel, float_ops=()) -> bytes:
     import tensorflow as tf
 
     if mode not in MODES:
@@ -111,7 +114,60 @@ def _convert(model, mode, representative, int8_io, qat, sparse, per_kernel) -> b
         if int8_io:
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
-    return conv.convert()
+    return finish(conv, float_ops if mode == "int8" and not qat else ())
+
+
+#: Op types that keep a Transformer's int8 file near its float model when kept in float: the
+#: decomposed LayerNormalization (mean, variance, reciprocal square root) and attention's matmuls.
+TRANSFORMER_FLOAT_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "BATCH_MATMUL")
+
+
+def check_float_ops(float_ops, mode: str) -> tuple:
+    """``float_ops`` as a tuple of TFLite builtin op names, checked.
+
+    Args:
+        float_ops: op type names such as ``"MEAN"`` or ``"BATCH_MATMUL"``.
+        mode: the conversion mode; op types are kept in float only in ``int8``.
+
+    Returns:
+        The names, upper-cased.
+
+    Raises:
+        TfoptError: a name that is not a TFLite builtin op (with the closest), or op types with
+            another mode than ``int8``.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = tuple(str(op).upper() for op in (float_ops or ()))
+    if names and mode != "int8":
+        raise TfoptError(f"to_tflite: float_ops keeps op types in float inside an int8 file; mode is {mode}")
+    known = [k for k in vars(schema.BuiltinOperator) if k.isupper()]
+    for name in names:
+        if name not in known:
+            raise TfoptError(f"to_tflite: '{name}' in float_ops is not a TFLite op type{did_you_mean(name, known)}; "
+                             f"e.g. {', '.join(TRANSFORMER_FLOAT_OPS)}")
+    return names
+
+
+def finish(converter, float_ops=()) -> bytes:
+    """The converter's file; with ``float_ops`` (TFLite op types, e.g. :data:`TRANSFORMER_FLOAT_OPS`),
+    an int8 file whose ops of those types stay in float, quantizing and dequantizing around them
+    (selective quantization through TFLite's quantization debugger, calibrated on the
+    converter's representative dataset). A model whose int8 error comes from a few op types
+    (a Transformer's LayerNormalization and attention matmuls) keeps the rest of its int8 speed
+    and size."""
+    import tensorflow as tf
+
+    if not float_ops:
+        return converter.convert()
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
+    with warnings.catch_warnings():  # the debugger runs TensorFlow's deprecated interpreter, which warns
+        warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
+                                                             debug_dataset=converter.representative_dataset,
+                                                             debug_options=options)
+        return debugger.get_nondebug_quantized_model()
 
 
 def _input_dtype(model):

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 from tfopt.errors import TfoptError
+from tfopt.rundir import RunDir
+from tfopt.steps.source import check_writable
 
 
 def check_number(flag: str, value, ok, allowed: str) -> None:
@@ -30,7 +32,6 @@ def check_output_folder(folder, *, what: str | None = None, flag: str = "--outpu
     """:func:`tfopt.steps.source.check_writable` of ``folder``, its refusal naming ``what``
     cannot be written (``"the run directory"``; default: the output folder) and the ``flag``
     to change; ``named`` is the path shown (default ``folder``)."""
-    from tfopt.steps.source import check_writable  # loaded when a command runs: --help stays light
 
     try:
         return check_writable(folder, named=named)
@@ -61,7 +62,6 @@ def check_new_folder(parent, name: str, *, resume: bool = False, overwrite: bool
     written, or the folder is finished or interrupted and the flags do not say what to do with
     it (:meth:`tfopt.rundir.RunDir.check`). In a process of a cluster (the environment variable
     ``cluster`` is set) only ``parent`` is checked: the chief decides about the folder."""
-    from tfopt.rundir import RunDir  # loaded when a command runs: --help stays light
 
     target = Path(parent) / name
     check_output_folder(parent, what="the run directory", named=target)

@@ -6,8 +6,10 @@ import click
 
 from tfopt.cli.app import Option, echo_out, set_option
 from tfopt.cli.checks import check_output_file
+from tfopt.config.callbacks import LRFinderConfig
 from tfopt.config.recipe import load_recipe
 from tfopt.errors import TfoptError
+from tfopt.steps.runs import validate_named
 
 
 #: The options of the sweep, by their key in the recipe's lr_finder callback.
@@ -17,8 +19,6 @@ FLAGS = {"min_lr": "--min-lr", "max_lr": "--max-lr", "num_steps": "--steps", "ru
 def check_sweep(r, min_lr, max_lr, steps, rule) -> None:
     """The sweep's settings (the options over the recipe's lr_finder callback), checked before
     TensorFlow is imported; a problem with an option's value names the option."""
-    from tfopt.config.callbacks import LRFinderConfig  # loaded when the command runs: --help stays light
-    from tfopt.steps.runs import validate_named
 
     given = {k: v for k, v in {"min_lr": min_lr, "max_lr": max_lr, "num_steps": steps, "rule": rule}.items()
              if v is not None}

@@ -11,6 +11,8 @@ import click
 from tfopt.cli.app import VERBOSE, Option, echo_err, echo_out, sigterm_as_interrupt
 from tfopt.cli.checks import check_number
 from tfopt.errors import TfoptError
+from tfopt.steps.runs import check_source, check_teacher_path, source_name
+from tfopt.steps.source import beside, check_search_limits, check_writable
 
 #: Columns of the final table: (header, width, the row's cell).
 COLUMNS = (
@@ -67,8 +69,6 @@ def check_arguments(source, recipe, overrides, output, resume, teacher, lr, temp
     """Every argument, the source and its recipe, the teacher and the output folder, before
     TensorFlow is imported or any work done."""
     # loaded when the command runs: --help stays light
-    from tfopt.steps.runs import check_source, check_teacher_path, source_name
-    from tfopt.steps.source import beside, check_search_limits, check_writable
 
     check_search_limits(**limits)
     for name, value, ok, allowed in (("--lr", lr, lambda v: 0 < v <= 10, "a finite rate above 0 (at most 10)"),

@@ -7,6 +7,8 @@ import click
 from tfopt.cli.app import Option, echo_out, renamed_option, set_option
 from tfopt.cli.checks import check_output_file
 from tfopt.errors import TfoptError
+from tfopt.steps.runs import check_source
+from tfopt.steps.source import check_search_limits
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -37,8 +39,6 @@ def parse_ratios(text: str) -> list[float]:
 def sensitivity(source, recipe, overrides, mode, ratios, max_drop, write_to):
     """Accuracy against channel ratio (or sparsity) per layer; write the chosen ratios into a recipe."""
     # the library, loaded by the command that runs it: --help stays light
-    from tfopt.steps.runs import check_source
-    from tfopt.steps.source import check_search_limits
 
     check_search_limits(max_drop=max_drop)
     tried = parse_ratios(ratios)

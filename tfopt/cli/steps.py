@@ -18,6 +18,8 @@ import click
 from tfopt.cli.app import Option, echo_err, echo_out, renamed_option, run_workers
 from tfopt.errors import TfoptError
 from tfopt.steps import STEPS
+from tfopt.steps.runs import check_step_run, run_source
+from tfopt.steps.source import check_search_limits
 
 #: Options that have a new name: the old one is refused with the new one.
 RENAMED_OPTIONS = {"--layer": "--per-layer", "--protect": "--skip", "--budget": "--max-drop"}
@@ -163,7 +165,6 @@ class FieldOption:
             except ValueError:
                 raise TfoptError(f"{self.opt} '{value}': expected M:N, e.g. 2:4") from None
         if self.opt == "--max-drop":
-            from tfopt.steps.source import check_search_limits
 
             check_search_limits(max_drop=value)  # the points that may be lost, refused as optimize refuses them
         return value
@@ -211,7 +212,6 @@ def _command(command_name: str, steps) -> click.Command:
                 raise TfoptError(f"{option.opt} applies only with {need}")
             given[name] = value
         # the library, loaded by the command that runs it: --help stays light
-        from tfopt.steps.runs import check_step_run, run_source
 
         flags = {name: options[name].opt for name in given}
         if workers > 1:

@@ -28,12 +28,14 @@ def representative(x, samples: int = 500, seed: int = 0):
     return x[idx]
 
 
-def post_training(model, mode: str, x=None, int8_io: bool = False, samples: int = 500, seed: int = 0) -> bytes:
-    """TFLite bytes of ``model`` in ``mode``; ``int8`` calibrates on ``samples`` images of ``x``."""
+def post_training(model, mode: str, x=None, int8_io: bool = False, samples: int = 500, seed: int = 0,
+                  float_ops=()) -> bytes:
+    """TFLite bytes of ``model`` in ``mode``; ``int8`` calibrates on ``samples`` images of ``x``
+    and keeps the op types ``float_ops`` in float."""
     if mode == "int8" and x is None:
         raise TfoptError("int8 conversion calibrates on training images: pass data")
     rep = representative(x, samples, seed) if mode == "int8" else None
-    return convert(model, mode, representative=rep, int8_io=int8_io)
+    return convert(model, mode, representative=rep, int8_io=int8_io, float_ops=float_ops)
 
 
 def is_qat(model) -> bool:

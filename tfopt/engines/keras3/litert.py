@@ -26,6 +26,7 @@ import numpy as np
 
 from tfopt.engines.keras3.selection import all_layers
 from tfopt.errors import TfoptError
+from tfopt.tflite import finish
 
 INPUT = "input_{}"
 OUTPUT = "output_{}"
@@ -91,7 +92,7 @@ def _check_backend():
             f"backend.")
 
 
-def convert(model, mode: str = "float32", x=None, representative=None, int8_io: bool = False) -> bytes:
+def convert(model, mode: str = "float32", x=None, representative=None, int8_io: bool = False, float_ops=()) -> bytes:
     """TFLite bytes of a Keras 3 model.
 
     Args:
@@ -101,6 +102,7 @@ def convert(model, mode: str = "float32", x=None, representative=None, int8_io: 
         x: Inputs in the model's structure; they fix the input signature (all but the batch).
         representative: Inputs (same structure) to calibrate ``int8`` on.
         int8_io: With ``int8``, int8 float inputs and outputs instead of float.
+        float_ops: With ``int8``, TFLite op types kept in float (:func:`tfopt.tflite.finish`).
 
     Raises:
         TfoptError: not the TensorFlow backend; int8 without representative inputs; a model
@@ -122,7 +124,7 @@ def convert(model, mode: str = "float32", x=None, representative=None, int8_io: 
     problems = []
     for unroll in (True, False):
         try:
-            return _convert(model, serve, specs, mode, representative, int8_io, unroll)
+            return _convert(model, serve, specs, mode, representative, int8_io, unroll, float_ops)
         except TfoptError:
             raise
         except Exception as e:  # unrolling needs a known sequence length: then the loop as it is
@@ -140,7 +142,7 @@ def _first_line(e) -> str:
     return (lines[0] if lines else "")[:300]
 
 
-def _convert(model, serve, specs, mode, representative, int8_io, unroll) -> bytes:
+def _convert(model, serve, specs, mode, representative, int8_io, unroll, float_ops=()) -> bytes:
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="tfopt-litert-") as folder, unrolled(model, unroll):
@@ -164,7 +166,7 @@ def _convert(model, serve, specs, mode, representative, int8_io, unroll) -> byte
             if int8_io:
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
-        return converter.convert()
+        return finish(converter, float_ops if mode == "int8" else ())
 
 
 def run(content: bytes, x, batch_size: int = 256, log=None) -> list:

@@ -233,7 +233,7 @@ def verification_kinds(model, x) -> list:
     return keras.tree.flatten(kinds)
 
 
-def to_tflite(model, mode, data, int8_io, min_agreement, min_snr, samples, seed, log) -> bytes:
+def to_tflite(model, mode, data, int8_io, min_agreement, min_snr, samples, seed, log, float_ops=()) -> bytes:
     """TFLite bytes of a Keras 3 model, verified head by head on the inputs in ``data``."""
     from tfopt import verify
 
@@ -244,7 +244,7 @@ def to_tflite(model, mode, data, int8_io, min_agreement, min_snr, samples, seed,
             raise TfoptError("to_tflite: int8 calibrates on training images: pass data=x (a few hundred images)")
         order = np.random.default_rng(seed).permutation(rows(x))[:samples]
         representative = take(x, np.sort(order))
-    content = litert.convert(model, mode, x=x, representative=representative, int8_io=int8_io)
+    content = litert.convert(model, mode, x=x, representative=representative, int8_io=int8_io, float_ops=float_ops)
     if x is None:
         return content
     reference = [np.asarray(keras.ops.convert_to_numpy(t)) for t in
