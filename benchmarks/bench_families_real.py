@@ -175,17 +175,31 @@ def latency(content, sample):
     return round(latency_us(content, sample, 1, runs=200, warmup=20, repeats=3)["median_us"], 1)
 
 
-def int8(model, rep):
-    """``(content, note)``: tfopt's verified int8 file; a file its verification refuses by default
-    is made again unchecked so that its metric is still measured, and the refusal is the note."""
+def int8(model, rep, float_ops=()):
+    """``(content, note)``: tfopt's verified int8 file (``float_ops`` kept in float); a file its
+    verification refuses by default is made again unchecked so that its metric is still measured,
+    and the refusal is the note."""
     import tfopt
     from tfopt.tflite import VerificationFailed
 
     try:
-        return tfopt.to_tflite(model, "int8", data=rep), ""
+        return tfopt.to_tflite(model, "int8", data=rep, float_ops=float_ops), ""
     except VerificationFailed as e:
-        return (tfopt.to_tflite(model, "int8", data=rep, min_agreement=0.0, min_snr=-1e9),
+        return (tfopt.to_tflite(model, "int8", data=rep, min_agreement=0.0, min_snr=-1e9, float_ops=float_ops),
                 "refused by default: " + " ".join(str(e).split()))
+
+
+def mixed_int8(case, name, model, rep, sample, record, attempt):
+    """For the ViT: the int8 file with :data:`tfopt.tflite.TRANSFORMER_FLOAT_OPS` in float, and its
+    1-thread latency."""
+    from tfopt.tflite import TRANSFORMER_FLOAT_OPS
+
+    if case != "vit":
+        return
+    got = attempt(f"{name}, LayerNorm and matmuls in float", lambda: int8(model, rep, TRANSFORMER_FLOAT_OPS))
+    if got is not None:
+        record(f"{name} (float_ops=TRANSFORMER_FLOAT_OPS)", model, got[0], got[1],
+               {"latency_us_1t": latency(got[0], sample)})
 
 
 def tfmot_prune(case, model, x, y, target, epochs):
@@ -266,7 +280,8 @@ def run_case(case, args):
                   {"latency_us_1t": latency(f32, sample)})
     got = attempt("tfopt int8", lambda: int8(model, rep)) if "int8" in args.variants else None
     if got is not None:
-        record("tfopt int8", None, got[0], got[1])
+        record("tfopt int8", None, got[0], got[1], {"latency_us_1t": latency(got[0], sample)})
+        mixed_int8(case, "tfopt int8", model, rep, sample, record, attempt)
 
     s = SPARSITY[case]
     for allocation in args.allocations if "prune" in args.variants else ():
@@ -275,6 +290,7 @@ def run_case(case, args):
         if pruned is not None:
             content, note = attempt("int8", lambda: int8(pruned, rep)) or (None, "int8 failed")
             record(f"{label} + int8", pruned, content, note)
+            mixed_int8(case, f"{label} + int8", pruned, rep, sample, record, attempt)
 
     cft = dict(ft, epochs=args.channels_epochs or epochs, lr=args.channels_lr or ft["lr"])
     skip = args.channels_skip or []
