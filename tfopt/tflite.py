@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -71,6 +76,8 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
     auto = dense_per_tensor is None and mode in ("int8", "dynamic") and not qat
     per_kernel = shared_dense_values(model) if auto else bool(dense_per_tensor)
     content = _convert(model, mode, representative, int8_io, qat, sparse, per_kernel, float_ops)
+    if qat:  # XNNPACK has crashed preparing quantization-aware files (tf_keras EfficientNetB0's)
+        probe_xnnpack(content)
     if not (auto and per_kernel and representative is not None):
         return content
     rep = np.asarray(representative, np.float32)
@@ -202,13 +209,49 @@ def smallest(model, mode: str = "float32", representative=None, int8_io: bool = 
     return (packed if keep_sparse else dense), info
 
 
+#: Files (by SHA-1) whose preparation by the XNNPACK delegate crashed the process that tried:
+#: :func:`interpreter` runs them with the built-in kernels.
+XNNPACK_CRASHES: set = set()
+
+_PROBE = ("import sys; from ai_edge_litert.interpreter import Interpreter; "
+          "Interpreter(model_path=sys.argv[1], num_threads=1).allocate_tensors()")
+
+
+def probe_xnnpack(content: bytes) -> bool:
+    """Whether the XNNPACK delegate prepares ``content`` without crashing, tried once in a
+    separate process (a crash there, unlike an error, would end this one). A file it crashes on
+    is recorded in :data:`XNNPACK_CRASHES` and run by the built-in kernels from then on.
+
+    Args:
+        content: a ``.tflite`` file's bytes.
+
+    Returns:
+        False when the probe process died of a signal.
+    """
+    fd, path = tempfile.mkstemp(suffix=".tflite", prefix="tfopt-probe-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        code = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, timeout=600).returncode
+    finally:
+        os.unlink(path)
+    if code < 0:
+        XNNPACK_CRASHES.add(hashlib.sha1(content).hexdigest())
+    return code >= 0
+
+
 def interpreter(content: bytes, num_threads: int = 1, log=None, builtin: bool = False):
     """A LiteRT interpreter with tensors allocated; falls back to the built-in kernels (and says
-    so) when the XNNPACK delegate cannot prepare the model, or at once with ``builtin``. Returns
-    ``(interpreter, delegate)``.
+    so) when the XNNPACK delegate cannot prepare the model or crashed on it
+    (:func:`probe_xnnpack`), or at once with ``builtin``. Returns ``(interpreter, delegate)``.
     """
     from ai_edge_litert import interpreter as litert
 
+    if not builtin and hashlib.sha1(content).hexdigest() in XNNPACK_CRASHES:
+        builtin = True
+        if log:
+            log("XNNPACK crashed preparing this file (tried in a separate process); using the built-in kernels, "
+                "which are slower: latencies are not comparable with XNNPACK ones")
     if not builtin:
         try:
             it = litert.Interpreter(model_content=content, num_threads=num_threads)

@@ -17,7 +17,7 @@ from tfopt.steps.cluster import unique_values
 from tfopt.steps.prune import layer_sparsity, overall_sparsity
 from tfopt.steps.runs import base_metrics, evaluate, splits_of, with_step, write_run
 from tfopt.steps.settings import fine_tune_from_recipe, step_settings
-from tfopt.tflite import SHARED_VALUES, VerificationFailed, convert, verify
+from tfopt.tflite import SHARED_VALUES, VerificationFailed, convert, interpreter, predict, verify
 from tfopt.training import finetune
 
 
@@ -143,9 +143,25 @@ def quantize_aware(model, data, fine_tune, *, log=print, **inputs):
 
 
 def qat_tflite(qat, int8_io: bool = False) -> bytes:
-    """Full-integer TFLite of a quantization-aware model; its learned ranges are kept."""
+    """Full-integer TFLite of a quantization-aware model; its learned ranges are kept.
+
+    Raises:
+        TfoptError: a file LiteRT cannot prepare (TensorFlow's converter has written per-channel
+            conv weights with a nonzero zero point for tf_keras EfficientNetB0), named with what
+            works instead.
+    """
     # QAT learned its ranges: calibrating again would override them.
-    return convert(qat, "int8", int8_io=int8_io, qat=True)
+    content = convert(qat, "int8", int8_io=int8_io, qat=True)
+    shape = qat.input_shape
+    try:  # a batch of two, as verification and evaluation run it
+        predict(content, np.zeros((2, *shape[1:]), np.float32)) if isinstance(shape, tuple) else interpreter(content)
+    except (RuntimeError, ValueError) as e:
+        first = " ".join(str(e).split())[:200]
+        raise TfoptError(f"quantize_aware: LiteRT cannot run the int8 file TensorFlow's converter made of the "
+                         f"quantization-aware tf_keras model '{qat.name}' ({first}); quantize the model's Keras 3 "
+                         f"copy instead (tfopt.interop.from_tf_keras(model, 'keras3'), then quantize_aware and "
+                         f"to_tflite), or convert the float model with post-training int8") from None
+    return content
 
 
 def quantize(model, data, config, fine_tune, *, log=print, **inputs):
