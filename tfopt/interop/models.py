@@ -97,12 +97,12 @@ def load_model(path):
         raise _load_error(path, kind, exc) from None
 
 
-def _layer_classes(model) -> dict:
+def own_layer_classes(model) -> dict:
     """``{class name: class}`` of every layer of ``model``, nested models' layers included."""
     out = {}
     for layer in getattr(model, "layers", []):
         out[type(layer).__name__] = type(layer)
-        out.update(_layer_classes(layer))
+        out.update(own_layer_classes(layer))
     return out
 
 
@@ -111,7 +111,7 @@ def plain_copy(model):
     lib = library(model_kind(model))
     cls = lib.Sequential if isinstance(model, lib.Sequential) else lib.Model
     # the model's own layer classes, so that unregistered ones (ConvNeXt's LayerScale) rebuild too
-    with lib.utils.custom_object_scope(_layer_classes(model)):
+    with lib.utils.custom_object_scope(own_layer_classes(model)):
         copy = cls.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy

@@ -13,6 +13,7 @@ from tfopt.config.fine_tune import FineTuneSettings
 from tfopt.data.coerce import sample_x
 from tfopt.errors import TfoptError
 from tfopt.interop import import_tfmot, plain_copy
+from tfopt.interop.models import own_layer_classes
 from tfopt.steps.cluster import unique_values
 from tfopt.steps.prune import layer_sparsity, overall_sparsity
 from tfopt.steps.runs import base_metrics, evaluate, splits_of, with_step, write_run
@@ -120,8 +121,10 @@ def wrap_for_qat(model, log=print):
 
     schemes = {"pqat": combine.Default8BitPrunePreserveQuantizeScheme, "cqat": cluster_preserving,
                "pcqat": cluster_preserving}
-    try:
-        with q.quantize_scope():
+    import tf_keras
+
+    try:  # TFMOT rebuilds the model from its config: its own layer classes (ConvNeXt's LayerScale) must resolve
+        with q.quantize_scope(), tf_keras.utils.custom_object_scope(own_layer_classes(model)):
             qat = q.quantize_apply(annotated, schemes[scheme]()) if scheme in schemes else q.quantize_apply(annotated)
     except (ValueError, RuntimeError) as exc:
         raise TfoptError(f"quantization-aware training cannot wrap this model: {str(exc).splitlines()[0]}") from None
