@@ -28,22 +28,6 @@ def check_number(flag: str, value, ok, allowed: str) -> None:
         raise TfoptError(f"{flag}: must be {allowed}; got {value!r}")
 
 
-def check_output_folder(folder, *, what: str | None = None, flag: str = "--output", named=None) -> Path:
-    """:func:`tfopt.steps.source.check_writable` of ``folder``, its refusal naming ``what``
-    cannot be written (``"the run directory"``; default: the output folder) and the ``flag``
-    to change; ``named`` is the path shown (default ``folder``)."""
-
-    try:
-        return check_writable(folder, named=named)
-    except TfoptError as exc:
-        text = str(exc)
-        if what is not None:
-            text = text.replace("cannot write the output folder", f"cannot write {what}", 1)
-        if flag != "--output":
-            text = text.replace("Give --output a folder", f"Give {flag} a path in a folder", 1)
-        raise TfoptError(text) from None
-
-
 def check_output_file(flag: str, path, *, new: bool = False) -> None:
     """Refuse a file ``flag`` names that cannot be written: its folder cannot be written or does
     not exist (the file is written in it, not the folder made), or (with ``new``) the file
@@ -51,7 +35,7 @@ def check_output_file(flag: str, path, *, new: bool = False) -> None:
     p = Path(path)
     if new and p.exists():
         raise TfoptError(f"{flag}: {p} already exists; give a new file name")
-    check_output_folder(p.parent, what=flag, flag=flag, named=p)
+    check_writable(p.parent, named=p, what=flag, flag=flag)
     if not p.parent.is_dir():
         raise TfoptError(f"{flag}: the folder {p.parent} does not exist; create it, or give {flag} a path in an "
                          f"existing folder")
@@ -64,6 +48,6 @@ def check_new_folder(parent, name: str, *, resume: bool = False, overwrite: bool
     ``cluster`` is set) only ``parent`` is checked: the chief decides about the folder."""
 
     target = Path(parent) / name
-    check_output_folder(parent, what="the run directory", named=target)
+    check_writable(parent, named=target, what="the run directory")
     if not (cluster and os.environ.get(cluster)):
         RunDir(target, overwrite=overwrite, resume=resume).check()

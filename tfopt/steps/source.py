@@ -45,26 +45,30 @@ def beside(source_path) -> Path:
     return Path(os.path.abspath(source_path)).parent
 
 
-def check_writable(folder, named=None) -> Path:
+def check_writable(folder, named=None, *, what: str = "the output folder", flag: str = "--output") -> Path:
     """Create ``folder`` (and its parents) and write a probe file in it, then remove both, so an
     output that cannot be written is refused before any work rather than after it.
 
     Args:
         folder: the folder to write in.
         named: the output the user gave, when ``folder`` is its parent (errors name it).
+        what: what cannot be written, in the message (``"the run directory"``, ``"--plot"``).
+        flag: the option that changes it, in the message (a flag other than ``--output`` names
+            a file: "give it a path in a folder").
 
     Raises:
         TfoptError: ``folder`` cannot be created or written, with the reason.
     """
     f = Path(folder)
     shown = Path(named) if named is not None else f
+    head = f"cannot write {what} {shown}"
+    give = f"Give {flag} a folder" if flag == "--output" else f"Give {flag} a path in a folder"
     existing = next((a for a in [f, *f.parents] if a.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise TfoptError(f"cannot write the output folder {shown}: {existing} is a file, not a folder. Give --output "
-                         f"a folder.")
+        raise TfoptError(f"{head}: {existing} is a file, not a folder. {give}.")
     if existing is not None and existing.resolve().parts[1:2] in (("proc",), ("sys",)):
-        raise TfoptError(f"cannot write the output folder {shown}: /{existing.resolve().parts[1]} is the kernel's "
-                         f"virtual file system, not storage. Give --output a folder you can write to.")
+        raise TfoptError(f"{head}: /{existing.resolve().parts[1]} is the kernel's virtual file system, not storage. "
+                         f"{give} you can write to.")
     missing = [a for a in [f, *f.parents] if not a.exists()]
     try:
         f.mkdir(parents=True, exist_ok=True)
@@ -72,8 +76,7 @@ def check_writable(folder, named=None) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise TfoptError(f"cannot write the output folder {shown}: {exc.strerror or exc} (in {existing}). Give "
-                         f"--output a folder you can write to.") from None
+        raise TfoptError(f"{head}: {exc.strerror or exc} (in {existing}). {give} you can write to.") from None
     finally:
         for created in missing:  # the probe leaves no trace: the run creates its folders when it is written
             try:

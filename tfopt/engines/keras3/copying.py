@@ -31,7 +31,7 @@ def _clone(model):
     return clone
 
 
-def own_layer_classes(model):
+def _layer_classes(model):
     """Every layer class in the model, by the names ``load_model`` may look them up with."""
     found = {}
     for layer in all_layers(model):
@@ -47,13 +47,13 @@ def _reload(model):
     with tempfile.TemporaryDirectory(prefix="tfopt-copy-") as folder:
         path = os.path.join(folder, "model.keras")
         model.save(path)
-        return keras.models.load_model(path, custom_objects=own_layer_classes(model), compile=True)
+        return keras.models.load_model(path, custom_objects=_layer_classes(model), compile=True)
 
 
 def _custom_classes(model):
     """``{class name: what it lacks}`` for the classes defined outside Keras in the model."""
     found = {}
-    for cls in set(own_layer_classes(model).values()):
+    for cls in set(_layer_classes(model).values()):
         module = cls.__module__ or ""
         if module == "keras" or module.startswith(("keras.", "tf_keras.")):
             continue
