@@ -13,7 +13,7 @@ from tfopt.distill import TeacherTargets
 from tfopt.errors import TfoptError
 from tfopt.search import stages
 from tfopt.search.candidates import COLUMNS, Candidate, ChainStep, Standings, chain_key
-from tfopt.search.engine import PROBE_RATES, chosen_rate, optimize, parse_budget, probe_rates
+from tfopt.search.engine import PROBE_RATES, chosen_rate, optimize, parse_budget, probe_rates, resolution_note
 from tfopt.search.inputs import weights_digest
 from tfopt.search.report import paired_drop, pareto_front, recipe_steps
 from tfopt.steps import STEPS, register
@@ -730,3 +730,118 @@ def test_optimize_refuses_what_top1_accuracy_cannot_judge_before_any_work(tmp_pa
                                   f"optimize searches classifiers of one input and one output"), message
         assert "\n" not in message
         assert not (tmp_path / model.name).exists()
+
+
+# -- the time the plan leaves: longer fine-tunes of the near misses ----------------------------------
+
+
+def test_extensions_double_the_last_trained_steps_epochs_of_the_near_misses_that_would_beat_the_best():
+    ch = [ChainStep("structured", {"ratio": 0.0, "per_layer": {"fc1": 0.5}}, label=3)]
+    p95 = ch + [ChainStep("prune", {"sparsity": 0.95}, {"lr": 1e-3})]
+    fold = ch + [ChainStep("fold_pool", {"layers": ["conv1"]})]
+    s = _standings(0.5, **{"ch3+int8": (ch, _row("ch3+int8", "channels", 0.2, 1, 100_000, True)),
+                           "ch3+p95+int8": (p95, _row("ch3+p95+int8", "prune", 0.7, 1, 40_000, False)),
+                           "ch3+fp-conv1+f32": (fold, {**_row("ch3+fp-conv1+f32", "fold_pool", 0.6, 1, 90_000, False,
+                                                                int8=""), "tflite": "float32"}),
+                           "p99+qat": ([ChainStep("prune", {"sparsity": 0.99}, {"epochs": 6})],
+                                       _row("p99+qat", "qat", 0.9, 1, 20_000, False, int8="qat")),
+                           "p97+int8": ([ChainStep("prune", {"sparsity": 0.97})],
+                                        _row("p97+int8", "prune", 1.1, 1, 30_000, False)),
+                           "big+int8": ([ChainStep("prune", {"sparsity": 0.5})],
+                                        _row("big+int8", "prune", 0.6, 1, 200_000, False)),
+                           "base+int8": ([], _row("base+int8", "int8", 0.55, 1, 90_000, False))})
+    for r in s.rows.values():
+        r["seconds"] = 30.0
+    plan = stages.extension_candidates(s, 2, {})
+    # least drop first; the rewrite after the cut stays, the cut fine-tunes twice the search's 2 epochs; the
+    # QAT near miss keeps its mode and doubles its own 6; over twice the budget (p97), larger than the best
+    # (big) or nothing trained (base): none
+    assert [(row["id"], c.id, est) for row, c, est in plan] == [
+        ("ch3+fp-conv1+f32", "ch3-e4+fp-conv1+f32", 60.0), ("ch3+p95+int8", "ch3+perk95-e4+int8", 60.0),
+        ("p99+qat", "perk99-e12+qat", 60.0)]
+    assert plan[1][1].chain[-1].fine_tune == {"lr": 1e-3, "epochs": 4} and plan[1][1].stage == "extend"
+    # an extension that lost as much as the row it came from is not extended again; the row it came from neither
+    s.chains["ch3+perk95-e4+int8"] = plan[1][1].chain
+    s.rows["ch3+perk95-e4+int8"] = {**_row("ch3+perk95-e4+int8", "extend", 0.7, 1, 40_000, False), "seconds": 50.0}
+    again = stages.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})
+    assert [c.id for _, c, _ in again] == ["ch3-e4+fp-conv1+f32", "perk99-e12+qat"]
+    s.rows["ch3+perk95-e4+int8"]["drop_points"] = 0.6  # it recovered: on to 8 epochs
+    assert [c.id for _, c, _ in stages.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})][:2] == [
+        "ch3+perk95-e8+int8", "ch3-e4+fp-conv1+f32"]
+
+
+class _TimedSearch:
+    """What the extend stage reads of a search: a clock that each candidate advances by its time, and
+    rows whose drop a function of the candidate gives."""
+
+    def __init__(self, standings, budget_s, drop_of, seconds=30.0):
+        self.standings, self.budget_s, self.drop_of, self.seconds = standings, budget_s, drop_of, seconds
+        self.max_drop = standings.max_drop
+        self.fine_tune = FineTuneSettings(epochs=2)
+        self.clock, self.lines, self.events, self.stop_reason = 0.0, [], [], ""
+
+    def elapsed(self):
+        return self.clock
+
+    def log(self, line):
+        self.lines.append(line)
+
+    def emit(self, event, **fields):
+        self.events.append({"event": event, **fields})
+
+    def may_start(self):
+        return self.clock + self.seconds <= self.budget_s
+
+    def evaluate(self, cand):
+        epochs = cand.chain[-1].fine_tune["epochs"]
+        self.clock += self.seconds * epochs / 2
+        drop = self.drop_of(epochs)
+        self.standings.rows[cand.id] = {**_row(cand.id, "extend", drop, 1, 40_000, drop <= self.max_drop),
+                                        "seconds": self.seconds * epochs / 2}
+
+
+def _near_miss_standings():
+    p95 = [ChainStep("prune", {"sparsity": 0.95})]
+    s = _standings(0.5, **{"base+int8": ([], _row("base+int8", "int8", 0.0, 1, 100_000, True)),
+                           "p95+int8": (p95, _row("p95+int8", "prune", 0.8, 1, 40_000, False))})
+    s.rows["p95+int8"]["seconds"] = 30.0
+    return s
+
+
+def test_the_extend_stage_spends_the_time_left_and_says_why_it_stopped():
+    # each doubling recovers 0.2 pt: 4 epochs 0.6, 8 epochs 0.4 (within budget, the best), 16 epochs 0.2
+    search = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8 - 0.2 * (e.bit_length() - 2))
+    assert stages.extend_stage(search, {}) is True
+    assert [r["id"] for r in search.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e8+int8"]
+    assert search.standings.best()["id"] == "perk95-e8+int8"
+    # within budget and the best: nothing left that would beat it
+    assert search.events[-1]["event"] == "stopped" and search.events[-1]["used"] == pytest.approx(180 / 3600)
+    assert search.stop_reason == ("stopped after 3.0 of 60.0 min (5% of the time budget): nothing left to improve: "
+                                  "no near miss (over budget by at most 2× the budget) would beat the best, and every "
+                                  "longer fine-tune tried lost as much as the one before")
+    assert search.lines[0] == "p95+int8 missed by 0.30 pt: fine-tuning 4 epochs"
+    # a fine-tune that does not recover is not doubled again
+    flat = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8)
+    stages.extend_stage(flat, {})
+    assert [r["id"] for r in flat.standings.rows.values()][2:] == ["perk95-e4+int8"]
+    assert "nothing left to improve" in flat.stop_reason
+
+
+def test_the_extend_stage_stops_when_the_next_fine_tune_would_not_fit():
+    # 4 epochs (60 s) fit in 100 s, 8 epochs (120 s) do not in the 40 s left
+    search = _TimedSearch(_near_miss_standings(), 100, lambda e: 0.75 - 0.01 * e)
+    assert stages.extend_stage(search, {}) is True
+    assert [r["id"] for r in search.standings.rows.values()][2:] == ["perk95-e4+int8"]
+    assert search.stop_reason == ("stopped after 1.0 of 1.7 min (60% of the time budget): the next longer fine-tune "
+                                  "(perk95-e8+int8, about 2.0 min) would not fit in the 0.7 min left")
+    # without a time budget the plan's end is the search's end
+    none = _TimedSearch(_near_miss_standings(), None, lambda e: 0.0)
+    assert stages.extend_stage(none, {}) is True and not none.events and len(none.standings.rows) == 2
+
+
+def test_a_budget_below_what_the_selection_split_resolves_is_named_at_the_start():
+    assert resolution_note(0.05, 10_000) == ""  # 5 images
+    note = resolution_note(0.02, 5_000)
+    assert note.startswith("note: a drop of at most 0.02 points is 1.0 of the 5000 selection images (one image is "
+                           "0.020 points); the selection split cannot tell such a drop from noise.")
+    assert resolution_note(0.0, 250).startswith("note: a drop of at most 0 points is 0.0 of the 250 selection images")

@@ -92,7 +92,8 @@ def check_arguments(source, recipe, overrides, output, resume, teacher, lr, temp
               help="Largest accuracy drop allowed, in points, judged on the selection (validation) split.")
 @click.option("--target", type=click.Choice(["size", "latency", "macs"]), default="size", show_default=True,
               help="What to minimise: gzip bytes of the int8 .tflite, 1-thread LiteRT latency, or MACs.")
-@click.option("--time-budget", metavar="DURATION", help="Stop starting candidates after this long, e.g. 30m, 1h.")
+@click.option("--time-budget", metavar="DURATION", help="Stop starting candidates after this long, e.g. 30m, 1h; time the plan leaves goes to longer "
+                   "fine-tunes of the near misses.")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tune epochs of every step.")
 @click.option("--lr", type=float, cls=Option,
               shown="probed, the highest of 1e-3, 3e-4, 1e-4 that one epoch on the input model tolerates",

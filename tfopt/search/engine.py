@@ -57,14 +57,15 @@ CALIBRATION_SAMPLES = 500
 NEAR_MISS = 2.0
 #: Fine-tune rates the search probes when none is given, highest first.
 PROBE_RATES = (1e-3, 3e-4, 1e-4)
+#: A budget under this many selection images is below what the selection split can resolve: the
+#: search says so at the start.
+RESOLVABLE_IMAGES = 3
 #: A probed rate is kept when one epoch of fine-tuning the unchanged input model at it costs at most
 #: this share of the budget on the selection split.
 PROBE_SHARE = 1 / 3
 #: Registered steps that take the search's un-augmented probe images (``probe=``); so do the
 #: registered steps beyond the built-in stages.
 PROBED = ("prune",)
-#: Exact rewrites: run on the calibration images, without labels or a fine-tune.
-REWRITES = ("fold_pool",)
 
 
 def parse_budget(text) -> float | None:
@@ -166,6 +167,8 @@ class Search:
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
         self.times: list[float] = []
+        self.stop_reason = ""
+        self.resolution_note = ""
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -242,7 +245,7 @@ class Search:
     def run_step(self, model, step):
         """The registered step of a chain step on ``model``, with the search's fine-tune settings
         and the step's overrides."""
-        if step.name in REWRITES:
+        if step.name in stages.REWRITES:
             data, inputs = (self.x_calib, None), {}
         else:
             data = self.train
@@ -401,6 +404,10 @@ class Search:
             self.log(f"the input model did not convert to float32 TFLite ({str(exc).splitlines()[0]})")
         self.log(f"input model: {self.base_acc:.2%} on the selection split ({len(x)} images); budget: a drop of at "
                  f"most {self.max_drop:g} points; target: {self.target}")
+        self.resolution_note = resolution_note(self.max_drop, len(x))
+        if self.resolution_note:
+            self.log(self.resolution_note)
+            self.emit("resolution", images=self.max_drop * len(x) / 100, selection_images=len(x))
 
     def search(self) -> None:
         """Measure the input, choose the fine-tune rate, run the stages (:mod:`tfopt.search.stages`)."""
@@ -409,6 +416,27 @@ class Search:
         with logging_to(None, verbose=self.fit_verbose):
             self.choose_rate()
             stages.run(self)
+
+
+def resolution_note(max_drop: float, images: int) -> str:
+    """What a budget below :data:`RESOLVABLE_IMAGES` selection images means, or ``""``.
+
+    Args:
+        max_drop: the budget, in points.
+        images: the size of the selection split.
+
+    Returns:
+        One paragraph: the budget in images, that the split cannot tell such a drop from the
+        noise of a fine-tune, what the search does and how to resolve more.
+    """
+    worth = max_drop * images / 100
+    if worth >= RESOLVABLE_IMAGES:
+        return ""
+    return (f"note: a drop of at most {max_drop:g} points is {worth:.1f} of the {images} selection images (one image "
+            f"is {100 / images:.3f} points); the selection split cannot tell such a drop from noise. The search "
+            f"still judges every candidate against it, so it keeps only files that lose at most that many images, "
+            f"and returns the best of them within its time; a larger selection split (the recipe's "
+            f"data.validation_split) or a larger max-drop resolves more.")
 
 
 @contextmanager
@@ -453,7 +481,8 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         max_drop: largest allowed accuracy drop, in percentage points, of the TFLite file
             against the input model on the selection split.
         target: ``size`` (gzip bytes of the .tflite), ``latency`` (1-thread LiteRT) or ``macs``.
-        time_budget: seconds or ``"30m"``; no candidate starts that would likely overrun it.
+        time_budget: seconds or ``"30m"``; no candidate starts that would likely overrun it. Time
+            the plan leaves goes to longer fine-tunes of the near misses (the ``extend`` stage).
         out: folder for candidates.csv, pareto.png, report.md, optimize.yaml, the chosen model
             (``chosen/``) and the cache of intermediate models.
         resume: continue a search in ``out`` (finished candidates are kept, not rerun).
@@ -479,7 +508,10 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
             (``lr``, ``drop_points``), ``"rate"`` (``lr``, ``probe``), ``"stage"`` (``name``),
             ``"candidate"`` (``id``, ``stage``, ``row``) when a candidate finishes, ``"skipped"``
             (``id``, ``stage``, ``drop_points``, ``skipped``: the ids a hopeless rung ends its
-            ladder before), ``"limit"`` (``reason``: ``candidates`` or ``time``) and ``"chosen"`` (``id``).
+            ladder before), ``"limit"`` (``reason``: ``candidates`` or ``time``), ``"resolution"``
+            (``images``, ``selection_images``: the budget is under :data:`RESOLVABLE_IMAGES` selection
+            images), ``"stopped"`` (``reason``, ``used``: why a search with a time budget ended, having
+            spent that share of it) and ``"chosen"`` (``id``).
         fit_verbose: Keras ``fit`` verbosity of the fine-tunes (0: silent); logs go to ``out/logs/<id>/``.
 
     Returns:

@@ -203,6 +203,9 @@ def header_lines(search, rows) -> list[str]:
              f"Distillation: {distillation(search)}. Fine-tune rate: {rate or 'the steps’ default'}"
              + (" (probed: " + ", ".join(f"{p['lr']:g} {-p['drop_points']:+.2f} pt" for p in search.probe) + ")"
                 if search.probe else "") + ".", ""]
+    notes = [n[:1].upper() + n[1:] + ("" if n.endswith(".") else ".")
+             for n in (search.resolution_note, search.stop_reason) if n]
+    lines += [" ".join(notes), ""] if notes else []
     if ref:
         lines += [f"Input model as float32 TFLite: {ref['gzip_bytes']:,} bytes gzip, {ref['raw_bytes']:,} bytes raw, "
                   f"{ref['macs']:,} MACs, {ref['latency_us']:.0f} µs 1-thread LiteRT, {ref['accuracy']:.2%} on the "

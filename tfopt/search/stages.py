@@ -32,7 +32,11 @@ a near miss (see :class:`tfopt.search.candidates.Standings`). The stages of each
 7. ``qat``: quantization-aware training for the best candidates whose post-training int8 missed,
    and for the near misses (over budget by at most twice the budget) that would beat the best so far;
 8. ``recluster`` (size target): when that made a chain the best that clustering has not seen,
-   clustering of that chain, and quantization-aware training for its near misses.
+   clustering of that chain, and quantization-aware training for its near misses;
+9. ``extend`` (every target, with a time budget): the time the plan left goes to longer fine-tunes
+   of the near misses that would beat the best, the epochs of a chain's last trained step doubled
+   round after round (:func:`extension_candidates`), until the budget is spent or nothing is left
+   to improve; the search says which.
 
 A stage function takes the running search (:class:`tfopt.search.engine.Search`) and a dict the
 stages share (what an earlier stage chose), and returns False when the time budget or the
@@ -45,7 +49,7 @@ candidate limit ran out. The functions that plan chains from rows (:func:`qat_ch
 from __future__ import annotations
 
 from tfopt.search import measure as M
-from tfopt.search.candidates import ChainStep, chain_key, score
+from tfopt.search.candidates import Candidate, ChainStep, chain_key, score
 from tfopt.steps import STEPS
 
 #: The settings each built-in ladder tries, by target, from mild to harsh: the share of channels cut
@@ -60,10 +64,13 @@ LADDERS = {
 }
 #: The stages of each target, in order; ``steps`` is where the registered steps with a ladder run.
 PLANS = {
-    "size": ("int8", "channels", "deeper_channels", "prune", "longer", "cluster", "steps", "qat", "recluster"),
-    "latency": ("int8", "channels", "remove", "fold_pool", "steps", "qat"),
-    "macs": ("int8", "channels", "remove", "steps", "qat"),
+    "size": ("int8", "channels", "deeper_channels", "prune", "longer", "cluster", "steps", "qat", "recluster",
+             "extend"),
+    "latency": ("int8", "channels", "remove", "fold_pool", "steps", "qat", "extend"),
+    "macs": ("int8", "channels", "remove", "steps", "qat", "extend"),
 }
+#: Exact rewrites: run on the calibration images, without labels or a fine-tune.
+REWRITES = ("fold_pool",)
 #: The registered steps the built-in stages run; a ladder they declare is not a stage of its own.
 BUILT_IN = ("structured", "prune", "cluster", "quantize", "remove", "fold_pool")
 #: Ways of spreading an overall sparsity over the layers, and of ranking a layer's weights; the
@@ -79,6 +86,10 @@ HEADROOM = 0.5
 LONG_EPOCHS = 3
 #: How many removable layers the remove stage tries, one at a time.
 REMOVE_TRIES = 3
+#: Each extension multiplies the fine-tune epochs of a chain's last trained step by this.
+EXTEND_FACTOR = 2
+#: Extensions one round of the extend stage runs at most.
+EXTEND_PICKS = 2
 
 
 def overall_sparsities(target: str = "size") -> tuple:
@@ -192,6 +203,56 @@ def longer_chains(standings, epochs: int, log=M.quiet) -> list:
             f"{near['nonzero_params']:,} non-zero weights (the best keeps {best['nonzero_params']:,}): "
             f"pruning again over {epochs} epochs")
     return ladders
+
+
+def trained_step(chain):
+    """Index of the last step of ``chain`` that fine-tunes (not an exact rewrite); None when none does."""
+    for i in range(len(chain) - 1, -1, -1):
+        if chain[i].name not in REWRITES:
+            return i
+    return None
+
+
+def mode_of(row: dict) -> str:
+    """How a row's TFLite file was made, as a :class:`Candidate` mode."""
+    return "float32" if row.get("tflite") == "float32" else "qat" if row.get("int8") == "qat" else "int8"
+
+
+def extension_candidates(standings, epochs: int, parents: dict) -> list:
+    """The next longer fine-tunes: for each near miss that would beat the best so far (least drop
+    first), its chain with the epochs of its last trained step times :data:`EXTEND_FACTOR`, in the
+    same mode. A short fine-tune leaves a cut or a prune short of where it recovers (see
+    :func:`longer_chains`); a near miss is where more epochs can still cross the budget.
+
+    Args:
+        standings: the search's :class:`Standings`.
+        epochs: the search's fine-tune epochs (a step without its own override has these).
+        parents: ``{id of an extension: the row it extended}``; a row extended once is not
+            extended again, nor is an extension that lost as much as the row it came from.
+
+    Returns:
+        ``(row, candidate, estimated seconds)`` triples; the estimate is the row's own time times
+        :data:`EXTEND_FACTOR`.
+    """
+    best, target = standings.best(), standings.target
+    extended = {parent["id"] for parent in parents.values()}
+    rows = [r for r in standings.rows.values() if not r.get("error") and r["id"] in standings.chains
+            and r["id"] not in extended and (r["id"] not in parents
+                                             or r["drop_points"] < parents[r["id"]]["drop_points"])]
+    near = [r for r in standings.near_misses(rows) if best is None or score(r, target) < score(best, target)]
+    plan = []
+    for row in sorted(near, key=lambda r: (r["drop_points"], score(r, target))):
+        chain = standings.chains[row["id"]]
+        i = trained_step(chain)
+        if i is None:
+            continue
+        step = chain[i]
+        longer = {**step.fine_tune, "epochs": (step.fine_tune.get("epochs") or epochs) * EXTEND_FACTOR}
+        cand = Candidate(chain[:i] + [ChainStep(step.name, step.settings, longer, step.label)] + chain[i + 1:],
+                         "extend", mode_of(row))
+        if cand.id not in standings.rows:
+            plan.append((row, cand, (row.get("seconds") or 0.0) * EXTEND_FACTOR))
+    return plan
 
 
 def qat_chains(standings) -> list:
@@ -378,7 +439,47 @@ def recluster_stage(search, shared) -> bool:
     return search.stage("qat", [[c] for c in qat_chains(search.standings) if c not in shared.get("qat", [])], qat=True)
 
 
+def extend_stage(search, shared) -> bool:
+    """With a time budget, what the plan left goes to :func:`extension_candidates`, round after
+    round, while one fits in the time left; then the search says why it stopped."""
+    if search.budget_s is None:
+        return True
+    parents, started = {}, False
+    while True:
+        plan = extension_candidates(search.standings, search.fine_tune.epochs, parents)
+        left = search.budget_s - search.elapsed()
+        fits = [p for p in plan if p[2] <= left]
+        if not plan:
+            reason = ("nothing left to improve: no near miss (over budget by at most "
+                      f"{search.standings.near_miss:g}× the budget) would beat the best, and every longer "
+                      "fine-tune tried lost as much as the one before")
+            break
+        if not fits:
+            row, cand, est = plan[0]
+            reason = (f"the next longer fine-tune ({cand.id}, about {est / 60:.1f} min) would not fit in the "
+                      f"{max(left, 0) / 60:.1f} min left")
+            break
+        if not started:
+            search.emit("stage", name="extend")
+            started = True
+        for row, cand, _ in fits[:EXTEND_PICKS]:
+            if not search.may_start():
+                return False
+            search.log(f"{row['id']} missed by {row['drop_points'] - search.max_drop:.2f} pt: fine-tuning "
+                       f"{cand.chain[trained_step(cand.chain)].fine_tune['epochs']} epochs")
+            search.standings.chains[cand.id] = cand.chain
+            parents[cand.id] = row
+            search.evaluate(cand)
+    used = search.elapsed() / search.budget_s
+    search.stop_reason = (f"stopped after {search.elapsed() / 60:.1f} of {search.budget_s / 60:.1f} min "
+                          f"({used:.0%} of the time budget): {reason}")
+    search.log(search.stop_reason)
+    search.emit("stopped", reason=reason, used=used)
+    return True
+
+
 #: The stage functions by the names :data:`PLANS` use.
 STAGES = {"int8": int8_stage, "channels": channel_stage, "deeper_channels": deeper_channel_stage,
           "remove": remove_stage, "fold_pool": fold_pool_stage, "prune": prune_stage, "longer": longer_stage,
-          "cluster": cluster_stage, "steps": registered_step_stages, "qat": qat_stage, "recluster": recluster_stage}
+          "cluster": cluster_stage, "steps": registered_step_stages, "qat": qat_stage, "recluster": recluster_stage,
+          "extend": extend_stage}
