@@ -24,6 +24,13 @@ def test_no_help_text_types_its_own_default():
     assert typed == []
 
 
+def test_every_help_text_ends_with_a_full_stop():
+    unfinished = [f"{name} {p.opts[0]}: {p.help}" for name, command, _ in _commands() for p in _options(command)
+                  if p.help and not p.help.endswith(".")]
+    assert unfinished == []
+    assert sum(1 for _, command, _ in _commands() for p in _options(command) if p.help) > 150
+
+
 def test_every_output_shows_its_default():
     for name, command, ctx in _commands():
         for p in _options(command):

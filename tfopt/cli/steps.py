@@ -121,6 +121,13 @@ class FieldOption:
             self.default = "; ".join(d for d in (self.default, variant_default) if d is not None)
 
     def param(self) -> click.Option:
+        """The click option; its help is one sentence or more, ending with a full stop as every
+        other option's does."""
+        option = self._param()
+        option.help = option.help if option.help.endswith(".") else option.help + "."
+        return option
+
+    def _param(self) -> click.Option:
         kw = dict(help=self.help, shown=self.default)
         if self.kind == "flag" and self.tristate:
             return Option([f"{self.opt}/--no-{self.opt[2:]}", self.name], default=None, **kw)
