@@ -297,13 +297,15 @@ def main():
     if args.sparse_share < XNNPACK_SPARSE_SHARE:
         ap.error(f"--sparse-share below {XNNPACK_SPARSE_SHARE:.3f} cannot meet XNNPACK's sparse-inference condition")
     os.environ.setdefault("TFOPT_DATA_DIR", str(ROOT.parent / "shared" / "datasets"))
-    recs = [run_model(name, args) for name in args.models.split(",")]
+    recs = []
+    for name in args.models.split(","):
+        recs.append(run_model(name, args))
+        if args.json:  # each model's figures kept as soon as they are measured
+            Path(args.json).write_text(json.dumps(recs, indent=1))
     print(table(recs))
     for rec in recs:
         print(f"\n{rec['model']}: trained in {rec['fit_seconds'] or 0:.0f} s; notes: {json.dumps(rec['notes'])}"
               + (f"; sparse path: {json.dumps(rec['sparse'])}" if "sparse" in rec else ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps(recs, indent=1))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from tfopt.distill import TeacherTargets
 from tfopt.errors import TfoptError
 from tfopt.search import stages
 from tfopt.search.candidates import COLUMNS, Candidate, ChainStep, Standings, chain_key
-from tfopt.search.engine import PROBE_RATES, chosen_rate, optimize, parse_budget, probe_rates, resolution_note
+from tfopt.search.engine import PROBE_RATES, chosen_rate, optimize, parse_budget, probe_rates
+from tfopt.search.inputs import resolution_note
 from tfopt.search.inputs import weights_digest
 from tfopt.search.report import paired_drop, pareto_front, recipe_steps
 from tfopt.steps import STEPS, register

@@ -39,6 +39,14 @@ def test_optimize_shows_one_line_per_candidate_and_a_narrow_table(tiny_run):
     assert candidate_logs and all(any(p.rglob("events.out.tfevents.*")) for p in (out / "logs").iterdir())
 
 
+def test_optimize_names_a_budget_the_selection_split_cannot_resolve_before_its_first_candidate(tiny_run, tmp_path):
+    proc = tfopt_cli("optimize", tiny_run, "--max-candidates", "1", "--output", tmp_path, *SEARCH[:-1], "0.01")
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("note: a drop of at most 0.01 points is 0.0 of the "), proc.stderr
+    assert "the selection split cannot tell such a drop from noise" in first
+    assert proc.stderr.splitlines()[1].startswith("[1] ")
+
+
 @pytest.mark.slow
 def test_optimize_json_is_the_only_thing_on_stdout(tiny_run, tmp_path):
     proc = tfopt_cli("optimize", tiny_run, "--max-candidates", "1", "--json", "--quiet", "--output", tmp_path,

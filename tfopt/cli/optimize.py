@@ -138,6 +138,8 @@ def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, l
             finished.append(event)
             if progress:
                 echo_err(candidate_line(len(finished), event))
+        elif event["event"] in ("resolution", "stopped") and progress:
+            echo_err(event["note"])
 
     try:
         result = optimize_source(source, recipe, overrides, output=output, resume=resume,

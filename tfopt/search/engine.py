@@ -57,9 +57,6 @@ CALIBRATION_SAMPLES = 500
 NEAR_MISS = 2.0
 #: Fine-tune rates the search probes when none is given, highest first.
 PROBE_RATES = (1e-3, 3e-4, 1e-4)
-#: A budget under this many selection images is below what the selection split can resolve: the
-#: search says so at the start.
-RESOLVABLE_IMAGES = 3
 #: A probed rate is kept when one epoch of fine-tuning the unchanged input model at it costs at most
 #: this share of the budget on the selection split.
 PROBE_SHARE = 1 / 3
@@ -293,6 +290,7 @@ class Search:
                "tflite_raw_bytes": sizes["raw_bytes"], "tflite_gzip_bytes": sizes["gzip_bytes"],
                "params": st["params"], "nonzero_params": st["nonzero_params"], "macs": st["macs"],
                "latency_us": M.latency_us(content, self.x_sel[0]),
+               "latency_us_2t": M.latency_us(content, self.x_sel[0], threads=2),
                "sparse_raw_bytes": M.sparse_raw_bytes(quantized, cand.tflite_mode, self.x_calib)
                if st["nonzero_params"] < 0.7 * st["params"] else None, "error": ""}
         row["drop_points"] = (self.base_acc - acc) * 100
@@ -397,6 +395,7 @@ class Search:
         try:
             ref = M.to_tflite(self.model, "float32", self.x_calib)
             self.reference = {**M.tflite_sizes(ref), "latency_us": M.latency_us(ref, x[0]),
+                              "latency_us_2t": M.latency_us(ref, x[0], threads=2),
                               "accuracy": M.tflite_accuracy(ref, x, y), "macs": M.stats(self.model)["macs"]}
             self.log(f"input model as float32 TFLite: {self.reference['gzip_bytes'] / 1000:.1f} kB gzip, "
                      f"{self.reference['raw_bytes'] / 1000:.1f} kB raw, {self.reference['latency_us']:.0f} µs")
@@ -404,10 +403,11 @@ class Search:
             self.log(f"the input model did not convert to float32 TFLite ({str(exc).splitlines()[0]})")
         self.log(f"input model: {self.base_acc:.2%} on the selection split ({len(x)} images); budget: a drop of at "
                  f"most {self.max_drop:g} points; target: {self.target}")
-        self.resolution_note = resolution_note(self.max_drop, len(x))
+        self.resolution_note = I.resolution_note(self.max_drop, len(x))
         if self.resolution_note:
             self.log(self.resolution_note)
-            self.emit("resolution", images=self.max_drop * len(x) / 100, selection_images=len(x))
+            self.emit("resolution", images=self.max_drop * len(x) / 100, selection_images=len(x),
+                      note=self.resolution_note)
 
     def search(self) -> None:
         """Measure the input, choose the fine-tune rate, run the stages (:mod:`tfopt.search.stages`)."""
@@ -416,27 +416,6 @@ class Search:
         with logging_to(None, verbose=self.fit_verbose):
             self.choose_rate()
             stages.run(self)
-
-
-def resolution_note(max_drop: float, images: int) -> str:
-    """What a budget below :data:`RESOLVABLE_IMAGES` selection images means, or ``""``.
-
-    Args:
-        max_drop: the budget, in points.
-        images: the size of the selection split.
-
-    Returns:
-        One paragraph: the budget in images, that the split cannot tell such a drop from the
-        noise of a fine-tune, what the search does and how to resolve more.
-    """
-    worth = max_drop * images / 100
-    if worth >= RESOLVABLE_IMAGES:
-        return ""
-    return (f"note: a drop of at most {max_drop:g} points is {worth:.1f} of the {images} selection images (one image "
-            f"is {100 / images:.3f} points); the selection split cannot tell such a drop from noise. The search "
-            f"still judges every candidate against it, so it keeps only files that lose at most that many images, "
-            f"and returns the best of them within its time; a larger selection split (the recipe's "
-            f"data.validation_split) or a larger max-drop resolves more.")
 
 
 @contextmanager
@@ -509,9 +488,9 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
             ``"candidate"`` (``id``, ``stage``, ``row``) when a candidate finishes, ``"skipped"``
             (``id``, ``stage``, ``drop_points``, ``skipped``: the ids a hopeless rung ends its
             ladder before), ``"limit"`` (``reason``: ``candidates`` or ``time``), ``"resolution"``
-            (``images``, ``selection_images``: the budget is under :data:`RESOLVABLE_IMAGES` selection
-            images), ``"stopped"`` (``reason``, ``used``: why a search with a time budget ended, having
-            spent that share of it) and ``"chosen"`` (``id``).
+            (``images``, ``selection_images``, ``note``: the budget is under :data:`tfopt.search.inputs.RESOLVABLE_IMAGES`
+            selection images), ``"stopped"`` (``reason``, ``used``, ``note``: why a search with a time
+            budget ended, having spent that share of it) and ``"chosen"`` (``id``).
         fit_verbose: Keras ``fit`` verbosity of the fine-tunes (0: silent); logs go to ``out/logs/<id>/``.
 
     Returns:

@@ -17,6 +17,10 @@ from tfopt.search.measure import class_labels
 from tfopt.steps.source import check_teacher, load_teacher
 from tfopt.training.finetune import DEFAULT_BATCH_SIZE
 
+#: A budget under this many selection images is below what the selection split can resolve: the
+#: search says so at the start.
+RESOLVABLE_IMAGES = 3
+
 
 def weights_digest(model) -> str:
     """A short digest of a model's weights: a resumed search must learn from the same teacher."""
@@ -104,3 +108,24 @@ def teacher_model(teacher, student, distill):
     _, model = enter(teacher, "teacher")
     check_teacher(model, student, f"the model '{model.name}'")
     return model, None
+
+
+def resolution_note(max_drop: float, images: int) -> str:
+    """What a budget below :data:`RESOLVABLE_IMAGES` selection images means, or ``""``.
+
+    Args:
+        max_drop: the budget, in points.
+        images: the size of the selection split.
+
+    Returns:
+        One paragraph: the budget in images, that the split cannot tell such a drop from the
+        noise of a fine-tune, what the search does and how to resolve more.
+    """
+    worth = max_drop * images / 100
+    if worth >= RESOLVABLE_IMAGES:
+        return ""
+    return (f"note: a drop of at most {max_drop:g} points is {worth:.1f} of the {images} selection images (one image "
+            f"is {100 / images:.3f} points); the selection split cannot tell such a drop from noise. The search "
+            f"still judges every candidate against it, so it keeps only files that lose at most that many images, "
+            f"and returns the best of them within its time; a larger selection split (the recipe's "
+            f"data.validation_split) or a larger max-drop resolves more.")

@@ -70,9 +70,9 @@ def sparse_raw_bytes(model, mode: str, x_calib) -> int | None:
         return None
 
 
-def latency_us(content: bytes, sample, runs: int = 200, repeats: int = 5) -> float:
-    """Median 1-thread LiteRT latency of one image (the fastest of ``repeats`` blocks of ``runs``)."""
-    return tflite.latency_us(content, sample, num_threads=1, runs=runs, repeats=repeats)["median_us"]
+def latency_us(content: bytes, sample, runs: int = 200, repeats: int = 5, threads: int = 1) -> float:
+    """Median LiteRT latency of one image on ``threads`` threads (the fastest of ``repeats`` blocks of ``runs``)."""
+    return tflite.latency_us(content, sample, num_threads=threads, runs=runs, repeats=repeats)["median_us"]
 
 
 def stats(model) -> dict:

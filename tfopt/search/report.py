@@ -208,7 +208,9 @@ def header_lines(search, rows) -> list[str]:
     lines += [" ".join(notes), ""] if notes else []
     if ref:
         lines += [f"Input model as float32 TFLite: {ref['gzip_bytes']:,} bytes gzip, {ref['raw_bytes']:,} bytes raw, "
-                  f"{ref['macs']:,} MACs, {ref['latency_us']:.0f} µs 1-thread LiteRT, {ref['accuracy']:.2%} on the "
+                  f"{ref['macs']:,} MACs, {ref['latency_us']:.0f} µs 1-thread LiteRT"
+                  + (f" ({ref['latency_us_2t']:.0f} µs on 2 threads)" if ref.get("latency_us_2t") else "")
+                  + f", {ref['accuracy']:.2%} on the "
                   f"selection split.", ""]
     return lines
 
@@ -225,7 +227,8 @@ def chosen_lines(search, chosen, test, paired) -> list[str]:
              + (f" ± {paired['standard_error_points']:.2f}, the paired standard error: the input "
                 f"model right and this file wrong on {paired['lost']} images, the reverse on "
                 f"{paired['won']}" if paired else "") + ")",
-             f"- {chosen['macs']:,} MACs, {chosen['latency_us']:.0f} µs 1-thread LiteRT"]
+             f"- {chosen['macs']:,} MACs, {chosen['latency_us']:.0f} µs 1-thread LiteRT"
+             + (f" ({chosen['latency_us_2t']:.0f} µs on 2 threads)" if chosen.get("latency_us_2t") else "")]
     if ref:
         lines += [f"- against the float32 TFLite: {ref['gzip_bytes'] / chosen['tflite_gzip_bytes']:.1f}× smaller "
                   f"(gzip), {ref['raw_bytes'] / chosen['tflite_raw_bytes']:.1f}× (raw), latency "

@@ -474,7 +474,7 @@ def extend_stage(search, shared) -> bool:
     search.stop_reason = (f"stopped after {search.elapsed() / 60:.1f} of {search.budget_s / 60:.1f} min "
                           f"({used:.0%} of the time budget): {reason}")
     search.log(search.stop_reason)
-    search.emit("stopped", reason=reason, used=used)
+    search.emit("stopped", reason=reason, used=used, note=search.stop_reason)
     return True
 
 
