@@ -210,3 +210,60 @@ def test_dead_relus_are_flagged():
     alert = next(a for a in mon.alerts if a["layer"] == "dead" and "dead ReLUs" in a["message"])
     assert alert["message"].startswith("100% of the units of 'dead' output zero on the whole probe batch")
     assert mon.records[0]["layers"]["dead"]["dead_fraction"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------
+# BatchNormRefresh
+
+
+def bn_model(km):
+    L = km.layers
+    return km.Sequential([km.Input((6, 6, 1)), L.Conv2D(4, 3, use_bias=False, name="conv"),
+                          L.BatchNormalization(name="bn"), L.ReLU(), L.Flatten(), L.Dropout(0.5, name="drop"),
+                          L.Dense(3, activation="softmax", name="fc")])
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_refresh_batch_norm_sets_the_statistics_of_the_layer_inputs(world):
+    from tfopt.callbacks import refresh_batch_norm
+
+    km = importlib.import_module(world)
+    model = bn_model(km)
+    bn, conv = model.get_layer("bn"), model.get_layer("conv")
+    bn.moving_mean.assign(np.full(4, 5.0, np.float32))
+    bn.moving_variance.assign(np.full(4, 100.0, np.float32))
+    kernel = conv.get_weights()[0].copy()
+    x, _ = data(n=96)
+    assert refresh_batch_norm(model, x, batch_size=32, batches=10) == 3
+    feats = np.asarray(conv(x)).reshape(-1, 4)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), feats.mean(0), rtol=1e-4, atol=1e-5)
+    # batch variances are Bessel-corrected per batch of 32 × 16 positions
+    np.testing.assert_allclose(bn.moving_variance.numpy(), feats.var(0), rtol=5e-3)
+    np.testing.assert_array_equal(conv.get_weights()[0], kernel)
+    assert float(bn.momentum) == 0.99 and float(model.get_layer("drop").rate) == 0.5
+    assert refresh_batch_norm(cnn(km), x) == 0  # no BatchNormalization: nothing to do
+
+
+def test_batch_norm_refresh_callback_leaves_statistics_that_match_the_final_weights():
+    import tf_keras as km
+
+    from tfopt.callbacks import BatchNormRefresh, refresh_batch_norm
+
+    x, y = data(n=256)
+
+    def trained(callbacks):
+        km.utils.set_random_seed(0)
+        model = bn_model(km)
+        model.compile(km.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=32, epochs=2, validation_data=(x[:64], y[:64]), verbose=0,
+                  callbacks=callbacks)
+        stats = [v.numpy().copy() for v in (model.get_layer("bn").moving_mean, model.get_layer("bn").moving_variance)]
+        refresh_batch_norm(model, x[:128], batch_size=32, batches=4)
+        fresh = [model.get_layer("bn").moving_mean.numpy(), model.get_layer("bn").moving_variance.numpy()]
+        return stats, fresh
+
+    stats, fresh = trained([BatchNormRefresh(x[:128], batch_size=32, batches=4)])
+    for a, b in zip(stats, fresh):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    stale, fresh = trained([])  # 16 steps of momentum 0.99 leave the moving averages near their start
+    assert np.abs(stale[1] - fresh[1]).max() > 0.1 * np.abs(fresh[1]).max()

@@ -10,9 +10,10 @@ Example:
     ...                                      GradientNormMonitor((x[:64], y[:64]), every_n_steps=100)])
 """
 
+from tfopt.callbacks.batchnorm import BatchNormRefresh, refresh_batch_norm
 from tfopt.callbacks.gradients import GradientNormMonitor
 from tfopt.callbacks.lr import LearningRateDecay
 from tfopt.callbacks.lr_finder import LRFinder, find_lr
 from tfopt.callbacks.weights import WeightStatsMonitor
 
-__all__ = ["GradientNormMonitor", "LearningRateDecay", "LRFinder", "WeightStatsMonitor", "find_lr"]
+__all__ = ["BatchNormRefresh", "GradientNormMonitor", "LearningRateDecay", "LRFinder", "WeightStatsMonitor", "find_lr", "refresh_batch_norm"]

@@ -82,6 +82,9 @@ class Train(Config):
     checkpoint: Monitor = Field(default_factory=Monitor, description="what 'best' means for best.keras")
     restore_best: bool = Field(False, description="finish with the best checkpoint's weights")
     stop_on_nan: bool = True
+    batch_norm_refresh: int = Field(
+        25, ge=0, description="before each validation, re-estimate BatchNormalization's moving statistics from this "
+                              "many training batches with the current weights (0: keep the moving averages)")
     verbose: Literal["auto", 0, 1, 2] = "auto"
     compile: Compile = Field(default_factory=Compile)
     distribute: Distribute = Field("none", description="none | mirrored (local devices) | multi_worker (TF_CONFIG)")

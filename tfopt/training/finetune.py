@@ -255,7 +255,7 @@ def fine_tune(model, data, settings: FineTuneSettings, *, callbacks=(), lr_sched
 def recalibrate_batchnorm(model, data, *, batches: int = RECALIBRATION_BATCHES, batch_size: int | None = None,
                           log=print) -> int:
     """Re-estimate every BatchNorm's moving mean and variance of ``model`` (in place) from
-    ``batches`` batches of ``data``, as the average of their batch statistics; no weight changes.
+    ``batches`` batches of ``data`` (see :func:`tfopt.callbacks.refresh_batch_norm`); no weight changes.
 
     A fine-tune that changes the layers before a BatchNorm a lot (pruning 70% of a conv's
     weights, removing channels) leaves its moving averages behind: the model does well in
@@ -266,25 +266,15 @@ def recalibrate_batchnorm(model, data, *, batches: int = RECALIBRATION_BATCHES, 
         The batches used (0 when the model has no BatchNorm, or under tf.distribute, where it is
         skipped).
     """
-    import tf_keras as keras
+    from tfopt.callbacks.batchnorm import batch_norm_layers, refresh_batch_norm
 
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = batch_norm_layers(model)
     if not bns or data is None or batches < 1:
         return 0
     if distribute.active() is not None:
         log("BatchNorm statistics not re-estimated under tf.distribute")
         return 0
     ds = as_dataset(data, batch_size or DEFAULT_BATCH_SIZE, model=model, training=True)
-    saved = [bn.momentum for bn in bns]
-    used = 0
-    try:
-        for x, *_ in ds.take(batches):
-            used += 1
-            for bn in bns:
-                bn.momentum = 1.0 - 1.0 / used  # moving value = the mean of the batch values so far
-            model(x, training=True)
-    finally:
-        for bn, momentum in zip(bns, saved):
-            bn.momentum = momentum
+    used = refresh_batch_norm(model, (x for x, *_ in ds), batches=batches)
     log(f"re-estimated the statistics of {len(bns)} BatchNorm layer(s) on {used} batches")
     return used

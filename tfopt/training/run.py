@@ -34,7 +34,8 @@ import tf_keras as keras
 import yaml
 
 import tfopt
-from tfopt.callbacks import LRFinder
+from tfopt.callbacks import BatchNormRefresh, LRFinder
+from tfopt.callbacks.batchnorm import batch_norm_layers
 from tfopt.callbacks.recipe import recipe_callbacks
 from tfopt.config.callbacks import LRFinderConfig
 from tfopt.data.pipeline import load_splits, make_dataset
@@ -193,7 +194,7 @@ def fit(recipe, *, output=None, resume=False, overwrite=False, callbacks=(), sto
     train_ds, val_ds, test_ds = datasets(recipe, splits)
     clock = _Clock(start.seconds)
     ckpt = _checkpointer(recipe, run, start, choice, plateau, clock, validated=val_ds is not None)
-    cbs = [plateau, *stock, *from_recipe, ckpt, *callbacks]
+    cbs = [plateau, *stock, *from_recipe, *_refresh(recipe, splits, model), ckpt, *callbacks]
     if stop_after is not None:
         cbs.append(StopAfter(stop_after))
     _train(model, recipe, run, start.epoch, (train_ds, val_ds), cbs, stop_after, clock, quiet=worker_root is not None)
@@ -281,6 +282,15 @@ def _stock_callbacks(recipe, run: RunDir) -> list:
     if recipe.output.tensorboard:
         out.append(keras.callbacks.TensorBoard(str(run.path("logs")), write_graph=False, profile_batch=0))
     return out
+
+
+def _refresh(recipe, splits, model) -> list:
+    """The BatchNormalization refresh the recipe asks for: before each validation and checkpoint."""
+    batches = recipe.train.batch_norm_refresh
+    if not batches or not batch_norm_layers(model) or distribute.active() is not None:
+        return []
+    bs = recipe.train.batch_size
+    return [BatchNormRefresh(splits.x_train[: bs * batches], batch_size=bs, batches=batches)]
 
 
 def _compile_choice(recipe, splits, model, start: _Start, strategy, watched, stop_after):
