@@ -408,3 +408,22 @@ def test_the_compile_probe_stops_timing_a_candidate_already_slower_than_the_fast
     calls.clear()
     probe._time_candidate(lambda *a: Slow(), Data(), "float32", False, 1, 8)
     assert len(calls) == 1 + 2 * 8  # no rival yet: timed in full, twice
+
+
+@pytest.mark.parametrize("batches", [2, 0])
+def test_fit_leaves_batch_norm_statistics_of_the_final_weights_unless_told_not_to(tiny_recipe, tmp_path, batches):
+    from tfopt.callbacks import refresh_batch_norm
+    from tfopt.data.pipeline import load_splits
+
+    recipe = tiny_recipe(**{"train.batch_norm_refresh": batches, "train.lr": {"initial": 0.05}})
+    res = fit(recipe, output=tmp_path, log=lambda *_: None)
+    bn = res.model.get_layer("bn1")
+    kept = [bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()]
+    x = load_splits(recipe.data, recipe.seed).x_train
+    refresh_batch_norm(res.model, x[:64], batch_size=32, batches=2)
+    gap = np.abs(kept[1] - bn.moving_variance.numpy()).max() / np.abs(bn.moving_variance.numpy()).max()
+    if batches:
+        np.testing.assert_allclose(kept[0], bn.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+        assert gap < 1e-5
+    else:  # 15 steps of momentum 0.99: the moving variance stays near its initial 1
+        assert gap > 0.05
