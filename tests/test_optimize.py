@@ -756,16 +756,16 @@ def test_extensions_double_the_last_trained_steps_epochs_of_the_near_misses_that
     plan = stages.extension_candidates(s, 2, {})
     # least drop first; the rewrite after the cut stays, the cut fine-tunes twice the search's 2 epochs; the
     # QAT near miss keeps its mode and doubles its own 6; over twice the budget (p97), larger than the best
-    # (big) or nothing trained (base): none
+    # (big) or nothing trained (base): none; the best itself (0.2 pt down) last
     assert [(row["id"], c.id, est) for row, c, est in plan] == [
         ("ch3+fp-conv1+f32", "ch3-e4+fp-conv1+f32", 60.0), ("ch3+p95+int8", "ch3+perk95-e4+int8", 60.0),
-        ("p99+qat", "perk99-e12+qat", 60.0)]
+        ("p99+qat", "perk99-e12+qat", 60.0), ("ch3+int8", "ch3-e4+int8", 60.0)]
     assert plan[1][1].chain[-1].fine_tune == {"lr": 1e-3, "epochs": 4} and plan[1][1].stage == "extend"
     # an extension that lost as much as the row it came from is not extended again; the row it came from neither
     s.chains["ch3+perk95-e4+int8"] = plan[1][1].chain
     s.rows["ch3+perk95-e4+int8"] = {**_row("ch3+perk95-e4+int8", "extend", 0.7, 1, 40_000, False), "seconds": 50.0}
     again = stages.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})
-    assert [c.id for _, c, _ in again] == ["ch3-e4+fp-conv1+f32", "perk99-e12+qat"]
+    assert [c.id for _, c, _ in again] == ["ch3-e4+fp-conv1+f32", "perk99-e12+qat", "ch3-e4+int8"]
     s.rows["ch3+perk95-e4+int8"]["drop_points"] = 0.6  # it recovered: on to 8 epochs
     assert [c.id for _, c, _ in stages.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})][:2] == [
         "ch3+perk95-e8+int8", "ch3-e4+fp-conv1+f32"]
@@ -810,22 +810,57 @@ def _near_miss_standings():
 
 
 def test_the_extend_stage_spends_the_time_left_and_says_why_it_stopped():
-    # each doubling recovers 0.2 pt: 4 epochs 0.6, 8 epochs 0.4 (within budget, the best), 16 epochs 0.2
+    # each doubling recovers 0.2 pt: 4 epochs 0.6, 8 epochs 0.4 (within budget, the best), then the best itself
+    # fine-tuned longer: 16 epochs 0.2, 32 epochs 0.0 (nothing left to narrow)
     search = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8 - 0.2 * (e.bit_length() - 2))
     assert stages.extend_stage(search, {}) is True
-    assert [r["id"] for r in search.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e8+int8"]
-    assert search.standings.best()["id"] == "perk95-e8+int8"
-    # within budget and the best: nothing left that would beat it
-    assert search.events[-1]["event"] == "stopped" and search.events[-1]["used"] == pytest.approx(180 / 3600)
-    assert search.stop_reason == ("stopped after 3.0 of 60.0 min (5% of the time budget): nothing left to improve: "
-                                  "no near miss (over budget by at most 2× the budget) would beat the best, and every "
-                                  "longer fine-tune tried lost as much as the one before")
+    assert [r["id"] for r in search.standings.rows.values()][2:] == [
+        "perk95-e4+int8", "perk95-e8+int8", "perk95-e16+int8", "perk95-e32+int8"]
+    assert search.standings.best()["id"] == "perk95-e32+int8"
+    assert search.events[-1]["event"] == "stopped" and search.events[-1]["used"] == pytest.approx(900 / 3600)
+    assert search.stop_reason == ("stopped after 15.0 of 60.0 min (25% of the time budget): nothing left to improve: "
+                                  "no near miss (over budget by at most 2× the budget) would beat the best, and the "
+                                  "best loses no accuracy")
     assert search.lines[0] == "p95+int8 missed by 0.30 pt: fine-tuning 4 epochs"
+    assert search.lines[2] == "perk95-e8+int8 is the best, 0.40 pt down: fine-tuning 16 epochs"
     # a fine-tune that does not recover is not doubled again
     flat = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8)
     stages.extend_stage(flat, {})
     assert [r["id"] for r in flat.standings.rows.values()][2:] == ["perk95-e4+int8"]
     assert "nothing left to improve" in flat.stop_reason
+    # the best's own longer fine-tunes end when one recovers nothing more
+    stuck = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.4)
+    stages.extend_stage(stuck, {})
+    assert [r["id"] for r in stuck.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e8+int8"]
+    assert stuck.stop_reason.endswith("would beat the best, and the longer fine-tunes tried lost as much as the "
+                                      "ones before them")
+
+
+def test_the_last_extension_is_cut_to_the_time_left():
+    # 4 epochs (60 s) fit in 150 s; 8 (120 s) do not fit in the 90 s left, 5 (75 s, with a tenth to spare) do
+    search = _TimedSearch(_near_miss_standings(), 150, lambda e: 0.8 - 0.05 * e)
+    assert stages.extend_stage(search, {}) is True
+    assert [r["id"] for r in search.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e5+int8"]
+    assert search.elapsed() == pytest.approx(135.0)
+    assert search.stop_reason.endswith("the next longer fine-tune (perk95-e10+int8, about 2.5 min) would not fit in "
+                                       "the 0.2 min left")
+
+
+def test_latencies_of_one_graph_within_the_measurement_noise_tie_and_the_more_accurate_wins():
+    from tfopt.search.candidates import LATENCY_TIE, Standings
+
+    s = Standings("latency", 0.5)
+    rows = {"a": {"latency_us": 30.0, "macs": 100, "selection_accuracy": 0.90, "tflite_gzip_bytes": 1},
+            "a-longer": {"latency_us": 30.0 * (1 + LATENCY_TIE) - 0.01, "macs": 100, "selection_accuracy": 0.92,
+                         "tflite_gzip_bytes": 1},
+            "other": {"latency_us": 30.5, "macs": 90, "selection_accuracy": 0.99, "tflite_gzip_bytes": 1}}
+    assert s.best([{**r, "id": k} for k, r in rows.items()])["id"] == "a-longer"
+    rows["a-longer"]["latency_us"] = 30.0 * (1 + LATENCY_TIE) + 0.01
+    assert s.best([{**r, "id": k} for k, r in rows.items()])["id"] == "a"
+    size = Standings("size", 0.5)  # other targets: the smallest, ties to the more accurate
+    assert size.best([{"id": "x", "tflite_gzip_bytes": 10, "selection_accuracy": 0.5, "latency_us": 2, "macs": 1},
+                      {"id": "y", "tflite_gzip_bytes": 11, "selection_accuracy": 0.9, "latency_us": 1, "macs": 1}]
+                     )["id"] == "x"
 
 
 def test_the_extend_stage_stops_when_the_next_fine_tune_would_not_fit():

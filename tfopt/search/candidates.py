@@ -138,6 +138,10 @@ def read_rows(path) -> dict:
         return {row["id"]: typed_row(row) for row in csv.DictReader(f)}
 
 
+#: Latencies of one graph (the same MACs) within this fraction of each other are measurement noise.
+LATENCY_TIE = 0.05
+
+
 def score(row: dict, target: str):
     """What the target minimises, from a row."""
     return {"size": row["tflite_gzip_bytes"], "latency": row["latency_us"], "macs": row["macs"]}[target]
@@ -171,9 +175,20 @@ class Standings:
                 if r.get("meets_budget") and not r.get("error") and r["id"] in self.chains]
 
     def best(self, rows=None):
-        """The best of ``rows`` (default: the feasible ones) for the target; None when there are none."""
+        """The best of ``rows`` (default: the feasible ones) for the target; None when there are none.
+
+        Ties go to the more accurate row. For latency, rows with the same MACs as the fastest whose
+        latency is within :data:`LATENCY_TIE` of it tie: they are the same graph, and what
+        separates them is the noise of the measurement."""
         ok = self.feasible() if rows is None else rows
-        return min(ok, key=lambda r: (score(r, self.target), -r["selection_accuracy"])) if ok else None
+        if not ok:
+            return None
+        first = min(ok, key=lambda r: (score(r, self.target), -r["selection_accuracy"]))
+        if self.target != "latency":
+            return first
+        same = [r for r in ok if r["macs"] == first["macs"]
+                and r["latency_us"] <= first["latency_us"] * (1 + LATENCY_TIE)]
+        return max(same, key=lambda r: (r["selection_accuracy"], -r["latency_us"]))
 
     def chain_of(self, row) -> list:
         """The chain of ``row`` (a row or None: the input model's, empty)."""

@@ -34,9 +34,10 @@ a near miss (see :class:`tfopt.search.candidates.Standings`). The stages of each
 8. ``recluster`` (size target): when that made a chain the best that clustering has not seen,
    clustering of that chain, and quantization-aware training for its near misses;
 9. ``extend`` (every target, with a time budget): the time the plan left goes to longer fine-tunes
-   of the near misses that would beat the best, the epochs of a chain's last trained step doubled
-   round after round (:func:`extension_candidates`), until the budget is spent or nothing is left
-   to improve; the search says which.
+   of the near misses that would beat the best, then of the best itself while it loses accuracy,
+   the epochs of a chain's last trained step doubled round after round
+   (:func:`extension_candidates`; the last one cut to fit, :func:`fitted`), until the budget is
+   spent or nothing is left to improve; the search says which.
 
 A stage function takes the running search (:class:`tfopt.search.engine.Search`) and a dict the
 stages share (what an earlier stage chose), and returns False when the time budget or the
@@ -218,11 +219,26 @@ def mode_of(row: dict) -> str:
     return "float32" if row.get("tflite") == "float32" else "qat" if row.get("int8") == "qat" else "int8"
 
 
+def _extended(row, chain, epochs: int, factor: float):
+    """``row``'s chain with the epochs of its last trained step times ``factor`` (at least one more),
+    as an ``extend`` candidate in the row's mode; None when nothing in it fine-tunes."""
+    i = trained_step(chain)
+    if i is None:
+        return None
+    step = chain[i]
+    before = step.fine_tune.get("epochs") or epochs
+    longer = {**step.fine_tune, "epochs": max(before + 1, int(before * factor))}
+    return Candidate(chain[:i] + [ChainStep(step.name, step.settings, longer, step.label)] + chain[i + 1:],
+                     "extend", mode_of(row))
+
+
 def extension_candidates(standings, epochs: int, parents: dict) -> list:
     """The next longer fine-tunes: for each near miss that would beat the best so far (least drop
-    first), its chain with the epochs of its last trained step times :data:`EXTEND_FACTOR`, in the
-    same mode. A short fine-tune leaves a cut or a prune short of where it recovers (see
-    :func:`longer_chains`); a near miss is where more epochs can still cross the budget.
+    first), then for the best itself when it loses accuracy, its chain with the epochs of its last
+    trained step times :data:`EXTEND_FACTOR`, in the same mode. A short fine-tune leaves a cut or a
+    prune short of where it recovers (see :func:`longer_chains`): a near miss is where more epochs
+    can still cross the budget, and the best's own drop, measured on a few thousand images, is
+    safer the narrower it is.
 
     Args:
         standings: the search's :class:`Standings`.
@@ -240,19 +256,29 @@ def extension_candidates(standings, epochs: int, parents: dict) -> list:
             and r["id"] not in extended and (r["id"] not in parents
                                              or r["drop_points"] < parents[r["id"]]["drop_points"])]
     near = [r for r in standings.near_misses(rows) if best is None or score(r, target) < score(best, target)]
+    own = [best] if best is not None and best["drop_points"] > 0 and best in rows else []
     plan = []
-    for row in sorted(near, key=lambda r: (r["drop_points"], score(r, target))):
-        chain = standings.chains[row["id"]]
-        i = trained_step(chain)
-        if i is None:
-            continue
-        step = chain[i]
-        longer = {**step.fine_tune, "epochs": (step.fine_tune.get("epochs") or epochs) * EXTEND_FACTOR}
-        cand = Candidate(chain[:i] + [ChainStep(step.name, step.settings, longer, step.label)] + chain[i + 1:],
-                         "extend", mode_of(row))
-        if cand.id not in standings.rows:
+    for row in sorted(near, key=lambda r: (r["drop_points"], score(r, target))) + own:
+        cand = _extended(row, standings.chains[row["id"]], epochs, EXTEND_FACTOR)
+        if cand is not None and cand.id not in standings.rows:
             plan.append((row, cand, (row.get("seconds") or 0.0) * EXTEND_FACTOR))
     return plan
+
+
+def fitted(standings, plan, epochs: int, left: float):
+    """The first planned extension cut to the epochs that fit in ``left`` seconds (at its row's
+    time per epoch, with a tenth to spare), when that is still more than its row had; else None."""
+    row, cand, est = plan[0]
+    chain = standings.chains[row["id"]]
+    before = chain[trained_step(chain)].fine_tune.get("epochs") or epochs
+    seconds = row.get("seconds") or 0.0
+    if seconds <= 0:
+        return None
+    factor = int(before * 0.9 * left / seconds) / before
+    if factor * before <= before:
+        return None
+    shorter = _extended(row, chain, epochs, factor)
+    return None if shorter.id in standings.rows else (row, shorter, seconds * factor)
 
 
 def qat_chains(standings) -> list:
@@ -439,34 +465,53 @@ def recluster_stage(search, shared) -> bool:
     return search.stage("qat", [[c] for c in qat_chains(search.standings) if c not in shared.get("qat", [])], qat=True)
 
 
+def _nothing_left(standings) -> str:
+    best = standings.best()
+    why = (f"nothing left to improve: no near miss (over budget by at most {standings.near_miss:g}× the budget) "
+           "would beat the best")
+    if best is None:
+        return why
+    if best["drop_points"] <= 0:
+        return why + ", and the best loses no accuracy"
+    if trained_step(standings.chain_of(best)) is None:
+        return why + ", and the best has no fine-tune to lengthen"
+    return why + ", and the longer fine-tunes tried lost as much as the ones before them"
+
+
 def extend_stage(search, shared) -> bool:
     """With a time budget, what the plan left goes to :func:`extension_candidates`, round after
-    round, while one fits in the time left; then the search says why it stopped."""
+    round, while one fits in the time left (the last one cut to fit, see :func:`fitted`); then the
+    search says why it stopped."""
     if search.budget_s is None:
         return True
     parents, started = {}, False
+    epochs = search.fine_tune.epochs
     while True:
-        plan = extension_candidates(search.standings, search.fine_tune.epochs, parents)
+        plan = extension_candidates(search.standings, epochs, parents)
         left = search.budget_s - search.elapsed()
         fits = [p for p in plan if p[2] <= left]
         if not plan:
-            reason = ("nothing left to improve: no near miss (over budget by at most "
-                      f"{search.standings.near_miss:g}× the budget) would beat the best, and every longer "
-                      "fine-tune tried lost as much as the one before")
+            reason = _nothing_left(search.standings)
             break
         if not fits:
-            row, cand, est = plan[0]
-            reason = (f"the next longer fine-tune ({cand.id}, about {est / 60:.1f} min) would not fit in the "
-                      f"{max(left, 0) / 60:.1f} min left")
-            break
+            cut = fitted(search.standings, plan, epochs, left)
+            if cut is None:
+                row, cand, est = plan[0]
+                reason = (f"the next longer fine-tune ({cand.id}, about {est / 60:.1f} min) would not fit in the "
+                          f"{max(left, 0) / 60:.1f} min left")
+                break
+            fits = [cut]
         if not started:
             search.emit("stage", name="extend")
             started = True
+        best = search.standings.best()
         for row, cand, _ in fits[:EXTEND_PICKS]:
             if not search.may_start():
                 return False
-            search.log(f"{row['id']} missed by {row['drop_points'] - search.max_drop:.2f} pt: fine-tuning "
-                       f"{cand.chain[trained_step(cand.chain)].fine_tune['epochs']} epochs")
+            n = cand.chain[trained_step(cand.chain)].fine_tune["epochs"]
+            search.log(f"{row['id']} is the best, {row['drop_points']:.2f} pt down: fine-tuning {n} epochs"
+                       if best is not None and row["id"] == best["id"] else
+                       f"{row['id']} missed by {row['drop_points'] - search.max_drop:.2f} pt: fine-tuning {n} epochs")
             search.standings.chains[cand.id] = cand.chain
             parents[cand.id] = row
             search.evaluate(cand)
