@@ -485,6 +485,22 @@ def test_latency_search_removes_layers_and_folds_pools_without_changing_the_pred
     assert float(folded[0]["macs"]) > float(rows[parent]["macs"])  # 4 filter groups of a kernel one larger
 
 
+def test_the_remove_stage_tries_shape_keeping_layers_but_not_batch_norm():
+    import tf_keras as keras
+
+    from tfopt.search.measure import removable_layers
+
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, padding="same", name="stem")(inp)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.Conv2D(4, 3, padding="same", name="keeps")(x)
+    x = L.BatchNormalization(name="keeps_bn")(x)
+    x = L.Conv2D(6, 3, padding="same", name="widens")(x)
+    out = L.Dense(2, name="head")(L.GlobalAveragePooling2D(name="gap")(x))
+    assert removable_layers(keras.Model(inp, out)) == ["keeps"]
+
+
 # -- the stages' plans, from rows ------------------------------------------------------------------
 
 
