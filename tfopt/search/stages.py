@@ -219,15 +219,14 @@ def mode_of(row: dict) -> str:
     return "float32" if row.get("tflite") == "float32" else "qat" if row.get("int8") == "qat" else "int8"
 
 
-def _extended(row, chain, epochs: int, factor: float):
-    """``row``'s chain with the epochs of its last trained step times ``factor`` (at least one more),
-    as an ``extend`` candidate in the row's mode; None when nothing in it fine-tunes."""
+def _extended(row, chain, epochs: int, longer_epochs):
+    """``row``'s chain with its last trained step fine-tuned ``longer_epochs(epochs it had)``
+    epochs, as an ``extend`` candidate in the row's mode; None when nothing in it fine-tunes."""
     i = trained_step(chain)
     if i is None:
         return None
     step = chain[i]
-    before = step.fine_tune.get("epochs") or epochs
-    longer = {**step.fine_tune, "epochs": max(before + 1, int(before * factor))}
+    longer = {**step.fine_tune, "epochs": longer_epochs(step.fine_tune.get("epochs") or epochs)}
     return Candidate(chain[:i] + [ChainStep(step.name, step.settings, longer, step.label)] + chain[i + 1:],
                      "extend", mode_of(row))
 
@@ -259,7 +258,7 @@ def extension_candidates(standings, epochs: int, parents: dict) -> list:
     own = [best] if best is not None and best["drop_points"] > 0 and best in rows else []
     plan = []
     for row in sorted(near, key=lambda r: (r["drop_points"], score(r, target))) + own:
-        cand = _extended(row, standings.chains[row["id"]], epochs, EXTEND_FACTOR)
+        cand = _extended(row, standings.chains[row["id"]], epochs, lambda before: before * EXTEND_FACTOR)
         if cand is not None and cand.id not in standings.rows:
             plan.append((row, cand, (row.get("seconds") or 0.0) * EXTEND_FACTOR))
     return plan
@@ -274,11 +273,11 @@ def fitted(standings, plan, epochs: int, left: float):
     seconds = row.get("seconds") or 0.0
     if seconds <= 0:
         return None
-    factor = int(before * 0.9 * left / seconds) / before
-    if factor * before <= before:
+    fit = int(before * 0.9 * left / seconds)
+    if fit <= before:
         return None
-    shorter = _extended(row, chain, epochs, factor)
-    return None if shorter.id in standings.rows else (row, shorter, seconds * factor)
+    shorter = _extended(row, chain, epochs, lambda _: fit)
+    return None if shorter.id in standings.rows else (row, shorter, seconds * fit / before)
 
 
 def qat_chains(standings) -> list:
