@@ -346,7 +346,7 @@ def test_cli_remove_layers_analyze_and_budget(base_run, tmp_path):
     res = run("remove-layers", base_run, "--analyze", "--output", tmp_path)
     assert res.exit_code == 2 and "no layer or block of this model can be removed" in res.output
     res = run("remove-layers", base_run, "--layers", "conv1", "--output", tmp_path)
-    assert res.exit_code == 2 and "cannot remove conv1: it maps 8×8×1 to 8×8×8" in res.output
+    assert res.exit_code == 2 and "cannot remove conv1 through act1: it maps 8×8×1 to 8×8×8" in res.output
     res = run("remove-layers", base_run, "--layers", "dropout9", "--output", tmp_path)
     assert res.exit_code == 2 and "no layer or block 'dropout9' in this model" in res.output
 

@@ -263,13 +263,59 @@ def test_identity_block_and_shape_keeping_conv_are_removable():
 
 def test_impossible_removals_are_refused_with_shapes():
     model = resnet()
-    with pytest.raises(TfoptError, match=r"cannot remove block2_conv1: it maps 8×8×4 to 4×4×8, and the layers after "
-                                         r"it expect 4×4×8; only layers \(or blocks\) that keep the shape"):
+    with pytest.raises(TfoptError, match=r"cannot remove block2_conv1 through block2_out: it maps 8×8×4 "
+                                         r"to 4×4×8, and the layers after it expect 4×4×8; only layers \(or blocks\) "
+                                         r"that keep the shape"):
         remove_layers(model, ["block2"])
     with pytest.raises(TfoptError, match="cannot remove fc1: it is the model's output"):
         remove_layers(model, ["fc1"])
     with pytest.raises(TfoptError, match=r"no layer or block 'blok1' in this model \(did you mean 'block1'\?\)"):
         remove_layers(model, ["blok1"])
+
+
+def inverted_residuals():
+    return build_model(Model.model_validate({"layers": [
+        {"type": "conv2d", "filters": 8, "batch_norm": True, "activation": "relu6"},
+        {"type": "inverted_residual", "filters": 8, "squeeze_excite": 0.25},
+        {"type": "inverted_residual", "filters": 12, "strides": 2},
+        {"type": "global_avg_pool"}, {"type": "dense", "units": 3, "activation": "softmax"}]}), (8, 8, 1))
+
+
+def test_an_inverted_residual_block_goes_as_a_whole_and_leaves_its_shortcut():
+    from tfopt.search.measure import removable_layers
+    from tfopt.surgery.remove import residual_blocks
+
+    model = inverted_residuals()
+    block = [layer.name for layer in model.layers if layer.name.startswith("ir1_")]
+    assert len(block) == 15  # expand, depthwise, squeeze-excite and projection change widths inside the block
+    assert residual_blocks(model) == ["ir1"] and "ir1" in candidates(model)
+    assert removable_layers(model) == ["ir1", "ir1_dw"]
+    smaller, removed = remove_layers(model, ["ir1"])
+    assert removed == block
+    assert smaller.get_layer("ir2_expand").inbound_nodes[0].inbound_layers.name == "act1"
+    # the same function as the model whose branch adds zero
+    zeroed = keras.models.clone_model(model)
+    zeroed.set_weights(model.get_weights())
+    bn = zeroed.get_layer("ir1_project_bn")
+    gamma, beta, mean, var = bn.get_weights()
+    bn.set_weights([0 * gamma, 0 * beta, mean, var])
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(smaller.predict(x, verbose=0), zeroed.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TfoptError, match=r"cannot remove ir2_expand through ir2_project_bn: it maps "
+                                         r"8×8×8 to 4×4×12"):
+        remove_layers(model, ["ir2"])
+
+
+def test_residual_blocks_of_keras_applications_are_named_by_their_prefix():
+    from tfopt.surgery.remove import residual_blocks
+
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None)
+    blocks = residual_blocks(model)
+    assert blocks == ["block_2", "block_4", "block_5", "block_7", "block_8", "block_9", "block_11", "block_12",
+                      "block_14", "block_15"]
+    smaller, removed = remove_layers(model, ["block_5"])
+    assert removed == [layer.name for layer in model.layers if layer.name.startswith("block_5_")]
+    assert smaller.get_layer("block_6_expand").inbound_nodes[0].inbound_layers.name == "block_4_add"
 
 
 def test_analyze_with_budget_picks_and_writes(tmp_path):

@@ -355,7 +355,8 @@ def fold_pool(model, data=None, *, layers=None, measure: bool = False, log=None)
 
 
 def remove_layers(model, layers, data=None, *, epochs: int = 1, log=None, **fine_tune):
-    """The model without ``layers`` (names, or residual blocks such as ``"block2"``), rewired and
+    """The model without ``layers`` (names, or residual blocks that an identity shortcut skips,
+    named by their layers' shared prefix such as ``"block2"`` or ``"block_5"``), rewired and
     fine-tuned for ``epochs`` on ``data`` (``epochs=0``: no fine-tune, no data needed).
 
     Args:

@@ -22,6 +22,7 @@ from tfopt.steps.quantize import is_qat
 from tfopt.steps.sensitivity import magnitude_pruned, one_layer_cuts
 from tfopt.surgery.channels import one_group_cuts, trace
 from tfopt.surgery.fold_pool import plan, without_blocking_batchnorm
+from tfopt.surgery.remove import remove_layers, residual_blocks
 from tfopt.training.finetune import fine_tune, recalibrate_batchnorm
 
 #: Channel ratios and kernel sparsities the sensitivity sweeps try on each layer.
@@ -101,12 +102,14 @@ def prunable_layers(model) -> dict:
 
 
 def removable_layers(model) -> list[str]:
-    """Layers whose removal keeps the graph valid (same input and output shape), e.g. a conv
-    with ``same`` padding between equal widths, or a residual block. BatchNormalization layers
-    are left out: a TFLite file folds them into the layer before them or runs them as one
-    multiply-add, so taking one out saves next to nothing and risks accuracy (a ResNet-18's stem
-    BatchNorm removed: the same MACs and latency, 0.4 pt down on the selection split, 1.05 on the
-    test set)."""
+    """What the remove stage may take out, most work first: the residual blocks an identity
+    shortcut skips (``ir5``, ``block1``; :func:`tfopt.surgery.remove.residual_blocks`), the one
+    saving the most multiply-adds first, then
+    single layers whose removal keeps the graph valid (same input and output shape), e.g. a conv
+    with ``same`` padding between equal widths. BatchNormalization layers are left out: a TFLite
+    file folds them into the layer before them or runs them as one multiply-add, so taking one
+    out saves next to nothing and risks accuracy (a ResNet-18's stem BatchNorm removed: the same
+    MACs and latency, 0.4 pt down on the selection split, 1.05 on the test set)."""
     out = []
     for layer in model.layers[1:-1]:
         if type(layer).__name__ == "BatchNormalization":
@@ -116,7 +119,8 @@ def removable_layers(model) -> list[str]:
                 out.append(layer.name)
         except (AttributeError, ValueError):
             continue
-    return out
+    macs = {name: model_stats(remove_layers(model, [name])[0])["macs"] for name in residual_blocks(model)}
+    return sorted(macs, key=macs.get) + out
 
 
 def foldable_pools(model) -> list[str]:
