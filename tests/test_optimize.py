@@ -897,3 +897,44 @@ def test_a_budget_below_what_the_selection_split_resolves_is_named_at_the_start(
     assert note.startswith("note: a drop of at most 0.02 points is 1.0 of the 5000 selection images (one image is "
                            "0.020 points); the selection split cannot tell such a drop from noise.")
     assert resolution_note(0.0, 250).startswith("note: a drop of at most 0 points is 0.0 of the 250 selection images")
+
+
+def test_latency_finalists_are_timed_again_in_turn_and_keep_their_fastest_figure(tmp_path, monkeypatch):
+    """The fastest files within budget (within FINALIST_SPREAD of the fastest) are timed again, in
+    turn, and each keeps its fastest new figure; the slow file, the one over budget and the rows
+    of candidates.csv follow."""
+    from types import SimpleNamespace
+
+    from tfopt.search import engine
+    from tfopt.search.candidates import SearchState, read_rows
+
+    # the first figures: "a" was timed during a busy minute
+    s = _standings(0.5, a=([], _row("a", "int8", 0.2, 1, 1, True)), b=([], _row("b", "int8", 0.3, 1, 1, True)),
+                   c=([], _row("c", "int8", 0.1, 1, 1, True)), d=([], _row("d", "int8", 0.9, 1, 1, False)))
+    s.target = "latency"
+    for id_, us in {"a": 100.0, "b": 80.0, "c": 200.0, "d": 10.0}.items():
+        s.rows[id_]["latency_us"] = us
+        (tmp_path / "cache" / id_).mkdir(parents=True)
+        (tmp_path / "cache" / id_ / "model.tflite").write_bytes(id_.encode())
+    state = SearchState(tmp_path)
+    for row in s.rows.values():
+        state.append(row)
+    figures = {b"a": iter([70.0, 60.0, 65.0]), b"b": iter([75.0, 72.0, 90.0])}
+    calls = []
+
+    def fake_latency(content, sample):
+        calls.append(content)
+        return next(figures[content])
+
+    monkeypatch.setattr(engine.M, "latency_us", fake_latency)
+    events, lines = [], []
+    fake = SimpleNamespace(standings=s, target="latency", out=tmp_path, x_sel=np.zeros((1, 2)), state=state,
+                           rows=s.rows, log=lines.append, emit=lambda e, **f: events.append({"event": e, **f}))
+    engine.Search.retime_finalists(fake)
+    assert calls == [b"b", b"a"] * engine.FINALIST_ROUNDS  # fastest first, in turn
+    assert {k: r["latency_us"] for k, r in s.rows.items()} == {"a": 60.0, "b": 72.0, "c": 200.0, "d": 10.0}
+    assert s.best()["id"] == "a"
+    assert events == [{"event": "retimed", "latency_us": {"a": 60.0, "b": 72.0}, "note": lines[0]}]
+    assert lines == ["the 2 fastest files within budget timed again, in turn (3 rounds): a 60 µs, b 72 µs"]
+    assert {k: r["latency_us"] for k, r in read_rows(tmp_path / "candidates.csv").items()} == \
+        {"a": 60.0, "b": 72.0, "c": 200.0, "d": 10.0}

@@ -138,7 +138,7 @@ def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, l
             finished.append(event)
             if progress:
                 echo_err(candidate_line(len(finished), event))
-        elif event["event"] in ("resolution", "stopped") and progress:
+        elif event["event"] in ("resolution", "stopped", "retimed") and progress:
             echo_err(event["note"])
 
     try:

@@ -234,6 +234,16 @@ class SearchState:
             writer.writerow(row)
             f.flush()
 
+    def rewrite(self, rows) -> None:
+        """``candidates.csv`` written anew with ``rows`` (after a measurement was repeated),
+        through a temporary file and a rename."""
+        tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.csv_path)
+
     def save(self, elapsed_s: float, settings: dict, probe: list) -> None:
         """``state.json``: the time spent, the settings the candidates depend on, the rate probe."""
         (self.out / "state.json").write_text(json.dumps({"elapsed_s": elapsed_s, "settings": settings,
