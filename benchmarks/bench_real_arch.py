@@ -9,7 +9,11 @@ one run of this script:
 3. runs TFMOT's documented pipelines on the same model: 50% magnitude pruning
    (``prune_low_magnitude``, polynomial decay, ``--tfmot-epochs`` of fine-tuning, ``strip_pruning``)
    then post-training int8; and quantization-aware training (``quantize_model``, the same epochs)
-   to int8. A pipeline TFMOT refuses is recorded with its error;
+   to int8. Where TFMOT refuses the whole model (a layer outside its registry, such as the
+   Rescaling of a hard-swish), its documented pattern for such models is used instead: the
+   supported layers pruned or annotated through ``clone_model``, the rest left as they are (the
+   QAT file's converter calibrates them from a representative set); the note says so. A pipeline
+   that still fails is recorded with its error;
 4. runs ``tfopt optimize --target latency`` and ``--target size`` (``--max-drop``,
    ``--time-budget``) as a user would, and measures the chosen files here, on the full test set;
 5. measures XNNPACK's sparse float path: the model's 1×1 convolutions pruned to ``--sparse-share``
@@ -98,25 +102,54 @@ def tfmot_pruned_int8(model, train, x_calib, epochs: int, batch_size: int):
     sp = import_tfmot().sparsity.keras
     steps = epochs * int(np.ceil(len(train[0]) / batch_size))
     schedule = sp.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=max(1, steps // 2), frequency=max(1, steps // 40))
-    pruned = sp.prune_low_magnitude(model, pruning_schedule=schedule)
+    how = "whole model"
+    try:
+        pruned = sp.prune_low_magnitude(model, pruning_schedule=schedule)
+    except ValueError as exc:
+        # TFMOT's guide for a model with a layer its registry refuses: prune the layers it supports
+        from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+        log(f"    whole model refused ({' '.join(str(exc).split())[:120]}...); pruning the supported layers")
+        pruned = tf_keras.models.clone_model(
+            model, clone_function=lambda layer: sp.prune_low_magnitude(layer, pruning_schedule=schedule)
+            if PruneRegistry.supports(layer) and layer.weights else layer)
+        how = "TFMOT's prune-some-layers pattern: the whole model was refused"
     pruned.compile(tf_keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
     pruned.fit(*train, batch_size=batch_size, epochs=epochs, verbose=2, callbacks=[sp.UpdatePruningStep()])
-    return ptq_int8(sp.strip_pruning(pruned), x_calib)
+    return ptq_int8(sp.strip_pruning(pruned), x_calib), how
 
 
-def tfmot_qat_int8(model, train, epochs: int, batch_size: int):
+def tfmot_qat_int8(model, train, x_calib, epochs: int, batch_size: int):
     """Quantization-aware training as TFMOT's guide does it: ``quantize_model``, fine-tune, convert."""
     import tensorflow as tf
     import tf_keras
 
     from tfopt.interop import import_tfmot
 
-    q = import_tfmot().quantization.keras.quantize_model(model)
+    qk = import_tfmot().quantization.keras
+    conv_args, how = {}, "whole model"
+    try:
+        q = qk.quantize_model(model)
+    except RuntimeError as exc:
+        # TFMOT's guide for a model with a layer its 8-bit scheme refuses: annotate the layers it
+        # supports, quantize_apply; the converter calibrates the rest from a representative set
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry \
+            import Default8BitQuantizeRegistry
+
+        log(f"    whole model refused ({' '.join(str(exc).split())[:120]}...); quantizing the supported layers")
+        registry = Default8BitQuantizeRegistry()
+        annotated = tf_keras.models.clone_model(
+            model, clone_function=lambda layer: qk.quantize_annotate_layer(layer) if registry.supports(layer) else layer)
+        q = qk.quantize_apply(annotated)
+        conv_args["representative_dataset"] = representative(x_calib)
+        how = "TFMOT's quantize-some-layers pattern (the rest calibrated by the converter): the whole model was refused"
     q.compile(tf_keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
     q.fit(*train, batch_size=batch_size, epochs=epochs, verbose=2)
     conv = tf.lite.TFLiteConverter.from_keras_model(q)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    return conv.convert()
+    for key, value in conv_args.items():
+        setattr(conv, key, value)
+    return conv.convert(), how
 
 
 def searched(run: Path, target: str, max_drop: float, budget: str, out: Path) -> tuple[dict, bytes, float]:
@@ -217,8 +250,9 @@ def run_model(name: str, args) -> dict:
         log(f"[{name}] {label}")
         t0 = time.perf_counter()
         try:
-            files[label] = make()
-            rec["notes"][label] = f"{time.perf_counter() - t0:.0f} s"
+            made = make()
+            files[label], how = made if isinstance(made, tuple) else (made, None)
+            rec["notes"][label] = f"{time.perf_counter() - t0:.0f} s" + (f"; {how}" if how else "")
         except Exception as exc:  # a refused pipeline is a result
             rec["notes"][label] = f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             log(f"[{name}] {label}: {rec['notes'][label]}")
@@ -235,7 +269,7 @@ def run_model(name: str, args) -> dict:
     if "tfmot" in args.parts:
         attempt("TFMOT prune 50% + int8", lambda: tfmot_pruned_int8(fresh(), train, train[0],
                                                                       args.tfmot_epochs, batch))
-        attempt("TFMOT QAT int8", lambda: tfmot_qat_int8(fresh(), train, args.tfmot_epochs, batch))
+        attempt("TFMOT QAT int8", lambda: tfmot_qat_int8(fresh(), train, train[0], args.tfmot_epochs, batch))
     if "sparse" in args.parts:
         pruned, pointwise = pointwise_pruned(src.model, train, args.sparse_share, args.tfmot_epochs, batch)
         if pruned is not None:
