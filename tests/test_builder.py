@@ -178,6 +178,13 @@ def test_inverted_residual_blocks_with_squeeze_excite_and_hard_swish(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32") * 4
     z, act = probe.predict(x, verbose=0)
     np.testing.assert_allclose(act, z * np.clip(z + 3, 0, 6) / 6, rtol=1e-5, atol=1e-6)
+    # in this form the TFLite converter fuses each hard swish into one op
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfopt.tflite import convert
+
+    ops = [d["op_name"] for d in Interpreter(model_content=convert(m, "float32"))._get_ops_details()]
+    assert ops.count("HARD_SWISH") == 3 and "MINIMUM" not in ops  # after conv1, ir2_expand and ir2_dw
     m.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(again.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-6)

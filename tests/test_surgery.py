@@ -287,7 +287,7 @@ def test_an_inverted_residual_block_goes_as_a_whole_and_leaves_its_shortcut():
 
     model = inverted_residuals()
     block = [layer.name for layer in model.layers if layer.name.startswith("ir1_")]
-    assert len(block) == 15  # expand, depthwise, squeeze-excite and projection change widths inside the block
+    assert len(block) == 16  # expand, depthwise, squeeze-excite and projection change widths inside the block
     assert residual_blocks(model) == ["ir1"] and "ir1" in candidates(model)
     assert removable_layers(model) == ["ir1", "ir1_dw"]
     smaller, removed = remove_layers(model, ["ir1"])

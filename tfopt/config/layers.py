@@ -457,12 +457,13 @@ SEPARATE_ACTIVATIONS = ("relu6", "leaky_relu", "hard_swish", "hard_sigmoid")
 def activation_names(activation: str, name: str) -> list[str]:
     """Names of the layers an activation called ``name`` is built from, ``name`` last.
 
-    MobileNetV3's hard sigmoid, relu6(x + 3) / 6, is a Rescaling (x / 6 + 0.5) and a ReLU capped
-    at 1; its hard swish multiplies x by that gate. Stock layers only, so channel tracing, TFLite
-    and every Keras load them without custom objects.
+    MobileNetV3's hard sigmoid, relu6(x + 3) / 6, is a Rescaling (x + 3), a ReLU capped at 6 and a
+    Rescaling (/ 6); its hard swish multiplies x by that gate. Stock layers only, so channel
+    tracing, TFLite and every Keras load them without custom objects; in this form the TFLite
+    converter fuses the hard swish into one HARD_SWISH op.
     """
     if activation == "hard_swish":
-        return [f"{name}_scale", f"{name}_gate", name]
+        return [f"{name}_shift", f"{name}_relu6", f"{name}_scale", name]
     if activation == "hard_sigmoid":
-        return [f"{name}_scale", name]
+        return [f"{name}_shift", f"{name}_relu6", name]
     return [name]

@@ -28,8 +28,9 @@ def activation(x, activation_name: str, name: str):
         return KL.LeakyReLU(alpha=0.2, name=name)(x)
     if activation_name in ("hard_sigmoid", "hard_swish"):
         names = activation_names(activation_name, name)
-        gate = KL.Rescaling(1 / 6, offset=0.5, name=names[0])(x)
-        gate = KL.ReLU(max_value=1.0, name=names[1])(gate)
+        gate = KL.Rescaling(1.0, offset=3.0, name=names[0])(x)
+        gate = KL.ReLU(max_value=6.0, name=names[1])(gate)
+        gate = KL.Rescaling(1 / 6, name=names[2])(gate)
         return gate if activation_name == "hard_sigmoid" else KL.Multiply(name=name)([x, gate])
     return KL.Activation(activation_name, name=name)(x)
 
