@@ -810,6 +810,8 @@ class _TimedSearch:
         return self.clock + self.seconds <= self.budget_s
 
     def evaluate(self, cand):
+        if cand.id in self.standings.rows:  # as a search does with a row it finished before
+            return self.standings.rows[cand.id]
         epochs = cand.chain[-1].fine_tune["epochs"]
         self.clock += self.seconds * epochs / 2
         drop = self.drop_of(epochs)
@@ -850,6 +852,20 @@ def test_the_extend_stage_spends_the_time_left_and_says_why_it_stopped():
     assert [r["id"] for r in stuck.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e8+int8"]
     assert stuck.stop_reason.endswith("would beat the best, and the longer fine-tunes tried lost as much as the "
                                       "ones before them")
+
+
+def test_a_resumed_search_takes_up_the_extensions_it_finished_and_chooses_as_before():
+    first = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8 - 0.2 * (e.bit_length() - 2))
+    stages.extend_stage(first, {})
+    # resumed: every row read back, but only the stages before extend have registered their chains
+    again = _TimedSearch(_near_miss_standings(), 3600, lambda e: pytest.fail("nothing is fine-tuned again"))
+    again.standings.rows.update(first.standings.rows)
+    again.clock = first.clock
+    assert again.standings.best()["id"] == "base+int8"
+    assert stages.extend_stage(again, {}) is True
+    assert again.standings.best()["id"] == first.standings.best()["id"] == "perk95-e32+int8"
+    assert again.clock == first.clock and not again.lines[:-1]
+    assert again.stop_reason == first.stop_reason
 
 
 def test_the_last_extension_is_cut_to_the_time_left():

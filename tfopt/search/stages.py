@@ -247,7 +247,8 @@ def extension_candidates(standings, epochs: int, parents: dict) -> list:
 
     Returns:
         ``(row, candidate, estimated seconds)`` triples; the estimate is the row's own time times
-        :data:`EXTEND_FACTOR`.
+        :data:`EXTEND_FACTOR` (none for one already in ``standings.rows``, which a resumed search
+        finished before).
     """
     best, target = standings.best(), standings.target
     extended = {parent["id"] for parent in parents.values()}
@@ -259,8 +260,11 @@ def extension_candidates(standings, epochs: int, parents: dict) -> list:
     plan = []
     for row in sorted(near, key=lambda r: (r["drop_points"], score(r, target))) + own:
         cand = _extended(row, standings.chains[row["id"]], epochs, lambda before: before * EXTEND_FACTOR)
-        if cand is not None and cand.id not in standings.rows:
-            plan.append((row, cand, (row.get("seconds") or 0.0) * EXTEND_FACTOR))
+        if cand is None or cand.id in standings.chains:
+            continue
+        # one a resumed search finished before costs nothing: it is taken up again, so that the
+        # search goes on from where it was
+        plan.append((row, cand, 0.0 if cand.id in standings.rows else (row.get("seconds") or 0.0) * EXTEND_FACTOR))
     return plan
 
 
@@ -505,12 +509,14 @@ def extend_stage(search, shared) -> bool:
             started = True
         best = search.standings.best()
         for row, cand, _ in fits[:EXTEND_PICKS]:
-            if not search.may_start():
+            if cand.id not in search.standings.rows and not search.may_start():
                 return False
             n = cand.chain[trained_step(cand.chain)].fine_tune["epochs"]
-            search.log(f"{row['id']} is the best, {row['drop_points']:.2f} pt down: fine-tuning {n} epochs"
-                       if best is not None and row["id"] == best["id"] else
-                       f"{row['id']} missed by {row['drop_points'] - search.max_drop:.2f} pt: fine-tuning {n} epochs")
+            if cand.id not in search.standings.rows:
+                search.log(f"{row['id']} is the best, {row['drop_points']:.2f} pt down: fine-tuning {n} epochs"
+                           if best is not None and row["id"] == best["id"] else
+                           f"{row['id']} missed by {row['drop_points'] - search.max_drop:.2f} pt: fine-tuning {n} "
+                           f"epochs")
             search.standings.chains[cand.id] = cand.chain
             parents[cand.id] = row
             search.evaluate(cand)
