@@ -777,11 +777,18 @@ def test_extensions_double_the_last_trained_steps_epochs_of_the_near_misses_that
         ("ch3+fp-conv1+f32", "ch3-e4+fp-conv1+f32", 60.0), ("ch3+p95+int8", "ch3+perk95-e4+int8", 60.0),
         ("p99+qat", "perk99-e12+qat", 60.0), ("ch3+int8", "ch3-e4+int8", 60.0)]
     assert plan[1][1].chain[-1].fine_tune == {"lr": 1e-3, "epochs": 4} and plan[1][1].stage == "extend"
-    # an extension that lost as much as the row it came from is not extended again; the row it came from neither
+    # an extension that lost as much as the row it came from is not extended again; the row it came from has
+    # the step before that one extended instead (the channel cut under the prune), which redoes the prune
     s.chains["ch3+perk95-e4+int8"] = plan[1][1].chain
     s.rows["ch3+perk95-e4+int8"] = {**_row("ch3+perk95-e4+int8", "extend", 0.7, 1, 40_000, False), "seconds": 50.0}
     again = stages.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})
-    assert [c.id for _, c, _ in again] == ["ch3-e4+fp-conv1+f32", "perk99-e12+qat", "ch3-e4+int8"]
+    assert [(c.id, est) for _, c, est in again] == [("ch3-e4+fp-conv1+f32", 60.0), ("ch3-e4+perk95+int8", 120.0),
+                                                    ("perk99-e12+qat", 60.0), ("ch3-e4+int8", 60.0)]
+    assert again[1][1].chain[1].fine_tune == {"lr": 1e-3} and again[1][1].chain[0].fine_tune == {"epochs": 4}
+    # with that one tried too, nothing is left to lengthen in that row
+    s.chains["ch3-e4+perk95+int8"] = again[1][1].chain
+    assert "ch3+p95+int8" not in [r["id"] for r, _, _ in stages.extension_candidates(
+        s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})]
     s.rows["ch3+perk95-e4+int8"]["drop_points"] = 0.6  # it recovered: on to 8 epochs
     assert [c.id for _, c, _ in stages.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})][:2] == [
         "ch3+perk95-e8+int8", "ch3-e4+fp-conv1+f32"]
@@ -839,8 +846,8 @@ def test_the_extend_stage_spends_the_time_left_and_says_why_it_stopped():
     assert search.stop_reason == ("stopped after 15.0 of 60.0 min (25% of the time budget): nothing left to improve: "
                                   "no near miss (over budget by at most 2× the budget) would beat the best, and the "
                                   "best loses no accuracy")
-    assert search.lines[0] == "p95+int8 missed by 0.30 pt: fine-tuning 4 epochs"
-    assert search.lines[2] == "perk95-e8+int8 is the best, 0.40 pt down: fine-tuning 16 epochs"
+    assert search.lines[0] == "p95+int8 missed by 0.30 pt: prune fine-tuned 4 epochs"
+    assert search.lines[2] == "perk95-e8+int8 is the best, 0.40 pt down: prune fine-tuned 16 epochs"
     # a fine-tune that does not recover is not doubled again
     flat = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8)
     stages.extend_stage(flat, {})

@@ -219,10 +219,16 @@ def mode_of(row: dict) -> str:
     return "float32" if row.get("tflite") == "float32" else "qat" if row.get("int8") == "qat" else "int8"
 
 
-def _extended(row, chain, epochs: int, longer_epochs):
-    """``row``'s chain with its last trained step fine-tuned ``longer_epochs(epochs it had)``
-    epochs, as an ``extend`` candidate in the row's mode; None when nothing in it fine-tunes."""
-    i = trained_step(chain)
+def trained_steps(chain) -> list:
+    """Indices of the steps of ``chain`` that fine-tune (not exact rewrites), last first."""
+    return [i for i in range(len(chain) - 1, -1, -1) if chain[i].name not in REWRITES]
+
+
+def _extended(row, chain, epochs: int, longer_epochs, index=None):
+    """``row``'s chain with its trained step ``index`` (default: the last) fine-tuned
+    ``longer_epochs(epochs it had)`` epochs, the steps after it as they were, as an ``extend``
+    candidate in the row's mode; None when nothing in it fine-tunes."""
+    i = trained_step(chain) if index is None else index
     if i is None:
         return None
     step = chain[i]
@@ -231,49 +237,70 @@ def _extended(row, chain, epochs: int, longer_epochs):
                      "extend", mode_of(row))
 
 
+def extended_index(chain, longer) -> int:
+    """The index of the step ``longer`` (an extension of ``chain``) fine-tunes longer."""
+    return next(i for i, (a, b) in enumerate(zip(chain, longer)) if a != b)
+
+
 def extension_candidates(standings, epochs: int, parents: dict) -> list:
     """The next longer fine-tunes: for each near miss that would beat the best so far (least drop
-    first), then for the best itself when it loses accuracy, its chain with the epochs of its last
-    trained step times :data:`EXTEND_FACTOR`, in the same mode. A short fine-tune leaves a cut or a
-    prune short of where it recovers (see :func:`longer_chains`): a near miss is where more epochs
-    can still cross the budget, and the best's own drop, measured on a few thousand images, is
-    safer the narrower it is.
+    first), then for the best itself when it loses accuracy, its chain with the epochs of one
+    trained step times :data:`EXTEND_FACTOR`, in the same mode: the last trained step first; when
+    that extension recovered nothing, the step before it (a longer prune under a clustering, a
+    longer channel cut under a prune), and so on. A short fine-tune leaves a cut or a prune short
+    of where it recovers (see :func:`longer_chains`): a near miss is where more epochs can still
+    cross the budget, and the best's own drop, measured on a few thousand images, is safer the
+    narrower it is.
 
     Args:
         standings: the search's :class:`Standings`.
         epochs: the search's fine-tune epochs (a step without its own override has these).
-        parents: ``{id of an extension: the row it extended}``; a row extended once is not
-            extended again, nor is an extension that lost as much as the row it came from.
+        parents: ``{id of an extension: the row it extended}``; a row whose extension recovered
+            accuracy is not extended again (the extension goes on in its place), nor is an
+            extension that lost as much as the row it came from.
 
     Returns:
         ``(row, candidate, estimated seconds)`` triples; the estimate is the row's own time times
-        :data:`EXTEND_FACTOR` (none for one already in ``standings.rows``, which a resumed search
-        finished before).
+        :data:`EXTEND_FACTOR`, for each trained step from the extended one on (none for one
+        already in ``standings.rows``, which a resumed search finished before).
     """
     best, target = standings.best(), standings.target
-    extended = {parent["id"] for parent in parents.values()}
+
+    def recovered(child):
+        row = standings.rows.get(child)
+        return row is not None and not row.get("error") and row["drop_points"] < parents[child]["drop_points"]
+
+    done = {parent["id"] for child, parent in parents.items() if recovered(child)}
     rows = [r for r in standings.rows.values() if not r.get("error") and r["id"] in standings.chains
-            and r["id"] not in extended and (r["id"] not in parents
-                                             or r["drop_points"] < parents[r["id"]]["drop_points"])]
+            and r["id"] not in done and (r["id"] not in parents or recovered(r["id"]))]
     near = [r for r in standings.near_misses(rows) if best is None or score(r, target) < score(best, target)]
     own = [best] if best is not None and best["drop_points"] > 0 and best in rows else []
     plan = []
     for row in sorted(near, key=lambda r: (r["drop_points"], score(r, target))) + own:
-        cand = _extended(row, standings.chains[row["id"]], epochs, lambda before: before * EXTEND_FACTOR)
-        if cand is None or cand.id in standings.chains:
-            continue
-        # one a resumed search finished before costs nothing: it is taken up again, so that the
-        # search goes on from where it was
-        plan.append((row, cand, 0.0 if cand.id in standings.rows else (row.get("seconds") or 0.0) * EXTEND_FACTOR))
+        chain = standings.chains[row["id"]]
+        steps = trained_steps(chain)
+        for n, i in enumerate(steps):
+            cand = _extended(row, chain, epochs, lambda before: before * EXTEND_FACTOR, i)
+            if cand.id in standings.chains:
+                continue  # tried in this search: on to the step before it
+            # one a resumed search finished before costs nothing: it is taken up again, so that
+            # the search goes on from where it was
+            plan.append((row, cand, 0.0 if cand.id in standings.rows
+                         else (row.get("seconds") or 0.0) * EXTEND_FACTOR * (n + 1)))
+            break
     return plan
 
 
 def fitted(standings, plan, epochs: int, left: float):
     """The first planned extension cut to the epochs that fit in ``left`` seconds (at its row's
-    time per epoch, with a tenth to spare), when that is still more than its row had; else None."""
+    time per epoch, with a tenth to spare), when that is still more than its row had and it
+    lengthens the row's last trained step; else None."""
     row, cand, est = plan[0]
     chain = standings.chains[row["id"]]
-    before = chain[trained_step(chain)].fine_tune.get("epochs") or epochs
+    i = extended_index(chain, cand.chain)
+    if i != trained_step(chain):
+        return None
+    before = chain[i].fine_tune.get("epochs") or epochs
     seconds = row.get("seconds") or 0.0
     if seconds <= 0:
         return None
@@ -511,12 +538,12 @@ def extend_stage(search, shared) -> bool:
         for row, cand, _ in fits[:EXTEND_PICKS]:
             if cand.id not in search.standings.rows and not search.may_start():
                 return False
-            n = cand.chain[trained_step(cand.chain)].fine_tune["epochs"]
+            step = cand.chain[extended_index(search.standings.chains[row["id"]], cand.chain)]
+            what = f"{step.name} fine-tuned {step.fine_tune['epochs']} epochs"
             if cand.id not in search.standings.rows:
-                search.log(f"{row['id']} is the best, {row['drop_points']:.2f} pt down: fine-tuning {n} epochs"
+                search.log(f"{row['id']} is the best, {row['drop_points']:.2f} pt down: {what}"
                            if best is not None and row["id"] == best["id"] else
-                           f"{row['id']} missed by {row['drop_points'] - search.max_drop:.2f} pt: fine-tuning {n} "
-                           f"epochs")
+                           f"{row['id']} missed by {row['drop_points'] - search.max_drop:.2f} pt: {what}")
             search.standings.chains[cand.id] = cand.chain
             parents[cand.id] = row
             search.evaluate(cand)
