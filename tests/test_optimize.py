@@ -928,7 +928,7 @@ def test_latency_finalists_are_timed_again_in_turn_and_keep_their_fastest_figure
     of candidates.csv follow."""
     from types import SimpleNamespace
 
-    from tfopt.search import engine
+    from tfopt.search import measure
     from tfopt.search.candidates import SearchState, read_rows
 
     # the first figures: "a" was timed during a busy minute
@@ -949,12 +949,12 @@ def test_latency_finalists_are_timed_again_in_turn_and_keep_their_fastest_figure
         calls.append(content)
         return next(figures[content])
 
-    monkeypatch.setattr(engine.M, "latency_us", fake_latency)
+    monkeypatch.setattr(measure, "latency_us", fake_latency)
     events, lines = [], []
     fake = SimpleNamespace(standings=s, target="latency", out=tmp_path, x_sel=np.zeros((1, 2)), state=state,
                            rows=s.rows, log=lines.append, emit=lambda e, **f: events.append({"event": e, **f}))
-    engine.Search.retime_finalists(fake)
-    assert calls == [b"b", b"a"] * engine.FINALIST_ROUNDS  # fastest first, in turn
+    measure.retime_finalists(fake)
+    assert calls == [b"b", b"a"] * measure.FINALIST_ROUNDS  # fastest first, in turn
     assert {k: r["latency_us"] for k, r in s.rows.items()} == {"a": 60.0, "b": 72.0, "c": 200.0, "d": 10.0}
     assert s.best()["id"] == "a"
     assert events == [{"event": "retimed", "latency_us": {"a": 60.0, "b": 72.0}, "note": lines[0]}]

@@ -355,9 +355,8 @@ def fold_pool(model, data=None, *, layers=None, measure: bool = False, log=None)
 
 
 def remove_layers(model, layers, data=None, *, epochs: int = 1, log=None, **fine_tune):
-    """The model without ``layers`` (names, or residual blocks that an identity shortcut skips,
-    named by their layers' shared prefix such as ``"block2"`` or ``"block_5"``), rewired and
-    fine-tuned for ``epochs`` on ``data`` (``epochs=0``: no fine-tune, no data needed).
+    """The model without ``layers`` (names, or identity-shortcut residual blocks by their layers'
+    prefix: ``"block2"``, ``"block_5"``), rewired and fine-tuned ``epochs`` on ``data`` (0: none).
 
     Args:
         model: a Sequential or functional model (tf_keras or Keras 3); it is not changed.

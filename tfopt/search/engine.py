@@ -63,13 +63,6 @@ PROBE_SHARE = 1 / 3
 #: Registered steps that take the search's un-augmented probe images (``probe=``); so do the
 #: registered steps beyond the built-in stages.
 PROBED = ("prune",)
-#: For the latency target, the files within budget whose latency is within this fraction of the
-#: fastest (at most :data:`FINALISTS` of them) are timed again at the end, in turn, over
-#: :data:`FINALIST_ROUNDS` rounds: each keeps the fastest of its new figures, taken under the same
-#: conditions as its rivals' (a file timed once during a busy minute ran 25% slower).
-FINALIST_SPREAD = 0.3
-FINALISTS = 6
-FINALIST_ROUNDS = 3
 
 
 def parse_budget(text) -> float | None:
@@ -423,31 +416,7 @@ class Search:
         with logging_to(None, verbose=self.fit_verbose):
             self.choose_rate()
             stages.run(self)
-        self.retime_finalists()
-
-    def retime_finalists(self) -> None:
-        """Time the fastest files within budget again, in turn (see :data:`FINALIST_SPREAD`), and
-        keep each one's fastest new figure, so that the choice compares files measured alike."""
-        ok = self.standings.feasible() if self.target == "latency" else []
-        fastest = min((r["latency_us"] for r in ok), default=0.0)
-        close = sorted((r for r in ok if r["latency_us"] <= fastest * (1 + FINALIST_SPREAD)),
-                       key=lambda r: r["latency_us"])[:FINALISTS]
-        files = {r["id"]: self.out / "cache" / r["id"] / "model.tflite" for r in close}
-        close = [r for r in close if files[r["id"]].is_file()]
-        if len(close) < 2:
-            return
-        contents = {r["id"]: files[r["id"]].read_bytes() for r in close}
-        times = {r["id"]: [] for r in close}
-        for _ in range(FINALIST_ROUNDS):
-            for r in close:
-                times[r["id"]].append(M.latency_us(contents[r["id"]], self.x_sel[0]))
-        for r in close:
-            r["latency_us"] = min(times[r["id"]])
-        self.state.rewrite(self.rows.values())
-        note = (f"the {len(close)} fastest files within budget timed again, in turn ({FINALIST_ROUNDS} rounds): "
-                + ", ".join(f"{r['id']} {r['latency_us']:.0f} µs" for r in sorted(close, key=lambda r: r["latency_us"])))
-        self.log(note)
-        self.emit("retimed", latency_us={r["id"]: r["latency_us"] for r in close}, note=note)
+        M.retime_finalists(self)
 
 
 @contextmanager
@@ -523,7 +492,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
             (``images``, ``selection_images``, ``note``: the budget is under :data:`tfopt.search.inputs.RESOLVABLE_IMAGES`
             selection images), ``"stopped"`` (``reason``, ``used``, ``note``: why a search with a time
             budget ended, having spent that share of it), ``"retimed"`` (``latency_us``: the new figure of
-            each latency finalist, ``note``; see :data:`FINALIST_SPREAD`) and ``"chosen"`` (``id``).
+            each latency finalist, ``note``; see :data:`tfopt.search.measure.FINALIST_SPREAD`) and ``"chosen"`` (``id``).
         fit_verbose: Keras ``fit`` verbosity of the fine-tunes (0: silent); logs go to ``out/logs/<id>/``.
 
     Returns:
