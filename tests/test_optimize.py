@@ -800,7 +800,7 @@ class _TimedSearch:
 
     def __init__(self, standings, budget_s, drop_of, seconds=30.0):
         self.standings, self.budget_s, self.drop_of, self.seconds = standings, budget_s, drop_of, seconds
-        self.max_drop = standings.max_drop
+        self.max_drop, self.target = standings.max_drop, standings.target
         self.fine_tune = FineTuneSettings(epochs=2)
         self.clock, self.lines, self.events, self.stop_reason = 0.0, [], [], ""
 
@@ -961,3 +961,13 @@ def test_latency_finalists_are_timed_again_in_turn_and_keep_their_fastest_figure
     assert lines == ["the 2 fastest files within budget timed again, in turn (3 rounds): a 60 µs, b 72 µs"]
     assert {k: r["latency_us"] for k, r in read_rows(tmp_path / "candidates.csv").items()} == \
         {"a": 60.0, "b": 72.0, "c": 200.0, "d": 10.0}
+
+
+def test_the_extend_stage_times_the_finalists_again_before_it_chooses_what_to_lengthen(monkeypatch):
+    order = []
+    search = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.0)
+    monkeypatch.setattr(stages.M, "retime_finalists", lambda s: order.append("retimed"))
+    evaluate = search.evaluate
+    search.evaluate = lambda cand: (order.append(cand.id), evaluate(cand))[1]
+    stages.extend_stage(search, {})
+    assert order == ["retimed", "perk95-e4+int8"]

@@ -514,6 +514,8 @@ def extend_stage(search, shared) -> bool:
     search says why it stopped."""
     if search.budget_s is None:
         return True
+    # the best decides what is lengthened: compare the fastest files under one load first
+    M.retime_finalists(search)
     parents, started = {}, False
     epochs = search.fine_tune.epochs
     while True:
