@@ -284,7 +284,7 @@ def run_model(name: str, args) -> dict:
         label = f"tfopt optimize --target {target}"
 
         def go(target=target):
-            result, content, seconds = searched(run, target, args.max_drop, args.time_budget, out)
+            result, content, seconds = searched(run, target, args.max_drop, args.time_budget, out / target)
             rec.setdefault("searches", {})[target] = {"seconds": seconds, "chosen": result.get("chosen")}
             return content
         attempt(label, go)
