@@ -72,7 +72,15 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
             than the per-unit file does (by more than :data:`PER_KERNEL_SLACK`): then the per-unit
             file. A quantization-aware model keeps the scales it trained with.
         float_ops: with ``int8``, TFLite op types kept in float (see :func:`finish`).
+
+    An ``int8`` file writes each hard swish it can as x · relu6(x + 3), the division by 6 moved into
+    the layers that read it (:func:`tfopt.surgery.hard_swish.defer_hard_swish_scale`): the same
+    function, in ops the XNNPACK delegate runs in int8.
     """
+    if mode == "int8" and not qat:  # XNNPACK leaves int8 HARD_SWISH to the built-in kernels
+        from tfopt.surgery.hard_swish import defer_hard_swish_scale
+
+        model, _ = defer_hard_swish_scale(model)
     auto = dense_per_tensor is None and mode in ("int8", "dynamic") and not qat
     per_kernel = shared_dense_values(model) if auto else bool(dense_per_tensor)
     content = _convert(model, mode, representative, int8_io, qat, sparse, per_kernel, float_ops)

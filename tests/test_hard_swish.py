@@ -1,0 +1,117 @@
+"""int8 files write the hard swish as x · relu6(x + 3), its division moved into the layers reading it."""
+
+from collections import Counter
+
+import numpy as np
+import tf_keras as keras
+
+from tfopt import tflite
+from tfopt.config.recipe import Model
+from tfopt.models.builder import activation, build_model
+from tfopt.surgery.hard_swish import defer_hard_swish_scale
+
+L = keras.layers
+
+
+def ops(content: bytes) -> Counter:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Counter(d["op_name"] for d in Interpreter(model_content=content)._get_ops_details())
+
+
+def randomized(model, seed=0):
+    """Non-trivial BatchNorm statistics, so that a wrong scale shows in the outputs."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([w if w.ndim > 1 else rng.uniform(0.5, 1.5, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    return model
+
+
+def mobilenet_v3_like():
+    """Hard swish after a conv, inside inverted residuals (before a depthwise conv, and before a
+    squeeze-excite whose gate multiplies it), and before the pooled head."""
+    return randomized(build_model(Model.model_validate({"layers": [
+        {"type": "conv2d", "filters": 8, "strides": 2, "batch_norm": True, "activation": "hard_swish"},
+        {"type": "inverted_residual", "filters": 8, "expansion": 1},
+        {"type": "inverted_residual", "filters": 12, "expanded": 24, "strides": 2, "squeeze_excite": 0.25,
+         "activation": "hard_swish", "kernel_size": 5},
+        {"type": "inverted_residual", "filters": 12, "expanded": 36, "squeeze_excite": 0.25,
+         "activation": "hard_swish"},
+        {"type": "conv2d", "filters": 48, "kernel_size": 1, "batch_norm": True, "activation": "hard_swish"},
+        {"type": "global_avg_pool"}, {"type": "dense", "units": 5, "activation": "softmax"},
+    ]}), (16, 16, 1)))
+
+
+def images(n=64, shape=(16, 16, 1)):
+    return np.random.default_rng(1).normal(size=(n, *shape)).astype("float32") * 2
+
+
+def test_every_hard_swish_of_a_mobilenet_v3_block_moves_its_division_and_computes_the_same():
+    m = mobilenet_v3_like()
+    before = [w.copy() for w in m.get_weights()]
+    new, moved = defer_hard_swish_scale(m)
+    # conv1's hard swish (act1) stays: ir1 keeps the shape, so its shortcut adds act1's output
+    assert moved == ["act2_scale", "ir2_dw_act_scale", "ir2_expand_act_scale", "ir3_dw_act_scale",
+                     "ir3_expand_act_scale"]
+    x = images()
+    np.testing.assert_allclose(new.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert len(new.layers) == len(m.layers) - 5
+    # the input model is untouched
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))
+    assert sum(1 for layer in m.layers if type(layer) is L.Rescaling) > sum(
+        1 for layer in new.layers if type(layer) is L.Rescaling)
+
+
+def test_the_int8_file_keeps_only_the_hard_swish_that_could_not_move_and_agrees_with_the_model():
+    m = mobilenet_v3_like()
+    x = images()
+    int8, f32 = tflite.convert(m, "int8", x), tflite.convert(m, "float32")
+    assert ops(int8)["HARD_SWISH"] == 1  # act1, read by ir1's shortcut
+    assert ops(f32)["HARD_SWISH"] == 6  # float32 keeps the fused op, which XNNPACK runs
+    reference = m.predict(x, verbose=0)
+    assert np.mean(tflite.predict(int8, x).argmax(-1) == reference.argmax(-1)) >= 0.95
+    assert np.abs(tflite.predict(int8, x) - reference).max() < 0.1
+
+
+def small(build):
+    inp = keras.Input((8, 8, 2))
+    return randomized(keras.Model(inp, build(inp)))
+
+
+def test_a_hard_swish_read_by_an_add_or_an_output_keeps_its_division():
+    # read by a residual Add: the other branch does not carry the factor
+    def residual(x):
+        y = L.Conv2D(4, 1, name="c1")(x)
+        h = activation(y, "hard_swish", "hs")
+        return L.Conv2D(3, 1, name="head")(L.Add()([h, L.Conv2D(4, 1)(x)]))
+
+    def at_output(x):
+        return activation(L.Conv2D(4, 1)(x), "hard_swish", "hs")
+
+    for build in (residual, at_output):
+        m = small(build)
+        new, moved = defer_hard_swish_scale(m)
+        assert moved == [] and new is m
+        assert ops(tflite.convert(m, "int8", images(32, (8, 8, 2))))["HARD_SWISH"] == 1
+
+
+def test_a_multiply_reached_with_the_factor_on_both_inputs_takes_only_one():
+    def two(x):
+        a = activation(L.Conv2D(4, 1, name="a")(x), "hard_swish", "hs_a")
+        b = activation(L.Conv2D(4, 1, name="b")(x), "hard_swish", "hs_b")
+        return L.GlobalAveragePooling2D()(L.Conv2D(3, 1, name="head")(L.Multiply(name="both")([a, b])))
+
+    m = small(two)
+    new, moved = defer_hard_swish_scale(m)
+    assert moved == ["hs_a_scale"]
+    x = images(16, (8, 8, 2))
+    np.testing.assert_allclose(new.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    # the head's kernel took the factor: divided by 6
+    np.testing.assert_allclose(new.get_layer("head").get_weights()[0], m.get_layer("head").get_weights()[0] / 6,
+                               rtol=1e-6)
+
+
+def test_a_model_without_hard_swish_is_returned_as_it_is():
+    m = small(lambda x: L.Conv2D(3, 1)(L.ReLU()(L.Conv2D(4, 1)(x))))
+    new, moved = defer_hard_swish_scale(m)
+    assert new is m and moved == []

@@ -1,0 +1,168 @@
+"""Hard swish for int8 files: x · relu6(x + 3), its division by 6 moved into the layers that read it.
+
+The TFLite converter fuses x · relu6(x + 3) / 6 into one ``HARD_SWISH`` op, which the XNNPACK
+delegate runs in float32 but leaves to the built-in kernels in int8, cutting the delegated graph
+around each one (``benchmarks/bench_int8_activations.py``: 12 of them add 234 µs to a 17-µs int8
+stack, the same with and without the delegate). Without the division the converter writes an
+``ADD`` with a fused RELU6 and a ``MUL``, which the delegate takes (+3 µs).
+
+:func:`defer_hard_swish_scale` drops the division wherever every path from the hard swish reaches a
+weighted layer through layers that commute with a positive scale (pooling, reshapes, dropout, a
+multiply by a tensor that does not carry the scale, such as a squeeze-excite gate): those weighted
+layers' kernels are divided by 6 instead. The new model computes what the input model computes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfopt.errors import TfoptError
+from tfopt.surgery.graph import Replacement, as_functional, consumers, copy_layer, inbound, rebuild
+
+#: The factor a hard swish's division carries.
+SIX = 6.0
+
+
+def _rescaling(layer, scale: float, offset: float) -> bool:
+    import tf_keras as keras
+
+    if type(layer) is not keras.layers.Rescaling:
+        return False
+    cfg = layer.get_config()
+    return np.allclose(np.asarray(cfg["scale"], np.float64), scale, rtol=1e-6) and \
+        np.allclose(np.asarray(cfg["offset"], np.float64), offset, atol=1e-6)
+
+
+def _relu6(layer) -> bool:
+    import tf_keras as keras
+
+    return type(layer) is keras.layers.ReLU and layer.max_value is not None and float(layer.max_value) == 6.0 \
+        and float(layer.threshold) == 0.0 and float(layer.negative_slope) == 0.0
+
+
+def _divisions(model, users) -> dict:
+    """``{Rescaling(1/6) name: Multiply name}`` of each hard swish x · (relu6(x + 3) / 6) whose
+    gate layers feed nothing else."""
+    import tf_keras as keras
+
+    found = {}
+
+    for layer in model.layers:
+        if type(layer) is not keras.layers.Multiply:
+            continue
+        parents = inbound(layer)
+        if len(parents) != 2:
+            continue
+        for x, scale in (parents, parents[::-1]):
+            chain = [scale]
+            while len(chain) < 3 and len(inbound(chain[-1])) == 1:
+                chain.append(inbound(chain[-1])[0])
+            if len(chain) < 3 or inbound(chain[-1]) != [x]:
+                continue
+            divide, relu, shift = chain
+            if _rescaling(divide, 1 / SIX, 0.0) and _relu6(relu) and _rescaling(shift, 1.0, 3.0) and \
+                    all(users[a.name] == [b.name] for a, b in ((shift, relu), (relu, divide), (divide, layer))):
+                found[divide.name] = layer.name
+                break
+    return found
+
+
+def _absorbs(layer) -> bool:
+    """A layer whose kernel can take the factor: linear in its input before bias and activation."""
+    import tf_keras as keras
+
+    kinds = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
+             keras.layers.SeparableConv2D)
+    return type(layer) in kinds
+
+
+def _passes(layer) -> bool:
+    """A layer of one input that commutes with a positive scale."""
+    import tf_keras as keras
+
+    L = keras.layers
+    kinds = (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.AveragePooling1D, L.AveragePooling2D,
+             L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.MaxPooling1D, L.MaxPooling2D, L.Flatten, L.Reshape,
+             L.Dropout, L.SpatialDropout2D, L.ZeroPadding2D, L.Cropping2D, L.Permute, L.UpSampling2D)
+    if type(layer) in kinds:
+        return True
+    if type(layer) is L.ReLU:
+        return layer.max_value is None and float(layer.threshold) == 0.0
+    if type(layer) is L.Activation:
+        return layer.get_config()["activation"] in ("linear", "relu")
+    return False
+
+
+def _reach(start: str, layers: dict, users: dict, outputs: set):
+    """``(scaled layers, absorbing layers)`` reached from ``start``'s output, or None when a path
+    meets a layer that neither passes nor absorbs the factor, or a model output."""
+    import tf_keras as keras
+
+    scaled, absorbing, todo = {start}, set(), [start]
+    while todo:
+        name = todo.pop()
+        if name in outputs:
+            return None
+        for user in users[name]:
+            layer = layers[user]
+            if _absorbs(layer):
+                absorbing.add(user)
+            elif _passes(layer) or type(layer) is keras.layers.Multiply:
+                if user not in scaled:
+                    scaled.add(user)
+                    todo.append(user)
+            else:
+                return None
+    return scaled, absorbing
+
+
+def plan(model) -> dict:
+    """``{Rescaling(1/6) name: (layers carrying the factor, layers whose kernels take it)}`` for
+    each hard swish whose division can move: no multiply ends up with the factor on both inputs."""
+    model = as_functional(model)
+    users, layers = consumers(model), {layer.name: layer for layer in model.layers}
+    outputs = {t._keras_history.layer.name for t in model.outputs}
+    accepted, carrying, taken = {}, set(), set()
+    for divide, multiply in _divisions(model, users).items():
+        reached = _reach(multiply, layers, users, outputs)
+        if reached is None:
+            continue
+        scaled, absorbing = reached
+        together = carrying | scaled
+        if scaled & carrying or absorbing & taken or any(
+                type(layers[n]).__name__ == "Multiply" and sum(p.name in together for p in inbound(layers[n])) > 1
+                for n in together):
+            continue
+        accepted[divide] = (scaled, absorbing)
+        carrying, taken = together, taken | absorbing
+    return accepted
+
+
+def _divided(layer, factor: float) -> list:
+    """``layer``'s weights with the kernel it applies first divided by ``factor``."""
+    w = layer.get_weights()
+    return [w[0] / factor, *w[1:]]
+
+
+def defer_hard_swish_scale(model):
+    """``(new model, names of the divisions moved)``: each hard swish of :func:`plan` computes
+    x · relu6(x + 3) and the layers reading it divide their kernels by 6. ``model`` itself is
+    returned (with ``[]``) when there is nothing to move; it is never changed."""
+    if not getattr(model, "_is_graph_network", False):
+        return model, []
+    try:
+        todo = plan(model)
+    except TfoptError:  # a shared layer: the graph is converted as it is
+        return model, []
+    if not todo:
+        return model, []
+    absorbing = set().union(*(a for _, a in todo.values()))
+
+    def replace(layer, args):
+        if layer.name in todo:
+            return args[0]
+        if layer.name in absorbing:
+            return Replacement(copy_layer(layer), _divided(layer, SIX))
+        return None
+
+    return rebuild(model, replace), sorted(todo)
