@@ -115,3 +115,26 @@ def test_a_model_without_hard_swish_is_returned_as_it_is():
     m = small(lambda x: L.Conv2D(3, 1)(L.ReLU()(L.Conv2D(4, 1)(x))))
     new, moved = defer_hard_swish_scale(m)
     assert new is m and moved == []
+
+
+def test_tensorflow_op_layers_as_in_keras_applications_move_too():
+    def tf_ops(x):  # keras.applications' MobileNetV3: x * (relu6(x + 3.0) * (1 / 6)), as TFOpLambda layers
+        y = L.Conv2D(4, 1)(x)
+        h = L.Multiply()([y, L.ReLU(6.0)(y + 3.0) * (1.0 / 6.0)])
+        return L.GlobalAveragePooling2D()(L.DepthwiseConv2D(3, name="dw")(h))
+
+    m = small(tf_ops)
+    new, moved = defer_hard_swish_scale(m)
+    assert len(moved) == 1 and type(m.get_layer(moved[0])).__name__ == "TFOpLambda"
+    x = images(16, (8, 8, 2))
+    np.testing.assert_allclose(new.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert ops(tflite.convert(m, "int8", x))["HARD_SWISH"] == 0
+
+
+def test_keras_applications_mobilenet_v3_small_moves_every_hard_swish():
+    m = randomized(keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None,
+                                                       include_preprocessing=False))
+    new, moved = defer_hard_swish_scale(m)
+    assert len(moved) == 19 == ops(tflite.convert(m, "float32"))["HARD_SWISH"]
+    x = np.random.default_rng(2).random((8, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(new.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-4, atol=1e-7)

@@ -23,14 +23,36 @@ from tfopt.surgery.graph import Replacement, as_functional, consumers, copy_laye
 SIX = 6.0
 
 
-def _rescaling(layer, scale: float, offset: float) -> bool:
+def _affine(layer):
+    """``(scale, offset)`` of a layer computing ``x · scale + offset`` with constants: a Rescaling,
+    or a TensorFlow-op layer adding, multiplying or dividing by a number (``x + 3.0``,
+    ``x * (1 / 6)`` in keras.applications' MobileNetV3); None for any other layer."""
     import tf_keras as keras
 
-    if type(layer) is not keras.layers.Rescaling:
-        return False
-    cfg = layer.get_config()
-    return np.allclose(np.asarray(cfg["scale"], np.float64), scale, rtol=1e-6) and \
-        np.allclose(np.asarray(cfg["offset"], np.float64), offset, atol=1e-6)
+    if type(layer) is keras.layers.Rescaling:
+        cfg = layer.get_config()
+        scale, offset = np.asarray(cfg["scale"], np.float64), np.asarray(cfg["offset"], np.float64)
+        return (float(scale), float(offset)) if scale.size == 1 and offset.size == 1 else None
+    if type(layer).__name__ != "TFOpLambda" or len(layer.inbound_nodes) != 1:
+        return None
+    node = layer.inbound_nodes[0]
+    rest = list(node.call_args[1:]) + [v for k, v in node.call_kwargs.items() if k != "name"]
+    if len(rest) != 1 or not isinstance(rest[0], (int, float)):
+        return None
+    c = float(rest[0])
+    function = layer.get_config().get("function")
+    if function in ("__operators__.add", "math.add"):
+        return 1.0, c
+    if function in ("math.multiply", "__operators__.mul"):
+        return c, 0.0
+    if function in ("math.truediv", "math.divide", "__operators__.truediv") and c != 0:
+        return 1.0 / c, 0.0
+    return None
+
+
+def _is(layer, scale: float, offset: float) -> bool:
+    found = _affine(layer)
+    return found is not None and np.isclose(found[0], scale, rtol=1e-6) and np.isclose(found[1], offset, atol=1e-6)
 
 
 def _relu6(layer) -> bool:
@@ -41,8 +63,8 @@ def _relu6(layer) -> bool:
 
 
 def _divisions(model, users) -> dict:
-    """``{Rescaling(1/6) name: Multiply name}`` of each hard swish x · (relu6(x + 3) / 6) whose
-    gate layers feed nothing else."""
+    """``{division layer name: Multiply name}`` of each hard swish x · (relu6(x + 3) / 6) whose
+    gate layers feed nothing else (the + 3 and / 6 as Rescaling or TensorFlow-op layers)."""
     import tf_keras as keras
 
     found = {}
@@ -60,7 +82,7 @@ def _divisions(model, users) -> dict:
             if len(chain) < 3 or inbound(chain[-1]) != [x]:
                 continue
             divide, relu, shift = chain
-            if _rescaling(divide, 1 / SIX, 0.0) and _relu6(relu) and _rescaling(shift, 1.0, 3.0) and \
+            if _is(divide, 1 / SIX, 0.0) and _relu6(relu) and _is(shift, 1.0, 3.0) and \
                     all(users[a.name] == [b.name] for a, b in ((shift, relu), (relu, divide), (divide, layer))):
                 found[divide.name] = layer.name
                 break
@@ -117,7 +139,7 @@ def _reach(start: str, layers: dict, users: dict, outputs: set):
 
 
 def plan(model) -> dict:
-    """``{Rescaling(1/6) name: (layers carrying the factor, layers whose kernels take it)}`` for
+    """``{division layer name: (layers carrying the factor, layers whose kernels take it)}`` for
     each hard swish whose division can move: no multiply ends up with the factor on both inputs."""
     model = as_functional(model)
     users, layers = consumers(model), {layer.name: layer for layer in model.layers}
