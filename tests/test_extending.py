@@ -98,7 +98,8 @@ def test_a_registered_steps_recipe_section_is_checked_by_its_config(toy_step):
         ("optimize.zero_small.epochz", "unknown key 'epochz' (did you mean 'epochs'?); allowed here: alpha, "
                                        "batch_size, distill, epochs, lr, teacher, temperature, threshold"),
         ("optimize.zero_smal", "unknown key 'zero_smal' (did you mean 'zero_small'?); allowed here: cluster, "
-                               "distill, fold_pool, prune, quantize, remove, steps, structured, zero_small"),
+                               "distill, downsample, fold_pool, prune, quantize, remove, steps, structured, "
+                               "zero_small"),
     ]
 
 

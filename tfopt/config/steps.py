@@ -188,6 +188,21 @@ class RemoveConfig(Distill):
     RENAMED: ClassVar[dict] = {"budget": "max_drop"}
 
 
+class DownsampleConfig(Distill):
+    """Downsampling: a convolution's stride multiplied, so every later layer works on smaller maps, then a
+    fine-tune."""
+
+    layer: Optional[str] = Field(None, description="the convolution whose stride grows",
+                                 json_schema_extra={"metavar": "CONV",
+                                                    "shown_default": "the first stride-1 conv at the input's size"})
+    factor: int = Field(2, ge=2, le=4, description="what its stride is multiplied by")
+    epochs: NonNegativeInt = Field(2, description="fine-tune epochs after the change (0: none)")
+    lr: Optional[PositiveFloat] = Field(None, description="fine-tune rate",
+                                        json_schema_extra={"shown_default": RECIPE_LR})
+    batch_size: Optional[PositiveInt] = Field(None, description="fine-tune batch size",
+                                              json_schema_extra={"shown_default": RECIPE_BATCH})
+
+
 class FoldPoolConfig(StepConfig):
     """Pool folding: each 2×2 max-pool after a stride-1 conv becomes part of a stride-2 conv."""
 
@@ -361,9 +376,15 @@ def fold_pool_token(settings: dict) -> str:
     return "fp-" + ("-".join(layers) if layers else "all")
 
 
+def downsample_token(settings: dict) -> str:
+    """A downsampling's part of a candidate id: ``ds-conv1`` (``ds3-conv1`` for a factor of 3)."""
+    factor = settings.get("factor", 2)
+    return f"ds{'' if factor == 2 else factor}-{settings.get('layer') or 'first'}"
+
+
 #: The built-in steps' parts of candidate ids, by step name (their registrations' ``token=``).
 TOKENS = {"structured": structured_token, "prune": prune_token, "cluster": cluster_token, "remove": remove_token,
-          "fold_pool": fold_pool_token}
+          "fold_pool": fold_pool_token, "downsample": downsample_token}
 
 
 def quantize_suffix(cfg) -> str:

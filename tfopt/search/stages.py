@@ -15,7 +15,10 @@ a near miss (see :class:`tfopt.search.candidates.Standings`). The stages of each
 3. ``remove`` (latency and MACs targets; layers whose removal keeps the shapes), and for the
    latency target ``fold_pool`` (:mod:`tfopt.surgery.fold_pool`: an exact rewrite of a conv and
    the 2×2 max-pool after it into one stride-2 conv, faster where the conv reads few channels;
-   the first foldable pool alone, then all; kept only where its file is measured faster);
+   the first foldable pool alone, then all; kept only where its file is measured faster), then
+   ``downsample`` (latency and MACs targets; :mod:`tfopt.surgery.stride`): the first stride-1
+   convolution at the input's height and width at stride 2, so every later layer works on maps a
+   quarter the size, on the best chain and on the input model, fine-tuned at the highest probed rate;
 4. ``prune`` (size target): magnitude pruning at per-layer sparsities from a second sweep, and at
    overall sparsities spread by erk or er, weights ranked by magnitude or by the activation
    criterion (magnitude times the root-mean-square of the input each weight reads; whichever pair
@@ -51,7 +54,9 @@ from __future__ import annotations
 
 from tfopt.search import measure as M
 from tfopt.search.candidates import Candidate, ChainStep, chain_key, score
+from tfopt.errors import TfoptError
 from tfopt.steps import STEPS
+from tfopt.surgery.stride import downsampled, full_resolution_convs
 
 #: The settings each built-in ladder tries, by target, from mild to harsh: the share of channels cut
 #: from the group holding the most kernel weights (deeper than the sweep's levels), the overall
@@ -67,13 +72,13 @@ LADDERS = {
 PLANS = {
     "size": ("int8", "channels", "deeper_channels", "prune", "longer", "cluster", "steps", "qat", "recluster",
              "extend"),
-    "latency": ("int8", "channels", "remove", "fold_pool", "steps", "qat", "extend"),
-    "macs": ("int8", "channels", "remove", "steps", "qat", "extend"),
+    "latency": ("int8", "channels", "remove", "fold_pool", "downsample", "steps", "qat", "extend"),
+    "macs": ("int8", "channels", "remove", "downsample", "steps", "qat", "extend"),
 }
 #: Exact rewrites: run on the calibration images, without labels or a fine-tune.
 REWRITES = ("fold_pool",)
 #: The registered steps the built-in stages run; a ladder they declare is not a stage of its own.
-BUILT_IN = ("structured", "prune", "cluster", "quantize", "remove", "fold_pool")
+BUILT_IN = ("structured", "prune", "cluster", "quantize", "remove", "fold_pool", "downsample")
 #: Ways of spreading an overall sparsity over the layers, and of ranking a layer's weights; the
 #: search uses the pair whose one-shot pruning at :data:`ALLOCATION_PROBE` keeps the most
 #: selection accuracy (the first on a tie).
@@ -395,6 +400,26 @@ def fold_pool_stage(search, shared) -> bool:
                                                    for f in folds])
 
 
+def downsample_stage(search, shared) -> bool:
+    """The first stride-1 convolution at the input's size at stride 2, on the best chain and, when
+    that chain changed the model, on the input model too; fine-tuned at the highest probed rate (a
+    change this large leaves the minimum the model was trained into)."""
+    start = search.standings.base_chain()
+    ladders = []
+    for chain in [start] + ([[]] if start else []):
+        model = search.keras_model(chain)
+        convs = full_resolution_convs(model)
+        if not convs:
+            continue
+        try:
+            downsampled(model, convs[0])
+        except TfoptError as exc:
+            search.log(f"not downsampled: {exc}")
+            continue
+        ladders.append([chain + [ChainStep("downsample", {"layer": convs[0]}, dict(search.high_rate()))]])
+    return not ladders or search.stage("downsample", ladders)
+
+
 def choose_pruning(search, model) -> dict:
     """How to spread an overall sparsity (:data:`ALLOCATIONS`) and rank the weights
     (:data:`PRUNE_CRITERIA`): the pair that loses least when ``model`` is pruned to
@@ -559,6 +584,7 @@ def extend_stage(search, shared) -> bool:
 
 #: The stage functions by the names :data:`PLANS` use.
 STAGES = {"int8": int8_stage, "channels": channel_stage, "deeper_channels": deeper_channel_stage,
-          "remove": remove_stage, "fold_pool": fold_pool_stage, "prune": prune_stage, "longer": longer_stage,
+          "remove": remove_stage, "fold_pool": fold_pool_stage, "downsample": downsample_stage, "prune": prune_stage,
+          "longer": longer_stage,
           "cluster": cluster_stage, "steps": registered_step_stages, "qat": qat_stage, "recluster": recluster_stage,
           "extend": extend_stage}

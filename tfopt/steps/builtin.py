@@ -34,3 +34,6 @@ register("fold_bn", None, "folded", "tfopt.steps.fold:fold", command="tfopt.step
 register("fold_pool", C.FoldPoolConfig, "poolfolded", "tfopt.steps.fold:fold_pool",
          apply="tfopt.steps.fold:apply_fold_pool", token=C.TOKENS["fold_pool"],
          help="Fold each 2×2 max-pool into the conv before it: one stride-2 conv, the same outputs.")
+register("downsample", C.DownsampleConfig, "downsampled", "tfopt.steps.downsample:downsample", distributed=True,
+         token=C.TOKENS["downsample"],
+         help="Multiply a convolution's stride: every later layer works on smaller maps; fine-tune.")
