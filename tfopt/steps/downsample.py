@@ -8,7 +8,7 @@ from tfopt.interop import plain_copy
 from tfopt.models.stats import model_stats
 from tfopt.surgery.stride import downsampled, full_resolution_convs
 from tfopt.training import finetune
-from tfopt.training.finetune import RECALIBRATION_BATCHES, recalibrate_batchnorm
+from tfopt.training.finetune import RECALIBRATION_BATCHES
 
 
 def downsample(model, data, config, fine_tune, *, log=print, bn_batches: int = RECALIBRATION_BATCHES, **inputs):
@@ -40,12 +40,7 @@ def downsample(model, data, config, fine_tune, *, log=print, bn_batches: int = R
     before, after = model_stats(model)["macs"], model_stats(smaller)["macs"]
     strides = smaller.get_layer(layer).strides
     log(f"{layer} at stride {strides[0]}: {before:,} -> {after:,} MACs ({after / max(before, 1):.2f}×)")
-    history, seconds = [], 0.0
-    if fine_tune.epochs:
-        if data is None:
-            raise TfoptError(f"downsample: {fine_tune.epochs} fine-tune epoch(s) need data; pass data=(x, y) or "
-                             f"epochs=0")
-        history, seconds = finetune.fine_tune(smaller, data, fine_tune, log=log, **finetune.options(inputs))
-        recalibrate_batchnorm(smaller, data, batches=bn_batches, batch_size=fine_tune.batch_size, log=log)
+    history, seconds = finetune.after_surgery("downsample", smaller, data, fine_tune, inputs, bn_batches=bn_batches,
+                                              log=log)
     return plain_copy(smaller), {"layer": layer, "strides": list(strides), "macs_before": before,
                                  "macs_after": after, "history": history, "fine_tune_seconds": seconds}

@@ -16,7 +16,7 @@ from tfopt.steps.runs import accuracy, base_metrics, selection_split, splits_of,
 from tfopt.steps.settings import fine_tune_from_recipe, step_settings
 from tfopt.surgery.remove import candidates, remove_layers
 from tfopt.training import finetune
-from tfopt.training.finetune import RECALIBRATION_BATCHES, recalibrate_batchnorm
+from tfopt.training.finetune import RECALIBRATION_BATCHES
 
 
 def remove(model, data, config, fine_tune, *, log=print, bn_batches: int = RECALIBRATION_BATCHES, **inputs):
@@ -37,13 +37,8 @@ def remove(model, data, config, fine_tune, *, log=print, bn_batches: int = RECAL
     if not config.layers:
         raise TfoptError("remove_layers: name the layers or blocks to remove, e.g. ['conv3', 'block2']")
     smaller, removed = remove_layers(model, list(config.layers))
-    history, seconds = [], 0.0
-    if fine_tune.epochs:
-        if data is None:
-            raise TfoptError(f"remove_layers: {fine_tune.epochs} fine-tune epoch(s) need data; pass data=(x, y) or "
-                             f"epochs=0")
-        history, seconds = finetune.fine_tune(smaller, data, fine_tune, log=log, **finetune.options(inputs))
-        recalibrate_batchnorm(smaller, data, batches=bn_batches, batch_size=fine_tune.batch_size, log=log)
+    history, seconds = finetune.after_surgery("remove_layers", smaller, data, fine_tune, inputs, bn_batches=bn_batches,
+                                              log=log)
     return plain_copy(smaller), {"removed": removed, "history": history, "fine_tune_seconds": seconds}
 
 

@@ -13,7 +13,7 @@ from tfopt.steps.runs import base_metrics, splits_of, with_step, write_run
 from tfopt.steps.settings import fine_tune_from_recipe, step_settings
 from tfopt.surgery.channels import masked_copy, prune_channels
 from tfopt.training import finetune
-from tfopt.training.finetune import RECALIBRATION_BATCHES, build_loss, recalibrate_batchnorm
+from tfopt.training.finetune import RECALIBRATION_BATCHES, build_loss
 
 #: The largest output difference a surgery may show against the masked original.
 CHECK_TOLERANCE = 1e-4
@@ -99,8 +99,8 @@ def channel_prune(model, data, config, fine_tune, *, log=print, probe=None, chec
         first_report = first_report or report
         diffs.append(diff)
         if epochs:
-            rows, secs = finetune.fine_tune(pruned, data, fine_tune, log=log, **finetune.options(inputs))
-            recalibrate_batchnorm(pruned, data, batches=bn_batches, batch_size=fine_tune.batch_size, log=log)
+            rows, secs = finetune.after_surgery("prune_channels", pruned, data, fine_tune, inputs,
+                                                bn_batches=bn_batches, log=log)
             history += [{**r, "round": round_ + 1} for r in rows]
             seconds += secs
         model = pruned

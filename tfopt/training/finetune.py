@@ -278,3 +278,24 @@ def recalibrate_batchnorm(model, data, *, batches: int = RECALIBRATION_BATCHES, 
     used = refresh_batch_norm(model, (x for x, *_ in ds), batches=batches)
     log(f"re-estimated the statistics of {len(bns)} BatchNorm layer(s) on {used} batches")
     return used
+
+
+def after_surgery(what: str, model, data, settings: FineTuneSettings, inputs: dict, *,
+                  bn_batches: int = RECALIBRATION_BATCHES, log=print) -> tuple[list, float]:
+    """Fine-tune ``model`` (in place) after a change to its graph for ``settings.epochs`` (none for 0),
+    then re-estimate its BatchNorm statistics (:func:`recalibrate_batchnorm`). ``inputs``: a step's
+    run-time inputs, of which the fine-tune options are used (:func:`options`).
+
+    Returns:
+        ``(history rows, seconds)``.
+
+    Raises:
+        TfoptError: epochs without ``data`` (``what`` names the step).
+    """
+    if not settings.epochs:
+        return [], 0.0
+    if data is None:
+        raise TfoptError(f"{what}: {settings.epochs} fine-tune epoch(s) need data; pass data=(x, y) or epochs=0")
+    rows, seconds = fine_tune(model, data, settings, log=log, **options(inputs))
+    recalibrate_batchnorm(model, data, batches=bn_batches, batch_size=settings.batch_size, log=log)
+    return rows, seconds
