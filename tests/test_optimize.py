@@ -961,6 +961,9 @@ def test_latency_finalists_are_timed_again_in_turn_and_keep_their_fastest_figure
     assert lines == ["the 2 fastest files within budget timed again, in turn (3 rounds): a 60 µs, b 72 µs"]
     assert {k: r["latency_us"] for k, r in read_rows(tmp_path / "candidates.csv").items()} == \
         {"a": 60.0, "b": 72.0, "c": 200.0, "d": 10.0}
+    # timed again with no new candidate since: nothing is timed
+    measure.retime_finalists(fake)
+    assert len(calls) == 2 * measure.FINALIST_ROUNDS and len(events) == 1
 
 
 def test_the_extend_stage_times_the_finalists_again_before_it_chooses_what_to_lengthen(monkeypatch):

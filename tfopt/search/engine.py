@@ -166,6 +166,7 @@ class Search:
         self.times: list[float] = []
         self.stop_reason = ""
         self.resolution_note = ""
+        self.retimed_at = None  # (rows, finalists) at the last finalists' timing (measure.retime_finalists)
 
     # -- bookkeeping ------------------------------------------------------------------------------
 

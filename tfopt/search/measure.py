@@ -119,8 +119,10 @@ def retime_finalists(search) -> None:
                    key=lambda r: r["latency_us"])[:FINALISTS]
     files = {r["id"]: search.out / "cache" / r["id"] / "model.tflite" for r in close}
     close = [r for r in close if files[r["id"]].is_file()]
-    if len(close) < 2:
+    key = (len(search.standings.rows), sorted(r["id"] for r in close))
+    if len(close) < 2 or getattr(search, "retimed_at", None) == key:  # nothing new since the last timing
         return
+    search.retimed_at = key
     contents = {r["id"]: files[r["id"]].read_bytes() for r in close}
     times = {r["id"]: [] for r in close}
     for _ in range(FINALIST_ROUNDS):
