@@ -52,10 +52,30 @@ def test_the_stem_at_stride_2_computes_every_other_position_of_the_original():
 def test_a_graph_that_cannot_take_smaller_maps_is_refused_naming_the_layer():
     with pytest.raises(TfoptError, match=r"downsample: with 'stem' at stride 2, layer 'head' cannot take the smaller"):
         downsampled(net(flatten=True), "stem")
-    with pytest.raises(TfoptError, match=r"downsample: 'add' is a Add; downsampling multiplies the stride"):
+    with pytest.raises(TfoptError, match=r"downsample: 'add' \(Add\) is not a Conv2D, DepthwiseConv2D or "):
         downsampled(net(), "add")
     with pytest.raises(TfoptError, match=r"downsample: the model has no layer 'nope'"):
         downsampled(net(), "nope")
+    # a dense prediction: the output would shrink
+    inp = keras.Input((12, 12, 1))
+    seg = keras.Model(inp, L.Conv2D(3, 1, name="logits")(L.Conv2D(4, 3, padding="same", name="c")(inp)))
+    with pytest.raises(TfoptError, match=r"the output 'logits' would change shape from \(None, 12, 12, 3\) to "
+                                         r"\(None, 6, 6, 3\)"):
+        downsampled(seg, "c")
+    # a conv whose map becomes too small: Keras' own reason, without its header
+    inp = keras.Input((6, 6, 1))
+    x = L.Conv2D(4, 3, padding="same", name="c")(inp)
+    tiny = keras.Model(inp, L.GlobalAveragePooling2D()(L.Conv2D(4, 5, name="valid5")(x)))
+    with pytest.raises(TfoptError) as info:
+        downsampled(tiny, "c")
+    assert "layer 'valid5' cannot take the smaller maps" in str(info.value)
+    assert "Exception encountered" not in str(info.value)
+    # inputs of any size: nothing to downsample, and a named layer is refused
+    inp = keras.Input((None, None, 1))
+    anysize = keras.Model(inp, L.GlobalAveragePooling2D()(L.Conv2D(4, 3, padding="same", name="c")(inp)))
+    assert full_resolution_convs(anysize) == []
+    with pytest.raises(TfoptError, match="takes inputs of any height and width"):
+        downsampled(anysize, "c")
 
 
 def test_the_step_downsamples_the_first_conv_and_fine_tunes():
@@ -111,7 +131,7 @@ def test_the_search_downsamples_the_best_chain_and_the_input_model_at_the_highes
     # a graph that cannot take smaller maps: nothing planned, and the log says why
     search = _Search(net(flatten=True), [])
     assert STAGES["downsample"](search, {}) is True and search.planned == []
-    assert search.lines == ["not downsampled: downsample: with 'stem' at stride 2, layer 'head' cannot take the "
+    assert search.lines == ["downsample: with 'stem' at stride 2, layer 'head' cannot take the "
                             "smaller maps (Layer head weight shape (72, 4) is not compatible with provided weight "
                             "shape (288, 4).)"]
 

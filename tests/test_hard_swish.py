@@ -111,6 +111,28 @@ def test_a_multiply_reached_with_the_factor_on_both_inputs_takes_only_one():
                                rtol=1e-6)
 
 
+def test_one_hard_swish_reaching_both_inputs_of_a_multiply_or_a_gate_that_is_an_output_stays():
+    def squared(x):
+        h = activation(L.Conv2D(4, 1)(x), "hard_swish", "hs")
+        return L.GlobalAveragePooling2D()(L.Conv2D(3, 1)(L.Multiply()([h, L.MaxPooling2D(1)(h)])))
+
+    def gate_out(x):
+        y = L.Conv2D(4, 1)(x)
+        h = activation(y, "hard_swish", "hs")
+        return [L.GlobalAveragePooling2D()(L.Conv2D(3, 1)(h)), h.node.layer.input[1].node.layer.output]
+
+    for build in (squared, gate_out):
+        m = small(build)
+        new, moved = defer_hard_swish_scale(m)
+        assert moved == [] and new is m, build.__name__
+
+
+def test_hard_swish_kept_in_float_stays_a_hard_swish():
+    m = mobilenet_v3_like()
+    x = images()
+    assert ops(tflite.convert(m, "int8", x, float_ops=("HARD_SWISH",)))["HARD_SWISH"] == 6
+
+
 def test_a_model_without_hard_swish_is_returned_as_it_is():
     m = small(lambda x: L.Conv2D(3, 1)(L.ReLU()(L.Conv2D(4, 1)(x))))
     new, moved = defer_hard_swish_scale(m)

@@ -77,7 +77,8 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
     the layers that read it (:func:`tfopt.surgery.hard_swish.defer_hard_swish_scale`): the same
     function, in ops the XNNPACK delegate runs in int8.
     """
-    if mode == "int8" and not qat:  # XNNPACK leaves int8 HARD_SWISH to the built-in kernels
+    if mode == "int8" and not qat and "HARD_SWISH" not in {str(op).upper() for op in float_ops or ()}:
+        # XNNPACK leaves int8 HARD_SWISH to the built-in kernels
         from tfopt.surgery.hard_swish import defer_hard_swish_scale
 
         model, _ = defer_hard_swish_scale(model)

@@ -52,9 +52,9 @@ candidate limit ran out. The functions that plan chains from rows (:func:`qat_ch
 
 from __future__ import annotations
 
+from tfopt.errors import TfoptError
 from tfopt.search import measure as M
 from tfopt.search.candidates import Candidate, ChainStep, chain_key, score
-from tfopt.errors import TfoptError
 from tfopt.steps import STEPS
 from tfopt.surgery.stride import downsampled, full_resolution_convs
 
@@ -414,7 +414,7 @@ def downsample_stage(search, shared) -> bool:
         try:
             downsampled(model, convs[0])
         except TfoptError as exc:
-            search.log(f"not downsampled: {exc}")
+            search.log(str(exc))
             continue
         ladders.append([chain + [ChainStep("downsample", {"layer": convs[0]}, dict(search.high_rate()))]])
     return not ladders or search.stage("downsample", ladders)

@@ -146,6 +146,8 @@ def plan(model) -> dict:
     outputs = {t._keras_history.layer.name for t in model.outputs}
     accepted, carrying, taken = {}, set(), set()
     for divide, multiply in _divisions(model, users).items():
+        if divide in outputs:  # the gate itself is an output: it must stay divided
+            continue
         reached = _reach(multiply, layers, users, outputs)
         if reached is None:
             continue
@@ -187,4 +189,7 @@ def defer_hard_swish_scale(model):
             return Replacement(copy_layer(layer), _divided(layer, SIX))
         return None
 
-    return rebuild(model, replace), sorted(todo)
+    try:
+        return rebuild(model, replace), sorted(todo)
+    except Exception:  # noqa: BLE001  a layer that does not copy from its config: converted as it is
+        return model, []

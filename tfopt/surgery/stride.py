@@ -28,6 +28,8 @@ def full_resolution_convs(model) -> list[str]:
     if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
         return []
     size = tuple(model.inputs[0].shape[1:3])
+    if None in size:
+        return []
     return [layer.name for layer in model.layers
             if _spatial_conv(layer) and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
             and tuple(layer.input.shape[1:3]) == size]
@@ -46,8 +48,11 @@ def downsampled(model, layer: str, factor: int = FACTOR):
         raise TfoptError(f"downsample: the model has no layer '{layer}'")
     target = layers[layer]
     if not _spatial_conv(target):
-        raise TfoptError(f"downsample: '{layer}' is a {type(target).__name__}; downsampling multiplies the stride "
-                         f"of a Conv2D, DepthwiseConv2D or SeparableConv2D")
+        raise TfoptError(f"downsample: '{layer}' ({type(target).__name__}) is not a Conv2D, DepthwiseConv2D or "
+                         f"SeparableConv2D, whose stride downsampling multiplies")
+    if any(None in tuple(t.shape[1:-1]) for t in model.inputs):
+        raise TfoptError(f"downsample: the model '{model.name}' takes inputs of any height and width; downsampling "
+                         f"needs them known, to check that every later layer takes the smaller maps")
     if tuple(target.dilation_rate) != (1, 1):
         raise TfoptError(f"downsample: '{layer}' is dilated ({target.dilation_rate}); a stride cannot grow with it")
     strides = tuple(s * factor for s in target.strides)
@@ -60,8 +65,20 @@ def downsampled(model, layer: str, factor: int = FACTOR):
         return None
 
     try:
-        return rebuild(model, replace)
+        new = rebuild(model, replace)
     except (ValueError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0][:200]
         raise TfoptError(f"downsample: with '{layer}' at stride {strides[0]}, layer '{at[0]}' cannot take the "
-                         f"smaller maps ({reason})") from None
+                         f"smaller maps ({_reason(exc)})") from None
+    for before, after in zip(model.outputs, new.outputs):
+        if tuple(before.shape) != tuple(after.shape):
+            raise TfoptError(f"downsample: with '{layer}' at stride {strides[0]}, the output "
+                             f"'{before._keras_history.layer.name}' would change shape from {tuple(before.shape)} "
+                             f"to {tuple(after.shape)}; downsampling keeps a model's outputs as they are")
+    return new
+
+
+def _reason(exc) -> str:
+    """Keras' message, without the header it wraps an error raised inside a layer's call in."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Exception encountered when calling")] or lines or [""]
+    return lines[0][:200]
