@@ -160,3 +160,26 @@ def test_keras_applications_mobilenet_v3_small_moves_every_hard_swish():
     assert len(moved) == 19 == ops(tflite.convert(m, "float32"))["HARD_SWISH"]
     x = np.random.default_rng(2).random((8, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(new.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-4, atol=1e-7)
+
+
+def test_keras3_hard_swish_activations_move_their_division_and_the_file_has_no_hard_swish():
+    import keras as k3
+
+    import tfopt
+
+    inp = k3.Input((8, 8, 2))
+    h = k3.layers.Conv2D(4, 1, activation="hard_swish", name="c1")(inp)
+    h = k3.layers.Activation("hard_swish", name="hs")(k3.layers.DepthwiseConv2D(3, padding="same", name="dw")(h))
+    gate = k3.layers.Conv2D(4, 1, activation="hard_sigmoid", name="se")(k3.layers.GlobalAveragePooling2D(
+        keepdims=True)(h))
+    out = k3.layers.Dense(3, name="head")(k3.layers.GlobalAveragePooling2D()(k3.layers.Multiply()([h, gate])))
+    m = k3.Model(inp, out)
+    rng = np.random.default_rng(0)
+    m.set_weights([rng.normal(size=w.shape).astype("float32") for w in m.get_weights()])
+    new, moved = defer_hard_swish_scale(m)
+    assert moved == ["c1", "hs"] and m.get_layer("hs").get_config()["activation"] == "hard_silu"
+    x = images(32, (8, 8, 2))
+    np.testing.assert_allclose(new.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new.get_layer("head").get_weights()[0], m.get_layer("head").get_weights()[0] / 6)
+    content = tfopt.to_tflite(m, mode="int8", data=x, min_agreement=0.0, min_snr=float("-inf"))
+    assert ops(content)["HARD_SWISH"] == 0 and ops(content)["MUL"] >= 2

@@ -89,47 +89,45 @@ def _divisions(model, users) -> dict:
     return found
 
 
-def _absorbs(layer) -> bool:
-    """A layer whose kernel can take the factor: linear in its input before bias and activation."""
-    import tf_keras as keras
+#: Layers whose kernel can take the factor: linear in their input before bias and activation.
+ABSORBING = ("Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+#: Layers of one input that commute with a positive scale.
+PASSING = ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "AveragePooling1D", "AveragePooling2D",
+           "GlobalMaxPooling1D", "GlobalMaxPooling2D", "MaxPooling1D", "MaxPooling2D", "Flatten", "Reshape", "Dropout",
+           "SpatialDropout2D", "ZeroPadding2D", "Cropping2D", "Permute", "UpSampling2D")
 
-    kinds = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
-             keras.layers.SeparableConv2D)
-    return type(layer) in kinds
 
-
-def _passes(layer) -> bool:
-    """A layer of one input that commutes with a positive scale."""
-    import tf_keras as keras
-
-    L = keras.layers
-    kinds = (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.AveragePooling1D, L.AveragePooling2D,
-             L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.MaxPooling1D, L.MaxPooling2D, L.Flatten, L.Reshape,
-             L.Dropout, L.SpatialDropout2D, L.ZeroPadding2D, L.Cropping2D, L.Permute, L.UpSampling2D)
-    if type(layer) in kinds:
-        return True
-    if type(layer) is L.ReLU:
-        return layer.max_value is None and float(layer.threshold) == 0.0
-    if type(layer) is L.Activation:
-        return layer.get_config()["activation"] in ("linear", "relu")
-    return False
+def _role(layer) -> str | None:
+    """``absorbs``, ``passes`` or ``multiply`` for a layer of either Keras reading a scaled
+    tensor (class names and configs are the same in both); None for any other."""
+    kind = type(layer).__name__
+    if kind in ABSORBING:
+        return "absorbs"
+    if kind in PASSING:
+        return "passes"
+    if kind == "Multiply":
+        return "multiply"
+    cfg = layer.get_config()
+    if kind == "ReLU" and cfg.get("max_value") is None and float(cfg.get("threshold") or 0.0) == 0.0:
+        return "passes"
+    if kind == "Activation" and cfg.get("activation") in ("linear", "relu"):
+        return "passes"
+    return None
 
 
 def _reach(start: str, layers: dict, users: dict, outputs: set):
     """``(scaled layers, absorbing layers)`` reached from ``start``'s output, or None when a path
     meets a layer that neither passes nor absorbs the factor, or a model output."""
-    import tf_keras as keras
-
     scaled, absorbing, todo = {start}, set(), [start]
     while todo:
         name = todo.pop()
         if name in outputs:
             return None
         for user in users[name]:
-            layer = layers[user]
-            if _absorbs(layer):
+            role = _role(layers[user])
+            if role == "absorbs":
                 absorbing.add(user)
-            elif _passes(layer) or type(layer) is keras.layers.Multiply:
+            elif role is not None:
                 if user not in scaled:
                     scaled.add(user)
                     todo.append(user)
@@ -138,28 +136,35 @@ def _reach(start: str, layers: dict, users: dict, outputs: set):
     return scaled, absorbing
 
 
-def plan(model) -> dict:
-    """``{division layer name: (layers carrying the factor, layers whose kernels take it)}`` for
-    each hard swish whose division can move: no multiply ends up with the factor on both inputs."""
-    model = as_functional(model)
-    users, layers = consumers(model), {layer.name: layer for layer in model.layers}
-    outputs = {t._keras_history.layer.name for t in model.outputs}
+def _accepted(sources: dict, layers: dict, users: dict, parents: dict, outputs: set) -> dict:
+    """``{source: (layers carrying the factor, layers whose kernels take it)}`` of the ``sources``
+    (``{name: the layer whose output carries the factor once the source changes}``) whose factor
+    can move: every path absorbed, no layer taken twice, no multiply with the factor on both inputs."""
     accepted, carrying, taken = {}, set(), set()
-    for divide, multiply in _divisions(model, users).items():
-        if divide in outputs:  # the gate itself is an output: it must stay divided
+    for source, start in sources.items():
+        if source in outputs:  # a divided gate read as an output must stay divided
             continue
-        reached = _reach(multiply, layers, users, outputs)
+        reached = _reach(start, layers, users, outputs)
         if reached is None:
             continue
         scaled, absorbing = reached
         together = carrying | scaled
         if scaled & carrying or absorbing & taken or any(
-                type(layers[n]).__name__ == "Multiply" and sum(p.name in together for p in inbound(layers[n])) > 1
-                for n in together):
+                _role(layers[n]) == "multiply" and sum(p in together for p in parents[n]) > 1 for n in together):
             continue
-        accepted[divide] = (scaled, absorbing)
+        accepted[source] = (scaled, absorbing)
         carrying, taken = together, taken | absorbing
     return accepted
+
+
+def plan(model) -> dict:
+    """``{division layer name: (layers carrying the factor, layers whose kernels take it)}`` for
+    each hard swish of a tf_keras model whose division can move."""
+    model = as_functional(model)
+    users, layers = consumers(model), {layer.name: layer for layer in model.layers}
+    parents = {name: [p.name for p in inbound(layer)] for name, layer in layers.items()}
+    outputs = {t._keras_history.layer.name for t in model.outputs}
+    return _accepted(_divisions(model, users), layers, users, parents, outputs)
 
 
 def _divided(layer, factor: float) -> list:
@@ -168,10 +173,75 @@ def _divided(layer, factor: float) -> list:
     return [w[0] / factor, *w[1:]]
 
 
+def _times_six(x):
+    """x · relu6(x + 3): a hard swish times 6, in ops XNNPACK runs in int8."""
+    from keras import ops
+
+    return x * ops.relu6(x + 3.0)
+
+
+def _keras3_graph(model):
+    """``(layers, users, parents, outputs)`` of a Keras 3 functional or Sequential model, by layer
+    name; None when a layer is called more than once."""
+    layers = {layer.name: layer for layer in model.layers}
+    parents = {}
+    for name, layer in layers.items():
+        if len(layer._inbound_nodes) > 1:
+            return None
+        parents[name] = [p.operation.name for n in layer._inbound_nodes for p in n.parent_nodes]
+    users = {name: [] for name in layers}
+    for name, ps in parents.items():
+        for p in ps:
+            users.setdefault(p, []).append(name)
+    return layers, users, parents, {t._keras_history[0].name for t in model.outputs}
+
+
+def _defer_keras3(model):
+    """:func:`defer_hard_swish_scale` for Keras 3, whose hard swish is one layer's activation
+    (``Activation("hard_swish")``, or a conv's ``activation="hard_swish"``): that activation
+    becomes x · relu6(x + 3) in a clone of the model."""
+    import keras
+
+    if type(model).__name__ not in ("Functional", "Sequential"):
+        return model, []
+    graph = _keras3_graph(model)
+    if graph is None:
+        return model, []
+    layers, users, parents, outputs = graph
+    sources = {name: name for name, layer in layers.items()
+               if layer.get_config().get("activation") in ("hard_silu", "hard_swish")}
+    todo = _accepted(sources, layers, users, parents, outputs)
+    if not todo:
+        return model, []
+    absorbing = set().union(*(a for _, a in todo.values()))
+
+    def clone(layer):
+        cfg = layer.get_config()
+        if layer.name in todo:
+            cfg["activation"] = _times_six
+        return type(layer).from_config(cfg)
+
+    try:
+        new = keras.models.clone_model(model, clone_function=clone)
+        for layer in model.layers:
+            weights = layer.get_weights()
+            if not weights:  # the input layer is renamed in a clone
+                continue
+            if layer.name in absorbing:
+                weights = [weights[0] / SIX, *weights[1:]]
+            new.get_layer(layer.name).set_weights(weights)
+    except Exception:  # noqa: BLE001  a layer that does not copy from its config: converted as it is
+        return model, []
+    return new, sorted(todo)
+
+
 def defer_hard_swish_scale(model):
-    """``(new model, names of the divisions moved)``: each hard swish of :func:`plan` computes
-    x · relu6(x + 3) and the layers reading it divide their kernels by 6. ``model`` itself is
-    returned (with ``[]``) when there is nothing to move; it is never changed."""
+    """``(new model, names of the hard swishes whose division moved)``: each hard swish that can
+    computes x · relu6(x + 3) and the layers reading it divide their kernels by 6 (tf_keras: the
+    division layers of :func:`plan` taken out; Keras 3: each hard-swish activation replaced).
+    ``model`` itself is returned (with ``[]``) when there is nothing to move; it is never changed."""
+    if type(model).__module__.startswith("keras."):
+        return _defer_keras3(model)
     if not getattr(model, "_is_graph_network", False):
         return model, []
     try:

@@ -113,6 +113,10 @@ def convert(model, mode: str = "float32", x=None, representative=None, int8_io: 
     _check_backend()
     if mode == "int8" and representative is None:
         raise TfoptError("to_tflite: int8 calibrates on training images: pass data=x (a few hundred images)")
+    if mode == "int8" and "HARD_SWISH" not in {str(op).upper() for op in float_ops or ()}:
+        from tfopt.surgery.hard_swish import defer_hard_swish_scale  # XNNPACK runs no int8 HARD_SWISH
+
+        model, _ = defer_hard_swish_scale(model)
     structure, flat = signature(model, x if x is not None else representative)
     specs = [tf.TensorSpec(shape, tf.as_dtype(dtype), name=INPUT.format(i)) for i, (shape, dtype) in enumerate(flat)]
 
