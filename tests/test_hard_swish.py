@@ -3,6 +3,7 @@
 from collections import Counter
 
 import numpy as np
+import pytest
 import tf_keras as keras
 
 from tfopt import tflite
@@ -128,9 +129,8 @@ def test_one_hard_swish_reaching_both_inputs_of_a_multiply_or_a_gate_that_is_an_
 
 
 def test_hard_swish_kept_in_float_stays_a_hard_swish():
-    m = mobilenet_v3_like()
-    x = images()
-    assert ops(tflite.convert(m, "int8", x, float_ops=("HARD_SWISH",)))["HARD_SWISH"] == 6
+    m = small(lambda x: L.GlobalAveragePooling2D()(L.Conv2D(3, 1)(activation(L.Conv2D(4, 1)(x), "hard_swish", "hs"))))
+    assert ops(tflite.convert(m, "int8", images(32, (8, 8, 2)), float_ops=("HARD_SWISH",)))["HARD_SWISH"] == 1
 
 
 def test_a_model_without_hard_swish_is_returned_as_it_is():
@@ -153,6 +153,7 @@ def test_tensorflow_op_layers_as_in_keras_applications_move_too():
     assert ops(tflite.convert(m, "int8", x))["HARD_SWISH"] == 0
 
 
+@pytest.mark.slow
 def test_keras_applications_mobilenet_v3_small_moves_every_hard_swish():
     m = randomized(keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None,
                                                        include_preprocessing=False))
@@ -183,3 +184,19 @@ def test_keras3_hard_swish_activations_move_their_division_and_the_file_has_no_h
     np.testing.assert_allclose(new.get_layer("head").get_weights()[0], m.get_layer("head").get_weights()[0] / 6)
     content = tfopt.to_tflite(m, mode="int8", data=x, min_agreement=0.0, min_snr=float("-inf"))
     assert ops(content)["HARD_SWISH"] == 0 and ops(content)["MUL"] >= 2
+
+
+def test_where_xnnpack_crashed_the_division_moves_into_pointwise_layers_only_then_nowhere(monkeypatch):
+    def two(x):
+        h = activation(L.Conv2D(4, 1)(x), "hard_swish", "to_dw")
+        h = activation(L.Conv2D(4, 1)(L.DepthwiseConv2D(3, padding="same")(h)), "hard_swish", "to_pw")
+        return L.GlobalAveragePooling2D()(L.Conv2D(3, 1)(h))
+
+    m, x = small(two), images(32, (8, 8, 2))
+    answers = []
+    monkeypatch.setattr(tflite, "probe_xnnpack", lambda content: answers.pop(0))
+    answers[:] = [False, True]  # the whole rewrite crashed XNNPACK, the pointwise one did not
+    assert ops(tflite.convert(m, "int8", x))["HARD_SWISH"] == 1  # the one a depthwise conv reads
+    answers[:] = [False, False]
+    assert ops(tflite.convert(m, "int8", x))["HARD_SWISH"] == 2
+    assert answers == []

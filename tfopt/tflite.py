@@ -75,13 +75,39 @@ def convert(model, mode: str = "float32", representative=None, int8_io: bool = F
 
     An ``int8`` file writes each hard swish it can as x · relu6(x + 3), the division by 6 moved into
     the layers that read it (:func:`tfopt.surgery.hard_swish.defer_hard_swish_scale`): the same
-    function, in ops the XNNPACK delegate runs in int8.
+    function, in ops the XNNPACK delegate runs in int8. Such a file is first prepared by XNNPACK in
+    a separate process: see :func:`hard_swish_for_xnnpack`.
     """
-    if mode == "int8" and not qat and "HARD_SWISH" not in {str(op).upper() for op in float_ops or ()}:
-        # XNNPACK leaves int8 HARD_SWISH to the built-in kernels
-        from tfopt.surgery.hard_swish import defer_hard_swish_scale
+    def once(m):
+        return _converted(m, mode, representative, int8_io, qat, sparse, dense_per_tensor, float_ops)
 
-        model, _ = defer_hard_swish_scale(model)
+    return hard_swish_for_xnnpack(model, once, float_ops) if mode == "int8" and not qat else once(model)
+
+
+def hard_swish_for_xnnpack(model, convert, float_ops=()) -> bytes:
+    """``convert(model)`` (an int8 conversion), the model's hard swishes first written as
+    x · relu6(x + 3) with the division by 6 in the layers that read them, which XNNPACK runs in
+    int8 where it leaves ``HARD_SWISH`` to the built-in kernels
+    (:func:`tfopt.surgery.hard_swish.defer_hard_swish_scale`; tf_keras or Keras 3). The file is
+    prepared by XNNPACK in a separate process (:func:`probe_xnnpack`): where that crashed, the
+    division moves into 1×1 convolutions and dense layers only, and where it crashes again, the
+    model converts as it is. ``float_ops`` naming ``HARD_SWISH`` keeps them as they are."""
+    from tfopt.surgery.hard_swish import ABSORBING, POINTWISE, defer_hard_swish_scale
+
+    if "HARD_SWISH" in {str(op).upper() for op in float_ops or ()}:
+        return convert(model)
+    for readers in (ABSORBING, POINTWISE):
+        rewritten, moved = defer_hard_swish_scale(model, readers)
+        if not moved:
+            break
+        content = convert(rewritten)
+        if probe_xnnpack(content):
+            return content
+    return convert(model)
+
+
+def _converted(model, mode, representative, int8_io, qat, sparse, dense_per_tensor, float_ops) -> bytes:
+    """:func:`convert` once the hard swish is settled."""
     auto = dense_per_tensor is None and mode in ("int8", "dynamic") and not qat
     per_kernel = shared_dense_values(model) if auto else bool(dense_per_tensor)
     content = _convert(model, mode, representative, int8_io, qat, sparse, per_kernel, float_ops)

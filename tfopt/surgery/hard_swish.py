@@ -91,17 +91,20 @@ def _divisions(model, users) -> dict:
 
 #: Layers whose kernel can take the factor: linear in their input before bias and activation.
 ABSORBING = ("Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+#: The same without depthwise kernels: XNNPACK has crashed preparing int8 files whose depthwise
+#: convolutions took the factor (a channel-pruned MobileNetV3-Small's; the same model unpruned ran).
+POINTWISE = ("Conv1D", "Conv2D", "Dense")
 #: Layers of one input that commute with a positive scale.
 PASSING = ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "AveragePooling1D", "AveragePooling2D",
            "GlobalMaxPooling1D", "GlobalMaxPooling2D", "MaxPooling1D", "MaxPooling2D", "Flatten", "Reshape", "Dropout",
            "SpatialDropout2D", "ZeroPadding2D", "Cropping2D", "Permute", "UpSampling2D")
 
 
-def _role(layer) -> str | None:
-    """``absorbs``, ``passes`` or ``multiply`` for a layer of either Keras reading a scaled
-    tensor (class names and configs are the same in both); None for any other."""
+def _role(layer, readers=ABSORBING) -> str | None:
+    """``absorbs`` (a class of ``readers``), ``passes`` or ``multiply`` for a layer of either Keras
+    reading a scaled tensor (class names and configs are the same in both); None for any other."""
     kind = type(layer).__name__
-    if kind in ABSORBING:
+    if kind in readers:
         return "absorbs"
     if kind in PASSING:
         return "passes"
@@ -115,7 +118,7 @@ def _role(layer) -> str | None:
     return None
 
 
-def _reach(start: str, layers: dict, users: dict, outputs: set):
+def _reach(start: str, layers: dict, users: dict, outputs: set, readers=ABSORBING):
     """``(scaled layers, absorbing layers)`` reached from ``start``'s output, or None when a path
     meets a layer that neither passes nor absorbs the factor, or a model output."""
     scaled, absorbing, todo = {start}, set(), [start]
@@ -124,7 +127,7 @@ def _reach(start: str, layers: dict, users: dict, outputs: set):
         if name in outputs:
             return None
         for user in users[name]:
-            role = _role(layers[user])
+            role = _role(layers[user], readers)
             if role == "absorbs":
                 absorbing.add(user)
             elif role is not None:
@@ -136,7 +139,7 @@ def _reach(start: str, layers: dict, users: dict, outputs: set):
     return scaled, absorbing
 
 
-def _accepted(sources: dict, layers: dict, users: dict, parents: dict, outputs: set) -> dict:
+def _accepted(sources: dict, layers: dict, users: dict, parents: dict, outputs: set, readers=ABSORBING) -> dict:
     """``{source: (layers carrying the factor, layers whose kernels take it)}`` of the ``sources``
     (``{name: the layer whose output carries the factor once the source changes}``) whose factor
     can move: every path absorbed, no layer taken twice, no multiply with the factor on both inputs."""
@@ -144,7 +147,7 @@ def _accepted(sources: dict, layers: dict, users: dict, parents: dict, outputs: 
     for source, start in sources.items():
         if source in outputs:  # a divided gate read as an output must stay divided
             continue
-        reached = _reach(start, layers, users, outputs)
+        reached = _reach(start, layers, users, outputs, readers)
         if reached is None:
             continue
         scaled, absorbing = reached
@@ -157,14 +160,15 @@ def _accepted(sources: dict, layers: dict, users: dict, parents: dict, outputs: 
     return accepted
 
 
-def plan(model) -> dict:
+def plan(model, readers=ABSORBING) -> dict:
     """``{division layer name: (layers carrying the factor, layers whose kernels take it)}`` for
-    each hard swish of a tf_keras model whose division can move."""
+    each hard swish of a tf_keras model whose division can move into layers of the classes
+    ``readers``."""
     model = as_functional(model)
     users, layers = consumers(model), {layer.name: layer for layer in model.layers}
     parents = {name: [p.name for p in inbound(layer)] for name, layer in layers.items()}
     outputs = {t._keras_history.layer.name for t in model.outputs}
-    return _accepted(_divisions(model, users), layers, users, parents, outputs)
+    return _accepted(_divisions(model, users), layers, users, parents, outputs, readers)
 
 
 def _divided(layer, factor: float) -> list:
@@ -196,7 +200,7 @@ def _keras3_graph(model):
     return layers, users, parents, {t._keras_history[0].name for t in model.outputs}
 
 
-def _defer_keras3(model):
+def _defer_keras3(model, readers=ABSORBING):
     """:func:`defer_hard_swish_scale` for Keras 3, whose hard swish is one layer's activation
     (``Activation("hard_swish")``, or a conv's ``activation="hard_swish"``): that activation
     becomes x · relu6(x + 3) in a clone of the model."""
@@ -210,7 +214,7 @@ def _defer_keras3(model):
     layers, users, parents, outputs = graph
     sources = {name: name for name, layer in layers.items()
                if layer.get_config().get("activation") in ("hard_silu", "hard_swish")}
-    todo = _accepted(sources, layers, users, parents, outputs)
+    todo = _accepted(sources, layers, users, parents, outputs, readers)
     if not todo:
         return model, []
     absorbing = set().union(*(a for _, a in todo.values()))
@@ -235,17 +239,19 @@ def _defer_keras3(model):
     return new, sorted(todo)
 
 
-def defer_hard_swish_scale(model):
+def defer_hard_swish_scale(model, readers=ABSORBING):
     """``(new model, names of the hard swishes whose division moved)``: each hard swish that can
     computes x · relu6(x + 3) and the layers reading it divide their kernels by 6 (tf_keras: the
     division layers of :func:`plan` taken out; Keras 3: each hard-swish activation replaced).
-    ``model`` itself is returned (with ``[]``) when there is nothing to move; it is never changed."""
+    ``readers``: the classes of layers whose kernels may take the factor (:data:`ABSORBING`, or
+    :data:`POINTWISE`). ``model`` itself is returned (with ``[]``) when there is nothing to move; it
+    is never changed."""
     if type(model).__module__.startswith("keras."):
-        return _defer_keras3(model)
+        return _defer_keras3(model, readers)
     if not getattr(model, "_is_graph_network", False):
         return model, []
     try:
-        todo = plan(model)
+        todo = plan(model, readers)
     except TfoptError:  # a shared layer: the graph is converted as it is
         return model, []
     if not todo:

@@ -108,15 +108,21 @@ def convert(model, mode: str = "float32", x=None, representative=None, int8_io: 
         TfoptError: not the TensorFlow backend; int8 without representative inputs; a model
             the converter cannot take (in one paragraph, with the converter's first line).
     """
-    import tensorflow as tf
-
     _check_backend()
     if mode == "int8" and representative is None:
         raise TfoptError("to_tflite: int8 calibrates on training images: pass data=x (a few hundred images)")
-    if mode == "int8" and "HARD_SWISH" not in {str(op).upper() for op in float_ops or ()}:
-        from tfopt.surgery.hard_swish import defer_hard_swish_scale  # XNNPACK runs no int8 HARD_SWISH
+    if mode == "int8":
+        from tfopt.tflite import hard_swish_for_xnnpack
 
-        model, _ = defer_hard_swish_scale(model)
+        return hard_swish_for_xnnpack(model, lambda m: _exported(m, mode, x, representative, int8_io, float_ops),
+                                      float_ops)
+    return _exported(model, mode, x, representative, int8_io, float_ops)
+
+
+def _exported(model, mode, x, representative, int8_io, float_ops) -> bytes:
+    """:func:`convert` once the hard swish is settled."""
+    import tensorflow as tf
+
     structure, flat = signature(model, x if x is not None else representative)
     specs = [tf.TensorSpec(shape, tf.as_dtype(dtype), name=INPUT.format(i)) for i, (shape, dtype) in enumerate(flat)]
 
