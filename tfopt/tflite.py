@@ -17,6 +17,7 @@ from tfopt.config.choices import TFLITE_MODES
 from tfopt.config.validation import did_you_mean
 from tfopt.errors import TfoptError
 from tfopt.layer_kinds import prunable_weights
+from tfopt.surgery.hard_swish import ABSORBING, POINTWISE, defer_hard_swish_scale
 
 MODES = TFLITE_MODES
 
@@ -92,8 +93,6 @@ def hard_swish_for_xnnpack(model, convert, float_ops=()) -> bytes:
     prepared by XNNPACK in a separate process (:func:`probe_xnnpack`): where that crashed, the
     division moves into 1×1 convolutions and dense layers only, and where it crashes again, the
     model converts as it is. ``float_ops`` naming ``HARD_SWISH`` keeps them as they are."""
-    from tfopt.surgery.hard_swish import ABSORBING, POINTWISE, defer_hard_swish_scale
-
     if "HARD_SWISH" in {str(op).upper() for op in float_ops or ()}:
         return convert(model)
     for readers in (ABSORBING, POINTWISE):

@@ -26,7 +26,7 @@ import numpy as np
 
 from tfopt.engines.keras3.selection import all_layers
 from tfopt.errors import TfoptError
-from tfopt.tflite import finish
+from tfopt.tflite import finish, hard_swish_for_xnnpack
 
 INPUT = "input_{}"
 OUTPUT = "output_{}"
@@ -112,8 +112,6 @@ def convert(model, mode: str = "float32", x=None, representative=None, int8_io: 
     if mode == "int8" and representative is None:
         raise TfoptError("to_tflite: int8 calibrates on training images: pass data=x (a few hundred images)")
     if mode == "int8":
-        from tfopt.tflite import hard_swish_for_xnnpack
-
         return hard_swish_for_xnnpack(model, lambda m: _exported(m, mode, x, representative, int8_io, float_ops),
                                       float_ops)
     return _exported(model, mode, x, representative, int8_io, float_ops)
