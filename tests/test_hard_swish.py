@@ -200,3 +200,23 @@ def test_where_xnnpack_crashed_the_division_moves_into_pointwise_layers_only_the
     answers[:] = [False, False]
     assert ops(tflite.convert(m, "int8", x))["HARD_SWISH"] == 2
     assert answers == []
+
+
+def test_a_collapsed_range_is_widened_so_that_xnnpack_runs_the_int8_file():
+    def dead_gate(x):  # a squeeze-excite whose one reduce channel is never positive, as after a channel cut
+        h = L.Conv2D(8, 3, padding="same", activation="relu")(x)
+        g = L.Conv2D(1, 1, activation="relu", name="reduce", bias_initializer=keras.initializers.Constant(-50.0))(
+            L.GlobalAveragePooling2D(keepdims=True)(h))
+        g = L.Conv2D(8, 1, activation="sigmoid", name="expand")(g)
+        return L.Dense(3)(L.GlobalAveragePooling2D()(L.Multiply()([h, g])))
+
+    inp = keras.Input((8, 8, 2))
+    m = keras.Model(inp, dead_gate(inp))
+    x = images(32, (8, 8, 2))
+    raw = tflite._convert(m, "int8", x, False, False, False, False)
+    assert tflite.interpreter(raw, 1)[1] == "builtin"  # XNNPACK refused the file
+    content = tflite.convert(m, "int8", x)
+    assert tflite.interpreter(content, 1)[1] == "xnnpack"
+    assert tflite.widened_dead_ranges(content) == content  # nothing left to widen
+    np.testing.assert_allclose(tflite.predict(content, x), m.predict(x, verbose=0), atol=0.05 * np.abs(
+        m.predict(x, verbose=0)).max())
