@@ -133,6 +133,13 @@ REQUANTIZATION_LIMIT = 128.0
 _REQUANTIZING = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "QUANTIZE", "DEQUANTIZE")
 
 
+def _builtin_ops() -> dict:
+    """``{builtin op code: its name}`` of the TFLite schema (``CONV_2D``, ``HARD_SWISH``, ...)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper()}
+
+
 def widened_dead_ranges(content: bytes) -> bytes:
     """``content`` with the output scale of each int8 convolution or dense layer whose calibrated
     range collapsed (a channel that was always zero after its ReLU: a channel-pruned
@@ -141,11 +148,10 @@ def widened_dead_ranges(content: bytes) -> bytes:
     XNNPACK delegate refuses the whole file otherwise (MobileNetV3-Small, channel-pruned: 332 µs on
     the built-in kernels, 37 µs once widened). A tensor read by an op that does not requantize, or
     that is an output of the file, is left as it is; so is a file with nothing to widen."""
-    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils as fb
 
     model = fb.convert_bytearray_to_object(bytearray(content))
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper()}
+    names = _builtin_ops()
     codes = [names.get(max(c.builtinCode, c.deprecatedBuiltinCode)) for c in model.operatorCodes]
     widened = 0
     for graph in model.subgraphs:
@@ -222,12 +228,10 @@ def check_float_ops(float_ops, mode: str) -> tuple:
         TfoptError: a name that is not a TFLite builtin op (with the closest), or op types with
             another mode than ``int8``.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
-
     names = tuple(str(op).upper() for op in (float_ops or ()))
     if names and mode != "int8":
         raise TfoptError(f"to_tflite: float_ops keeps op types in float inside an int8 file; mode is {mode}")
-    known = [k for k in vars(schema.BuiltinOperator) if k.isupper()]
+    known = list(_builtin_ops().values())
     for name in names:
         if name not in known:
             raise TfoptError(f"to_tflite: '{name}' in float_ops is not a TFLite op type{did_you_mean(name, known)}; "

@@ -213,10 +213,7 @@ def longer_chains(standings, epochs: int, log=M.quiet) -> list:
 
 def trained_step(chain):
     """Index of the last step of ``chain`` that fine-tunes (not an exact rewrite); None when none does."""
-    for i in range(len(chain) - 1, -1, -1):
-        if chain[i].name not in REWRITES:
-            return i
-    return None
+    return next(iter(trained_steps(chain)), None)
 
 
 def mode_of(row: dict) -> str:

@@ -68,7 +68,6 @@ def _divisions(model, users) -> dict:
     import tf_keras as keras
 
     found = {}
-
     for layer in model.layers:
         if type(layer) is not keras.layers.Multiply:
             continue
@@ -91,8 +90,9 @@ def _divisions(model, users) -> dict:
 
 #: Layers whose kernel can take the factor: linear in their input before bias and activation.
 ABSORBING = ("Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
-#: The same without depthwise kernels: XNNPACK has crashed preparing int8 files whose depthwise
-#: convolutions took the factor (a channel-pruned MobileNetV3-Small's; the same model unpruned ran).
+#: The same without depthwise kernels: the fallback where XNNPACK crashed preparing a rewritten file
+#: (a channel-pruned MobileNetV3-Small's did, by a collapsed range that :func:`tfopt.tflite.widened_dead_ranges`
+#: now widens; its file with the factor in 1×1 convs only did not crash).
 POINTWISE = ("Conv1D", "Conv2D", "Dense")
 #: Layers of one input that commute with a positive scale.
 PASSING = ("GlobalAveragePooling1D", "GlobalAveragePooling2D", "AveragePooling1D", "AveragePooling2D",
@@ -231,9 +231,7 @@ def _defer_keras3(model, readers=ABSORBING):
             weights = layer.get_weights()
             if not weights:  # the input layer is renamed in a clone
                 continue
-            if layer.name in absorbing:
-                weights = [weights[0] / SIX, *weights[1:]]
-            new.get_layer(layer.name).set_weights(weights)
+            new.get_layer(layer.name).set_weights(_divided(layer, SIX) if layer.name in absorbing else weights)
     except Exception:  # noqa: BLE001  a layer that does not copy from its config: converted as it is
         return model, []
     return new, sorted(todo)
