@@ -343,6 +343,33 @@ def test_quantize_aware_then_int8_tflite_agrees(trained):
         tfopt.to_tflite(qat, mode="float16")
 
 
+def test_qat_folds_the_batchnorm_after_a_conv_into_it(trained):
+    from ai_edge_litert.interpreter import Interpreter
+
+    qat = tfopt.quantize_aware(trained, DATA, epochs=1)
+    assert "quant_bn1" in {layer.name for layer in qat.layers}
+    it = Interpreter(model_content=tfopt.to_tflite(qat, mode="int8", data=HELD[0]))
+    ops = [op["op_name"] for op in it._get_ops_details()]
+    # bn1 is inside the first CONV_2D: no float multiply and add between a dequantize and a quantize
+    assert "MUL" not in ops and "ADD" not in ops
+    assert ops.count("QUANTIZE") == 1 and ops.count("DEQUANTIZE") == 1
+
+
+def test_the_batchnorms_qat_folds_follow_a_linear_conv_or_dense_they_alone_read():
+    from tfopt.steps.quantize import foldable_batchnorms
+
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    a = L.BatchNormalization(name="bn_a")(L.Conv2D(4, 3, padding="same", name="conv_a")(inp))
+    d = L.BatchNormalization(name="bn_dw")(L.DepthwiseConv2D(3, padding="same", name="dw")(L.ReLU()(a)))
+    b = L.BatchNormalization(name="bn_relu")(L.Conv2D(4, 1, activation="relu", name="conv_relu")(d))
+    c = L.Conv2D(4, 1, name="conv_shared")(b)
+    s = L.BatchNormalization(name="bn_add")(L.Add()([L.BatchNormalization(name="bn_shared")(c), c]))
+    f = L.BatchNormalization(name="bn_fc")(L.Dense(5, name="fc")(L.GlobalAveragePooling2D()(s)))
+    model = keras.Model(inp, L.Softmax()(f))
+    assert foldable_batchnorms(model) == {"bn_a", "bn_dw", "bn_fc"}
+
+
 def test_to_tflite_is_verified_on_the_data(trained):
     blob = tfopt.to_tflite(trained, mode="int8", data=HELD)
     assert isinstance(blob, bytes)

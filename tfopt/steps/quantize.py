@@ -55,18 +55,49 @@ def scheme_for(model) -> str:
     return {(True, True): "pcqat", (True, False): "pqat", (False, True): "cqat"}.get((pruned, clustered), "qat")
 
 
+#: Layers whose BatchNormalization TFMOT's QAT folds into them (its Conv/Dense + BatchNorm
+#: transforms), when their activation is linear and the BatchNormalization is their only reader.
+_FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def foldable_batchnorms(model) -> set:
+    """Names of the BatchNormalization layers QAT folds into the layer before them: that layer is a
+    Conv2D, DepthwiseConv2D or Dense with a linear activation whose only reader is the BatchNormalization.
+
+    Annotated with their layer, they are trained folded and the int8 file holds one convolution;
+    left out, each stays a float multiply and add between a dequantize and a quantize."""
+    from tfopt.surgery.graph import as_functional, consumers, inbound
+
+    model = as_functional(model)
+    readers = consumers(model)
+    found = set()
+    for layer in model.layers:
+        if type(layer).__name__ not in ("BatchNormalization", "SyncBatchNormalization"):
+            continue
+        parents = inbound(layer)
+        if len(parents) != 1:
+            continue
+        parent = parents[0]
+        if (type(parent).__name__ in _FOLDS_BATCHNORM and readers[parent.name] == [layer.name]
+                and parent.get_config().get("activation", "linear") == "linear"):
+            found.add(layer.name)
+    return found
+
+
 def _annotate(model, log):
-    """Annotate the layers QAT supports; name the ones left in float."""
+    """Annotate the layers QAT supports, and the BatchNormalizations it folds into them; name the
+    ones left in float."""
     import tf_keras as keras
 
     q = import_tfmot().quantization.keras
     registry = q.default_8bit.Default8BitQuantizeRegistry()
+    folded = foldable_batchnorms(model)
     skipped = []
 
     def annotate(layer):
         if isinstance(layer, keras.layers.InputLayer):
             return layer
-        if registry.supports(layer):
+        if registry.supports(layer) or layer.name in folded:
             return q.quantize_annotate_layer(layer)
         if layer.weights:
             skipped.append(f"{layer.name} ({type(layer).__name__})")
