@@ -368,6 +368,11 @@ def test_the_batchnorms_qat_folds_follow_a_linear_conv_or_dense_they_alone_read(
     f = L.BatchNormalization(name="bn_fc")(L.Dense(5, name="fc")(L.GlobalAveragePooling2D()(s)))
     model = keras.Model(inp, L.Softmax()(f))
     assert foldable_batchnorms(model) == {"bn_a", "bn_dw", "bn_fc"}
+    # a conv called twice (a shared layer) has two readers: its BatchNormalization stays as it is
+    shared = L.Conv2D(3, 1, name="conv_twice")
+    twice = L.BatchNormalization(name="bn_twice")(shared(inp))
+    model = keras.Model(inp, L.Add()([twice, shared(L.ReLU()(inp))]))
+    assert foldable_batchnorms(model) == set()
 
 
 def test_to_tflite_is_verified_on_the_data(trained):

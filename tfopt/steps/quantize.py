@@ -66,19 +66,26 @@ def foldable_batchnorms(model) -> set:
 
     Annotated with their layer, they are trained folded and the int8 file holds one convolution;
     left out, each stays a float multiply and add between a dequantize and a quantize."""
-    from tfopt.surgery.graph import as_functional, consumers, inbound
+    from tfopt.surgery.graph import as_functional
 
     model = as_functional(model)
-    readers = consumers(model)
+    calls = {}  # {layer name: [(its parent layers) for each call]}
+    readers = {}  # {layer name: names of the layers that read it, once per call}
+    for layer in model.layers:
+        for node in layer.inbound_nodes:
+            parents = node.inbound_layers
+            parents = list(parents) if isinstance(parents, (list, tuple)) else [parents]
+            calls.setdefault(layer.name, []).append(parents)
+            for parent in parents:
+                readers.setdefault(parent.name, []).append(layer.name)
     found = set()
     for layer in model.layers:
         if type(layer).__name__ not in ("BatchNormalization", "SyncBatchNormalization"):
             continue
-        parents = inbound(layer)
-        if len(parents) != 1:
-            continue
-        parent = parents[0]
-        if (type(parent).__name__ in _FOLDS_BATCHNORM and readers[parent.name] == [layer.name]
+        if len(calls.get(layer.name, [])) != 1 or len(calls[layer.name][0]) != 1:
+            continue  # a shared BatchNormalization, or one outside this graph
+        parent = calls[layer.name][0][0]
+        if (type(parent).__name__ in _FOLDS_BATCHNORM and readers.get(parent.name) == [layer.name]
                 and parent.get_config().get("activation", "linear") == "linear"):
             found.add(layer.name)
     return found
