@@ -410,13 +410,11 @@ def cluster(model, data, *, clusters: int = 16, epochs: int = 1, init: str = "km
 def quantize_aware(model, data, *, epochs: int = 1, log=None, **fine_tune):
     """Quantization-aware training (PQAT for a pruned model, CQAT for a clustered one).
 
-    A tf_keras model gives the trained tf_keras QAT model (TFMOT fake-quant layers); its purpose
-    is ``to_tflite(qat, mode="int8")``, which keeps the learned ranges (no calibration data
-    needed); each BatchNormalization after a linear Conv2D, DepthwiseConv2D or Dense layer is
-    trained with that layer, as TFMOT's ``quantize_model`` does, and the int8 file holds the two as
-    one op. A Keras 3 model gives a Keras 3 model of its class, fine-tuned with its weights
-    fake-quantized (8 bits, one scale per output channel; zeros of a pruned kernel kept), so its
-    weights sit on the int8 grid; ``to_tflite(model, mode="int8", data=x)`` then calibrates the
+    A tf_keras model gives the trained tf_keras QAT model (TFMOT fake-quant layers, each BatchNormalization
+    after a linear conv or dense layer folded into it); its purpose is ``to_tflite(qat, mode="int8")``, which
+    keeps the learned ranges (no calibration data needed). A Keras 3 model gives a Keras 3 model of its class,
+    fine-tuned with its weights fake-quantized (8 bits, one scale per output channel; zeros of a pruned kernel
+    kept), so its weights sit on the int8 grid; ``to_tflite(model, mode="int8", data=x)`` then calibrates the
     activations on ``x``.
 
     Args:
