@@ -18,6 +18,8 @@ from tfopt.steps.cluster import unique_values
 from tfopt.steps.prune import layer_sparsity, overall_sparsity
 from tfopt.steps.runs import base_metrics, evaluate, splits_of, with_step, write_run
 from tfopt.steps.settings import fine_tune_from_recipe, step_settings
+from tfopt.surgery.fold_bn import batchnorm_plan
+from tfopt.surgery.graph import as_functional
 from tfopt.tflite import SHARED_VALUES, VerificationFailed, convert, interpreter, predict, verify
 from tfopt.training import finetune
 
@@ -55,40 +57,23 @@ def scheme_for(model) -> str:
     return {(True, True): "pcqat", (True, False): "pqat", (False, True): "cqat"}.get((pruned, clustered), "qat")
 
 
-#: Layers whose BatchNormalization TFMOT's QAT folds into them (its Conv/Dense + BatchNorm
-#: transforms), when their activation is linear and the BatchNormalization is their only reader.
+#: Layers whose BatchNormalization TFMOT's QAT folds into them (its Conv/Dense + BatchNorm transforms).
 _FOLDS_BATCHNORM = ("Conv2D", "DepthwiseConv2D", "Dense")
 
 
 def foldable_batchnorms(model) -> set:
-    """Names of the BatchNormalization layers QAT folds into the layer before them: that layer is a
-    Conv2D, DepthwiseConv2D or Dense with a linear activation whose only reader is the BatchNormalization.
+    """Names of the BatchNormalization layers QAT folds into the layer before them: those
+    :func:`tfopt.surgery.fold_bn.batchnorm_plan` folds into a Conv2D, DepthwiseConv2D or Dense
+    layer; none in a model with a shared layer.
 
     Annotated with their layer, they are trained folded and the int8 file holds one convolution;
     left out, each stays a float multiply and add between a dequantize and a quantize."""
-    from tfopt.surgery.graph import as_functional
-
     model = as_functional(model)
-    calls = {}  # {layer name: [(its parent layers) for each call]}
-    readers = {}  # {layer name: names of the layers that read it, once per call}
-    for layer in model.layers:
-        for node in layer.inbound_nodes:
-            parents = node.inbound_layers
-            parents = list(parents) if isinstance(parents, (list, tuple)) else [parents]
-            calls.setdefault(layer.name, []).append(parents)
-            for parent in parents:
-                readers.setdefault(parent.name, []).append(layer.name)
-    found = set()
-    for layer in model.layers:
-        if type(layer).__name__ not in ("BatchNormalization", "SyncBatchNormalization"):
-            continue
-        if len(calls.get(layer.name, [])) != 1 or len(calls[layer.name][0]) != 1:
-            continue  # a shared BatchNormalization, or one outside this graph
-        parent = calls[layer.name][0][0]
-        if (type(parent).__name__ in _FOLDS_BATCHNORM and readers.get(parent.name) == [layer.name]
-                and parent.get_config().get("activation", "linear") == "linear"):
-            found.add(layer.name)
-    return found
+    try:
+        plan, _ = batchnorm_plan(model)
+    except TfoptError:  # a shared layer: its calls cannot be told apart
+        return set()
+    return {bn.name for name, bn in plan.items() if type(model.get_layer(name)).__name__ in _FOLDS_BATCHNORM}
 
 
 def _annotate(model, log):

@@ -46,11 +46,13 @@ def _folded_weights(layer, scale, shift):
     return [kernel, bias * scale + shift]
 
 
-def fold_batchnorm(model):
-    """A new model with every foldable BatchNormalization merged into the layer before it.
+def batchnorm_plan(model) -> tuple[dict, list]:
+    """``({name of a layer: the BatchNormalization that folds into it}, [(bn, reason kept)])``: a
+    BatchNormalization folds when its only input is a foldable layer with a linear activation
+    (:func:`tfopt.layer_kinds.is_foldable`) that it alone reads.
 
-    Returns ``(model, report)``; ``report`` lists ``folded`` as ``(bn, into)`` pairs and
-    ``kept`` as ``(bn, reason)`` pairs.
+    Raises:
+        TfoptError: a shared layer (called more than once).
     """
     import tf_keras as keras
 
@@ -71,6 +73,16 @@ def fold_batchnorm(model):
             kept.append((layer.name, f"{parent.name}'s output also feeds {', '.join(users[parent.name])}"))
         else:
             plan[parent.name] = layer
+    return plan, kept
+
+
+def fold_batchnorm(model):
+    """A new model with every foldable BatchNormalization merged into the layer before it.
+
+    Returns ``(model, report)``; ``report`` lists ``folded`` as ``(bn, into)`` pairs and
+    ``kept`` as ``(bn, reason)`` pairs.
+    """
+    plan, kept = batchnorm_plan(model)
     folded = []
 
     def replace(layer, args):
