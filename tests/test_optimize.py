@@ -11,7 +11,7 @@ from tfopt.config.fine_tune import FineTuneSettings
 from tfopt.config.registry import Config
 from tfopt.distill import TeacherTargets
 from tfopt.errors import TfoptError
-from tfopt.search import stages
+from tfopt.search import extend, stages
 from tfopt.search.candidates import COLUMNS, Candidate, ChainStep, Standings, chain_key
 from tfopt.search.engine import PROBE_RATES, chosen_rate, optimize, parse_budget, probe_rates
 from tfopt.search.inputs import resolution_note
@@ -769,29 +769,35 @@ def test_extensions_double_the_last_trained_steps_epochs_of_the_near_misses_that
                            "base+int8": ([], _row("base+int8", "int8", 0.55, 1, 90_000, False))})
     for r in s.rows.values():
         r["seconds"] = 30.0
-    plan = stages.extension_candidates(s, 2, {})
+    plan = extend.extension_candidates(s, 2, {})
     # least drop first; the rewrite after the cut stays, the cut fine-tunes twice the search's 2 epochs; the
-    # QAT near miss keeps its mode and doubles its own 6; over twice the budget (p97), larger than the best
-    # (big) or nothing trained (base): none; the best itself (0.2 pt down) last
+    # QAT near miss keeps its mode and doubles its own 6; larger than the best (big) or nothing trained (base):
+    # none; over twice the budget but at most half the best's bytes (p97, 30 kB): the long shot, second, four
+    # times the epochs; the best itself (0.2 pt down) last
     assert [(row["id"], c.id, est) for row, c, est in plan] == [
-        ("ch3+fp-conv1+f32", "ch3-e4+fp-conv1+f32", 60.0), ("ch3+p95+int8", "ch3+perk95-e4+int8", 60.0),
-        ("p99+qat", "perk99-e12+qat", 60.0), ("ch3+int8", "ch3-e4+int8", 60.0)]
-    assert plan[1][1].chain[-1].fine_tune == {"lr": 1e-3, "epochs": 4} and plan[1][1].stage == "extend"
+        ("ch3+fp-conv1+f32", "ch3-e4+fp-conv1+f32", 60.0), ("p97+int8", "perk97-e8+int8", 120.0),
+        ("ch3+p95+int8", "ch3+perk95-e4+int8", 60.0), ("p99+qat", "perk99-e12+qat", 60.0),
+        ("ch3+int8", "ch3-e4+int8", 60.0)]
+    assert plan[2][1].chain[-1].fine_tune == {"lr": 1e-3, "epochs": 4} and plan[2][1].stage == "extend"
+    s.rows["p97+int8"]["tflite_gzip_bytes"] = 50_001  # over half the best's: no long shot
+    assert "p97+int8" not in [r["id"] for r, _, _ in extend.extension_candidates(s, 2, {})]
+    s.rows["p97+int8"]["tflite_gzip_bytes"] = 30_000
     # an extension that lost as much as the row it came from is not extended again; the row it came from has
     # the step before that one extended instead (the channel cut under the prune), which redoes the prune
-    s.chains["ch3+perk95-e4+int8"] = plan[1][1].chain
+    s.chains["ch3+perk95-e4+int8"] = plan[2][1].chain
     s.rows["ch3+perk95-e4+int8"] = {**_row("ch3+perk95-e4+int8", "extend", 0.7, 1, 40_000, False), "seconds": 50.0}
-    again = stages.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})
-    assert [(c.id, est) for _, c, est in again] == [("ch3-e4+fp-conv1+f32", 60.0), ("ch3-e4+perk95+int8", 120.0),
-                                                    ("perk99-e12+qat", 60.0), ("ch3-e4+int8", 60.0)]
-    assert again[1][1].chain[1].fine_tune == {"lr": 1e-3} and again[1][1].chain[0].fine_tune == {"epochs": 4}
+    again = extend.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})
+    assert [(c.id, est) for _, c, est in again] == [("ch3-e4+fp-conv1+f32", 60.0), ("perk97-e8+int8", 120.0),
+                                                    ("ch3-e4+perk95+int8", 120.0), ("perk99-e12+qat", 60.0),
+                                                    ("ch3-e4+int8", 60.0)]
+    assert again[2][1].chain[1].fine_tune == {"lr": 1e-3} and again[2][1].chain[0].fine_tune == {"epochs": 4}
     # with that one tried too, nothing is left to lengthen in that row
-    s.chains["ch3-e4+perk95+int8"] = again[1][1].chain
-    assert "ch3+p95+int8" not in [r["id"] for r, _, _ in stages.extension_candidates(
+    s.chains["ch3-e4+perk95+int8"] = again[2][1].chain
+    assert "ch3+p95+int8" not in [r["id"] for r, _, _ in extend.extension_candidates(
         s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})]
     s.rows["ch3+perk95-e4+int8"]["drop_points"] = 0.6  # it recovered: on to 8 epochs
-    assert [c.id for _, c, _ in stages.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})][:2] == [
-        "ch3+perk95-e8+int8", "ch3-e4+fp-conv1+f32"]
+    assert [c.id for _, c, _ in extend.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})][:3] == [
+        "ch3+perk95-e8+int8", "perk97-e8+int8", "ch3-e4+fp-conv1+f32"]
 
 
 class _TimedSearch:
@@ -838,38 +844,75 @@ def test_the_extend_stage_spends_the_time_left_and_says_why_it_stopped():
     # each doubling recovers 0.2 pt: 4 epochs 0.6, 8 epochs 0.4 (within budget, the best), then the best itself
     # fine-tuned longer: 16 epochs 0.2, 32 epochs 0.0 (nothing left to narrow)
     search = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8 - 0.2 * (e.bit_length() - 2))
-    assert stages.extend_stage(search, {}) is True
+    assert extend.extend_stage(search, {}) is True
     assert [r["id"] for r in search.standings.rows.values()][2:] == [
         "perk95-e4+int8", "perk95-e8+int8", "perk95-e16+int8", "perk95-e32+int8"]
     assert search.standings.best()["id"] == "perk95-e32+int8"
     assert search.events[-1]["event"] == "stopped" and search.events[-1]["used"] == pytest.approx(900 / 3600)
     assert search.stop_reason == ("stopped after 15.0 of 60.0 min (25% of the time budget): nothing left to improve: "
-                                  "no near miss (over budget by at most 2× the budget) would beat the best, and the "
-                                  "best loses no accuracy")
+                                  "no near miss (over budget by at most 2× the budget) would beat the best, nor would "
+                                  "any candidate further over reach 0.5× its figure, and the best loses no accuracy")
     assert search.lines[0] == "p95+int8 missed by 0.30 pt: prune fine-tuned 4 epochs"
     assert search.lines[2] == "perk95-e8+int8 is the best, 0.40 pt down: prune fine-tuned 16 epochs"
     # a fine-tune that does not recover is not doubled again
     flat = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8)
-    stages.extend_stage(flat, {})
+    extend.extend_stage(flat, {})
     assert [r["id"] for r in flat.standings.rows.values()][2:] == ["perk95-e4+int8"]
     assert "nothing left to improve" in flat.stop_reason
     # the best's own longer fine-tunes end when one recovers nothing more
     stuck = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.4)
-    stages.extend_stage(stuck, {})
+    extend.extend_stage(stuck, {})
     assert [r["id"] for r in stuck.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e8+int8"]
-    assert stuck.stop_reason.endswith("would beat the best, and the longer fine-tunes tried lost as much as the "
+    assert stuck.stop_reason.endswith("reach 0.5× its figure, and the longer fine-tunes tried lost as much as the "
                                       "ones before them")
+
+
+def test_a_long_shot_is_fine_tuned_longer_while_it_recovers():
+    # 2.5 pt over a 0.5-pt budget, at 40% of the best's bytes: 8 epochs 2.0, 32 epochs 0.9 (a near miss now),
+    # 64 epochs 0.4 (the best), then the best's own 128 epochs recover nothing more
+    s = _near_miss_standings()
+    s.rows["p95+int8"]["drop_points"] = 3.0
+    drops = {8: 2.0, 32: 0.9, 64: 0.4, 128: 0.4}
+    search = _TimedSearch(s, 36000, drops.get)
+    assert extend.extend_stage(search, {}) is True
+    assert [r["id"] for r in s.rows.values()][2:] == [
+        "perk95-e8+int8", "perk95-e32+int8", "perk95-e64+int8", "perk95-e128+int8"]
+    assert s.best()["id"] == "perk95-e64+int8"
+    assert search.lines[:3] == ["p95+int8 missed by 2.50 pt, 0.40× the best's figure: prune fine-tuned 8 epochs",
+                                "perk95-e8+int8 missed by 1.50 pt, 0.40× the best's figure: prune fine-tuned 32 epochs",
+                                "perk95-e32+int8 missed by 0.40 pt: prune fine-tuned 64 epochs"]
+    # at over half the best's bytes it is left alone
+    s = _near_miss_standings()
+    s.rows["p95+int8"].update(drop_points=3.0, tflite_gzip_bytes=50_001)
+    alone = _TimedSearch(s, 3600, drops.get)
+    extend.extend_stage(alone, {})
+    assert len(s.rows) == 2 and "nothing left to improve" in alone.stop_reason
+
+
+def test_the_cut_to_fit_goes_to_the_first_plan_entry_that_lengthens_a_last_trained_step():
+    ch = [ChainStep("structured", {"ratio": 0.0, "per_layer": {"fc1": 0.5}}, label=3)]
+    p95 = ch + [ChainStep("prune", {"sparsity": 0.95})]
+    s = _standings(0.5, **{"base+int8": ([], _row("base+int8", "int8", 0.0, 1, 100_000, True)),
+                           "ch3+p95+int8": (p95, {**_row("ch3+p95+int8", "prune", 0.7, 1, 40_000, False), "seconds": 60.0}),
+                           "p90+int8": (p95[1:], {**_row("p90+int8", "prune", 0.8, 1, 50_000, False), "seconds": 30.0})})
+    earlier = extend._extended(s.rows["ch3+p95+int8"], p95, 2, lambda e: 2 * e, 0)  # the channel cut, not the prune
+    last = extend._extended(s.rows["p90+int8"], p95[1:], 2, lambda e: 2 * e)
+    plan = [(s.rows["ch3+p95+int8"], earlier, 240.0), (s.rows["p90+int8"], last, 60.0)]
+    row, cut, est = extend.fitted(s, plan, 2, 50.0)  # 3 epochs (45 s) of the second fit in 50 s with a tenth to spare
+    assert (row["id"], cut.id, est) == ("p90+int8", "perk95-e3+int8", 45.0)
+    assert extend.fitted(s, plan, 2, 40.0) is None  # 2 epochs, no longer than before
+    assert extend.fitted(s, plan[:1], 2, 1e6) is None
 
 
 def test_a_resumed_search_takes_up_the_extensions_it_finished_and_chooses_as_before():
     first = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8 - 0.2 * (e.bit_length() - 2))
-    stages.extend_stage(first, {})
+    extend.extend_stage(first, {})
     # resumed: every row read back, but only the stages before extend have registered their chains
     again = _TimedSearch(_near_miss_standings(), 3600, lambda e: pytest.fail("nothing is fine-tuned again"))
     again.standings.rows.update(first.standings.rows)
     again.clock = first.clock
     assert again.standings.best()["id"] == "base+int8"
-    assert stages.extend_stage(again, {}) is True
+    assert extend.extend_stage(again, {}) is True
     assert again.standings.best()["id"] == first.standings.best()["id"] == "perk95-e32+int8"
     assert again.clock == first.clock and not again.lines[:-1]
     assert again.stop_reason == first.stop_reason
@@ -878,7 +921,7 @@ def test_a_resumed_search_takes_up_the_extensions_it_finished_and_chooses_as_bef
 def test_the_last_extension_is_cut_to_the_time_left():
     # 4 epochs (60 s) fit in 150 s; 8 (120 s) do not fit in the 90 s left, 5 (75 s, with a tenth to spare) do
     search = _TimedSearch(_near_miss_standings(), 150, lambda e: 0.8 - 0.05 * e)
-    assert stages.extend_stage(search, {}) is True
+    assert extend.extend_stage(search, {}) is True
     assert [r["id"] for r in search.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e5+int8"]
     assert search.elapsed() == pytest.approx(135.0)
     assert search.stop_reason.endswith("the next longer fine-tune (perk95-e10+int8, about 2.5 min) would not fit in "
@@ -905,13 +948,13 @@ def test_latencies_of_one_graph_within_the_measurement_noise_tie_and_the_more_ac
 def test_the_extend_stage_stops_when_the_next_fine_tune_would_not_fit():
     # 4 epochs (60 s) fit in 100 s, 8 epochs (120 s) do not in the 40 s left
     search = _TimedSearch(_near_miss_standings(), 100, lambda e: 0.75 - 0.01 * e)
-    assert stages.extend_stage(search, {}) is True
+    assert extend.extend_stage(search, {}) is True
     assert [r["id"] for r in search.standings.rows.values()][2:] == ["perk95-e4+int8"]
     assert search.stop_reason == ("stopped after 1.0 of 1.7 min (60% of the time budget): the next longer fine-tune "
                                   "(perk95-e8+int8, about 2.0 min) would not fit in the 0.7 min left")
     # without a time budget the plan's end is the search's end
     none = _TimedSearch(_near_miss_standings(), None, lambda e: 0.0)
-    assert stages.extend_stage(none, {}) is True and not none.events and len(none.standings.rows) == 2
+    assert extend.extend_stage(none, {}) is True and not none.events and len(none.standings.rows) == 2
 
 
 def test_a_budget_below_what_the_selection_split_resolves_is_named_at_the_start():
@@ -969,8 +1012,8 @@ def test_latency_finalists_are_timed_again_in_turn_and_keep_their_fastest_figure
 def test_the_extend_stage_times_the_finalists_again_before_it_chooses_what_to_lengthen(monkeypatch):
     order = []
     search = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.0)
-    monkeypatch.setattr(stages.M, "retime_finalists", lambda s: order.append("retimed"))
+    monkeypatch.setattr(extend.M, "retime_finalists", lambda s: order.append("retimed"))
     evaluate = search.evaluate
     search.evaluate = lambda cand: (order.append(cand.id), evaluate(cand))[1]
-    stages.extend_stage(search, {})
+    extend.extend_stage(search, {})
     assert order == ["retimed", "perk95-e4+int8"]

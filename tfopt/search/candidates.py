@@ -26,6 +26,8 @@ FLOAT_COLUMNS = ("selection_accuracy", "keras_selection_accuracy", "drop_points"
 INT_COLUMNS = ("tflite_raw_bytes", "tflite_gzip_bytes", "sparse_raw_bytes", "params", "nonzero_params", "macs")
 #: How a candidate's TFLite file is made: its id's suffix.
 MODES = {"int8": "+int8", "float32": "+f32", "qat": "+qat"}
+#: Exact rewrites: run on the calibration images, without labels or a fine-tune.
+REWRITES = ("fold_pool",)
 
 
 def step_token(name: str, settings: dict, label=None) -> str:

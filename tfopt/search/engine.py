@@ -40,7 +40,7 @@ from tfopt.kinds import enter, leave
 from tfopt.search import inputs as I
 from tfopt.search import measure as M
 from tfopt.search import report, stages
-from tfopt.search.candidates import Candidate, SearchState, Standings, chain_key
+from tfopt.search.candidates import REWRITES, Candidate, SearchState, Standings, chain_key
 from tfopt.steps import STEPS
 from tfopt.rundir import atomic_write_json, provenance
 from tfopt.steps.source import (beside, budget_seconds, check_search_limits, check_source_path, check_writable,
@@ -243,7 +243,7 @@ class Search:
     def run_step(self, model, step):
         """The registered step of a chain step on ``model``, with the search's fine-tune settings
         and the step's overrides."""
-        if step.name in stages.REWRITES:
+        if step.name in REWRITES:
             data, inputs = (self.x_calib, None), {}
         else:
             data = self.train

@@ -37,10 +37,8 @@ a near miss (see :class:`tfopt.search.candidates.Standings`). The stages of each
 8. ``recluster`` (size target): when that made a chain the best that clustering has not seen,
    clustering of that chain, and quantization-aware training for its near misses;
 9. ``extend`` (every target, with a time budget): the time the plan left goes to longer fine-tunes
-   of the near misses that would beat the best, then of the best itself while it loses accuracy,
-   the epochs of a chain's last trained step doubled round after round
-   (:func:`extension_candidates`; the last one cut to fit, :func:`fitted`), until the budget is
-   spent or nothing is left to improve; the search says which.
+   of what would beat the best, and of the best itself while it loses accuracy
+   (:mod:`tfopt.search.extend`), until the budget is spent or nothing is left to improve.
 
 A stage function takes the running search (:class:`tfopt.search.engine.Search`) and a dict the
 stages share (what an earlier stage chose), and returns False when the time budget or the
@@ -54,7 +52,8 @@ from __future__ import annotations
 
 from tfopt.errors import TfoptError
 from tfopt.search import measure as M
-from tfopt.search.candidates import Candidate, ChainStep, chain_key, score
+from tfopt.search.candidates import ChainStep, chain_key, score
+from tfopt.search.extend import extend_stage
 from tfopt.steps import STEPS
 from tfopt.surgery.stride import downsampled, full_resolution_convs
 
@@ -75,8 +74,6 @@ PLANS = {
     "latency": ("int8", "channels", "remove", "fold_pool", "downsample", "steps", "qat", "extend"),
     "macs": ("int8", "channels", "remove", "downsample", "steps", "qat", "extend"),
 }
-#: Exact rewrites: run on the calibration images, without labels or a fine-tune.
-REWRITES = ("fold_pool",)
 #: The registered steps the built-in stages run; a ladder they declare is not a stage of its own.
 BUILT_IN = ("structured", "prune", "cluster", "quantize", "remove", "fold_pool", "downsample")
 #: Ways of spreading an overall sparsity over the layers, and of ranking a layer's weights; the
@@ -92,10 +89,6 @@ HEADROOM = 0.5
 LONG_EPOCHS = 3
 #: How many removable layers the remove stage tries, one at a time.
 REMOVE_TRIES = 3
-#: Each extension multiplies the fine-tune epochs of a chain's last trained step by this.
-EXTEND_FACTOR = 2
-#: Extensions one round of the extend stage runs at most.
-EXTEND_PICKS = 2
 
 
 def overall_sparsities(target: str = "size") -> tuple:
@@ -209,108 +202,6 @@ def longer_chains(standings, epochs: int, log=M.quiet) -> list:
             f"{near['nonzero_params']:,} non-zero weights (the best keeps {best['nonzero_params']:,}): "
             f"pruning again over {epochs} epochs")
     return ladders
-
-
-def trained_step(chain):
-    """Index of the last step of ``chain`` that fine-tunes (not an exact rewrite); None when none does."""
-    return next(iter(trained_steps(chain)), None)
-
-
-def mode_of(row: dict) -> str:
-    """How a row's TFLite file was made, as a :class:`Candidate` mode."""
-    return "float32" if row.get("tflite") == "float32" else "qat" if row.get("int8") == "qat" else "int8"
-
-
-def trained_steps(chain) -> list:
-    """Indices of the steps of ``chain`` that fine-tune (not exact rewrites), last first."""
-    return [i for i in range(len(chain) - 1, -1, -1) if chain[i].name not in REWRITES]
-
-
-def _extended(row, chain, epochs: int, longer_epochs, index=None):
-    """``row``'s chain with its trained step ``index`` (default: the last) fine-tuned
-    ``longer_epochs(epochs it had)`` epochs, the steps after it as they were, as an ``extend``
-    candidate in the row's mode; None when nothing in it fine-tunes."""
-    i = trained_step(chain) if index is None else index
-    if i is None:
-        return None
-    step = chain[i]
-    longer = {**step.fine_tune, "epochs": longer_epochs(step.fine_tune.get("epochs") or epochs)}
-    return Candidate(chain[:i] + [ChainStep(step.name, step.settings, longer, step.label)] + chain[i + 1:],
-                     "extend", mode_of(row))
-
-
-def extended_index(chain, longer) -> int:
-    """The index of the step ``longer`` (an extension of ``chain``) fine-tunes longer."""
-    return next(i for i, (a, b) in enumerate(zip(chain, longer)) if a != b)
-
-
-def extension_candidates(standings, epochs: int, parents: dict) -> list:
-    """The next longer fine-tunes: for each near miss that would beat the best so far (least drop
-    first), then for the best itself when it loses accuracy, its chain with the epochs of one
-    trained step times :data:`EXTEND_FACTOR`, in the same mode: the last trained step first; when
-    that extension recovered nothing, the step before it (a longer prune under a clustering, a
-    longer channel cut under a prune), and so on. A short fine-tune leaves a cut or a prune short
-    of where it recovers (see :func:`longer_chains`): a near miss is where more epochs can still
-    cross the budget, and the best's own drop, measured on a few thousand images, is safer the
-    narrower it is.
-
-    Args:
-        standings: the search's :class:`Standings`.
-        epochs: the search's fine-tune epochs (a step without its own override has these).
-        parents: ``{id of an extension: the row it extended}``; a row whose extension recovered
-            accuracy is not extended again (the extension goes on in its place), nor is an
-            extension that lost as much as the row it came from.
-
-    Returns:
-        ``(row, candidate, estimated seconds)`` triples; the estimate is the row's own time times
-        :data:`EXTEND_FACTOR`, for each trained step from the extended one on (none for one
-        already in ``standings.rows``, which a resumed search finished before).
-    """
-    best, target = standings.best(), standings.target
-
-    def recovered(child):
-        row = standings.rows.get(child)
-        return row is not None and not row.get("error") and row["drop_points"] < parents[child]["drop_points"]
-
-    done = {parent["id"] for child, parent in parents.items() if recovered(child)}
-    rows = [r for r in standings.rows.values() if not r.get("error") and r["id"] in standings.chains
-            and r["id"] not in done and (r["id"] not in parents or recovered(r["id"]))]
-    near = [r for r in standings.near_misses(rows) if best is None or score(r, target) < score(best, target)]
-    own = [best] if best is not None and best["drop_points"] > 0 and best in rows else []
-    plan = []
-    for row in sorted(near, key=lambda r: (r["drop_points"], score(r, target))) + own:
-        chain = standings.chains[row["id"]]
-        steps = trained_steps(chain)
-        for n, i in enumerate(steps):
-            cand = _extended(row, chain, epochs, lambda before: before * EXTEND_FACTOR, i)
-            if cand.id in standings.chains:
-                continue  # tried in this search: on to the step before it
-            # one a resumed search finished before costs nothing: it is taken up again, so that
-            # the search goes on from where it was
-            plan.append((row, cand, 0.0 if cand.id in standings.rows
-                         else (row.get("seconds") or 0.0) * EXTEND_FACTOR * (n + 1)))
-            break
-    return plan
-
-
-def fitted(standings, plan, epochs: int, left: float):
-    """The first planned extension cut to the epochs that fit in ``left`` seconds (at its row's
-    time per epoch, with a tenth to spare), when that is still more than its row had and it
-    lengthens the row's last trained step; else None."""
-    row, cand, est = plan[0]
-    chain = standings.chains[row["id"]]
-    i = extended_index(chain, cand.chain)
-    if i != trained_step(chain):
-        return None
-    before = chain[i].fine_tune.get("epochs") or epochs
-    seconds = row.get("seconds") or 0.0
-    if seconds <= 0:
-        return None
-    fit = int(before * 0.9 * left / seconds)
-    if fit <= before:
-        return None
-    shorter = _extended(row, chain, epochs, lambda _: fit)
-    return None if shorter.id in standings.rows else (row, shorter, seconds * fit / before)
 
 
 def qat_chains(standings) -> list:
@@ -515,68 +406,6 @@ def recluster_stage(search, shared) -> bool:
     if not search.stage("cluster", [cluster_ladder(again)]):
         return False
     return search.stage("qat", [[c] for c in qat_chains(search.standings) if c not in shared.get("qat", [])], qat=True)
-
-
-def _nothing_left(standings) -> str:
-    best = standings.best()
-    why = (f"nothing left to improve: no near miss (over budget by at most {standings.near_miss:g}× the budget) "
-           "would beat the best")
-    if best is None:
-        return why
-    if best["drop_points"] <= 0:
-        return why + ", and the best loses no accuracy"
-    if trained_step(standings.chain_of(best)) is None:
-        return why + ", and the best has no fine-tune to lengthen"
-    return why + ", and the longer fine-tunes tried lost as much as the ones before them"
-
-
-def extend_stage(search, shared) -> bool:
-    """With a time budget, what the plan left goes to :func:`extension_candidates`, round after
-    round, while one fits in the time left (the last one cut to fit, see :func:`fitted`); then the
-    search says why it stopped."""
-    if search.budget_s is None:
-        return True
-    # the best decides what is lengthened: compare the fastest files under one load first
-    M.retime_finalists(search)
-    parents, started = {}, False
-    epochs = search.fine_tune.epochs
-    while True:
-        plan = extension_candidates(search.standings, epochs, parents)
-        left = search.budget_s - search.elapsed()
-        fits = [p for p in plan if p[2] <= left]
-        if not plan:
-            reason = _nothing_left(search.standings)
-            break
-        if not fits:
-            cut = fitted(search.standings, plan, epochs, left)
-            if cut is None:
-                row, cand, est = plan[0]
-                reason = (f"the next longer fine-tune ({cand.id}, about {est / 60:.1f} min) would not fit in the "
-                          f"{max(left, 0) / 60:.1f} min left")
-                break
-            fits = [cut]
-        if not started:
-            search.emit("stage", name="extend")
-            started = True
-        best = search.standings.best()
-        for row, cand, _ in fits[:EXTEND_PICKS]:
-            if cand.id not in search.standings.rows and not search.may_start():
-                return False
-            step = cand.chain[extended_index(search.standings.chains[row["id"]], cand.chain)]
-            what = f"{step.name} fine-tuned {step.fine_tune['epochs']} epochs"
-            if cand.id not in search.standings.rows:
-                search.log(f"{row['id']} is the best, {row['drop_points']:.2f} pt down: {what}"
-                           if best is not None and row["id"] == best["id"] else
-                           f"{row['id']} missed by {row['drop_points'] - search.max_drop:.2f} pt: {what}")
-            search.standings.chains[cand.id] = cand.chain
-            parents[cand.id] = row
-            search.evaluate(cand)
-    used = search.elapsed() / search.budget_s
-    search.stop_reason = (f"stopped after {search.elapsed() / 60:.1f} of {search.budget_s / 60:.1f} min "
-                          f"({used:.0%} of the time budget): {reason}")
-    search.log(search.stop_reason)
-    search.emit("stopped", reason=reason, used=used, note=search.stop_reason)
-    return True
 
 
 #: The stage functions by the names :data:`PLANS` use.
