@@ -220,3 +220,28 @@ def test_a_collapsed_range_is_widened_so_that_xnnpack_runs_the_int8_file():
     assert tflite.widened_dead_ranges(content) == content  # nothing left to widen
     np.testing.assert_allclose(tflite.predict(content, x), m.predict(x, verbose=0), atol=0.05 * np.abs(
         m.predict(x, verbose=0)).max())
+
+
+def test_the_qat_int8_file_of_hard_swish_and_squeeze_excite_blocks_is_integer_throughout():
+    """The Rescaling and Multiply layers of hard swishes and squeeze-excite gates have no place in
+    TFMOT's registry; their outputs are quantized too, so no op of the file reads float."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    import tfopt
+
+    x = images()
+    y = np.random.default_rng(2).integers(0, 5, len(x))
+    qat = tfopt.quantize_aware(mobilenet_v3_like(), (x, y), epochs=1, batch_size=16, log=lambda _line: None)
+    annotated = {layer.name for layer in qat.layers if type(layer).__name__.startswith("QuantizeWrapper")}
+    assert {"quant_act1_shift", "quant_act1_scale", "quant_act1", "quant_ir2_se_scale"} <= annotated
+    content = tfopt.to_tflite(qat, mode="int8")
+    it = Interpreter(model_content=content)
+    details = it.get_tensor_details()
+    found = it._get_ops_details()
+    assert Counter(op["op_name"] for op in found)["QUANTIZE"] == 1
+    assert Counter(op["op_name"] for op in found)["DEQUANTIZE"] == 1
+    float_reads = [op["op_name"] for op in found if op["op_name"] != "DEQUANTIZE"
+                   and any(details[i]["dtype"] == np.float32 for i in op["inputs"] if i >= 0)]
+    assert float_reads == ["QUANTIZE"]
+    got, reference = tflite.predict(content, x), qat.predict(x, verbose=0)
+    assert np.mean(got.argmax(-1) == reference.argmax(-1)) >= 0.95

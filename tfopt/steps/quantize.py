@@ -76,13 +76,22 @@ def foldable_batchnorms(model) -> set:
     return {bn.name for name, bn in plan.items() if type(model.get_layer(name)).__name__ in _FOLDS_BATCHNORM}
 
 
+#: Layers without weights that TFMOT's registry leaves out, whose output QAT quantizes: the parts of
+#: a hard swish (x · relu6(x + 3) / 6, :func:`tfopt.models.builder.activation`) and of a
+#: squeeze-excite gate. Left out, each is a float op between a dequantize and a quantize, and so is
+#: every convolution reading it.
+OUTPUT_QUANTIZED = ("Multiply", "Rescaling", "Subtract", "Maximum", "Minimum")
+
+
 def _annotate(model, log):
-    """Annotate the layers QAT supports, and the BatchNormalizations it folds into them; name the
-    ones left in float."""
+    """Annotate the layers QAT supports, the BatchNormalizations it folds into them, and the
+    :data:`OUTPUT_QUANTIZED` layers (their output only); name the ones left in float."""
     import tf_keras as keras
 
     q = import_tfmot().quantization.keras
     registry = q.default_8bit.Default8BitQuantizeRegistry()
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs \
+        import Default8BitOutputQuantizeConfig as output_only  # what TFMOT's own registry gives an output-only layer
     folded = foldable_batchnorms(model)
     skipped = []
 
@@ -91,6 +100,8 @@ def _annotate(model, log):
             return layer
         if registry.supports(layer) or layer.name in folded:
             return q.quantize_annotate_layer(layer)
+        if type(layer).__name__ in OUTPUT_QUANTIZED and not layer.weights:
+            return q.quantize_annotate_layer(layer, quantize_config=output_only())
         if layer.weights:
             skipped.append(f"{layer.name} ({type(layer).__name__})")
         return layer
