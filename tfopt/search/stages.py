@@ -16,9 +16,11 @@ a near miss (see :class:`tfopt.search.candidates.Standings`). The stages of each
    latency target ``fold_pool`` (:mod:`tfopt.surgery.fold_pool`: an exact rewrite of a conv and
    the 2×2 max-pool after it into one stride-2 conv, faster where the conv reads few channels;
    the first foldable pool alone, then all; kept only where its file is measured faster), then
-   ``downsample`` (latency and MACs targets; :mod:`tfopt.surgery.stride`): the first stride-1
-   convolution at the input's height and width at stride 2, so every later layer works on maps a
-   quarter the size, on the best chain and on the input model, fine-tuned at the highest probed rate;
+   ``downsample`` (latency and MACs targets; :mod:`tfopt.surgery.stride`): a stride-1 convolution
+   at stride 2, so every later layer works on maps a quarter the size: a late one (the smallest
+   maps of at least 4×4), then the last and the first at the input's height and width, mildest
+   first, on the best chain and on the input model, fine-tuned at the retraining rate (three times
+   the highest probed rate);
 4. ``prune`` (size target): magnitude pruning at per-layer sparsities from a second sweep, and at
    overall sparsities spread by erk or er, weights ranked by magnitude or by the activation
    criterion (magnitude times the root-mean-square of the input each weight reads; whichever pair
@@ -55,7 +57,7 @@ from tfopt.search import measure as M
 from tfopt.search.candidates import ChainStep, chain_key, score
 from tfopt.search.extend import extend_stage
 from tfopt.steps import STEPS
-from tfopt.surgery.stride import downsampled, full_resolution_convs
+from tfopt.surgery.stride import downsample_points
 
 #: The settings each built-in ladder tries, by target, from mild to harsh: the share of channels cut
 #: from the group holding the most kernel weights (deeper than the sweep's levels), the overall
@@ -289,22 +291,18 @@ def fold_pool_stage(search, shared) -> bool:
 
 
 def downsample_stage(search, shared) -> bool:
-    """The first stride-1 convolution at the input's size at stride 2, on the best chain and, when
-    that chain changed the model, on the input model too; fine-tuned at the highest probed rate (a
-    change this large leaves the minimum the model was trained into)."""
+    """Downsampling at each of :func:`~tfopt.surgery.stride.downsample_points` (a late one, then the
+    last and the first convolution at the input's size), mildest first, one ladder on the best chain
+    and, when that chain changed the model, one on the input model; fine-tuned at the retraining
+    rate (a change this large leaves the minimum the model was trained into)."""
     start = search.standings.base_chain()
     ladders = []
     for chain in [start] + ([[]] if start else []):
-        model = search.keras_model(chain)
-        convs = full_resolution_convs(model)
-        if not convs:
+        points, refusals = downsample_points(search.keras_model(chain))
+        if not points:
+            search.log(refusals[0] if refusals else "downsample: no stride-1 convolution wider than 1×1 to downsample")
             continue
-        try:
-            downsampled(model, convs[0])
-        except TfoptError as exc:
-            search.log(str(exc))
-            continue
-        ladders.append([chain + [ChainStep("downsample", {"layer": convs[0]}, dict(search.high_rate()))]])
+        ladders.append([chain + [ChainStep("downsample", {"layer": p}, dict(search.retrain_rate()))] for p in points])
     return not ladders or search.stage("downsample", ladders)
 
 

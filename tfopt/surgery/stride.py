@@ -13,6 +13,8 @@ from tfopt.surgery.graph import Replacement, as_functional, copy_layer, rebuild
 
 #: How much a downsampling multiplies a stride by, by default.
 FACTOR = 2
+#: The smallest map size (the shorter side) a late downsampling starts from: a 7×7 map becomes 4×4.
+LATE_MIN_SIZE = 4
 
 
 def _spatial_conv(layer) -> bool:
@@ -33,6 +35,52 @@ def full_resolution_convs(model) -> list[str]:
     return [layer.name for layer in model.layers
             if _spatial_conv(layer) and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
             and tuple(layer.input.shape[1:3]) == size]
+
+
+def _spatial_stride_1(layer) -> bool:
+    """A 2-D convolution of stride 1, no dilation and a kernel wider than 1×1: a stride of 2 on it
+    still reads every input position."""
+    return (_spatial_conv(layer) and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
+            and max(layer.kernel_size) > 1)
+
+
+def downsample_points(model, factor: int = FACTOR) -> tuple[list[str], list[str]]:
+    """Where a search downsamples, mildest first: the first stride-1 spatial convolution (kernel
+    wider than 1×1) at the smallest map size still at least :data:`LATE_MIN_SIZE` that the graph lets
+    take the stride, or at the next larger size where none can (a late downsampling, which keeps the early features at full resolution), then
+    the last and the first such convolution at the input's own height and width (the first saves
+    the most). Each is checked with :func:`downsampled`.
+
+    Returns:
+        ``(layer names, refusals)``: the refusals' messages, in the order the layers were tried.
+    """
+    model = as_functional(model)
+    full = set(full_resolution_convs(model))
+    sizes = {}
+    for layer in model.layers:
+        if _spatial_stride_1(layer) and None not in tuple(layer.input.shape[1:3]):
+            sizes.setdefault(min(layer.input.shape[1:3]), []).append(layer.name)
+    refusals = []
+
+    def accepted(names):
+        for name in names:
+            try:
+                downsampled(model, name, factor)
+                return name
+            except TfoptError as exc:
+                refusals.append(str(exc))
+        return None
+
+    at_input = [layer.name for layer in model.layers if layer.name in full and _spatial_stride_1(layer)]
+    first = accepted(at_input)
+    last = accepted(list(reversed(at_input))) if first else None
+    late = None
+    for size in sorted(s for s in sizes if s >= LATE_MIN_SIZE and not set(sizes[s]) & full):
+        late = accepted(sizes[size])
+        if late:
+            break
+    points = [late, last, first]
+    return [p for i, p in enumerate(points) if p and p not in points[:i]], refusals
 
 
 def downsampled(model, layer: str, factor: int = FACTOR):
