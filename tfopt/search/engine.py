@@ -57,8 +57,7 @@ CALIBRATION_SAMPLES = 500
 NEAR_MISS = 2.0
 #: Fine-tune rates the search probes when none is given, highest first.
 PROBE_RATES = (1e-3, 3e-4, 1e-4)
-#: How many times the highest probed rate a change that relearns the maps' resolution is fine-tuned
-#: at (see :meth:`Search.retrain_rate`).
+#: Times the highest probed rate at which a change that relearns the maps' resolution is fine-tuned.
 RETRAIN_FACTOR = 3
 #: A probed rate is kept when one epoch of fine-tuning the unchanged input model at it costs at most
 #: this share of the budget on the selection split.
@@ -385,19 +384,14 @@ class Search:
         return drop
 
     def high_rate(self) -> dict:
-        """``{"lr": the highest probed rate}`` when the probe chose a lower one, else ``{}``. A probed
-        rate keeps a model near the minimum it was trained into; a cut beyond what a sweep without
-        fine-tune tolerated has left that minimum, and its fine-tune needs the highest probed rate
-        (LeNet-300-100 cut to 784-90-50, then pruned to 93% over 20 epochs: 97.72% test at 3e-4,
-        98.25% at 1e-3)."""
+        """``{"lr": the highest probed rate}`` when the probe chose a lower one, else ``{}``. A cut beyond
+        what a sweep without fine-tune tolerated has left the trained minimum (LeNet-300-100 cut to
+        784-90-50, then pruned to 93% over 20 epochs: 97.72% test at 3e-4, 98.25% at 1e-3)."""
         return {"lr": PROBE_RATES[0]} if self.probe and self.fine_tune.lr != PROBE_RATES[0] else {}
 
     def retrain_rate(self) -> dict:
-        """``{"lr": RETRAIN_FACTOR × the highest probed rate}`` when the rate was probed, else ``{}``
-        (a rate the caller gave). A change that relearns the maps' resolution needs more than a
-        fine-tune near the trained minimum: a MobileNetV2 trained on Fashion-MNIST at 3e-3 with its
-        stem at stride 2, distilled for 2 epochs, validated at 88.90% fine-tuned at 1e-3 and at
-        90.23% at 3e-3."""
+        """``{"lr": RETRAIN_FACTOR × the highest probed rate}`` when probed, else ``{}`` (the caller's rate).
+        A Fashion-MNIST MobileNetV2, stem at stride 2, 2 epochs: 88.90% validation at 1e-3, 90.23% at 3e-3."""
         return {"lr": RETRAIN_FACTOR * PROBE_RATES[0]} if self.probe else {}
 
     def measure_input(self) -> None:
