@@ -889,6 +889,39 @@ def test_a_long_shot_is_fine_tuned_longer_while_it_recovers():
     assert len(s.rows) == 2 and "nothing left to improve" in alone.stop_reason
 
 
+class _TwoChainSearch(_TimedSearch):
+    """Rows whose drop and bytes depend on the candidate: ``drops[id]``, the bytes of its chain's first step."""
+
+    def __init__(self, standings, budget_s, drops, sizes):
+        super().__init__(standings, budget_s, None)
+        self.drops, self.sizes = drops, sizes
+
+    def evaluate(self, cand):
+        epochs = cand.chain[-1].fine_tune["epochs"]
+        self.clock += self.seconds * epochs / 2
+        drop, size = self.drops[cand.id], self.sizes[cand.chain[0].settings["sparsity"]]
+        self.standings.rows[cand.id] = {**_row(cand.id, "extend", drop, 1, size, drop <= self.max_drop),
+                                        "seconds": self.seconds * epochs / 2}
+
+
+def test_a_long_shot_that_recovers_goes_on_when_the_best_moves_closer():
+    # the long shot (40 kB, 3 pt down) starts at 0.4x the best's bytes; the near miss (60 kB) becomes the best, and
+    # the long shot, at 0.67x its bytes, is lengthened again while it recovers and still beats it
+    p80, p95 = [ChainStep("prune", {"sparsity": 0.8})], [ChainStep("prune", {"sparsity": 0.95})]
+    s = _standings(0.5, **{"base+int8": ([], _row("base+int8", "int8", 0.0, 1, 100_000, True)),
+                           "p80+int8": (p80, {**_row("p80+int8", "prune", 0.7, 1, 60_000, False), "seconds": 30.0}),
+                           "p95+int8": (p95, {**_row("p95+int8", "prune", 3.0, 1, 40_000, False), "seconds": 30.0})})
+    drops = {"perk80-e4+int8": 0.4, "perk95-e8+int8": 2.0, "perk80-e8+int8": 0.4, "perk95-e32+int8": 1.2,
+             "perk95-e128+int8": 0.3, "perk95-e256+int8": 0.3}
+    search = _TwoChainSearch(s, 36000, drops, {0.8: 60_000, 0.95: 40_000})
+    assert extend.extend_stage(search, {}) is True
+    assert [r["id"] for r in s.rows.values()][3:] == [
+        "perk80-e4+int8", "perk95-e8+int8", "perk95-e32+int8", "perk80-e8+int8", "perk95-e128+int8",
+        "perk95-e256+int8"]
+    assert s.best()["id"] == "perk95-e128+int8"
+    assert search.lines[2] == "perk95-e8+int8 missed by 1.50 pt, 0.67× the best's figure: prune fine-tuned 32 epochs"
+
+
 def test_the_cut_to_fit_goes_to_the_first_plan_entry_that_lengthens_a_last_trained_step():
     ch = [ChainStep("structured", {"ratio": 0.0, "per_layer": {"fc1": 0.5}}, label=3)]
     p95 = ch + [ChainStep("prune", {"sparsity": 0.95})]

@@ -8,7 +8,8 @@ the chains of
 - the near misses that would beat the best so far (over budget by at most
   :attr:`Standings.near_miss <tfopt.search.candidates.Standings>` times the budget), least drop first;
 - the long shot: the least-drop candidate over that band whose target figure is at most
-  :data:`LONG_SHOT` times the best's. A change that large needs a fine-tune close to a training
+  :data:`LONG_SHOT` times the best's, or a long shot already lengthened that recovered and would
+  still beat the best (the best may have moved closer while it ran). A change that large needs a fine-tune close to a training
   (a MobileNetV2 at stride 2 from its first conv: 14 µs against the best's 39, 4.3 pt down after
   two epochs; 0.96 pt on the test set after twelve), so its epochs grow by
   :data:`LONG_SHOT_FACTOR`; it is the one candidate whose success moves the result by that
@@ -87,7 +88,8 @@ def extension_candidates(standings, epochs: int, parents: dict) -> list:
         epochs: the search's fine-tune epochs (a step without its own override has these).
         parents: ``{id of an extension: the row it extended}``; a row whose extension recovered
             accuracy is not extended again (the extension goes on in its place), nor is an
-            extension that lost as much as the row it came from.
+            extension that lost as much as the row it came from. An extension over the near-miss
+            band that recovered stays a long shot while it would beat the best.
 
     Returns:
         ``(row, candidate, estimated seconds)`` triples; the estimate is the row's own time times
@@ -106,7 +108,8 @@ def extension_candidates(standings, epochs: int, parents: dict) -> list:
     near = sorted((r for r in standings.near_misses(rows) if best is None or score(r, target) < score(best, target)),
                   key=lambda r: (r["drop_points"], score(r, target)))
     far = sorted((r for r in rows if best is not None and standings.hopeless(r)
-                  and score(r, target) <= LONG_SHOT * score(best, target)),
+                  and (score(r, target) <= LONG_SHOT * score(best, target)
+                       or r["id"] in parents and score(r, target) < score(best, target))),
                  key=lambda r: (r["drop_points"], score(r, target)))
     own = [best] if best is not None and best["drop_points"] > 0 and best in rows else []
 
