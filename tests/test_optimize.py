@@ -922,6 +922,22 @@ def test_a_long_shot_that_recovers_goes_on_when_the_best_moves_closer():
     assert search.lines[2] == "perk95-e8+int8 missed by 1.50 pt, 0.67× the best's figure: prune fine-tuned 32 epochs"
 
 
+def test_an_extension_brings_its_chains_other_mode_and_is_timed_by_the_row_that_built_it():
+    # the float32 row of a chain converts the model its int8 row built: 5 s against 60
+    p95 = [ChainStep("prune", {"sparsity": 0.95})]
+    s = _standings(0.5, **{"base+int8": ([], _row("base+int8", "int8", 0.0, 1, 100_000, True)),
+                           "perk95+int8": (p95, {**_row("perk95+int8", "prune", 0.8, 1, 40_000, False), "seconds": 60.0}),
+                           "perk95+f32": (p95, {**_row("perk95+f32", "prune", 0.7, 1, 40_000, False, int8=""),
+                                             "tflite": "float32", "seconds": 5.0})})
+    plan = extend.extension_candidates(s, 2, {})
+    assert [(row["id"], cand.id, est) for row, cand, est in plan] == [("perk95+f32", "perk95-e4+f32", 120.0)]
+    search = _TimedSearch(s, 3600, lambda e: 0.9 - 0.1 * e)
+    extend.extend_stage(search, {})
+    ids = [r["id"] for r in s.rows.values()]
+    assert ids[3:5] == ["perk95-e4+f32", "perk95-e4+int8"]
+    assert set(ids[5:7]) == {"perk95-e8+f32", "perk95-e8+int8"}
+
+
 def test_the_cut_to_fit_goes_to_the_first_plan_entry_that_lengthens_a_last_trained_step():
     ch = [ChainStep("structured", {"ratio": 0.0, "per_layer": {"fc1": 0.5}}, label=3)]
     p95 = ch + [ChainStep("prune", {"sparsity": 0.95})]

@@ -26,7 +26,7 @@ improve; the search says which.
 from __future__ import annotations
 
 from tfopt.search import measure as M
-from tfopt.search.candidates import REWRITES, Candidate, ChainStep, score
+from tfopt.search.candidates import REWRITES, Candidate, ChainStep, chain_key, score
 
 #: Each extension multiplies the fine-tune epochs of a chain's trained step by this.
 EXTEND_FACTOR = 2
@@ -52,6 +52,26 @@ def mode_of(row: dict) -> str:
 def trained_steps(chain) -> list:
     """Indices of the steps of ``chain`` that fine-tune (not exact rewrites), last first."""
     return [i for i in range(len(chain) - 1, -1, -1) if chain[i].name not in REWRITES]
+
+
+def chain_seconds(standings, row) -> float:
+    """The most seconds a row of ``row``'s chain took in any mode: the one that built and fine-tuned
+    it (the others reuse its model and only convert it)."""
+    key = chain_key(standings.chains[row["id"]])
+    return max([r.get("seconds") or 0.0 for r in standings.rows.values()
+                if r["id"] in standings.chains and chain_key(standings.chains[r["id"]]) == key] + [0.0])
+
+
+def siblings(standings, parent, cand) -> list:
+    """``(row, candidate)`` pairs: ``cand``'s chain in each other post-training mode (int8, float32)
+    in which ``parent``'s chain has a row; they reuse ``cand``'s model and only convert it."""
+    chain = standings.chains[parent["id"]]
+    pairs = []
+    for mode in ("int8", "float32"):
+        row = standings.rows.get(Candidate(chain, "extend", mode).id)
+        if mode != cand.mode and row is not None and not row.get("error"):
+            pairs.append((row, Candidate(cand.chain, "extend", mode)))
+    return pairs
 
 
 def _extended(row, chain, epochs: int, longer_epochs, index=None):
@@ -122,12 +142,18 @@ def extension_candidates(standings, epochs: int, parents: dict) -> list:
             # one a resumed search finished before costs nothing: it is taken up again, so that
             # the search goes on from where it was
             return row, cand, (0.0 if cand.id in standings.rows
-                               else (row.get("seconds") or 0.0) * factor * (n + 1))
+                               else chain_seconds(standings, row) * factor * (n + 1))
         return None
 
     near, own = ([p for p in map(longer, group) if p is not None] for group in (near, own))
     far = [p for p in (longer(r, LONG_SHOT_FACTOR) for r in far) if p is not None]
-    return near[:1] + far[:1] + near[1:] + own
+    plan, chains = [], set()
+    for entry in near[:1] + far[:1] + near[1:] + own:
+        key = chain_key(entry[1].chain)
+        if key not in chains:  # the other modes of one chain come with it (see :func:`siblings`)
+            chains.add(key)
+            plan.append(entry)
+    return plan
 
 
 def fitted(standings, plan, epochs: int, left: float):
@@ -137,7 +163,7 @@ def fitted(standings, plan, epochs: int, left: float):
     for row, cand, _ in plan:
         chain = standings.chains[row["id"]]
         i = extended_index(chain, cand.chain)
-        seconds = row.get("seconds") or 0.0
+        seconds = chain_seconds(standings, row)
         if i != trained_step(chain) or seconds <= 0:
             continue
         before = chain[i].fine_tune.get("epochs") or epochs
@@ -209,6 +235,10 @@ def extend_stage(search, shared) -> bool:
             search.standings.chains[cand.id] = cand.chain
             parents[cand.id] = row
             search.evaluate(cand)
+            for parent, sibling in siblings(search.standings, row, cand):
+                search.standings.chains[sibling.id] = sibling.chain
+                parents[sibling.id] = parent
+                search.evaluate(sibling)
     used = search.elapsed() / search.budget_s
     search.stop_reason = (f"stopped after {search.elapsed() / 60:.1f} of {search.budget_s / 60:.1f} min "
                           f"({used:.0%} of the time budget): {reason}")
