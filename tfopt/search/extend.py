@@ -9,9 +9,9 @@ the chains of
   :attr:`Standings.near_miss <tfopt.search.candidates.Standings>` times the budget), least drop first;
 - the long shot: the least-drop candidate over that band whose target figure is at most
   :data:`LONG_SHOT` times the best's, or a long shot already lengthened that recovered and would
-  still beat the best (the best may have moved closer while it ran). A change that large needs a fine-tune close to a training
-  (a MobileNetV2 at stride 2 from its first conv: 14 µs against the best's 39, 4.3 pt down after
-  two epochs; 0.96 pt on the test set after twelve), so its epochs grow by
+  still beat the best (the best may have moved closer while it ran). A change that large needs a
+  fine-tune close to a training (a MobileNetV2 at stride 2 from its first conv: 14 µs against the
+  best's 39, 4.3 pt down after two epochs; 0.96 pt on the test set after twelve), so its epochs grow by
   :data:`LONG_SHOT_FACTOR`; it is the one candidate whose success moves the result by that
   factor, and it shares each round with the nearest near miss;
 - the best itself while it loses accuracy: its drop, measured on a few thousand images, is safer

@@ -23,6 +23,11 @@ def _spatial_conv(layer) -> bool:
     return type(layer) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
 
 
+def _stride_1(layer) -> bool:
+    """A 2-D convolution of stride 1 and no dilation."""
+    return _spatial_conv(layer) and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
+
+
 def full_resolution_convs(model) -> list[str]:
     """The 2-D convolutions of stride 1 (and no dilation) that read maps of the model input's own
     height and width, in graph order: where downsampling saves the most."""
@@ -32,24 +37,20 @@ def full_resolution_convs(model) -> list[str]:
     size = tuple(model.inputs[0].shape[1:3])
     if None in size:
         return []
-    return [layer.name for layer in model.layers
-            if _spatial_conv(layer) and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
-            and tuple(layer.input.shape[1:3]) == size]
+    return [layer.name for layer in model.layers if _stride_1(layer) and tuple(layer.input.shape[1:3]) == size]
 
 
 def _spatial_stride_1(layer) -> bool:
-    """A 2-D convolution of stride 1, no dilation and a kernel wider than 1×1: a stride of 2 on it
-    still reads every input position."""
-    return (_spatial_conv(layer) and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
-            and max(layer.kernel_size) > 1)
+    """:func:`_stride_1` with a kernel wider than 1×1: a stride of 2 on it still reads every input position."""
+    return _stride_1(layer) and max(layer.kernel_size) > 1
 
 
 def downsample_points(model, factor: int = FACTOR) -> tuple[list[str], list[str]]:
     """Where a search downsamples, mildest first: the first stride-1 spatial convolution (kernel
     wider than 1×1) at the smallest map size still at least :data:`LATE_MIN_SIZE` that the graph lets
-    take the stride, or at the next larger size where none can (a late downsampling, which keeps the early features at full resolution), then
-    the last and the first such convolution at the input's own height and width (the first saves
-    the most). Each is checked with :func:`downsampled`.
+    take the stride, or at the next larger size where none can (a late downsampling, which keeps the
+    early features at full resolution), then the last and the first such convolution at the input's
+    own height and width (the first saves the most). Each is checked with :func:`downsampled`.
 
     Returns:
         ``(layer names, refusals)``: the refusals' messages, in the order the layers were tried.
