@@ -922,6 +922,21 @@ def test_a_long_shot_that_recovers_goes_on_when_the_best_moves_closer():
     assert search.lines[2] == "perk95-e8+int8 missed by 1.50 pt, 0.67× the best's figure: prune fine-tuned 32 epochs"
 
 
+def test_a_rounds_second_extension_waits_for_the_time_its_first_left():
+    # 150 s: the near miss's 4 epochs (60 s) and the long shot's 8 (120 s) each fit, not both; the long shot
+    # is planned again in the 90 s left, where the near miss, cut to 5 epochs (75 s), is what fits
+    p80, p95 = [ChainStep("prune", {"sparsity": 0.8})], [ChainStep("prune", {"sparsity": 0.95})]
+    s = _standings(0.5, **{"base+int8": ([], _row("base+int8", "int8", 0.0, 1, 100_000, True)),
+                           "p80+int8": (p80, {**_row("p80+int8", "prune", 0.7, 1, 60_000, False), "seconds": 30.0}),
+                           "p95+int8": (p95, {**_row("p95+int8", "prune", 3.0, 1, 40_000, False), "seconds": 30.0})})
+    plan = extend.extension_candidates(s, 2, {})
+    assert [(cand.id, est) for _, cand, est in plan] == [("perk80-e4+int8", 60.0), ("perk95-e8+int8", 120.0)]
+    search = _TwoChainSearch(s, 150, {"perk80-e4+int8": 0.6, "perk80-e5+int8": 0.55}, {0.8: 60_000, 0.95: 40_000})
+    assert extend.extend_stage(search, {}) is True
+    assert [r["id"] for r in s.rows.values()][3:] == ["perk80-e4+int8", "perk80-e5+int8"]
+    assert search.clock == 135.0 and search.events[-1]["used"] == pytest.approx(0.9)
+
+
 def test_an_extension_brings_its_chains_other_mode_and_is_timed_by_the_row_that_built_it():
     # the float32 row of a chain converts the model its int8 row built: 5 s against 60
     p95 = [ChainStep("prune", {"sparsity": 0.95})]

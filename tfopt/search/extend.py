@@ -199,7 +199,8 @@ def _why(standings, row, best) -> str:
 def extend_stage(search, shared) -> bool:
     """With a time budget, what the plan left goes to :func:`extension_candidates`, round after
     round, while one fits in the time left (the last one cut to fit, see :func:`fitted`); then the
-    search says why it stopped."""
+    search says why it stopped. A round's second extension starts only when it still fits in the
+    time its first left."""
     if search.budget_s is None:
         return True
     # the best decides what is lengthened: compare the fastest files under one load first
@@ -225,7 +226,9 @@ def extend_stage(search, shared) -> bool:
             search.emit("stage", name="extend")
             started = True
         best = search.standings.best()
-        for row, cand, _ in fits[:EXTEND_PICKS]:
+        for n, (row, cand, est) in enumerate(fits[:EXTEND_PICKS]):
+            if n and est > search.budget_s - search.elapsed():
+                break  # the round's first took the time this one needed: planned again, cut to fit
             if cand.id not in search.standings.rows and not search.may_start():
                 return False
             step = cand.chain[extended_index(search.standings.chains[row["id"]], cand.chain)]
