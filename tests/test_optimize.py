@@ -791,8 +791,14 @@ def test_extensions_double_the_last_trained_steps_epochs_of_the_near_misses_that
                                                     ("ch3-e4+perk95+int8", 120.0), ("perk99-e12+qat", 60.0),
                                                     ("ch3-e4+int8", 60.0)]
     assert again[2][1].chain[1].fine_tune == {"lr": 1e-3} and again[2][1].chain[0].fine_tune == {"epochs": 4}
-    # with that one tried too, nothing is left to lengthen in that row
+    # with that one tried too, the prune again at a third of its rate, then nothing is left in that row
     s.chains["ch3-e4+perk95+int8"] = again[2][1].chain
+    lower = extend.extension_candidates(s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})
+    assert [(c.id, est) for r, c, est in lower if r["id"] == "ch3+p95+int8"] == [("ch3+perk95-e4-lrx0.33+int8", 60.0)]
+    assert lower[2][1].chain[-1].fine_tune == {"lr": 1e-3, "epochs": 4, "lr_scale": extend.LOWER_RATE}
+    assert lower[2][1].chain[-1].overrides(5e-3) == {"lr": pytest.approx(1e-3 / 3), "epochs": 4}
+    assert ChainStep("prune", {}, {"lr_scale": 0.5}).overrides(4e-3) == {"lr": 2e-3}
+    s.chains["ch3+perk95-e4-lrx0.33+int8"] = lower[2][1].chain
     assert "ch3+p95+int8" not in [r["id"] for r, _, _ in extend.extension_candidates(
         s, 2, {"ch3+perk95-e4+int8": s.rows["ch3+p95+int8"]})]
     s.rows["ch3+perk95-e4+int8"]["drop_points"] = 0.6  # it recovered: on to 8 epochs
@@ -854,17 +860,18 @@ def test_the_extend_stage_spends_the_time_left_and_says_why_it_stopped():
                                   "any candidate further over reach 0.5× its figure, and the best loses no accuracy")
     assert search.lines[0] == "p95+int8 missed by 0.30 pt: prune fine-tuned 4 epochs"
     assert search.lines[2] == "perk95-e8+int8 is the best, 0.40 pt down: prune fine-tuned 16 epochs"
-    # a fine-tune that does not recover is not doubled again
+    # a fine-tune that does not recover is not doubled again; it is tried once more at a third of the rate
     flat = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.8)
     extend.extend_stage(flat, {})
-    assert [r["id"] for r in flat.standings.rows.values()][2:] == ["perk95-e4+int8"]
+    assert [r["id"] for r in flat.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e4-lrx0.33+int8"]
     assert "nothing left to improve" in flat.stop_reason
     # the best's own longer fine-tunes end when one recovers nothing more
     stuck = _TimedSearch(_near_miss_standings(), 3600, lambda e: 0.4)
     extend.extend_stage(stuck, {})
-    assert [r["id"] for r in stuck.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e8+int8"]
-    assert stuck.stop_reason.endswith("reach 0.5× its figure, and the longer fine-tunes tried lost as much as the "
-                                      "ones before them")
+    assert [r["id"] for r in stuck.standings.rows.values()][2:] == ["perk95-e4+int8", "perk95-e8+int8",
+                                                                      "perk95-e8-lrx0.33+int8"]
+    assert stuck.stop_reason.endswith("reach 0.5× its figure, and the longer fine-tunes tried, at the search's rate "
+                                      "and at 0.33× it, lost as much as the ones before them")
 
 
 def test_a_long_shot_is_fine_tuned_longer_while_it_recovers():
@@ -876,7 +883,7 @@ def test_a_long_shot_is_fine_tuned_longer_while_it_recovers():
     search = _TimedSearch(s, 36000, drops.get)
     assert extend.extend_stage(search, {}) is True
     assert [r["id"] for r in s.rows.values()][2:] == [
-        "perk95-e8+int8", "perk95-e32+int8", "perk95-e64+int8", "perk95-e128+int8"]
+        "perk95-e8+int8", "perk95-e32+int8", "perk95-e64+int8", "perk95-e128+int8", "perk95-e128-lrx0.33+int8"]
     assert s.best()["id"] == "perk95-e64+int8"
     assert search.lines[:3] == ["p95+int8 missed by 2.50 pt, 0.40× the best's figure: prune fine-tuned 8 epochs",
                                 "perk95-e8+int8 missed by 1.50 pt, 0.40× the best's figure: prune fine-tuned 32 epochs",
@@ -912,12 +919,13 @@ def test_a_long_shot_that_recovers_goes_on_when_the_best_moves_closer():
                            "p80+int8": (p80, {**_row("p80+int8", "prune", 0.7, 1, 60_000, False), "seconds": 30.0}),
                            "p95+int8": (p95, {**_row("p95+int8", "prune", 3.0, 1, 40_000, False), "seconds": 30.0})})
     drops = {"perk80-e4+int8": 0.4, "perk95-e8+int8": 2.0, "perk80-e8+int8": 0.4, "perk95-e32+int8": 1.2,
-             "perk95-e128+int8": 0.3, "perk95-e256+int8": 0.3}
+             "perk95-e128+int8": 0.3, "perk95-e256+int8": 0.3, "perk80-e8-lrx0.33+int8": 0.4,
+             "perk95-e256-lrx0.33+int8": 0.3}
     search = _TwoChainSearch(s, 36000, drops, {0.8: 60_000, 0.95: 40_000})
     assert extend.extend_stage(search, {}) is True
     assert [r["id"] for r in s.rows.values()][3:] == [
         "perk80-e4+int8", "perk95-e8+int8", "perk95-e32+int8", "perk80-e8+int8", "perk95-e128+int8",
-        "perk95-e256+int8"]
+        "perk80-e8-lrx0.33+int8", "perk95-e256+int8", "perk95-e256-lrx0.33+int8"]
     assert s.best()["id"] == "perk95-e128+int8"
     assert search.lines[2] == "perk95-e8+int8 missed by 1.50 pt, 0.67× the best's figure: prune fine-tuned 32 epochs"
 

@@ -66,9 +66,20 @@ class ChainStep:
     label: object = None
 
     def token(self) -> str:
-        """This step's part of a candidate id; ``-e60`` appended for an epochs override."""
-        epochs = self.fine_tune.get("epochs")
-        return step_token(self.name, self.settings, self.label) + (f"-e{epochs}" if epochs else "")
+        """This step's part of a candidate id; ``-e60`` appended for an epochs override, ``-lrx0.33``
+        for a rate scaled from the step's own."""
+        epochs, scale = self.fine_tune.get("epochs"), self.fine_tune.get("lr_scale")
+        return (step_token(self.name, self.settings, self.label) + (f"-e{epochs}" if epochs else "")
+                + (f"-lrx{scale:.2g}" if scale else ""))
+
+    def overrides(self, lr: float) -> dict:
+        """The fine-tune overrides as :class:`~tfopt.config.fine_tune.FineTuneSettings` fields:
+        ``lr_scale`` becomes the rate it scales (the step's own, else ``lr``, the search's)."""
+        out = dict(self.fine_tune)
+        scale = out.pop("lr_scale", None)
+        if scale is not None:
+            out["lr"] = (out.get("lr") or lr) * scale
+        return out
 
     def describe(self) -> str:
         """The step name and its settings with the fine-tune overrides, as in the ``steps`` column."""

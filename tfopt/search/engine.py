@@ -45,7 +45,7 @@ from tfopt.steps import STEPS
 from tfopt.rundir import atomic_write_json, provenance
 from tfopt.steps.source import (beside, budget_seconds, check_search_limits, check_source_path, check_writable,
                                 load_source)
-from tfopt.training.finetune import DEFAULT_BATCH_SIZE, logging_to
+from tfopt.training.finetune import DEFAULT_BATCH_SIZE, DEFAULT_LR, logging_to
 
 TARGETS = ("size", "latency", "macs")
 #: Un-augmented training images the activation criterion measures the layers' inputs on.
@@ -250,7 +250,7 @@ class Search:
         else:
             data = self.train
             inputs = {"probe": self.x_probe} if step.name in PROBED or step.name not in stages.BUILT_IN else {}
-        fine_tune = self.fine_tune.replace(**step.fine_tune)
+        fine_tune = self.fine_tune.replace(**step.overrides(self.fine_tune.lr or DEFAULT_LR))
         new, _ = STEPS[step.name].run(model, data, step.settings, fine_tune, log=M.quiet, **inputs)
         return new
 

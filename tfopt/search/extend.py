@@ -17,8 +17,8 @@ the chains of
 - the best itself while it loses accuracy: its drop, measured on a few thousand images, is safer
   the narrower it is;
 
-each (but the long shot) with the epochs of one trained step times :data:`EXTEND_FACTOR`
-(:func:`extension_candidates`),
+each (but the long shot) with the epochs of one trained step times :data:`EXTEND_FACTOR`, the step
+before it when that recovered nothing, and a lower rate when no step did (:func:`extension_candidates`),
 the last one cut to the time left (:func:`fitted`), until the budget is spent or nothing is left to
 improve; the search says which.
 """
@@ -37,6 +37,10 @@ EXTEND_PICKS = 2
 LONG_SHOT = 0.5
 #: with its epochs multiplied by this: it has further to go.
 LONG_SHOT_FACTOR = 4
+#: When every longer fine-tune of a chain at its rate lost as much as before, its last trained step
+#: is lengthened once more at this times that rate: a longer run at the rate that suited two
+#: epochs can wander off what the short one kept.
+LOWER_RATE = 1 / 3
 
 
 def trained_step(chain):
@@ -74,15 +78,18 @@ def siblings(standings, parent, cand) -> list:
     return pairs
 
 
-def _extended(row, chain, epochs: int, longer_epochs, index=None):
+def _extended(row, chain, epochs: int, longer_epochs, index=None, lr_scale=None):
     """``row``'s chain with its trained step ``index`` (default: the last) fine-tuned
-    ``longer_epochs(epochs it had)`` epochs, the steps after it as they were, as an ``extend``
-    candidate in the row's mode; None when nothing in it fine-tunes."""
+    ``longer_epochs(epochs it had)`` epochs (at ``lr_scale`` times its rate, when given), the steps
+    after it as they were, as an ``extend`` candidate in the row's mode; None when nothing in it
+    fine-tunes."""
     i = trained_step(chain) if index is None else index
     if i is None:
         return None
     step = chain[i]
     longer = {**step.fine_tune, "epochs": longer_epochs(step.fine_tune.get("epochs") or epochs)}
+    if lr_scale is not None:
+        longer["lr_scale"] = lr_scale
     return Candidate(chain[:i] + [ChainStep(step.name, step.settings, longer, step.label)] + chain[i + 1:],
                      "extend", mode_of(row))
 
@@ -98,10 +105,11 @@ def extension_candidates(standings, epochs: int, parents: dict) -> list:
     the best itself when it loses accuracy, its chain with the epochs of one
     trained step times :data:`EXTEND_FACTOR`, in the same mode: the last trained step first; when
     that extension recovered nothing, the step before it (a longer prune under a clustering, a
-    longer channel cut under a prune), and so on. A short fine-tune leaves a cut or a prune short
-    of where it recovers (see :func:`longer_chains`): a near miss is where more epochs can still
-    cross the budget, and the best's own drop, measured on a few thousand images, is safer the
-    narrower it is.
+    longer channel cut under a prune), and so on; when none did, the last trained step again at
+    :data:`LOWER_RATE` times its rate (an extension of that one keeps the lower rate). A short
+    fine-tune leaves a cut or a prune short of where it recovers (see :func:`longer_chains`): a
+    near miss is where more epochs can still cross the budget, and the best's own drop, measured
+    on a few thousand images, is safer the narrower it is.
 
     Args:
         standings: the search's :class:`Standings`.
@@ -135,8 +143,12 @@ def extension_candidates(standings, epochs: int, parents: dict) -> list:
 
     def longer(row, factor=EXTEND_FACTOR):
         chain = standings.chains[row["id"]]
-        for n, i in enumerate(trained_steps(chain)):
-            cand = _extended(row, chain, epochs, lambda before: before * factor, i)
+        steps = trained_steps(chain)
+        tries = [(n, i, None) for n, i in enumerate(steps)]
+        if steps and "lr_scale" not in chain[steps[0]].fine_tune:
+            tries.append((0, steps[0], LOWER_RATE))  # every step lost as much at its rate: a lower one
+        for n, i, scale in tries:
+            cand = _extended(row, chain, epochs, lambda before: before * factor, i, scale)
             if cand.id in standings.chains:
                 continue  # tried in this search: on to the step before it
             # one a resumed search finished before costs nothing: it is taken up again, so that
@@ -184,7 +196,8 @@ def _nothing_left(standings) -> str:
         return why + ", and the best loses no accuracy"
     if trained_step(standings.chain_of(best)) is None:
         return why + ", and the best has no fine-tune to lengthen"
-    return why + ", and the longer fine-tunes tried lost as much as the ones before them"
+    return why + (f", and the longer fine-tunes tried, at the search's rate and at {LOWER_RATE:.2g}× it, "
+                  "lost as much as the ones before them")
 
 
 def _why(standings, row, best) -> str:

@@ -12,6 +12,7 @@ from tfopt import tflite
 from tfopt.rundir import atomic_write_json
 from tfopt.search import measure as M
 from tfopt.steps import STEPS
+from tfopt.training.finetune import DEFAULT_LR
 
 
 def paired_drop(input_right, chosen_right) -> dict:
@@ -106,7 +107,7 @@ def recipe_steps(chain, mode: str, fine_tune) -> list[dict]:
     for s in chain:
         config = STEPS[s.name].config
         fields = config.model_fields if config is not None else {}
-        lr = s.fine_tune.get("lr") or fine_tune.lr
+        lr = s.overrides(fine_tune.lr or DEFAULT_LR).get("lr") or fine_tune.lr
         ft = ({"epochs": s.fine_tune.get("epochs") or fine_tune.epochs} if "epochs" in fields else {}) \
             | ({"lr": lr} if lr and "lr" in fields else {})
         steps.append({s.name: {**json.loads(json.dumps(s.settings)), **ft}})
