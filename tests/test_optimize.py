@@ -1017,6 +1017,44 @@ def test_latencies_of_one_graph_within_the_measurement_noise_tie_and_the_more_ac
                      )["id"] == "x"
 
 
+class _ModeSearch(_TimedSearch):
+    """Rows whose drop depends on the candidate's mode: ``drops[mode]``."""
+
+    def __init__(self, standings, budget_s, drops):
+        super().__init__(standings, budget_s, None)
+        self.drops = drops
+
+    def evaluate(self, cand):
+        self.clock += self.seconds
+        drop = self.drops[cand.mode]
+        self.standings.rows[cand.id] = {**_row(cand.id, "extend", drop, 1, 40_000, drop <= self.max_drop,
+                                               int8={"int8": "ptq", "float32": "", "qat": "qat"}[cand.mode]),
+                                        "tflite": cand.tflite_mode, "seconds": self.seconds}
+
+
+def test_an_extension_whose_int8_file_loses_more_than_the_budget_over_its_float32_gets_qat():
+    # 3.0 pt as int8 against 0.4 as float32, on a 0.5-pt budget: the model is fine, its post-training int8 is not
+    def standings():
+        p95 = [ChainStep("prune", {"sparsity": 0.95})]
+        return _standings(0.5, **{"base+int8": ([], _row("base+int8", "int8", 0.0, 1, 100_000, True)),
+                                  "perk95+int8": (p95, {**_row("perk95+int8", "prune", 0.8, 1, 40_000, False),
+                                                        "seconds": 30.0}),
+                                  "perk95+f32": (p95, {**_row("perk95+f32", "prune", 0.9, 1, 40_000, False, int8=""),
+                                                       "tflite": "float32", "seconds": 5.0})})
+    s = standings()
+    search = _ModeSearch(s, 100, {"int8": 3.0, "float32": 0.4, "qat": 0.45})
+    extend.extend_stage(search, {})
+    assert [r["id"] for r in s.rows.values()][3:6] == ["perk95-e4+int8", "perk95-e4+f32", "perk95-e4+qat"]
+    assert s.rows["perk95-e4+qat"]["int8"] == "qat" and s.chains["perk95-e4+qat"][0].fine_tune == {"epochs": 4}
+    assert "perk95-e4+int8 lost 3.00 pt, more than the budget over its float32 file: quantization-aware training" \
+        in search.lines
+    assert extend.wants_qat(s, s.chains["perk95-e4+int8"]) is False  # it has its QAT file now
+    # a gap within the budget: no QAT
+    s = standings()
+    extend.extend_stage(_ModeSearch(s, 100, {"int8": 0.8, "float32": 0.4, "qat": 0.45}), {})
+    assert not any(id_.endswith("+qat") for id_ in s.rows)
+
+
 def test_the_extend_stage_stops_when_the_next_fine_tune_would_not_fit():
     # 4 epochs (60 s) fit in 100 s, 8 epochs (120 s) do not in the 40 s left
     search = _TimedSearch(_near_miss_standings(), 100, lambda e: 0.75 - 0.01 * e)
