@@ -219,6 +219,26 @@ def _why(standings, row, best) -> str:
     return f"{missed}, {score(row, standings.target) / score(best, standings.target):.2f}× the best's figure: "
 
 
+def _evaluate(search, parents, parent, cand) -> None:
+    """Evaluate ``cand``, an extension of the row ``parent``, and remember where it came from."""
+    search.standings.chains[cand.id] = cand.chain
+    parents[cand.id] = parent
+    search.evaluate(cand)
+
+
+def _lengthen(search, parents, row, cand) -> None:
+    """``cand`` (an extension of ``row``), then its chain in ``row``'s chain's other modes
+    (:func:`siblings`), then its QAT file where :func:`wants_qat`."""
+    _evaluate(search, parents, row, cand)
+    for parent, sibling in siblings(search.standings, row, cand):
+        _evaluate(search, parents, parent, sibling)
+    if wants_qat(search.standings, cand.chain) and search.may_start():
+        int8 = search.standings.rows[Candidate(cand.chain, "extend", "int8").id]
+        search.log(f"{int8['id']} lost {int8['drop_points']:.2f} pt, more than the budget over its float32 file: "
+                   "quantization-aware training")
+        _evaluate(search, parents, row, Candidate(cand.chain, "extend", "qat"))
+
+
 def extend_stage(search, shared) -> bool:
     """With a time budget, what the plan left goes to :func:`extension_candidates`, round after
     round, while one fits in the time left (the last one cut to fit, see :func:`fitted`); then the
@@ -259,20 +279,7 @@ def extend_stage(search, shared) -> bool:
             what = f"{step.name} fine-tuned {step.fine_tune['epochs']} epochs"
             if cand.id not in search.standings.rows:
                 search.log(_why(search.standings, row, best) + what)
-            search.standings.chains[cand.id] = cand.chain
-            parents[cand.id] = row
-            search.evaluate(cand)
-            for parent, sibling in siblings(search.standings, row, cand):
-                search.standings.chains[sibling.id] = sibling.chain
-                parents[sibling.id] = parent
-                search.evaluate(sibling)
-            if wants_qat(search.standings, cand.chain) and search.may_start():
-                qat, int8 = Candidate(cand.chain, "extend", "qat"), Candidate(cand.chain, "extend", "int8")
-                search.log(f"{int8.id} lost {search.standings.rows[int8.id]['drop_points']:.2f} pt, more than the "
-                           f"budget over its float32 file: quantization-aware training")
-                search.standings.chains[qat.id] = qat.chain
-                parents[qat.id] = row
-                search.evaluate(qat)
+            _lengthen(search, parents, row, cand)
     used = search.elapsed() / search.budget_s
     search.stop_reason = (f"stopped after {search.elapsed() / 60:.1f} of {search.budget_s / 60:.1f} min "
                           f"({used:.0%} of the time budget): {reason}")
