@@ -8,7 +8,7 @@
 
 Usage:
     .venv/bin/python benchmarks/bench_families_real.py [--case lstm vit unet] [--cache DIR]
-        [--fine-tune-epochs N] [--allocations erk uniform] [--quick]
+        [--fine-tune-epochs N] [--allocations erk uniform] [--quick] [--seed N]
         [--variants int8 prune channels tfmot scratch] [--channels-epochs N] [--channels-lr LR]
         [--channels-skip LAYER ...]
 
@@ -82,11 +82,11 @@ def segmentation(x, y):
     return np.where(x[..., 0] > 0.5, (y + 1)[:, None, None], 0).astype("int32")
 
 
-def build(case):
+def build(case, seed=0):
     import keras
 
     L = keras.layers
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     if case == "lstm":
         model = keras.Sequential([keras.Input((28, 28)), L.LSTM(128, name="lstm"),
                                   L.Dense(10, activation="softmax", name="head")], name="lstm_rows")
@@ -165,35 +165,35 @@ def augmented(x, y, batch_size=128, shift=2, seed=0):
     return ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def trained(case, x, y, cache: Path, quick: bool):
+def trained(case, x, y, cache: Path, quick: bool, seed: int = 0):
     """The float model of ``case`` and the seconds its training took (0 when read from ``cache``). An
     :data:`AUGMENTED` case trains on :func:`augmented` images, then :data:`SETTLE_EPOCHS` epochs on the plain
     ones (cosine from :data:`SETTLE_LR`); its augmented stage is cached on its own."""
     import keras
 
     epochs = 1 if quick else TRAIN_EPOCHS[case]
-    quick_tag = "-quick" if quick else ""
+    suffix = ("-quick" if quick else "") + (f"-seed{seed}" if seed else "")
     settle = (1 if quick else SETTLE_EPOCHS[case]) if case in AUGMENTED else 0
-    path = cache / f"{case}-{epochs}-epochs{f'-aug-settle{settle}' if settle else ''}{quick_tag}.keras"
+    path = cache / f"{case}-{epochs}-epochs{f'-aug-settle{settle}' if settle else ''}{suffix}.keras"
     if path.exists():
         return keras.saving.load_model(path), 0.0
     steps = int(np.ceil(len(x) / 128))
     t = time.time()
     if case in AUGMENTED:
-        first = cache / f"{case}-{epochs}-epochs-aug{quick_tag}.keras"
+        first = cache / f"{case}-{epochs}-epochs-aug{suffix}.keras"
         if first.exists():
             model = keras.saving.load_model(first)
         else:
-            model = build(case)
+            model = build(case, seed)
             schedule = keras.optimizers.schedules.CosineDecay(
                 0.0, max(1, (epochs - 1) * steps), warmup_target=TRAIN_LR[case], warmup_steps=steps)
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=WEIGHT_DECAY[case])
             model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
-            model.fit(augmented(x, y), epochs=epochs, verbose=2)
+            model.fit(augmented(x, y, seed=seed), epochs=epochs, verbose=2)
             _save(model, first)
         settled(case, model, x, y, settle)
     else:
-        model = build(case)
+        model = build(case, seed)
         schedule = keras.optimizers.schedules.CosineDecay(TRAIN_LR[case], epochs * steps)
         model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(x, y, batch_size=128, epochs=epochs, verbose=2)
@@ -302,7 +302,7 @@ def run_case(case, args):
     x, y, xt, yt = dataset(case, args.data)
     if args.quick:
         x, y, xt, yt = x[:3000], y[:3000], xt[:1000], yt[:1000]
-    model, seconds = trained(case, x, y, Path(args.cache), args.quick)
+    model, seconds = trained(case, x, y, Path(args.cache), args.quick, args.seed)
     rep = x[np.random.default_rng(0).permutation(len(x))[:500]]
     sample = xt[0]
     epochs = args.fine_tune_epochs or FINE_TUNE_EPOCHS[case]
@@ -359,7 +359,7 @@ def run_case(case, args):
     cdata = (x, y)
     settle = 0
     if case in AUGMENTED:
-        cdata = augmented(x, y, cft.pop("batch_size"))
+        cdata = augmented(x, y, cft.pop("batch_size"), seed=args.seed)
         settle = 1 if args.quick else SETTLE_EPOCHS[case]
         label += f" on augmented images, then {settle} on the plain ones as in training"
     smaller = attempt(label, lambda: tfopt.prune_channels(model, cdata, ratio=0.5, skip=skip, **cft)) \
@@ -405,6 +405,8 @@ def main():
                         help="epochs of every fine-tune (default: 6 for lstm, 2 for vit, 3 for unet)")
     parser.add_argument("--allocations", nargs="+", default=["erk", "uniform"], choices=["erk", "er", "uniform"],
                         help="tfopt.prune's allocations to run")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the float model's initial weights and augmentation (cached per seed)")
     parser.add_argument("--quick", action="store_true", help="3000 training images, one epoch: a smoke run")
     parser.add_argument("--variants", nargs="+", default=["int8", "prune", "channels", "tfmot"],
                         choices=["int8", "prune", "channels", "tfmot", "scratch"], help="what to run besides the float model")
