@@ -349,6 +349,41 @@ def test_latency_reports_the_block_with_the_lowest_median(monkeypatch):
     assert tflite.latency_us(b"", np.zeros((8, 8, 1)), runs=4, warmup=0)["median_us"] == pytest.approx(9.0)
 
 
+def test_latency_falls_back_to_the_builtin_kernels_when_xnnpack_fails_at_the_first_run(monkeypatch):
+    from tfopt import tflite
+
+    class Fake:
+        def __init__(self, fails):
+            self.fails, self.runs = fails, 0
+
+        def get_input_details(self):
+            return [{"index": 0, "dtype": np.float32, "quantization": (0.0, 0)}]
+
+        def set_tensor(self, *_):
+            pass
+
+        def invoke(self):
+            if self.fails:
+                raise RuntimeError("failed to create XNNPACK runtimeNode number 403 (TfLiteXNNPackDelegate) failed "
+                                   "to prepare.")
+            self.runs += 1
+
+    made = []
+
+    def interpreter(content, threads, log=None, builtin=False):
+        made.append(Fake(fails=not builtin))
+        return made[-1], "builtin" if builtin else "xnnpack"
+
+    monkeypatch.setattr(tflite, "interpreter", interpreter)
+    lines = []
+    got = tflite.latency_us(b"", np.zeros((28, 28)), runs=5, warmup=2, log=lines.append)
+    assert got["delegate"] == "builtin"
+    assert [m.runs for m in made] == [0, 7]
+    assert lines == ["XNNPACK could not prepare the model (failed to create XNNPACK runtimeNode number 403 "
+                     "(TfLiteXNNPackDelegate) failed to prepare.); using the built-in kernels, which are slower: "
+                     "latencies are not comparable with XNNPACK ones"]
+
+
 def test_one_shot_magnitude_pruning_zeroes_each_layers_share():
     import tf_keras as keras
 

@@ -356,7 +356,8 @@ def _fallback(exc, log) -> None:
 
 def _xnnpack_failed(exc, delegate) -> bool:
     """An error of the XNNPACK delegate preparing a resized model (int8 recurrent layers at a
-    new batch size): the built-in kernels run such a file."""
+    new batch size) or creating its runtime at the first run (an int8 LSTM's unrolled steps): the
+    built-in kernels run such a file."""
     return delegate == "xnnpack" and isinstance(exc, (RuntimeError, ValueError)) and "XNNPACK" in str(exc)
 
 
@@ -377,20 +378,20 @@ def _dequantize(y, detail):
 
 def predict(content: bytes, x, batch_size: int = 256, num_threads: int = 2, log=None) -> np.ndarray:
     """Float outputs of a TFLite model on ``x`` (int8 input/output quantized and dequantized)."""
-    return _with_fallback(content, num_threads, log, lambda it: _predict(it, x, batch_size))
+    return _with_fallback(content, num_threads, log, lambda it, _: _predict(it, x, batch_size))
 
 
 def _with_fallback(content, num_threads, log, run):
-    """``run(interpreter)`` with XNNPACK, again with the built-in kernels when the delegate fails on
-    a resized model."""
+    """``run(interpreter, delegate)`` with XNNPACK, again with the built-in kernels when the delegate
+    fails on a resized model or at the first run."""
     it, delegate = interpreter(content, num_threads, log)
     try:
-        return run(it)
+        return run(it, delegate)
     except (RuntimeError, ValueError) as exc:
         if not _xnnpack_failed(exc, delegate):
             raise
         _fallback(exc, log)
-        return run(interpreter(content, num_threads, log, builtin=True)[0])
+        return run(interpreter(content, num_threads, log, builtin=True)[0], "builtin")
 
 
 def _predict(it, x, batch_size) -> np.ndarray:
@@ -415,7 +416,7 @@ def run_signature(content: bytes, feeds: dict, batch_size: int = 256, num_thread
     """Float outputs of a TFLite file's signature, by output name, on ``feeds`` (input name →
     array, all of one length): inputs and outputs matched by name, not by position, so a file
     with several of either is read right. int8 inputs/outputs are quantized and dequantized."""
-    return _with_fallback(content, num_threads, log, lambda it: _run_signature(it, feeds, batch_size, signature))
+    return _with_fallback(content, num_threads, log, lambda it, _: _run_signature(it, feeds, batch_size, signature))
 
 
 def _run_signature(it, feeds, batch_size, signature) -> dict:
@@ -479,20 +480,25 @@ def latency_us(content: bytes, sample, num_threads: int = 1, runs: int = 200, wa
                repeats: int = 1) -> dict:
     """Median single-image latency in microseconds after ``warmup`` runs. With ``repeats`` > 1,
     ``runs`` invocations are timed that many times and the block with the lowest median is
-    reported: on a shared machine another process's burst slows a whole block, never speeds one."""
-    it, delegate = interpreter(content, num_threads, log)
-    inp = it.get_input_details()[0]
-    it.set_tensor(inp["index"], _quantize(np.asarray(sample, np.float32)[None], inp))
-    for _ in range(warmup):
-        it.invoke()
-    blocks = []
-    for _ in range(max(1, repeats)):
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter_ns()
+    reported: on a shared machine another process's burst slows a whole block, never speeds one.
+    A file the XNNPACK delegate fails on at its first run is timed with the built-in kernels, and
+    ``delegate`` says so."""
+
+    def timed(it, delegate):
+        inp = it.get_input_details()[0]
+        it.set_tensor(inp["index"], _quantize(np.asarray(sample, np.float32)[None], inp))
+        for _ in range(warmup):
             it.invoke()
-            times.append(time.perf_counter_ns() - t0)
-        blocks.append(times)
-    times = min(blocks, key=np.median)
-    return {"median_us": float(np.median(times)) / 1000, "p90_us": float(np.percentile(times, 90)) / 1000,
-            "threads": num_threads, "runs": runs, "repeats": max(1, repeats), "delegate": delegate}
+        blocks = []
+        for _ in range(max(1, repeats)):
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter_ns()
+                it.invoke()
+                times.append(time.perf_counter_ns() - t0)
+            blocks.append(times)
+        times = min(blocks, key=np.median)
+        return {"median_us": float(np.median(times)) / 1000, "p90_us": float(np.percentile(times, 90)) / 1000,
+                "threads": num_threads, "runs": runs, "repeats": max(1, repeats), "delegate": delegate}
+
+    return _with_fallback(content, num_threads, log, timed)
