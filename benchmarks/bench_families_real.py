@@ -165,38 +165,53 @@ def augmented(x, y, batch_size=128, shift=2, seed=0):
     return ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def settle_epochs(case, quick: bool) -> int:
+    """Epochs on the plain images that end an :data:`AUGMENTED` case's training (0 for the others)."""
+    return 0 if case not in AUGMENTED else 1 if quick else SETTLE_EPOCHS[case]
+
+
+def fit_fresh(case, model, x, y, epochs: int, seed: int = 0):
+    """``model`` (changed in place) trained from its initial weights by the case's recipe, before any settling:
+    Adam with a cosine decay on the plain images, or for an :data:`AUGMENTED` case AdamW with one warm-up epoch on
+    :func:`augmented` images."""
+    import keras
+
+    steps = int(np.ceil(len(x) / 128))
+    if case in AUGMENTED:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, max(1, (epochs - 1) * steps), warmup_target=TRAIN_LR[case], warmup_steps=steps)
+        model.compile(keras.optimizers.AdamW(schedule, weight_decay=WEIGHT_DECAY[case]),
+                      "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(augmented(x, y, seed=seed), epochs=epochs, verbose=2)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(TRAIN_LR[case], epochs * steps)
+        model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x, y, batch_size=128, epochs=epochs, verbose=2)
+    return model
+
+
 def trained(case, x, y, cache: Path, quick: bool, seed: int = 0):
-    """The float model of ``case`` and the seconds its training took (0 when read from ``cache``). An
-    :data:`AUGMENTED` case trains on :func:`augmented` images, then :data:`SETTLE_EPOCHS` epochs on the plain
-    ones (cosine from :data:`SETTLE_LR`); its augmented stage is cached on its own."""
+    """The float model of ``case`` and the seconds its training took (0 when read from ``cache``):
+    :func:`fit_fresh`, then for an :data:`AUGMENTED` case :func:`settled` (its augmented stage is cached on its
+    own)."""
     import keras
 
     epochs = 1 if quick else TRAIN_EPOCHS[case]
     suffix = ("-quick" if quick else "") + (f"-seed{seed}" if seed else "")
-    settle = (1 if quick else SETTLE_EPOCHS[case]) if case in AUGMENTED else 0
+    settle = settle_epochs(case, quick)
     path = cache / f"{case}-{epochs}-epochs{f'-aug-settle{settle}' if settle else ''}{suffix}.keras"
     if path.exists():
         return keras.saving.load_model(path), 0.0
-    steps = int(np.ceil(len(x) / 128))
+    first = cache / f"{case}-{epochs}-epochs-aug{suffix}.keras"
     t = time.time()
-    if case in AUGMENTED:
-        first = cache / f"{case}-{epochs}-epochs-aug{suffix}.keras"
-        if first.exists():
-            model = keras.saving.load_model(first)
-        else:
-            model = build(case, seed)
-            schedule = keras.optimizers.schedules.CosineDecay(
-                0.0, max(1, (epochs - 1) * steps), warmup_target=TRAIN_LR[case], warmup_steps=steps)
-            optimizer = keras.optimizers.AdamW(schedule, weight_decay=WEIGHT_DECAY[case])
-            model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
-            model.fit(augmented(x, y, seed=seed), epochs=epochs, verbose=2)
-            _save(model, first)
-        settled(case, model, x, y, settle)
+    if settle and first.exists():
+        model = keras.saving.load_model(first)
     else:
-        model = build(case, seed)
-        schedule = keras.optimizers.schedules.CosineDecay(TRAIN_LR[case], epochs * steps)
-        model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        model.fit(x, y, batch_size=128, epochs=epochs, verbose=2)
+        model = fit_fresh(case, build(case, seed), x, y, epochs, seed)
+        if settle:
+            _save(model, first)
+    if settle:
+        settled(case, model, x, y, settle)
     seconds = time.time() - t
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     _save(model, path)
@@ -357,10 +372,9 @@ def run_case(case, args):
     skipped = f" (skip {', '.join(skip)})" if skip else ""
     label = f"tfopt prune_channels 0.5{skipped}, {cft['epochs']} epochs at {cft['lr']:g}"
     cdata = (x, y)
-    settle = 0
-    if case in AUGMENTED:
+    settle = settle_epochs(case, args.quick)
+    if settle:
         cdata = augmented(x, y, cft.pop("batch_size"), seed=args.seed)
-        settle = 1 if args.quick else SETTLE_EPOCHS[case]
         label += f" on augmented images, then {settle} on the plain ones as in training"
     smaller = attempt(label, lambda: tfopt.prune_channels(model, cdata, ratio=0.5, skip=skip, **cft)) \
         if "channels" in args.variants else None
@@ -378,12 +392,12 @@ def run_case(case, args):
         import keras
 
         shape = tfopt.prune_channels(model, ratio=0.5, skip=skip, epochs=0)
-        fresh = keras.models.clone_model(shape)  # the same layers, fresh initial weights
         epochs_f = 1 if args.quick else TRAIN_EPOCHS[case]
-        rate = keras.optimizers.schedules.CosineDecay(TRAIN_LR[case], epochs_f * int(np.ceil(len(x) / 128)))
-        fresh.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy")
         t = time.time()
-        fresh.fit(x, y, batch_size=128, epochs=epochs_f, verbose=2)
+        # the same layers, fresh initial weights, the float model's recipe
+        fresh = fit_fresh(case, keras.models.clone_model(shape), x, y, epochs_f, args.seed)
+        if settle:
+            settled(case, fresh, x, y, settle)
         record(f"the same architecture from scratch, {epochs_f} epochs", fresh,
                note=f"trained {time.time() - t:.0f} s as the float model was")
 
@@ -409,7 +423,8 @@ def main():
                         help="seed of the float model's initial weights and augmentation (cached per seed)")
     parser.add_argument("--quick", action="store_true", help="3000 training images, one epoch: a smoke run")
     parser.add_argument("--variants", nargs="+", default=["int8", "prune", "channels", "tfmot"],
-                        choices=["int8", "prune", "channels", "tfmot", "scratch"], help="what to run besides the float model")
+                        choices=["int8", "prune", "channels", "tfmot", "scratch"],
+                        help="what to run besides the float model")
     parser.add_argument("--channels-epochs", type=int, default=None, help="prune_channels' fine-tune epochs")
     parser.add_argument("--channels-lr", type=float, default=None, help="prune_channels' fine-tune peak rate")
     parser.add_argument("--channels-skip", nargs="+", default=None, help="layers whose channels prune_channels keeps")
