@@ -70,7 +70,8 @@ def search(args, log):
         "float32_tflite": {**ref_sizes, "latency_us": round(ref_lat, 1), "test_accuracy": ref_acc},
         "chosen_tflite": {"mode": res.chosen.get("tflite") or "int8", **sizes, "sparse_raw_bytes": res.chosen.get("sparse_raw_bytes"),
                                "latency_us": round(lat, 1), "test_accuracy": res.test.get("chosen_test_accuracy"),
-                               "selection_drop_points": round(res.chosen["drop_points"], 2)},
+                               "selection_drop_points": round(res.chosen["drop_points"], 2),
+                               "confirmation": res.confirmation or None},
         "input_test_accuracy": res.test.get("input_test_accuracy"),
         "test_drop_points": round((res.test["input_test_accuracy"] - res.test["chosen_test_accuracy"]) * 100, 2),
         "gzip_ratio": round(ref_sizes["gzip_bytes"] / sizes["gzip_bytes"], 1),
@@ -123,7 +124,9 @@ def rows(args, log):
         if row["error"] or not path.is_file():
             continue
         acc = tflite.accuracy(path.read_bytes(), splits.x_test, splits.y_test)
+        conf = row.get("confirmation_drop_points")
         print(json.dumps({"id": row["id"], "selection_drop_points": round(float(row["drop_points"]), 2),
+                          "confirmation_drop_points": round(float(conf), 2) if conf else None,
                           "meets_budget": row["meets_budget"] == "True", "test_accuracy": round(acc, 4),
                           "gzip_bytes": int(row["tflite_gzip_bytes"]), "raw_bytes": int(row["tflite_raw_bytes"])}),
               flush=True)

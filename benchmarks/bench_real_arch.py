@@ -285,7 +285,8 @@ def run_model(name: str, args) -> dict:
 
         def go(target=target):
             result, content, seconds = searched(run, target, args.max_drop, args.time_budget, out / target)
-            rec.setdefault("searches", {})[target] = {"seconds": seconds, "chosen": result.get("chosen")}
+            rec.setdefault("searches", {})[target] = {"seconds": seconds, "chosen": result.get("chosen"),
+                                                         "confirmation": result.get("confirmation")}
             return content
         attempt(label, go)
     lat = measure_latency(files, sample, args.rounds)

@@ -23,6 +23,8 @@ COLUMNS = (
     ("gzip kB", 8, lambda r: f"{r['tflite_gzip_bytes'] / 1000:.1f}"),
     ("µs", 6, lambda r: f"{r['latency_us']:.0f}"),
     ("MACs", 11, lambda r: f"{r['macs']:,}"),
+    ("conf. pt", 8, lambda r: "" if r.get("confirmation_drop_points") is None
+     else f"{r['confirmation_drop_points']:+.2f}"),
 )
 
 
@@ -106,6 +108,9 @@ def check_arguments(source, recipe, overrides, output, resume, teacher, lr, temp
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the teacher's soft targets.")
 @click.option("--max-candidates", type=int, help="Stop after this many candidates.")
+@click.option("--confirmation-fraction", type=click.FloatRange(0, 0.5), default=0.05, show_default=True,
+              help="Share of the training images held out as the confirmation split: the best file within budget "
+                   "is chosen only if it keeps the budget there too, else the next best. 0: none.")
 @click.option("--output", type=click.Path(file_okay=False), cls=Option, shown="the folder holding SOURCE",
               help="Parent folder of the search.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted search in <output>/<source>-optimized; finished "
@@ -113,7 +118,7 @@ def check_arguments(source, recipe, overrides, output, resume, teacher, lr, temp
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr; only the results on stdout.")
 @click.option("--json", "as_json", is_flag=True, help="The results as one JSON document on stdout, nothing else.")
 def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, lr, no_distill, teacher,
-             temperature, alpha, max_candidates, output, resume, quiet, as_json):
+             temperature, alpha, max_candidates, confirmation_fraction, output, resume, quiet, as_json):
     """Search pruning, layer removal, clustering and int8 for the smallest (--target size) or fastest
     model of SOURCE within --max-drop points of its accuracy.
 
@@ -138,7 +143,7 @@ def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, l
             finished.append(event)
             if progress:
                 echo_err(candidate_line(len(finished), event))
-        elif event["event"] in ("resolution", "stopped", "retimed") and progress:
+        elif event["event"] in ("resolution", "stopped", "retimed", "confirmation") and progress:
             echo_err(event["note"])
 
     try:
@@ -146,13 +151,14 @@ def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, l
                                  log=echo_err if verbose and not quiet else (lambda *_: None), on_event=on_event,
                                  fit_verbose=2 if verbose and not quiet else 0, max_drop=max_drop, target=target,
                                  time_budget=time_budget, epochs=epochs, lr=lr, distill=not no_distill,
-                                 teacher=teacher, temperature=temperature, alpha=alpha, max_candidates=max_candidates)
+                                 teacher=teacher, temperature=temperature, alpha=alpha, max_candidates=max_candidates,
+                                 confirmation_fraction=confirmation_fraction)
     except KeyboardInterrupt:
         echo_err("interrupted; run again with --resume to continue")
         raise SystemExit(130) from None
     if as_json:
         echo_out(json.dumps({"output": str(result.out), "chosen": result.chosen, "test": result.test,
-                             "candidates": result.rows}, default=str))
+                             "confirmation": result.confirmation or None, "candidates": result.rows}, default=str))
         return
     echo_out(final_table(result.rows, result.chosen["id"]))
     echo_out(f"chosen: {result.chosen['id']}; written to {result.out}")

@@ -20,9 +20,9 @@ from tfopt.steps import STEPS
 
 COLUMNS = ["id", "steps", "stage", "selection_accuracy", "keras_selection_accuracy", "drop_points", "meets_budget",
            "tflite", "int8", "tflite_raw_bytes", "tflite_gzip_bytes", "sparse_raw_bytes", "params", "nonzero_params",
-           "macs", "latency_us", "latency_us_2t", "seconds", "error"]
+           "macs", "latency_us", "latency_us_2t", "seconds", "error", "confirmation_drop_points"]
 FLOAT_COLUMNS = ("selection_accuracy", "keras_selection_accuracy", "drop_points", "latency_us", "latency_us_2t",
-                 "seconds")
+                 "seconds", "confirmation_drop_points")
 INT_COLUMNS = ("tflite_raw_bytes", "tflite_gzip_bytes", "sparse_raw_bytes", "params", "nonzero_params", "macs")
 #: How a candidate's TFLite file is made: its id's suffix.
 MODES = {"int8": "+int8", "float32": "+f32", "qat": "+qat"}

@@ -22,11 +22,9 @@ under ``cache/``, so Ctrl-C loses at most the candidate in progress and ``resume
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +34,13 @@ from tfopt.data.pipeline import load_splits
 from tfopt.distill import TeacherTargets
 from tfopt.errors import TfoptError
 from tfopt.graph_path import enter_graph
-from tfopt.kinds import enter, leave
+from tfopt.kinds import enter
 from tfopt.search import inputs as I
 from tfopt.search import measure as M
 from tfopt.search import report, stages
+from tfopt.search.choice import CONFIRMATION_FRACTION, Result, conclude, hold_out
 from tfopt.search.candidates import REWRITES, Candidate, SearchState, Standings, chain_key
 from tfopt.steps import STEPS
-from tfopt.rundir import atomic_write_json, provenance
 from tfopt.steps.source import (beside, budget_seconds, check_search_limits, check_source_path, check_writable,
                                 load_source)
 from tfopt.training.finetune import DEFAULT_BATCH_SIZE, DEFAULT_LR, logging_to
@@ -136,8 +134,9 @@ class Search:
 
     def __init__(self, model, data, selection, *, out, max_drop, target, time_budget, distill, epochs, lr,
                  batch_size, temperature, alpha, seed, max_candidates, levels, log, train=None, teacher=None,
-                 teacher_path=None, on_event=None):
+                 teacher_path=None, on_event=None, confirmation=None):
         self.model = model
+        self.confirmation = confirmation  # (x, class labels) never used to choose, or None
         self.data = data
         self.train = data if train is None else train
         self.x_sel, self.y_sel = selection
@@ -157,7 +156,8 @@ class Search:
         # what the candidates in this folder depend on: a resumed search must ask for the same
         self.settings = {"target": target, "max_drop": max_drop, "levels": [float(v) for v in levels],
                          "epochs": epochs, "lr": lr, "batch_size": batch_size, "distill": bool(distill),
-                         "temperature": temperature, "alpha": alpha, "seed": seed}
+                         "temperature": temperature, "alpha": alpha, "seed": seed,
+                         "confirmation_images": 0 if confirmation is None else len(confirmation[0])}
         if teacher is not None:
             self.settings["teacher"] = I.weights_digest(teacher)
         self.standings = Standings(target, max_drop, NEAR_MISS)
@@ -437,24 +437,11 @@ def quiet_root_warnings():
         root.removeFilter(quiet)
 
 
-@dataclass
-class Result:
-    """What :func:`optimize` returns: the chosen model (the input's kind), its TFLite bytes,
-    its candidates.csv row, every row, the output folder and the test accuracies."""
-
-    model: object
-    tflite: bytes
-    chosen: dict
-    rows: list
-    out: Path
-    test: dict
-
-
 def optimize(model, data, *, validation_data=None, test_data=None, max_drop: float = 0.3, target: str = "size",
              time_budget=None, out="optimize", resume: bool = False, distill: bool = True, epochs: int = 2,
              lr: float | None = None, batch_size: int | None = None, temperature: float = 4.0, alpha: float = 0.9,
              seed: int = 0, max_candidates: int | None = None, levels=(1.0, 3.0, 10.0, 20.0, 30.0), selection_fraction=0.1,
-             augment=None, teacher=None, log=print, on_event=None, fit_verbose: int = 0) -> Result:
+             confirmation_fraction=CONFIRMATION_FRACTION, augment=None, teacher=None, log=print, on_event=None, fit_verbose: int = 0) -> Result:
     """Search compression chains for the smallest (or fastest) TFLite model (int8; for latency also
     float32) whose accuracy on a held-out selection split drops by at most ``max_drop`` points.
 
@@ -485,6 +472,10 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         max_candidates: stop after this many candidates.
         selection_fraction: share of ``data`` held out as the selection split when
             ``validation_data`` is not given.
+        confirmation_fraction: share of the fine-tunes' images held out as the confirmation split
+            (0: none): the best file within budget on the selection split is returned only if its
+            drop there is within the budget too, else the next best (see :mod:`tfopt.search.choice`).
+            Held out only when it can resolve the budget.
         levels: per-layer tolerances, in points lost before fine-tuning, that turn the
             sensitivity sweeps into per-layer ratios (one candidate each).
         augment: training-time augmentation of the fine-tunes, as a recipe's ``data.augment`` (e.g.
@@ -498,7 +489,9 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
             (``images``, ``selection_images``, ``note``: the budget is under :data:`tfopt.search.inputs.RESOLVABLE_IMAGES`
             selection images), ``"stopped"`` (``reason``, ``used``, ``note``: why a search with a time
             budget ended, having spent that share of it), ``"retimed"`` (``latency_us``: the new figure of
-            each latency finalist, ``note``; see :data:`tfopt.search.measure.FINALIST_SPREAD`) and ``"chosen"`` (``id``).
+            each latency finalist, ``note``; see :data:`tfopt.search.measure.FINALIST_SPREAD`),
+            ``"confirmation"`` (``id`` and what :func:`tfopt.search.choice.confirm` found) and
+            ``"chosen"`` (``id``).
         fit_verbose: Keras ``fit`` verbosity of the fine-tunes (0: silent); logs go to ``out/logs/<id>/``.
 
     Returns:
@@ -516,6 +509,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
     I.check_classifier(model, data, validation_data)
     teacher, teacher_path = I.teacher_model(teacher, work, distill)
     selection, data = I.split(data, validation_data, selection_fraction, seed, log)
+    confirmation, data = hold_out(data, confirmation_fraction, max_drop, seed, log)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise TfoptError(f"optimize: the output folder {out} already holds a search; pass resume=True (--resume) "
@@ -526,7 +520,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
                     distill=distill, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
                     alpha=alpha, seed=seed, max_candidates=max_candidates, levels=levels, log=log,
                     train=I.augmented(data, augment, batch_size, seed, log), teacher=teacher,
-                    teacher_path=teacher_path, on_event=on_event)
+                    teacher_path=teacher_path, on_event=on_event, confirmation=confirmation)
     search.fit_verbose = fit_verbose
     if distill:
         search.store_teacher(augment)
@@ -542,34 +536,6 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
             report.pareto_plot(list(search.rows.values()), search.base_acc, max_drop, search.best(), out / "pareto.png")
         raise
     return conclude(search, test_data, kind, time_budget, max_candidates)
-
-
-def conclude(search, test_data, kind, time_budget, max_candidates) -> Result:
-    """The files of a finished search and its :class:`Result`.
-
-    Raises:
-        TfoptError: no candidate finished, or none met the budget.
-    """
-    out, rows, chosen = search.out, list(search.rows.values()), search.best()
-    report.pareto_plot(rows, search.base_acc, search.max_drop, chosen, out / "pareto.png")
-    if chosen is None:
-        report.write_report(out, search, None, {}, rows)
-        if not rows:
-            raise TfoptError(f"optimize: no candidate finished (time budget {time_budget or 'none'}, candidate limit "
-                             f"{max_candidates or 'none'}); allow more time.")
-        raise TfoptError(f"optimize: none of the {len(rows)} candidates kept the selection accuracy within "
-                         f"{search.max_drop:g} points of {search.base_acc:.2%}; see {out / 'candidates.csv'}. Allow a "
-                         f"larger max_drop, more epochs, or a longer time budget.")
-    chain = search.standings.chains.get(chosen["id"], [])
-    model = search.keras_model(chain)
-    content, test = report.write_chosen(search, chosen, chain, model, test_data, rows)
-    metrics_path = out / "chosen" / "metrics.json"
-    atomic_write_json(metrics_path, {**json.loads(metrics_path.read_text()), **provenance()})
-    search.emit("chosen", id=chosen["id"])
-    search.log(f"chosen: {chosen['id']}: {chosen['tflite_gzip_bytes'] / 1000:.1f} kB gzip "
-               f"({chosen['tflite_raw_bytes'] / 1000:.1f} kB raw), {chosen['latency_us']:.0f} µs, "
-               f"{chosen['selection_accuracy']:.2%} on the selection split; written to {out}")
-    return Result(leave(model, kind), content, chosen, rows, out, test)
 
 
 def optimize_source(source, recipe=None, overrides=(), *, output=None, resume=False, log=print, **kwargs):

@@ -150,10 +150,11 @@ def paired_drops(search, rows) -> dict:
     return pairs
 
 
-def write_chosen(search, chosen, chain, model, test_data, rows):
+def write_chosen(search, chosen, chain, model, test_data, rows, confirmation=None):
     """Verify the chosen file against its Keras model (QAT: against the float model it came from),
     measure every candidate's paired drop and the test accuracies, and write ``chosen/``,
-    ``optimize.yaml`` and ``report.md``. Returns ``(the chosen TFLite bytes, test accuracies)``."""
+    ``optimize.yaml`` and ``report.md``, with what the confirmation split found (``confirmation``, see
+    :func:`tfopt.search.choice.confirm`). Returns ``(the chosen TFLite bytes, test accuracies)``."""
     out, log = search.out, search.log
     content = (out / "cache" / chosen["id"] / "model.tflite").read_bytes()
     mode = chosen.get("tflite") or "int8"
@@ -176,9 +177,10 @@ def write_chosen(search, chosen, chain, model, test_data, rows):
     M.save(model, run / "model.keras")
     (run / f"model_{mode}.tflite").write_bytes(content)
     atomic_write_json(run / "metrics.json", {**chosen, **test, "verification": ver.line(),
-                                             "input_selection_accuracy": search.base_acc, "selection_drop": paired})
+                                             "input_selection_accuracy": search.base_acc, "selection_drop": paired,
+                                             "confirmation": confirmation or None})
     write_recipe(out, search, chain, row_mode(chosen))
-    write_report(out, search, chosen, test, rows, pairs)
+    write_report(out, search, chosen, test, rows, pairs, confirmation)
     return content, test
 
 
@@ -216,7 +218,7 @@ def header_lines(search, rows) -> list[str]:
     return lines
 
 
-def chosen_lines(search, chosen, test, paired) -> list[str]:
+def chosen_lines(search, chosen, test, paired, confirmation=None) -> list[str]:
     """The report's section on the chosen candidate."""
     ref = search.reference
     lines = [f"## Chosen: `{chosen['id']}`", "", f"Steps: {chosen['steps']}", "",
@@ -228,6 +230,7 @@ def chosen_lines(search, chosen, test, paired) -> list[str]:
              + (f" ± {paired['standard_error_points']:.2f}, the paired standard error: the input "
                 f"model right and this file wrong on {paired['lost']} images, the reverse on "
                 f"{paired['won']}" if paired else "") + ")",
+             *([confirmation_item(confirmation, search.max_drop)] if confirmation else []),
              f"- {chosen['macs']:,} MACs, {chosen['latency_us']:.0f} µs 1-thread LiteRT"
              + (f" ({chosen['latency_us_2t']:.0f} µs on 2 threads)" if chosen.get("latency_us_2t") else "")]
     if ref:
@@ -238,6 +241,17 @@ def chosen_lines(search, chosen, test, paired) -> list[str]:
         lines += [f"- test accuracy: {test['chosen_test_accuracy']:.2%} (input model "
                   f"{test['input_test_accuracy']:.2%})"]
     return lines + ["", "![pareto](pareto.png)", ""]
+
+
+def confirmation_item(found: dict, max_drop: float) -> str:
+    """The report's line on the confirmation split (see :func:`tfopt.search.choice.confirm`)."""
+    line = (f"- confirmation split ({found['images']:,} training images held out from the fine-tunes and the "
+            f"choice): drop {found['drop_points']:.2f} ± {found['standard_error_points']:.2f} pt, "
+            + ("within the budget" if found["confirmed"] else f"**over** the {max_drop:g}-point budget: no file within "
+               f"it on the selection split kept it there, so the one that lost least there was chosen"))
+    if found["passed_over"]:
+        line += "; passed over for losing more there: " + ", ".join(f"`{i}`" for i in found["passed_over"])
+    return line
 
 
 def candidate_lines(rows, pairs) -> list[str]:
@@ -257,12 +271,12 @@ def candidate_lines(rows, pairs) -> list[str]:
     return lines
 
 
-def write_report(out, search, chosen, test, rows, pairs=None) -> None:
+def write_report(out, search, chosen, test, rows, pairs=None, confirmation=None) -> None:
     """``report.md``: the search's settings, the chosen candidate (or that none met the budget)
     and every candidate."""
     pairs = pairs or {}
     lines = header_lines(search, rows)
-    lines += chosen_lines(search, chosen, test, pairs.get(chosen["id"])) if chosen \
+    lines += chosen_lines(search, chosen, test, pairs.get(chosen["id"]), confirmation) if chosen \
         else ["No candidate met the budget.", ""]
     lines += candidate_lines(rows, pairs)
     (out / "report.md").write_text("\n".join(lines) + "\n")

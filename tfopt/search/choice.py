@@ -1,0 +1,167 @@
+"""The search's choice: checked on a confirmation split it never judged a candidate by, then written.
+
+A search measures dozens of files on one selection split and keeps the best that looks within
+budget there. The one that looks best is, more often than not, one the split's noise flattered: its
+drop on new images is larger than on the split that chose it (the winner's curse). So a share of
+the training images is held out from everything (fine-tunes, calibration, the choice) and the
+files within budget are checked on it, best first: the first whose drop there is also within the
+budget is the one returned.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tfopt import tflite
+from tfopt.errors import TfoptError
+from tfopt.kinds import leave
+from tfopt.rundir import atomic_write_json, provenance
+from tfopt.search import report
+from tfopt.search.inputs import RESOLVABLE_IMAGES
+from tfopt.search.measure import class_labels
+from tfopt.search.report import paired_drop
+
+#: Share of the fine-tunes' training images held out as the confirmation split by default.
+CONFIRMATION_FRACTION = 0.05
+
+
+def hold_out(data, fraction: float, max_drop: float, seed: int, log):
+    """``(confirmation split or None, the fine-tunes' data)``.
+
+    ``fraction`` of ``data`` is held out at random, unless it is 0 or too small to resolve the
+    budget (fewer than :data:`tfopt.search.inputs.RESOLVABLE_IMAGES` images' worth of ``max_drop``):
+    then nothing is held out, and the search says so.
+    """
+    x, y = data
+    n = int(round(len(x) * fraction))
+    if fraction <= 0:
+        return None, data
+    if n * max_drop / 100 < RESOLVABLE_IMAGES or n >= len(x):
+        log(f"no confirmation split: {fraction:g} of the {len(x)} training images ({n}) cannot resolve a drop of "
+            f"{max_drop:g} points; the chosen file is judged on the selection split alone")
+        return None, data
+    idx = np.random.default_rng(seed + 1).permutation(len(x))
+    keep, train = np.sort(idx[:n]), np.sort(idx[n:])
+    log(f"confirmation split: {n} of the {len(x)} training images held out from the fine-tunes and the choice; "
+        f"the chosen file must keep the budget on them too")
+    return (x[keep], class_labels(y[keep])), (x[train], y[train])
+
+
+def ranked(standings) -> list:
+    """The feasible rows of ``standings``, best first, by its own rule (:meth:`Standings.best`)."""
+    rows, out = standings.feasible(), []
+    while rows:
+        best = standings.best(rows)
+        out.append(best)
+        rows = [r for r in rows if r is not best]
+    return out
+
+
+def confirm(search) -> tuple[dict | None, dict]:
+    """The search's choice: the best file within budget on the selection split whose drop on the
+    confirmation split is within the budget too.
+
+    Args:
+        search: a finished :class:`tfopt.search.engine.Search` (``confirmation``: ``(x, y)`` or None).
+
+    Returns:
+        ``(the chosen row or None, what the confirmation found)``. The second is ``{}`` without a
+        confirmation split, else ``{"images", "input_accuracy", "drop_points",
+        "standard_error_points", "lost", "won", "confirmed", "passed_over"}``: the chosen file's
+        paired drop on the confirmation split, whether it is within the budget, and the ids of the
+        better-ranked files that lost more there. When no file keeps the budget there, the one that
+        lost least on it is chosen, with ``confirmed`` False. Each checked row gets its
+        ``confirmation_drop_points``.
+    """
+    if search.confirmation is None:
+        return search.best(), {}
+    x, y = search.confirmation
+    input_right = search.model.predict(x, batch_size=512, verbose=0).argmax(-1) == y
+    checked = []
+    for row in ranked(search.standings):
+        path = search.out / "cache" / row["id"] / "model.tflite"
+        if not path.is_file():
+            continue
+        pair = paired_drop(input_right, tflite.predict(path.read_bytes(), x).argmax(-1) == y)
+        row["confirmation_drop_points"] = pair["drop_points"]
+        checked.append((row, pair))
+        if pair["drop_points"] <= search.max_drop + 1e-9:
+            break
+    if not checked:
+        return None, {}
+    row, pair = checked[-1]
+    confirmed = pair["drop_points"] <= search.max_drop + 1e-9
+    if not confirmed:
+        row, pair = min(checked, key=lambda c: c[1]["drop_points"])
+    passed = [r["id"] for r, _ in checked if r is not row]
+    found = {"images": len(x), "input_accuracy": float(np.mean(input_right)), **pair, "confirmed": confirmed,
+             "passed_over": passed}
+    note = confirmation_line(row["id"], found, search.max_drop)
+    search.log(note)
+    search.emit("confirmation", id=row["id"], note=note, **found)
+    return row, found
+
+
+def confirmation_line(chosen_id: str, found: dict, max_drop: float) -> str:
+    """One paragraph on what the confirmation split said of the chosen file."""
+    head = (f"confirmation split ({found['images']} images): {chosen_id} drops {found['drop_points']:.2f} ± "
+            f"{found['standard_error_points']:.2f} pt")
+    over = found["passed_over"]
+    if not found["confirmed"]:
+        return (f"{head}; no file within budget on the selection split kept the budget of {max_drop:g} points on "
+                f"the confirmation split: this one lost least there ({len(over) + 1} checked). Allow a larger "
+                f"max-drop, or a longer time budget, for a file that keeps it")
+    if over:
+        return (f"{head}, within budget; passed over for losing more than {max_drop:g} points there: "
+                f"{', '.join(over)}")
+    return f"{head}, within budget"
+
+
+@dataclass
+class Result:
+    """What :func:`tfopt.search.engine.optimize` returns: the chosen model (the input's kind), its
+    TFLite bytes, its candidates.csv row, every row, the output folder, the test accuracies and what
+    the confirmation split found (see :func:`confirm`)."""
+
+    model: object
+    tflite: bytes
+    chosen: dict
+    rows: list
+    out: Path
+    test: dict
+    confirmation: dict
+
+
+def conclude(search, test_data, kind, time_budget, max_candidates) -> Result:
+    """The files of a finished search and its :class:`Result`.
+
+    Raises:
+        TfoptError: no candidate finished, or none met the budget.
+    """
+    out, rows = search.out, list(search.rows.values())
+    chosen, found = confirm(search)
+    if found:
+        search.state.rewrite(rows)
+    report.pareto_plot(rows, search.base_acc, search.max_drop, chosen, out / "pareto.png")
+    if chosen is None:
+        report.write_report(out, search, None, {}, rows)
+        if not rows:
+            raise TfoptError(f"optimize: no candidate finished (time budget {time_budget or 'none'}, candidate limit "
+                             f"{max_candidates or 'none'}); allow more time.")
+        raise TfoptError(f"optimize: none of the {len(rows)} candidates kept the selection accuracy within "
+                         f"{search.max_drop:g} points of {search.base_acc:.2%}; see {out / 'candidates.csv'}. Allow a "
+                         f"larger max_drop, more epochs, or a longer time budget.")
+    chain = search.standings.chains.get(chosen["id"], [])
+    model = search.keras_model(chain)
+    content, test = report.write_chosen(search, chosen, chain, model, test_data, rows, found)
+    metrics_path = out / "chosen" / "metrics.json"
+    atomic_write_json(metrics_path, {**json.loads(metrics_path.read_text()), **provenance()})
+    search.emit("chosen", id=chosen["id"])
+    search.log(f"chosen: {chosen['id']}: {chosen['tflite_gzip_bytes'] / 1000:.1f} kB gzip "
+               f"({chosen['tflite_raw_bytes'] / 1000:.1f} kB raw), {chosen['latency_us']:.0f} µs, "
+               f"{chosen['selection_accuracy']:.2%} on the selection split; written to {out}")
+    return Result(leave(model, kind), content, chosen, rows, out, test, found)
