@@ -91,8 +91,8 @@ def confirm(search) -> tuple[dict | None, dict]:
         checked.append((row, pair))
         if pair["drop_points"] <= search.max_drop + 1e-9:
             break
-    if not checked:
-        return None, {}
+    if not checked:  # no file of a row within budget is left in the cache
+        return search.best(), {}
     row, pair = checked[-1]
     confirmed = pair["drop_points"] <= search.max_drop + 1e-9
     if not confirmed:
