@@ -10,34 +10,34 @@ from tfopt.search.candidates import Standings
 from tfopt.search.choice import confirm, hold_out
 
 
-def test_the_confirmation_split_is_held_out_at_random_when_it_resolves_the_budget():
-    x = np.arange(2000, dtype=np.float32).reshape(2000, 1)
-    y = np.arange(2000) % 10
+def test_the_confirmation_split_is_set_aside_at_random_from_the_selection_split_when_it_resolves_the_budget():
+    x = np.arange(3000, dtype=np.float32).reshape(3000, 1)
+    y = np.arange(3000) % 10
     lines = []
-    conf, (xt, yt) = hold_out((x, y), 0.05, 5.0, 0, lines.append)
-    assert len(conf[0]) == 100 and len(xt) == len(yt) == 1900
-    assert sorted(np.concatenate([conf[0][:, 0], xt[:, 0]]).astype(int).tolist()) == list(range(2000))
+    conf, (xs, ys) = hold_out((x, y), 1 / 3, 0.5, 0, lines.append)
+    assert len(conf[0]) == 1000 and len(xs) == len(ys) == 2000
+    assert sorted(np.concatenate([conf[0][:, 0], xs[:, 0]]).astype(int).tolist()) == list(range(3000))
     np.testing.assert_array_equal(conf[1], conf[0][:, 0].astype(int) % 10)
-    np.testing.assert_array_equal(yt, xt[:, 0].astype(int) % 10)
-    assert conf[0][:, 0].min() < 1000 < conf[0][:, 0].max()  # drawn at random, not the last images
-    assert lines == ["confirmation split: 100 of the 2000 training images held out from the fine-tunes and the "
-                     "choice; the chosen file must keep the budget on them too"]
-    again, _ = hold_out((x, y), 0.05, 5.0, 0, lambda *_: None)
+    np.testing.assert_array_equal(ys, xs[:, 0].astype(int) % 10)
+    assert conf[0][:, 0].min() < 1000 and conf[0][:, 0].max() > 2000  # drawn at random, not a block
+    assert lines == ["confirmation split: 1000 of the 3000 selection images set aside; the search chooses on the "
+                     "other 2000, and the chosen file must keep the budget on these too"]
+    again, _ = hold_out((x, y), 1 / 3, 0.5, 0, lambda *_: None)
     np.testing.assert_array_equal(again[0], conf[0])
-    other, _ = hold_out((x, y), 0.05, 5.0, 1, lambda *_: None)
+    other, _ = hold_out((x, y), 1 / 3, 0.5, 1, lambda *_: None)
     assert not np.array_equal(other[0], conf[0])
 
 
 def test_no_confirmation_split_when_it_cannot_resolve_the_budget_or_is_turned_off():
     x, y = np.zeros((2000, 1), np.float32), np.zeros(2000, int)
     lines = []
-    conf, data = hold_out((x, y), 0.05, 0.3, 0, lines.append)  # 100 images: 0.3 pt is 0.3 of an image
-    assert conf is None and data[0] is x and data[1] is y
-    assert lines == ["no confirmation split: 0.05 of the 2000 training images (100) cannot resolve a drop of 0.3 "
+    conf, sel = hold_out((x, y), 0.1, 0.3, 0, lines.append)  # 200 images: 0.3 pt is 0.6 of an image
+    assert conf is None and sel[0] is x and sel[1] is y
+    assert lines == ["no confirmation split: 0.1 of the 2000 selection images (200) cannot resolve a drop of 0.3 "
                      "points; the chosen file is judged on the selection split alone"]
     lines.clear()
-    conf, data = hold_out((x, y), 0.0, 5.0, 0, lines.append)
-    assert conf is None and data[0] is x and lines == []
+    conf, sel = hold_out((x, y), 0.0, 5.0, 0, lines.append)
+    assert conf is None and sel[0] is x and lines == []
 
 
 def _search(tmp_path, wrong: dict, max_drop=0.5):

@@ -743,7 +743,7 @@ def test_the_steps_learn_from_the_teachers_outputs_computed_once(small, record_s
     teacher = _copy(model)
     teacher.set_weights([w * 1.5 for w in model.get_weights()])
     optimize(model, train, validation_data=sel, max_drop=5.0, target="macs", out=tmp_path / "s", epochs=1, lr=1e-3,
-             levels=(), teacher=teacher, log=quiet, confirmation_fraction=0)
+             levels=(), teacher=teacher, log=quiet)
     (seen,) = record_step
     stored = seen["fine_tune"].teacher  # the teacher's outputs on the training images, computed once
     assert isinstance(stored, TeacherTargets) and stored.covers(seen["data"])
@@ -1164,27 +1164,30 @@ def test_the_extend_stage_times_the_finalists_again_before_it_chooses_what_to_le
     assert order == ["retimed", "perk95-e4+int8"]
 
 
-def test_the_choice_is_checked_on_a_confirmation_split_the_fine_tunes_never_see(small, record_step, tmp_path):
+def test_the_choice_is_checked_on_a_confirmation_split_set_aside_from_the_selection_split(small, tmp_path):
     from tfopt import tflite
     from tfopt.search.choice import hold_out
 
     model, train, sel = small
     result = optimize(model, train, validation_data=sel, max_drop=5.0, target="macs", out=tmp_path / "s", epochs=1,
                       lr=1e-3, levels=(), log=quiet)
-    (conf_x, conf_y), fine_tune_data = hold_out(train, 0.05, 5.0, 0, quiet)  # the search's seed is 0
-    assert len(conf_x) == 65 and record_step and all(len(s["data"][0]) == 1235 for s in record_step)
+    (conf_x, conf_y), rest = hold_out(sel, 1 / 3, 5.0, 0, quiet)  # the search's seed is 0
+    assert len(conf_x) == 83 and len(rest[0]) == 167
     input_right = model.predict(conf_x, verbose=0).argmax(1) == conf_y
     chosen_right = tflite.predict(result.tflite, conf_x).argmax(1) == conf_y
     drop = (input_right.mean() - chosen_right.mean()) * 100
     found = result.confirmation
-    assert found["images"] == 65 and found["drop_points"] == pytest.approx(drop)
+    assert found["images"] == 83 and found["drop_points"] == pytest.approx(drop)
     assert found["confirmed"] == (drop <= 5.0)
+    base = float(np.mean(model.predict(rest[0], verbose=0).argmax(1) == rest[1]))
+    assert result.chosen["drop_points"] == pytest.approx((base - tflite.accuracy(result.tflite, *rest)) * 100)
     metrics = json.loads((result.out / "chosen" / "metrics.json").read_text())
     assert metrics["confirmation"]["drop_points"] == pytest.approx(drop)
     with open(result.out / "candidates.csv") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
     assert float(rows[result.chosen["id"]]["confirmation_drop_points"]) == pytest.approx(drop)
-    assert (f"- confirmation split (65 training images held out from the fine-tunes and the choice): drop "
-            f"{drop:.2f} ± ") in (result.out / "report.md").read_text()
+    report = (result.out / "report.md").read_text()
+    assert f"- confirmation split (83 selection images set aside from the choice): drop {drop:.2f} ± " in report
+    assert "on the selection split (167 held-out images)" in report
     state = json.loads((result.out / "state.json").read_text())
-    assert state["settings"]["confirmation_images"] == 65
+    assert state["settings"]["confirmation_images"] == 83

@@ -24,7 +24,8 @@ def test_optimize_shows_one_line_per_candidate_and_a_narrow_table(tiny_run):
     proc = tfopt_cli("optimize", tiny_run, "--max-candidates", "2", *SEARCH)
     assert proc.returncode == 0, proc.stderr
     progress = proc.stderr.splitlines()
-    assert [line.split()[0] for line in progress] == ["[1]", "[2]"], proc.stderr
+    assert [line.split()[0] for line in progress] == ["[1]", "[2]", "confirmation"], proc.stderr
+    assert progress[2].startswith("confirmation split (16 images): ")  # a third of the tiny run's 48
     assert "Epoch" not in proc.stderr + proc.stdout and "WARNING:root" not in proc.stderr
     table = proc.stdout.splitlines()
     assert table[0].split()[:3] == ["candidate", "sel.", "acc"]

@@ -108,9 +108,9 @@ def check_arguments(source, recipe, overrides, output, resume, teacher, lr, temp
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the teacher's soft targets.")
 @click.option("--max-candidates", type=int, help="Stop after this many candidates.")
-@click.option("--confirmation-fraction", type=click.FloatRange(0, 0.5), default=0.05, show_default=True,
-              help="Share of the training images held out as the confirmation split: the best file within budget "
-                   "is chosen only if it keeps the budget there too, else the next best. 0: none.")
+@click.option("--confirmation-fraction", type=click.FloatRange(0, 0.5), cls=Option, shown="1/3",
+              help="Share of the selection split set aside as the confirmation split: the best file within budget "
+                   "on the rest is chosen only if it keeps the budget there too, else the next best. 0: none.")
 @click.option("--output", type=click.Path(file_okay=False), cls=Option, shown="the folder holding SOURCE",
               help="Parent folder of the search.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted search in <output>/<source>-optimized; finished "
@@ -152,7 +152,8 @@ def optimize(source, recipe, overrides, max_drop, target, time_budget, epochs, l
                                  fit_verbose=2 if verbose and not quiet else 0, max_drop=max_drop, target=target,
                                  time_budget=time_budget, epochs=epochs, lr=lr, distill=not no_distill,
                                  teacher=teacher, temperature=temperature, alpha=alpha, max_candidates=max_candidates,
-                                 confirmation_fraction=confirmation_fraction)
+                                 **({} if confirmation_fraction is None
+                                    else {"confirmation_fraction": confirmation_fraction}))
     except KeyboardInterrupt:
         echo_err("interrupted; run again with --resume to continue")
         raise SystemExit(130) from None

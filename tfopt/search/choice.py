@@ -3,9 +3,14 @@
 A search measures dozens of files on one selection split and keeps the best that looks within
 budget there. The one that looks best is, more often than not, one the split's noise flattered: its
 drop on new images is larger than on the split that chose it (the winner's curse). So a share of
-the training images is held out from everything (fine-tunes, calibration, the choice) and the
-files within budget are checked on it, best first: the first whose drop there is also within the
-budget is the one returned.
+the selection split is set aside as the *confirmation split*: no fine-tune, calibration or choice
+sees it. The files within budget on the rest are checked on it, best first: the first whose drop
+there is also within the budget is the one returned.
+
+It is carved from the selection split, not from the training images, because the input model was
+trained on those: on a MobileNetV3-Small trained on Fashion-MNIST it scored 93.96% on 2,850 of its
+training images against 92.20% on its validation split, and the compressed files, which lose part
+of what it memorised, lost 1.2-1.6 points there where they lost 0.4-0.7 on the test split.
 """
 
 from __future__ import annotations
@@ -25,30 +30,30 @@ from tfopt.search.inputs import RESOLVABLE_IMAGES
 from tfopt.search.measure import class_labels
 from tfopt.search.report import paired_drop
 
-#: Share of the fine-tunes' training images held out as the confirmation split by default.
-CONFIRMATION_FRACTION = 0.05
+#: Share of the selection split set aside as the confirmation split by default.
+CONFIRMATION_FRACTION = 1 / 3
 
 
-def hold_out(data, fraction: float, max_drop: float, seed: int, log):
-    """``(confirmation split or None, the fine-tunes' data)``.
+def hold_out(selection, fraction: float, max_drop: float, seed: int, log):
+    """``(confirmation split or None, the selection split the search chooses on)``.
 
-    ``fraction`` of ``data`` is held out at random, unless it is 0 or too small to resolve the
-    budget (fewer than :data:`tfopt.search.inputs.RESOLVABLE_IMAGES` images' worth of ``max_drop``):
-    then nothing is held out, and the search says so.
+    ``fraction`` of ``selection`` is set aside at random, unless it is 0, or it would be too small
+    to resolve the budget (fewer than :data:`tfopt.search.inputs.RESOLVABLE_IMAGES` images' worth of
+    ``max_drop``) or leave the selection split so: then nothing is set aside, and the search says so.
     """
-    x, y = data
+    x, y = selection
     n = int(round(len(x) * fraction))
     if fraction <= 0:
-        return None, data
-    if n * max_drop / 100 < RESOLVABLE_IMAGES or n >= len(x):
-        log(f"no confirmation split: {fraction:g} of the {len(x)} training images ({n}) cannot resolve a drop of "
+        return None, selection
+    if min(n, len(x) - n) * max_drop / 100 < RESOLVABLE_IMAGES:
+        log(f"no confirmation split: {fraction:.2g} of the {len(x)} selection images ({n}) cannot resolve a drop of "
             f"{max_drop:g} points; the chosen file is judged on the selection split alone")
-        return None, data
+        return None, selection
     idx = np.random.default_rng(seed + 1).permutation(len(x))
-    keep, train = np.sort(idx[:n]), np.sort(idx[n:])
-    log(f"confirmation split: {n} of the {len(x)} training images held out from the fine-tunes and the choice; "
-        f"the chosen file must keep the budget on them too")
-    return (x[keep], class_labels(y[keep])), (x[train], y[train])
+    keep, rest = np.sort(idx[:n]), np.sort(idx[n:])
+    log(f"confirmation split: {n} of the {len(x)} selection images set aside; the search chooses on the other "
+        f"{len(x) - n}, and the chosen file must keep the budget on these too")
+    return (x[keep], class_labels(y[keep])), (x[rest], y[rest])
 
 
 def ranked(standings) -> list:

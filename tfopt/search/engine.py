@@ -472,10 +472,10 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
         max_candidates: stop after this many candidates.
         selection_fraction: share of ``data`` held out as the selection split when
             ``validation_data`` is not given.
-        confirmation_fraction: share of the fine-tunes' images held out as the confirmation split
-            (0: none): the best file within budget on the selection split is returned only if its
-            drop there is within the budget too, else the next best (see :mod:`tfopt.search.choice`).
-            Held out only when it can resolve the budget.
+        confirmation_fraction: share of the selection split set aside as the confirmation split
+            (0: none): the best file within budget on the rest is returned only if its drop there is
+            within the budget too, else the next best (see :mod:`tfopt.search.choice`). Set aside
+            only when both parts can resolve the budget.
         levels: per-layer tolerances, in points lost before fine-tuning, that turn the
             sensitivity sweeps into per-layer ratios (one candidate each).
         augment: training-time augmentation of the fine-tunes, as a recipe's ``data.augment`` (e.g.
@@ -509,7 +509,7 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
     I.check_classifier(model, data, validation_data)
     teacher, teacher_path = I.teacher_model(teacher, work, distill)
     selection, data = I.split(data, validation_data, selection_fraction, seed, log)
-    confirmation, data = hold_out(data, confirmation_fraction, max_drop, seed, log)
+    confirmation, selection = hold_out(selection, confirmation_fraction, max_drop, seed, log)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise TfoptError(f"optimize: the output folder {out} already holds a search; pass resume=True (--resume) "

@@ -245,8 +245,7 @@ def chosen_lines(search, chosen, test, paired, confirmation=None) -> list[str]:
 
 def confirmation_item(found: dict, max_drop: float) -> str:
     """The report's line on the confirmation split (see :func:`tfopt.search.choice.confirm`)."""
-    line = (f"- confirmation split ({found['images']:,} training images held out from the fine-tunes and the "
-            f"choice): drop {found['drop_points']:.2f} ± {found['standard_error_points']:.2f} pt, "
+    line = (f"- confirmation split ({found['images']:,} selection images set aside from the choice): drop {found['drop_points']:.2f} ± {found['standard_error_points']:.2f} pt, "
             + ("within the budget" if found["confirmed"] else f"**over** the {max_drop:g}-point budget: no file within "
                f"it on the selection split kept it there, so the one that lost least there was chosen"))
     if found["passed_over"]:
