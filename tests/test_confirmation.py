@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tfopt.search import choice
+from tfopt import tflite
 from tfopt.search.candidates import Standings
 from tfopt.search.choice import confirm, hold_out
 
@@ -70,7 +70,7 @@ def _search(tmp_path, wrong: dict, max_drop=0.5):
 def test_the_best_file_that_loses_more_than_the_budget_on_the_confirmation_split_is_passed_over(tmp_path,
                                                                                                monkeypatch):
     search, predict, events, lines = _search(tmp_path, {"A": 4, "B": 0, "C": 0})
-    monkeypatch.setattr(choice.tflite, "predict", predict)
+    monkeypatch.setattr(tflite, "predict", predict)
     row, found = confirm(search)
     assert row["id"] == "B"
     assert found == {"images": 200, "input_accuracy": 1.0, "drop_points": 0.0, "standard_error_points": 0.0,
@@ -84,7 +84,7 @@ def test_the_best_file_that_loses_more_than_the_budget_on_the_confirmation_split
 
 def test_the_best_file_is_kept_when_the_confirmation_split_agrees(tmp_path, monkeypatch):
     search, predict, events, lines = _search(tmp_path, {"A": 1, "B": 0, "C": 0})
-    monkeypatch.setattr(choice.tflite, "predict", predict)
+    monkeypatch.setattr(tflite, "predict", predict)
     row, found = confirm(search)
     assert row["id"] == "A" and found["confirmed"] and found["passed_over"] == []
     assert found["drop_points"] == pytest.approx(0.5) and found["lost"] == 1
@@ -94,7 +94,7 @@ def test_the_best_file_is_kept_when_the_confirmation_split_agrees(tmp_path, monk
 def test_when_no_file_keeps_the_budget_on_the_confirmation_split_the_one_that_lost_least_is_chosen(tmp_path,
                                                                                                   monkeypatch):
     search, predict, events, lines = _search(tmp_path, {"A": 4, "B": 2, "C": 0})
-    monkeypatch.setattr(choice.tflite, "predict", predict)
+    monkeypatch.setattr(tflite, "predict", predict)
     row, found = confirm(search)
     assert row["id"] == "B" and not found["confirmed"] and found["passed_over"] == ["A"]
     assert found["drop_points"] == pytest.approx(1.0) and found["standard_error_points"] == pytest.approx(0.7036, 1e-3)

@@ -21,14 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tfopt import tflite
 from tfopt.errors import TfoptError
 from tfopt.kinds import leave
 from tfopt.rundir import atomic_write_json, provenance
 from tfopt.search import report
 from tfopt.search.inputs import RESOLVABLE_IMAGES
-from tfopt.search.measure import class_labels
-from tfopt.search.report import paired_drop
+from tfopt.search.report import file_drop
 
 #: Share of the selection split set aside as the confirmation split by default.
 CONFIRMATION_FRACTION = 1 / 3
@@ -53,7 +51,7 @@ def hold_out(selection, fraction: float, max_drop: float, seed: int, log):
     keep, rest = np.sort(idx[:n]), np.sort(idx[n:])
     log(f"confirmation split: {n} of the {len(x)} selection images set aside; the search chooses on the other "
         f"{len(x) - n}, and the chosen file must keep the budget on these too")
-    return (x[keep], class_labels(y[keep])), (x[rest], y[rest])
+    return (x[keep], y[keep]), (x[rest], y[rest])
 
 
 def ranked(standings) -> list:
@@ -85,21 +83,25 @@ def confirm(search) -> tuple[dict | None, dict]:
     if search.confirmation is None:
         return search.best(), {}
     x, y = search.confirmation
+
+    def within(pair):
+        return pair["drop_points"] <= search.max_drop + 1e-9
+
     input_right = search.model.predict(x, batch_size=512, verbose=0).argmax(-1) == y
     checked = []
     for row in ranked(search.standings):
         path = search.out / "cache" / row["id"] / "model.tflite"
         if not path.is_file():
             continue
-        pair = paired_drop(input_right, tflite.predict(path.read_bytes(), x).argmax(-1) == y)
+        pair = file_drop(path, input_right, x, y)
         row["confirmation_drop_points"] = pair["drop_points"]
         checked.append((row, pair))
-        if pair["drop_points"] <= search.max_drop + 1e-9:
+        if within(pair):
             break
     if not checked:  # no file of a row within budget is left in the cache
         return search.best(), {}
     row, pair = checked[-1]
-    confirmed = pair["drop_points"] <= search.max_drop + 1e-9
+    confirmed = within(pair)
     if not confirmed:
         row, pair = min(checked, key=lambda c: c[1]["drop_points"])
     passed = [r["id"] for r, _ in checked if r is not row]

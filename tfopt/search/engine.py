@@ -441,7 +441,8 @@ def optimize(model, data, *, validation_data=None, test_data=None, max_drop: flo
              time_budget=None, out="optimize", resume: bool = False, distill: bool = True, epochs: int = 2,
              lr: float | None = None, batch_size: int | None = None, temperature: float = 4.0, alpha: float = 0.9,
              seed: int = 0, max_candidates: int | None = None, levels=(1.0, 3.0, 10.0, 20.0, 30.0), selection_fraction=0.1,
-             confirmation_fraction=CONFIRMATION_FRACTION, augment=None, teacher=None, log=print, on_event=None, fit_verbose: int = 0) -> Result:
+             confirmation_fraction=CONFIRMATION_FRACTION, augment=None, teacher=None, log=print, on_event=None,
+             fit_verbose: int = 0) -> Result:
     """Search compression chains for the smallest (or fastest) TFLite model (int8; for latency also
     float32) whose accuracy on a held-out selection split drops by at most ``max_drop`` points.
 

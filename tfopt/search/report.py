@@ -145,9 +145,14 @@ def paired_drops(search, rows) -> dict:
     for r in rows:
         cached = search.out / "cache" / r["id"] / "model.tflite"
         if not r.get("error") and cached.is_file():
-            right = tflite.predict(cached.read_bytes(), search.x_sel).argmax(-1) == y_sel
-            pairs[r["id"]] = paired_drop(input_right, right)
+            pairs[r["id"]] = file_drop(cached, input_right, search.x_sel, y_sel)
     return pairs
+
+
+def file_drop(path, input_right, x, y) -> dict:
+    """:func:`paired_drop` of the TFLite file at ``path`` on ``(x, y)`` against the input model's
+    right answers ``input_right`` on the same images."""
+    return paired_drop(input_right, tflite.predict(path.read_bytes(), x).argmax(-1) == y)
 
 
 def write_chosen(search, chosen, chain, model, test_data, rows, confirmation=None):
@@ -245,7 +250,8 @@ def chosen_lines(search, chosen, test, paired, confirmation=None) -> list[str]:
 
 def confirmation_item(found: dict, max_drop: float) -> str:
     """The report's line on the confirmation split (see :func:`tfopt.search.choice.confirm`)."""
-    line = (f"- confirmation split ({found['images']:,} selection images set aside from the choice): drop {found['drop_points']:.2f} ± {found['standard_error_points']:.2f} pt, "
+    line = (f"- confirmation split ({found['images']:,} selection images set aside from the choice): drop "
+            f"{found['drop_points']:.2f} ± {found['standard_error_points']:.2f} pt, "
             + ("within the budget" if found["confirmed"] else f"**over** the {max_drop:g}-point budget: no file within "
                f"it on the selection split kept it there, so the one that lost least there was chosen"))
     if found["passed_over"]:
