@@ -15,7 +15,9 @@ Usage:
 For each case, in one process: the Keras 3 float model is trained (or reused from ``--cache``,
 default ``benchmarks/.cache/families``), then
 
-* ``tfopt.to_tflite(model, "int8")``: the float model as a full-integer file;
+* ``tfopt.to_tflite(model, "int8")``: the float model as a full-integer file, and for the ViT and
+  the LSTM also with their family's op types in float (``TRANSFORMER_FLOAT_OPS``,
+  ``RECURRENT_FLOAT_OPS``; the same for each variant's int8 file);
 * ``tfopt.prune`` (80% for the LSTM, 50% for the others; its default ``erk`` allocation and
   ``uniform``), then int8;
 * ``tfopt.prune_channels(ratio=0.5)`` (filters, LSTM units, attention heads and feed-forward
@@ -265,16 +267,19 @@ def int8(model, rep, float_ops=()):
 
 
 def mixed_int8(case, name, model, rep, sample, record, attempt):
-    """For the ViT: the int8 file with :data:`tfopt.tflite.TRANSFORMER_FLOAT_OPS` in float, and its
-    1-thread latency."""
-    from tfopt.tflite import TRANSFORMER_FLOAT_OPS
+    """The int8 file with the op types of the case's family in float, and its 1-thread latency:
+    :data:`tfopt.tflite.TRANSFORMER_FLOAT_OPS` for the ViT, :data:`tfopt.tflite.RECURRENT_FLOAT_OPS`
+    for the LSTM."""
+    from tfopt.tflite import RECURRENT_FLOAT_OPS, TRANSFORMER_FLOAT_OPS
 
-    if case != "vit":
+    ops, what, label = {"vit": (TRANSFORMER_FLOAT_OPS, "LayerNorm and matmuls", "TRANSFORMER_FLOAT_OPS"),
+                        "lstm": (RECURRENT_FLOAT_OPS, "gate and state products and sums",
+                                 "RECURRENT_FLOAT_OPS")}.get(case, ((), "", ""))
+    if not ops:
         return
-    got = attempt(f"{name}, LayerNorm and matmuls in float", lambda: int8(model, rep, TRANSFORMER_FLOAT_OPS))
+    got = attempt(f"{name}, {what} in float", lambda: int8(model, rep, ops))
     if got is not None:
-        record(f"{name} (float_ops=TRANSFORMER_FLOAT_OPS)", model, got[0], got[1],
-               {"latency_us_1t": latency(got[0], sample)})
+        record(f"{name} (float_ops={label})", model, got[0], got[1], {"latency_us_1t": latency(got[0], sample)})
 
 
 def tfmot_prune(case, model, x, y, target, epochs):

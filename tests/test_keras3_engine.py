@@ -434,3 +434,31 @@ def test_int8_keeps_the_named_op_types_in_float_and_the_rest_int8():
         tfopt.to_tflite(model, "int8", data=x, float_ops=["LAYER_NORM"])
     with pytest.raises(TfoptError, match="float_ops keeps op types in float inside an int8 file; mode is float16"):
         tfopt.to_tflite(model, "float16", data=x, float_ops=["MEAN"])
+
+
+def test_int8_of_a_recurrent_layer_keeps_its_gate_and_state_arithmetic_in_float():
+    import keras
+
+    import tfopt
+    from tfopt.tflite import RECURRENT_FLOAT_OPS, interpreter, predict
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 5)), keras.layers.LSTM(8, name="lstm"),
+                              keras.layers.Dense(3, activation="softmax", name="head")])
+    x = np.random.default_rng(0).normal(size=(200, 6, 5)).astype("float32")
+    loose = dict(min_agreement=0, min_snr=0)
+    full = tfopt.to_tflite(model, "int8", data=x, **loose)
+    mixed = tfopt.to_tflite(model, "int8", data=x, float_ops=RECURRENT_FLOAT_OPS, **loose)
+
+    def input_types(content, op):
+        it, _ = interpreter(content, builtin=True)
+        dtypes = {t["index"]: t["dtype"].__name__ for t in it.get_tensor_details()}
+        return [dtypes[i] for d in it._get_ops_details() if d["op_name"] == op for i in d["inputs"] if i >= 0]
+
+    for op in RECURRENT_FLOAT_OPS:
+        assert input_types(full, op) and set(input_types(full, op)) <= {"int8", "int32"}, op
+        assert input_types(mixed, op) and set(input_types(mixed, op)) == {"float32"}, op
+    assert "int8" in input_types(mixed, "FULLY_CONNECTED") and "float32" not in input_types(mixed, "FULLY_CONNECTED")
+    reference = model.predict(x, verbose=0)
+    errors = {k: float(np.abs(predict(c, x) - reference).max()) for k, c in (("full", full), ("mixed", mixed))}
+    assert errors["mixed"] < 0.05, errors

@@ -508,7 +508,8 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
         float_ops: with ``int8``, TFLite op types kept in float inside the file, e.g.
             :data:`tfopt.tflite.TRANSFORMER_FLOAT_OPS` (LayerNormalization's mean, variance and
             reciprocal square root, and attention's matmuls), where most of a Transformer's int8
-            error lies; everything else stays int8.
+            error lies, or :data:`tfopt.tflite.RECURRENT_FLOAT_OPS` (the products and sums of a
+            recurrent layer's gates and state); everything else stays int8.
         log: receives progress lines (silent by default).
         **renamed: old keyword names, refused with their new name.
 

@@ -212,6 +212,11 @@ def _convert(model, mode, representative, int8_io, qat, sparse, per_kernel, floa
 #: Op types that keep a Transformer's int8 file near its float model when kept in float: the
 #: decomposed LayerNormalization (mean, variance, reciprocal square root) and attention's matmuls.
 TRANSFORMER_FLOAT_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "BATCH_MATMUL")
+#: Op types that keep a recurrent layer's int8 file near its float model when kept in float: the
+#: element-wise products and sums of its gates and cell state (an LSTM, GRU or SimpleRNN converts
+#: unrolled, one step after another, so an int8 rounding of the state is carried to every later
+#: step). Its kernels (``FULLY_CONNECTED``) stay int8.
+RECURRENT_FLOAT_OPS = ("MUL", "ADD")
 
 
 def check_float_ops(float_ops, mode: str) -> tuple:
