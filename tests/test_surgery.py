@@ -214,7 +214,7 @@ def test_rounds_reach_the_ratio(tmp_path):
     from tests.conftest import tiny_recipe_dict
 
     data = tiny_recipe_dict(**{"train.epochs": 2, "name": "r"})
-    data["model"]["layers"] = [{"type": "conv2d", "filters": 8, "batch_norm": True, "activation": "relu"},
+    data["model"]["layers"] = [{"type": "conv2d", "filters": 16, "batch_norm": True, "activation": "relu"},
                                {"type": "global_avg_pool"}, {"type": "dense", "units": 4, "activation": "softmax"}]
     run = fit(validate(data), output=tmp_path, log=lambda *_: None).run_dir
     lines = []
@@ -222,8 +222,8 @@ def test_rounds_reach_the_ratio(tmp_path):
                                                                "criterion": "activation"},
                                             output=tmp_path, log=lines.append)
     assert [ln.split(":")[0] for ln in lines if ln.startswith("round ")] == ["round 1/2", "round 2/2"]
-    assert metrics["channels"]["kept"] == {"conv1": 2}  # 8 -> 4 -> 2
-    assert keras.models.load_model(path / "model.keras").get_layer("conv1").filters == 2
+    assert metrics["channels"]["kept"] == {"conv1": 4}  # 16 -> 8 -> 4
+    assert keras.models.load_model(path / "model.keras").get_layer("conv1").filters == 4
 
 
 # ---- layer and block removal ------------------------------------------------------------------
@@ -452,6 +452,27 @@ def test_a_concatenation_that_reaches_the_output_protects_its_inputs():
 
 
 
+def test_a_layer_feeding_an_output_layer_keeps_at_least_the_output_layers_width():
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inp)
+    x = L.Conv2D(4, 3, padding="same", activation="relu", name="c2")(x)
+    model = keras.Model(inp, L.Conv2D(6, 1, activation="softmax", name="seg")(x))
+    pruned, report = _check_masked(model)
+    assert report["kept"] == {"c1": 4}
+    assert report["protected"]["c2"] == ("it feeds the output layer seg, of 6 channels: fewer channels here would "
+                                         "narrow what the output is computed from below its own width")
+    assert pruned.get_layer("c2").filters == 4
+
+    dense = keras.Sequential([keras.Input((16,)), L.Dense(12, activation="relu", name="d1"),
+                              L.Dense(8, activation="softmax", name="out")])
+    _, report = _check_masked(dense)
+    assert report["kept"] == {"d1": 8}
+    assert report["limited"] == {"d1": "keeps 8 of 12 channels: it feeds the output layer out, of 8 channels"}
+    _, report = prune_channels(dense, per_layer={"d1": 0.5})  # a ratio of its own is taken as given
+    assert report["kept"] == {"d1": 6} and report["limited"] == {}
+
+
 def test_one_dimensional_convolutions_are_pruned_and_folded():
     L = keras.layers
     model = keras.Sequential([keras.Input((24, 3)), L.Conv1D(8, 5, name="c1"), L.BatchNormalization(name="bn1"),
@@ -553,7 +574,7 @@ def test_transposed_convolutions_lose_filters_and_input_channels():
     up = L.Conv2DTranspose(6, 2, strides=2, name="up")(x)
     up = L.BatchNormalization(name="up_bn")(up)
     x = L.Concatenate(name="cat")([up, skip])
-    out = L.Conv2D(3, 1, activation="softmax", name="seg")(L.Conv2D(4, 3, padding="same", name="dec")(x))
+    out = L.Conv2D(2, 1, activation="softmax", name="seg")(L.Conv2D(4, 3, padding="same", name="dec")(x))
     pruned, report = _check_masked(keras.Model(inp, out))
     assert report["kept"] == {"enc": 3, "mid": 4, "up": 3, "dec": 2}
     assert [tuple(w.shape) for w in pruned.get_layer("up").weights] == [(2, 2, 3, 4), (3,)]

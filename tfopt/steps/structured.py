@@ -128,9 +128,12 @@ def _channels_log(model, before, after, first_report, log) -> dict:
         log(f"  {name:<20} {first_report['channels_before'][name]} -> {final[name]} channels")
     for name, why in first_report["protected"].items():
         log(f"  {name:<20} kept whole: {why}")
+    for name, why in first_report.get("limited", {}).items():
+        log(f"  {name:<20} {why}")
     log(f"MACs {before['macs']:,} -> {after['macs']:,} ({after['macs'] / before['macs']:.2f}×), parameters "
         f"{before['params']:,} -> {after['params']:,}")
-    return {"kept": final, "channels_before": first_report["channels_before"], "protected": first_report["protected"]}
+    return {"kept": final, "channels_before": first_report["channels_before"], "protected": first_report["protected"],
+            "limited": first_report.get("limited", {})}
 
 
 def run_structured(source, given: dict, output=None, overwrite=False, log=print, step=None):

@@ -64,6 +64,7 @@ class Group:
     members: list = field(default_factory=list)  # the sources, ``source`` first
     concats: list = field(default_factory=list)  # Concatenate layers the channels flow into
     heads: bool = False  # the attention heads inside one MultiHeadAttention layer
+    output: bool = False  # its channels are a model output (through pass-through layers only)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Concat:
     blocked: str | None = None
     inner: dict = field(default_factory=dict, repr=False)  # {name: Concat} of the parts that are concatenations
     into: list = field(default_factory=list)  # the Concatenate layers its channels flow into
+    output: bool = False  # its channels are a model output
 
     def kept(self, keep: dict) -> np.ndarray:
         """Kept indices of the concatenated channels, given each input group's kept indices (an
@@ -109,6 +111,7 @@ def _follow(start, layers, users, outputs, g):
         name, flat = stack.pop()
         if name in outputs:
             g.blocked = f"{name} is a model output"
+            g.output = True
             break
         for user_name in users[name]:
             user = layers[user_name]
@@ -209,7 +212,8 @@ def _merge_at_adds(model, groups: dict) -> dict:
         r = root(name)
         g = groups[name]
         if r not in merged:
-            merged[r] = Group(r, g.channels, list(g.chain), list(g.sinks), g.blocked, [name], list(g.concats))
+            merged[r] = Group(r, g.channels, list(g.chain), list(g.sinks), g.blocked, [name], list(g.concats),
+                              output=g.output)
             continue
         m = merged[r]
         m.members.append(name)
@@ -217,6 +221,7 @@ def _merge_at_adds(model, groups: dict) -> dict:
         m.sinks += [s for s in g.sinks if s not in m.sinks]
         m.concats += [c for c in g.concats if c not in m.concats]
         m.blocked = m.blocked or g.blocked
+        m.output = m.output or g.output
     for m in merged.values():
         covered = set(m.members) | set(m.chain)
         for add in adds:
@@ -312,19 +317,29 @@ def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels
         if name not in sources:
             raise TfoptError(f"'{name}' is not a conv, separable conv or dense layer of this model"
                              f"{did_you_mean(name, sources)}; those are: {', '.join(sources)}")
-    keep, protected = {}, {}
+    keep, protected, limited = {}, {}, {}
+    outputs = {g.source: g.channels for g in groups.values() if g.output and not g.heads}
     for name, g in groups.items():
         given = [per_layer[m] for m in g.members if m in per_layer]
         r = min(given) if given else ratio
+        head = None if given else max(((outputs[sink], sink) for sink, _ in g.sinks if sink in outputs), default=None)
         if any(m in protect for m in g.members):
             protected[name] = "protected on request"
         elif g.blocked:
             protected[name] = g.blocked
+        elif head is not None and r > 0 and head[0] >= g.channels:
+            protected[name] = (f"it feeds the output layer {head[1]}, of {head[0]} channels: fewer channels here "
+                               f"would narrow what the output is computed from below its own width")
         elif r > 0:
             s = None
             kept = []
-            for start, size in _partitions(model, g):  # a Bidirectional's two directions: each keeps its share
+            parts = _partitions(model, g)
+            for start, size in parts:  # a Bidirectional's two directions: each keeps its share
                 n_keep = max(min_channels, int(round(size * (1 - r))), 1)
+                if head is not None and n_keep < -(-head[0] // len(parts)):
+                    n_keep = min(size, -(-head[0] // len(parts)))
+                    limited[name] = (f"keeps {n_keep * len(parts)} of {g.channels} channels: it feeds the output "
+                                     f"layer {head[1]}, of {head[0]} channels")
                 if n_keep < size:
                     s = scores(model, g, criterion, data, loss) if s is None else s
                     kept.append(start + np.argsort(-s[start:start + size], kind="stable")[:n_keep])
@@ -332,7 +347,7 @@ def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels
                     kept.append(np.arange(start, start + size))
             if s is not None:
                 keep[name] = np.sort(np.concatenate(kept))
-    return {"keep": keep, "protected": protected, "groups": groups}
+    return {"keep": keep, "protected": protected, "limited": limited, "groups": groups}
 
 
 def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels=1, protect=(), data=None,
@@ -379,7 +394,8 @@ def prune_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channel
     pruned = rebuild(model, replace)
     report = {"kept": {m: len(v) for n, v in keep.items() for m in groups[n].members},
               "channels_before": {m: g.channels for g in groups.values() for m in g.members},
-              "protected": {m: why for n, why in plan["protected"].items() for m in groups[n].members}}
+              "protected": {m: why for n, why in plan["protected"].items() for m in groups[n].members},
+              "limited": {m: why for n, why in plan["limited"].items() for m in groups[n].members}}
     return pruned, {**report, "keep": keep}
 
 
