@@ -109,3 +109,18 @@ def test_without_a_confirmation_split_the_best_on_the_selection_split_is_chosen(
     search.best = search.standings.best
     row, found = confirm(search)
     assert row["id"] == "A" and found == {} and events == [] and lines == []
+
+
+def test_a_selection_split_drawn_from_the_training_data_says_how_to_give_one_the_model_did_not_train_on():
+    from tfopt.search.inputs import split
+
+    x, y = np.zeros((40, 3), "float32"), np.arange(40) % 4
+    lines = []
+    selection, (x_fit, _) = split((x, y), None, 0.25, 0, lines.append)
+    assert len(selection[0]) == 10 and len(x_fit) == 30
+    assert lines == ["selection split: 10 of the 40 training images held out (never the test split); if the model "
+                     "trained on them, drops measured there read higher than on new images: pass "
+                     "validation_data=(x, y) it did not train on"]
+    lines.clear()
+    selection, (x_fit, _) = split((x, y), (x[:5], y[:5]), 0.25, 0, lines.append)
+    assert len(selection[0]) == 5 and len(x_fit) == 40 and lines == []

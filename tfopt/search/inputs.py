@@ -71,7 +71,9 @@ def split(data, validation_data, selection_fraction, seed, log):
         idx = np.random.default_rng(seed).permutation(len(x))
         sel, train = idx[:n_sel], idx[n_sel:]
         selection, data = (x[sel], y[sel]), (x[train], y[train])
-        log(f"selection split: {n_sel} of the {len(x)} training images held out (never the test split)")
+        log(f"selection split: {n_sel} of the {len(x)} training images held out (never the test split); if the model "
+            f"trained on them, drops measured there read higher than on new images: pass validation_data=(x, y) it "
+            f"did not train on")
     else:
         selection, data = sample_xy(validation_data), (x, y)
     return (selection[0], class_labels(selection[1])), (data[0], data[1])
