@@ -505,11 +505,9 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
             float32, 40 dB float16 and dynamic, 20 dB int8).
         representative_samples: inputs of ``data`` that calibrate ``int8``.
         seed: which inputs are drawn for calibration.
-        float_ops: with ``int8``, TFLite op types kept in float inside the file, e.g.
-            :data:`tfopt.tflite.TRANSFORMER_FLOAT_OPS` (LayerNormalization's mean, variance and
-            reciprocal square root, and attention's matmuls), where most of a Transformer's int8
-            error lies, or :data:`tfopt.tflite.RECURRENT_FLOAT_OPS` (the products and sums of a
-            recurrent layer's gates and state); everything else stays int8.
+        float_ops: with ``int8``, TFLite op types kept in float inside the file (the rest stays
+            int8), e.g. :data:`tfopt.tflite.TRANSFORMER_FLOAT_OPS` (LayerNormalization, attention's
+            matmuls) or :data:`tfopt.tflite.RECURRENT_FLOAT_OPS` (a recurrent layer's gates and state).
         log: receives progress lines (silent by default).
         **renamed: old keyword names, refused with their new name.
 
