@@ -686,7 +686,11 @@ def test_tf_keras_applications_have_their_groups_cut(name):
         assert model_stats(pruned)["macs"] < 0.6 * model_stats(folded)["macs"]
     else:
         assert len(plan["keep"]) == len(plan["groups"]) - 1 and not reasons
-        assert model_stats(pruned)["macs"] < 0.4 * model_stats(folded)["macs"]
+        # the layer the 1000-class classifier reads keeps 1000 channels where it has more (1280, 1024): MobileNetV2
+        # at alpha 0.35 spends a fifth of its MACs in that classifier
+        assert len(report["limited"]) <= 1
+        assert all(why.startswith("keeps 1000 of ") for why in report["limited"].values()), report["limited"]
+        assert model_stats(pruned)["macs"] < (0.45 if report["limited"] else 0.4) * model_stats(folded)["macs"]
 
 
 @pytest.mark.slow
