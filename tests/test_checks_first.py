@@ -46,6 +46,11 @@ def steps_file(tmp_path):
     return path
 
 
+#: A refusal is quick because it comes before TensorFlow is imported (asserted beside each bound); the bound only
+#: catches a refusal that hangs or does real work, on a machine under any load.
+HANG = 60
+
+
 def tfopt(*args, cwd=None):
     """``python -X importtime -m tfopt args``: (exit status, stderr without import lines, whether
     TensorFlow was imported, seconds)."""
@@ -66,7 +71,7 @@ def refused(args, message, cwd=None):
     assert said.startswith("Error: ") and len(said.strip().splitlines()) == 1, said
     assert "Traceback" not in said
     assert not imported_tf, f"tensorflow was imported before refusing {args}"
-    assert seconds < 5, seconds
+    assert seconds < HANG, seconds
 
 
 @pytest.mark.parametrize("command", ["prune", "quantize", "export", "cluster", "optimize"])
@@ -277,7 +282,7 @@ def test_replay_refuses_an_existing_run_before_any_work(run_dir, steps_file):
 def test_optimize_checks_its_recipe_and_set_before_importing_tensorflow(run_dir, tmp_path, args, message):
     rc, said, imported_tf, seconds = tfopt("optimize", run_dir, *[a.format(tmp=tmp_path) for a in args])
     assert rc == 2 and message.format(tmp=tmp_path) in said and "Traceback" not in said, said
-    assert not imported_tf and seconds < 5, seconds
+    assert not imported_tf and seconds < HANG, seconds
 
 
 def test_optimize_refuses_a_folder_holding_a_search_and_a_resume_of_nothing(run_dir):

@@ -26,6 +26,11 @@ from tfopt.rundir import RunDir
 QUICKSTART = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
 
 
+#: The refusals below come before any work; the bound only catches one that hangs or expands its input, on a
+#: machine under any load (validate's speed on the worst inputs is measured by benchmarks/bench_validate.py).
+HANG = 60
+
+
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -126,14 +131,14 @@ def test_overwrite_replaces_only_its_run(tmp_path, out, tiny_recipe):
 def test_validate_refuses_unreadable_files(tmp_path, content, needle):
     started = time.perf_counter()
     refused(run("validate", write(tmp_path, content)), needle)
-    assert time.perf_counter() - started < 10
+    assert time.perf_counter() - started < HANG
 
 
 def test_validate_refuses_files_over_the_size_limit_at_once(tmp_path):
     path = write(tmp_path, b"# " + b"x" * (10 * 1024 * 1024) + b"\nname: x\n")
     started = time.perf_counter()
     refused(run("validate", path), "limit: recipe file size", f"{MAX_RECIPE_BYTES // 1024} KiB")
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < HANG
 
 
 @pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
@@ -164,7 +169,7 @@ def test_huge_repeat_and_choice_are_refused_at_once(tmp_path):
         path = write(tmp_path, yaml.safe_dump(data, default_flow_style=True, width=10**9))
         started = time.perf_counter()
         refused(run("validate", path), needle)
-        assert time.perf_counter() - started < 10, needle
+        assert time.perf_counter() - started < HANG, needle
     assert MAX_LAYERS == 1000 and MAX_CHOICES == 1000 and MAX_NODES == 100_000
 
 
