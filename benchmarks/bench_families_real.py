@@ -272,7 +272,7 @@ def mixed_int8(case, name, model, rep, sample, record, attempt):
     for the LSTM."""
     from tfopt.tflite import RECURRENT_FLOAT_OPS, TRANSFORMER_FLOAT_OPS
 
-    ops, what, label = {"vit": (TRANSFORMER_FLOAT_OPS, "LayerNorm and matmuls", "TRANSFORMER_FLOAT_OPS"),
+    ops, what, label = {"vit": (TRANSFORMER_FLOAT_OPS, "LayerNorm, attention, GELU and residual sums", "TRANSFORMER_FLOAT_OPS"),
                         "lstm": (RECURRENT_FLOAT_OPS, "gate and state products and sums",
                                  "RECURRENT_FLOAT_OPS")}.get(case, ((), "", ""))
     if not ops:

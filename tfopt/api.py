@@ -506,8 +506,8 @@ def to_tflite(model, mode: str = "float32", data=None, *, int8_io: bool = False,
         representative_samples: inputs of ``data`` that calibrate ``int8``.
         seed: which inputs are drawn for calibration.
         float_ops: with ``int8``, TFLite op types kept in float inside the file (the rest stays
-            int8), e.g. :data:`tfopt.tflite.TRANSFORMER_FLOAT_OPS` (LayerNormalization, attention's
-            matmuls) or :data:`tfopt.tflite.RECURRENT_FLOAT_OPS` (a recurrent layer's gates and state).
+            int8), e.g. :data:`tfopt.tflite.TRANSFORMER_FLOAT_OPS` (LayerNormalization, attention,
+            residual sums) or :data:`tfopt.tflite.RECURRENT_FLOAT_OPS` (a recurrent layer's gates and state).
         log: receives progress lines (silent by default).
         **renamed: old keyword names, refused with their new name.
 

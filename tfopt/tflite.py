@@ -210,8 +210,10 @@ def _convert(model, mode, representative, int8_io, qat, sparse, per_kernel, floa
 
 
 #: Op types that keep a Transformer's int8 file near its float model when kept in float: the
-#: decomposed LayerNormalization (mean, variance, reciprocal square root) and attention's matmuls.
-TRANSFORMER_FLOAT_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "BATCH_MATMUL")
+#: decomposed LayerNormalization (mean, variance, reciprocal square root), attention's matmuls and
+#: softmax, the GELU, and the sums of the residual stream, whose few large values an int8 scale
+#: shared by the whole tensor rounds the rest away with. The dense kernels and their inputs stay int8.
+TRANSFORMER_FLOAT_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "BATCH_MATMUL", "ADD", "SOFTMAX", "GELU")
 #: Op types that keep a recurrent layer's int8 file near its float model when kept in float: the
 #: element-wise products and sums of its gates and cell state (an LSTM, GRU or SimpleRNN converts
 #: unrolled, one step after another, so an int8 rounding of the state is carried to every later
