@@ -463,3 +463,20 @@ def test_int8_of_a_recurrent_layer_keeps_its_gate_and_state_arithmetic_in_float(
     reference = model.predict(x, verbose=0)
     errors = {k: float(np.abs(predict(c, x) - reference).max()) for k, c in (("full", full), ("mixed", mixed))}
     assert errors["mixed"] < 0.05, errors
+
+
+def test_both_conversion_attempts_are_named_when_they_fail_differently(monkeypatch):
+    import keras
+
+    from tfopt.engines.keras3 import litert
+    from tfopt.errors import TfoptError
+
+    def failing(model, serve, specs, mode, representative, int8_io, unroll, float_ops=()):
+        raise ValueError("unrolling needs a length") if unroll else RuntimeError("TensorListReserve")
+
+    monkeypatch.setattr(litert, "_convert", failing)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="tiny")
+    with pytest.raises(TfoptError) as info:
+        litert.convert(model, "float32", x=np.zeros((2, 4), "float32"))
+    assert ("could not turn the model 'tiny' (Sequential) into a float32 TFLite file (unrolled: ValueError: unrolling "
+            "needs a length; as it is: RuntimeError: TensorListReserve)") in str(info.value)

@@ -137,8 +137,9 @@ def _exported(model, mode, x, representative, int8_io, float_ops) -> bytes:
             raise
         except Exception as e:  # unrolling needs a known sequence length: then the loop as it is
             problems.append(f"{type(e).__name__}: {_first_line(e)}")
+    tried = problems[-1] if problems[0] == problems[-1] else f"unrolled: {problems[0]}; as it is: {problems[-1]}"
     raise TfoptError(f"to_tflite: TensorFlow's converter could not turn the model '{model.name}' "
-                     f"({type(model).__name__}) into a {mode} TFLite file ({problems[-1]}). Recurrent layers "
+                     f"({type(model).__name__}) into a {mode} TFLite file ({tried}). Recurrent layers "
                      f"convert when their sequence length is known: pass data=x with the lengths the file should take.")
 
 
