@@ -334,10 +334,11 @@ def plan_channels(model, ratio=0.5, per_layer=None, criterion="l1", min_channels
             s = None
             kept = []
             parts = _partitions(model, g)
+            least = -(-head[0] // len(parts)) if head is not None else 0  # the output's width, shared by the parts
             for start, size in parts:  # a Bidirectional's two directions: each keeps its share
                 n_keep = max(min_channels, int(round(size * (1 - r))), 1)
-                if head is not None and n_keep < -(-head[0] // len(parts)):
-                    n_keep = min(size, -(-head[0] // len(parts)))
+                if n_keep < least:
+                    n_keep = min(size, least)
                     limited[name] = (f"keeps {n_keep * len(parts)} of {g.channels} channels: it feeds the output "
                                      f"layer {head[1]}, of {head[0]} channels")
                 if n_keep < size:
